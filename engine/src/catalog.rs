@@ -1,0 +1,142 @@
+//! The collection catalog: names to local ids, with the sequence at which each incarnation was
+//! created and dropped, so that every snapshot resolves names as of its own sequence.
+
+use std::collections::BTreeMap;
+
+use crate::db::{Inner, range};
+use crate::error::{Error, Result};
+use crate::keys;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Incarnation {
+    pub id: u32,
+    pub created: u64,
+    pub dropped: Option<u64>,
+}
+
+/// Names to incarnations (oldest first).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Catalog {
+    by_name: BTreeMap<String, Vec<Incarnation>>,
+    max_id: u32,
+}
+
+/// Check a collection name: 1 to 255 bytes of UTF-8 without control characters.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidCollectionName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("a collection name cannot be empty");
+    }
+    if name.len() > 255 {
+        return bad("a collection name is at most 255 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("a collection name cannot contain control characters");
+    }
+    Ok(())
+}
+
+impl Catalog {
+    /// The id of `name` as of `seq`.
+    pub(crate) fn resolve(&self, name: &str, seq: u64) -> Option<u32> {
+        self.by_name
+            .get(name)?
+            .iter()
+            .rev()
+            .find_map(|i| (i.created <= seq && i.dropped.is_none_or(|d| d > seq)).then_some(i.id))
+    }
+
+    /// Live collections as of `seq`, by name.
+    pub(crate) fn list(&self, seq: u64) -> Vec<(String, u32)> {
+        self.by_name
+            .keys()
+            .filter_map(|n| self.resolve(n, seq).map(|id| (n.clone(), id)))
+            .collect()
+    }
+
+    /// The name of collection `id` (live or dropped).
+    pub(crate) fn name_of(&self, id: u32) -> Option<&str> {
+        self.by_name
+            .iter()
+            .find(|(_, v)| v.iter().any(|i| i.id == id))
+            .map(|(n, _)| n.as_str())
+    }
+
+    pub(crate) fn next_id(&self) -> u32 {
+        self.max_id + 1
+    }
+
+    pub(crate) fn create(&mut self, name: &str, id: u32, seq: u64) {
+        self.max_id = self.max_id.max(id);
+        self.by_name
+            .entry(name.to_owned())
+            .or_default()
+            .push(Incarnation {
+                id,
+                created: seq,
+                dropped: None,
+            });
+    }
+
+    pub(crate) fn drop_at(&mut self, name: &str, id: u32, seq: u64) {
+        if let Some(v) = self.by_name.get_mut(name) {
+            for i in v.iter_mut().filter(|i| i.id == id) {
+                i.dropped = Some(seq);
+            }
+        }
+    }
+
+    /// Collections dropped at or before `horizon`: (id, drop sequence).
+    pub(crate) fn dropped_before(&self, horizon: u64) -> Vec<(u32, u64)> {
+        self.by_name
+            .values()
+            .flatten()
+            .filter_map(|i| i.dropped.filter(|&d| d <= horizon).map(|d| (i.id, d)))
+            .collect()
+    }
+
+    /// Rebuild from the catalog key range at the latest state.
+    pub(crate) async fn load(inner: &Inner) -> Result<Catalog> {
+        let view = inner.view();
+        let mut it = range(
+            &view.version,
+            &[keys::TAG_CATALOG],
+            &[keys::TAG_CATALOG + 1],
+        );
+        let mut cat = Catalog::default();
+        let mut dropped = Vec::new();
+        while let Some((key, seq, value)) = it.next_live(view.seq).await? {
+            let bad = || Error::corruption("catalog", seq, "malformed catalog record");
+            match key.get(1) {
+                Some(b'C') => {
+                    let name = std::str::from_utf8(&key[2..]).map_err(|_| bad())?;
+                    let id = u32::from_be_bytes(value[..].try_into().map_err(|_| bad())?);
+                    cat.create(name, id, seq);
+                }
+                Some(b'D') => {
+                    let id = u32::from_be_bytes(key[2..].try_into().map_err(|_| bad())?);
+                    let name = std::str::from_utf8(&value).map_err(|_| bad())?.to_owned();
+                    dropped.push((name, id, seq));
+                }
+                _ => return Err(bad()),
+            }
+        }
+        for (name, id, seq) in dropped {
+            cat.max_id = cat.max_id.max(id);
+            cat.by_name.entry(name).or_default().insert(
+                0,
+                Incarnation {
+                    id,
+                    created: 0,
+                    dropped: Some(seq),
+                },
+            );
+        }
+        Ok(cat)
+    }
+}

@@ -1,0 +1,367 @@
+//! The public handle: [`Database`] and [`Collection`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use entidb_io::Backend;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cbor::Value;
+use crate::db::{Inner, read};
+use crate::document::{Document, Page, ScanOptions};
+use crate::error::{Error, Result};
+use crate::feed::{ChangeBatch, ChangeStream};
+use crate::ids::EntityId;
+use crate::options::{Durability, Options};
+use crate::stats::Stats;
+use crate::txn::{Snapshot, WriteTxn};
+
+/// An open database. Cheap to clone; clones share it. The database stays open (and its
+/// directory locked) until the last clone, snapshot and stream is dropped, or
+/// [`Database::close`] is called.
+///
+/// ```
+/// # futures_executor::block_on(async {
+/// use entidb::{Database, ScanOptions};
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// struct User { name: String, age: u32 }
+///
+/// let db = Database::memory().await?;
+/// let users = db.collection("users");
+/// let id = users.insert(&User { name: "Ada".into(), age: 36 }).await?;
+/// let ada: Option<User> = users.get(id).await?;
+/// assert_eq!(ada.unwrap().age, 36);
+///
+/// let mut tx = db.begin().await?;
+/// tx.collection("users").put(id, &User { name: "Ada L.".into(), age: 37 })?;
+/// tx.commit().await?;
+/// assert_eq!(users.scan(ScanOptions::limit(10)).await?.items.len(), 1);
+/// # Ok::<(), entidb::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Database {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("backend", &self.inner.backend.name())
+            .field("last_sequence", &self.inner.view().seq)
+            .finish()
+    }
+}
+
+impl Database {
+    /// Open (creating if needed) the database in directory `path` on the native file system.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn open(path: impl AsRef<std::path::Path>) -> Result<Database> {
+        Self::open_path(path, Options::default()).await
+    }
+
+    /// Open the database in directory `path` with options.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn open_path(
+        path: impl AsRef<std::path::Path>,
+        options: Options,
+    ) -> Result<Database> {
+        let backend =
+            entidb_io::FsBackend::new(path).map_err(Error::io("opening the directory"))?;
+        Self::open_with(Arc::new(backend), options).await
+    }
+
+    /// Open a database that lives in memory only.
+    pub async fn memory() -> Result<Database> {
+        Self::open_with(
+            Arc::new(entidb_io::MemoryBackend::new()),
+            Options::default(),
+        )
+        .await
+    }
+
+    /// Open (creating if needed) a database on any backend.
+    pub async fn open_with(backend: Arc<dyn Backend>, options: Options) -> Result<Database> {
+        Ok(Database {
+            inner: Inner::open(backend, options).await?,
+        })
+    }
+
+    /// A handle on a collection (it is created by the first write).
+    pub fn collection(&self, name: &str) -> Collection {
+        Collection {
+            db: self.clone(),
+            name: Arc::from(name),
+        }
+    }
+
+    /// Create a collection. Fails with [`Error::CollectionExists`] if it exists.
+    pub async fn create_collection(&self, name: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        tx.create_collection(name)?;
+        tx.commit().await.map(|_| ())
+    }
+
+    /// Drop a collection and all of its entities. Returns whether it existed.
+    pub async fn drop_collection(&self, name: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let existed = tx.drop_collection(name)?;
+        tx.commit().await?;
+        Ok(existed)
+    }
+
+    /// Names of the collections, sorted.
+    pub fn collections(&self) -> Vec<String> {
+        self.snapshot().collections()
+    }
+
+    /// A consistent read-only snapshot of the current state.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(&self.inner)
+    }
+
+    /// Begin a write transaction (waits while another one is open: one writer at a time).
+    pub async fn begin(&self) -> Result<WriteTxn> {
+        WriteTxn::begin(&self.inner).await
+    }
+
+    /// Run `f` in a write transaction: commit if it returns `Ok`, abort if it returns `Err`.
+    pub async fn write<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        F: AsyncFnOnce(&mut WriteTxn) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        let mut tx = self.begin().await?;
+        match f(&mut tx).await {
+            Ok(v) => {
+                tx.commit().await?;
+                Ok(v)
+            }
+            Err(e) => {
+                tx.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// The change feed after sequence `since` (0: from the oldest retained), as an endless
+    /// stream: retained history first, then each new commit as it is published.
+    pub fn changes(&self, since: u64) -> ChangeStream {
+        ChangeStream::new(self.inner.clone(), since)
+    }
+
+    /// Up to `limit` change-feed records after `since`, without waiting.
+    pub async fn changes_page(&self, since: u64, limit: usize) -> Result<Vec<ChangeBatch>> {
+        let snap = self.snapshot();
+        crate::feed::read_page(&self.inner, &snap.view, since, limit).await
+    }
+
+    /// The oldest sequence the change feed still retains.
+    pub fn oldest_retained_sequence(&self) -> u64 {
+        self.inner.feed_oldest(self.inner.view().seq)
+    }
+
+    /// The highest committed (published) sequence.
+    pub fn last_sequence(&self) -> u64 {
+        self.inner.view().seq
+    }
+
+    /// Write everything in memory to segments and start a new WAL file, so that the next open
+    /// replays nothing.
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.inner.check_open()?;
+        {
+            let mut w = self.inner.writer.lock().await;
+            self.inner.rotate(&mut w).await?;
+        }
+        self.inner.flush_frozen().await
+    }
+
+    /// Merge all segments into one, dropping what no snapshot or the change feed needs.
+    pub async fn compact(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.flush_frozen().await?;
+        self.inner.compact_once(true).await?;
+        Ok(())
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> Stats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = self.inner.counters.snapshot();
+        let seg = &self.inner.seg_stats;
+        s.cache_hits = seg.cache_hits.load(Relaxed);
+        s.cache_misses = seg.cache_misses.load(Relaxed);
+        s.bytes_read = seg.bytes_read.load(Relaxed);
+        s.filter_skips = seg.filter_skips.load(Relaxed);
+        s.segments = self.inner.segment_count() as u64;
+        s.segment_bytes = self.inner.segment_bytes();
+        s.last_sequence = self.inner.view().seq;
+        s
+    }
+
+    /// Check every block checksum of every segment. Returns the number of entries read.
+    pub async fn verify(&self) -> Result<u64> {
+        self.inner.verify_segments().await
+    }
+
+    /// Checkpoint and close. Later calls on any clone fail with [`Error::Closed`]; change
+    /// streams end. The directory lock is released when the last clone is dropped.
+    pub async fn close(self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let r = self.checkpoint().await;
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.commit_event.notify(usize::MAX);
+        r
+    }
+
+    /// The backend this database runs on.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.inner.backend.clone()
+    }
+
+    /// Generate a new time-ordered entity id.
+    pub fn new_id(&self) -> EntityId {
+        self.inner
+            .ids
+            .next(&*self.inner.clock, &*self.inner.entropy)
+    }
+
+    pub(crate) fn catalog_has(&self, name: &str) -> bool {
+        read(&self.inner.catalog)
+            .resolve(name, self.inner.view().seq)
+            .is_some()
+    }
+}
+
+/// A collection handle: every call is its own transaction (writes) or snapshot (reads).
+#[derive(Debug, Clone)]
+pub struct Collection {
+    db: Database,
+    name: Arc<str>,
+}
+
+impl Collection {
+    /// The collection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the collection exists.
+    pub fn exists_collection(&self) -> bool {
+        self.db.catalog_has(&self.name)
+    }
+
+    async fn write1<T>(
+        &self,
+        f: impl FnOnce(&mut crate::txn::TxCollection<'_>) -> Result<T>,
+    ) -> Result<(T, u64)> {
+        let mut tx = self.db.begin().await?;
+        let v = f(&mut tx.collection(&self.name))?;
+        let seq = tx.commit().await?;
+        Ok((v, seq))
+    }
+
+    /// Insert a new entity with a generated time-ordered id; durable when this returns.
+    pub async fn insert<T: Serialize + ?Sized>(&self, doc: &T) -> Result<EntityId> {
+        Ok(self.write1(|c| c.insert(doc)).await?.0)
+    }
+
+    /// Write an entity (insert or replace); returns its new version.
+    pub async fn put<T: Serialize + ?Sized>(&self, id: EntityId, doc: &T) -> Result<u64> {
+        Ok(self.write1(|c| c.put(id, doc)).await?.1)
+    }
+
+    /// Write an entity given as CBOR bytes (validated and canonicalized); returns its version.
+    pub async fn put_cbor(&self, id: EntityId, bytes: &[u8]) -> Result<u64> {
+        Ok(self.write1(|c| c.put_cbor(id, bytes)).await?.1)
+    }
+
+    /// Write an entity given as a dynamic value; returns its version.
+    pub async fn put_value(&self, id: EntityId, value: &Value) -> Result<u64> {
+        Ok(self.write1(|c| c.put_value(id, value)).await?.1)
+    }
+
+    /// Write only if the current version is `expected` (`None`: must not exist).
+    pub async fn put_if<T: Serialize + ?Sized>(
+        &self,
+        id: EntityId,
+        doc: &T,
+        expected: Option<u64>,
+    ) -> Result<u64> {
+        let mut tx = self.db.begin().await?;
+        tx.collection(&self.name).put_if(id, doc, expected).await?;
+        tx.commit().await
+    }
+
+    /// Delete an entity; returns whether it existed.
+    pub async fn delete(&self, id: EntityId) -> Result<bool> {
+        let mut tx = self.db.begin().await?;
+        let existed = tx.collection(&self.name).delete(id).await?;
+        tx.commit().await?;
+        Ok(existed)
+    }
+
+    /// The entity, decoded; `None` if absent.
+    pub async fn get<T: DeserializeOwned>(&self, id: EntityId) -> Result<Option<T>> {
+        self.db.snapshot().collection(&self.name).get(id).await
+    }
+
+    /// The stored document (id, version, canonical CBOR bytes).
+    pub async fn get_document(&self, id: EntityId) -> Result<Option<Document>> {
+        self.db
+            .snapshot()
+            .collection(&self.name)
+            .get_document(id)
+            .await
+    }
+
+    /// Whether the entity exists.
+    pub async fn exists(&self, id: EntityId) -> Result<bool> {
+        self.db.snapshot().collection(&self.name).exists(id).await
+    }
+
+    /// The entity's version, if it exists.
+    pub async fn version(&self, id: EntityId) -> Result<Option<u64>> {
+        self.db.snapshot().collection(&self.name).version(id).await
+    }
+
+    /// Number of entities (a full scan of the collection).
+    pub async fn count(&self) -> Result<u64> {
+        self.db.snapshot().collection(&self.name).count().await
+    }
+
+    /// A page of entities in id order; continue with `page.next`.
+    pub async fn scan(&self, opts: ScanOptions) -> Result<Page> {
+        self.db.snapshot().collection(&self.name).scan(opts).await
+    }
+
+    /// A page of entities that satisfy a native predicate (a full scan, visible in stats).
+    pub async fn scan_where(
+        &self,
+        opts: ScanOptions,
+        pred: impl FnMut(&Document) -> bool,
+    ) -> Result<Page> {
+        self.db
+            .snapshot()
+            .collection(&self.name)
+            .scan_where(opts, pred)
+            .await
+    }
+
+    /// Write with an explicit durability level (one put).
+    pub async fn put_with<T: Serialize + ?Sized>(
+        &self,
+        id: EntityId,
+        doc: &T,
+        durability: Durability,
+    ) -> Result<u64> {
+        let mut tx = self.db.begin().await?;
+        tx.set_durability(durability);
+        tx.collection(&self.name).put(id, doc)?;
+        tx.commit().await
+    }
+}

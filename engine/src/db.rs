@@ -1,0 +1,854 @@
+//! The database core: open and recovery, the commit pipeline (WAL append, group commit,
+//! publication), read views, flush and compaction.
+//!
+//! ## Invariants (see docs/design.md for the full protocol)
+//!
+//! * Only the holder of `writer` appends to the WAL or inserts into the active memtable.
+//! * `view` pairs the current [`Version`] with the highest published sequence; both change
+//!   under its lock, so a reader that clones them never sees a sequence whose data is in a
+//!   memtable its version lacks.
+//! * A sequence is published (visible to new snapshots) only once it is durable, unless its
+//!   transaction asked for [`Durability::Relaxed`].
+//! * Data never leaves an `Arc`'d memtable or segment: old versions keep working until the
+//!   last reader drops them (MVCC without reader locks).
+//! * After a failed sync (or WAL write) `failed` is set and every later commit fails
+//!   ([`Error::FailStopped`]) until the database is reopened.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use entidb_io::{Backend, Clock, Entropy, File, LockGuard, OpenMode};
+use event_listener::Event;
+
+use crate::catalog::Catalog;
+use crate::compaction::{self, Decision};
+use crate::error::{Error, Result};
+use crate::ids::IdGenerator;
+use crate::manifest::{self, Manifest};
+use crate::memtable::{Memtable, Op};
+use crate::merge::MergeIter;
+use crate::options::{Durability, Options};
+use crate::segment::{self, BlockCache, SegStats, Segment, SegmentWriter};
+use crate::stats::Counters;
+use crate::wal::{self, Batch, WalWriter};
+
+/// A consistent set of sources: memtables (active first) and segments (newest first).
+#[derive(Debug, Default)]
+pub(crate) struct Version {
+    pub mems: Vec<Arc<Memtable>>,
+    pub segments: Vec<Arc<Segment>>,
+}
+
+/// The published state readers start from.
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    pub version: Arc<Version>,
+    pub seq: u64,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    appended_seq: u64,
+    durable_seq: u64,
+    syncing: bool,
+    wal_file: Arc<dyn File>,
+    wal_no: u64,
+    appended_offset: u64,
+    durable_offset: u64,
+    failed: Option<String>,
+}
+
+enum SyncStep {
+    Done,
+    Wait(event_listener::EventListener),
+    Lead {
+        target: u64,
+        offset: u64,
+        file: Arc<dyn File>,
+        no: u64,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    pub wal: WalWriter,
+    pub last_seq: u64,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match m.read() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    match m.write() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Shared state of one open database.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub backend: Arc<dyn Backend>,
+    pub options: Options,
+    pub clock: Arc<dyn Clock>,
+    pub entropy: Arc<dyn Entropy>,
+    _lock: Box<dyn LockGuard>,
+    pub writer: Arc<async_lock::Mutex<WriterState>>,
+    view: RwLock<View>,
+    sync: Mutex<SyncState>,
+    sync_event: Event,
+    /// Notified after every publication (change-feed followers wait on it).
+    pub commit_event: Event,
+    snapshots: Mutex<BTreeMap<u64, usize>>,
+    pub catalog: RwLock<Catalog>,
+    pub counters: Counters,
+    pub seg_stats: Arc<SegStats>,
+    cache: Arc<BlockCache>,
+    pub ids: IdGenerator,
+    maintenance: async_lock::Mutex<Manifest>,
+    next_file: AtomicU64,
+    pub closed: AtomicBool,
+}
+
+/// A pinned snapshot sequence; unpinned on drop.
+#[derive(Debug)]
+pub(crate) struct Pin {
+    inner: Arc<Inner>,
+    seq: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut s = lock(&self.inner.snapshots);
+        if let Some(n) = s.get_mut(&self.seq) {
+            *n -= 1;
+            if *n == 0 {
+                s.remove(&self.seq);
+            }
+        }
+    }
+}
+
+const LOCK_FILE: &str = "LOCK";
+
+impl Inner {
+    /// Open (or create) a database on `backend`.
+    pub(crate) async fn open(backend: Arc<dyn Backend>, options: Options) -> Result<Arc<Inner>> {
+        let guard = backend
+            .lock(LOCK_FILE)
+            .await
+            .map_err(Error::io("locking the database"))?;
+        let existing = Manifest::load(&*backend).await?;
+        let names = backend
+            .list("")
+            .await
+            .map_err(Error::io("listing the database directory"))?;
+        let mut manifest = match existing {
+            Some(m) => m,
+            None => {
+                if names.iter().any(|n| wal::parse_file_name(n).is_some()) {
+                    return Err(Error::corruption(
+                        manifest::NAME,
+                        0,
+                        "WAL files exist but the manifest is missing",
+                    ));
+                }
+                if !options.create_if_missing {
+                    return Err(Error::InvalidArgument(
+                        "no database here and create_if_missing is off".into(),
+                    ));
+                }
+                let m = Manifest::new();
+                m.store(&*backend).await?;
+                m
+            }
+        };
+        if names.iter().any(|n| n == manifest::TMP_NAME) {
+            backend
+                .remove(manifest::TMP_NAME)
+                .await
+                .map_err(Error::io("removing a stale manifest"))?;
+        }
+        // File numbers: never reuse one that exists on disk.
+        let mut max_seen = 0u64;
+        let mut wal_files = Vec::new();
+        for n in &names {
+            if let Some(no) = wal::parse_file_name(n) {
+                max_seen = max_seen.max(no);
+                if no >= manifest.wal_min {
+                    wal_files.push(no);
+                } else {
+                    backend
+                        .remove(n)
+                        .await
+                        .map_err(Error::io("removing an obsolete WAL file"))?;
+                }
+            } else if let Some(id) = segment::parse_file_name(n) {
+                max_seen = max_seen.max(id);
+                if !manifest.segments.iter().any(|s| s.id == id) {
+                    // Written by a flush or compaction that did not reach the manifest.
+                    backend
+                        .remove(n)
+                        .await
+                        .map_err(Error::io("removing an orphan segment"))?;
+                }
+            }
+        }
+        wal_files.sort_unstable();
+        manifest.next_file = manifest.next_file.max(max_seen + 1);
+
+        let cache = Arc::new(BlockCache::new(options.cache_bytes));
+        let seg_stats = Arc::new(SegStats::default());
+        let mut segments = Vec::with_capacity(manifest.segments.len());
+        for m in &manifest.segments {
+            let s = Segment::open(&*backend, m.id, cache.clone(), seg_stats.clone()).await?;
+            if s.meta.entries != m.entries || s.meta.max_seq != m.max_seq {
+                return Err(Error::corruption(
+                    s.name(),
+                    0,
+                    "segment footer does not match the manifest",
+                ));
+            }
+            segments.push(Arc::new(s));
+        }
+
+        // Replay the WAL.
+        let next_file = AtomicU64::new(manifest.next_file);
+        let first_wal = wal_files.first().copied();
+        let mem = Arc::new(Memtable::new(first_wal.unwrap_or(manifest.wal_min)));
+        let mut last_seq = manifest.flushed_seq;
+        let mut tail: Option<(u64, Arc<dyn File>, u64)> = None;
+        for (i, &no) in wal_files.iter().enumerate() {
+            let name = wal::file_name(no);
+            let is_last = i + 1 == wal_files.len();
+            let f = backend
+                .open(&name, OpenMode::Existing)
+                .await
+                .map_err(Error::io("opening a WAL file"))?;
+            let len = f.len().await.map_err(Error::io("reading a WAL file"))?;
+            let image = f
+                .read_at(0, len as usize)
+                .await
+                .map_err(Error::io("reading a WAL file"))?;
+            let scan = wal::scan(&name, &image, is_last)?;
+            for r in scan.records {
+                if r.seq <= last_seq {
+                    continue;
+                }
+                if r.seq != last_seq + 1 {
+                    return Err(Error::corruption(
+                        &name,
+                        r.offset,
+                        format!("sequence gap: expected {}, found {}", last_seq + 1, r.seq),
+                    ));
+                }
+                for op in r.batch.ops {
+                    let v = match op.value {
+                        Some(v) => Op::Put(v),
+                        None => Op::Delete,
+                    };
+                    mem.insert(op.key, r.seq, v);
+                }
+                last_seq = r.seq;
+            }
+            let mut end = scan.valid_end;
+            if scan.torn {
+                if end < wal::FILE_HEADER_LEN {
+                    f.set_len(0).await.map_err(Error::io("repairing the WAL"))?;
+                    f.write_at(0, wal::file_header().to_vec())
+                        .await
+                        .map_err(Error::io("repairing the WAL"))?;
+                    end = wal::FILE_HEADER_LEN;
+                } else {
+                    f.set_len(end)
+                        .await
+                        .map_err(Error::io("cutting a torn WAL tail"))?;
+                }
+                f.sync_data()
+                    .await
+                    .map_err(Error::io("syncing the repaired WAL"))?;
+            }
+            if is_last {
+                tail = Some((no, f, end));
+            }
+        }
+        let (wal_no, wal_file, wal_offset) = match tail {
+            Some(t) => t,
+            None => {
+                let no = next_file.fetch_add(1, Ordering::Relaxed);
+                let f = create_wal(&*backend, no).await?;
+                (no, f, wal::FILE_HEADER_LEN)
+            }
+        };
+        let version = Arc::new(Version {
+            mems: vec![mem],
+            segments,
+        });
+        let inner = Arc::new(Inner {
+            clock: backend.clock(),
+            entropy: backend.entropy(),
+            backend,
+            cache,
+            seg_stats,
+            _lock: guard,
+            writer: Arc::new(async_lock::Mutex::new(WriterState {
+                wal: WalWriter {
+                    file: wal_file.clone(),
+                    no: wal_no,
+                    offset: wal_offset,
+                },
+                last_seq,
+            })),
+            view: RwLock::new(View {
+                version,
+                seq: last_seq,
+            }),
+            sync: Mutex::new(SyncState {
+                appended_seq: last_seq,
+                durable_seq: last_seq,
+                syncing: false,
+                wal_file,
+                wal_no,
+                appended_offset: wal_offset,
+                durable_offset: wal_offset,
+                failed: None,
+            }),
+            sync_event: Event::new(),
+            commit_event: Event::new(),
+            snapshots: Mutex::new(BTreeMap::new()),
+            catalog: RwLock::new(Catalog::default()),
+            counters: Counters::default(),
+            ids: IdGenerator::default(),
+            maintenance: async_lock::Mutex::new(manifest),
+            next_file,
+            closed: AtomicBool::new(false),
+            options,
+        });
+        let catalog = Catalog::load(&inner).await?;
+        *write(&inner.catalog) = catalog;
+        Ok(inner)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if let Some(f) = &lock(&self.sync).failed {
+            return Err(Error::FailStopped { cause: f.clone() });
+        }
+        Ok(())
+    }
+
+    /// The published view.
+    pub(crate) fn view(&self) -> View {
+        read(&self.view).clone()
+    }
+
+    /// Pin a sequence so compaction keeps what it needs.
+    pub(crate) fn pin(self: &Arc<Self>, seq: u64) -> Pin {
+        *lock(&self.snapshots).entry(seq).or_insert(0) += 1;
+        Pin {
+            inner: self.clone(),
+            seq,
+        }
+    }
+
+    /// A published view, pinned.
+    pub(crate) fn pinned_view(self: &Arc<Self>) -> (View, Pin) {
+        // Pin under the view lock so compaction never misses a snapshot being taken.
+        let v = read(&self.view);
+        let pin = self.pin(v.seq);
+        (v.clone(), pin)
+    }
+
+    /// Newest version of `key` visible at `seq` in `version`.
+    pub(crate) async fn get_in(
+        &self,
+        version: &Version,
+        key: &[u8],
+        seq: u64,
+    ) -> Result<Option<(u64, Op)>> {
+        for m in &version.mems {
+            if let Some(hit) = m.get(key, seq) {
+                return Ok(Some(hit));
+            }
+        }
+        for s in &version.segments {
+            if let Some(hit) = s.get(key, seq).await? {
+                return Ok(Some(hit));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Append a transaction. Called with the writer lock held. Returns its sequence.
+    pub(crate) async fn append(&self, w: &mut WriterState, batch: Batch) -> Result<u64> {
+        self.check_open()?;
+        let seq = w.last_seq + 1;
+        let durable_before = {
+            let s = lock(&self.sync);
+            if s.wal_no == w.wal.no {
+                s.durable_offset
+            } else {
+                wal::FILE_HEADER_LEN
+            }
+        };
+        let record = wal::encode_record(seq, durable_before, &batch)?;
+        let len = record.len() as u64;
+        if let Err(e) = w.wal.file.write_at(w.wal.offset, record).await {
+            self.fail(format!("WAL write failed: {e}"));
+            return Err(Error::Io {
+                context: "appending to the WAL",
+                source: e,
+            });
+        }
+        w.wal.offset += len;
+        self.counters.wal_bytes.fetch_add(len, Ordering::Relaxed);
+        let active = self.view().version.mems[0].clone();
+        for op in batch.ops {
+            let v = match op.value {
+                Some(v) => Op::Put(v),
+                None => Op::Delete,
+            };
+            active.insert(op.key, seq, v);
+        }
+        w.last_seq = seq;
+        {
+            let mut s = lock(&self.sync);
+            s.appended_seq = seq;
+            s.appended_offset = w.wal.offset;
+        }
+        Ok(seq)
+    }
+
+    fn fail(&self, cause: String) {
+        let mut s = lock(&self.sync);
+        if s.failed.is_none() {
+            s.failed = Some(cause);
+        }
+        drop(s);
+        self.sync_event.notify(usize::MAX);
+        self.commit_event.notify(usize::MAX);
+    }
+
+    /// Make `seq` durable (joining or leading a sync group) and published.
+    pub(crate) async fn wait_durable(&self, seq: u64) -> Result<()> {
+        loop {
+            match self.sync_step(seq)? {
+                SyncStep::Done => return Ok(()),
+                SyncStep::Wait(listener) => listener.await,
+                SyncStep::Lead {
+                    target,
+                    offset,
+                    file,
+                    no,
+                } => {
+                    let r = file.sync_data().await;
+                    self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                    self.finish_sync(r, target, offset, no);
+                }
+            }
+        }
+    }
+
+    /// One decision of the group-commit protocol, taken under the sync lock (never held
+    /// across an await).
+    fn sync_step(&self, seq: u64) -> Result<SyncStep> {
+        let mut s = lock(&self.sync);
+        if let Some(f) = &s.failed {
+            return Err(Error::FailStopped { cause: f.clone() });
+        }
+        if s.durable_seq >= seq {
+            return Ok(SyncStep::Done);
+        }
+        if s.syncing {
+            // Register before releasing the lock so the leader's notify is not missed.
+            return Ok(SyncStep::Wait(self.sync_event.listen()));
+        }
+        s.syncing = true;
+        Ok(SyncStep::Lead {
+            target: s.appended_seq,
+            offset: s.appended_offset,
+            file: s.wal_file.clone(),
+            no: s.wal_no,
+        })
+    }
+
+    fn finish_sync(&self, r: entidb_io::IoResult<()>, target: u64, offset: u64, no: u64) {
+        let mut s = lock(&self.sync);
+        s.syncing = false;
+        match r {
+            Ok(()) => {
+                s.durable_seq = s.durable_seq.max(target);
+                if s.wal_no == no {
+                    s.durable_offset = s.durable_offset.max(offset);
+                }
+                let d = s.durable_seq;
+                drop(s);
+                self.publish(d);
+                self.sync_event.notify(usize::MAX);
+            }
+            Err(e) => {
+                drop(s);
+                self.fail(format!("WAL sync failed: {e}"));
+            }
+        }
+    }
+
+    /// Make sequences up to `seq` visible to new snapshots.
+    pub(crate) fn publish(&self, seq: u64) {
+        {
+            let mut v = write(&self.view);
+            if seq <= v.seq {
+                return;
+            }
+            v.seq = seq;
+        }
+        self.commit_event.notify(usize::MAX);
+    }
+
+    /// Freeze the active memtable and start a new WAL file. Called with the writer lock held.
+    pub(crate) async fn rotate(&self, w: &mut WriterState) -> Result<()> {
+        if self.view().version.mems[0].is_empty() {
+            return Ok(());
+        }
+        // Seal the old WAL file: every record in it becomes durable.
+        if let Err(e) = w.wal.file.sync_data().await {
+            self.fail(format!("WAL sync failed: {e}"));
+            return Err(Error::Io {
+                context: "sealing the WAL",
+                source: e,
+            });
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        let no = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let file = create_wal(&*self.backend, no).await?;
+        {
+            let mut s = lock(&self.sync);
+            s.durable_seq = s.durable_seq.max(w.last_seq);
+            s.wal_file = file.clone();
+            s.wal_no = no;
+            s.appended_offset = wal::FILE_HEADER_LEN;
+            s.durable_offset = wal::FILE_HEADER_LEN;
+        }
+        w.wal = WalWriter {
+            file,
+            no,
+            offset: wal::FILE_HEADER_LEN,
+        };
+        let published = {
+            let mut v = write(&self.view);
+            let mut mems = Vec::with_capacity(v.version.mems.len() + 1);
+            mems.push(Arc::new(Memtable::new(no)));
+            mems.extend(v.version.mems.iter().cloned());
+            v.version = Arc::new(Version {
+                mems,
+                segments: v.version.segments.clone(),
+            });
+            // Everything in the sealed file is durable: publish it.
+            let d = lock(&self.sync).durable_seq;
+            v.seq = v.seq.max(d);
+            v.seq
+        };
+        let _ = published;
+        self.sync_event.notify(usize::MAX);
+        self.commit_event.notify(usize::MAX);
+        Ok(())
+    }
+
+    /// Whether the active memtable is over budget.
+    pub(crate) fn needs_rotation(&self) -> bool {
+        self.view().version.mems[0].approximate_bytes() >= self.options.memtable_bytes
+    }
+
+    /// Flush every frozen memtable to a segment, oldest first.
+    pub(crate) async fn flush_frozen(&self) -> Result<()> {
+        let mut manifest = self.maintenance.lock().await;
+        loop {
+            let version = self.view().version;
+            if version.mems.len() < 2 {
+                return Ok(());
+            }
+            let frozen = version.mems[version.mems.len() - 1].clone();
+            let newer_wal = version.mems[version.mems.len() - 2].wal_file;
+            let mut new_seg = None;
+            if !frozen.is_empty() {
+                let id = self.next_file.fetch_add(1, Ordering::Relaxed);
+                let mut wr = SegmentWriter::create(
+                    &*self.backend,
+                    id,
+                    self.options.block_size,
+                    self.options.compression,
+                )
+                .await?;
+                for e in frozen.iter_all() {
+                    wr.add(&e).await?;
+                }
+                let meta = wr.finish().await?;
+                self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .segment_bytes_written
+                    .fetch_add(meta.size, Ordering::Relaxed);
+                let seg = Segment::open(
+                    &*self.backend,
+                    id,
+                    self.cache.clone(),
+                    self.seg_stats.clone(),
+                )
+                .await?;
+                new_seg = Some(Arc::new(seg));
+            }
+            let mut next = manifest.clone();
+            if let Some(s) = &new_seg {
+                next.segments.insert(0, s.meta.clone());
+            }
+            next.flushed_seq = next.flushed_seq.max(frozen.max_seq());
+            next.wal_min = newer_wal;
+            next.next_file = self.next_file.load(Ordering::Relaxed);
+            next.store(&*self.backend).await?;
+            *manifest = next;
+            {
+                let mut v = write(&self.view);
+                let mut mems = v.version.mems.clone();
+                mems.retain(|m| !Arc::ptr_eq(m, &frozen));
+                let mut segments = v.version.segments.clone();
+                if let Some(s) = new_seg {
+                    segments.insert(0, s);
+                }
+                v.version = Arc::new(Version { mems, segments });
+            }
+            self.remove_wal_files_below(newer_wal).await?;
+        }
+    }
+
+    async fn remove_wal_files_below(&self, wal_min: u64) -> Result<()> {
+        let names = self
+            .backend
+            .list("")
+            .await
+            .map_err(Error::io("listing the database directory"))?;
+        for n in names {
+            if let Some(no) = wal::parse_file_name(&n)
+                && no < wal_min
+            {
+                self.backend
+                    .remove(&n)
+                    .await
+                    .map_err(Error::io("removing an obsolete WAL file"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The oldest sequence any reader may still need: live snapshots and the change feed.
+    pub(crate) fn horizon(&self, last_seq: u64) -> u64 {
+        let oldest_snapshot = lock(&self.snapshots)
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(u64::MAX);
+        let feed = self.feed_oldest(last_seq).saturating_sub(1);
+        oldest_snapshot.min(feed).min(last_seq)
+    }
+
+    /// The oldest change-feed sequence retained.
+    pub(crate) fn feed_oldest(&self, last_seq: u64) -> u64 {
+        last_seq
+            .saturating_sub(self.options.feed_retention)
+            .saturating_add(1)
+    }
+
+    /// Run one compaction if the decision function asks for one (or `force`: merge all).
+    pub(crate) async fn compact_once(&self, force: bool) -> Result<bool> {
+        let mut manifest = self.maintenance.lock().await;
+        let version = self.view().version;
+        let metas: Vec<_> = version.segments.iter().map(|s| s.meta.clone()).collect();
+        let decision = if force {
+            compaction::choose_all(&metas)
+        } else {
+            compaction::choose(&metas, self.options.compaction_trigger)
+        };
+        let Decision::Merge { start, end } = decision else {
+            return Ok(false);
+        };
+        let inputs: Vec<Arc<Segment>> = version.segments[start..end].to_vec();
+        let bottom = end == version.segments.len();
+        let last_seq = self.view().seq;
+        let horizon = self.horizon(last_seq);
+        let feed_oldest = self.feed_oldest(last_seq);
+        let dropped: Vec<(u32, u64)> = read(&self.catalog).dropped_before(horizon);
+        let id = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let mut wr = SegmentWriter::create(
+            &*self.backend,
+            id,
+            self.options.block_size,
+            self.options.compression,
+        )
+        .await?;
+        let mut it = MergeIter::new(&[], &inputs, &[], None);
+        let mut filter = compaction::Retain::new(horizon, bottom, feed_oldest, dropped);
+        while let Some(e) = it.next_raw().await? {
+            if filter.keep(&e) {
+                wr.add(&e).await?;
+            }
+        }
+        let new_seg = if wr.entries() > 0 {
+            let meta = wr.finish().await?;
+            self.counters
+                .segment_bytes_written
+                .fetch_add(meta.size, Ordering::Relaxed);
+            Some(Arc::new(
+                Segment::open(
+                    &*self.backend,
+                    id,
+                    self.cache.clone(),
+                    self.seg_stats.clone(),
+                )
+                .await?,
+            ))
+        } else {
+            drop(wr);
+            self.backend
+                .remove(&segment::file_name(id))
+                .await
+                .map_err(Error::io("removing an empty segment"))?;
+            None
+        };
+        let input_ids: Vec<u64> = inputs.iter().map(|s| s.meta.id).collect();
+        let mut next = manifest.clone();
+        let pos = next
+            .segments
+            .iter()
+            .position(|s| input_ids.contains(&s.id))
+            .unwrap_or(0);
+        next.segments.retain(|s| !input_ids.contains(&s.id));
+        if let Some(s) = &new_seg {
+            next.segments.insert(pos, s.meta.clone());
+        }
+        next.next_file = self.next_file.load(Ordering::Relaxed);
+        next.store(&*self.backend).await?;
+        *manifest = next;
+        {
+            let mut v = write(&self.view);
+            let mut segments: Vec<Arc<Segment>> = v
+                .version
+                .segments
+                .iter()
+                .filter(|s| !input_ids.contains(&s.meta.id))
+                .cloned()
+                .collect();
+            if let Some(s) = new_seg {
+                segments.insert(pos.min(segments.len()), s);
+            }
+            v.version = Arc::new(Version {
+                mems: v.version.mems.clone(),
+                segments,
+            });
+        }
+        // Old segment files: readers holding them keep their open handles; the names go.
+        for id in input_ids {
+            self.backend
+                .remove(&segment::file_name(id))
+                .await
+                .map_err(Error::io("removing a compacted segment"))?;
+        }
+        self.backend
+            .sync_dir("")
+            .await
+            .map_err(Error::io("syncing the database directory"))?;
+        self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Flush and compact as needed, without waiting if another task is already doing it.
+    pub(crate) async fn maintain(&self) -> Result<()> {
+        self.flush_frozen().await?;
+        while self.compact_once(false).await? {}
+        Ok(())
+    }
+
+    /// Commit a batch: append under the writer lock, then wait per `durability`.
+    pub(crate) async fn commit_locked(
+        &self,
+        mut w: async_lock::MutexGuardArc<WriterState>,
+        batch: Batch,
+        durability: Durability,
+        on_appended: impl FnOnce(u64),
+    ) -> Result<u64> {
+        let seq = self.append(&mut w, batch).await?;
+        on_appended(seq);
+        let rotate = self.needs_rotation();
+        if rotate {
+            self.rotate(&mut w).await?;
+        }
+        drop(w);
+        match durability {
+            Durability::Durable => self.wait_durable(seq).await?,
+            Durability::Relaxed => self.publish(seq),
+        }
+        if rotate && self.options.auto_maintenance {
+            self.maintain().await?;
+        }
+        Ok(seq)
+    }
+
+    /// Number of segments (for stats).
+    pub(crate) fn segment_count(&self) -> usize {
+        self.view().version.segments.len()
+    }
+
+    /// Total bytes of live segments.
+    pub(crate) fn segment_bytes(&self) -> u64 {
+        self.view()
+            .version
+            .segments
+            .iter()
+            .map(|s| s.meta.size)
+            .sum()
+    }
+
+    /// Read and check every block of every live segment (entries counted).
+    pub(crate) async fn verify_segments(&self) -> Result<u64> {
+        let version = self.view().version;
+        let mut n = 0;
+        for s in &version.segments {
+            n += s.verify_blocks().await?;
+        }
+        Ok(n)
+    }
+}
+
+async fn create_wal(backend: &dyn Backend, no: u64) -> Result<Arc<dyn File>> {
+    let f = backend
+        .open(&wal::file_name(no), OpenMode::CreateNew)
+        .await
+        .map_err(Error::io("creating a WAL file"))?;
+    f.write_at(0, wal::file_header().to_vec())
+        .await
+        .map_err(Error::io("writing a WAL header"))?;
+    f.sync_data()
+        .await
+        .map_err(Error::io("syncing a new WAL file"))?;
+    backend
+        .sync_dir("")
+        .await
+        .map_err(Error::io("syncing the database directory"))?;
+    Ok(f)
+}
+
+/// Entries of `version` in `[from, end)` visible at `seq`, through the merge.
+pub(crate) fn range(version: &Version, from: &[u8], end: &[u8]) -> MergeIter {
+    MergeIter::new(&version.mems, &version.segments, from, Some(Arc::from(end)))
+}

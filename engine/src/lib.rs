@@ -1,0 +1,43 @@
+//! # EntiDB
+//!
+//! An async-native embedded entity database: collections of CBOR documents addressed by
+//! 16-byte ids, MVCC snapshots, single-writer transactions with group commit, a durable change
+//! feed, and crash-safe storage (a WAL plus immutable sorted segments). All I/O goes through
+//! [`entidb_io`], so the same engine runs on files, in memory, in a browser and inside a
+//! deterministic simulation. See `docs/design.md` for the file formats and protocols.
+//!
+//! Start with [`Database`].
+
+pub mod cbor;
+
+mod bloom;
+mod catalog;
+mod compaction;
+mod database;
+mod db;
+mod document;
+mod error;
+mod feed;
+mod ids;
+mod keys;
+mod manifest;
+mod memtable;
+mod merge;
+mod options;
+mod read;
+mod segment;
+mod stats;
+mod txn;
+mod wal;
+
+pub use database::{Collection, Database};
+pub use document::{Document, Page, ScanOptions};
+pub use error::{Error, Result};
+pub use feed::{Change, ChangeBatch, ChangeOp, ChangeStream};
+pub use ids::{EntityId, ParseIdError};
+pub use options::{Durability, Options};
+pub use stats::Stats;
+pub use txn::{Snapshot, SnapshotCollection, TxCollection, WriteTxn};
+
+/// The I/O backends, re-exported.
+pub use entidb_io as io;

@@ -1,0 +1,180 @@
+//! The in-memory write buffer: a lock-free skip list of internal entries.
+//!
+//! Entries are ordered by (user key ascending, sequence descending), so the first entry at or
+//! after `(key, snapshot)` is the newest version a snapshot may see. There is one writer (the
+//! committer holding the writer lock) and any number of concurrent readers; readers never
+//! block.
+
+use std::cmp::{Ordering, Reverse};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
+use crossbeam_skiplist::SkipMap;
+
+/// A stored value: a document, or a deletion marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// The entity (or record) has this value.
+    Put(Arc<[u8]>),
+    /// The entity was deleted.
+    Delete,
+}
+
+/// One version of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub key: Arc<[u8]>,
+    pub seq: u64,
+    pub op: Op,
+}
+
+impl Entry {
+    /// Order of entries in memtables and segments.
+    pub(crate) fn cmp_pos(a_key: &[u8], a_seq: u64, b_key: &[u8], b_seq: u64) -> Ordering {
+        a_key.cmp(b_key).then(b_seq.cmp(&a_seq))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct MemKey {
+    key: Arc<[u8]>,
+    seq: Reverse<u64>,
+}
+
+/// The write buffer.
+#[derive(Debug)]
+pub(crate) struct Memtable {
+    map: SkipMap<MemKey, Op>,
+    bytes: AtomicU64,
+    max_seq: AtomicU64,
+    /// The WAL file that holds this memtable's records (and possibly later ones).
+    pub wal_file: u64,
+}
+
+const ENTRY_OVERHEAD: u64 = 64;
+
+impl Memtable {
+    pub(crate) fn new(wal_file: u64) -> Self {
+        Self {
+            map: SkipMap::new(),
+            bytes: AtomicU64::new(0),
+            max_seq: AtomicU64::new(0),
+            wal_file,
+        }
+    }
+
+    /// Insert a version. Called only by the writer.
+    pub(crate) fn insert(&self, key: Arc<[u8]>, seq: u64, op: Op) {
+        let size = key.len() as u64
+            + ENTRY_OVERHEAD
+            + match &op {
+                Op::Put(v) => v.len() as u64,
+                Op::Delete => 0,
+            };
+        self.map.insert(
+            MemKey {
+                key,
+                seq: Reverse(seq),
+            },
+            op,
+        );
+        self.bytes.fetch_add(size, AtomicOrdering::Relaxed);
+        self.max_seq.fetch_max(seq, AtomicOrdering::Release);
+    }
+
+    /// Approximate memory used.
+    pub(crate) fn approximate_bytes(&self) -> u64 {
+        self.bytes.load(AtomicOrdering::Relaxed)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Highest sequence inserted.
+    pub(crate) fn max_seq(&self) -> u64 {
+        self.max_seq.load(AtomicOrdering::Acquire)
+    }
+
+    /// The newest version of `key` visible at `snapshot`: `Some((seq, op))`, or `None` if this
+    /// memtable holds no visible version.
+    pub(crate) fn get(&self, key: &[u8], snapshot: u64) -> Option<(u64, Op)> {
+        let probe = MemKey {
+            key: Arc::from(key),
+            seq: Reverse(snapshot),
+        };
+        let e = self.map.lower_bound(Bound::Included(&probe))?;
+        if &*e.key().key != key {
+            return None;
+        }
+        Some((e.key().seq.0, e.value().clone()))
+    }
+
+    /// Up to `max` entries (all versions) at or after position `(from, from_seq)`, stopping
+    /// before `end` (exclusive user key) if given.
+    pub(crate) fn chunk(
+        &self,
+        from: &[u8],
+        from_seq: u64,
+        end: Option<&[u8]>,
+        max: usize,
+    ) -> Vec<Entry> {
+        let probe = MemKey {
+            key: Arc::from(from),
+            seq: Reverse(from_seq),
+        };
+        let mut out = Vec::new();
+        for e in self.map.range(probe..) {
+            if out.len() >= max {
+                break;
+            }
+            if let Some(end) = end
+                && &*e.key().key >= end
+            {
+                break;
+            }
+            out.push(Entry {
+                key: e.key().key.clone(),
+                seq: e.key().seq.0,
+                op: e.value().clone(),
+            });
+        }
+        out
+    }
+
+    /// Every entry in order (for flushing).
+    pub(crate) fn iter_all(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.map.iter().map(|e| Entry {
+            key: e.key().key.clone(),
+            seq: e.key().seq.0,
+            op: e.value().clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_snapshots() {
+        let m = Memtable::new(1);
+        m.insert(Arc::from(&b"a"[..]), 1, Op::Put(Arc::from(&b"1"[..])));
+        m.insert(Arc::from(&b"a"[..]), 3, Op::Delete);
+        m.insert(Arc::from(&b"ab"[..]), 2, Op::Put(Arc::from(&b"2"[..])));
+        assert_eq!(m.get(b"a", 0), None);
+        assert_eq!(m.get(b"a", 1), Some((1, Op::Put(Arc::from(&b"1"[..])))));
+        assert_eq!(m.get(b"a", 2), Some((1, Op::Put(Arc::from(&b"1"[..])))));
+        assert_eq!(m.get(b"a", 5), Some((3, Op::Delete)));
+        assert_eq!(m.get(b"b", 5), None);
+        let all = m.chunk(b"", u64::MAX, None, 10);
+        let pos: Vec<_> = all.iter().map(|e| (e.key.to_vec(), e.seq)).collect();
+        assert_eq!(
+            pos,
+            vec![(b"a".to_vec(), 3), (b"a".to_vec(), 1), (b"ab".to_vec(), 2)]
+        );
+        assert_eq!(m.chunk(b"a", 2, Some(b"ab"), 10).len(), 1);
+        assert_eq!(m.max_seq(), 3);
+    }
+}

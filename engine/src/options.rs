@@ -1,0 +1,111 @@
+//! Options for opening a database.
+
+/// How durable a commit must be before `commit()` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `commit()` returns after the transaction's WAL record is synced (`fdatasync`).
+    /// Concurrent commits share one sync. The default.
+    #[default]
+    Durable,
+    /// `commit()` returns after the WAL record is written to the backend, without waiting for
+    /// a sync. A crash may lose this transaction (and later relaxed ones), never a durable one
+    /// acknowledged after it, and never part of a transaction. The transaction is visible to
+    /// readers at once.
+    Relaxed,
+}
+
+/// Options for [`Database::open_with`](crate::Database::open_with).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// Write-buffer budget: when the active memtable grows past this, it is frozen, a new WAL
+    /// file is started, and the frozen memtable is flushed to a segment.
+    pub memtable_bytes: u64,
+    /// Block-cache budget in bytes.
+    pub cache_bytes: u64,
+    /// Uncompressed size of a segment data block.
+    pub block_size: usize,
+    /// Compress segment blocks with LZ4.
+    pub compression: bool,
+    /// How many committed transactions the change feed retains (older ones are dropped by
+    /// compaction, and `changes(since)` below the horizon gives `FeedTruncated`).
+    pub feed_retention: u64,
+    /// Merge segments when there are more than this many.
+    pub compaction_trigger: usize,
+    /// Run flushes and compactions inline after commits that need them (on the committing
+    /// task). Turn off to drive them only through `checkpoint()`/`compact()`.
+    pub auto_maintenance: bool,
+    /// Largest document accepted.
+    pub max_document_bytes: usize,
+    /// Create the database if it does not exist.
+    pub create_if_missing: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            memtable_bytes: 64 << 20,
+            cache_bytes: 64 << 20,
+            block_size: 16 << 10,
+            compression: true,
+            feed_retention: 100_000,
+            compaction_trigger: 8,
+            auto_maintenance: true,
+            max_document_bytes: 16 << 20,
+            create_if_missing: true,
+        }
+    }
+}
+
+impl Options {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Set [`Options::memtable_bytes`].
+    pub fn memtable_bytes(mut self, v: u64) -> Self {
+        self.memtable_bytes = v;
+        self
+    }
+    /// Set [`Options::cache_bytes`].
+    pub fn cache_bytes(mut self, v: u64) -> Self {
+        self.cache_bytes = v;
+        self
+    }
+    /// Set [`Options::block_size`].
+    pub fn block_size(mut self, v: usize) -> Self {
+        self.block_size = v.max(256);
+        self
+    }
+    /// Set [`Options::compression`].
+    pub fn compression(mut self, v: bool) -> Self {
+        self.compression = v;
+        self
+    }
+    /// Set [`Options::feed_retention`].
+    pub fn feed_retention(mut self, v: u64) -> Self {
+        self.feed_retention = v;
+        self
+    }
+    /// Set [`Options::compaction_trigger`].
+    pub fn compaction_trigger(mut self, v: usize) -> Self {
+        self.compaction_trigger = v.max(2);
+        self
+    }
+    /// Set [`Options::auto_maintenance`].
+    pub fn auto_maintenance(mut self, v: bool) -> Self {
+        self.auto_maintenance = v;
+        self
+    }
+    /// Set [`Options::max_document_bytes`].
+    pub fn max_document_bytes(mut self, v: usize) -> Self {
+        self.max_document_bytes = v;
+        self
+    }
+    /// Set [`Options::create_if_missing`].
+    pub fn create_if_missing(mut self, v: bool) -> Self {
+        self.create_if_missing = v;
+        self
+    }
+}

@@ -1,0 +1,784 @@
+//! Immutable sorted segments.
+//!
+//! ## File layout (`seg-NNNNNNNNNNNNNNNN.sst`)
+//!
+//! ```text
+//! data block*    compressed entries | trailer (9 bytes)
+//! index block    entries of IndexEntry | crc32c u32 LE
+//! filter block   Bloom filter (see bloom.rs) | crc32c u32 LE
+//! footer (64 bytes, little endian):
+//!   0  magic "ENTISEG\0"         8  format version u32    12 reserved u32 (0)
+//!   16 index offset u64          24 index length u32      28 filter length u32
+//!   32 entry count u64           40 min seq u64           48 max seq u64
+//!   56 block count u32           60 crc32c(bytes 0..60) u32
+//! ```
+//!
+//! A data block holds entries in (key ascending, sequence descending) order, each
+//! `key_len u16 | key | seq u64 | kind u8 (1 put, 2 delete) | (put) value_len u32 | value`,
+//! then compressed; its trailer is `compression u8 (0 none, 1 lz4) | raw_len u32 |
+//! crc32c(compressed bytes ++ compression ++ raw_len) u32`. An index entry is
+//! `key_len u16 | last key | last seq u64 | block offset u64 | block length u32` (length
+//! including the trailer). The filter block starts right after the index block.
+//!
+//! Segments are written once, synced, then named in the manifest; they never change after.
+
+use std::sync::Arc;
+
+use entidb_io::{Backend, File, OpenMode};
+
+use crate::bloom::{BloomBuilder, may_contain};
+use crate::error::{Error, Result};
+use crate::memtable::{Entry, Op};
+
+pub(crate) const MAGIC: [u8; 8] = *b"ENTISEG\0";
+pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FOOTER_LEN: usize = 64;
+const TRAILER_LEN: usize = 9;
+const WRITE_BUFFER: usize = 1 << 20;
+
+const _: () = assert!(FOOTER_LEN == 60 + 4);
+
+pub(crate) fn file_name(id: u64) -> String {
+    format!("seg-{id:016x}.sst")
+}
+
+pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("seg-")?.strip_suffix(".sst")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// What the manifest records about a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentMeta {
+    pub id: u64,
+    pub size: u64,
+    pub entries: u64,
+    pub min_seq: u64,
+    pub max_seq: u64,
+}
+
+#[derive(Debug, Clone)]
+struct IndexEntry {
+    last_key: Arc<[u8]>,
+    last_seq: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// A decoded data block: raw entry bytes plus the offset of each entry.
+#[derive(Debug)]
+pub(crate) struct Block {
+    data: Vec<u8>,
+    offsets: Vec<u32>,
+}
+
+impl Block {
+    fn parse(data: Vec<u8>) -> std::result::Result<Block, &'static str> {
+        let mut offsets = Vec::new();
+        let mut pos = 0usize;
+        while pos < data.len() {
+            offsets.push(pos as u32);
+            pos = entry_end(&data, pos)?;
+        }
+        Ok(Block { data, offsets })
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn key_seq(&self, i: usize) -> (&[u8], u64) {
+        let p = self.offsets[i] as usize;
+        let klen = u16::from_le_bytes([self.data[p], self.data[p + 1]]) as usize;
+        let key = &self.data[p + 2..p + 2 + klen];
+        let s = p + 2 + klen;
+        let seq = u64::from_le_bytes(self.data[s..s + 8].try_into().unwrap_or([0; 8]));
+        (key, seq)
+    }
+
+    fn entry(&self, i: usize) -> Entry {
+        let p = self.offsets[i] as usize;
+        let (key, seq) = self.key_seq(i);
+        let kind_at = p + 2 + key.len() + 8;
+        let op = if self.data[kind_at] == 1 {
+            let l = u32::from_le_bytes(
+                self.data[kind_at + 1..kind_at + 5]
+                    .try_into()
+                    .unwrap_or([0; 4]),
+            ) as usize;
+            Op::Put(Arc::from(&self.data[kind_at + 5..kind_at + 5 + l]))
+        } else {
+            Op::Delete
+        };
+        Entry {
+            key: Arc::from(key),
+            seq,
+            op,
+        }
+    }
+
+    /// Index of the first entry at or after position (key, seq).
+    fn seek(&self, key: &[u8], seq: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (k, s) = self.key_seq(mid);
+            if Entry::cmp_pos(k, s, key, seq).is_lt() {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// Validate one entry's framing and return where it ends.
+fn entry_end(d: &[u8], p: usize) -> std::result::Result<usize, &'static str> {
+    let get = |a: usize, b: usize| d.get(a..b).ok_or("entry runs past the block");
+    let klen = u16::from_le_bytes(get(p, p + 2)?.try_into().map_err(|_| "bad key length")?);
+    let kind_at = p + 2 + klen as usize + 8;
+    match get(kind_at, kind_at + 1)?[0] {
+        1 => {
+            let l = u32::from_le_bytes(
+                get(kind_at + 1, kind_at + 5)?
+                    .try_into()
+                    .map_err(|_| "bad value length")?,
+            ) as usize;
+            let end = kind_at + 5 + l;
+            get(kind_at + 5, end)?;
+            Ok(end)
+        }
+        2 => Ok(kind_at + 1),
+        _ => Err("unknown entry kind"),
+    }
+}
+
+/// Shared cache of decoded blocks, bounded in bytes.
+#[derive(Debug)]
+pub(crate) struct BlockCache {
+    cache: quick_cache::sync::Cache<(u64, u64), Arc<Block>, BlockWeighter>,
+}
+
+#[derive(Debug, Clone)]
+struct BlockWeighter;
+
+impl quick_cache::Weighter<(u64, u64), Arc<Block>> for BlockWeighter {
+    fn weight(&self, _k: &(u64, u64), v: &Arc<Block>) -> u64 {
+        (v.data.len() + v.offsets.len() * 4 + 64) as u64
+    }
+}
+
+impl BlockCache {
+    pub(crate) fn new(bytes: u64) -> Self {
+        let items = (bytes / 4096).max(16) as usize;
+        Self {
+            cache: quick_cache::sync::Cache::with_weighter(
+                items,
+                bytes.max(1 << 16),
+                BlockWeighter,
+            ),
+        }
+    }
+}
+
+/// Counters the segment layer bumps (shared with the database's stats).
+#[derive(Debug, Default)]
+pub(crate) struct SegStats {
+    pub cache_hits: std::sync::atomic::AtomicU64,
+    pub cache_misses: std::sync::atomic::AtomicU64,
+    pub bytes_read: std::sync::atomic::AtomicU64,
+    pub filter_skips: std::sync::atomic::AtomicU64,
+}
+
+/// An open segment: footer, index and filter in memory; blocks read on demand via the cache.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub meta: SegmentMeta,
+    name: String,
+    file: Arc<dyn File>,
+    index: Vec<IndexEntry>,
+    filter: Vec<u8>,
+    cache: Arc<BlockCache>,
+    stats: Arc<SegStats>,
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl Segment {
+    /// Open a segment: read and check its footer, index and filter.
+    pub(crate) async fn open(
+        backend: &dyn Backend,
+        id: u64,
+        cache: Arc<BlockCache>,
+        stats: Arc<SegStats>,
+    ) -> Result<Segment> {
+        let name = file_name(id);
+        let file = backend
+            .open(&name, OpenMode::Existing)
+            .await
+            .map_err(Error::io("opening a segment"))?;
+        let size = file.len().await.map_err(Error::io("reading a segment"))?;
+        let corrupt = |off: u64, d: &str| Error::corruption(&name, off, d.to_owned());
+        if size < FOOTER_LEN as u64 {
+            return Err(corrupt(0, "segment shorter than its footer"));
+        }
+        let foot_at = size - FOOTER_LEN as u64;
+        let f = file
+            .read_at(foot_at, FOOTER_LEN)
+            .await
+            .map_err(Error::io("reading a segment footer"))?;
+        if f[0..8] != MAGIC || crc32c::crc32c(&f[0..60]) != u32_at(&f, 60) {
+            return Err(corrupt(foot_at, "bad segment footer (magic or checksum)"));
+        }
+        let version = u32_at(&f, 8);
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                file: name,
+                detail: format!("segment format {version}, this build reads {FORMAT_VERSION}"),
+            });
+        }
+        let index_off = u64_at(&f, 16);
+        let index_len = u32_at(&f, 24) as u64;
+        let filter_len = u32_at(&f, 28) as u64;
+        let entries = u64_at(&f, 32);
+        let (min_seq, max_seq) = (u64_at(&f, 40), u64_at(&f, 48));
+        let block_count = u32_at(&f, 56) as usize;
+        if index_off
+            .checked_add(index_len)
+            .and_then(|x| x.checked_add(filter_len))
+            != Some(foot_at)
+            || index_len < 4
+            || filter_len < 4
+        {
+            return Err(corrupt(foot_at, "segment footer offsets are inconsistent"));
+        }
+        let meta_blocks = file
+            .read_at(index_off, (index_len + filter_len) as usize)
+            .await
+            .map_err(Error::io("reading a segment index"))?;
+        let (ib, fb) = meta_blocks.split_at(index_len as usize);
+        let check = |b: &[u8]| crc32c::crc32c(&b[..b.len() - 4]) == u32_at(b, b.len() - 4);
+        if !check(ib) {
+            return Err(corrupt(index_off, "segment index checksum mismatch"));
+        }
+        if !check(fb) {
+            return Err(corrupt(
+                index_off + index_len,
+                "segment filter checksum mismatch",
+            ));
+        }
+        let index = parse_index(&ib[..ib.len() - 4])
+            .ok_or_else(|| corrupt(index_off, "segment index does not parse"))?;
+        if index.len() != block_count {
+            return Err(corrupt(index_off, "segment index block count mismatch"));
+        }
+        let mut expect = 0u64;
+        for e in &index {
+            if e.offset != expect {
+                return Err(corrupt(
+                    index_off,
+                    "segment index offsets are not contiguous",
+                ));
+            }
+            expect = e.offset + e.len as u64;
+        }
+        if expect != index_off {
+            return Err(corrupt(index_off, "segment data region length mismatch"));
+        }
+        Ok(Segment {
+            meta: SegmentMeta {
+                id,
+                size,
+                entries,
+                min_seq,
+                max_seq,
+            },
+            name,
+            file,
+            index,
+            filter: fb[..fb.len() - 4].to_vec(),
+            cache,
+            stats,
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[cfg(test)]
+    pub(crate) fn block_count(&self) -> usize {
+        self.index.len()
+    }
+
+    async fn block(&self, i: usize) -> Result<Arc<Block>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ie = &self.index[i];
+        let key = (self.meta.id, ie.offset);
+        if let Some(b) = self.cache.cache.get(&key) {
+            self.stats.cache_hits.fetch_add(1, Relaxed);
+            return Ok(b);
+        }
+        self.stats.cache_misses.fetch_add(1, Relaxed);
+        let raw = self
+            .file
+            .read_at(ie.offset, ie.len as usize)
+            .await
+            .map_err(Error::io("reading a segment block"))?;
+        self.stats.bytes_read.fetch_add(raw.len() as u64, Relaxed);
+        let block = decode_block(&raw).map_err(|d| Error::corruption(&self.name, ie.offset, d))?;
+        let block = Arc::new(block);
+        self.cache.cache.insert(key, block.clone());
+        Ok(block)
+    }
+
+    /// Read and check every block (for verify).
+    pub(crate) async fn verify_blocks(&self) -> Result<u64> {
+        let mut n = 0u64;
+        for i in 0..self.index.len() {
+            let ie = &self.index[i];
+            let raw = self
+                .file
+                .read_at(ie.offset, ie.len as usize)
+                .await
+                .map_err(Error::io("reading a segment block"))?;
+            let b = decode_block(&raw).map_err(|d| Error::corruption(&self.name, ie.offset, d))?;
+            n += b.len() as u64;
+        }
+        if n != self.meta.entries {
+            return Err(Error::corruption(
+                &self.name,
+                0,
+                "entry count does not match footer",
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Index of the first block whose last position is at or after (key, seq).
+    fn find_block(&self, key: &[u8], seq: u64) -> usize {
+        self.index
+            .partition_point(|e| Entry::cmp_pos(&e.last_key, e.last_seq, key, seq).is_lt())
+    }
+
+    /// Newest version of `key` at or below `snapshot` in this segment.
+    pub(crate) async fn get(&self, key: &[u8], snapshot: u64) -> Result<Option<(u64, Op)>> {
+        if snapshot < self.meta.min_seq {
+            return Ok(None);
+        }
+        if !may_contain(&self.filter, key) {
+            self.stats
+                .filter_skips
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(None);
+        }
+        let bi = self.find_block(key, snapshot);
+        if bi >= self.index.len() {
+            return Ok(None);
+        }
+        let block = self.block(bi).await?;
+        let i = block.seek(key, snapshot);
+        if i >= block.len() {
+            return Ok(None);
+        }
+        let e = block.entry(i);
+        if &*e.key != key {
+            return Ok(None);
+        }
+        Ok(Some((e.seq, e.op)))
+    }
+}
+
+fn parse_index(mut b: &[u8]) -> Option<Vec<IndexEntry>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let klen = u16::from_le_bytes(b.get(0..2)?.try_into().ok()?) as usize;
+        let key = b.get(2..2 + klen)?;
+        let rest = b.get(2 + klen..2 + klen + 20)?;
+        out.push(IndexEntry {
+            last_key: Arc::from(key),
+            last_seq: u64::from_le_bytes(rest[0..8].try_into().ok()?),
+            offset: u64::from_le_bytes(rest[8..16].try_into().ok()?),
+            len: u32::from_le_bytes(rest[16..20].try_into().ok()?),
+        });
+        b = &b[2 + klen + 20..];
+    }
+    Some(out)
+}
+
+fn decode_block(raw: &[u8]) -> std::result::Result<Block, String> {
+    if raw.len() < TRAILER_LEN {
+        return Err("block shorter than its trailer".into());
+    }
+    let (body, tr) = raw.split_at(raw.len() - TRAILER_LEN);
+    let mut h = crc32c::crc32c(body);
+    h = crc32c::crc32c_append(h, &tr[0..5]);
+    if h != u32_at(tr, 5) {
+        return Err("block checksum mismatch".into());
+    }
+    let raw_len = u32_at(tr, 1) as usize;
+    let data = match tr[0] {
+        0 => body.to_vec(),
+        1 => lz4_flex::block::decompress(body, raw_len)
+            .map_err(|e| format!("block does not decompress: {e}"))?,
+        c => return Err(format!("unknown block compression {c}")),
+    };
+    if data.len() != raw_len {
+        return Err("block length mismatch".into());
+    }
+    Block::parse(data).map_err(|e| format!("block entries do not parse: {e}"))
+}
+
+/// Writes a new segment from entries given in order.
+#[derive(Debug)]
+pub(crate) struct SegmentWriter {
+    file: Arc<dyn File>,
+    id: u64,
+    block_size: usize,
+    compress: bool,
+    block: Vec<u8>,
+    block_last: Option<(Arc<[u8]>, u64)>,
+    out: Vec<u8>,
+    written: u64,
+    index: Vec<u8>,
+    blocks: u32,
+    bloom: BloomBuilder,
+    entries: u64,
+    min_seq: u64,
+    max_seq: u64,
+    last: Option<(Arc<[u8]>, u64)>,
+}
+
+impl SegmentWriter {
+    pub(crate) async fn create(
+        backend: &dyn Backend,
+        id: u64,
+        block_size: usize,
+        compress: bool,
+    ) -> Result<SegmentWriter> {
+        let file = backend
+            .open(&file_name(id), OpenMode::CreateNew)
+            .await
+            .map_err(Error::io("creating a segment"))?;
+        Ok(SegmentWriter {
+            file,
+            id,
+            block_size,
+            compress,
+            block: Vec::with_capacity(block_size + 1024),
+            block_last: None,
+            out: Vec::with_capacity(WRITE_BUFFER + block_size),
+            written: 0,
+            index: Vec::new(),
+            blocks: 0,
+            bloom: BloomBuilder::default(),
+            entries: 0,
+            min_seq: u64::MAX,
+            max_seq: 0,
+            last: None,
+        })
+    }
+
+    pub(crate) fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Add the next entry; entries must come in strictly increasing position order.
+    pub(crate) async fn add(&mut self, e: &Entry) -> Result<()> {
+        if let Some((k, s)) = &self.last {
+            assert!(
+                Entry::cmp_pos(k, *s, &e.key, e.seq).is_lt(),
+                "segment entries out of order"
+            );
+        }
+        assert!(
+            e.key.len() <= u16::MAX as usize,
+            "key too long for a segment"
+        );
+        self.block
+            .extend_from_slice(&(e.key.len() as u16).to_le_bytes());
+        self.block.extend_from_slice(&e.key);
+        self.block.extend_from_slice(&e.seq.to_le_bytes());
+        match &e.op {
+            Op::Put(v) => {
+                self.block.push(1);
+                self.block
+                    .extend_from_slice(&(v.len() as u32).to_le_bytes());
+                self.block.extend_from_slice(v);
+            }
+            Op::Delete => self.block.push(2),
+        }
+        self.bloom.add(&e.key);
+        self.entries += 1;
+        self.min_seq = self.min_seq.min(e.seq);
+        self.max_seq = self.max_seq.max(e.seq);
+        self.last = Some((e.key.clone(), e.seq));
+        self.block_last = self.last.clone();
+        if self.block.len() >= self.block_size {
+            self.finish_block();
+        }
+        if self.out.len() >= WRITE_BUFFER {
+            self.flush_out().await?;
+        }
+        Ok(())
+    }
+
+    fn finish_block(&mut self) {
+        let Some((last_key, last_seq)) = self.block_last.take() else {
+            return;
+        };
+        let raw_len = self.block.len() as u32;
+        let start = self.out.len();
+        let mut compression = 0u8;
+        if self.compress {
+            let c = lz4_flex::block::compress(&self.block);
+            // Keep compression only when it saves at least 1/8.
+            if c.len() < self.block.len() - self.block.len() / 8 {
+                self.out.extend_from_slice(&c);
+                compression = 1;
+            }
+        }
+        if compression == 0 {
+            self.out.extend_from_slice(&self.block);
+        }
+        let mut tr = [0u8; TRAILER_LEN];
+        tr[0] = compression;
+        tr[1..5].copy_from_slice(&raw_len.to_le_bytes());
+        let h = crc32c::crc32c_append(crc32c::crc32c(&self.out[start..]), &tr[0..5]);
+        tr[5..9].copy_from_slice(&h.to_le_bytes());
+        self.out.extend_from_slice(&tr);
+        let len = (self.out.len() - start) as u32;
+        let offset = self.written + start as u64;
+        self.index
+            .extend_from_slice(&(last_key.len() as u16).to_le_bytes());
+        self.index.extend_from_slice(&last_key);
+        self.index.extend_from_slice(&last_seq.to_le_bytes());
+        self.index.extend_from_slice(&offset.to_le_bytes());
+        self.index.extend_from_slice(&len.to_le_bytes());
+        self.blocks += 1;
+        self.block.clear();
+    }
+
+    async fn flush_out(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::replace(
+            &mut self.out,
+            Vec::with_capacity(WRITE_BUFFER + self.block_size),
+        );
+        let n = buf.len() as u64;
+        self.file
+            .write_at(self.written, buf)
+            .await
+            .map_err(Error::io("writing a segment"))?;
+        self.written += n;
+        Ok(())
+    }
+
+    /// Write index, filter and footer, and sync. The caller records the segment in the
+    /// manifest afterwards (and syncs the directory).
+    pub(crate) async fn finish(mut self) -> Result<SegmentMeta> {
+        self.finish_block();
+        let index_off = self.written + self.out.len() as u64;
+        let mut index = std::mem::take(&mut self.index);
+        let icrc = crc32c::crc32c(&index);
+        index.extend_from_slice(&icrc.to_le_bytes());
+        let mut filter = self.bloom.finish();
+        let fcrc = crc32c::crc32c(&filter);
+        filter.extend_from_slice(&fcrc.to_le_bytes());
+        let mut f = [0u8; FOOTER_LEN];
+        f[0..8].copy_from_slice(&MAGIC);
+        f[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        f[16..24].copy_from_slice(&index_off.to_le_bytes());
+        f[24..28].copy_from_slice(&(index.len() as u32).to_le_bytes());
+        f[28..32].copy_from_slice(&(filter.len() as u32).to_le_bytes());
+        f[32..40].copy_from_slice(&self.entries.to_le_bytes());
+        let min_seq = if self.entries == 0 { 0 } else { self.min_seq };
+        f[40..48].copy_from_slice(&min_seq.to_le_bytes());
+        f[48..56].copy_from_slice(&self.max_seq.to_le_bytes());
+        f[56..60].copy_from_slice(&self.blocks.to_le_bytes());
+        let crc = crc32c::crc32c(&f[0..60]);
+        f[60..64].copy_from_slice(&crc.to_le_bytes());
+        self.out.extend_from_slice(&index);
+        self.out.extend_from_slice(&filter);
+        self.out.extend_from_slice(&f);
+        self.flush_out().await?;
+        self.file
+            .sync_data()
+            .await
+            .map_err(Error::io("syncing a segment"))?;
+        Ok(SegmentMeta {
+            id: self.id,
+            size: self.written,
+            entries: self.entries,
+            min_seq,
+            max_seq: self.max_seq,
+        })
+    }
+}
+
+/// A forward cursor over one segment, from a start position to an optional end key.
+#[derive(Debug)]
+pub(crate) struct SegCursor {
+    seg: Arc<Segment>,
+    block_idx: usize,
+    block: Option<Arc<Block>>,
+    pos: usize,
+    seek: Option<(Vec<u8>, u64)>,
+    end: Option<Arc<[u8]>>,
+}
+
+impl SegCursor {
+    pub(crate) fn new(
+        seg: Arc<Segment>,
+        from: &[u8],
+        from_seq: u64,
+        end: Option<Arc<[u8]>>,
+    ) -> Self {
+        let block_idx = seg.find_block(from, from_seq);
+        Self {
+            seg,
+            block_idx,
+            block: None,
+            pos: 0,
+            seek: Some((from.to_vec(), from_seq)),
+            end,
+        }
+    }
+
+    /// The next entry, or `None` at the end of the range.
+    pub(crate) async fn next(&mut self) -> Result<Option<Entry>> {
+        loop {
+            if self.block_idx >= self.seg.index.len() {
+                return Ok(None);
+            }
+            let block = match &self.block {
+                Some(b) => b.clone(),
+                None => {
+                    let b = self.seg.block(self.block_idx).await?;
+                    self.pos = match self.seek.take() {
+                        Some((k, s)) => b.seek(&k, s),
+                        None => 0,
+                    };
+                    self.block = Some(b.clone());
+                    b
+                }
+            };
+            if self.pos >= block.len() {
+                self.block = None;
+                self.block_idx += 1;
+                continue;
+            }
+            let (k, _) = block.key_seq(self.pos);
+            if let Some(end) = &self.end
+                && k >= &end[..]
+            {
+                self.block_idx = usize::MAX;
+                return Ok(None);
+            }
+            let e = block.entry(self.pos);
+            self.pos += 1;
+            return Ok(Some(e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use entidb_io::MemoryBackend;
+    use futures_executor::block_on;
+
+    fn e(k: &[u8], seq: u64, v: Option<&[u8]>) -> Entry {
+        Entry {
+            key: Arc::from(k),
+            seq,
+            op: match v {
+                Some(v) => Op::Put(Arc::from(v)),
+                None => Op::Delete,
+            },
+        }
+    }
+
+    #[test]
+    fn write_open_get_scan() {
+        block_on(async {
+            let b = MemoryBackend::new();
+            let mut w = SegmentWriter::create(&b, 1, 256, true).await.unwrap();
+            let mut all = vec![];
+            for i in 0u32..2000 {
+                let k = i.to_be_bytes();
+                all.push(e(&k, 10 + i as u64 * 2 + 1, None));
+                all.push(e(&k, 10 + i as u64 * 2, Some(&[i as u8; 40])));
+            }
+            for x in &all {
+                w.add(x).await.unwrap();
+            }
+            let meta = w.finish().await.unwrap();
+            assert_eq!(meta.entries, 4000);
+            let cache = Arc::new(BlockCache::new(1 << 20));
+            let seg = Arc::new(Segment::open(&b, 1, cache, Arc::default()).await.unwrap());
+            assert!(seg.block_count() > 10);
+            let k = 77u32.to_be_bytes();
+            assert_eq!(seg.get(&k, 9).await.unwrap(), None);
+            assert_eq!(
+                seg.get(&k, 10 + 154).await.unwrap(),
+                Some((164, Op::Put(Arc::from(&[77u8; 40][..]))))
+            );
+            assert_eq!(
+                seg.get(&k, u64::MAX).await.unwrap(),
+                Some((165, Op::Delete))
+            );
+            assert_eq!(
+                seg.get(&5000u32.to_be_bytes(), u64::MAX).await.unwrap(),
+                None
+            );
+            let mut c = SegCursor::new(
+                seg.clone(),
+                &k,
+                u64::MAX,
+                Some(Arc::from(&100u32.to_be_bytes()[..])),
+            );
+            let mut n = 0;
+            while let Some(x) = c.next().await.unwrap() {
+                assert_eq!(x, all[77 * 2 + n]);
+                n += 1;
+            }
+            assert_eq!(n, (100 - 77) * 2);
+            assert_eq!(seg.verify_blocks().await.unwrap(), 4000);
+        });
+    }
+
+    #[test]
+    fn damaged_blocks_are_reported() {
+        block_on(async {
+            let b = entidb_io::SimBackend::new(1, Default::default());
+            let mut w = SegmentWriter::create(&b, 1, 128, false).await.unwrap();
+            for i in 0u32..100 {
+                w.add(&e(&i.to_be_bytes(), 1, Some(b"value")))
+                    .await
+                    .unwrap();
+            }
+            w.finish().await.unwrap();
+            b.corrupt(&file_name(1), 10, 0x01).unwrap();
+            let seg = Segment::open(&b, 1, Arc::new(BlockCache::new(1 << 20)), Arc::default())
+                .await
+                .unwrap();
+            let err = seg.get(&0u32.to_be_bytes(), 5).await.unwrap_err();
+            assert!(err.is_corruption(), "{err}");
+            assert!(seg.verify_blocks().await.unwrap_err().is_corruption());
+        });
+    }
+}

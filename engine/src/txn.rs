@@ -1,0 +1,508 @@
+//! Snapshots and write transactions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::catalog::check_name;
+use crate::cbor::{self, Value};
+use crate::db::{Inner, Pin, View, WriterState, read, write};
+use crate::document::{Document, Page, ScanOptions};
+use crate::error::{Error, Result};
+use crate::feed::{self, RecordBuilder};
+use crate::ids::EntityId;
+use crate::keys;
+use crate::options::Durability;
+use crate::read::{Overlay, ReadCtx};
+use crate::wal::{Batch, BatchOp};
+
+/// A consistent, read-only view of the database at one sequence. Readers never block the
+/// writer and are never blocked by it; a snapshot keeps seeing the same data however long it
+/// lives (compaction keeps what it needs).
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) view: View,
+    pub(crate) _pin: Pin,
+}
+
+impl Snapshot {
+    pub(crate) fn new(inner: &Arc<Inner>) -> Snapshot {
+        let (view, pin) = inner.pinned_view();
+        Snapshot {
+            inner: inner.clone(),
+            view,
+            _pin: pin,
+        }
+    }
+
+    /// The sequence this snapshot reads at.
+    pub fn sequence(&self) -> u64 {
+        self.view.seq
+    }
+
+    fn ctx(&self) -> ReadCtx<'_> {
+        ReadCtx {
+            inner: &self.inner,
+            version: &self.view.version,
+            seq: self.view.seq,
+            overlay: None,
+            pending_version: 0,
+        }
+    }
+
+    fn resolve(&self, name: &str) -> Option<u32> {
+        read(&self.inner.catalog).resolve(name, self.view.seq)
+    }
+
+    /// Read access to one collection.
+    pub fn collection<'a>(&'a self, name: &'a str) -> SnapshotCollection<'a> {
+        SnapshotCollection { snap: self, name }
+    }
+
+    /// Names of the collections that exist in this snapshot.
+    pub fn collections(&self) -> Vec<String> {
+        read(&self.inner.catalog)
+            .list(self.view.seq)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+}
+
+/// Reads of one collection in a [`Snapshot`].
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotCollection<'a> {
+    snap: &'a Snapshot,
+    name: &'a str,
+}
+
+impl SnapshotCollection<'_> {
+    /// The document with this id.
+    pub async fn get_document(&self, id: EntityId) -> Result<Option<Document>> {
+        self.snap.ctx().get(self.snap.resolve(self.name), id).await
+    }
+    /// The entity with this id, decoded.
+    pub async fn get<T: DeserializeOwned>(&self, id: EntityId) -> Result<Option<T>> {
+        self.get_document(id).await?.map(|d| d.decode()).transpose()
+    }
+    /// Whether the entity exists.
+    pub async fn exists(&self, id: EntityId) -> Result<bool> {
+        Ok(self.get_document(id).await?.is_some())
+    }
+    /// The entity's version, if it exists.
+    pub async fn version(&self, id: EntityId) -> Result<Option<u64>> {
+        Ok(self.get_document(id).await?.map(|d| d.version))
+    }
+    /// A page of entities in id order.
+    pub async fn scan(&self, opts: ScanOptions) -> Result<Page> {
+        self.snap
+            .ctx()
+            .scan(self.snap.resolve(self.name), opts, |_| true)
+            .await
+    }
+    /// A page of the entities that satisfy `pred`, in id order (a full scan, counted in
+    /// stats); `opts.limit` counts matches.
+    pub async fn scan_where(
+        &self,
+        opts: ScanOptions,
+        pred: impl FnMut(&Document) -> bool,
+    ) -> Result<Page> {
+        self.snap
+            .ctx()
+            .scan(self.snap.resolve(self.name), opts, pred)
+            .await
+    }
+    /// Number of entities (a full scan of the collection).
+    pub async fn count(&self) -> Result<u64> {
+        self.snap.ctx().count(self.snap.resolve(self.name)).await
+    }
+}
+
+/// A write transaction. Only one exists at a time (the single writer); others wait in
+/// [`Database::begin`](crate::Database::begin). Reads see the transaction's own writes.
+/// Nothing is visible to others until [`WriteTxn::commit`] returns; dropping the transaction
+/// (or [`WriteTxn::abort`]) discards it.
+pub struct WriteTxn {
+    inner: Arc<Inner>,
+    guard: Option<async_lock::MutexGuardArc<WriterState>>,
+    view: View,
+    read_seq: u64,
+    writes: Overlay,
+    created: BTreeMap<String, u32>,
+    dropped: Vec<(String, u32)>,
+    origin: Option<String>,
+    durability: Durability,
+}
+
+impl std::fmt::Debug for WriteTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTxn")
+            .field("read_seq", &self.read_seq)
+            .field("writes", &self.writes.len())
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+impl WriteTxn {
+    pub(crate) async fn begin(inner: &Arc<Inner>) -> Result<WriteTxn> {
+        inner.check_open()?;
+        let guard = inner.writer.lock_arc().await;
+        inner.check_open()?;
+        let read_seq = guard.last_seq;
+        let view = View {
+            version: inner.view().version,
+            seq: read_seq,
+        };
+        Ok(WriteTxn {
+            inner: inner.clone(),
+            guard: Some(guard),
+            view,
+            read_seq,
+            writes: Overlay::new(),
+            created: BTreeMap::new(),
+            dropped: Vec::new(),
+            origin: None,
+            durability: Durability::Durable,
+        })
+    }
+
+    /// Tag this transaction's change-feed record with an origin (a replicator sets it so that
+    /// it can recognise, and skip, its own writes in the feed).
+    pub fn set_origin(&mut self, origin: impl Into<String>) {
+        self.origin = Some(origin.into());
+    }
+
+    /// Choose how durable the commit must be before [`WriteTxn::commit`] returns.
+    pub fn set_durability(&mut self, d: Durability) {
+        self.durability = d;
+    }
+
+    /// The sequence this transaction reads at (its commit will get the next one).
+    pub fn read_sequence(&self) -> u64 {
+        self.read_seq
+    }
+
+    fn ctx(&self) -> ReadCtx<'_> {
+        ReadCtx {
+            inner: &self.inner,
+            version: &self.view.version,
+            seq: self.read_seq,
+            overlay: Some(&self.writes),
+            pending_version: self.read_seq + 1,
+        }
+    }
+
+    fn resolve(&self, name: &str) -> Option<u32> {
+        if let Some(&id) = self.created.get(name) {
+            return Some(id);
+        }
+        if self.dropped.iter().any(|(n, _)| n == name) {
+            return None;
+        }
+        read(&self.inner.catalog).resolve(name, self.read_seq)
+    }
+
+    fn resolve_or_create(&mut self, name: &str) -> Result<u32> {
+        if let Some(id) = self.resolve(name) {
+            return Ok(id);
+        }
+        check_name(name)?;
+        let cat_next = read(&self.inner.catalog).next_id();
+        let tx_next = self
+            .created
+            .values()
+            .chain(self.dropped.iter().map(|(_, i)| i))
+            .max()
+            .map_or(0, |m| m + 1);
+        let id = cat_next.max(tx_next);
+        self.writes.insert(
+            keys::catalog_key(name),
+            Some(Arc::from(&id.to_be_bytes()[..])),
+        );
+        self.created.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// Create a collection; fails with [`Error::CollectionExists`] if it exists. (Writing to
+    /// a collection that does not exist creates it too.)
+    pub fn create_collection(&mut self, name: &str) -> Result<()> {
+        if self.resolve(name).is_some() {
+            return Err(Error::CollectionExists(name.to_owned()));
+        }
+        self.resolve_or_create(name).map(|_| ())
+    }
+
+    /// Drop a collection and all its entities. Returns whether it existed.
+    pub fn drop_collection(&mut self, name: &str) -> Result<bool> {
+        let Some(id) = self.resolve(name) else {
+            return Ok(false);
+        };
+        let (from, end) = (keys::collection_start(id), keys::collection_end(id));
+        let pending: Vec<Vec<u8>> = self
+            .writes
+            .range(from..end)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in pending {
+            self.writes.remove(&k);
+        }
+        if self.created.remove(name).is_some() {
+            self.writes.remove(&keys::catalog_key(name));
+            return Ok(true);
+        }
+        self.writes.insert(keys::catalog_key(name), None);
+        self.writes
+            .insert(keys::dropped_key(id), Some(Arc::from(name.as_bytes())));
+        self.dropped.push((name.to_owned(), id));
+        Ok(true)
+    }
+
+    /// Names of the collections as this transaction sees them.
+    pub fn collections(&self) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.inner.catalog)
+            .list(self.read_seq)
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !self.dropped.iter().any(|(d, _)| d == n))
+            .collect();
+        names.extend(self.created.keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Read and write access to one collection inside this transaction.
+    pub fn collection<'a>(&'a mut self, name: &'a str) -> TxCollection<'a> {
+        TxCollection { tx: self, name }
+    }
+
+    async fn check_expected(&self, name: &str, id: EntityId, expected: Option<u64>) -> Result<()> {
+        let actual = match self.resolve(name) {
+            Some(coll) => self
+                .ctx()
+                .committed(&keys::entity_key(coll, &id))
+                .await?
+                .map(|(v, _)| v),
+            None => None,
+        };
+        if actual != expected {
+            return Err(Error::VersionConflict {
+                collection: name.to_owned(),
+                id,
+                expected,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    fn put_bytes(&mut self, name: &str, id: EntityId, bytes: Vec<u8>) -> Result<()> {
+        if bytes.len() > self.inner.options.max_document_bytes {
+            return Err(Error::TooLarge {
+                what: "document",
+                size: bytes.len() as u64,
+                limit: self.inner.options.max_document_bytes as u64,
+            });
+        }
+        let coll = self.resolve_or_create(name)?;
+        self.writes
+            .insert(keys::entity_key(coll, &id), Some(Arc::from(bytes)));
+        Ok(())
+    }
+
+    /// Commit: the transaction is durable (per its [`Durability`]) when this returns, and
+    /// visible to new snapshots. Returns the commit's sequence (its entities' new version);
+    /// a transaction that wrote nothing returns the sequence it read at.
+    pub async fn commit(mut self) -> Result<u64> {
+        let Some(guard) = self.guard.take() else {
+            return Err(Error::InvalidArgument(
+                "transaction already finished".into(),
+            ));
+        };
+        if self.writes.is_empty() {
+            return Ok(self.read_seq);
+        }
+        let seq = guard.last_seq + 1;
+        let mut feed = RecordBuilder::new(self.inner.clock.now_millis(), self.origin.as_deref());
+        let writes = std::mem::take(&mut self.writes);
+        let mut ops = Vec::with_capacity(writes.len() + 1);
+        let mut entity_writes = 0u64;
+        {
+            let catalog = read(&self.inner.catalog);
+            let name_of = |coll: u32| -> Option<String> {
+                self.created
+                    .iter()
+                    .find(|(_, i)| **i == coll)
+                    .map(|(n, _)| n.clone())
+                    .or_else(|| catalog.name_of(coll).map(str::to_owned))
+            };
+            for name in self.created.keys() {
+                feed.add(feed::KIND_CREATED, name, None);
+            }
+            for (name, _) in &self.dropped {
+                feed.add(feed::KIND_DROPPED, name, None);
+            }
+            for (k, v) in &writes {
+                if let Some((coll, id)) = keys::parse_entity_key(k) {
+                    let name = name_of(coll).ok_or_else(|| {
+                        Error::InvalidArgument(format!("write to unknown collection id {coll}"))
+                    })?;
+                    let kind = if v.is_some() {
+                        feed::KIND_PUT
+                    } else {
+                        feed::KIND_DELETE
+                    };
+                    feed.add(kind, &name, Some(&id));
+                    entity_writes += 1;
+                }
+            }
+        }
+        for (k, v) in writes {
+            ops.push(BatchOp {
+                key: Arc::from(k),
+                value: v,
+            });
+        }
+        ops.push(BatchOp {
+            key: Arc::from(keys::feed_key(seq)),
+            value: Some(Arc::from(feed.finish())),
+        });
+        let created = std::mem::take(&mut self.created);
+        let dropped = std::mem::take(&mut self.dropped);
+        let inner = self.inner.clone();
+        let seq = inner
+            .commit_locked(guard, Batch { ops }, self.durability, |seq| {
+                let mut cat = write(&inner.catalog);
+                for (name, id) in &created {
+                    cat.create(name, *id, seq);
+                }
+                for (name, id) in &dropped {
+                    cat.drop_at(name, *id, seq);
+                }
+            })
+            .await?;
+        inner.counters.commits.fetch_add(1, Relaxed);
+        inner.counters.writes.fetch_add(entity_writes, Relaxed);
+        Ok(seq)
+    }
+
+    /// Discard the transaction.
+    pub fn abort(mut self) {
+        self.guard = None;
+        self.inner.counters.aborts.fetch_add(1, Relaxed);
+    }
+}
+
+impl Drop for WriteTxn {
+    fn drop(&mut self) {
+        if self.guard.take().is_some() {
+            self.inner.counters.aborts.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Reads and writes of one collection inside a [`WriteTxn`].
+#[derive(Debug)]
+pub struct TxCollection<'a> {
+    tx: &'a mut WriteTxn,
+    name: &'a str,
+}
+
+impl TxCollection<'_> {
+    /// Insert a new entity with a generated (time-ordered) id.
+    pub fn insert<T: Serialize + ?Sized>(&mut self, doc: &T) -> Result<EntityId> {
+        let id = self
+            .tx
+            .inner
+            .ids
+            .next(&*self.tx.inner.clock, &*self.tx.inner.entropy);
+        self.put(id, doc)?;
+        Ok(id)
+    }
+    /// Write an entity (insert or replace).
+    pub fn put<T: Serialize + ?Sized>(&mut self, id: EntityId, doc: &T) -> Result<()> {
+        let bytes = cbor::to_canonical_vec(doc)?;
+        self.tx.put_bytes(self.name, id, bytes)
+    }
+    /// Write an entity given as CBOR bytes; they are validated and canonicalized.
+    pub fn put_cbor(&mut self, id: EntityId, bytes: &[u8]) -> Result<()> {
+        let bytes = cbor::canonicalize(bytes)?;
+        self.tx.put_bytes(self.name, id, bytes)
+    }
+    /// Write an entity given as a dynamic value.
+    pub fn put_value(&mut self, id: EntityId, value: &Value) -> Result<()> {
+        self.tx.put_bytes(self.name, id, cbor::encode(value))
+    }
+    /// Write an entity only if its committed version is `expected` (`None`: it must not
+    /// exist). Fails with [`Error::VersionConflict`] otherwise.
+    pub async fn put_if<T: Serialize + ?Sized>(
+        &mut self,
+        id: EntityId,
+        doc: &T,
+        expected: Option<u64>,
+    ) -> Result<()> {
+        self.tx.check_expected(self.name, id, expected).await?;
+        self.put(id, doc)
+    }
+    /// Delete an entity. Returns whether it existed (as this transaction sees it).
+    pub async fn delete(&mut self, id: EntityId) -> Result<bool> {
+        let existed = self.get_document(id).await?.is_some();
+        if let Some(coll) = self.tx.resolve(self.name) {
+            let key = keys::entity_key(coll, &id);
+            // A tombstone is needed only if a committed version exists; otherwise dropping
+            // the pending write is enough. (Regression: deleting twice in one transaction
+            // must not drop the first delete's tombstone; found by the crash simulation.)
+            if self.tx.ctx().committed(&key).await?.is_some() {
+                self.tx.writes.insert(key, None);
+            } else {
+                self.tx.writes.remove(&key);
+            }
+        }
+        Ok(existed)
+    }
+
+    /// Delete an entity only if its committed version is `expected`.
+    pub async fn delete_if(&mut self, id: EntityId, expected: Option<u64>) -> Result<bool> {
+        self.tx.check_expected(self.name, id, expected).await?;
+        self.delete(id).await
+    }
+    /// The document with this id (including this transaction's writes).
+    pub async fn get_document(&self, id: EntityId) -> Result<Option<Document>> {
+        self.tx.ctx().get(self.tx.resolve(self.name), id).await
+    }
+    /// The entity with this id, decoded.
+    pub async fn get<T: DeserializeOwned>(&self, id: EntityId) -> Result<Option<T>> {
+        self.get_document(id).await?.map(|d| d.decode()).transpose()
+    }
+    /// Whether the entity exists.
+    pub async fn exists(&self, id: EntityId) -> Result<bool> {
+        Ok(self.get_document(id).await?.is_some())
+    }
+    /// A page of entities in id order (including this transaction's writes).
+    pub async fn scan(&self, opts: ScanOptions) -> Result<Page> {
+        self.tx
+            .ctx()
+            .scan(self.tx.resolve(self.name), opts, |_| true)
+            .await
+    }
+    /// A page of the entities that satisfy `pred`.
+    pub async fn scan_where(
+        &self,
+        opts: ScanOptions,
+        pred: impl FnMut(&Document) -> bool,
+    ) -> Result<Page> {
+        self.tx
+            .ctx()
+            .scan(self.tx.resolve(self.name), opts, pred)
+            .await
+    }
+    /// Number of entities.
+    pub async fn count(&self) -> Result<u64> {
+        self.tx.ctx().count(self.tx.resolve(self.name)).await
+    }
+}

@@ -1,0 +1,343 @@
+//! The public Rust API used as a user would: memory and file backends.
+
+use std::sync::Arc;
+
+use entidb::{ChangeOp, Database, Durability, EntityId, Error, Options, ScanOptions};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    name: String,
+    age: u32,
+    tags: Vec<String>,
+}
+
+fn user(name: &str, age: u32) -> User {
+    User {
+        name: name.into(),
+        age,
+        tags: vec!["a".into()],
+    }
+}
+
+#[tokio::test]
+async fn crud_versions_and_scan() {
+    let db = Database::memory().await.unwrap();
+    let users = db.collection("users");
+    assert_eq!(users.get::<User>(EntityId::MIN).await.unwrap(), None);
+    let a = users.insert(&user("Ada", 36)).await.unwrap();
+    let b = users.insert(&user("Grace", 45)).await.unwrap();
+    assert!(a < b, "generated ids are time-ordered");
+    assert_eq!(users.get::<User>(a).await.unwrap(), Some(user("Ada", 36)));
+    let v1 = users.version(a).await.unwrap().unwrap();
+    let v2 = users.put(a, &user("Ada", 37)).await.unwrap();
+    assert!(v2 > v1);
+    assert_eq!(users.version(a).await.unwrap(), Some(v2));
+    assert!(users.exists(b).await.unwrap());
+    assert_eq!(users.count().await.unwrap(), 2);
+    assert!(users.delete(b).await.unwrap());
+    assert!(!users.delete(b).await.unwrap());
+    assert!(!users.exists(b).await.unwrap());
+    assert_eq!(db.collections(), vec!["users".to_owned()]);
+
+    for i in 0..25 {
+        users.insert(&user(&format!("u{i}"), i)).await.unwrap();
+    }
+    let mut all = vec![];
+    let mut opts = ScanOptions::limit(10);
+    loop {
+        let page = users.scan(opts).await.unwrap();
+        assert!(page.items.len() <= 10);
+        all.extend(page.items.iter().map(|d| d.id()));
+        match page.next {
+            Some(c) => opts = opts.after(c),
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), 26);
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "scan is in id order");
+    let old = users
+        .scan_where(ScanOptions::limit(100), |d| {
+            d.decode::<User>().map(|u| u.age >= 20).unwrap_or(false)
+        })
+        .await
+        .unwrap();
+    assert_eq!(old.items.len(), 1 + 5);
+    assert!(db.stats().scans >= 1);
+}
+
+#[tokio::test]
+async fn transactions_read_your_writes_abort_and_expected_versions() {
+    let db = Database::memory().await.unwrap();
+    let id = db.new_id();
+    let mut tx = db.begin().await.unwrap();
+    tx.collection("c").put(id, &user("x", 1)).unwrap();
+    assert_eq!(
+        tx.collection("c").get::<User>(id).await.unwrap(),
+        Some(user("x", 1))
+    );
+    assert_eq!(
+        tx.collection("c")
+            .scan(ScanOptions::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // Not visible outside before commit.
+    assert_eq!(db.collection("c").get::<User>(id).await.unwrap(), None);
+    tx.abort();
+    assert_eq!(db.collection("c").get::<User>(id).await.unwrap(), None);
+    assert!(
+        db.collections().is_empty(),
+        "aborted create leaves no collection"
+    );
+
+    let v = db.collection("c").put(id, &user("x", 1)).await.unwrap();
+    let err = db
+        .collection("c")
+        .put_if(id, &user("y", 2), Some(v + 100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::VersionConflict { .. }), "{err}");
+    let err = db
+        .collection("c")
+        .put_if(id, &user("y", 2), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::VersionConflict {
+            actual: Some(_),
+            ..
+        }
+    ));
+    db.collection("c")
+        .put_if(id, &user("y", 2), Some(v))
+        .await
+        .unwrap();
+
+    // Closure form: Err aborts, Ok commits.
+    let r: Result<(), Error> = db
+        .write(async |tx| {
+            tx.collection("c").put(id, &user("z", 3))?;
+            Err(Error::InvalidArgument("no".into()))
+        })
+        .await;
+    assert!(r.is_err());
+    assert_eq!(
+        db.collection("c").get::<User>(id).await.unwrap(),
+        Some(user("y", 2))
+    );
+    let n: u32 = db
+        .write(async |tx| {
+            tx.collection("c").put(id, &user("z", 3))?;
+            Ok::<_, Error>(7)
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 7);
+    assert_eq!(
+        db.collection("c").get::<User>(id).await.unwrap(),
+        Some(user("z", 3))
+    );
+}
+
+#[tokio::test]
+async fn snapshots_are_stable_and_do_not_block_the_writer() {
+    let db = Database::memory().await.unwrap();
+    let c = db.collection("c");
+    let id = c.insert(&1u32).await.unwrap();
+    let snap = db.snapshot();
+    c.put(id, &2u32).await.unwrap();
+    let id2 = c.insert(&3u32).await.unwrap();
+    db.checkpoint().await.unwrap();
+    db.compact().await.unwrap();
+    assert_eq!(snap.collection("c").get::<u32>(id).await.unwrap(), Some(1));
+    assert_eq!(snap.collection("c").get::<u32>(id2).await.unwrap(), None);
+    assert_eq!(snap.collection("c").count().await.unwrap(), 1);
+    assert_eq!(c.get::<u32>(id).await.unwrap(), Some(2));
+}
+
+#[tokio::test]
+async fn collections_create_list_drop() {
+    let db = Database::memory().await.unwrap();
+    db.create_collection("a").await.unwrap();
+    assert!(matches!(
+        db.create_collection("a").await,
+        Err(Error::CollectionExists(_))
+    ));
+    assert!(matches!(
+        db.create_collection("").await,
+        Err(Error::InvalidCollectionName { .. })
+    ));
+    let id = db.collection("b").insert(&"doc").await.unwrap();
+    assert_eq!(db.collections(), vec!["a".to_owned(), "b".to_owned()]);
+    assert!(db.drop_collection("b").await.unwrap());
+    assert!(!db.drop_collection("b").await.unwrap());
+    assert_eq!(db.collection("b").get::<String>(id).await.unwrap(), None);
+    // Re-created collections start empty.
+    db.collection("b").insert(&"new").await.unwrap();
+    assert_eq!(db.collection("b").count().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn change_feed_reports_every_commit_in_order_with_origin() {
+    let db = Database::memory().await.unwrap();
+    let c = db.collection("c");
+    let a = c.insert(&"one").await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.set_origin("replicator");
+    tx.collection("c").put(a, &"two").unwrap();
+    tx.commit().await.unwrap();
+    c.delete(a).await.unwrap();
+    let page = db.changes_page(0, 100).await.unwrap();
+    assert_eq!(page.len(), 3);
+    assert!(page.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    assert_eq!(page[0].changes[0].op, ChangeOp::CollectionCreated);
+    assert_eq!(page[0].changes[1].id, Some(a));
+    assert!(matches!(&page[0].changes[1].op, ChangeOp::Put(_)));
+    assert_eq!(page[1].origin.as_deref(), Some("replicator"));
+    assert_eq!(page[2].changes[0].op, ChangeOp::Delete);
+
+    // The stream replays history, then follows new commits.
+    let mut stream = db.changes(page[1].seq);
+    let next = stream.next().await.unwrap().unwrap();
+    assert_eq!(next.seq, page[2].seq);
+    let db2 = db.clone();
+    let writer = tokio::spawn(async move { db2.collection("c").insert(&"later").await.unwrap() });
+    let live = stream.next().await.unwrap().unwrap();
+    let id = writer.await.unwrap();
+    assert_eq!(live.changes[0].id, Some(id));
+}
+
+#[tokio::test]
+async fn invalid_cbor_is_refused_and_nothing_is_stored() {
+    let db = Database::memory().await.unwrap();
+    let c = db.collection("c");
+    let id = db.new_id();
+    let err = c.put_cbor(id, &[0xa1, 0x01]).await.unwrap_err();
+    assert!(matches!(err, Error::Document(_)), "{err}");
+    assert_eq!(c.get_document(id).await.unwrap(), None);
+    // Non-canonical but valid input is canonicalized.
+    c.put_cbor(id, &[0xa2, 0x61, 0x62, 0x02, 0x61, 0x61, 0x01])
+        .await
+        .unwrap();
+    let doc = c.get_document(id).await.unwrap().unwrap();
+    assert_eq!(doc.bytes(), &[0xa2, 0x61, 0x61, 0x01, 0x61, 0x62, 0x02]);
+    let big = vec![0u8; 17 << 20];
+    assert!(matches!(
+        c.put(id, &serde_bytes_like(big)).await,
+        Err(Error::TooLarge { .. })
+    ));
+}
+
+fn serde_bytes_like(v: Vec<u8>) -> entidb::cbor::Value {
+    entidb::cbor::Value::Bytes(v)
+}
+
+#[tokio::test]
+async fn files_survive_reopen_and_second_open_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().memtable_bytes(64 << 10);
+    let mut ids = vec![];
+    {
+        let db = Database::open_path(dir.path(), opts.clone()).await.unwrap();
+        let err = Database::open(dir.path()).await.unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        let c = db.collection("docs");
+        for i in 0..2000u32 {
+            let mut tx = db.begin().await.unwrap();
+            let id = tx
+                .collection("docs")
+                .insert(&user(&format!("n{i}"), i))
+                .unwrap();
+            if i % 2 == 0 {
+                tx.set_durability(Durability::Relaxed);
+            }
+            tx.commit().await.unwrap();
+            ids.push(id);
+        }
+        c.delete(ids[0]).await.unwrap();
+        assert!(
+            db.stats().flushes > 0,
+            "small memtable budget forces flushes"
+        );
+        db.close().await.unwrap();
+    }
+    let db = Database::open_path(dir.path(), opts).await.unwrap();
+    let c = db.collection("docs");
+    assert_eq!(c.count().await.unwrap(), 1999);
+    assert_eq!(c.get::<User>(ids[1]).await.unwrap().unwrap().age, 1);
+    assert_eq!(c.get::<User>(ids[0]).await.unwrap(), None);
+    db.compact().await.unwrap();
+    assert_eq!(db.stats().segments, 1);
+    assert_eq!(c.count().await.unwrap(), 1999);
+    assert!(db.verify().await.unwrap() >= 1999);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).await.unwrap();
+    let before = db.stats().syncs;
+    let mut tasks = vec![];
+    for t in 0..16 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20u32 {
+                db.collection("c").insert(&(t * 100 + i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let syncs = db.stats().syncs - before;
+    assert_eq!(db.collection("c").count().await.unwrap(), 320);
+    assert!(syncs <= 320, "never more than one sync per commit: {syncs}");
+    let _ = Arc::new(());
+}
+
+#[tokio::test]
+async fn delete_then_put_in_one_transaction() {
+    let db = Database::memory().await.unwrap();
+    let a = db.collection("c").insert(&1u32).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert!(tx.collection("c").delete(a).await.unwrap());
+    let b = tx.collection("c").insert(&2u32).unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(db.collection("c").get::<u32>(a).await.unwrap(), None);
+    assert_eq!(db.collection("c").get::<u32>(b).await.unwrap(), Some(2));
+    let feed = db.changes_page(1, 10).await.unwrap();
+    assert_eq!(feed[0].changes.len(), 2, "{feed:?}");
+}
+
+#[tokio::test]
+async fn delete_in_one_collection_put_in_another() {
+    let db = Database::memory().await.unwrap();
+    db.collection("alpha").insert(&0u32).await.unwrap();
+    let a = db.collection("beta").insert(&1u32).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert!(tx.collection("beta").delete(a).await.unwrap());
+    let b = db.new_id();
+    tx.collection("alpha").put(b, &2u32).unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(db.collection("beta").get::<u32>(a).await.unwrap(), None);
+    assert_eq!(db.collection("alpha").get::<u32>(b).await.unwrap(), Some(2));
+}
+
+/// Regression (crash simulation, seed 0): a second delete of the same entity in one
+/// transaction dropped the first delete's tombstone.
+#[tokio::test]
+async fn deleting_twice_in_one_transaction_keeps_the_delete() {
+    let db = Database::memory().await.unwrap();
+    let a = db.collection("c").insert(&1u32).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert!(tx.collection("c").delete(a).await.unwrap());
+    assert!(!tx.collection("c").delete(a).await.unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(db.collection("c").get::<u32>(a).await.unwrap(), None);
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test of the repository on a fresh machine. Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "toolchain"
+if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unknown$'; then
+  rustup target add wasm32-unknown-unknown
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "engine builds for wasm32 (no tokio, no threads)"
+cargo check -p entidb --target wasm32-unknown-unknown
+if cargo tree -p entidb --target wasm32-unknown-unknown -e normal | grep -q '^.*tokio'; then
+  echo "entidb depends on tokio" >&2
+  exit 1
+fi
+
+step "rust tests"
+SIM_SEEDS="${SIM_SEEDS:-300}" cargo test --workspace --all-targets
+cargo test --workspace --doc
+
+step "example"
+tmp=$(mktemp -d)
+cargo run -q -p entidb --example quickstart -- "$tmp/db" | tee "$tmp/out"
+grep -q "after reopen: Some" "$tmp/out"
+rm -rf "$tmp"
+
+echo
+echo "all tests passed"
