@@ -218,6 +218,11 @@ impl Database {
         r
     }
 
+    /// The last error of a background flush or compaction, if any (they are retried).
+    pub fn last_maintenance_error(&self) -> Option<String> {
+        crate::db::lock(&self.inner.last_maintenance_error).clone()
+    }
+
     /// The backend this database runs on.
     pub fn backend(&self) -> Arc<dyn Backend> {
         self.inner.backend.clone()

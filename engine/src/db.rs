@@ -120,6 +120,7 @@ pub(crate) struct Inner {
     maintenance: async_lock::Mutex<Manifest>,
     next_file: AtomicU64,
     pub closed: AtomicBool,
+    pub last_maintenance_error: Mutex<Option<String>>,
 }
 
 /// A pinned snapshot sequence; unpinned on drop.
@@ -334,6 +335,7 @@ impl Inner {
             maintenance: async_lock::Mutex::new(manifest),
             next_file,
             closed: AtomicBool::new(false),
+            last_maintenance_error: Mutex::new(None),
             options,
         });
         let catalog = Catalog::load(&inner).await?;
@@ -798,8 +800,15 @@ impl Inner {
             Durability::Durable => self.wait_durable(seq).await?,
             Durability::Relaxed => self.publish(seq),
         }
-        if rotate && self.options.auto_maintenance {
-            self.maintain().await?;
+        if self.options.auto_maintenance && self.view().version.mems.len() > 1 {
+            // The commit is durable: a failed flush or compaction must not turn it into an
+            // error. The frozen memtable stays readable and the next commit retries.
+            if let Err(e) = self.maintain().await {
+                self.counters
+                    .maintenance_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                *lock(&self.last_maintenance_error) = Some(e.to_string());
+            }
         }
         Ok(seq)
     }

@@ -15,6 +15,7 @@ pub(crate) struct Counters {
     pub flushes: AtomicU64,
     pub compactions: AtomicU64,
     pub segment_bytes_written: AtomicU64,
+    pub maintenance_errors: AtomicU64,
 }
 
 /// A snapshot of a database's counters since it was opened.
@@ -51,6 +52,9 @@ pub struct Stats {
     pub flushes: u64,
     /// Compactions.
     pub compactions: u64,
+    /// Flushes or compactions that failed after a commit (retried later; the commit itself
+    /// was durable). See [`Database::last_maintenance_error`](crate::Database::last_maintenance_error).
+    pub maintenance_errors: u64,
     /// Live segments.
     pub segments: u64,
     /// Bytes in live segments.
@@ -73,6 +77,7 @@ impl Counters {
             syncs: self.syncs.load(Relaxed),
             flushes: self.flushes.load(Relaxed),
             compactions: self.compactions.load(Relaxed),
+            maintenance_errors: self.maintenance_errors.load(Relaxed),
             ..Stats::default()
         }
     }
