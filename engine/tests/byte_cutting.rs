@@ -1,7 +1,10 @@
 //! Cut the WAL and the newest segment at every offset, and flip bits in the middle: reopening
 //! must give a prefix of the commit history, or report corruption; never wrong data.
 
-#![expect(clippy::unwrap_used, reason = "test helpers: any failure must panic the test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: any failure must panic the test"
+)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
