@@ -16,8 +16,15 @@ fuzz_target!(|bytes: &[u8]| {
 
     // decode and canonicalize accept the same inputs and report the same error; validate is
     // canonicalize without the output.
-    assert_eq!(decoded.as_ref().err(), canonical.as_ref().err(), "decode vs canonicalize");
-    assert_eq!(validate(bytes), canonical.as_ref().map(|_| ()).map_err(Clone::clone));
+    assert_eq!(
+        decoded.as_ref().err(),
+        canonical.as_ref().err(),
+        "decode vs canonicalize"
+    );
+    assert_eq!(
+        validate(bytes),
+        canonical.as_ref().map(|_| ()).map_err(Clone::clone)
+    );
 
     // validate_canonical is Ok for canonical input (which canonicalize returns unchanged),
     // NotCanonical exactly when the input is valid but not canonical, and another error
@@ -25,18 +32,32 @@ fuzz_target!(|bytes: &[u8]| {
     match &strict {
         Ok(()) => {
             assert!(is_canonical(bytes));
-            assert_eq!(canonical.as_deref(), Ok(bytes), "canonical input must pass through");
+            assert_eq!(
+                canonical.as_deref(),
+                Ok(bytes),
+                "canonical input must pass through"
+            );
         }
         Err(CborError::NotCanonical { .. }) => {
-            assert!(canonical.is_ok(), "NotCanonical but canonicalize failed: {canonical:?}");
+            assert!(
+                canonical.is_ok(),
+                "NotCanonical but canonicalize failed: {canonical:?}"
+            );
             assert_ne!(canonical.as_deref(), Ok(bytes));
         }
-        Err(_) => assert!(decoded.is_err(), "validate_canonical {strict:?} but decode ok"),
+        Err(_) => assert!(
+            decoded.is_err(),
+            "validate_canonical {strict:?} but decode ok"
+        ),
     }
 
     // Whatever decodes re-encodes to the canonical form, which is stable.
     if let (Ok(value), Ok(canonical)) = (&decoded, &canonical) {
-        assert_eq!(&encode(value), canonical, "encode(decode(x)) != canonicalize(x)");
+        assert_eq!(
+            &encode(value),
+            canonical,
+            "encode(decode(x)) != canonicalize(x)"
+        );
         assert_eq!(try_encode(value).as_ref(), Ok(canonical));
         assert_eq!(validate_canonical(canonical), Ok(()));
         assert_eq!(decode(canonical).as_ref(), Ok(value));
@@ -47,12 +68,18 @@ fuzz_target!(|bytes: &[u8]| {
     if let Ok(n) = item_len(bytes) {
         assert!(n <= bytes.len());
         if n == bytes.len() && decoded.is_err() {
-            assert!(matches!(decoded, Err(CborError::DuplicateMapKey { .. })), "{decoded:?}");
+            assert!(
+                matches!(decoded, Err(CborError::DuplicateMapKey { .. })),
+                "{decoded:?}"
+            );
         }
     }
 
     // Errors point into the input.
     for err in [decoded.err(), strict.err()].into_iter().flatten() {
-        assert!(err.offset().is_some_and(|offset| offset <= bytes.len()), "{err}");
+        assert!(
+            err.offset().is_some_and(|offset| offset <= bytes.len()),
+            "{err}"
+        );
     }
 });
