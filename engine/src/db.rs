@@ -282,6 +282,14 @@ impl Inner {
                     .map_err(Error::io("syncing the repaired WAL"))?;
             }
             if is_last {
+                if !scan.torn {
+                    // Records after the last sync of the previous run may still sit only in
+                    // the page cache; sync them so that `durable_before` of new records is
+                    // true (otherwise a later power loss could look like corruption).
+                    f.sync_data()
+                        .await
+                        .map_err(Error::io("syncing the WAL tail at open"))?;
+                }
                 tail = Some((no, f, end));
             }
         }
