@@ -266,6 +266,7 @@ impl Inner {
             }
             let mut end = scan.valid_end;
             if scan.torn {
+                // Only the newest file may have a torn tail (`wal::scan` refuses otherwise).
                 if end < wal::FILE_HEADER_LEN {
                     f.set_len(0).await.map_err(Error::io("repairing the WAL"))?;
                     f.write_at(0, wal::file_header().to_vec())
@@ -277,19 +278,14 @@ impl Inner {
                         .await
                         .map_err(Error::io("cutting a torn WAL tail"))?;
                 }
-                f.sync_data()
-                    .await
-                    .map_err(Error::io("syncing the repaired WAL"))?;
             }
             if is_last {
-                if !scan.torn {
-                    // Records after the last sync of the previous run may still sit only in
-                    // the page cache; sync them so that `durable_before` of new records is
-                    // true (otherwise a later power loss could look like corruption).
-                    f.sync_data()
-                        .await
-                        .map_err(Error::io("syncing the WAL tail at open"))?;
-                }
+                // One sync makes the repair durable and, after a process crash, the records
+                // that were still only in the page cache: new records' `durable_before` must
+                // be true, or a later power loss could look like corruption.
+                f.sync_data()
+                    .await
+                    .map_err(Error::io("syncing the WAL tail at open"))?;
                 tail = Some((no, f, end));
             }
         }
@@ -583,9 +579,14 @@ impl Inner {
         self.view().version.mems[0].approximate_bytes() >= self.options.memtable_bytes
     }
 
-    /// Flush every frozen memtable to a segment, oldest first.
+    /// Flush every frozen memtable to a segment, oldest first (waits for a running
+    /// flush or compaction).
     pub(crate) async fn flush_frozen(&self) -> Result<()> {
         let mut manifest = self.maintenance.lock().await;
+        self.flush_frozen_locked(&mut manifest).await
+    }
+
+    async fn flush_frozen_locked(&self, manifest: &mut Manifest) -> Result<()> {
         loop {
             let version = self.view().version;
             if version.mems.len() < 2 {
@@ -683,6 +684,10 @@ impl Inner {
     /// Run one compaction if the decision function asks for one (or `force`: merge all).
     pub(crate) async fn compact_once(&self, force: bool) -> Result<bool> {
         let mut manifest = self.maintenance.lock().await;
+        self.compact_once_locked(&mut manifest, force).await
+    }
+
+    async fn compact_once_locked(&self, manifest: &mut Manifest, force: bool) -> Result<bool> {
         let version = self.view().version;
         let metas: Vec<_> = version.segments.iter().map(|s| s.meta.clone()).collect();
         let decision = if force {
@@ -782,10 +787,15 @@ impl Inner {
         Ok(true)
     }
 
-    /// Flush and compact as needed, without waiting if another task is already doing it.
+    /// Flush and compact as needed. Returns at once if another task is already doing it
+    /// (it loops until nothing is frozen; a memtable frozen just after it checked is picked up
+    /// by the next commit), so committers never queue behind a flush.
     pub(crate) async fn maintain(&self) -> Result<()> {
-        self.flush_frozen().await?;
-        while self.compact_once(false).await? {}
+        let Some(mut manifest) = self.maintenance.try_lock() else {
+            return Ok(());
+        };
+        self.flush_frozen_locked(&mut manifest).await?;
+        while self.compact_once_locked(&mut manifest, false).await? {}
         Ok(())
     }
 
