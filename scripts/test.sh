@@ -26,6 +26,9 @@ if cargo tree -p entidb --target wasm32-unknown-unknown -e normal | grep -q '^.*
   exit 1
 fi
 
+step "fuzz target compiles (running it needs nightly; see fuzz/README.md)"
+cargo check --manifest-path fuzz/Cargo.toml
+
 step "rust tests"
 SIM_SEEDS="${SIM_SEEDS:-300}" cargo test --workspace --all-targets
 cargo test --workspace --doc

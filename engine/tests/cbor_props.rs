@@ -3,10 +3,14 @@
 use std::collections::HashSet;
 
 use entidb::cbor::{
-    CborError, Int, Simple, Value, canonicalize, decode, encode, is_canonical, item_len,
-    try_encode, validate, validate_canonical,
+    CborError, Int, Simple, Value, canonicalize, decode, encode, item_len, try_encode,
+    validate_canonical,
 };
 use proptest::collection::vec;
+
+#[path = "support/cbor_oracle.rs"]
+mod cbor_oracle;
+use cbor_oracle::check_agreement;
 use proptest::prelude::*;
 
 /// Integers across the whole range, with extra weight on head-size boundaries.
@@ -130,66 +134,6 @@ fn shuffle_maps(v: &Value, seed: &mut u64) -> Value {
             )
         }
         other => other.clone(),
-    }
-}
-
-/// The agreement properties every input must satisfy (the fuzz target checks the same).
-fn check_agreement(bytes: &[u8]) {
-    let decoded = decode(bytes);
-    let canonical = canonicalize(bytes);
-    let strict = validate_canonical(bytes);
-    // decode and canonicalize accept the same inputs and report the same error.
-    assert_eq!(
-        decoded.as_ref().err(),
-        canonical.as_ref().err(),
-        "decode vs canonicalize"
-    );
-    assert_eq!(
-        validate(bytes),
-        canonical.as_ref().map(|_| ()).map_err(Clone::clone)
-    );
-    // validate_canonical: Ok for canonical input, NotCanonical exactly when the input is
-    // valid but not canonical, another error exactly when it is invalid.
-    match &strict {
-        Ok(()) => {
-            assert!(is_canonical(bytes));
-            assert_eq!(
-                canonical.as_deref(),
-                Ok(bytes),
-                "canonical input must pass through"
-            );
-        }
-        Err(CborError::NotCanonical { .. }) => {
-            assert!(
-                canonical.is_ok(),
-                "NotCanonical but canonicalize failed: {canonical:?}"
-            );
-            assert_ne!(canonical.as_deref(), Ok(bytes));
-        }
-        Err(_) => assert!(
-            decoded.is_err(),
-            "validate_canonical {strict:?} but decode ok"
-        ),
-    }
-    if let (Ok(value), Ok(canonical)) = (&decoded, &canonical) {
-        assert_eq!(
-            &encode(value),
-            canonical,
-            "encode(decode(x)) != canonicalize(x)"
-        );
-        assert_eq!(validate_canonical(canonical), Ok(()));
-        assert_eq!(decode(canonical).as_ref(), Ok(value));
-        assert_eq!(item_len(bytes), Ok(bytes.len()));
-    }
-    if let Ok(n) = item_len(bytes) {
-        assert!(n <= bytes.len());
-        if n == bytes.len() && decoded.is_err() {
-            // item_len skips only the duplicate-key check.
-            assert!(
-                matches!(decoded, Err(CborError::DuplicateMapKey { .. })),
-                "{decoded:?}"
-            );
-        }
     }
 }
 
