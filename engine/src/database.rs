@@ -145,8 +145,11 @@ impl Database {
         }
     }
 
-    /// The change feed after sequence `since` (0: from the oldest retained), as an endless
-    /// stream: retained history first, then each new commit as it is published.
+    /// The change feed after sequence `since` (the last sequence the caller has seen; 0: from
+    /// the first commit), as an endless stream: retained history first, then each new commit
+    /// as it is published. If the feed no longer retains `since + 1`, the stream yields
+    /// [`Error::FeedTruncated`]: a consumer must never miss changes silently. To start from
+    /// whatever is retained, pass `oldest_retained_sequence() - 1`.
     pub fn changes(&self, since: u64) -> ChangeStream {
         ChangeStream::new(self.inner.clone(), since)
     }

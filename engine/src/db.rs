@@ -26,7 +26,7 @@ use crate::compaction::{self, Decision};
 use crate::error::{Error, Result};
 use crate::ids::IdGenerator;
 use crate::manifest::{self, Manifest};
-use crate::memtable::{Memtable, Op};
+use crate::memtable::{Entry as RawEntry, Memtable, Op};
 use crate::merge::MergeIter;
 use crate::options::{Durability, Options};
 use crate::segment::{self, BlockCache, SegStats, Segment, SegmentWriter};
@@ -209,6 +209,27 @@ impl Inner {
         }
         wal_files.sort_unstable();
         manifest.next_file = manifest.next_file.max(max_seen + 1);
+        // A newest WAL file that holds no record (a crash right after, or during, its
+        // creation; or a failed rotation whose removal was not durable) is dropped, so that
+        // the file before it is the one whose tail may be torn: records are appended to a new
+        // file only after the previous one was sealed by a sync.
+        while wal_files.len() > 1 {
+            let Some(&no) = wal_files.last() else { break };
+            let name = wal::file_name(no);
+            let f = backend
+                .open(&name, OpenMode::Existing)
+                .await
+                .map_err(Error::io("opening a WAL file"))?;
+            if f.len().await.map_err(Error::io("reading a WAL file"))? > wal::FILE_HEADER_LEN {
+                break;
+            }
+            drop(f);
+            backend
+                .remove(&name)
+                .await
+                .map_err(Error::io("removing an empty WAL file"))?;
+            wal_files.pop();
+        }
 
         let cache = Arc::new(BlockCache::new(options.cache_bytes));
         let seg_stats = Arc::new(SegStats::default());
@@ -530,7 +551,7 @@ impl Inner {
         if self.view().version.mems[0].is_empty() {
             return Ok(());
         }
-        // Seal the old WAL file: every record in it becomes durable.
+        // Seal the old WAL file: every record in it becomes durable (and is published).
         if let Err(e) = w.wal.file.sync_data().await {
             self.fail(format!("WAL sync failed: {e}"));
             return Err(Error::Io {
@@ -539,11 +560,25 @@ impl Inner {
             });
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        self.finish_sync(Ok(()), w.last_seq, w.wal.offset, w.wal.no);
         let no = self.next_file.fetch_add(1, Ordering::Relaxed);
-        let file = create_wal(&*self.backend, no).await?;
+        let file = match create_wal(&*self.backend, no).await {
+            Ok(f) => f,
+            Err(e) => {
+                // Keep appending to the old file. A half-created newer file must not stay:
+                // recovery would treat the old file as sealed and a later torn tail in it
+                // as corruption. If it cannot be removed, stop writing.
+                match self.backend.remove(&wal::file_name(no)).await {
+                    Ok(()) | Err(entidb_io::IoError::NotFound { .. }) => {}
+                    Err(r) => self.fail(format!(
+                        "could not remove a half-created WAL file after {e}: {r}"
+                    )),
+                }
+                return Err(e);
+            }
+        };
         {
             let mut s = lock(&self.sync);
-            s.durable_seq = s.durable_seq.max(w.last_seq);
             s.wal_file = file.clone();
             s.wal_no = no;
             s.appended_offset = wal::FILE_HEADER_LEN;
@@ -554,7 +589,7 @@ impl Inner {
             no,
             offset: wal::FILE_HEADER_LEN,
         };
-        let published = {
+        {
             let mut v = write(&self.view);
             let mut mems = Vec::with_capacity(v.version.mems.len() + 1);
             mems.push(Arc::new(Memtable::new(no)));
@@ -563,14 +598,7 @@ impl Inner {
                 mems,
                 segments: v.version.segments.clone(),
             });
-            // Everything in the sealed file is durable: publish it.
-            let d = lock(&self.sync).durable_seq;
-            v.seq = v.seq.max(d);
-            v.seq
-        };
-        let _ = published;
-        self.sync_event.notify(usize::MAX);
-        self.commit_event.notify(usize::MAX);
+        }
         Ok(())
     }
 
@@ -594,32 +622,14 @@ impl Inner {
             }
             let frozen = version.mems[version.mems.len() - 1].clone();
             let newer_wal = version.mems[version.mems.len() - 2].wal_file;
-            let mut new_seg = None;
-            if !frozen.is_empty() {
-                let id = self.next_file.fetch_add(1, Ordering::Relaxed);
-                let mut wr = SegmentWriter::create(
-                    &*self.backend,
-                    id,
-                    self.options.block_size,
-                    self.options.compression,
+            let new_seg = self
+                .write_segment(
+                    MergeIter::new(std::slice::from_ref(&frozen), &[], &[], None),
+                    |_| true,
                 )
                 .await?;
-                for e in frozen.iter_all() {
-                    wr.add(&e).await?;
-                }
-                let meta = wr.finish().await?;
+            if new_seg.is_some() {
                 self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .segment_bytes_written
-                    .fetch_add(meta.size, Ordering::Relaxed);
-                let seg = Segment::open(
-                    &*self.backend,
-                    id,
-                    self.cache.clone(),
-                    self.seg_stats.clone(),
-                )
-                .await?;
-                new_seg = Some(Arc::new(seg));
             }
             let mut next = manifest.clone();
             if let Some(s) = &new_seg {
@@ -704,43 +714,10 @@ impl Inner {
         let horizon = self.horizon(last_seq);
         let feed_oldest = self.feed_oldest(last_seq);
         let dropped: Vec<(u32, u64)> = read(&self.catalog).dropped_before(horizon);
-        let id = self.next_file.fetch_add(1, Ordering::Relaxed);
-        let mut wr = SegmentWriter::create(
-            &*self.backend,
-            id,
-            self.options.block_size,
-            self.options.compression,
-        )
-        .await?;
-        let mut it = MergeIter::new(&[], &inputs, &[], None);
         let mut filter = compaction::Retain::new(horizon, bottom, feed_oldest, dropped);
-        while let Some(e) = it.next_raw().await? {
-            if filter.keep(&e) {
-                wr.add(&e).await?;
-            }
-        }
-        let new_seg = if wr.entries() > 0 {
-            let meta = wr.finish().await?;
-            self.counters
-                .segment_bytes_written
-                .fetch_add(meta.size, Ordering::Relaxed);
-            Some(Arc::new(
-                Segment::open(
-                    &*self.backend,
-                    id,
-                    self.cache.clone(),
-                    self.seg_stats.clone(),
-                )
-                .await?,
-            ))
-        } else {
-            drop(wr);
-            self.backend
-                .remove(&segment::file_name(id))
-                .await
-                .map_err(Error::io("removing an empty segment"))?;
-            None
-        };
+        let new_seg = self
+            .write_segment(MergeIter::new(&[], &inputs, &[], None), |e| filter.keep(e))
+            .await?;
         let input_ids: Vec<u64> = inputs.iter().map(|s| s.meta.id).collect();
         let mut next = manifest.clone();
         let pos = next
@@ -787,6 +764,51 @@ impl Inner {
         Ok(true)
     }
 
+    /// Write the entries of `it` that `keep` accepts to a new segment, sync it and open it.
+    /// `None` when nothing was kept. On any error the partial file is removed (best effort;
+    /// a file left behind is an orphan that the next open deletes).
+    async fn write_segment(
+        &self,
+        mut it: MergeIter,
+        mut keep: impl FnMut(&RawEntry) -> bool,
+    ) -> Result<Option<Arc<Segment>>> {
+        let id = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let result = async {
+            let mut wr = SegmentWriter::create(
+                &*self.backend,
+                id,
+                self.options.block_size,
+                self.options.compression,
+            )
+            .await?;
+            while let Some(e) = it.next_raw().await? {
+                if keep(&e) {
+                    wr.add(&e).await?;
+                }
+            }
+            if wr.entries() == 0 {
+                return Ok(None);
+            }
+            let meta = wr.finish().await?;
+            self.counters
+                .segment_bytes_written
+                .fetch_add(meta.size, Ordering::Relaxed);
+            let seg = Segment::open(
+                &*self.backend,
+                id,
+                self.cache.clone(),
+                self.seg_stats.clone(),
+            )
+            .await?;
+            Ok(Some(Arc::new(seg)))
+        }
+        .await;
+        if !matches!(result, Ok(Some(_))) {
+            let _ = self.backend.remove(&segment::file_name(id)).await;
+        }
+        result
+    }
+
     /// Flush and compact as needed. Returns at once if another task is already doing it
     /// (it loops until nothing is frozen; a memtable frozen just after it checked is picked up
     /// by the next commit), so committers never queue behind a flush.
@@ -799,6 +821,13 @@ impl Inner {
         Ok(())
     }
 
+    fn maintenance_failed(&self, e: &Error) {
+        self.counters
+            .maintenance_errors
+            .fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_maintenance_error) = Some(e.to_string());
+    }
+
     /// Commit a batch: append under the writer lock, then wait per `durability`.
     pub(crate) async fn commit_locked(
         &self,
@@ -809,9 +838,12 @@ impl Inner {
     ) -> Result<u64> {
         let seq = self.append(&mut w, batch).await?;
         on_appended(seq);
-        let rotate = self.needs_rotation();
-        if rotate {
-            self.rotate(&mut w).await?;
+        if self.needs_rotation() {
+            // A failed rotation keeps the old WAL file in use and is retried by the next
+            // commit; a failed seal sync has set fail-stop, which `wait_durable` reports.
+            if let Err(e) = self.rotate(&mut w).await {
+                self.maintenance_failed(&e);
+            }
         }
         drop(w);
         match durability {
@@ -822,10 +854,7 @@ impl Inner {
             // The commit is durable: a failed flush or compaction must not turn it into an
             // error. The frozen memtable stays readable and the next commit retries.
             if let Err(e) = self.maintain().await {
-                self.counters
-                    .maintenance_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                *lock(&self.last_maintenance_error) = Some(e.to_string());
+                self.maintenance_failed(&e);
             }
         }
         Ok(seq)

@@ -65,6 +65,9 @@ pub struct ChangeBatch {
     pub changes: Vec<Change>,
 }
 
+/// Longest origin tag accepted by [`WriteTxn::set_origin`](crate::WriteTxn::set_origin).
+pub const MAX_ORIGIN_BYTES: usize = 255;
+
 pub(crate) const KIND_PUT: u8 = 1;
 pub(crate) const KIND_DELETE: u8 = 2;
 pub(crate) const KIND_DROPPED: u8 = 3;

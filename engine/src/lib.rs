@@ -33,7 +33,7 @@ mod wal;
 pub use database::{Collection, Database};
 pub use document::{Document, Page, ScanOptions};
 pub use error::{Error, Result};
-pub use feed::{Change, ChangeBatch, ChangeOp, ChangeStream};
+pub use feed::{Change, ChangeBatch, ChangeOp, ChangeStream, MAX_ORIGIN_BYTES};
 pub use ids::{EntityId, ParseIdError};
 pub use options::{Durability, Options};
 pub use stats::Stats;

@@ -142,15 +142,6 @@ impl Memtable {
         }
         out
     }
-
-    /// Every entry in order (for flushing).
-    pub(crate) fn iter_all(&self) -> impl Iterator<Item = Entry> + '_ {
-        self.map.iter().map(|e| Entry {
-            key: e.key().key.clone(),
-            seq: e.key().seq.0,
-            op: e.value().clone(),
-        })
-    }
 }
 
 #[cfg(test)]

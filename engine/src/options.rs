@@ -11,7 +11,9 @@ pub enum Durability {
     /// `commit()` returns after the WAL record is written to the backend, without waiting for
     /// a sync. A crash may lose this transaction (and later relaxed ones), never a durable one
     /// acknowledged after it, and never part of a transaction. The transaction is visible to
-    /// readers at once.
+    /// readers at once; since snapshots are prefixes of the commit order, so is every earlier
+    /// transaction, including a durable one whose sync is still in flight (its own `commit()`
+    /// still returns only once it is durable).
     Relaxed,
 }
 

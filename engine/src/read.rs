@@ -26,8 +26,17 @@ pub(crate) struct ReadCtx<'a> {
 }
 
 impl ReadCtx<'_> {
+    /// Reads fail with [`Error::Closed`](crate::Error::Closed) after `close()`.
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(crate::Error::Closed);
+        }
+        Ok(())
+    }
+
     /// Committed version of a key (ignoring the overlay): `Some(version)` if it exists.
     pub(crate) async fn committed(&self, key: &[u8]) -> Result<Option<(u64, Arc<[u8]>)>> {
+        self.check_open()?;
         self.inner.counters.reads.fetch_add(1, Relaxed);
         Ok(
             match self.inner.get_in(self.version, key, self.seq).await? {
@@ -38,6 +47,7 @@ impl ReadCtx<'_> {
     }
 
     pub(crate) async fn get(&self, coll: Option<u32>, id: EntityId) -> Result<Option<Document>> {
+        self.check_open()?;
         let Some(coll) = coll else {
             return Ok(None);
         };
@@ -63,6 +73,7 @@ impl ReadCtx<'_> {
         opts: ScanOptions,
         mut pred: impl FnMut(&Document) -> bool,
     ) -> Result<Page> {
+        self.check_open()?;
         let mut page = Page::default();
         let Some(coll) = coll else {
             return Ok(page);

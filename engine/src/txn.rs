@@ -172,9 +172,19 @@ impl WriteTxn {
     }
 
     /// Tag this transaction's change-feed record with an origin (a replicator sets it so that
-    /// it can recognise, and skip, its own writes in the feed).
-    pub fn set_origin(&mut self, origin: impl Into<String>) {
-        self.origin = Some(origin.into());
+    /// it can recognise, and skip, its own writes in the feed). At most
+    /// [`MAX_ORIGIN_BYTES`](crate::MAX_ORIGIN_BYTES) bytes.
+    pub fn set_origin(&mut self, origin: impl Into<String>) -> Result<()> {
+        let origin = origin.into();
+        if origin.len() > crate::feed::MAX_ORIGIN_BYTES {
+            return Err(Error::TooLarge {
+                what: "origin tag",
+                size: origin.len() as u64,
+                limit: crate::feed::MAX_ORIGIN_BYTES as u64,
+            });
+        }
+        self.origin = Some(origin);
+        Ok(())
     }
 
     /// Choose how durable the commit must be before [`WriteTxn::commit`] returns.

@@ -195,7 +195,7 @@ async fn change_feed_reports_every_commit_in_order_with_origin() {
     let c = db.collection("c");
     let a = c.insert(&"one").await.unwrap();
     let mut tx = db.begin().await.unwrap();
-    tx.set_origin("replicator");
+    tx.set_origin("replicator").unwrap();
     tx.collection("c").put(a, &"two").unwrap();
     tx.commit().await.unwrap();
     c.delete(a).await.unwrap();
@@ -464,4 +464,78 @@ async fn deleting_twice_in_one_transaction_keeps_the_delete() {
     assert!(!tx.collection("c").delete(a).await.unwrap());
     tx.commit().await.unwrap();
     assert_eq!(db.collection("c").get::<u32>(a).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn origin_tags_are_bounded() {
+    let db = Database::memory().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let err = tx
+        .set_origin("x".repeat(entidb::MAX_ORIGIN_BYTES + 1))
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    tx.set_origin("x".repeat(entidb::MAX_ORIGIN_BYTES)).unwrap();
+    tx.collection("c").insert(&1u8).unwrap();
+    tx.commit().await.unwrap();
+    let feed = db.changes_page(0, 10).await.unwrap();
+    assert_eq!(
+        feed[0].origin.as_ref().map(String::len),
+        Some(entidb::MAX_ORIGIN_BYTES)
+    );
+}
+
+#[tokio::test]
+async fn reads_and_writes_after_close_fail_with_closed() {
+    let db = Database::memory().await.unwrap();
+    let c = db.collection("c");
+    let id = c.insert(&1u8).await.unwrap();
+    let snap = db.snapshot();
+    db.clone().close().await.unwrap();
+    assert!(matches!(c.get::<u8>(id).await, Err(Error::Closed)));
+    assert!(matches!(
+        c.scan(ScanOptions::default()).await,
+        Err(Error::Closed)
+    ));
+    assert!(matches!(
+        snap.collection("c").count().await,
+        Err(Error::Closed)
+    ));
+    assert!(matches!(c.insert(&2u8).await, Err(Error::Closed)));
+}
+
+#[tokio::test]
+async fn a_truncated_feed_is_reported_never_skipped() {
+    let db = Database::open_with(
+        Arc::new(MemoryBackend::new()),
+        Options::default().feed_retention(5),
+    )
+    .await
+    .unwrap();
+    for i in 0..20u32 {
+        db.collection("c").insert(&i).await.unwrap();
+    }
+    db.compact().await.unwrap();
+    let oldest = db.oldest_retained_sequence();
+    assert_eq!(oldest, 16);
+    let err = db.changes_page(0, 100).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::FeedTruncated {
+                requested: 1,
+                oldest: 16
+            }
+        ),
+        "{err}"
+    );
+    let mut stream = db.changes(3);
+    assert!(matches!(
+        stream.next().await,
+        Some(Err(Error::FeedTruncated { .. }))
+    ));
+    let page = db.changes_page(oldest - 1, 100).await.unwrap();
+    assert_eq!(
+        page.iter().map(|b| b.seq).collect::<Vec<_>>(),
+        (16..=20).collect::<Vec<_>>()
+    );
 }

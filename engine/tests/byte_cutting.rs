@@ -172,3 +172,31 @@ fn every_cut_and_flip_of_the_newest_segment_is_reported() {
         assert_eq!(contents(&db).await.unwrap().len(), ids.len());
     });
 }
+
+/// A crash during rotation can leave a newer WAL file holding only its header (or less)
+/// while the previous file has a torn tail: recovery drops the empty file and cuts the tail.
+#[test]
+fn an_empty_newer_wal_file_does_not_seal_the_previous_one() {
+    block_on(async {
+        let (mut files, ids) = build(12, false).await;
+        let wal = wal_name(&files);
+        let len = files[&wal].len();
+        files.get_mut(&wal).unwrap().truncate(len - 3);
+        let header = files[&wal][..16].to_vec();
+        let no = u64::from_str_radix(&wal[4..20], 16).unwrap();
+        files.insert(format!("wal-{:016x}.log", no + 1), header);
+        let backend = backend_with(&files).await;
+        let db = Database::open_with(backend.clone(), Options::default())
+            .await
+            .unwrap();
+        let got = contents(&db).await.unwrap();
+        assert_eq!(got.len(), 11, "the torn last record is cut, the rest kept");
+        assert_eq!(
+            got.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            ids[..11].to_vec()
+        );
+        drop(db);
+        let names = files_of(&backend).await;
+        assert!(!names.contains_key(&format!("wal-{:016x}.log", no + 1)));
+    });
+}
