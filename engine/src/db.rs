@@ -159,11 +159,14 @@ impl Inner {
         let mut manifest = match existing {
             Some(m) => m,
             None => {
-                if names.iter().any(|n| wal::parse_file_name(n).is_some()) {
+                if names.iter().any(|n| {
+                    wal::parse_file_name(n).is_some() || segment::parse_file_name(n).is_some()
+                }) {
+                    // Never start over on top of data: that would delete it as orphans.
                     return Err(Error::corruption(
                         manifest::NAME,
                         0,
-                        "WAL files exist but the manifest is missing",
+                        "WAL or segment files exist but the manifest is missing",
                     ));
                 }
                 if !options.create_if_missing {

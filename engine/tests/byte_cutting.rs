@@ -200,3 +200,12 @@ fn an_empty_newer_wal_file_does_not_seal_the_previous_one() {
         assert!(!names.contains_key(&format!("wal-{:016x}.log", no + 1)));
     });
 }
+
+#[test]
+fn a_missing_manifest_next_to_data_is_refused() {
+    block_on(async {
+        let (mut files, _) = build(300, true).await;
+        assert!(files.remove("MANIFEST").is_some());
+        expect_corruption(&files, "manifest removed").await;
+    });
+}

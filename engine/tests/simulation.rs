@@ -397,3 +397,35 @@ fn same_operations_give_identical_files() {
         "same seed and operations must give byte-identical files"
     );
 }
+
+#[test]
+fn a_failed_sync_stops_writes_until_reopen() {
+    let sim = SimBackend::new(11, SimConfig::default());
+    block_on(async {
+        let db = Database::open_with(Arc::new(sim.clone()), Options::default())
+            .await
+            .unwrap();
+        let c = db.collection("c");
+        let kept = c.insert(&1u64).await.unwrap();
+        sim.set_faults(SimConfig {
+            sync_error_rate: 1.0,
+            ..SimConfig::default()
+        });
+        let err = c.insert(&2u64).await.unwrap_err();
+        assert!(matches!(err, Error::FailStopped { .. }), "{err}");
+        sim.set_faults(SimConfig::default());
+        // Syncs work again, but the database must not pretend: it stays stopped.
+        assert!(matches!(
+            c.insert(&3u64).await,
+            Err(Error::FailStopped { .. })
+        ));
+        assert!(matches!(db.begin().await, Err(Error::FailStopped { .. })));
+        drop(c);
+        drop(db);
+        let db = Database::open_with(Arc::new(sim.clone()), Options::default())
+            .await
+            .unwrap();
+        assert_eq!(db.collection("c").get::<u64>(kept).await.unwrap(), Some(1));
+        db.collection("c").insert(&4u64).await.unwrap();
+    });
+}
