@@ -1,0 +1,986 @@
+//! The engine benchmark: workloads W1-W10 of `shared/bench/WORKLOADS.md` on EntiDB, SQLite
+//! (rusqlite, bundled; WAL journal, `synchronous=FULL`, `kv(k BLOB PRIMARY KEY, v BLOB)
+//! WITHOUT ROWID`, prepared statements) and redb (`Durability::Immediate`), in one process
+//! run, each with a 256 MiB cache, in fresh directories on the same file system.
+//!
+//! `cargo bench -p entidb --bench workloads -- [--scale F] [--runs N] [--dir D]
+//! [--value random|doc|both] [--compare sqlite,redb]` prints a Markdown table of medians and
+//! ratios. Under `cargo test` (no `--bench` argument) it runs a tiny smoke pass, so the code
+//! cannot rot.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use entidb::{Database, EntityId, Options, ScanOptions};
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+
+type Key = [u8; 16];
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const CACHE: usize = 256 << 20;
+
+// ---------------------------------------------------------------------------------------
+// Data
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ValueKind {
+    /// 200 random bytes in a CBOR byte string (incompressible).
+    Random,
+    /// A CBOR map of 8 fields: strings, integers, a float, a bool, a nested map.
+    Doc,
+}
+
+fn value(kind: ValueKind, rng: &mut SmallRng, i: u64) -> Vec<u8> {
+    use entidb::cbor::{Value, encode};
+    match kind {
+        ValueKind::Random => {
+            let mut b = vec![0u8; 200];
+            rng.fill_bytes(&mut b);
+            encode(&Value::Bytes(b))
+        }
+        ValueKind::Doc => {
+            let names = ["ada", "grace", "edsger", "barbara", "donald", "frances"];
+            let cities = ["Lyon", "Berlin", "Osaka", "Lagos", "Quito", "Perth"];
+            let name = names[rng.random_range(0..names.len())];
+            let city = cities[rng.random_range(0..cities.len())];
+            let v = Value::map([
+                ("name", Value::from(format!("{name} {i}"))),
+                ("email", Value::from(format!("{name}.{i}@example.com"))),
+                ("age", Value::from(rng.random_range(18..90u64))),
+                ("score", Value::from(rng.random::<f64>() * 100.0)),
+                ("active", Value::from(rng.random_bool(0.5))),
+                ("visits", Value::from(rng.random_range(0..100_000u64))),
+                (
+                    "bio",
+                    Value::from("writes software that keeps working offline, then syncs"),
+                ),
+                (
+                    "address",
+                    Value::map([
+                        ("city", Value::from(city)),
+                        (
+                            "zip",
+                            Value::from(format!("{:05}", rng.random_range(0..99_999))),
+                        ),
+                        ("street", Value::from(format!("{} Main Street", i % 1000))),
+                    ]),
+                ),
+            ]);
+            encode(&v)
+        }
+    }
+}
+
+fn keys(n: usize, rng: &mut SmallRng) -> Vec<Key> {
+    (0..n)
+        .map(|_| {
+            let mut k = [0u8; 16];
+            rng.fill_bytes(&mut k);
+            k
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Engines
+
+trait Engine: Send + Sync {
+    /// One durable transaction putting all of `kvs`.
+    fn put_batch(&self, kvs: &[(Key, Vec<u8>)]) -> Res<()>;
+    /// `tasks` concurrent writers, each committing its own puts one by one, durably.
+    fn concurrent_puts(&self, tasks: Vec<Vec<(Key, Vec<u8>)>>) -> Res<()>;
+    /// Point reads of `keys` in one read transaction/snapshot; returns how many were found.
+    fn gets(&self, keys: &[Key]) -> Res<usize>;
+    /// Full ordered scan; returns the row count.
+    fn scan(&self) -> Res<usize>;
+    /// One durable transaction deleting `keys`.
+    fn delete_batch(&self, keys: &[Key]) -> Res<()>;
+    /// Reclaim space.
+    fn compact(&self) -> Res<()>;
+    /// Close cleanly (checkpoint).
+    fn close(self: Box<Self>) -> Res<()>;
+}
+
+type Opener = fn(&Path) -> Res<Box<dyn Engine>>;
+
+struct Entidb {
+    db: Database,
+    rt: tokio::runtime::Runtime,
+}
+
+fn runtime() -> Res<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn open_entidb(dir: &Path) -> Res<Box<dyn Engine>> {
+    open_entidb_with(dir, Options::default().cache_bytes(CACHE as u64))
+}
+
+fn open_entidb_with(dir: &Path, options: Options) -> Res<Box<dyn Engine>> {
+    let rt = runtime()?;
+    let db = rt.block_on(Database::open_path(dir, options))?;
+    Ok(Box::new(Entidb { db, rt }))
+}
+
+impl Engine for Entidb {
+    fn put_batch(&self, kvs: &[(Key, Vec<u8>)]) -> Res<()> {
+        self.rt.block_on(async {
+            let mut tx = self.db.begin().await?;
+            let mut c = tx.collection("kv");
+            for (k, v) in kvs {
+                c.put_cbor(EntityId::from_bytes(*k), v)?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+    fn concurrent_puts(&self, tasks: Vec<Vec<(Key, Vec<u8>)>>) -> Res<()> {
+        self.rt.block_on(async {
+            let handles: Vec<_> = tasks
+                .into_iter()
+                .map(|puts| {
+                    let db = self.db.clone();
+                    tokio::spawn(async move {
+                        let c = db.collection("kv");
+                        for (k, v) in puts {
+                            c.put_cbor(EntityId::from_bytes(k), &v).await?;
+                        }
+                        Ok::<_, entidb::Error>(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await??;
+            }
+            Ok(())
+        })
+    }
+    fn gets(&self, keys: &[Key]) -> Res<usize> {
+        self.rt.block_on(async {
+            let snap = self.db.snapshot();
+            let c = snap.collection("kv");
+            let mut found = 0;
+            for k in keys {
+                if c.get_document(EntityId::from_bytes(*k)).await?.is_some() {
+                    found += 1;
+                }
+            }
+            Ok(found)
+        })
+    }
+    fn scan(&self) -> Res<usize> {
+        self.rt.block_on(async {
+            let snap = self.db.snapshot();
+            let c = snap.collection("kv");
+            let mut opts = ScanOptions::limit(10_000);
+            let mut n = 0;
+            loop {
+                let page = c.scan(opts).await?;
+                n += page.items.len();
+                match page.next {
+                    Some(cur) => opts = opts.after(cur),
+                    None => return Ok(n),
+                }
+            }
+        })
+    }
+    fn delete_batch(&self, keys: &[Key]) -> Res<()> {
+        self.rt.block_on(async {
+            let mut tx = self.db.begin().await?;
+            let mut c = tx.collection("kv");
+            for k in keys {
+                c.delete(EntityId::from_bytes(*k)).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+    fn compact(&self) -> Res<()> {
+        Ok(self.rt.block_on(self.db.compact())?)
+    }
+    fn close(self: Box<Self>) -> Res<()> {
+        let Entidb { db, rt } = *self;
+        rt.block_on(db.close())?;
+        Ok(())
+    }
+}
+
+struct Sqlite {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+fn open_sqlite(dir: &Path) -> Res<Box<dyn Engine>> {
+    std::fs::create_dir_all(dir)?;
+    let conn = rusqlite::Connection::open(dir.join("kv.sqlite"))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    assert_eq!(mode.to_lowercase(), "wal");
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous=FULL; PRAGMA cache_size=-{}; \
+         CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID;",
+        CACHE / 1024
+    ))?;
+    Ok(Box::new(Sqlite {
+        conn: Mutex::new(conn),
+    }))
+}
+
+impl Sqlite {
+    fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Engine for Sqlite {
+    fn put_batch(&self, kvs: &[(Key, Vec<u8>)]) -> Res<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("INSERT OR REPLACE INTO kv(k, v) VALUES (?1, ?2)")?;
+            for (k, v) in kvs {
+                st.execute((&k[..], &v[..]))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+    fn concurrent_puts(&self, tasks: Vec<Vec<(Key, Vec<u8>)>>) -> Res<()> {
+        threaded_puts(self, tasks)
+    }
+    fn gets(&self, keys: &[Key]) -> Res<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut found = 0;
+        {
+            let mut st = tx.prepare_cached("SELECT v FROM kv WHERE k = ?1")?;
+            for k in keys {
+                let mut rows = st.query([&k[..]])?;
+                if let Some(row) = rows.next()? {
+                    let v: Vec<u8> = row.get(0)?;
+                    std::hint::black_box(v);
+                    found += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(found)
+    }
+    fn scan(&self) -> Res<usize> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT k, v FROM kv ORDER BY k")?;
+        let mut rows = st.query([])?;
+        let mut n = 0;
+        while let Some(row) = rows.next()? {
+            let v: Vec<u8> = row.get(1)?;
+            std::hint::black_box(v);
+            n += 1;
+        }
+        Ok(n)
+    }
+    fn delete_batch(&self, keys: &[Key]) -> Res<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM kv WHERE k = ?1")?;
+            for k in keys {
+                st.execute([&k[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+    fn compact(&self) -> Res<()> {
+        self.conn()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
+        Ok(())
+    }
+    fn close(self: Box<Self>) -> Res<()> {
+        let conn = self.conn.into_inner().unwrap_or_else(|p| p.into_inner());
+        conn.close().map_err(|(_, e)| e)?;
+        Ok(())
+    }
+}
+
+struct Redb {
+    db: RwLock<redb::Database>,
+}
+
+const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("kv");
+
+fn open_redb(dir: &Path) -> Res<Box<dyn Engine>> {
+    std::fs::create_dir_all(dir)?;
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE)
+        .create(dir.join("kv.redb"))?;
+    let tx = db.begin_write()?;
+    tx.open_table(TABLE)?;
+    tx.commit()?;
+    Ok(Box::new(Redb {
+        db: RwLock::new(db),
+    }))
+}
+
+impl Redb {
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, redb::Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write(&self, f: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Res<()>) -> Res<()> {
+        let db = self.db();
+        let mut tx = db.begin_write()?;
+        tx.set_durability(redb::Durability::Immediate)?;
+        {
+            let mut t = tx.open_table(TABLE)?;
+            f(&mut t)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl Engine for Redb {
+    fn put_batch(&self, kvs: &[(Key, Vec<u8>)]) -> Res<()> {
+        self.write(|t| {
+            for (k, v) in kvs {
+                t.insert(&k[..], &v[..])?;
+            }
+            Ok(())
+        })
+    }
+    fn concurrent_puts(&self, tasks: Vec<Vec<(Key, Vec<u8>)>>) -> Res<()> {
+        threaded_puts(self, tasks)
+    }
+    fn gets(&self, keys: &[Key]) -> Res<usize> {
+        use redb::ReadableDatabase;
+        let db = self.db();
+        let tx = db.begin_read()?;
+        let t = tx.open_table(TABLE)?;
+        let mut found = 0;
+        for k in keys {
+            if let Some(v) = t.get(&k[..])? {
+                std::hint::black_box(v.value().to_vec());
+                found += 1;
+            }
+        }
+        Ok(found)
+    }
+    fn scan(&self) -> Res<usize> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let db = self.db();
+        let tx = db.begin_read()?;
+        let t = tx.open_table(TABLE)?;
+        let mut n = 0;
+        for item in t.iter()? {
+            let (_, v) = item?;
+            std::hint::black_box(v.value().to_vec());
+            n += 1;
+        }
+        Ok(n)
+    }
+    fn delete_batch(&self, keys: &[Key]) -> Res<()> {
+        self.write(|t| {
+            for k in keys {
+                t.remove(&k[..])?;
+            }
+            Ok(())
+        })
+    }
+    fn compact(&self) -> Res<()> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        db.compact()?;
+        Ok(())
+    }
+    fn close(self: Box<Self>) -> Res<()> {
+        drop(self);
+        Ok(())
+    }
+}
+
+/// Writers on OS threads (the references' natural form of concurrency).
+fn threaded_puts<E: Engine + ?Sized>(e: &E, tasks: Vec<Vec<(Key, Vec<u8>)>>) -> Res<()> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = tasks
+            .into_iter()
+            .map(|puts| {
+                s.spawn(move || {
+                    for (k, v) in puts {
+                        e.put_batch(&[(k, v)])?;
+                    }
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().map_err(|_| "writer thread panicked")??;
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Measurement helpers
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Reset the peak-RSS counter (Linux `clear_refs` 5) and return the current RSS in bytes.
+fn reset_peak_rss() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_kib("VmRSS:") * 1024
+}
+
+fn peak_rss() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Per engine, the values of one metric over the runs.
+type Samples = BTreeMap<&'static str, Vec<f64>>;
+
+/// Results: (workload, metric) -> (higher is better, samples).
+#[derive(Default)]
+struct Results {
+    rows: BTreeMap<(String, String), (bool, Samples)>,
+    order: Vec<(String, String)>,
+}
+
+impl Results {
+    /// `higher_better` orients the ratio's meaning in the table.
+    fn add(&mut self, w: &str, metric: &str, higher_better: bool, engine: &'static str, v: f64) {
+        let key = (w.to_owned(), metric.to_owned());
+        if !self.rows.contains_key(&key) {
+            self.order.push(key.clone());
+        }
+        let e = self
+            .rows
+            .entry(key)
+            .or_insert_with(|| (higher_better, BTreeMap::new()));
+        e.1.entry(engine).or_default().push(v);
+    }
+
+    fn median(v: &[f64]) -> f64 {
+        let mut s = v.to_vec();
+        s.sort_by(|a, b| a.total_cmp(b));
+        s[s.len() / 2]
+    }
+
+    fn print(&self, engines: &[&'static str]) {
+        let refs: Vec<_> = engines.iter().filter(|e| **e != "EntiDB").collect();
+        print!("| workload | metric | better |");
+        for e in engines {
+            print!(" {e} |");
+        }
+        for r in &refs {
+            print!(" EntiDB/{r} |");
+        }
+        println!();
+        print!("|---|---|---|");
+        for _ in 0..engines.len() + refs.len() {
+            print!("---:|");
+        }
+        println!();
+        for key in &self.order {
+            let (higher, vals) = &self.rows[key];
+            print!(
+                "| {} | {} | {} |",
+                key.0,
+                key.1,
+                if *higher { "higher" } else { "lower" }
+            );
+            let med: BTreeMap<_, _> = vals.iter().map(|(e, v)| (*e, Self::median(v))).collect();
+            for e in engines {
+                match med.get(e) {
+                    Some(v) => print!(" {} |", fmt_num(*v)),
+                    None => print!(" - |"),
+                }
+            }
+            for r in &refs {
+                match (med.get("EntiDB"), med.get(*r)) {
+                    (Some(a), Some(b)) if *b != 0.0 => print!(" {:.2} |", a / b),
+                    _ => print!(" - |"),
+                }
+            }
+            println!();
+        }
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Workloads
+
+struct Config {
+    scale: f64,
+    runs: usize,
+    dir: PathBuf,
+    kinds: Vec<ValueKind>,
+    engines: Vec<(&'static str, Opener)>,
+    w9: bool,
+}
+
+fn scaled(c: &Config, n: usize) -> usize {
+    ((n as f64 * c.scale).round() as usize).max(8)
+}
+
+fn floor(c: &Config, res: &mut Results) -> Res<()> {
+    let dir = c.dir.join("floor");
+    std::fs::create_dir_all(&dir)?;
+    let n = scaled(c, 1000);
+    let f = File::create(dir.join("sync"))?;
+    let block = vec![7u8; 4096];
+    let t = Instant::now();
+    for i in 0..n {
+        f.write_all_at(&block, (i * 4096) as u64)?;
+        f.sync_data()?;
+    }
+    res.add(
+        "floor",
+        "4 KiB append + fdatasync (syncs/s)",
+        true,
+        "EntiDB",
+        n as f64 / t.elapsed().as_secs_f64(),
+    );
+    let mut f = File::create(dir.join("seq"))?;
+    let chunk = vec![9u8; 1 << 20];
+    let mib = scaled(c, 256);
+    let t = Instant::now();
+    for _ in 0..mib {
+        f.write_all(&chunk)?;
+    }
+    f.sync_data()?;
+    res.add(
+        "floor",
+        "sequential write + sync (MiB/s)",
+        true,
+        "EntiDB",
+        mib as f64 / t.elapsed().as_secs_f64(),
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<()> {
+    let tag = match kind {
+        ValueKind::Random => "random",
+        ValueKind::Doc => "doc",
+    };
+    let mut rng = SmallRng::seed_from_u64(42 + run as u64);
+    let n3 = scaled(c, 200_000);
+    let load: Vec<(Key, Vec<u8>)> = keys(n3, &mut rng)
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| (k, value(kind, &mut rng, i as u64)))
+        .collect();
+    let raw: u64 = load.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+    let w1: Vec<(Key, Vec<u8>)> = keys(scaled(c, 1000), &mut rng)
+        .into_iter()
+        .map(|k| (k, value(kind, &mut rng, 0)))
+        .collect();
+    let per_task = scaled(c, 200);
+    let w2: Vec<Vec<(Key, Vec<u8>)>> = (0..64)
+        .map(|_| {
+            keys(per_task, &mut rng)
+                .into_iter()
+                .map(|k| (k, value(kind, &mut rng, 0)))
+                .collect()
+        })
+        .collect();
+    let w2_commits = 64 * per_task;
+    let mut probe: Vec<Key> = load.iter().map(|(k, _)| *k).collect();
+    for i in (1..probe.len()).rev() {
+        probe.swap(i, rng.random_range(0..=i));
+    }
+    let w6: Vec<Vec<(Key, Vec<u8>)>> = (0..100)
+        .map(|t| {
+            (0..scaled(c, 1000))
+                .map(|j| {
+                    // Half inserts of new keys, half updates of loaded ones.
+                    let k = if j % 2 == 0 {
+                        let mut k = [0u8; 16];
+                        rng.fill_bytes(&mut k);
+                        k
+                    } else {
+                        probe[(t * 1000 + j) % probe.len()]
+                    };
+                    (k, value(kind, &mut rng, j as u64))
+                })
+                .collect()
+        })
+        .collect();
+    let w6_rows: usize = w6.iter().map(Vec::len).sum();
+
+    for (name, open) in &c.engines {
+        let dir = c.dir.join(format!("{name}-{tag}-{run}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = open(&dir)?;
+        let w = |id: &str| format!("{id} {tag}");
+
+        // W1: one-put durable transactions, one at a time.
+        let mut lat = Vec::with_capacity(w1.len());
+        let t = Instant::now();
+        for kv in &w1 {
+            let s = Instant::now();
+            e.put_batch(std::slice::from_ref(kv))?;
+            lat.push(s.elapsed());
+        }
+        let el = t.elapsed();
+        lat.sort();
+        res.add(
+            &w("W1"),
+            "commits/s",
+            true,
+            name,
+            w1.len() as f64 / el.as_secs_f64(),
+        );
+        res.add(
+            &w("W1"),
+            "p50 ms",
+            false,
+            name,
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        );
+        res.add(
+            &w("W1"),
+            "p99 ms",
+            false,
+            name,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        );
+
+        // W2: 64 concurrent writers.
+        let t = Instant::now();
+        e.concurrent_puts(w2.clone())?;
+        res.add(
+            &w("W2"),
+            "commits/s",
+            true,
+            name,
+            w2_commits as f64 / t.elapsed().as_secs_f64(),
+        );
+        drop(e);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // W3: bulk load in one transaction (fresh database), with peak memory (W10).
+        let e = open(&dir)?;
+        let base = reset_peak_rss();
+        let t = Instant::now();
+        e.put_batch(&load)?;
+        res.add(
+            &w("W3"),
+            "rows/s",
+            true,
+            name,
+            n3 as f64 / t.elapsed().as_secs_f64(),
+        );
+        res.add(
+            &w("W10"),
+            "peak MiB during W3",
+            false,
+            name,
+            peak_rss().saturating_sub(base) as f64 / 1048576.0,
+        );
+        res.add(
+            &w("W8"),
+            "size after W3 / raw",
+            false,
+            name,
+            dir_size(&dir) as f64 / raw as f64,
+        );
+
+        // W4: random gets, warm (one warm-up pass), one snapshot.
+        e.gets(&probe)?;
+        let base = reset_peak_rss();
+        let t = Instant::now();
+        let found = e.gets(&probe)?;
+        assert_eq!(found, probe.len(), "{name}: W4 missed keys");
+        res.add(
+            &w("W4"),
+            "gets/s",
+            true,
+            name,
+            probe.len() as f64 / t.elapsed().as_secs_f64(),
+        );
+        res.add(
+            &w("W10"),
+            "peak MiB during W4",
+            false,
+            name,
+            peak_rss().saturating_sub(base) as f64 / 1048576.0,
+        );
+
+        // W5: full ordered scan.
+        let t = Instant::now();
+        let rows = e.scan()?;
+        assert_eq!(rows, n3, "{name}: W5 row count");
+        res.add(
+            &w("W5"),
+            "rows/s",
+            true,
+            name,
+            rows as f64 / t.elapsed().as_secs_f64(),
+        );
+
+        // W6: 100 transactions of mixed inserts and updates.
+        let t = Instant::now();
+        for batch in &w6 {
+            e.put_batch(batch)?;
+        }
+        res.add(
+            &w("W6"),
+            "rows/s",
+            true,
+            name,
+            w6_rows as f64 / t.elapsed().as_secs_f64(),
+        );
+
+        // W7: delete half in one transaction, then compact.
+        let live = e.scan()?;
+        let half: Vec<Key> = load.iter().step_by(2).map(|(k, _)| *k).collect();
+        let t = Instant::now();
+        e.delete_batch(&half)?;
+        res.add(
+            &w("W7"),
+            "deletes/s",
+            true,
+            name,
+            half.len() as f64 / t.elapsed().as_secs_f64(),
+        );
+        let t = Instant::now();
+        e.compact()?;
+        res.add(
+            &w("W7"),
+            "compaction s",
+            false,
+            name,
+            t.elapsed().as_secs_f64(),
+        );
+        let remaining = e.scan()?;
+        assert_eq!(remaining, live - half.len(), "{name}: W7 remaining rows");
+        // Raw payload of what is live now (W6 inserts included): average row size x rows.
+        let live_raw = raw as f64 / n3 as f64 * remaining as f64;
+        res.add(
+            &w("W8"),
+            "size after W7+compaction / raw",
+            false,
+            name,
+            dir_size(&dir) as f64 / live_raw,
+        );
+        e.close()?;
+        res.add(
+            &w("W8"),
+            "size after close / raw",
+            false,
+            name,
+            dir_size(&dir) as f64 / live_raw,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// W9: open time of a closed database of 1,000,000 entities.
+fn w9(c: &Config, res: &mut Results) -> Res<()> {
+    let n = scaled(c, 1_000_000);
+    let mut rng = SmallRng::seed_from_u64(9);
+    for (name, open) in &c.engines {
+        let dir = c.dir.join(format!("{name}-w9"));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let e = open(&dir)?;
+            let mut left = n;
+            while left > 0 {
+                let b = left.min(100_000);
+                let batch: Vec<(Key, Vec<u8>)> = keys(b, &mut rng)
+                    .into_iter()
+                    .map(|k| (k, value(ValueKind::Random, &mut rng, 0)))
+                    .collect();
+                e.put_batch(&batch)?;
+                left -= b;
+            }
+            e.close()?;
+        }
+        for _ in 0..c.runs {
+            let t = Instant::now();
+            let e = open(&dir)?;
+            res.add(
+                "W9",
+                "open after clean close, ms",
+                false,
+                name,
+                t.elapsed().as_secs_f64() * 1e3,
+            );
+            e.close()?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    // EntiDB only: open after a crash that leaves 64 MiB of WAL (a process that stops without
+    // closing; nothing is flushed on drop, so the WAL since the last checkpoint is replayed).
+    let dir = c.dir.join("EntiDB-w9-crash");
+    let _ = std::fs::remove_dir_all(&dir);
+    let wal_target = (64u64 << 20) as f64 * c.scale;
+    {
+        let e = open_entidb_with(
+            &dir,
+            Options::default()
+                .cache_bytes(CACHE as u64)
+                .memtable_bytes(256 << 20),
+        )?;
+        let per = 1000;
+        let mut written = 0f64;
+        while written < wal_target {
+            let batch: Vec<(Key, Vec<u8>)> = keys(per, &mut rng)
+                .into_iter()
+                .map(|k| (k, value(ValueKind::Random, &mut rng, 0)))
+                .collect();
+            written += batch
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 80)
+                .sum::<usize>() as f64;
+            e.put_batch(&batch)?;
+        }
+        drop(e);
+    }
+    let wal_bytes: u64 = std::fs::read_dir(&dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("wal-"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    for _ in 0..c.runs {
+        let t = Instant::now();
+        let e = open_entidb_with(
+            &dir,
+            Options::default()
+                .cache_bytes(CACHE as u64)
+                .memtable_bytes(256 << 20),
+        )?;
+        res.add(
+            "W9",
+            &format!("open after crash with {} MiB of WAL, ms", wal_bytes >> 20),
+            false,
+            "EntiDB",
+            t.elapsed().as_secs_f64() * 1e3,
+        );
+        drop(e);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let bench = args.iter().any(|a| a == "--bench");
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let all: Vec<(&'static str, Opener)> = vec![
+        ("EntiDB", open_entidb),
+        ("SQLite", open_sqlite),
+        ("redb", open_redb),
+    ];
+    let compare = arg("--compare").unwrap_or_else(|| "sqlite,redb".to_owned());
+    let engines: Vec<_> = all
+        .into_iter()
+        .filter(|(n, _)| *n == "EntiDB" || compare.to_lowercase().contains(&n.to_lowercase()))
+        .collect();
+    let kinds = match arg("--value").as_deref() {
+        Some("random") => vec![ValueKind::Random],
+        Some("doc") => vec![ValueKind::Doc],
+        _ => vec![ValueKind::Random, ValueKind::Doc],
+    };
+    let dir = arg("--dir").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("entidb-bench-{}", std::process::id()))
+    });
+    let c = if bench {
+        Config {
+            scale: arg("--scale").and_then(|s| s.parse().ok()).unwrap_or(1.0),
+            runs: arg("--runs").and_then(|s| s.parse().ok()).unwrap_or(3),
+            dir,
+            kinds,
+            engines,
+            w9: !args.iter().any(|a| a == "--no-w9"),
+        }
+    } else {
+        // `cargo test` runs this binary without `--bench`: a smoke pass on tiny data.
+        Config {
+            scale: 0.002,
+            runs: 1,
+            dir,
+            kinds,
+            engines,
+            w9: true,
+        }
+    };
+    std::fs::create_dir_all(&c.dir)?;
+    let mut res = Results::default();
+    floor(&c, &mut res)?;
+    for run in 0..c.runs {
+        for kind in &c.kinds {
+            run_once(&c, run, *kind, &mut res)?;
+        }
+    }
+    if c.w9 {
+        w9(&c, &mut res)?;
+    }
+    std::fs::remove_dir_all(&c.dir)?;
+    let names: Vec<&'static str> = c.engines.iter().map(|(n, _)| *n).collect();
+    println!(
+        "\nscale {}, {} run(s), medians; ratios are EntiDB / reference (see the `better` column)\n",
+        c.scale, c.runs
+    );
+    res.print(&names);
+    if !bench {
+        println!(
+            "\nsmoke pass ok (run `cargo bench -p entidb --bench workloads` for real figures)"
+        );
+    }
+    Ok(())
+}
