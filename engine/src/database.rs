@@ -181,10 +181,11 @@ impl Database {
         self.inner.flush_frozen().await
     }
 
-    /// Merge all segments into one, dropping what no snapshot or the change feed needs.
+    /// Checkpoint, then merge all segments into one, dropping versions no snapshot needs,
+    /// deletes with nothing older under them, feed records past retention and dropped
+    /// collections.
     pub async fn compact(&self) -> Result<()> {
-        self.inner.check_open()?;
-        self.inner.flush_frozen().await?;
+        self.checkpoint().await?;
         self.inner.compact_once(true).await?;
         Ok(())
     }

@@ -676,15 +676,16 @@ impl Inner {
         Ok(())
     }
 
-    /// The oldest sequence any reader may still need: live snapshots and the change feed.
+    /// The oldest sequence any reader may still need: the oldest live snapshot. Older entity
+    /// versions that a newer version (at or below the horizon) shadows are discarded by
+    /// compaction; the change feed then reports them as [`ChangeOp::Superseded`](crate::ChangeOp::Superseded), so feed retention never multiplies storage.
     pub(crate) fn horizon(&self, last_seq: u64) -> u64 {
         let oldest_snapshot = lock(&self.snapshots)
             .keys()
             .next()
             .copied()
             .unwrap_or(u64::MAX);
-        let feed = self.feed_oldest(last_seq).saturating_sub(1);
-        oldest_snapshot.min(feed).min(last_seq)
+        oldest_snapshot.min(last_seq)
     }
 
     /// The oldest change-feed sequence retained.

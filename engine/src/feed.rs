@@ -2,7 +2,9 @@
 //!
 //! The record is written in the same WAL record (and so the same atomic commit) as the data it
 //! describes, under key `03 | seq`. It names what changed; the values are read from the entity
-//! versions written at that sequence, so a document is stored once.
+//! versions written at that sequence, so a document is stored once. Records are retained for
+//! `Options::feed_retention` transactions; entity versions only as long as a snapshot needs
+//! them, so an overwritten value in an old record reads as [`ChangeOp::Superseded`].
 //!
 //! ## Record layout (value of `03 | seq`)
 //!
@@ -33,6 +35,11 @@ pub enum ChangeOp {
     Put(Arc<[u8]>),
     /// The entity was deleted.
     Delete,
+    /// The entity was written by this transaction, but a later transaction (also in the feed,
+    /// after this record) overwrote or deleted it and compaction has discarded this version.
+    /// A consumer that follows the feed gets the entity's newer state from that later record.
+    /// Hold a [`Snapshot`](crate::Snapshot) to keep every intermediate value readable.
+    Superseded,
     /// The collection was created.
     CollectionCreated,
     /// The collection was dropped (with all its entities).
@@ -184,12 +191,10 @@ pub(crate) async fn read_page(
                     let key = keys::entity_key(coll, &id);
                     match inner.get_in(&view.version, &key, seq).await? {
                         Some((v, Op::Put(bytes))) if v == seq => ChangeOp::Put(bytes),
-                        _ => {
-                            return Err(Error::FeedTruncated {
-                                requested: seq,
-                                oldest: inner.feed_oldest(view.seq),
-                            });
-                        }
+                        // Compaction keeps only the newest version at or below the oldest
+                        // snapshot: this one was overwritten (or its collection dropped) by a
+                        // later transaction, which the feed reports after this one.
+                        _ => ChangeOp::Superseded,
                     }
                 }
                 (KIND_DELETE, Some(_)) => ChangeOp::Delete,

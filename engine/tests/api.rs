@@ -539,3 +539,26 @@ async fn a_truncated_feed_is_reported_never_skipped() {
         (16..=20).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn overwritten_values_in_the_feed_are_superseded_after_compaction() {
+    let db = Database::memory().await.unwrap();
+    let c = db.collection("c");
+    let id = c.insert(&1u32).await.unwrap();
+    let held = db.snapshot();
+    c.put(id, &2u32).await.unwrap();
+    db.compact().await.unwrap();
+    // A snapshot older than the overwrite keeps the first value readable in the feed.
+    let feed = db.changes_page(0, 10).await.unwrap();
+    assert_eq!(
+        feed[0].changes[1].op,
+        ChangeOp::Put(entidb::cbor::to_canonical_vec(&1u32).unwrap().into())
+    );
+    drop(held);
+    db.compact().await.unwrap();
+    let feed = db.changes_page(0, 10).await.unwrap();
+    assert_eq!(feed.len(), 2, "records are retained");
+    assert_eq!(feed[0].changes[1].op, ChangeOp::Superseded);
+    assert_eq!(feed[1].changes[0].id, Some(id));
+    assert!(matches!(&feed[1].changes[0].op, ChangeOp::Put(_)));
+}
