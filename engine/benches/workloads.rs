@@ -122,7 +122,15 @@ fn runtime() -> Res<tokio::runtime::Runtime> {
 }
 
 fn open_entidb(dir: &Path) -> Res<Box<dyn Engine>> {
-    open_entidb_with(dir, Options::default().cache_bytes(CACHE as u64))
+    let mut options = Options::default().cache_bytes(CACHE as u64);
+    // `ENTIDB_BENCH_MEMTABLE_MIB` overrides the write-buffer budget (default: the engine's).
+    if let Some(mib) = std::env::var("ENTIDB_BENCH_MEMTABLE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        options = options.memtable_bytes(mib << 20);
+    }
+    open_entidb_with(dir, options)
 }
 
 fn open_entidb_with(dir: &Path, options: Options) -> Res<Box<dyn Engine>> {

@@ -23,10 +23,15 @@ pub(crate) const TAG_FEED: u8 = 0x03;
 pub(crate) const ENTITY_KEY_LEN: usize = 1 + 4 + 16;
 
 pub(crate) fn entity_key(coll: u32, id: &EntityId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(ENTITY_KEY_LEN);
-    k.push(TAG_ENTITY);
-    k.extend_from_slice(&coll.to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
+    entity_key_array(coll, id).to_vec()
+}
+
+/// The entity key without allocating (for point reads).
+pub(crate) fn entity_key_array(coll: u32, id: &EntityId) -> [u8; ENTITY_KEY_LEN] {
+    let mut k = [0u8; ENTITY_KEY_LEN];
+    k[0] = TAG_ENTITY;
+    k[1..5].copy_from_slice(&coll.to_be_bytes());
+    k[5..].copy_from_slice(id.as_bytes());
     k
 }
 

@@ -51,8 +51,8 @@ impl ReadCtx<'_> {
         let Some(coll) = coll else {
             return Ok(None);
         };
-        let key = keys::entity_key(coll, &id);
-        if let Some(pending) = self.overlay.and_then(|o| o.get(&key)) {
+        let key = keys::entity_key_array(coll, &id);
+        if let Some(pending) = self.overlay.and_then(|o| o.get(&key[..])) {
             self.inner.counters.reads.fetch_add(1, Relaxed);
             return Ok(pending.as_ref().map(|b| Document {
                 id,

@@ -100,10 +100,20 @@ impl Block {
     }
 
     fn entry(&self, i: usize) -> Entry {
-        let p = self.offsets[i] as usize;
         let (key, seq) = self.key_seq(i);
+        Entry {
+            key: Arc::from(key),
+            seq,
+            op: self.op(i),
+        }
+    }
+
+    /// The value of entry `i` (without copying its key).
+    fn op(&self, i: usize) -> Op {
+        let p = self.offsets[i] as usize;
+        let (key, _) = self.key_seq(i);
         let kind_at = p + 2 + key.len() + 8;
-        let op = if self.data[kind_at] == 1 {
+        if self.data[kind_at] == 1 {
             let l = u32::from_le_bytes(
                 self.data[kind_at + 1..kind_at + 5]
                     .try_into()
@@ -112,11 +122,6 @@ impl Block {
             Op::Put(Arc::from(&self.data[kind_at + 5..kind_at + 5 + l]))
         } else {
             Op::Delete
-        };
-        Entry {
-            key: Arc::from(key),
-            seq,
-            op,
         }
     }
 
@@ -392,11 +397,11 @@ impl Segment {
         if i >= block.len() {
             return Ok(None);
         }
-        let e = block.entry(i);
-        if &*e.key != key {
+        let (k, seq) = block.key_seq(i);
+        if k != key {
             return Ok(None);
         }
-        Ok(Some((e.seq, e.op)))
+        Ok(Some((seq, block.op(i))))
     }
 }
 
@@ -506,6 +511,13 @@ impl SegmentWriter {
             e.key.len() <= u16::MAX as usize,
             "key too long for a segment"
         );
+        // Close the current block first if this entry would push it past the target size, so
+        // a large value gets a block of its own instead of making its neighbours' block
+        // expensive to read.
+        let entry_len = 2 + e.key.len() + 8 + 1 + e.op_value_len().map_or(0, |l| 4 + l);
+        if !self.block.is_empty() && self.block.len() + entry_len > self.block_size {
+            self.finish_block();
+        }
         self.block
             .extend_from_slice(&(e.key.len() as u16).to_le_bytes());
         self.block.extend_from_slice(&e.key);
@@ -758,6 +770,35 @@ mod tests {
             }
             assert_eq!(n, (100 - 77) * 2);
             assert_eq!(seg.verify_blocks().await.unwrap(), 4000);
+        });
+    }
+
+    /// Regression (found profiling point reads): a transaction's large change-feed record
+    /// was appended to the block holding its last entities, so reading any of them read and
+    /// decoded megabytes and thrashed the block cache.
+    #[test]
+    fn a_large_value_gets_its_own_block() {
+        block_on(async {
+            let b = MemoryBackend::new();
+            let mut w = SegmentWriter::create(&b, 1, 4096, false).await.unwrap();
+            for i in 0u32..10 {
+                w.add(&e(&i.to_be_bytes(), 1, Some(b"small")))
+                    .await
+                    .unwrap();
+            }
+            w.add(&e(b"zz", 1, Some(&vec![1u8; 1 << 20])))
+                .await
+                .unwrap();
+            w.finish().await.unwrap();
+            let seg = Segment::open(&b, 1, Arc::new(BlockCache::new(1 << 20)), Arc::default())
+                .await
+                .unwrap();
+            assert_eq!(seg.block_count(), 2);
+            assert!(seg.index[0].len < 4096, "small entries share a small block");
+            assert_eq!(
+                seg.get(&3u32.to_be_bytes(), 5).await.unwrap(),
+                Some((1, Op::Put(Arc::from(&b"small"[..]))))
+            );
         });
     }
 

@@ -60,7 +60,11 @@ impl Snapshot {
 
     /// Read access to one collection.
     pub fn collection<'a>(&'a self, name: &'a str) -> SnapshotCollection<'a> {
-        SnapshotCollection { snap: self, name }
+        SnapshotCollection {
+            snap: self,
+            name,
+            coll: self.resolve(name),
+        }
     }
 
     /// Names of the collections that exist in this snapshot.
@@ -78,12 +82,18 @@ impl Snapshot {
 pub struct SnapshotCollection<'a> {
     snap: &'a Snapshot,
     name: &'a str,
+    /// The collection's id as of the snapshot (stable for its whole life).
+    coll: Option<u32>,
 }
 
 impl SnapshotCollection<'_> {
+    /// The collection's name.
+    pub fn name(&self) -> &str {
+        self.name
+    }
     /// The document with this id.
     pub async fn get_document(&self, id: EntityId) -> Result<Option<Document>> {
-        self.snap.ctx().get(self.snap.resolve(self.name), id).await
+        self.snap.ctx().get(self.coll, id).await
     }
     /// The entity with this id, decoded.
     pub async fn get<T: DeserializeOwned>(&self, id: EntityId) -> Result<Option<T>> {
@@ -99,10 +109,7 @@ impl SnapshotCollection<'_> {
     }
     /// A page of entities in id order.
     pub async fn scan(&self, opts: ScanOptions) -> Result<Page> {
-        self.snap
-            .ctx()
-            .scan(self.snap.resolve(self.name), opts, |_| true)
-            .await
+        self.snap.ctx().scan(self.coll, opts, |_| true).await
     }
     /// A page of the entities that satisfy `pred`, in id order (a full scan, counted in
     /// stats); `opts.limit` counts matches.
@@ -111,14 +118,11 @@ impl SnapshotCollection<'_> {
         opts: ScanOptions,
         pred: impl FnMut(&Document) -> bool,
     ) -> Result<Page> {
-        self.snap
-            .ctx()
-            .scan(self.snap.resolve(self.name), opts, pred)
-            .await
+        self.snap.ctx().scan(self.coll, opts, pred).await
     }
     /// Number of entities (a full scan of the collection).
     pub async fn count(&self) -> Result<u64> {
-        self.snap.ctx().count(self.snap.resolve(self.name)).await
+        self.snap.ctx().count(self.coll).await
     }
 }
 
