@@ -48,35 +48,40 @@ impl Entry {
 /// costs no extra pointer chase (entity keys are 21 bytes, feed keys 9).
 const INLINE_KEY: usize = 30;
 
+/// The key as an `Arc` (handed out by scans and flushes without copying) plus, for keys up
+/// to `INLINE_KEY` bytes, a copy inside the node that comparisons read.
 #[derive(Debug, Clone)]
-enum KeyBytes {
-    Inline(u8, [u8; INLINE_KEY]),
-    Heap(Arc<[u8]>),
+struct KeyBytes {
+    arc: Arc<[u8]>,
+    len: u8,
+    inline: [u8; INLINE_KEY],
 }
 
 impl KeyBytes {
     fn new(key: Arc<[u8]>) -> Self {
-        if key.len() <= INLINE_KEY {
-            let mut buf = [0u8; INLINE_KEY];
-            buf[..key.len()].copy_from_slice(&key);
-            KeyBytes::Inline(key.len() as u8, buf)
+        let mut inline = [0u8; INLINE_KEY];
+        let len = if key.len() <= INLINE_KEY {
+            inline[..key.len()].copy_from_slice(&key);
+            key.len() as u8
         } else {
-            KeyBytes::Heap(key)
+            u8::MAX
+        };
+        KeyBytes {
+            arc: key,
+            len,
+            inline,
         }
     }
 
     fn as_slice(&self) -> &[u8] {
-        match self {
-            KeyBytes::Inline(len, buf) => &buf[..*len as usize],
-            KeyBytes::Heap(k) => k,
+        match self.inline.get(..self.len as usize) {
+            Some(k) => k,
+            None => &self.arc,
         }
     }
 
     fn to_arc(&self) -> Arc<[u8]> {
-        match self {
-            KeyBytes::Inline(..) => Arc::from(self.as_slice()),
-            KeyBytes::Heap(k) => k.clone(),
-        }
+        self.arc.clone()
     }
 }
 

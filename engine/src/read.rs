@@ -13,7 +13,7 @@ use crate::keys;
 use crate::memtable::Op;
 
 /// Pending writes of a transaction: key to new value (`None`: delete).
-pub(crate) type Overlay = BTreeMap<Vec<u8>, Option<Arc<[u8]>>>;
+pub(crate) type Overlay = BTreeMap<Arc<[u8]>, Option<Arc<[u8]>>>;
 
 /// Everything a read needs.
 pub(crate) struct ReadCtx<'a> {
@@ -107,17 +107,17 @@ impl ReadCtx<'_> {
                 (None, None) => break,
                 (Some(_), None) => false,
                 (None, Some(_)) => true,
-                (Some((dk, _, _)), Some((ok, _))) => ok.as_slice() <= &dk[..],
+                (Some((dk, _, _)), Some((ok, _))) => ok[..] <= dk[..],
             };
             let (key, version, bytes) = if take_overlay {
                 let Some((ok, ov_val)) = ov.next() else { break };
                 if let Some((dk, _, _)) = &db_head
-                    && &dk[..] == ok.as_slice()
+                    && dk[..] == ok[..]
                 {
                     db_head = db.next_live(self.seq).await?;
                 }
                 match ov_val {
-                    Some(v) => (Arc::from(ok.as_slice()), self.pending_version, v.clone()),
+                    Some(v) => (ok.clone(), self.pending_version, v.clone()),
                     None => continue,
                 }
             } else {

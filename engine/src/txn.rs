@@ -1,6 +1,7 @@
 //! Snapshots and write transactions.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -235,7 +236,7 @@ impl WriteTxn {
             .map_or(0, |m| m + 1);
         let id = cat_next.max(tx_next);
         self.writes.insert(
-            keys::catalog_key(name),
+            Arc::from(keys::catalog_key(name)),
             Some(Arc::from(&id.to_be_bytes()[..])),
         );
         self.created.insert(name.to_owned(), id);
@@ -257,21 +258,23 @@ impl WriteTxn {
             return Ok(false);
         };
         let (from, end) = (keys::collection_start(id), keys::collection_end(id));
-        let pending: Vec<Vec<u8>> = self
+        let pending: Vec<Arc<[u8]>> = self
             .writes
-            .range(from..end)
+            .range::<[u8], _>((Bound::Included(&from[..]), Bound::Excluded(&end[..])))
             .map(|(k, _)| k.clone())
             .collect();
         for k in pending {
             self.writes.remove(&k);
         }
         if self.created.remove(name).is_some() {
-            self.writes.remove(&keys::catalog_key(name));
+            self.writes.remove(&keys::catalog_key(name)[..]);
             return Ok(true);
         }
-        self.writes.insert(keys::catalog_key(name), None);
-        self.writes
-            .insert(keys::dropped_key(id), Some(Arc::from(name.as_bytes())));
+        self.writes.insert(Arc::from(keys::catalog_key(name)), None);
+        self.writes.insert(
+            Arc::from(keys::dropped_key(id)),
+            Some(Arc::from(name.as_bytes())),
+        );
         self.dropped.push((name.to_owned(), id));
         Ok(true)
     }
@@ -315,7 +318,7 @@ impl WriteTxn {
         Ok(())
     }
 
-    fn put_bytes(&mut self, name: &str, id: EntityId, bytes: Vec<u8>) -> Result<()> {
+    fn put_bytes(&mut self, name: &str, id: EntityId, bytes: Arc<[u8]>) -> Result<()> {
         if bytes.len() > self.inner.options.max_document_bytes {
             return Err(Error::TooLarge {
                 what: "document",
@@ -325,7 +328,7 @@ impl WriteTxn {
         }
         let coll = self.resolve_or_create(name)?;
         self.writes
-            .insert(keys::entity_key(coll, &id), Some(Arc::from(bytes)));
+            .insert(Arc::from(keys::entity_key(coll, &id)), Some(bytes));
         Ok(())
     }
 
@@ -377,10 +380,7 @@ impl WriteTxn {
             }
         }
         for (k, v) in writes {
-            ops.push(BatchOp {
-                key: Arc::from(k),
-                value: v,
-            });
+            ops.push(BatchOp { key: k, value: v });
         }
         ops.push(BatchOp {
             key: Arc::from(keys::feed_key(seq)),
@@ -441,16 +441,18 @@ impl TxCollection<'_> {
     /// Write an entity (insert or replace).
     pub fn put<T: Serialize + ?Sized>(&mut self, id: EntityId, doc: &T) -> Result<()> {
         let bytes = cbor::to_canonical_vec(doc)?;
-        self.tx.put_bytes(self.name, id, bytes)
+        self.tx.put_bytes(self.name, id, Arc::from(bytes))
     }
     /// Write an entity given as CBOR bytes; they are validated and canonicalized.
     pub fn put_cbor(&mut self, id: EntityId, bytes: &[u8]) -> Result<()> {
-        let bytes = cbor::canonicalize(bytes)?;
-        self.tx.put_bytes(self.name, id, bytes)
+        // Already-canonical input (the common case) is copied once, straight into the Arc.
+        let bytes = cbor::canonicalize_cow(bytes)?;
+        self.tx.put_bytes(self.name, id, Arc::from(&*bytes))
     }
     /// Write an entity given as a dynamic value.
     pub fn put_value(&mut self, id: EntityId, value: &Value) -> Result<()> {
-        self.tx.put_bytes(self.name, id, cbor::encode(value))
+        self.tx
+            .put_bytes(self.name, id, Arc::from(cbor::encode(value)))
     }
     /// Write an entity only if its committed version is `expected` (`None`: it must not
     /// exist). Fails with [`Error::VersionConflict`] otherwise.
@@ -467,7 +469,7 @@ impl TxCollection<'_> {
     pub async fn delete(&mut self, id: EntityId) -> Result<bool> {
         let existed = self.get_document(id).await?.is_some();
         if let Some(coll) = self.tx.resolve(self.name) {
-            let key = keys::entity_key(coll, &id);
+            let key: Arc<[u8]> = Arc::from(keys::entity_key(coll, &id));
             // A tombstone is needed only if a committed version exists; otherwise dropping
             // the pending write is enough. (Regression: deleting twice in one transaction
             // must not drop the first delete's tombstone; found by the crash simulation.)
