@@ -617,13 +617,9 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
         ValueKind::Random => "random",
         ValueKind::Doc => "doc",
     };
-    let mut rng = SmallRng::seed_from_u64(42 + run as u64);
-    let n3 = scaled(c, 200_000);
-    let load: Vec<(Key, Vec<u8>)> = keys(n3, &mut rng)
-        .into_iter()
-        .enumerate()
-        .map(|(i, k)| (k, value(kind, &mut rng, i as u64)))
-        .collect();
+    let (load, probe) = w3_data(c, kind, 42 + run as u64);
+    let n3 = load.len();
+    let mut rng = SmallRng::seed_from_u64(1042 + run as u64);
     let raw: u64 = load.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
     let w1: Vec<(Key, Vec<u8>)> = keys(scaled(c, 1000), &mut rng)
         .into_iter()
@@ -639,10 +635,6 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
         })
         .collect();
     let w2_commits = 64 * per_task;
-    let mut probe: Vec<Key> = load.iter().map(|(k, _)| *k).collect();
-    for i in (1..probe.len()).rev() {
-        probe.swap(i, rng.random_range(0..=i));
-    }
     let w6: Vec<Vec<(Key, Vec<u8>)>> = (0..100)
         .map(|t| {
             (0..scaled(c, 1000))
@@ -713,9 +705,8 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
         drop(e);
         let _ = std::fs::remove_dir_all(&dir);
 
-        // W3: bulk load in one transaction (fresh database), with peak memory (W10).
+        // W3: bulk load in one transaction (fresh database).
         let e = open(&dir)?;
-        let base = reset_peak_rss();
         let t = Instant::now();
         e.put_batch(&load)?;
         res.add(
@@ -724,13 +715,6 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
             true,
             name,
             n3 as f64 / t.elapsed().as_secs_f64(),
-        );
-        res.add(
-            &w("W10"),
-            "peak MiB during W3",
-            false,
-            name,
-            peak_rss().saturating_sub(base) as f64 / 1048576.0,
         );
         res.add(
             &w("W8"),
@@ -742,7 +726,6 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
 
         // W4: random gets, warm (one warm-up pass), one snapshot.
         e.gets(&probe)?;
-        let base = reset_peak_rss();
         let t = Instant::now();
         let found = e.gets(&probe)?;
         assert_eq!(found, probe.len(), "{name}: W4 missed keys");
@@ -752,13 +735,6 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
             true,
             name,
             probe.len() as f64 / t.elapsed().as_secs_f64(),
-        );
-        res.add(
-            &w("W10"),
-            "peak MiB during W4",
-            false,
-            name,
-            peak_rss().saturating_sub(base) as f64 / 1048576.0,
         );
 
         // W5: full ordered scan.
@@ -920,6 +896,84 @@ fn w9(c: &Config, res: &mut Results) -> Res<()> {
     Ok(())
 }
 
+/// The load and probe data of W3/W4 (also what a W10 child process generates).
+fn w3_data(c: &Config, kind: ValueKind, seed: u64) -> (Vec<(Key, Vec<u8>)>, Vec<Key>) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let load: Vec<(Key, Vec<u8>)> = keys(scaled(c, 200_000), &mut rng)
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| (k, value(kind, &mut rng, i as u64)))
+        .collect();
+    let mut probe: Vec<Key> = load.iter().map(|(k, _)| *k).collect();
+    for i in (1..probe.len()).rev() {
+        probe.swap(i, rng.random_range(0..=i));
+    }
+    (load, probe)
+}
+
+/// W10 in a fresh child process per engine and value kind, so that no other engine's
+/// allocations (or allocator leftovers) are counted: peak RSS during W3 and during W4, each
+/// minus the RSS just before that workload (after the data was generated).
+fn w10_child(c: &Config, engine: &str, kind: ValueKind, dir: &Path) -> Res<()> {
+    let (load, probe) = w3_data(c, kind, 10);
+    let open = c
+        .engines
+        .iter()
+        .find(|(n, _)| *n == engine)
+        .map(|(_, o)| *o)
+        .ok_or("unknown engine")?;
+    let e = open(dir)?;
+    let base = reset_peak_rss();
+    e.put_batch(&load)?;
+    let w3 = peak_rss().saturating_sub(base);
+    e.gets(&probe)?;
+    let base = reset_peak_rss();
+    let found = e.gets(&probe)?;
+    let w4 = peak_rss().saturating_sub(base);
+    assert_eq!(found, probe.len());
+    e.close()?;
+    println!("W10 {w3} {w4}");
+    Ok(())
+}
+
+fn w10(c: &Config, res: &mut Results) -> Res<()> {
+    let exe = std::env::current_exe()?;
+    for kind in &c.kinds {
+        let tag = match kind {
+            ValueKind::Random => "random",
+            ValueKind::Doc => "doc",
+        };
+        for (name, _) in &c.engines {
+            let dir = c.dir.join(format!("{name}-w10-{tag}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            let out = std::process::Command::new(&exe)
+                .args(["--w10-child", name, tag, &c.scale.to_string()])
+                .arg(&dir)
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("W10 "))
+                .ok_or_else(|| {
+                    format!(
+                        "W10 child for {name} failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+            let v: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let w = format!("W10 {tag}");
+            res.add(&w, "peak MiB during W3", false, name, v[0] / 1048576.0);
+            res.add(&w, "peak MiB during W4", false, name, v[1] / 1048576.0);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
     let bench = args.iter().any(|a| a == "--bench");
@@ -967,6 +1021,17 @@ fn main() -> Res<()> {
             w9: true,
         }
     };
+    if let Some(i) = args.iter().position(|a| a == "--w10-child") {
+        let engine = args.get(i + 1).ok_or("--w10-child ENGINE KIND SCALE DIR")?;
+        let kind = match args.get(i + 2).map(String::as_str) {
+            Some("doc") => ValueKind::Doc,
+            _ => ValueKind::Random,
+        };
+        let scale = args.get(i + 3).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+        let dir = PathBuf::from(args.get(i + 4).ok_or("--w10-child needs a directory")?);
+        let c = Config { scale, ..c };
+        return w10_child(&c, engine, kind, &dir);
+    }
     std::fs::create_dir_all(&c.dir)?;
     let mut res = Results::default();
     floor(&c, &mut res)?;
@@ -975,6 +1040,7 @@ fn main() -> Res<()> {
             run_once(&c, run, *kind, &mut res)?;
         }
     }
+    w10(&c, &mut res)?;
     if c.w9 {
         w9(&c, &mut res)?;
     }

@@ -116,23 +116,16 @@ impl MergeIter {
             }
             self.started = true;
         }
-        let mut best: Option<usize> = None;
+        // The smallest head; ties (impossible by construction) go to the earlier source.
+        let mut best: Option<(usize, &Entry)> = None;
         for (i, h) in self.heads.iter().enumerate() {
-            if let Some(e) = h {
-                best = match best {
-                    Some(b) => {
-                        let cur = self.heads[b].as_ref().map(|x| (x.key.clone(), x.seq));
-                        match cur {
-                            Some((bk, bs)) if Entry::cmp_pos(&e.key, e.seq, &bk, bs).is_lt() => {
-                                Some(i)
-                            }
-                            _ => Some(b),
-                        }
-                    }
-                    None => Some(i),
-                }
+            if let Some(e) = h
+                && best.is_none_or(|(_, b)| Entry::cmp_pos(&e.key, e.seq, &b.key, b.seq).is_lt())
+            {
+                best = Some((i, e));
             }
         }
+        let best = best.map(|(i, _)| i);
         let Some(b) = best else {
             return Ok(None);
         };
