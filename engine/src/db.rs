@@ -223,8 +223,19 @@ impl Inner {
                 .open(&name, OpenMode::Existing)
                 .await
                 .map_err(Error::io("opening a WAL file"))?;
-            if f.len().await.map_err(Error::io("reading a WAL file"))? > wal::FILE_HEADER_LEN {
-                break;
+            let len = f.len().await.map_err(Error::io("reading a WAL file"))?;
+            if len > wal::FILE_HEADER_LEN {
+                let image = f
+                    .read_at(0, len as usize)
+                    .await
+                    .map_err(Error::io("reading a WAL file"))?;
+                // Only zeros (preallocation) after the header: no record was ever appended.
+                if image[wal::FILE_HEADER_LEN as usize..]
+                    .iter()
+                    .any(|&b| b != 0)
+                {
+                    break;
+                }
             }
             drop(f);
             backend
@@ -317,10 +328,14 @@ impl Inner {
             Some(t) => t,
             None => {
                 let no = next_file.fetch_add(1, Ordering::Relaxed);
-                let f = create_wal(&*backend, no).await?;
+                let f = create_wal(&*backend, no, options.wal_preallocate).await?;
                 (no, f, wal::FILE_HEADER_LEN)
             }
         };
+        let wal_allocated = wal_file
+            .len()
+            .await
+            .map_err(Error::io("reading a WAL file"))?;
         let version = Arc::new(Version {
             mems: vec![mem],
             segments,
@@ -337,6 +352,7 @@ impl Inner {
                     file: wal_file.clone(),
                     no: wal_no,
                     offset: wal_offset,
+                    allocated: wal_allocated,
                 },
                 last_seq,
             })),
@@ -445,7 +461,24 @@ impl Inner {
             });
         }
         w.wal.offset += len;
+        w.wal.allocated = w.wal.allocated.max(w.wal.offset);
         self.counters.wal_bytes.fetch_add(len, Ordering::Relaxed);
+        let pre = self.options.wal_preallocate;
+        if pre > 0 && w.wal.allocated - w.wal.offset < pre / 4 {
+            // Zero-fill the next stretch after the record (never before it: a crash may keep
+            // or lose these zeros, both read as the end of the log).
+            let from = w.wal.allocated;
+            let to = w.wal.offset + pre;
+            // A failure only costs the optimisation (zeros never hold data): retry next time.
+            if w.wal
+                .file
+                .write_at(from, vec![0u8; (to - from) as usize])
+                .await
+                .is_ok()
+            {
+                w.wal.allocated = to;
+            }
+        }
         let active = self.view().version.mems[0].clone();
         for op in batch.ops {
             let v = match op.value {
@@ -565,7 +598,7 @@ impl Inner {
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         self.finish_sync(Ok(()), w.last_seq, w.wal.offset, w.wal.no);
         let no = self.next_file.fetch_add(1, Ordering::Relaxed);
-        let file = match create_wal(&*self.backend, no).await {
+        let file = match create_wal(&*self.backend, no, self.options.wal_preallocate).await {
             Ok(f) => f,
             Err(e) => {
                 // Keep appending to the old file. A half-created newer file must not stay:
@@ -591,6 +624,7 @@ impl Inner {
             file,
             no,
             offset: wal::FILE_HEADER_LEN,
+            allocated: wal::FILE_HEADER_LEN + self.options.wal_preallocate,
         };
         {
             let mut v = write(&self.view);
@@ -890,12 +924,15 @@ impl Inner {
     }
 }
 
-async fn create_wal(backend: &dyn Backend, no: u64) -> Result<Arc<dyn File>> {
+/// Create WAL file `no`: header plus `prealloc` zero bytes, synced, directory synced.
+async fn create_wal(backend: &dyn Backend, no: u64, prealloc: u64) -> Result<Arc<dyn File>> {
     let f = backend
         .open(&wal::file_name(no), OpenMode::CreateNew)
         .await
         .map_err(Error::io("creating a WAL file"))?;
-    f.write_at(0, wal::file_header().to_vec())
+    let mut head = wal::file_header().to_vec();
+    head.resize(wal::FILE_HEADER_LEN as usize + prealloc as usize, 0);
+    f.write_at(0, head)
         .await
         .map_err(Error::io("writing a WAL header"))?;
     f.sync_data()

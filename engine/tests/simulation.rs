@@ -43,6 +43,11 @@ fn options(rng: &mut SmallRng) -> Options {
         .block_size(rng.random_range(256..4096))
         .compaction_trigger(rng.random_range(2..5))
         .compression(rng.random_bool(0.5))
+        .wal_preallocate(if rng.random_bool(0.5) {
+            0
+        } else {
+            rng.random_range(64..4096)
+        })
 }
 
 async fn read_all(db: &Database) -> Result<Model, Error> {
