@@ -489,6 +489,17 @@ struct Results {
 }
 
 impl Results {
+    /// Record `n` operations done since `started` as a rate (per second, higher is better).
+    fn rate(&mut self, w: &str, metric: &str, engine: &'static str, n: usize, started: Instant) {
+        self.add(
+            w,
+            metric,
+            true,
+            engine,
+            n as f64 / started.elapsed().as_secs_f64(),
+        );
+    }
+
     /// `higher_better` orients the ratio's meaning in the table.
     fn add(&mut self, w: &str, metric: &str, higher_better: bool, engine: &'static str, v: f64) {
         let key = (w.to_owned(), metric.to_owned());
@@ -712,13 +723,7 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
         // W2: 64 concurrent writers.
         let t = Instant::now();
         e.concurrent_puts(w2.clone())?;
-        res.add(
-            &w("W2"),
-            "commits/s",
-            true,
-            name,
-            w2_commits as f64 / t.elapsed().as_secs_f64(),
-        );
+        res.rate(&w("W2"), "commits/s", name, w2_commits, t);
         drop(e);
         let _ = std::fs::remove_dir_all(&dir);
 
@@ -726,13 +731,7 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
         let e = open(&dir)?;
         let t = Instant::now();
         e.put_batch(&load)?;
-        res.add(
-            &w("W3"),
-            "rows/s",
-            true,
-            name,
-            n3 as f64 / t.elapsed().as_secs_f64(),
-        );
+        res.rate(&w("W3"), "rows/s", name, n3, t);
         res.add(
             &w("W8"),
             "size after W3 / raw",
@@ -746,51 +745,27 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
         let t = Instant::now();
         let found = e.gets(&probe)?;
         assert_eq!(found, probe.len(), "{name}: W4 missed keys");
-        res.add(
-            &w("W4"),
-            "gets/s",
-            true,
-            name,
-            probe.len() as f64 / t.elapsed().as_secs_f64(),
-        );
+        res.rate(&w("W4"), "gets/s", name, probe.len(), t);
 
         // W5: full ordered scan.
         let t = Instant::now();
         let rows = e.scan()?;
         assert_eq!(rows, n3, "{name}: W5 row count");
-        res.add(
-            &w("W5"),
-            "rows/s",
-            true,
-            name,
-            rows as f64 / t.elapsed().as_secs_f64(),
-        );
+        res.rate(&w("W5"), "rows/s", name, rows, t);
 
         // W6: 100 transactions of mixed inserts and updates.
         let t = Instant::now();
         for batch in &w6 {
             e.put_batch(batch)?;
         }
-        res.add(
-            &w("W6"),
-            "rows/s",
-            true,
-            name,
-            w6_rows as f64 / t.elapsed().as_secs_f64(),
-        );
+        res.rate(&w("W6"), "rows/s", name, w6_rows, t);
 
         // W7: delete half in one transaction, then compact.
         let live = e.scan()?;
         let half: Vec<Key> = load.iter().step_by(2).map(|(k, _)| *k).collect();
         let t = Instant::now();
         e.delete_batch(&half)?;
-        res.add(
-            &w("W7"),
-            "deletes/s",
-            true,
-            name,
-            half.len() as f64 / t.elapsed().as_secs_f64(),
-        );
+        res.rate(&w("W7"), "deletes/s", name, half.len(), t);
         let t = Instant::now();
         e.compact()?;
         res.add(

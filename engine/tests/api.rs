@@ -284,23 +284,32 @@ async fn files_survive_reopen_and_second_open_is_locked() {
     assert!(db.verify().await.unwrap() >= 1999);
 }
 
+/// `tasks` concurrent tasks, each committing `each` one-insert transactions into "c".
+async fn insert_concurrently(db: &Database, tasks: u32, each: u32) {
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    db.collection("c")
+                        .insert(&(t * 1000 + i))
+                        .await
+                        .expect("insert");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.expect("inserting task panicked");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_share_syncs() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path()).await.unwrap();
     let before = db.stats().syncs;
-    let mut tasks = vec![];
-    for t in 0..16 {
-        let db = db.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..20u32 {
-                db.collection("c").insert(&(t * 100 + i)).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    insert_concurrently(&db, 16, 20).await;
     let syncs = db.stats().syncs - before;
     assert_eq!(db.collection("c").count().await.unwrap(), 320);
     assert!(syncs <= 320, "never more than one sync per commit: {syncs}");
@@ -401,18 +410,7 @@ async fn group_commit_shares_one_sync_among_waiting_committers() {
         .await
         .unwrap();
     let before = backend.syncs.load(Ordering::SeqCst);
-    let mut tasks = vec![];
-    for t in 0..32u32 {
-        let db = db.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..10u32 {
-                db.collection("c").insert(&(t * 100 + i)).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    insert_concurrently(&db, 32, 10).await;
     let syncs = backend.syncs.load(Ordering::SeqCst) - before;
     assert_eq!(db.collection("c").count().await.unwrap(), 320);
     assert_eq!(db.stats().commits, 320);
