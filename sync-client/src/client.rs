@@ -1,0 +1,845 @@
+//! The replicator: keeps one local EntiDB database in sync with one database on a server.
+//!
+//! ## Local state (all in the local database, updated atomically with the data)
+//!
+//! - `_sync.state`, one entity: client id, pull cursor, how far the local change feed has been
+//!   captured, the next op id, the clock, and bootstrap progress.
+//! - `_sync.outbox`: one entity per local write not yet acknowledged, keyed by op id (so a
+//!   scan returns them in order).
+//! - `_sync.meta`: per synced entity, the server version the local copy is based on and the
+//!   number of outbox ops that are pending for it.
+//!
+//! ## Invariants (each relied on below)
+//!
+//! 1. Every local commit to a synced collection reaches the outbox exactly once: capture reads
+//!    the change feed from the saved position and saves the new position in the transaction
+//!    that writes the outbox entries. Capture also runs at the start of every transaction that
+//!    applies server data, while that transaction holds the single writer, so no local write
+//!    can slip in between capture and apply.
+//! 2. Writes made by the replicator carry the origin [`ORIGIN`] and are never captured, so
+//!    pulled changes are not echoed back.
+//! 3. Server data never overwrites an entity with pending ops; the pending op is pushed with
+//!    the version it was based on and the server's conflict policy decides. The push result
+//!    carries the entity's state after the push, which the client adopts once nothing is
+//!    pending for the entity.
+//! 4. Op ids increase by one per captured write; the server acknowledges them in order and
+//!    recognises a retried op by (client id, op id).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use entidb::cbor::Value;
+use entidb::{Database, EntityId, ScanOptions, WriteTxn};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::transport::{Method, Request, Transport};
+use crate::wire::{
+    BootstrapPosition, BootstrapResponse, ErrorBody, ErrorCode, Format, Hlc, Op, OpKind, OpStatus,
+    PullResponse, PushRequest, PushResponse,
+};
+
+/// Origin tag of every transaction the replicator writes.
+pub const ORIGIN: &str = "entidb-sync";
+
+const STATE: &str = "_sync.state";
+const OUTBOX: &str = "_sync.outbox";
+const META: &str = "_sync.meta";
+
+/// What went wrong while syncing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The local database failed.
+    #[error("local database: {0}")]
+    Local(#[from] entidb::Error),
+    /// The server could not be reached, or the connection broke (retried automatically by
+    /// [`Replicator::sync_now`]).
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// The server answered with an error.
+    #[error("server error {status} ({code:?}): {message}", code = body.code, message = body.message)]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The error body.
+        body: ErrorBody,
+    },
+    /// The server's answer did not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The configuration is invalid.
+    #[error("invalid sync configuration: {0}")]
+    Config(String),
+}
+
+impl SyncError {
+    /// Whether retrying the same request later may succeed (network errors and 5xx).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SyncError::Transport(_) => true,
+            SyncError::Server { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Result type of the replicator.
+pub type SyncResult<T> = Result<T, SyncError>;
+
+/// How a replicator is set up.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The database's name on the server.
+    pub database: String,
+    /// This client's id (the token's `sub`). Stored on first attach; a different id later is
+    /// an error (the outbox's op ids belong to the first one).
+    pub client_id: String,
+    /// The collections to sync (both ways).
+    pub collections: Vec<String>,
+    /// Ops per push request.
+    pub push_batch: usize,
+    /// Oplog records per pull request.
+    pub pull_limit: usize,
+    /// Entities per bootstrap page.
+    pub bootstrap_limit: usize,
+    /// Attempts per request in [`Replicator::sync_now`] before giving up (network errors and
+    /// 5xx only).
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt, with full jitter, capped at 30 s.
+    pub retry_base: Duration,
+}
+
+impl SyncConfig {
+    /// Defaults for `database` and `client_id`, syncing `collections`.
+    pub fn new(database: &str, client_id: &str, collections: &[&str]) -> SyncConfig {
+        SyncConfig {
+            database: database.to_owned(),
+            client_id: client_id.to_owned(),
+            collections: collections.iter().map(|c| (*c).to_owned()).collect(),
+            push_batch: 500,
+            pull_limit: 500,
+            bootstrap_limit: 1000,
+            max_attempts: 6,
+            retry_base: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What one [`Replicator::sync_now`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncReport {
+    /// Local writes captured into the outbox.
+    pub captured: u64,
+    /// Ops acknowledged by the server (applied or duplicate).
+    pub pushed: u64,
+    /// Ops the server rejected in a conflict (the server's state was adopted).
+    pub rejected: Vec<(String, EntityId)>,
+    /// Remote changes applied locally.
+    pub pulled: u64,
+    /// Whether a bootstrap ran (first sync, or the client was behind the retention horizon).
+    pub bootstrapped: bool,
+}
+
+/// What an observer can see of a replicator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Whether the last request reached the server.
+    pub online: bool,
+    /// Local writes not yet acknowledged.
+    pub pending_ops: u64,
+    /// The pull cursor.
+    pub cursor: u64,
+    /// Local time of the last complete sync, ms since the Unix epoch.
+    pub last_sync_millis: Option<u64>,
+    /// The last error, cleared by a successful sync.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    client_id: String,
+    cursor: u64,
+    feed_seq: u64,
+    next_op_id: u64,
+    hlc_millis: u64,
+    hlc_counter: u32,
+    /// First page's cursor and where the next page starts, while a bootstrap is running.
+    bootstrap: Option<BootstrapProgress>,
+    /// Number of completed bootstraps (marks which entities a bootstrap saw).
+    epoch: u64,
+    bootstrapped: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BootstrapProgress {
+    start_cursor: u64,
+    next: Option<BootstrapPosition>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OutboxEntry {
+    op_id: u64,
+    collection: String,
+    id: EntityId,
+    kind: OpKind,
+    doc: Option<Value>,
+    hlc: Hlc,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    version: Option<u64>,
+    pending: u32,
+    epoch: u64,
+}
+
+/// Keeps a local database in sync with a server. Cheap to clone; one replicator per local
+/// database (its operations serialize on an internal lock).
+#[derive(Debug, Clone)]
+pub struct Replicator {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: Database,
+    transport: Arc<dyn Transport>,
+    config: SyncConfig,
+    run: async_lock::Mutex<()>,
+    status: std::sync::Mutex<Status>,
+}
+
+fn meta_id(collection: &str, id: &EntityId) -> EntityId {
+    let mut h = Sha256::new();
+    h.update(collection.as_bytes());
+    h.update([0]);
+    h.update(id.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    EntityId::from_bytes(b)
+}
+
+fn op_key(op_id: u64) -> EntityId {
+    EntityId::from_bytes(u128::from(op_id).to_be_bytes())
+}
+
+impl Replicator {
+    /// Attaches a replicator to `db`. The first attach records the client id and starts
+    /// capturing local writes from now on (writes committed before the first attach are not
+    /// synced unless the app rewrites them).
+    pub async fn attach(
+        db: Database,
+        config: SyncConfig,
+        transport: Arc<dyn Transport>,
+    ) -> SyncResult<Replicator> {
+        if config.collections.is_empty() {
+            return Err(SyncError::Config("no collections to sync".into()));
+        }
+        if let Some(c) = config
+            .collections
+            .iter()
+            .find(|c| crate::wire::is_reserved(c))
+        {
+            return Err(SyncError::Config(format!(
+                "collection {c:?} is reserved for the sync layer"
+            )));
+        }
+        if config.push_batch == 0 || config.pull_limit == 0 || config.bootstrap_limit == 0 {
+            return Err(SyncError::Config("batch sizes must be positive".into()));
+        }
+        let mut tx = db.begin().await?;
+        tx.set_origin(ORIGIN)?;
+        let state: Option<State> = tx.collection(STATE).get(EntityId::MIN).await?;
+        match state {
+            Some(s) if s.client_id != config.client_id => {
+                return Err(SyncError::Config(format!(
+                    "this database is attached as client {:?}, not {:?}",
+                    s.client_id, config.client_id
+                )));
+            }
+            Some(_) => tx.abort(),
+            None => {
+                let state = State {
+                    client_id: config.client_id.clone(),
+                    feed_seq: tx.read_sequence(),
+                    next_op_id: 1,
+                    ..State::default()
+                };
+                tx.collection(STATE).put(EntityId::MIN, &state)?;
+                tx.commit().await?;
+            }
+        }
+        let r = Replicator {
+            shared: Arc::new(Shared {
+                db,
+                transport,
+                config,
+                run: async_lock::Mutex::new(()),
+                status: std::sync::Mutex::new(Status::default()),
+            }),
+        };
+        let state = r.load_state().await?;
+        let pending = r.pending_ops().await?;
+        r.set_status(|s| {
+            s.cursor = state.cursor;
+            s.pending_ops = pending;
+        });
+        Ok(r)
+    }
+
+    /// The local database.
+    pub fn database(&self) -> &Database {
+        &self.shared.db
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        match self.shared.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        match self.shared.status.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// Local writes not yet acknowledged by the server.
+    pub async fn pending_ops(&self) -> SyncResult<u64> {
+        Ok(self.shared.db.collection(OUTBOX).count().await?)
+    }
+
+    async fn load_state(&self) -> SyncResult<State> {
+        self.shared
+            .db
+            .collection(STATE)
+            .get(EntityId::MIN)
+            .await?
+            .ok_or_else(|| SyncError::Protocol("sync state is missing".into()))
+    }
+
+    /// Moves local writes from the change feed into the outbox. Runs as part of every other
+    /// operation; call it directly to make the outbox durable without talking to the server.
+    pub async fn capture(&self) -> SyncResult<u64> {
+        let _run = self.shared.run.lock().await;
+        let mut tx = self.begin().await?;
+        let mut state = read_state(&mut tx).await?;
+        let n = self.capture_into(&mut tx, &mut state).await?;
+        tx.collection(STATE).put(EntityId::MIN, &state)?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn begin(&self) -> SyncResult<WriteTxn> {
+        let mut tx = self.shared.db.begin().await?;
+        tx.set_origin(ORIGIN)?;
+        Ok(tx)
+    }
+
+    fn synced(&self, collection: &str) -> bool {
+        self.shared
+            .config
+            .collections
+            .iter()
+            .any(|c| c == collection)
+    }
+
+    /// Captures every local commit up to the transaction's read sequence. The transaction
+    /// holds the single writer, so the published sequence equals its read sequence.
+    async fn capture_into(&self, tx: &mut WriteTxn, state: &mut State) -> SyncResult<u64> {
+        let upto = tx.read_sequence();
+        let mut captured = 0;
+        while state.feed_seq < upto {
+            let page = self.shared.db.changes_page(state.feed_seq, 256).await?;
+            if page.is_empty() {
+                return Err(SyncError::Protocol(format!(
+                    "change feed ended at {} before the published sequence {upto}",
+                    state.feed_seq
+                )));
+            }
+            for batch in page {
+                if batch.seq > upto {
+                    break;
+                }
+                state.feed_seq = batch.seq;
+                if batch.origin.as_deref() == Some(ORIGIN) {
+                    continue;
+                }
+                for change in batch.changes {
+                    let Some(id) = change.id else { continue };
+                    if !self.synced(&change.collection) {
+                        continue;
+                    }
+                    let (kind, doc) = match change.op {
+                        entidb::ChangeOp::Put(bytes) => (
+                            OpKind::Put,
+                            Some(entidb::cbor::decode(&bytes).map_err(entidb::Error::from)?),
+                        ),
+                        entidb::ChangeOp::Delete => (OpKind::Delete, None),
+                        // A later record in the feed holds the entity's newer state.
+                        _ => continue,
+                    };
+                    let hlc = tick(state, batch.timestamp_millis);
+                    let op_id = state.next_op_id;
+                    state.next_op_id += 1;
+                    let entry = OutboxEntry {
+                        op_id,
+                        collection: change.collection.clone(),
+                        id,
+                        kind,
+                        doc,
+                        hlc,
+                    };
+                    tx.collection(OUTBOX).put(op_key(op_id), &entry)?;
+                    let mid = meta_id(&change.collection, &id);
+                    let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+                    meta.pending += 1;
+                    tx.collection(META).put(mid, &meta)?;
+                    captured += 1;
+                }
+            }
+        }
+        Ok(captured)
+    }
+
+    async fn request<T: serde::de::DeserializeOwned>(&self, req: Request) -> SyncResult<T> {
+        let resp = match self.shared.transport.send(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.set_status(|s| s.online = false);
+                return Err(e.into());
+            }
+        };
+        self.set_status(|s| s.online = true);
+        if resp.status != 200 {
+            let body = Format::Cbor
+                .decode::<ErrorBody>(&resp.body)
+                .unwrap_or_else(|_| ErrorBody {
+                    code: if resp.status >= 500 {
+                        ErrorCode::Internal
+                    } else {
+                        ErrorCode::BadRequest
+                    },
+                    message: String::from_utf8_lossy(&resp.body).into_owned(),
+                    oldest_cursor: None,
+                });
+            return Err(SyncError::Server {
+                status: resp.status,
+                body,
+            });
+        }
+        Format::Cbor
+            .decode(&resp.body)
+            .map_err(|e| SyncError::Protocol(e.to_string()))
+    }
+
+    /// Retries `f` on network errors and 5xx with exponential backoff and full jitter.
+    async fn retry<T, F, Fut>(&self, mut f: F) -> SyncResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = SyncResult<T>>,
+    {
+        let cfg = &self.shared.config;
+        let mut attempt = 0u32;
+        loop {
+            match f().await {
+                Err(e) if e.is_retryable() && attempt + 1 < cfg.max_attempts => {
+                    let cap = cfg
+                        .retry_base
+                        .saturating_mul(1 << attempt.min(16))
+                        .min(Duration::from_secs(30));
+                    let jitter = jitter_fraction();
+                    futures_timer::Delay::new(cap.mul_f64(jitter)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Pushes the outbox in batches until it is empty. Returns (acknowledged, rejected).
+    pub async fn push(&self) -> SyncResult<(u64, Vec<(String, EntityId)>)> {
+        let _run = self.shared.run.lock().await;
+        self.push_locked().await
+    }
+
+    async fn push_locked(&self) -> SyncResult<(u64, Vec<(String, EntityId)>)> {
+        let mut acked = 0;
+        let mut rejected = Vec::new();
+        loop {
+            // Capture first so that the batch includes every write made so far.
+            let mut tx = self.begin().await?;
+            let mut state = read_state(&mut tx).await?;
+            self.capture_into(&mut tx, &mut state).await?;
+            tx.collection(STATE).put(EntityId::MIN, &state)?;
+            tx.commit().await?;
+
+            let snap = self.shared.db.snapshot();
+            let page = snap
+                .collection(OUTBOX)
+                .scan(ScanOptions::limit(self.shared.config.push_batch))
+                .await?;
+            if page.items.is_empty() {
+                break;
+            }
+            let mut ops = Vec::with_capacity(page.items.len());
+            for doc in &page.items {
+                let e: OutboxEntry = doc.decode()?;
+                let meta: Meta = snap
+                    .collection(META)
+                    .get(meta_id(&e.collection, &e.id))
+                    .await?
+                    .unwrap_or_default();
+                ops.push(Op {
+                    op_id: e.op_id,
+                    collection: e.collection,
+                    id: e.id,
+                    kind: e.kind,
+                    doc: e.doc,
+                    base_version: meta.version,
+                    hlc: e.hlc,
+                });
+            }
+            drop(snap);
+            let body = Format::Cbor
+                .encode(&PushRequest {
+                    client_id: self.shared.config.client_id.clone(),
+                    ops: ops.clone(),
+                })
+                .map_err(|e| SyncError::Protocol(e.to_string()))?;
+            let path = format!("/v1/db/{}/push", self.shared.config.database);
+            let resp: PushResponse = self
+                .retry(|| {
+                    self.request(Request {
+                        method: Method::Post,
+                        path: path.clone(),
+                        body: Some(body.clone()),
+                    })
+                })
+                .await?;
+            if resp.results.len() != ops.len()
+                || resp
+                    .results
+                    .iter()
+                    .zip(&ops)
+                    .any(|(r, o)| r.op_id != o.op_id)
+            {
+                return Err(SyncError::Protocol(
+                    "push results do not match the pushed ops".into(),
+                ));
+            }
+            let mut tx = self.begin().await?;
+            let mut state = read_state(&mut tx).await?;
+            self.capture_into(&mut tx, &mut state).await?;
+            for (op, result) in ops.iter().zip(&resp.results) {
+                tx.collection(OUTBOX).delete(op_key(op.op_id)).await?;
+                let mid = meta_id(&op.collection, &op.id);
+                let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+                meta.pending = meta.pending.saturating_sub(1);
+                meta.version = result.state.version;
+                if meta.pending == 0 && result.status != OpStatus::Applied {
+                    // Adopt the server's state: the op lost, or a retry's answer does not
+                    // say what the server holds now.
+                    apply(&mut tx, &op.collection, op.id, result.state.doc.as_ref()).await?;
+                }
+                tx.collection(META).put(mid, &meta)?;
+                if result.status == OpStatus::Rejected {
+                    rejected.push((op.collection.clone(), op.id));
+                } else {
+                    acked += 1;
+                }
+            }
+            tx.collection(STATE).put(EntityId::MIN, &state)?;
+            tx.commit().await?;
+        }
+        let pending = self.pending_ops().await?;
+        self.set_status(|s| s.pending_ops = pending);
+        Ok((acked, rejected))
+    }
+
+    /// Pulls every change after the saved cursor (bootstrapping first when the client is new
+    /// or the server no longer retains its cursor). Returns the number of changes applied.
+    pub async fn pull(&self) -> SyncResult<(u64, bool)> {
+        let _run = self.shared.run.lock().await;
+        self.pull_locked(None).await
+    }
+
+    async fn pull_locked(&self, wait: Option<Duration>) -> SyncResult<(u64, bool)> {
+        let mut applied = 0;
+        let mut bootstrapped = false;
+        let mut wait = wait;
+        loop {
+            let state = self.load_state().await?;
+            if state.bootstrap.is_some() || !state.bootstrapped {
+                applied += self.bootstrap_locked().await?;
+                bootstrapped = true;
+                continue;
+            }
+            let mut path = format!(
+                "/v1/db/{}/pull?since={}&limit={}",
+                self.shared.config.database, state.cursor, self.shared.config.pull_limit
+            );
+            if let Some(w) = wait.take() {
+                path.push_str(&format!("&wait_ms={}", w.as_millis()));
+            }
+            let resp: SyncResult<PullResponse> = self
+                .retry(|| {
+                    self.request(Request {
+                        method: Method::Get,
+                        path: path.clone(),
+                        body: None,
+                    })
+                })
+                .await;
+            let resp = match resp {
+                Err(SyncError::Server { body, .. }) if body.code == ErrorCode::Rebootstrap => {
+                    let mut tx = self.begin().await?;
+                    let mut state = read_state(&mut tx).await?;
+                    state.bootstrap = None;
+                    state.bootstrapped = false;
+                    tx.collection(STATE).put(EntityId::MIN, &state)?;
+                    tx.commit().await?;
+                    continue;
+                }
+                other => other?,
+            };
+            if resp.cursor < state.cursor {
+                return Err(SyncError::Protocol(format!(
+                    "server cursor went back from {} to {}",
+                    state.cursor, resp.cursor
+                )));
+            }
+            let mut tx = self.begin().await?;
+            let mut state = read_state(&mut tx).await?;
+            self.capture_into(&mut tx, &mut state).await?;
+            for c in &resp.changes {
+                if !self.synced(&c.collection) || c.cursor <= state.cursor {
+                    continue;
+                }
+                let mid = meta_id(&c.collection, &c.id);
+                let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+                if meta.pending > 0 {
+                    continue;
+                }
+                let doc = match c.kind {
+                    OpKind::Put => Some(c.doc.as_ref().ok_or_else(|| {
+                        SyncError::Protocol("a put change without a document".into())
+                    })?),
+                    OpKind::Delete => None,
+                };
+                apply(&mut tx, &c.collection, c.id, doc).await?;
+                meta.version = Some(c.cursor);
+                tx.collection(META).put(mid, &meta)?;
+                applied += 1;
+            }
+            state.cursor = resp.cursor;
+            tx.collection(STATE).put(EntityId::MIN, &state)?;
+            tx.commit().await?;
+            self.set_status(|s| s.cursor = resp.cursor);
+            if !resp.has_more {
+                break;
+            }
+        }
+        Ok((applied, bootstrapped))
+    }
+
+    /// Runs (or resumes) a bootstrap: reads the server's current state page by page, each
+    /// page applied and its position saved in one transaction, then removes local copies of
+    /// entities the server no longer has.
+    async fn bootstrap_locked(&self) -> SyncResult<u64> {
+        let mut applied = 0;
+        loop {
+            let state = self.load_state().await?;
+            let epoch = state.epoch + 1;
+            let mut path = format!(
+                "/v1/db/{}/bootstrap?limit={}&collections={}",
+                self.shared.config.database,
+                self.shared.config.bootstrap_limit,
+                self.shared.config.collections.join(",")
+            );
+            if let Some(next) = state.bootstrap.as_ref().and_then(|b| b.next.as_ref()) {
+                path.push_str(&format!("&collection={}", next.collection));
+                if let Some(after) = next.after {
+                    path.push_str(&format!("&after={after}"));
+                }
+            }
+            let resp: BootstrapResponse = self
+                .retry(|| {
+                    self.request(Request {
+                        method: Method::Get,
+                        path: path.clone(),
+                        body: None,
+                    })
+                })
+                .await?;
+            let mut tx = self.begin().await?;
+            let mut state = read_state(&mut tx).await?;
+            self.capture_into(&mut tx, &mut state).await?;
+            for e in &resp.entities {
+                if !self.synced(&e.collection) {
+                    continue;
+                }
+                let mid = meta_id(&e.collection, &e.id);
+                let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+                meta.epoch = epoch;
+                if meta.pending == 0 {
+                    apply(&mut tx, &e.collection, e.id, Some(&e.doc)).await?;
+                    meta.version = Some(e.version);
+                    applied += 1;
+                }
+                tx.collection(META).put(mid, &meta)?;
+            }
+            let start_cursor = state
+                .bootstrap
+                .as_ref()
+                .map_or(resp.cursor, |b| b.start_cursor);
+            let done = resp.next.is_none();
+            if done {
+                self.sweep(&mut tx, epoch).await?;
+                state.bootstrap = None;
+                state.bootstrapped = true;
+                state.epoch = epoch;
+                state.cursor = start_cursor;
+            } else {
+                state.bootstrap = Some(BootstrapProgress {
+                    start_cursor,
+                    next: resp.next.clone(),
+                });
+            }
+            tx.collection(STATE).put(EntityId::MIN, &state)?;
+            tx.commit().await?;
+            if done {
+                self.set_status(|s| s.cursor = start_cursor);
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Deletes local entities of synced collections that the finished bootstrap did not
+    /// return, unless they have pending ops (those are the client's own unsent writes).
+    async fn sweep(&self, tx: &mut WriteTxn, epoch: u64) -> SyncResult<()> {
+        for coll in self.shared.config.collections.clone() {
+            let mut after = None;
+            loop {
+                let mut opts = ScanOptions::limit(1000);
+                opts.after = after;
+                let page = tx.collection(&coll).scan(opts).await?;
+                for doc in &page.items {
+                    let mid = meta_id(&coll, &doc.id());
+                    let meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+                    if meta.epoch != epoch && meta.pending == 0 {
+                        tx.collection(&coll).delete(doc.id()).await?;
+                        tx.collection(META).delete(mid).await?;
+                    }
+                }
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One full round: capture, push everything, pull everything. Network errors and 5xx
+    /// are retried with backoff; the error is returned after `max_attempts`.
+    pub async fn sync_now(&self) -> SyncResult<SyncReport> {
+        self.round(None).await
+    }
+
+    /// Like [`Replicator::sync_now`], but the pull waits up to `wait` on the server for new
+    /// changes when there are none (long poll), so a loop of `sync_wait` is live replication
+    /// without polling on a timer.
+    pub async fn sync_wait(&self, wait: Duration) -> SyncResult<SyncReport> {
+        self.round(Some(wait)).await
+    }
+
+    async fn round(&self, wait: Option<Duration>) -> SyncResult<SyncReport> {
+        let _run = self.shared.run.lock().await;
+        let result = async {
+            let before = self.load_state().await?.next_op_id;
+            let (pushed, rejected) = self.push_locked().await?;
+            let (pulled, bootstrapped) = self.pull_locked(wait).await?;
+            // A write made during the pull is pushed now rather than at the next round.
+            let (pushed2, rejected2) = self.push_locked().await?;
+            let after = self.load_state().await?.next_op_id;
+            let mut rejected = rejected;
+            rejected.extend(rejected2);
+            Ok::<_, SyncError>(SyncReport {
+                captured: after - before,
+                pushed: pushed + pushed2,
+                rejected,
+                pulled,
+                bootstrapped,
+            })
+        }
+        .await;
+        match &result {
+            Ok(_) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                self.set_status(|s| {
+                    s.last_sync_millis = Some(now);
+                    s.last_error = None;
+                });
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.set_status(|s| s.last_error = Some(msg));
+            }
+        }
+        result
+    }
+}
+
+async fn read_state(tx: &mut WriteTxn) -> SyncResult<State> {
+    tx.collection(STATE)
+        .get(EntityId::MIN)
+        .await?
+        .ok_or_else(|| SyncError::Protocol("sync state is missing".into()))
+}
+
+async fn apply(
+    tx: &mut WriteTxn,
+    collection: &str,
+    id: EntityId,
+    doc: Option<&Value>,
+) -> SyncResult<()> {
+    match doc {
+        Some(doc) => tx.collection(collection).put_value(id, doc)?,
+        None => {
+            tx.collection(collection).delete(id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A uniformly random fraction in [0, 1) for retry jitter (std's per-process random hasher
+/// keys; no cryptographic quality needed).
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Advances the hybrid logical clock to at least `physical` and returns a new stamp.
+fn tick(state: &mut State, physical: u64) -> Hlc {
+    if physical > state.hlc_millis {
+        state.hlc_millis = physical;
+        state.hlc_counter = 0;
+    } else {
+        state.hlc_counter = state.hlc_counter.saturating_add(1);
+    }
+    Hlc {
+        millis: state.hlc_millis,
+        counter: state.hlc_counter,
+        node: state.client_id.clone(),
+    }
+}

@@ -1,0 +1,98 @@
+//! How the replicator reaches the server: one verb, [`Transport::send`], so tests and the
+//! simulation can put any network (or none) between a client and a server.
+
+use entidb_io::{BoxFuture, MaybeSend, MaybeSync};
+
+/// HTTP method of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET.
+    Get,
+    /// POST.
+    Post,
+}
+
+/// One request. `path` starts with `/v1/` and includes the query string.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// GET or POST.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    /// CBOR body (POST only).
+    pub body: Option<Vec<u8>>,
+}
+
+/// One response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes (CBOR on success and on errors from an EntiDB server).
+    pub body: Vec<u8>,
+}
+
+/// A network failure: the request may or may not have reached the server.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("network error: {0}")]
+pub struct TransportError(pub String);
+
+/// Sends requests to a sync server. Implementations add the bearer token and ask for CBOR.
+pub trait Transport: MaybeSend + MaybeSync + std::fmt::Debug + 'static {
+    /// Sends one request and returns the server's response.
+    fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>>;
+}
+
+/// The HTTP transport (reqwest; native only for now).
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Clone)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl HttpTransport {
+    /// A transport to the server at `base_url` (for example `http://127.0.0.1:7420`) that
+    /// authenticates with `token`.
+    pub fn new(base_url: &str, token: &str) -> HttpTransport {
+        HttpTransport {
+            client: reqwest::Client::new(),
+            base: base_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Transport for HttpTransport {
+    fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
+        Box::pin(async move {
+            let url = format!("{}{}", self.base, request.path);
+            let builder = match request.method {
+                Method::Get => self.client.get(url),
+                Method::Post => self.client.post(url),
+            };
+            let mut builder = builder
+                .bearer_auth(&self.token)
+                .header("accept", crate::wire::CBOR);
+            if let Some(body) = request.body {
+                builder = builder.header("content-type", crate::wire::CBOR).body(body);
+            }
+            let resp = builder
+                .send()
+                .await
+                .map_err(|e| TransportError(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| TransportError(e.to_string()))?;
+            Ok(Response {
+                status,
+                body: body.to_vec(),
+            })
+        })
+    }
+}

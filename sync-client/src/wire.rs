@@ -1,0 +1,476 @@
+//! The sync protocol's wire types: the one definition that the server and every client use.
+//!
+//! `docs/sync-protocol.md` describes each message, field, status and error code; the files in
+//! `docs/sync-vectors/` are example messages that the tests of both sides decode and re-encode.
+//!
+//! Every body is CBOR (`application/cbor`) or JSON (`application/json`), chosen by the
+//! request's `Content-Type` and the response's `Accept`. Collections are named by string,
+//! entities by their 16-byte id (a CBOR byte string, or a UUID string in JSON). Documents are
+//! CBOR data items (in JSON: the JSON rendering of the same value; byte strings and tags have
+//! no faithful JSON form, so use CBOR for documents that hold them).
+
+use entidb::EntityId;
+use entidb::cbor::Value;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version in every path (`/v1/...`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Media type of CBOR bodies.
+pub const CBOR: &str = "application/cbor";
+/// Media type of JSON bodies.
+pub const JSON: &str = "application/json";
+
+/// Prefix of collection names that the sync layer reserves for its own state (outbox, cursor,
+/// dedupe records, conflict log). Clients cannot push to, pull or bootstrap these.
+pub const RESERVED_PREFIX: &str = "_sync";
+
+/// Whether a collection name is reserved for the sync layer.
+pub fn is_reserved(collection: &str) -> bool {
+    collection.starts_with(RESERVED_PREFIX)
+}
+
+/// A hybrid logical clock stamp: wall-clock milliseconds, a counter that orders stamps within
+/// one millisecond, and the node (client id) that made it. Stamps order by all three, so two
+/// different nodes never produce equal stamps.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Hlc {
+    /// Milliseconds since the Unix epoch.
+    pub millis: u64,
+    /// Orders stamps with equal `millis`.
+    pub counter: u32,
+    /// The client id that made the stamp.
+    pub node: String,
+}
+
+/// What an operation does to its entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// Write the whole document.
+    Put,
+    /// Delete the entity.
+    Delete,
+}
+
+/// One client write, as pushed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    /// Strictly increasing per client; with the client id it makes the op idempotent.
+    pub op_id: u64,
+    /// Collection name.
+    pub collection: String,
+    /// Entity id.
+    pub id: EntityId,
+    /// Put or delete.
+    pub kind: OpKind,
+    /// The new document (puts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<Value>,
+    /// The server version of the entity that this write was based on (`None`: the client had
+    /// never seen the entity on the server).
+    #[serde(default)]
+    pub base_version: Option<u64>,
+    /// When the client made the write.
+    pub hlc: Hlc,
+}
+
+/// `POST /v1/db/{db}/push`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// Must equal the token's `sub` claim.
+    pub client_id: String,
+    /// In op id order. Applied atomically: all results are durable together.
+    pub ops: Vec<Op>,
+}
+
+/// What happened to one pushed op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpStatus {
+    /// The op was applied; `state` is the entity after it.
+    Applied,
+    /// The op was applied by an earlier push (a retry); `state` is the entity now.
+    Duplicate,
+    /// The op lost a conflict and was not applied (it is in the conflict log); `state` is the
+    /// winner, which the client should adopt.
+    Rejected,
+}
+
+/// An entity's state on the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityState {
+    /// Its server version (`None`: it never existed).
+    pub version: Option<u64>,
+    /// Its document (`None`: absent or deleted).
+    pub doc: Option<Value>,
+}
+
+/// The answer to one op.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpResult {
+    /// The op's id.
+    pub op_id: u64,
+    /// Applied, duplicate or rejected.
+    pub status: OpStatus,
+    /// The entity's state after the push.
+    pub state: EntityState,
+}
+
+/// The answer to a push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushResponse {
+    /// One result per op, in request order.
+    pub results: Vec<OpResult>,
+    /// The oplog cursor after the push (the push's own cursor if it wrote anything).
+    pub cursor: u64,
+}
+
+/// One change in the oplog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireChange {
+    /// The change's oplog cursor; it is also the entity's new server version. Changes made by
+    /// one push share a cursor.
+    pub cursor: u64,
+    /// Collection name.
+    pub collection: String,
+    /// Entity id.
+    pub id: EntityId,
+    /// Put or delete.
+    pub kind: OpKind,
+    /// The document (puts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<Value>,
+    /// The client id that pushed it (`None`: written on the server).
+    #[serde(default)]
+    pub origin: Option<String>,
+}
+
+/// `GET /v1/db/{db}/pull?since=C&limit=N&wait_ms=W`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullResponse {
+    /// Changes with cursor > `since`, in cursor order, in the collections the token may read.
+    pub changes: Vec<WireChange>,
+    /// Where the next pull starts (`since` of the next request). It can be greater than the
+    /// last change's cursor when the page ended with changes the client cannot see.
+    pub cursor: u64,
+    /// Whether more changes are waiting (pull again without waiting).
+    pub has_more: bool,
+}
+
+/// One entity in a bootstrap page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapEntity {
+    /// Collection name.
+    pub collection: String,
+    /// Entity id.
+    pub id: EntityId,
+    /// Server version.
+    pub version: u64,
+    /// The document.
+    pub doc: Value,
+}
+
+/// Where a bootstrap page continues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapPosition {
+    /// The collection being read.
+    pub collection: String,
+    /// The last id returned in it (`None`: start of the collection).
+    pub after: Option<EntityId>,
+}
+
+/// `GET /v1/db/{db}/bootstrap?collection=C&after=ID&limit=N`: the current state, paged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapResponse {
+    /// The oplog cursor this page was read at. A client pulls from the cursor of its FIRST
+    /// page once it has all pages: later pages may already include some of the changes that
+    /// pull replays, which converges to the same state.
+    pub cursor: u64,
+    /// Entities in (collection, id) order.
+    pub entities: Vec<BootstrapEntity>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<BootstrapPosition>,
+    /// Entities in all readable collections at this page's cursor (for progress).
+    pub total: u64,
+}
+
+/// A conflict policy of a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// The server's current version wins; the client's write is logged and not applied.
+    #[default]
+    ServerWins,
+    /// The client's write wins; the server's version it replaced is logged.
+    ClientWins,
+    /// The write with the later hybrid logical clock stamp wins.
+    LastWriterWins,
+}
+
+/// One entry of the conflict log (`GET /v1/db/{db}/conflicts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    /// The record's own id (time-ordered; page with `after`).
+    pub conflict_id: EntityId,
+    /// Collection of the entity.
+    pub collection: String,
+    /// The entity.
+    pub id: EntityId,
+    /// The policy that decided.
+    pub policy: ConflictPolicy,
+    /// The version that lost (`None` for a delete or an absent entity).
+    pub loser: Option<Value>,
+    /// Who wrote the loser (`None`: the server state's writer is unknown).
+    pub loser_client: Option<String>,
+    /// The client whose push caused the conflict.
+    pub client_id: String,
+    /// The op id of that push's op.
+    pub op_id: u64,
+    /// The entity's server version after the push.
+    pub version: Option<u64>,
+    /// Server time of the decision, milliseconds since the Unix epoch.
+    pub at_millis: u64,
+}
+
+/// `GET /v1/db/{db}/conflicts?after=ID&limit=N`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictsResponse {
+    /// Oldest first.
+    pub conflicts: Vec<ConflictRecord>,
+    /// Pass as `after` for the next page; `None` when this page is the last.
+    pub next: Option<EntityId>,
+}
+
+/// A hosted database (`GET /v1/admin/databases`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseInfo {
+    /// Its name.
+    pub name: String,
+    /// Its latest oplog cursor.
+    pub cursor: u64,
+}
+
+/// `GET /v1/admin/databases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseList {
+    /// In name order.
+    pub databases: Vec<DatabaseInfo>,
+}
+
+/// `POST /v1/admin/databases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateDatabase {
+    /// 1-64 characters of `a-z`, `0-9`, `-` and `_`, starting with a letter or digit.
+    pub name: String,
+}
+
+/// Stable error codes of error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 401: no token, a malformed token, a bad signature, an unknown key id, or an expired one.
+    Unauthorized,
+    /// 403: a valid token that does not allow this (database, client id or scope).
+    Forbidden,
+    /// 404: no such database (or route).
+    NotFound,
+    /// 409: the database exists already.
+    AlreadyExists,
+    /// 400: a request that is well-formed but invalid (bad name, reserved collection, ...).
+    BadRequest,
+    /// 400: the body is not valid CBOR/JSON of the expected shape.
+    MalformedBody,
+    /// 415: a Content-Type other than CBOR or JSON.
+    UnsupportedMediaType,
+    /// 413: the body is larger than the server's limit.
+    PayloadTooLarge,
+    /// 400: more ops in one push than the server's limit.
+    TooManyOps,
+    /// 410: the oplog no longer holds the requested cursor; bootstrap again.
+    Rebootstrap,
+    /// 503: the server is shutting down or the database is unavailable.
+    Unavailable,
+    /// 500: a server fault (see the server log).
+    Internal,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+    /// For `rebootstrap`: the oldest cursor the server still holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_cursor: Option<u64>,
+}
+
+/// Claims of a bearer token (JWT, HS256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The client id.
+    pub sub: String,
+    /// The database the token is for (`*`: any).
+    pub db: String,
+    /// Scopes: `read`, `write`, `read:COLLECTION`, `write:COLLECTION`, `admin`.
+    pub scope: Vec<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default)]
+    pub iat: u64,
+}
+
+impl Claims {
+    /// Whether the token may read `collection`.
+    pub fn can_read(&self, collection: &str) -> bool {
+        self.has("read", collection) || self.has("write", collection)
+    }
+
+    /// Whether the token may write `collection`.
+    pub fn can_write(&self, collection: &str) -> bool {
+        self.has("write", collection)
+    }
+
+    /// Whether the token may administer databases.
+    pub fn is_admin(&self) -> bool {
+        self.scope.iter().any(|s| s == "admin")
+    }
+
+    /// Whether the token is for database `db`.
+    pub fn allows_db(&self, db: &str) -> bool {
+        self.db == "*" || self.db == db
+    }
+
+    fn has(&self, verb: &str, collection: &str) -> bool {
+        self.scope.iter().any(|s| {
+            s == verb
+                || s.strip_prefix(verb)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .is_some_and(|c| c == collection)
+        })
+    }
+}
+
+/// A body that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// Not valid CBOR of the expected shape.
+    #[error("malformed CBOR body: {0}")]
+    Cbor(String),
+    /// Not valid JSON of the expected shape.
+    #[error("malformed JSON body: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Neither CBOR nor JSON.
+    #[error("unsupported media type {0:?}: use application/cbor or application/json")]
+    MediaType(String),
+}
+
+/// The body formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `application/cbor`.
+    Cbor,
+    /// `application/json`.
+    Json,
+}
+
+impl Format {
+    /// The format of a `Content-Type` header value (`None`: CBOR is assumed only when the
+    /// header is absent and the body is empty, so this returns `None`).
+    pub fn from_content_type(value: &str) -> Result<Format, CodecError> {
+        let essence = value.split(';').next().unwrap_or("").trim();
+        match essence.to_ascii_lowercase().as_str() {
+            CBOR => Ok(Format::Cbor),
+            JSON => Ok(Format::Json),
+            other => Err(CodecError::MediaType(other.to_owned())),
+        }
+    }
+
+    /// The format an `Accept` header asks for: CBOR if it names `application/cbor`, else JSON.
+    pub fn from_accept(value: Option<&str>) -> Format {
+        match value {
+            Some(v) if v.to_ascii_lowercase().contains(CBOR) => Format::Cbor,
+            _ => Format::Json,
+        }
+    }
+
+    /// The media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Cbor => CBOR,
+            Format::Json => JSON,
+        }
+    }
+
+    /// Encodes a message.
+    pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, CodecError> {
+        match self {
+            Format::Cbor => {
+                entidb::cbor::to_canonical_vec(value).map_err(|e| CodecError::Cbor(e.to_string()))
+            }
+            Format::Json => Ok(serde_json::to_vec(value)?),
+        }
+    }
+
+    /// Decodes a message; untrusted input gets a [`CodecError`], never a panic.
+    pub fn decode<T: serde::de::DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
+        match self {
+            Format::Cbor => {
+                entidb::cbor::from_slice(bytes).map_err(|e| CodecError::Cbor(e.to_string()))
+            }
+            Format::Json => Ok(serde_json::from_slice(bytes)?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        let c = Claims {
+            sub: "c".into(),
+            db: "app".into(),
+            scope: vec!["read".into(), "write:notes".into()],
+            exp: 0,
+            iat: 0,
+        };
+        assert!(c.can_read("users") && c.can_read("notes"));
+        assert!(c.can_write("notes") && !c.can_write("users") && !c.can_write("notes2"));
+        assert!(!c.is_admin() && c.allows_db("app") && !c.allows_db("other"));
+    }
+
+    #[test]
+    fn hlc_orders_by_time_counter_node() {
+        let h = |m, c, n: &str| Hlc {
+            millis: m,
+            counter: c,
+            node: n.into(),
+        };
+        assert!(h(1, 5, "z") < h(2, 0, "a"));
+        assert!(h(2, 0, "z") < h(2, 1, "a"));
+        assert!(h(2, 1, "a") < h(2, 1, "b"));
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        assert!(Format::Cbor.decode::<PushRequest>(&[0xff, 0x00]).is_err());
+        assert!(Format::Cbor.decode::<PushRequest>(&[0xa0]).is_err());
+        assert!(
+            Format::Json
+                .decode::<PushRequest>(b"{\"client_id\":1}")
+                .is_err()
+        );
+        assert!(Format::from_content_type("text/plain").is_err());
+        assert_eq!(
+            Format::from_content_type("application/cbor; x=y").ok(),
+            Some(Format::Cbor)
+        );
+    }
+}

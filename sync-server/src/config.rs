@@ -1,0 +1,201 @@
+//! Server configuration: defaults, then a TOML file, then environment and flags (the CLI
+//! merges those two with clap).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use entidb_sync::wire::ConflictPolicy;
+use serde::Deserialize;
+
+/// One signing key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key id (`kid` header of tokens signed with it).
+    pub id: String,
+    /// The secret, at least 32 bytes.
+    pub secret: String,
+}
+
+/// Everything `entidb serve` can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding one EntiDB database per hosted database.
+    pub data_dir: PathBuf,
+    /// Address to listen on (`host:port`; port 0 picks a free port).
+    pub listen: String,
+    /// Signing keys; every listed key verifies tokens, the first one signs dev tokens. With no
+    /// keys the server generates a development key in `data_dir/.dev-signing-key`.
+    pub keys: Vec<KeyConfig>,
+    /// How many transactions each database's oplog retains; a client further behind must
+    /// bootstrap again.
+    pub retention: u64,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Most ops in one push.
+    pub max_ops_per_push: usize,
+    /// Largest pull page (oplog records) and bootstrap page (entities).
+    pub max_page: usize,
+    /// Longest long-poll wait, milliseconds.
+    pub max_wait_ms: u64,
+    /// Requests slower than this fail with 408 (long polls are capped below it).
+    pub request_timeout_ms: u64,
+    /// Most requests in flight at once; more wait.
+    pub max_in_flight: usize,
+    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Memtable budget per hosted database, MiB.
+    pub memtable_mib: u64,
+    /// Block cache budget per hosted database, MiB.
+    pub cache_mib: u64,
+    /// Conflict policy per collection (`collection` or `database/collection`).
+    pub policies: BTreeMap<String, ConflictPolicy>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./entidb-data"),
+            listen: "127.0.0.1:7420".into(),
+            keys: Vec::new(),
+            retention: 100_000,
+            max_body_bytes: 8 << 20,
+            max_ops_per_push: 1000,
+            max_page: 1000,
+            max_wait_ms: 25_000,
+            request_timeout_ms: 30_000,
+            max_in_flight: 1024,
+            cors_origins: Vec::new(),
+            memtable_mib: 16,
+            cache_mib: 16,
+            policies: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks ranges; called before the server starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for k in &self.keys {
+            if k.secret.len() < 32 {
+                return bad(format!("signing key {:?} is shorter than 32 bytes", k.id));
+            }
+            if k.id.is_empty() {
+                return bad("a signing key has an empty id".into());
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("max_body_bytes must be at least 1024".into());
+        }
+        if self.max_ops_per_push == 0 || self.max_page == 0 || self.max_in_flight == 0 {
+            return bad("max_ops_per_push, max_page and max_in_flight must be positive".into());
+        }
+        if self.max_wait_ms + 1000 > self.request_timeout_ms {
+            return bad("max_wait_ms must be at least 1 s below request_timeout_ms".into());
+        }
+        if self.retention == 0 {
+            return bad("retention must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The conflict policy of `collection` in `database`.
+    pub fn policy(&self, database: &str, collection: &str) -> ConflictPolicy {
+        self.policies
+            .get(&format!("{database}/{collection}"))
+            .or_else(|| self.policies.get(collection))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Parses `ID=SECRET[,ID=SECRET...]` (the `--keys` flag and `ENTIDB_KEYS`).
+    pub fn parse_keys(text: &str) -> Result<Vec<KeyConfig>, ConfigError> {
+        text.split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|pair| {
+                let (id, secret) = pair.trim().split_once('=').ok_or_else(|| {
+                    ConfigError::Invalid(format!("key {pair:?} is not of the form ID=SECRET"))
+                })?;
+                Ok(KeyConfig {
+                    id: id.to_owned(),
+                    secret: secret.to_owned(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_policies_resolve() {
+        let c: Config = toml::from_str(
+            r#"
+            listen = "0.0.0.0:9000"
+            [policies]
+            notes = "last_writer_wins"
+            "app/notes" = "client_wins"
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.max_ops_per_push, 1000);
+        assert_eq!(c.policy("app", "notes"), ConflictPolicy::ClientWins);
+        assert_eq!(c.policy("other", "notes"), ConflictPolicy::LastWriterWins);
+        assert_eq!(c.policy("other", "x"), ConflictPolicy::ServerWins);
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn validation_rejects_short_keys() {
+        let c = Config {
+            keys: Config::parse_keys("k1=short").expect("parse"),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        assert!(Config::parse_keys("nokey").is_err());
+        assert!(Config::default().validate().is_ok());
+    }
+}

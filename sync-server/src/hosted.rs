@@ -1,0 +1,189 @@
+//! The hosted databases: one EntiDB database per directory under the data directory, opened
+//! on first use and kept open until deleted or the server stops.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use entidb::{Database, Options};
+use entidb_sync::wire::ErrorCode;
+use tokio::sync::{Mutex, watch};
+
+use crate::error::ApiError;
+
+/// One hosted database.
+#[derive(Debug)]
+pub struct Hosted {
+    /// Its name.
+    pub name: String,
+    /// The engine database.
+    pub db: Database,
+    /// The latest committed cursor; long polls wait on it.
+    pub changed: watch::Sender<u64>,
+}
+
+impl Hosted {
+    /// Tells waiters that the oplog advanced to `cursor`.
+    pub fn publish(&self, cursor: u64) {
+        self.changed.send_if_modified(|c| {
+            if cursor > *c {
+                *c = cursor;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// All hosted databases.
+#[derive(Debug)]
+pub struct Hosts {
+    dir: PathBuf,
+    options: Options,
+    open: Mutex<BTreeMap<String, Arc<Hosted>>>,
+}
+
+/// Whether `name` is a valid database name: 1-64 of `a-z 0-9 - _`, not starting with `-`/`_`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with(['-', '_'])
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "invalid database name {name:?}: use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+impl Hosts {
+    /// Hosts in `dir` (created if missing).
+    pub fn new(dir: PathBuf, options: Options) -> std::io::Result<Hosts> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Hosts {
+            dir,
+            options,
+            open: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The database `name`, opened if needed; `not_found` if it was never created.
+    pub async fn get(&self, name: &str) -> Result<Arc<Hosted>, ApiError> {
+        if !valid_name(name) {
+            return Err(not_found(name));
+        }
+        let mut open = self.open.lock().await;
+        if let Some(h) = open.get(name) {
+            return Ok(h.clone());
+        }
+        let path = self.dir.join(name);
+        if !path.join("MANIFEST").exists() {
+            return Err(not_found(name));
+        }
+        let db = Database::open_path(&path, self.options.clone().create_if_missing(false))
+            .await
+            .map_err(|e| ApiError::engine(&e))?;
+        let h = Arc::new(Hosted {
+            name: name.to_owned(),
+            changed: watch::channel(db.last_sequence()).0,
+            db,
+        });
+        open.insert(name.to_owned(), h.clone());
+        Ok(h)
+    }
+
+    /// Creates database `name`.
+    pub async fn create(&self, name: &str) -> Result<Arc<Hosted>, ApiError> {
+        check_name(name)?;
+        let mut open = self.open.lock().await;
+        let path = self.dir.join(name);
+        if open.contains_key(name) || path.exists() {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("database {name:?} already exists"),
+            ));
+        }
+        let db = Database::open_path(&path, self.options.clone())
+            .await
+            .map_err(|e| ApiError::engine(&e))?;
+        let h = Arc::new(Hosted {
+            name: name.to_owned(),
+            changed: watch::channel(db.last_sequence()).0,
+            db,
+        });
+        open.insert(name.to_owned(), h.clone());
+        Ok(h)
+    }
+
+    /// Deletes database `name` and its files.
+    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        check_name(name)?;
+        let mut open = self.open.lock().await;
+        let path = self.dir.join(name);
+        if let Some(h) = open.remove(name) {
+            // Waiters see the sender go away when the last handle drops.
+            let db = h.db.clone();
+            drop(h);
+            db.close().await.map_err(|e| ApiError::engine(&e))?;
+        } else if !path.join("MANIFEST").exists() {
+            return Err(not_found(name));
+        }
+        // Rename first so that a crash half-way leaves no half-deleted database behind a
+        // valid name.
+        let trash = self
+            .dir
+            .join(format!(".deleted-{name}-{}", crate::auth::now_secs()));
+        std::fs::rename(&path, &trash)
+            .and_then(|()| std::fs::remove_dir_all(&trash))
+            .map_err(|e| ApiError::internal(format!("removing {}: {e}", path.display())))
+    }
+
+    /// The names of all hosted databases, in order.
+    pub fn names(&self) -> Result<Vec<String>, ApiError> {
+        let rd = std::fs::read_dir(&self.dir)
+            .map_err(|e| ApiError::internal(format!("listing {}: {e}", self.dir.display())))?;
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("MANIFEST").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_name(n))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Closes every open database (at shutdown).
+    pub async fn close_all(&self) {
+        let mut open = self.open.lock().await;
+        for (name, h) in std::mem::take(&mut *open) {
+            let db = h.db.clone();
+            drop(h);
+            if let Err(e) = db.close().await {
+                tracing::error!(database = %name, error = %e, "closing database failed");
+            }
+        }
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("database {name:?} does not exist"),
+    )
+}

@@ -1,0 +1,197 @@
+//! The `entidb` command: `entidb serve` runs the sync server; `entidb token` mints a token.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use entidb_server::config::Config;
+
+/// EntiDB: the sync server and operator tools.
+#[derive(Debug, Parser)]
+#[command(name = "entidb", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sync server. With no arguments: data in ./entidb-data, a development key, an
+    /// "app" database, a printed token and curl example.
+    Serve(ServeArgs),
+    /// Mint a bearer token (JWT HS256) for a client.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file (flags and environment override it).
+    #[arg(long, env = "ENTIDB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (one database per subdirectory).
+    #[arg(long, env = "ENTIDB_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen address, host:port (port 0: any free port).
+    #[arg(long, env = "ENTIDB_LISTEN")]
+    listen: Option<String>,
+    /// Signing keys, ID=SECRET[,ID=SECRET...] (secrets of at least 32 bytes).
+    #[arg(long, env = "ENTIDB_KEYS", hide_env_values = true)]
+    keys: Option<String>,
+    /// Oplog retention per database, in transactions.
+    #[arg(long, env = "ENTIDB_RETENTION")]
+    retention: Option<u64>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "ENTIDB_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Most ops per push.
+    #[arg(long, env = "ENTIDB_MAX_OPS_PER_PUSH")]
+    max_ops_per_push: Option<usize>,
+    /// Largest pull/bootstrap page.
+    #[arg(long, env = "ENTIDB_MAX_PAGE")]
+    max_page: Option<usize>,
+    /// Most requests in flight.
+    #[arg(long, env = "ENTIDB_MAX_IN_FLIGHT")]
+    max_in_flight: Option<usize>,
+    /// CORS origins, comma-separated (`*`: any).
+    #[arg(long, env = "ENTIDB_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Option<Vec<String>>,
+    /// Log format.
+    #[arg(long, env = "ENTIDB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The client id (`sub` claim).
+    #[arg(long)]
+    client: String,
+    /// The database (`*`: any).
+    #[arg(long, default_value = "*")]
+    db: String,
+    /// Scopes, comma-separated: read, write, read:COLLECTION, write:COLLECTION, admin.
+    #[arg(long, value_delimiter = ',', default_value = "read,write")]
+    scope: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
+    /// Signing key ID=SECRET (the first one is used); without it, the development key of
+    /// --data-dir.
+    #[arg(long, env = "ENTIDB_KEYS", hide_env_values = true)]
+    keys: Option<String>,
+    /// Data directory holding the development key.
+    #[arg(long, env = "ENTIDB_DATA_DIR", default_value = "./entidb-data")]
+    data_dir: PathBuf,
+}
+
+fn serve_config(a: &ServeArgs) -> Result<Config, entidb_server::config::ConfigError> {
+    let mut c = match &a.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = &a.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = &a.listen {
+        c.listen = v.clone();
+    }
+    if let Some(v) = &a.keys {
+        c.keys = Config::parse_keys(v)?;
+    }
+    if let Some(v) = a.retention {
+        c.retention = v;
+    }
+    if let Some(v) = a.max_body_bytes {
+        c.max_body_bytes = v;
+    }
+    if let Some(v) = a.max_ops_per_push {
+        c.max_ops_per_push = v;
+    }
+    if let Some(v) = a.max_page {
+        c.max_page = v;
+    }
+    if let Some(v) = a.max_in_flight {
+        c.max_in_flight = v;
+    }
+    if let Some(v) = &a.cors_origins {
+        c.cors_origins = v.clone();
+    }
+    Ok(c)
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENTIDB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logs(&args.log_format);
+            let config = match serve_config(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("entidb serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("entidb serve: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(entidb_server::serve(
+                config,
+                entidb_server::shutdown_signal(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("entidb serve: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Token(args) => {
+            let key = match &args.keys {
+                Some(k) => Config::parse_keys(k)
+                    .map_err(entidb_server::ServeError::from)
+                    .and_then(|keys| {
+                        keys.into_iter().next().ok_or_else(|| {
+                            entidb_server::ServeError::Config(
+                                entidb_server::config::ConfigError::Invalid(
+                                    "--keys is empty".into(),
+                                ),
+                            )
+                        })
+                    }),
+                None => entidb_server::dev_key(&args.data_dir),
+            };
+            let token = key.and_then(|k| {
+                entidb_server::mint_token(&k, &args.db, &args.client, &args.scope, args.ttl_secs)
+            });
+            match token {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("entidb token: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! What the endpoints do, independent of HTTP: push (apply, log and dedupe in ONE engine
+//! transaction), pull (the oplog is the engine's change feed), bootstrap and the conflict log.
+//!
+//! ## Server state inside each hosted database
+//!
+//! - the app's collections, as the clients name them;
+//! - the oplog: the engine's change feed. A push is one transaction, so its changes share one
+//!   cursor (the transaction's sequence), which is also the new version of every entity it
+//!   wrote. Cursors are gapless; records the client may not read are skipped in pull pages;
+//! - `_sync.clients`: per client id, the highest op id applied (dedupe: op ids increase per
+//!   client, so an op id at or below it is a retry);
+//! - `_sync.meta`: per entity, the cursor of its last write (also for deletes, so a delete
+//!   has a version), the HLC stamp of that write and the client that made it;
+//! - `_sync.conflicts`: the conflict log, keyed by time-ordered ids.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use entidb::cbor::Value;
+use entidb::{ChangeOp, EntityId, ScanOptions};
+use entidb_sync::wire::{
+    BootstrapEntity, BootstrapPosition, BootstrapResponse, Claims, ConflictPolicy, ConflictRecord,
+    ConflictsResponse, EntityState, ErrorCode, Hlc, OpKind, OpResult, OpStatus, PullResponse,
+    PushRequest, PushResponse, WireChange, is_reserved,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::hosted::Hosted;
+
+const CLIENTS: &str = "_sync.clients";
+const META: &str = "_sync.meta";
+const CONFLICTS: &str = "_sync.conflicts";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ClientRecord {
+    client_id: String,
+    max_op_id: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct EntityMeta {
+    version: u64,
+    hlc: Option<Hlc>,
+    client: Option<String>,
+}
+
+fn hash_id(parts: &[&[u8]]) -> EntityId {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    EntityId::from_bytes(b)
+}
+
+fn meta_id(collection: &str, id: &EntityId) -> EntityId {
+    hash_id(&[collection.as_bytes(), id.as_bytes()])
+}
+
+fn forbidden(message: String) -> ApiError {
+    ApiError::new(ErrorCode::Forbidden, message)
+}
+
+fn bad(message: String) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
+
+fn eng(e: entidb::Error) -> ApiError {
+    ApiError::engine(&e)
+}
+
+/// Checks that the token is for this database.
+pub fn check_db(claims: &Claims, db: &str) -> Result<(), ApiError> {
+    if claims.allows_db(db) {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "the token is for database {:?}, not {db:?}",
+            claims.db
+        )))
+    }
+}
+
+/// Applies a push.
+pub async fn push(
+    config: &Config,
+    hosted: &Hosted,
+    claims: &Claims,
+    req: PushRequest,
+) -> Result<PushResponse, ApiError> {
+    check_db(claims, &hosted.name)?;
+    if req.client_id != claims.sub {
+        return Err(forbidden(format!(
+            "the token is for client {:?}, not {:?}",
+            claims.sub, req.client_id
+        )));
+    }
+    if req.ops.len() > config.max_ops_per_push {
+        return Err(ApiError::new(
+            ErrorCode::TooManyOps,
+            format!(
+                "{} ops in one push; the limit is {}",
+                req.ops.len(),
+                config.max_ops_per_push
+            ),
+        ));
+    }
+    let mut last = 0;
+    for op in &req.ops {
+        if op.op_id <= last {
+            return Err(bad(format!(
+                "op ids must increase within a push ({} after {last})",
+                op.op_id
+            )));
+        }
+        last = op.op_id;
+        if is_reserved(&op.collection) {
+            return Err(bad(format!(
+                "collection {:?} is reserved for the sync layer",
+                op.collection
+            )));
+        }
+        if !claims.can_write(&op.collection) {
+            return Err(forbidden(format!(
+                "the token may not write collection {:?}",
+                op.collection
+            )));
+        }
+        match (op.kind, &op.doc) {
+            (OpKind::Put, None) => {
+                return Err(bad(format!("op {} is a put without a document", op.op_id)));
+            }
+            (OpKind::Delete, Some(_)) => {
+                return Err(bad(format!("op {} is a delete with a document", op.op_id)));
+            }
+            _ => {}
+        }
+        if let Some(doc) = &op.doc {
+            check_doc(doc)?;
+        }
+    }
+
+    let db = &hosted.db;
+    let mut tx = db.begin().await.map_err(eng)?;
+    tx.set_origin(req.client_id.clone()).map_err(eng)?;
+    let seq = tx.read_sequence() + 1;
+    let now = now_millis();
+    let client_key = hash_id(&[b"client", req.client_id.as_bytes()]);
+    let mut client: ClientRecord = tx
+        .collection(CLIENTS)
+        .get(client_key)
+        .await
+        .map_err(eng)?
+        .unwrap_or_else(|| ClientRecord {
+            client_id: req.client_id.clone(),
+            max_op_id: 0,
+        });
+    // Entities this push wrote (true) or refused (false), so that a later op of the same push
+    // on the same entity builds on the earlier one instead of conflicting with it.
+    let mut touched: HashMap<(String, EntityId), bool> = HashMap::new();
+    let mut results = Vec::with_capacity(req.ops.len());
+    for op in req.ops {
+        let mid = meta_id(&op.collection, &op.id);
+        let meta: Option<EntityMeta> = tx.collection(META).get(mid).await.map_err(eng)?;
+        let current = tx
+            .collection(&op.collection)
+            .get_document(op.id)
+            .await
+            .map_err(eng)?;
+        let current_doc = match &current {
+            Some(d) => Some(d.value().map_err(eng)?),
+            None => None,
+        };
+        let key = (op.collection.clone(), op.id);
+        let current_version = match touched.get(&key) {
+            Some(true) => Some(seq),
+            _ => meta
+                .as_ref()
+                .map(|m| m.version)
+                .or(current.as_ref().map(|d| d.version())),
+        };
+        if op.op_id <= client.max_op_id {
+            results.push(OpResult {
+                op_id: op.op_id,
+                status: OpStatus::Duplicate,
+                state: EntityState {
+                    version: current_version,
+                    doc: current_doc,
+                },
+            });
+            continue;
+        }
+        client.max_op_id = op.op_id;
+        let policy = config.policy(&hosted.name, &op.collection);
+        let concurrent = match touched.get(&key) {
+            Some(applied) => !applied,
+            None => op.base_version != current_version,
+        };
+        let wins = !concurrent
+            || match policy {
+                ConflictPolicy::ServerWins => false,
+                ConflictPolicy::ClientWins => true,
+                ConflictPolicy::LastWriterWins => {
+                    meta.as_ref().and_then(|m| m.hlc.as_ref()) < Some(&op.hlc)
+                }
+            };
+        if concurrent {
+            let (loser, loser_client) = if wins {
+                (
+                    current_doc.clone(),
+                    meta.as_ref().and_then(|m| m.client.clone()),
+                )
+            } else {
+                (op.doc.clone(), Some(req.client_id.clone()))
+            };
+            let record = ConflictRecord {
+                conflict_id: db.new_id(),
+                collection: op.collection.clone(),
+                id: op.id,
+                policy,
+                loser,
+                loser_client,
+                client_id: req.client_id.clone(),
+                op_id: op.op_id,
+                version: if wins { Some(seq) } else { current_version },
+                at_millis: now,
+            };
+            tx.collection(CONFLICTS)
+                .put(record.conflict_id, &record)
+                .map_err(eng)?;
+        }
+        touched.insert(key, wins);
+        if !wins {
+            results.push(OpResult {
+                op_id: op.op_id,
+                status: OpStatus::Rejected,
+                state: EntityState {
+                    version: current_version,
+                    doc: current_doc,
+                },
+            });
+            continue;
+        }
+        match &op.doc {
+            Some(doc) => tx
+                .collection(&op.collection)
+                .put_value(op.id, doc)
+                .map_err(eng)?,
+            None => {
+                tx.collection(&op.collection)
+                    .delete(op.id)
+                    .await
+                    .map_err(eng)?;
+            }
+        }
+        let meta = EntityMeta {
+            version: seq,
+            hlc: Some(op.hlc),
+            client: Some(req.client_id.clone()),
+        };
+        tx.collection(META).put(mid, &meta).map_err(eng)?;
+        results.push(OpResult {
+            op_id: op.op_id,
+            status: OpStatus::Applied,
+            state: EntityState {
+                version: Some(seq),
+                doc: op.doc,
+            },
+        });
+    }
+    tx.collection(CLIENTS)
+        .put(client_key, &client)
+        .map_err(eng)?;
+    let committed = tx.commit().await.map_err(eng)?;
+    if committed != seq {
+        return Err(ApiError::internal(format!(
+            "push committed at {committed}, expected {seq}"
+        )));
+    }
+    hosted.publish(committed);
+    Ok(PushResponse {
+        results,
+        cursor: committed,
+    })
+}
+
+/// Reads a pull page; with `wait` it waits for a change after `since` when there is none.
+pub async fn pull(
+    hosted: &Hosted,
+    claims: &Claims,
+    since: u64,
+    limit: usize,
+    wait: Option<Duration>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<PullResponse, ApiError> {
+    check_db(claims, &hosted.name)?;
+    if !claims
+        .scope
+        .iter()
+        .any(|s| s.starts_with("read") || s.starts_with("write"))
+    {
+        return Err(forbidden("the token has no read scope".into()));
+    }
+    let db = &hosted.db;
+    if since > db.last_sequence() {
+        return Err(bad(format!(
+            "cursor {since} is ahead of the server ({}); this client belongs to another database or the server lost data",
+            db.last_sequence()
+        )));
+    }
+    if let Some(wait) = wait
+        && db.last_sequence() <= since
+        && !wait.is_zero()
+    {
+        let mut rx = hosted.changed.subscribe();
+        let mut shutdown = shutdown.clone();
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                if *rx.borrow_and_update() > since || *shutdown.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    r = shutdown.changed() => if r.is_err() { return },
+                }
+            }
+        })
+        .await;
+    }
+    let batches = db.changes_page(since, limit).await.map_err(eng)?;
+    let has_more = batches.len() == limit;
+    let cursor = batches.last().map_or(since, |b| b.seq);
+    let mut changes = Vec::new();
+    for b in batches {
+        for c in b.changes {
+            let Some(id) = c.id else { continue };
+            if is_reserved(&c.collection) || !claims.can_read(&c.collection) {
+                continue;
+            }
+            let (kind, doc) = match c.op {
+                ChangeOp::Put(bytes) => (
+                    OpKind::Put,
+                    Some(entidb::cbor::decode(&bytes).map_err(|e| eng(e.into()))?),
+                ),
+                ChangeOp::Delete => (OpKind::Delete, None),
+                // A later record holds the entity's newer state.
+                _ => continue,
+            };
+            changes.push(WireChange {
+                cursor: b.seq,
+                collection: c.collection,
+                id,
+                kind,
+                doc,
+                origin: b.origin.clone(),
+            });
+        }
+    }
+    Ok(PullResponse {
+        changes,
+        cursor,
+        has_more,
+    })
+}
+
+/// Reads a bootstrap page.
+pub async fn bootstrap(
+    hosted: &Hosted,
+    claims: &Claims,
+    collections: Option<&str>,
+    from: Option<BootstrapPosition>,
+    limit: usize,
+) -> Result<BootstrapResponse, ApiError> {
+    check_db(claims, &hosted.name)?;
+    let snap = hosted.db.snapshot();
+    let existing = snap.collections();
+    let wanted: Vec<String> = match collections {
+        Some(list) => list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => existing
+            .iter()
+            .filter(|c| !is_reserved(c) && claims.can_read(c))
+            .cloned()
+            .collect(),
+    };
+    for c in &wanted {
+        if is_reserved(c) {
+            return Err(bad(format!(
+                "collection {c:?} is reserved for the sync layer"
+            )));
+        }
+        if !claims.can_read(c) {
+            return Err(forbidden(format!(
+                "the token may not read collection {c:?}"
+            )));
+        }
+    }
+    let mut colls: Vec<String> = wanted
+        .into_iter()
+        .filter(|c| existing.contains(c))
+        .collect();
+    colls.sort();
+    colls.dedup();
+    let mut total = 0;
+    for c in &colls {
+        total += snap.collection(c).count().await.map_err(eng)?;
+    }
+    let (start, mut after) = match from {
+        Some(p) => {
+            let i = colls.partition_point(|c| *c < p.collection);
+            (i, p.after)
+        }
+        None => (0, None),
+    };
+    let mut entities = Vec::new();
+    let mut next = None;
+    for (i, c) in colls.iter().enumerate().skip(start) {
+        let room = limit - entities.len();
+        let mut opts = ScanOptions::limit(room);
+        opts.after = if i == start { after.take() } else { None };
+        let page = snap.collection(c).scan(opts).await.map_err(eng)?;
+        for d in &page.items {
+            entities.push(BootstrapEntity {
+                collection: c.clone(),
+                id: d.id(),
+                version: d.version(),
+                doc: d.value().map_err(eng)?,
+            });
+        }
+        if entities.len() == limit {
+            next = match page.next {
+                Some(last) => Some(BootstrapPosition {
+                    collection: c.clone(),
+                    after: Some(last),
+                }),
+                None => colls.get(i + 1).map(|n| BootstrapPosition {
+                    collection: n.clone(),
+                    after: None,
+                }),
+            };
+            break;
+        }
+    }
+    Ok(BootstrapResponse {
+        cursor: snap.sequence(),
+        entities,
+        next,
+        total,
+    })
+}
+
+/// Reads a page of the conflict log (entries of collections the token may read).
+pub async fn conflicts(
+    hosted: &Hosted,
+    claims: &Claims,
+    after: Option<EntityId>,
+    limit: usize,
+) -> Result<ConflictsResponse, ApiError> {
+    check_db(claims, &hosted.name)?;
+    let snap = hosted.db.snapshot();
+    let mut opts = ScanOptions::limit(limit);
+    opts.after = after;
+    let page = snap.collection(CONFLICTS).scan(opts).await.map_err(eng)?;
+    let mut out = Vec::new();
+    for d in &page.items {
+        let r: ConflictRecord = d.decode().map_err(eng)?;
+        if claims.can_read(&r.collection) {
+            out.push(r);
+        }
+    }
+    Ok(ConflictsResponse {
+        conflicts: out,
+        next: page.next,
+    })
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A document value from the wire, checked before it is stored: it must encode (no
+/// duplicate map keys) within the document size limit.
+pub fn check_doc(doc: &Value) -> Result<(), ApiError> {
+    entidb::cbor::try_encode(doc)
+        .map(|_| ())
+        .map_err(|e| bad(format!("invalid document: {e}")))
+}

@@ -1,0 +1,538 @@
+//! End-to-end: every kind of bad request gets its documented status and error code, and
+//! nothing is stored.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+struct Call {
+    status: u16,
+    body: Value,
+}
+
+async fn send(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Call {
+    let c = reqwest::Client::new();
+    let mut req = match method {
+        "GET" => c.get(format!("{url}{path}")),
+        "DELETE" => c.delete(format!("{url}{path}")),
+        _ => c.post(format!("{url}{path}")),
+    };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.body(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Call { status, body }
+}
+
+fn expired_token() -> String {
+    let claims = entidb_sync::wire::Claims {
+        sub: "c1".into(),
+        db: "app".into(),
+        scope: vec!["write".into()],
+        exp: entidb_server::auth::now_secs() - 3600,
+        iat: 0,
+    };
+    entidb_server::auth::mint(KEY_ID, SECRET.as_bytes(), &claims).unwrap()
+}
+
+fn push_body(client: &str, collection: &str, n: usize) -> Vec<u8> {
+    let ops: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "op_id": i + 1,
+                "collection": collection,
+                "id": format!("0190a5c2-0000-7000-8000-{:012x}", i + 1),
+                "kind": "put",
+                "doc": {"i": i},
+                "base_version": null,
+                "hlc": {"millis": 1, "counter": i, "node": client}
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({"client_id": client, "ops": ops})).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_documented_errors_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        None,
+        &["--max-body-bytes", "4096", "--max-ops-per-push", "10"],
+    );
+    server.create_db("app").await;
+    server.create_db("other").await;
+    let url = &server.url;
+    let json_ct = Some("application/json");
+    let good = token("app", "c1", &["read", "write"], 3600);
+    let push = "/v1/db/app/push";
+
+    let cases: Vec<(&str, Call, u16, &str)> = vec![
+        (
+            "no token",
+            send(
+                url,
+                "POST",
+                push,
+                None,
+                json_ct,
+                push_body("c1", "notes", 1),
+            )
+            .await,
+            401,
+            "unauthorized",
+        ),
+        (
+            "garbage token",
+            send(
+                url,
+                "POST",
+                push,
+                Some("abc.def.ghi"),
+                json_ct,
+                push_body("c1", "notes", 1),
+            )
+            .await,
+            401,
+            "unauthorized",
+        ),
+        (
+            "expired token",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&expired_token()),
+                json_ct,
+                push_body("c1", "notes", 1),
+            )
+            .await,
+            401,
+            "unauthorized",
+        ),
+        (
+            "token signed with another key",
+            send(
+                url,
+                "POST",
+                push,
+                Some(
+                    &entidb_server::mint_token(
+                        &entidb_server::config::KeyConfig {
+                            id: KEY_ID.into(),
+                            secret: "another-secret-0123456789abcdef0123".into(),
+                        },
+                        "app",
+                        "c1",
+                        &["write".into()],
+                        3600,
+                    )
+                    .unwrap(),
+                ),
+                json_ct,
+                push_body("c1", "notes", 1),
+            )
+            .await,
+            401,
+            "unauthorized",
+        ),
+        (
+            "wrong database",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&token("other", "c1", &["write"], 3600)),
+                json_ct,
+                push_body("c1", "notes", 1),
+            )
+            .await,
+            403,
+            "forbidden",
+        ),
+        (
+            "client id differs from the token",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&good),
+                json_ct,
+                push_body("c2", "notes", 1),
+            )
+            .await,
+            403,
+            "forbidden",
+        ),
+        (
+            "read-only token pushes",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&token("app", "c1", &["read"], 3600)),
+                json_ct,
+                push_body("c1", "notes", 1),
+            )
+            .await,
+            403,
+            "forbidden",
+        ),
+        (
+            "write scope for another collection",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&token("app", "c1", &["write:tasks"], 3600)),
+                json_ct,
+                push_body("c1", "notes", 1),
+            )
+            .await,
+            403,
+            "forbidden",
+        ),
+        (
+            "malformed CBOR",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&good),
+                Some("application/cbor"),
+                vec![0xa1, 0x61, 0x78, 0xff],
+            )
+            .await,
+            400,
+            "malformed_body",
+        ),
+        (
+            "malformed JSON",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&good),
+                json_ct,
+                b"{\"client_id\": ".to_vec(),
+            )
+            .await,
+            400,
+            "malformed_body",
+        ),
+        (
+            "unsupported media type",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&good),
+                Some("text/plain"),
+                b"hi".to_vec(),
+            )
+            .await,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "oversized body",
+            send(url, "POST", push, Some(&good), json_ct, vec![b' '; 10_000]).await,
+            413,
+            "payload_too_large",
+        ),
+        (
+            "too many ops",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&good),
+                json_ct,
+                push_body("c1", "notes", 11),
+            )
+            .await,
+            400,
+            "too_many_ops",
+        ),
+        (
+            "reserved collection",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&good),
+                json_ct,
+                push_body("c1", "_sync.clients", 1),
+            )
+            .await,
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown database",
+            send(
+                url,
+                "POST",
+                "/v1/db/nope/push",
+                Some(&token("*", "c1", &["write"], 3600)),
+                json_ct,
+                push_body("c1", "notes", 1),
+            )
+            .await,
+            404,
+            "not_found",
+        ),
+        (
+            "admin endpoint without admin scope",
+            send(url, "GET", "/v1/admin/databases", Some(&good), None, vec![]).await,
+            403,
+            "forbidden",
+        ),
+        (
+            "bad query string",
+            send(
+                url,
+                "GET",
+                "/v1/db/app/pull?since=minus-one",
+                Some(&good),
+                None,
+                vec![],
+            )
+            .await,
+            400,
+            "bad_request",
+        ),
+        (
+            "cursor ahead of the server",
+            send(
+                url,
+                "GET",
+                "/v1/db/app/pull?since=999999",
+                Some(&good),
+                None,
+                vec![],
+            )
+            .await,
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown route",
+            send(url, "GET", "/v2/whatever", Some(&good), None, vec![]).await,
+            404,
+            "not_found",
+        ),
+    ];
+    for (what, call, status, code) in &cases {
+        assert_eq!(call.status, *status, "{what}: {}", call.body);
+        assert_eq!(call.body["code"], *code, "{what}: {}", call.body);
+        assert!(
+            call.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+
+    // Nothing was stored by any of them.
+    let pull = send(
+        url,
+        "GET",
+        "/v1/db/app/pull?since=0",
+        Some(&good),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(pull.status, 200);
+    assert_eq!(pull.body["changes"], json!([]), "{}", pull.body);
+
+    // A good push still works afterwards, and JSON and CBOR answers agree.
+    let ok = send(
+        url,
+        "POST",
+        push,
+        Some(&good),
+        json_ct,
+        push_body("c1", "notes", 2),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.body["results"][1]["status"], "applied");
+    let cbor = reqwest::Client::new()
+        .get(format!("{url}/v1/db/app/pull?since=0"))
+        .bearer_auth(&good)
+        .header("accept", "application/cbor")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cbor.headers()["content-type"], "application/cbor");
+    let bytes = cbor.bytes().await.unwrap();
+    let decoded: entidb_sync::wire::PullResponse =
+        entidb_sync::wire::Format::Cbor.decode(&bytes).unwrap();
+    assert_eq!(decoded.changes.len(), 2);
+    assert_eq!(decoded.cursor, ok.body["cursor"].as_u64().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_creates_lists_and_deletes_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    let admin = Server::admin_token();
+    let url = &server.url;
+    let json_ct = Some("application/json");
+    let create = |name: &str| serde_json::to_vec(&json!({ "name": name })).unwrap();
+    assert_eq!(
+        send(
+            url,
+            "POST",
+            "/v1/admin/databases",
+            Some(&admin),
+            json_ct,
+            create("one")
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        send(
+            url,
+            "POST",
+            "/v1/admin/databases",
+            Some(&admin),
+            json_ct,
+            create("two")
+        )
+        .await
+        .status,
+        200
+    );
+    let dup = send(
+        url,
+        "POST",
+        "/v1/admin/databases",
+        Some(&admin),
+        json_ct,
+        create("one"),
+    )
+    .await;
+    assert_eq!(
+        (dup.status, dup.body["code"].as_str()),
+        (409, Some("already_exists"))
+    );
+    let bad = send(
+        url,
+        "POST",
+        "/v1/admin/databases",
+        Some(&admin),
+        json_ct,
+        create("../etc"),
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.body["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let list = send(
+        url,
+        "GET",
+        "/v1/admin/databases",
+        Some(&admin),
+        None,
+        vec![],
+    )
+    .await;
+    let names: Vec<&str> = list.body["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    assert_eq!(
+        send(
+            url,
+            "DELETE",
+            "/v1/admin/databases/one",
+            Some(&admin),
+            None,
+            vec![]
+        )
+        .await
+        .status,
+        200
+    );
+    let gone = send(
+        url,
+        "DELETE",
+        "/v1/admin/databases/one",
+        Some(&admin),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(gone.status, 404);
+    let pull = send(url, "GET", "/v1/db/one/pull", Some(&admin), None, vec![]).await;
+    assert_eq!(pull.status, 404);
+    assert!(!dir.path().join("data/one").exists());
+    // Health endpoints need no token.
+    assert_eq!(
+        send(url, "GET", "/healthz", None, None, vec![])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(url, "GET", "/readyz", None, None, vec![]).await.status,
+        200
+    );
+}
+
+#[test]
+fn token_command_mints_a_token_the_server_accepts() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entidb"))
+        .args([
+            "token",
+            "--client",
+            "c9",
+            "--db",
+            "app",
+            "--scope",
+            "read,write:notes",
+            "--keys",
+        ])
+        .arg(format!("{KEY_ID}={SECRET}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let claims = entidb_server::auth::Keys::new(&[key()])
+        .verify(token.trim())
+        .unwrap();
+    assert_eq!(claims.sub, "c9");
+    assert_eq!(claims.db, "app");
+    assert!(claims.can_write("notes") && !claims.can_write("tasks") && claims.can_read("tasks"));
+    // A short key is refused with exit code 2.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_entidb"))
+        .args(["token", "--client", "c9", "--keys", "k=short"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

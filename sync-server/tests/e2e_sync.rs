@@ -1,0 +1,380 @@
+//! End-to-end: the real `entidb` binary on 127.0.0.1 and several clients with real databases.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use entidb::EntityId;
+use entidb_sync::{HttpTransport, SyncError};
+use serde_json::json;
+use support::*;
+
+const POLICIES: &str = r#"
+[policies]
+sw = "server_wins"
+cw = "client_wins"
+lww = "last_writer_wins"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_writes_on_two_clients_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+
+    // Both offline: write, update and delete locally.
+    let a1 = a
+        .collection("notes")
+        .insert(&json!({"by": "a", "n": 1}))
+        .await
+        .unwrap();
+    let a2 = a
+        .collection("notes")
+        .insert(&json!({"by": "a", "n": 2}))
+        .await
+        .unwrap();
+    a.collection("notes")
+        .put(a1, &json!({"by": "a", "n": 10}))
+        .await
+        .unwrap();
+    let b1 = b
+        .collection("notes")
+        .insert(&json!({"by": "b", "n": 1}))
+        .await
+        .unwrap();
+    // A collection that is not synced stays local.
+    b.collection("private")
+        .insert(&json!({"secret": true}))
+        .await
+        .unwrap();
+
+    let ra1 = ra.sync_now().await.unwrap();
+    assert_eq!(ra1.pushed, 3, "{ra1:?}");
+    let rb1 = rb.sync_now().await.unwrap();
+    assert_eq!(rb1.pushed, 1);
+    assert!(rb1.pulled >= 2, "{rb1:?}");
+    ra.sync_now().await.unwrap();
+    assert_eq!(contents(&a, "notes").await, contents(&b, "notes").await);
+    assert_eq!(contents(&a, "notes").await.len(), 3);
+    assert!(contents(&a, "private").await.is_empty());
+
+    // A delete on b reaches a.
+    b.collection("notes").delete(a2).await.unwrap();
+    rb.sync_now().await.unwrap();
+    ra.sync_now().await.unwrap();
+    let got = contents(&a, "notes").await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|(id, _)| *id != a2.to_string()));
+    assert_eq!(got, contents(&b, "notes").await);
+    let doc: serde_json::Value = a.collection("notes").get(b1).await.unwrap().unwrap();
+    assert_eq!(doc, json!({"by": "b", "n": 1}));
+
+    // Applied remote changes are not echoed back: nothing pending, nothing more to push.
+    assert_eq!(ra.pending_ops().await.unwrap(), 0);
+    assert_eq!(rb.pending_ops().await.unwrap(), 0);
+    let again = ra.sync_now().await.unwrap();
+    assert_eq!(
+        (again.captured, again.pushed, again.pulled),
+        (0, 0, 0),
+        "{again:?}"
+    );
+    let status = ra.status();
+    assert!(status.online && status.last_error.is_none() && status.last_sync_millis.is_some());
+}
+
+async fn conflict(policy: &str, a_later: bool) -> (serde_json::Value, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(POLICIES), &[]);
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &[policy]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &[policy]).await;
+    let id = a
+        .collection(policy)
+        .insert(&json!({"v": "base"}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    // Both edit the same entity offline; b pushes first. With `a_later`, a's write has the
+    // later clock (it is made after b's).
+    if a_later {
+        b.collection(policy)
+            .put(id, &json!({"v": "b"}))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        a.collection(policy)
+            .put(id, &json!({"v": "a"}))
+            .await
+            .unwrap();
+    } else {
+        a.collection(policy)
+            .put(id, &json!({"v": "a"}))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        b.collection(policy)
+            .put(id, &json!({"v": "b"}))
+            .await
+            .unwrap();
+    }
+    rb.sync_now().await.unwrap();
+    let report = ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    let va: serde_json::Value = a.collection(policy).get(id).await.unwrap().unwrap();
+    let vb: serde_json::Value = b.collection(policy).get(id).await.unwrap().unwrap();
+    assert_eq!(va, vb, "replicas differ under {policy}");
+    // The conflict log holds the loser.
+    let resp: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/db/app/conflicts", server.url))
+        .bearer_auth(token("app", "a", &["read"], 60))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let log = resp["conflicts"].as_array().unwrap().clone();
+    assert_eq!(log.len(), 1, "{resp}");
+    let loser = &log[0]["loser"];
+    assert_ne!(*loser, va, "the loser is not the winner");
+    assert!(*loser == json!({"v": "a"}) || *loser == json!({"v": "b"}));
+    (va, report.rejected.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_server_wins() {
+    let (v, rejected) = conflict("sw", true).await;
+    assert_eq!(
+        v,
+        json!({"v": "b"}),
+        "the server's version (b pushed first) wins"
+    );
+    assert_eq!(rejected, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_client_wins() {
+    let (v, rejected) = conflict("cw", false).await;
+    assert_eq!(v, json!({"v": "a"}), "the later push wins");
+    assert_eq!(rejected, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_last_writer_wins() {
+    // a wrote later: a wins although b pushed first.
+    let (v, rejected) = conflict("lww", true).await;
+    assert_eq!(v, json!({"v": "a"}));
+    assert_eq!(rejected, 0);
+    // a wrote earlier: b wins although a pushed last.
+    let (v, rejected) = conflict("lww", false).await;
+    assert_eq!(v, json!({"v": "b"}));
+    assert_eq!(rejected, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_responses_are_retried_without_applying_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let lossy = Arc::new(LossyTransport {
+        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
+        drop_responses: AtomicU32::new(2),
+    });
+    let (a, ra) = client_with(&dir.path().join("a"), "app", "a", &["notes"], lossy.clone()).await;
+    for i in 0..5 {
+        a.collection("notes")
+            .insert(&json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    // The first two pushes reach the server but their answers are lost; the retry is
+    // recognised by (client id, op id).
+    let report = ra.sync_now().await.unwrap();
+    assert_eq!(report.pushed, 5);
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    rb.sync_now().await.unwrap();
+    assert_eq!(contents(&b, "notes").await, contents(&a, "notes").await);
+    // One oplog entry per op: the whole history holds exactly 5 puts.
+    let pull: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/db/app/pull?since=0", server.url))
+        .bearer_auth(token("app", "x", &["read"], 60))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pull["changes"].as_array().unwrap().len(), 5, "{pull}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_crash_between_push_and_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let cdir = dir.path().join("a");
+    {
+        let lossy = Arc::new(LossyTransport {
+            inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
+            drop_responses: AtomicU32::new(100),
+        });
+        let local = entidb::Database::open(&cdir).await.unwrap();
+        let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
+        cfg.max_attempts = 1;
+        let r = entidb_sync::Replicator::attach(local.clone(), cfg, lossy)
+            .await
+            .unwrap();
+        local
+            .collection("notes")
+            .insert(&json!({"x": 1}))
+            .await
+            .unwrap();
+        local
+            .collection("notes")
+            .insert(&json!({"x": 2}))
+            .await
+            .unwrap();
+        // Pushed, applied on the server, never acknowledged: the client "crashes".
+        assert!(matches!(r.sync_now().await, Err(SyncError::Transport(_))));
+        assert_eq!(r.pending_ops().await.unwrap(), 2);
+        assert!(!r.status().online && r.status().last_error.is_some());
+        drop(r);
+        local.close().await.unwrap();
+    }
+    // Restart: the outbox survived; the retry is deduplicated.
+    let (a, ra) = client(&server.url, &cdir, "app", "a", &["notes"]).await;
+    assert_eq!(ra.pending_ops().await.unwrap(), 2);
+    let report = ra.sync_now().await.unwrap();
+    assert_eq!(report.pushed, 2);
+    assert_eq!(ra.pending_ops().await.unwrap(), 0);
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    rb.sync_now().await.unwrap();
+    assert_eq!(contents(&b, "notes").await, contents(&a, "notes").await);
+    assert_eq!(contents(&b, "notes").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_mid_sync_and_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, None, &[]);
+    server.create_db("app").await;
+    let addr = server.addr();
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    a.collection("notes")
+        .insert(&json!({"n": 1}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    // SIGTERM: the server finishes and exits cleanly.
+    assert!(server.stop(), "graceful shutdown exits with success");
+    a.collection("notes")
+        .insert(&json!({"n": 2}))
+        .await
+        .unwrap();
+    // While it is down the sync fails after its retries, and nothing is lost.
+    let err = ra.sync_now().await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(ra.pending_ops().await.unwrap(), 1);
+    // Same data directory and address: the client carries on.
+    let _server = Server::start_at(&data, None, &addr, &[]);
+    let report = ra.sync_now().await.unwrap();
+    assert_eq!(report.pushed, 1);
+    let (b, rb) = client(
+        &format!("http://{addr}"),
+        &dir.path().join("b"),
+        "app",
+        "b",
+        &["notes"],
+    )
+    .await;
+    rb.sync_now().await.unwrap();
+    assert_eq!(contents(&b, "notes").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_behind_retention_rebootstraps_and_keeps_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &["--retention", "5"]);
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    let doomed = b
+        .collection("notes")
+        .insert(&json!({"doomed": true}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    ra.sync_now().await.unwrap();
+    assert_eq!(contents(&a, "notes").await.len(), 1);
+    // b deletes one entity and writes 30 more, one push each: far beyond a retention of 5.
+    b.collection("notes").delete(doomed).await.unwrap();
+    rb.sync_now().await.unwrap();
+    for i in 0..30 {
+        b.collection("notes")
+            .insert(&json!({"i": i}))
+            .await
+            .unwrap();
+        rb.sync_now().await.unwrap();
+    }
+    // Meanwhile a wrote offline.
+    let mine = a
+        .collection("notes")
+        .insert(&json!({"mine": true}))
+        .await
+        .unwrap();
+    let report = ra.sync_now().await.unwrap();
+    assert!(report.bootstrapped, "{report:?}");
+    rb.sync_now().await.unwrap();
+    let got = contents(&a, "notes").await;
+    assert_eq!(got, contents(&b, "notes").await);
+    assert_eq!(
+        got.len(),
+        31,
+        "30 from b plus a's own write; the deleted one is gone"
+    );
+    assert!(got.iter().any(|(id, _)| *id == mine.to_string()));
+    assert!(got.iter().all(|(id, _)| *id != doomed.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_on_a_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let report = ra.sync_wait(Duration::from_secs(20)).await.unwrap();
+        (report, started.elapsed(), a)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = b
+        .collection("notes")
+        .insert(&json!({"live": 1}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    let (report, elapsed, a) = waiter.await.unwrap();
+    assert_eq!(report.pulled, 1);
+    // It returned because of the push, long before the 20 s wait ran out.
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
+    assert!(a.collection("notes").exists(id).await.unwrap());
+}
+
+#[test]
+fn entity_ids_in_json_are_uuid_strings() {
+    let id: EntityId = "0190a5c2-0000-7000-8000-000000000001".parse().unwrap();
+    assert_eq!(
+        serde_json::to_value(id).unwrap(),
+        json!("0190a5c2-0000-7000-8000-000000000001")
+    );
+}

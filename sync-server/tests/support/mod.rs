@@ -1,0 +1,198 @@
+//! Shared helpers for the end-to-end tests: the real `entidb` binary on 127.0.0.1, clients
+//! with real databases in temporary directories.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure is a test failure"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use entidb::Database;
+use entidb_io::BoxFuture;
+use entidb_server::config::KeyConfig;
+use entidb_sync::{
+    HttpTransport, Replicator, Request, Response, SyncConfig, Transport, TransportError,
+};
+
+pub const KEY_ID: &str = "k1";
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
+pub fn key() -> KeyConfig {
+    KeyConfig {
+        id: KEY_ID.into(),
+        secret: SECRET.into(),
+    }
+}
+
+pub fn token(db: &str, client: &str, scope: &[&str], ttl: u64) -> String {
+    let scope: Vec<String> = scope.iter().map(|s| (*s).to_owned()).collect();
+    entidb_server::mint_token(&key(), db, client, &scope, ttl).unwrap()
+}
+
+/// A running `entidb serve`.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub data: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+impl Server {
+    /// Starts the binary on a free port with the test key and `extra` flags.
+    pub fn start(data: &Path, config_toml: Option<&str>, extra: &[&str]) -> Server {
+        Self::start_at(data, config_toml, "127.0.0.1:0", extra)
+    }
+
+    pub fn start_at(
+        data: &Path,
+        config_toml: Option<&str>,
+        listen: &str,
+        extra: &[&str],
+    ) -> Server {
+        let config = config_toml.map(|text| {
+            let p = data.with_extension("toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_entidb"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--listen")
+            .arg(listen)
+            .arg("--keys")
+            .arg(format!("{KEY_ID}={SECRET}"))
+            .args(extra)
+            .env("ENTIDB_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(p) = &config {
+            cmd.arg("--config").arg(p);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .strip_prefix("entidb serve: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url,
+            data: data.to_owned(),
+            config,
+        }
+    }
+
+    /// The `host:port` it listens on.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// SIGTERM, then wait; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().unwrap().success()
+    }
+
+    pub fn admin_token() -> String {
+        token("*", "admin", &["admin", "read", "write"], 3600)
+    }
+
+    /// Creates database `name` through the admin API.
+    pub async fn create_db(&self, name: &str) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/admin/databases", self.url))
+            .bearer_auth(Self::admin_token())
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client: a real database in `dir` and a replicator to `server`.
+pub async fn client(
+    url: &str,
+    dir: &Path,
+    db: &str,
+    name: &str,
+    collections: &[&str],
+) -> (Database, Replicator) {
+    let transport = Arc::new(HttpTransport::new(
+        url,
+        &token(db, name, &["read", "write"], 3600),
+    ));
+    client_with(dir, db, name, collections, transport).await
+}
+
+pub async fn client_with(
+    dir: &Path,
+    db: &str,
+    name: &str,
+    collections: &[&str],
+    transport: Arc<dyn Transport>,
+) -> (Database, Replicator) {
+    let local = Database::open(dir).await.unwrap();
+    let mut cfg = SyncConfig::new(db, name, collections);
+    cfg.retry_base = std::time::Duration::from_millis(20);
+    let r = Replicator::attach(local.clone(), cfg, transport)
+        .await
+        .unwrap();
+    (local, r)
+}
+
+/// A transport that loses the response of the next `drop_responses` requests after the
+/// server has processed them (the client sees a network error).
+#[derive(Debug)]
+pub struct LossyTransport {
+    pub inner: HttpTransport,
+    pub drop_responses: AtomicU32,
+}
+
+impl Transport for LossyTransport {
+    fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
+        Box::pin(async move {
+            let r = self.inner.send(request).await;
+            let left = self.drop_responses.load(Ordering::SeqCst);
+            if left > 0 {
+                self.drop_responses.store(left - 1, Ordering::SeqCst);
+                return Err(TransportError("response lost (test)".into()));
+            }
+            r
+        })
+    }
+}
+
+/// All documents of `collection` in id order, as JSON.
+pub async fn contents(db: &Database, collection: &str) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    let mut opts = entidb::ScanOptions::limit(10_000);
+    loop {
+        let page = db.collection(collection).scan(opts.clone()).await.unwrap();
+        for d in &page.items {
+            out.push((d.id().to_string(), d.decode::<serde_json::Value>().unwrap()));
+        }
+        match page.next {
+            Some(n) => opts.after = Some(n),
+            None => return out,
+        }
+    }
+}
