@@ -74,11 +74,11 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// Whether retrying the same request later may succeed (network errors and 5xx).
+    /// Whether retrying the same request later may succeed (network errors, 408 and 5xx).
     pub fn is_retryable(&self) -> bool {
         match self {
             SyncError::Transport(_) => true,
-            SyncError::Server { status, .. } => *status >= 500,
+            SyncError::Server { status, .. } => *status >= 500 || *status == 408,
             _ => false,
         }
     }

@@ -274,6 +274,12 @@ pub async fn push(
             },
         });
     }
+    if results.iter().all(|r| r.status == OpStatus::Duplicate) {
+        // A pure retry (or an empty push) changes nothing and takes no cursor.
+        let cursor = tx.read_sequence();
+        tx.abort();
+        return Ok(PushResponse { results, cursor });
+    }
     tx.collection(CLIENTS)
         .put(client_key, &client)
         .map_err(eng)?;

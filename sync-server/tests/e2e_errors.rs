@@ -1,6 +1,8 @@
 //! End-to-end: every kind of bad request gets its documented status and error code, and
 //! nothing is stored.
 
+#![expect(clippy::unwrap_used, reason = "test: a failure is a test failure")]
+
 mod support;
 
 use serde_json::{Value, json};

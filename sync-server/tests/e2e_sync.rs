@@ -1,5 +1,7 @@
 //! End-to-end: the real `entidb` binary on 127.0.0.1 and several clients with real databases.
 
+#![expect(clippy::unwrap_used, reason = "test: a failure is a test failure")]
+
 mod support;
 
 use std::sync::Arc;

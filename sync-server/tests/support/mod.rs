@@ -186,7 +186,7 @@ pub async fn contents(db: &Database, collection: &str) -> Vec<(String, serde_jso
     let mut out = Vec::new();
     let mut opts = entidb::ScanOptions::limit(10_000);
     loop {
-        let page = db.collection(collection).scan(opts.clone()).await.unwrap();
+        let page = db.collection(collection).scan(opts).await.unwrap();
         for d in &page.items {
             out.push((d.id().to_string(), d.decode::<serde_json::Value>().unwrap()));
         }
