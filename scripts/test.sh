@@ -36,7 +36,7 @@ cargo test --workspace --doc
 step "server quickstart: the printed token and curl example work"
 cargo build -q -p entidb-server --bin entidb
 tmp=$(mktemp -d)
-./target/debug/entidb serve --data-dir "$tmp/data" --listen 127.0.0.1:0 >"$tmp/serve.out" 2>"$tmp/serve.err" &
+"${CARGO_TARGET_DIR:-target}/debug/entidb" serve --data-dir "$tmp/data" --listen 127.0.0.1:0 >"$tmp/serve.out" 2>"$tmp/serve.err" &
 server_pid=$!
 for _ in $(seq 100); do grep -q '^try it:' "$tmp/serve.out" 2>/dev/null && break; sleep 0.1; done
 sed -n '/^try it:/,$p' "$tmp/serve.out" | tail -n +2 > "$tmp/example.sh"
