@@ -23,6 +23,7 @@ use crate::auth::{AuthError, Keys};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::hosted::Hosts;
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::service;
 
 /// Everything a handler needs; cheap to clone.
@@ -36,20 +37,29 @@ pub struct AppState {
     pub hosts: Arc<Hosts>,
     /// Becomes true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The router with every route and layer.
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
+    let metrics = state.metrics.clone();
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
         .route("/v1/admin/databases", get(list_dbs).post(create_db))
         .route("/v1/admin/databases/{name}", delete(delete_db))
         .route("/v1/db/{db}/push", post(push))
         .route("/v1/db/{db}/pull", get(pull))
         .route("/v1/db/{db}/bootstrap", get(bootstrap))
         .route("/v1/db/{db}/conflicts", get(conflicts))
+        .route("/v1/db/{db}/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
         .fallback(|headers: HeaderMap| async move {
             reply_err(
                 &headers,
@@ -183,6 +193,17 @@ fn query<T: DeserializeOwned + Default>(q: Option<String>) -> Result<T, ApiError
     }
 }
 
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
 async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if *state.shutdown.borrow() {
         return reply_err(
@@ -268,7 +289,15 @@ async fn push(
         service::check_db(&claims, &db)?;
         let hosted = state.hosts.get(&db).await?;
         let req: PushRequest = read_body(&state, &headers, body).await?;
-        service::push(&state.config, &hosted, &claims, req).await
+        let resp = service::push(&state.config, &hosted, &claims, req).await?;
+        for r in &resp.results {
+            state.metrics.op(match r.status {
+                entidb_sync::wire::OpStatus::Applied => "applied",
+                entidb_sync::wire::OpStatus::Duplicate => "duplicate",
+                entidb_sync::wire::OpStatus::Rejected => "rejected",
+            });
+        }
+        Ok(resp)
     }
     .await;
     respond(&headers, r)
@@ -300,7 +329,8 @@ async fn pull(
         let wait = p
             .wait_ms
             .map(|w| Duration::from_millis(w.min(state.config.max_wait_ms)));
-        service::pull(
+        let _waiting = wait.map(|_| GaugeGuard::new(&state.metrics.live_waiters));
+        let page = service::pull(
             &hosted,
             &claims,
             p.since.unwrap_or(0),
@@ -308,7 +338,9 @@ async fn pull(
             wait,
             &state.shutdown,
         )
-        .await
+        .await?;
+        state.metrics.changes_sent.inc_by(page.changes.len() as u64);
+        Ok(page)
     }
     .await;
     respond(&headers, r)
@@ -380,4 +412,89 @@ async fn conflicts(
     }
     .await;
     respond(&headers, r)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventParams {
+    since: Option<u64>,
+}
+
+/// `GET /v1/db/{db}/events?since=C`: server-sent events. Each event is `changes` with a JSON
+/// `PullResponse` and `id` = its cursor (so a reconnecting `EventSource` resumes from
+/// `Last-Event-ID`); a failure ends the stream with an `error` event holding an `ErrorBody`.
+async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(db): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let setup = async {
+        let claims = authenticate(&state, &headers)?;
+        service::check_db(&claims, &db)?;
+        let p: EventParams = query(q)?;
+        let hosted = state.hosts.get(&db).await?;
+        let since = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .or(p.since)
+            .unwrap_or(0);
+        // Errors that the first read would hit (a cursor behind the oplog, or ahead of the
+        // server) are answered as plain HTTP errors, before the stream starts.
+        service::pull(&hosted, &claims, since, 1, None, &state.shutdown).await?;
+        Ok((claims, hosted, since))
+    }
+    .await;
+    let (claims, hosted, since) = match setup {
+        Ok(x) => x,
+        Err(e) => return reply_err(&headers, e),
+    };
+    let page = state.config.max_page;
+    let wait = Duration::from_millis(state.config.max_wait_ms);
+    let shutdown = state.shutdown.clone();
+    let metrics = state.metrics.clone();
+    let guard = Arc::new(GaugeGuard::new(&metrics.live_waiters));
+    let stream = futures_util::stream::unfold(Some(since), move |cursor| {
+        let (hosted, claims, shutdown, metrics, guard) = (
+            hosted.clone(),
+            claims.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+            guard.clone(),
+        );
+        async move {
+            let _alive = guard;
+            let mut since = cursor?;
+            loop {
+                if *shutdown.borrow() {
+                    return None;
+                }
+                match service::pull(&hosted, &claims, since, page, Some(wait), &shutdown).await {
+                    Ok(p) if p.changes.is_empty() => since = p.cursor,
+                    Ok(p) => {
+                        metrics.changes_sent.inc_by(p.changes.len() as u64);
+                        let next = p.cursor;
+                        let ev = Event::default()
+                            .event("changes")
+                            .id(next.to_string())
+                            .json_data(&p)
+                            .unwrap_or_else(|_| Event::default().event("error"));
+                        return Some((Ok::<_, std::convert::Infallible>(ev), Some(next)));
+                    }
+                    Err(e) => {
+                        let ev = Event::default()
+                            .event("error")
+                            .json_data(&e.body)
+                            .unwrap_or_else(|_| Event::default().event("error"));
+                        return Some((Ok(ev), None));
+                    }
+                }
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

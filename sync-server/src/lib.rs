@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod hosted;
 pub mod http;
+pub mod metrics;
 pub mod service;
 
 use std::sync::Arc;
@@ -209,6 +210,7 @@ pub async fn serve(
         config: Arc::new(config),
         hosts: hosts.clone(),
         shutdown: rx,
+        metrics: Arc::new(metrics::Metrics::new()),
     };
     let app = http::router(state);
     let result = axum::serve(listener, app)

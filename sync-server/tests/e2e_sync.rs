@@ -380,3 +380,123 @@ fn entity_ids_in_json_are_uuid_strings() {
         json!("0190a5c2-0000-7000-8000-000000000001")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    let http = reqwest::Client::new();
+    let watcher = token("app", "watcher", &["read"], 60);
+    let mut stream = http
+        .get(format!("{}/v1/db/app/events?since=0", server.url))
+        .bearer_auth(&watcher)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(
+        stream.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+
+    let metrics = |http: reqwest::Client, url: String| async move {
+        http.get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let m = metrics(http.clone(), server.url.clone()).await;
+    assert!(m.contains("entidb_sync_live_waiters 1"), "{m}");
+
+    let id = b
+        .collection("notes")
+        .insert(&json!({"sse": true}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    let mut seen = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains(&id.to_string()) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(got, Ok(true), "no event for the push: {seen:?}");
+    assert!(seen.contains("event: changes"), "{seen}");
+    assert!(seen.contains("id: "), "{seen}");
+    drop(stream);
+
+    // A stream that cannot start is a plain HTTP error.
+    let ahead = http
+        .get(format!("{}/v1/db/app/events?since=999", server.url))
+        .bearer_auth(&watcher)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ahead.status(), 400);
+    let unauth = http
+        .get(format!("{}/v1/db/app/events", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauth.status(), 401);
+
+    let m = metrics(http.clone(), server.url.clone()).await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("entidb_sync_ops_total{status=\"applied\"} 1")),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("entidb_http_requests_total{")
+                && l.contains("route=\"/v1/db/{db}/push\"")
+                && l.contains("status=\"200\"")),
+        "{m}"
+    );
+    assert!(
+        m.contains("entidb_http_request_duration_seconds_bucket"),
+        "{m}"
+    );
+
+    // SIGTERM with an open event stream and a waiting long poll: both end, the server exits.
+    let _open = http
+        .get(format!("{}/v1/db/app/events", server.url))
+        .bearer_auth(&watcher)
+        .send()
+        .await
+        .unwrap();
+    let poll = tokio::spawn(
+        http.get(format!(
+            "{}/v1/db/app/pull?since=1&wait_ms=20000",
+            server.url
+        ))
+        .bearer_auth(&watcher)
+        .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    assert!(server.stop(), "graceful shutdown exits with success");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let polled = poll.await.unwrap().unwrap();
+    assert_eq!(
+        polled.status(),
+        200,
+        "the waiting poll is answered, not cut"
+    );
+}
