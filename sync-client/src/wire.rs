@@ -34,6 +34,7 @@ pub fn is_reserved(collection: &str) -> bool {
 /// one millisecond, and the node (client id) that made it. Stamps order by all three, so two
 /// different nodes never produce equal stamps.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Hlc {
     /// Milliseconds since the Unix epoch.
     pub millis: u64,
@@ -45,6 +46,7 @@ pub struct Hlc {
 
 /// What an operation does to its entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
     /// Write the whole document.
@@ -55,17 +57,20 @@ pub enum OpKind {
 
 /// One client write, as pushed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Op {
     /// Strictly increasing per client; with the client id it makes the op idempotent.
     pub op_id: u64,
     /// Collection name.
     pub collection: String,
     /// Entity id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
     /// Put or delete.
     pub kind: OpKind,
     /// The new document (puts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub doc: Option<Value>,
     /// The server version of the entity that this write was based on (`None`: the client had
     /// never seen the entity on the server).
@@ -77,6 +82,7 @@ pub struct Op {
 
 /// `POST /v1/db/{db}/push`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushRequest {
     /// Must equal the token's `sub` claim.
     pub client_id: String,
@@ -86,6 +92,7 @@ pub struct PushRequest {
 
 /// What happened to one pushed op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OpStatus {
     /// The op was applied; `state` is the entity after it.
@@ -99,15 +106,18 @@ pub enum OpStatus {
 
 /// An entity's state on the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntityState {
     /// Its server version (`None`: it never existed).
     pub version: Option<u64>,
     /// Its document (`None`: absent or deleted).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub doc: Option<Value>,
 }
 
 /// The answer to one op.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpResult {
     /// The op's id.
     pub op_id: u64,
@@ -119,6 +129,7 @@ pub struct OpResult {
 
 /// The answer to a push.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushResponse {
     /// One result per op, in request order.
     pub results: Vec<OpResult>,
@@ -128,6 +139,7 @@ pub struct PushResponse {
 
 /// One change in the oplog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WireChange {
     /// The change's oplog cursor; it is also the entity's new server version. Changes made by
     /// one push share a cursor.
@@ -135,11 +147,13 @@ pub struct WireChange {
     /// Collection name.
     pub collection: String,
     /// Entity id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
     /// Put or delete.
     pub kind: OpKind,
     /// The document (puts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub doc: Option<Value>,
     /// The client id that pushed it (`None`: written on the server).
     #[serde(default)]
@@ -148,6 +162,7 @@ pub struct WireChange {
 
 /// `GET /v1/db/{db}/pull?since=C&limit=N&wait_ms=W`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PullResponse {
     /// Changes with cursor > `since`, in cursor order, in the collections the token may read.
     pub changes: Vec<WireChange>,
@@ -160,28 +175,34 @@ pub struct PullResponse {
 
 /// One entity in a bootstrap page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootstrapEntity {
     /// Collection name.
     pub collection: String,
     /// Entity id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
     /// Server version.
     pub version: u64,
     /// The document.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub doc: Value,
 }
 
 /// Where a bootstrap page continues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootstrapPosition {
     /// The collection being read.
     pub collection: String,
     /// The last id returned in it (`None`: start of the collection).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Uuid))]
     pub after: Option<EntityId>,
 }
 
 /// `GET /v1/db/{db}/bootstrap?collection=C&after=ID&limit=N`: the current state, paged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootstrapResponse {
     /// The oplog cursor this page was read at. A client pulls from the cursor of its FIRST
     /// page once it has all pages: later pages may already include some of the changes that
@@ -197,6 +218,7 @@ pub struct BootstrapResponse {
 
 /// A conflict policy of a collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictPolicy {
     /// The server's current version wins; the client's write is logged and not applied.
@@ -210,16 +232,20 @@ pub enum ConflictPolicy {
 
 /// One entry of the conflict log (`GET /v1/db/{db}/conflicts`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConflictRecord {
     /// The record's own id (time-ordered; page with `after`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub conflict_id: EntityId,
     /// Collection of the entity.
     pub collection: String,
     /// The entity.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
     /// The policy that decided.
     pub policy: ConflictPolicy,
     /// The version that lost (`None` for a delete or an absent entity).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub loser: Option<Value>,
     /// Who wrote the loser (`None`: the server state's writer is unknown).
     pub loser_client: Option<String>,
@@ -235,15 +261,18 @@ pub struct ConflictRecord {
 
 /// `GET /v1/db/{db}/conflicts?after=ID&limit=N`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConflictsResponse {
     /// Oldest first.
     pub conflicts: Vec<ConflictRecord>,
     /// Pass as `after` for the next page; `None` when this page is the last.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Uuid))]
     pub next: Option<EntityId>,
 }
 
 /// A hosted database (`GET /v1/admin/databases`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatabaseInfo {
     /// Its name.
     pub name: String,
@@ -253,6 +282,7 @@ pub struct DatabaseInfo {
 
 /// `GET /v1/admin/databases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatabaseList {
     /// In name order.
     pub databases: Vec<DatabaseInfo>,
@@ -260,13 +290,16 @@ pub struct DatabaseList {
 
 /// `POST /v1/admin/databases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDatabase {
     /// 1-64 characters of `a-z`, `0-9`, `-` and `_`, starting with a letter or digit.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"))]
     pub name: String,
 }
 
 /// Stable error codes of error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -298,6 +331,7 @@ pub enum ErrorCode {
 
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Stable, machine-readable code.
     pub code: ErrorCode,
@@ -310,6 +344,7 @@ pub struct ErrorBody {
 
 /// Claims of a bearer token (JWT, HS256).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Claims {
     /// The client id.
     pub sub: String,

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use entidb::EntityId;
 use entidb_sync::wire::{
-    BootstrapPosition, Claims, CreateDatabase, DatabaseInfo, DatabaseList, ErrorCode, Format,
-    PushRequest,
+    BootstrapPosition, BootstrapResponse, Claims, ConflictsResponse, CreateDatabase, DatabaseInfo,
+    DatabaseList, ErrorBody, ErrorCode, Format, PullResponse, PushRequest, PushResponse,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -41,12 +41,64 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
+/// The answer to `DELETE /v1/admin/databases/{name}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeletedDatabase {
+    /// The deleted database's name.
+    pub deleted: String,
+}
+
+/// The OpenAPI document of the HTTP API (served at `/openapi.json`).
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(title = "EntiDB sync server", description = "The sync protocol of docs/sync-protocol.md. Bodies are JSON or CBOR (Content-Type / Accept)."),
+    paths(push, pull, events, bootstrap, conflicts, list_dbs, create_db, delete_db, readyz, render_metrics, healthz),
+    modifiers(&BearerAuth),
+    tags((name = "sync", description = "Push, pull, live updates, bootstrap, conflicts"),
+         (name = "admin", description = "Hosted databases (admin scope)"),
+         (name = "operations", description = "Health and metrics"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn openapi_json() -> Response {
+    use utoipa::OpenApi;
+    match ApiDoc::openapi().to_json() {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 /// The router with every route and layer.
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     let metrics = state.metrics.clone();
     let mut app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi_json))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .route("/v1/admin/databases", get(list_dbs).post(create_db))
@@ -193,6 +245,8 @@ fn query<T: DeserializeOwned + Default>(q: Option<String>) -> Result<T, ApiError
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus/OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
 async fn render_metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -204,6 +258,9 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", content_type = "text/plain", body = String),
+              (status = 503, description = "Shutting down or the data directory is missing", body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if *state.shutdown.borrow() {
         return reply_err(
@@ -231,6 +288,10 @@ fn require_admin(claims: &Claims) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/admin/databases", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "The hosted databases", body = DatabaseList),
+              (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+              (status = 403, description = "Needs the admin scope", body = ErrorBody)))]
 async fn list_dbs(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let r = async {
         require_admin(&authenticate(&state, &headers)?)?;
@@ -248,6 +309,15 @@ async fn list_dbs(State(state): State<AppState>, headers: HeaderMap) -> Response
     respond(&headers, r)
 }
 
+#[utoipa::path(post, path = "/v1/admin/databases", tag = "admin", security(("bearer" = [])),
+    request_body(content = CreateDatabase, content_type = "application/json", description = "Also accepted as application/cbor"),
+    responses((status = 200, description = "Created", body = DatabaseInfo),
+              (status = 400, description = "Invalid name or malformed body", body = ErrorBody),
+              (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+              (status = 403, description = "Needs the admin scope", body = ErrorBody),
+              (status = 409, description = "The database exists", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Neither CBOR nor JSON", body = ErrorBody)))]
 async fn create_db(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let r = async {
         require_admin(&authenticate(&state, &headers)?)?;
@@ -263,6 +333,13 @@ async fn create_db(State(state): State<AppState>, headers: HeaderMap, body: Body
     respond(&headers, r)
 }
 
+#[utoipa::path(delete, path = "/v1/admin/databases/{name}", tag = "admin", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    responses((status = 200, description = "Deleted", body = DeletedDatabase),
+              (status = 400, description = "Invalid name", body = ErrorBody),
+              (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+              (status = 403, description = "Needs the admin scope", body = ErrorBody),
+              (status = 404, description = "No such database", body = ErrorBody)))]
 async fn delete_db(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -272,12 +349,18 @@ async fn delete_db(
         require_admin(&authenticate(&state, &headers)?)?;
         state.hosts.delete(&name).await?;
         tracing::info!(database = %name, "database deleted");
-        Ok(serde_json::json!({ "deleted": name }))
+        Ok(DeletedDatabase { deleted: name })
     }
     .await;
     respond(&headers, r)
 }
 
+#[utoipa::path(post, path = "/v1/db/{db}/push", tag = "sync", security(("bearer" = [])),
+    params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    request_body(content = PushRequest, content_type = "application/json", description = "Also accepted as application/cbor"),
+    responses((status = 200, description = "Per-op results; applied atomically", body = PushResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
+              (status = 413, description = "Body or document too large", body = ErrorBody),
+              (status = 415, description = "Neither CBOR nor JSON", body = ErrorBody)))]
 async fn push(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -303,14 +386,21 @@ async fn push(
     respond(&headers, r)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PullParams {
     since: Option<u64>,
     limit: Option<usize>,
+    /// Long-poll wait; the server waits at most its `max_wait_ms`.
+    #[param(maximum = 60000)]
     wait_ms: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/db/{db}/pull", tag = "sync", security(("bearer" = [])),
+    params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), PullParams),
+    responses((status = 200, description = "A page of the oplog", body = PullResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
+              (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody)))]
 async fn pull(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -321,6 +411,12 @@ async fn pull(
         let claims = authenticate(&state, &headers)?;
         service::check_db(&claims, &db)?;
         let p: PullParams = query(q)?;
+        if p.wait_ms.is_some_and(|w| w > 60_000) {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "wait_ms is at most 60000 (the server caps waits at its max_wait_ms)",
+            ));
+        }
         let hosted = state.hosts.get(&db).await?;
         let limit = p
             .limit
@@ -346,15 +442,20 @@ async fn pull(
     respond(&headers, r)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct BootstrapParams {
     collections: Option<String>,
     collection: Option<String>,
+    #[param(value_type = Option<String>, format = Uuid)]
     after: Option<EntityId>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/db/{db}/bootstrap", tag = "sync", security(("bearer" = [])),
+    params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), BootstrapParams),
+    responses((status = 200, description = "A page of the current state", body = BootstrapResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody)))]
 async fn bootstrap(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -386,13 +487,18 @@ async fn bootstrap(
     respond(&headers, r)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ConflictParams {
+    #[param(value_type = Option<String>, format = Uuid)]
     after: Option<EntityId>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/db/{db}/conflicts", tag = "sync", security(("bearer" = [])),
+    params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), ConflictParams),
+    responses((status = 200, description = "A page of the conflict log", body = ConflictsResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody)))]
 async fn conflicts(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -414,7 +520,8 @@ async fn conflicts(
     respond(&headers, r)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventParams {
     since: Option<u64>,
@@ -423,6 +530,10 @@ struct EventParams {
 /// `GET /v1/db/{db}/events?since=C`: server-sent events. Each event is `changes` with a JSON
 /// `PullResponse` and `id` = its cursor (so a reconnecting `EventSource` resumes from
 /// `Last-Event-ID`); a failure ends the stream with an `error` event holding an `ErrorBody`.
+#[utoipa::path(get, path = "/v1/db/{db}/events", tag = "sync", security(("bearer" = [])),
+    params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), EventParams),
+    responses((status = 200, description = "Server-sent events: `changes` events carrying a PullResponse as JSON", content_type = "text/event-stream", body = String), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
+              (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody)))]
 async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,

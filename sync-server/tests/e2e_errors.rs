@@ -490,6 +490,33 @@ async fn admin_creates_lists_and_deletes_databases() {
     let pull = send(url, "GET", "/v1/db/one/pull", Some(&admin), None, vec![]).await;
     assert_eq!(pull.status, 404);
     assert!(!dir.path().join("data/one").exists());
+    // The OpenAPI document describes every route (schemathesis in the test command fuzzes
+    // the server against it).
+    let doc = send(url, "GET", "/openapi.json", None, None, vec![]).await;
+    assert_eq!(doc.status, 200);
+    let mut paths: Vec<&str> = doc.body["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/metrics",
+            "/readyz",
+            "/v1/admin/databases",
+            "/v1/admin/databases/{name}",
+            "/v1/db/{db}/bootstrap",
+            "/v1/db/{db}/conflicts",
+            "/v1/db/{db}/events",
+            "/v1/db/{db}/pull",
+            "/v1/db/{db}/push",
+        ]
+    );
+    assert!(doc.body["components"]["schemas"]["PushRequest"].is_object());
     // Health endpoints need no token.
     assert_eq!(
         send(url, "GET", "/healthz", None, None, vec![])
