@@ -108,6 +108,10 @@ pub struct SyncConfig {
     pub max_attempts: u32,
     /// First retry delay; doubled per attempt, with full jitter, capped at 30 s.
     pub retry_base: Duration,
+    /// Whether a new client starts with a bootstrap (a paged snapshot of the current state,
+    /// the default) or pulls the whole retained oplog from cursor 0 (every change in
+    /// order; falls back to a bootstrap if the server no longer retains the start).
+    pub initial_bootstrap: bool,
 }
 
 impl SyncConfig {
@@ -122,6 +126,7 @@ impl SyncConfig {
             bootstrap_limit: 1000,
             max_attempts: 6,
             retry_base: Duration::from_millis(100),
+            initial_bootstrap: true,
         }
     }
 }
@@ -265,6 +270,7 @@ impl Replicator {
                     client_id: config.client_id.clone(),
                     feed_seq: tx.read_sequence(),
                     next_op_id: 1,
+                    bootstrapped: !config.initial_bootstrap,
                     ..State::default()
                 };
                 tx.collection(STATE).put(EntityId::MIN, &state)?;
@@ -623,7 +629,10 @@ impl Replicator {
                 }
                 let mid = meta_id(&c.collection, &c.id);
                 let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
-                if meta.pending > 0 {
+                // Pending local writes win locally until the server decides; a change at or
+                // below the known version (the client's own push, adopted from its result)
+                // is already applied.
+                if meta.pending > 0 || meta.version.is_some_and(|v| v >= c.cursor) {
                     continue;
                 }
                 let doc = match c.kind {
@@ -687,7 +696,7 @@ impl Replicator {
                 let mid = meta_id(&e.collection, &e.id);
                 let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
                 meta.epoch = epoch;
-                if meta.pending == 0 {
+                if meta.pending == 0 && meta.version.is_none_or(|v| v < e.version) {
                     apply(&mut tx, &e.collection, e.id, Some(&e.doc)).await?;
                     meta.version = Some(e.version);
                     applied += 1;

@@ -1,0 +1,414 @@
+//! Sync workloads S1-S4 of `shared/bench/WORKLOADS.md`, against the real `entidb` binary on
+//! 127.0.0.1 (a child process, so that client and server memory are measured apart).
+//!
+//! `cargo bench -p entidb-server --bench sync` runs the full sizes; `-- --only S1,S3` picks
+//! workloads; `--s2-ops N`, `--s3-clients N`, `--s4-clients N` scale them. Under `cargo test`
+//! (no `--bench` argument) every workload runs once at a tiny size, as a smoke test.
+#![expect(clippy::unwrap_used, reason = "benchmark: a failure aborts the run")]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use entidb::{Database, Options};
+use entidb_sync::{HttpTransport, Replicator, SyncConfig};
+use serde_json::json;
+
+const KEY: &str = "bench=bench-secret-0123456789abcdef0123456789";
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_entidb"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--keys",
+                KEY,
+                "--max-page",
+                "1000",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("ENTIDB_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .strip_prefix("entidb serve: listening on ")
+            .unwrap()
+            .to_owned();
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        proc_status_kib(&format!("/proc/{}/status", self.child.id()), "VmRSS:")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn token(client: &str, scope: &[&str]) -> String {
+    let key = entidb_server::config::Config::parse_keys(KEY)
+        .unwrap()
+        .remove(0);
+    let scope: Vec<String> = scope.iter().map(|s| (*s).to_owned()).collect();
+    entidb_server::mint_token(&key, "*", client, &scope, 24 * 3600).unwrap()
+}
+
+async fn create_db(url: &str, name: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/admin/databases"))
+        .bearer_auth(token("admin", &["admin"]))
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn local_options() -> Options {
+    Options::default()
+        .memtable_bytes(8 << 20)
+        .cache_bytes(8 << 20)
+}
+
+async fn replicator(
+    url: &str,
+    dir: &Path,
+    db: &str,
+    name: &str,
+    bootstrap: bool,
+) -> (Database, Replicator) {
+    let local = Database::open_path(dir, local_options()).await.unwrap();
+    let mut cfg = SyncConfig::new(db, name, &["items"]);
+    cfg.push_batch = 1000;
+    cfg.pull_limit = 1000;
+    cfg.bootstrap_limit = 1000;
+    cfg.initial_bootstrap = bootstrap;
+    let t = Arc::new(HttpTransport::new(url, &token(name, &["read", "write"])));
+    let r = Replicator::attach(local.clone(), cfg, t).await.unwrap();
+    (local, r)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Writes `n` documents locally in transactions of 1000.
+async fn write_local(db: &Database, n: u64, tag: &str) {
+    let mut i = 0;
+    while i < n {
+        let mut tx = db.begin().await.unwrap();
+        for _ in 0..1000.min(n - i) {
+            tx.collection("items")
+                .insert(&json!({ "by": tag, "n": i, "body": "0123456789abcdef0123456789abcdef0123456789abcdef" }))
+                .unwrap();
+            i += 1;
+        }
+        tx.commit().await.unwrap();
+    }
+}
+
+async fn s1(ops: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    create_db(&server.url, "s1").await;
+    let (db, r) = replicator(&server.url, &dir.path().join("c"), "s1", "loader", true).await;
+    r.sync_now().await.unwrap();
+    write_local(&db, ops, "s1").await;
+    let t = Instant::now();
+    let (acked, _) = r.push().await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(acked, ops);
+    println!(
+        "S1 push {ops} ops in batches of 1000: {:.2} s, {:.0} ops/s (target >= 50,000)",
+        secs,
+        ops as f64 / secs
+    );
+}
+
+/// S2 in a child process: `--s2-child URL OPS MODE` prints `elapsed_secs peak_kib`.
+async fn s2_child(url: &str, ops: u64, bootstrap: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, r) = replicator(url, &dir.path().join("c"), "s2", "fresh", bootstrap).await;
+    let t = Instant::now();
+    let report = r.sync_now().await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(db.collection("items").count().await.unwrap(), ops);
+    assert_eq!(report.bootstrapped, bootstrap);
+    println!("{secs} {}", proc_status_kib("/proc/self/status", "VmHWM:"));
+}
+
+async fn s2(ops: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    create_db(&server.url, "s2").await;
+    let (db, r) = replicator(
+        &server.url,
+        &dir.path().join("loader"),
+        "s2",
+        "loader",
+        true,
+    )
+    .await;
+    r.sync_now().await.unwrap();
+    let mut left = ops;
+    while left > 0 {
+        let n = left.min(50_000);
+        write_local(&db, n, "s2").await;
+        r.push().await.unwrap();
+        left -= n;
+    }
+    for (mode, bootstrap) in [
+        ("pull of the whole oplog", false),
+        ("bootstrap (snapshot pages)", true),
+    ] {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--s2-child",
+                &server.url,
+                &ops.to_string(),
+                if bootstrap { "bootstrap" } else { "pull" },
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut it = text.split_whitespace();
+        let secs: f64 = it.next().unwrap().parse().unwrap();
+        let kib: u64 = it.next().unwrap().parse().unwrap();
+        println!(
+            "S2 fresh client, {mode}, {ops} ops: {secs:.2} s, {:.0} ops/s (target >= 200,000), client peak RSS {} MiB",
+            ops as f64 / secs,
+            kib / 1024
+        );
+    }
+}
+
+/// Reads the local change feed after `since` and records, for every pulled put, the time
+/// since its writer stamped it. Returns the new feed position.
+async fn record(db: &Database, since: u64, latencies: &Mutex<Vec<u64>>) -> u64 {
+    let mut seq = since;
+    loop {
+        let page = db.changes_page(seq, 1000).await.unwrap();
+        if page.is_empty() {
+            return seq;
+        }
+        let now = now_micros();
+        let mut l = Vec::new();
+        for b in &page {
+            seq = b.seq;
+            if b.origin.as_deref() != Some(entidb_sync::ORIGIN) {
+                continue;
+            }
+            for ch in &b.changes {
+                if let (entidb::ChangeOp::Put(bytes), "items") = (&ch.op, ch.collection.as_str()) {
+                    let v: serde_json::Value = entidb::cbor::from_slice(bytes).unwrap();
+                    if let Some(t) = v["t"].as_u64() {
+                        l.push(now.saturating_sub(t));
+                    }
+                }
+            }
+        }
+        latencies.lock().unwrap().extend(l);
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn s3(clients: usize, ops: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    create_db(&server.url, "s3").await;
+    let total = clients as u64 * ops;
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let url = server.url.clone();
+        let path = dir.path().join(format!("c{c}"));
+        let latencies = latencies.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("c{c}");
+            let (db, r) = replicator(&url, &path, "s3", &name, true).await;
+            let mut feed_seq = db.last_sequence();
+            let mut written = 0;
+            while written < ops {
+                for _ in 0..10.min(ops - written) {
+                    db.collection("items")
+                        .insert(&json!({ "by": name, "n": written, "t": now_micros() }))
+                        .await
+                        .unwrap();
+                    written += 1;
+                }
+                r.sync_now().await.unwrap();
+                feed_seq = record(&db, feed_seq, &latencies).await;
+            }
+            while db.collection("items").count().await.unwrap() < total {
+                r.sync_wait(Duration::from_millis(500)).await.unwrap();
+                feed_seq = record(&db, feed_seq, &latencies).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_unstable();
+    println!(
+        "S3 {clients} clients x {ops} ops, all converged in {secs:.1} s ({:.0} ops/s written); write-to-visible p50 {:.1} ms, p99 {:.1} ms over {} deliveries (target p99 push-to-visible < 100 ms)",
+        total as f64 / secs,
+        percentile(&l, 0.5) as f64 / 1000.0,
+        percentile(&l, 0.99) as f64 / 1000.0,
+        l.len()
+    );
+}
+
+async fn s4(clients: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    create_db(&server.url, "s4").await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let watcher = token("watcher", &["read"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss_kib();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(clients);
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::channel::<Instant>(clients);
+    for _ in 0..clients {
+        let http = http.clone();
+        let url = format!("{}/v1/db/s4/events?since=0", server.url);
+        let watcher = watcher.clone();
+        let ready_tx = ready_tx.clone();
+        let got_tx = got_tx.clone();
+        tokio::spawn(async move {
+            let mut resp = http.get(url).bearer_auth(watcher).send().await.unwrap();
+            if resp.status() != 200 {
+                eprintln!("S4: event stream refused: {}", resp.status());
+                std::process::exit(1);
+            }
+            ready_tx.send(()).await.unwrap();
+            let mut seen = String::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+                if seen.contains("event: changes") {
+                    let _ = got_tx.send(Instant::now()).await;
+                    break;
+                }
+            }
+            // Keep the connection open until the benchmark ends.
+            std::future::pending::<()>().await;
+        });
+    }
+    for _ in 0..clients {
+        ready_rx.recv().await.unwrap();
+    }
+    // A first change so that every stream starts after cursor 1.
+    let (db, r) = replicator(&server.url, &dir.path().join("w"), "s4", "writer", false).await;
+    db.collection("items")
+        .insert(&json!({"warm": 1}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = server.rss_kib();
+    let t = Instant::now();
+    r.sync_now().await.unwrap();
+    let mut last = t;
+    for _ in 0..clients {
+        last = got_rx.recv().await.unwrap();
+    }
+    println!(
+        "S4 {clients} idle clients on server-sent events: server RSS {} MiB -> {} MiB, {:.1} KiB per client (target < 64 KiB); one change reached all in {:.1} ms",
+        before / 1024,
+        idle / 1024,
+        idle.saturating_sub(before) as f64 / clients as f64,
+        (last - t).as_secs_f64() * 1000.0
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Some(i) = args.iter().position(|a| a == "--s2-child") {
+        let ops: u64 = args[i + 2].parse().unwrap();
+        rt.block_on(s2_child(&args[i + 1], ops, args[i + 3] == "bootstrap"));
+        return;
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    let arg = |name: &str, default: u64, smoke: u64| -> u64 {
+        if !full {
+            return smoke;
+        }
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    let run = |w: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == w));
+    rt.block_on(async {
+        if run("S1") {
+            s1(arg("--s1-ops", 100_000, 2_000)).await;
+        }
+        if run("S2") {
+            s2(arg("--s2-ops", 1_000_000, 2_000)).await;
+        }
+        if run("S3") {
+            s3(
+                arg("--s3-clients", 100, 3) as usize,
+                arg("--s3-ops", 1_000, 20),
+            )
+            .await;
+        }
+        if run("S4") {
+            s4(arg("--s4-clients", 1_000, 10) as usize).await;
+        }
+    });
+}
