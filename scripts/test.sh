@@ -49,9 +49,9 @@ rm -rf "$tmp"
 
 step "API fuzzing: schemathesis against /openapi.json of a live server"
 venv="${CARGO_TARGET_DIR:-target}/py-tools"
-if [ ! -x "$venv/bin/schemathesis" ]; then
+if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/python" -c 'import oteltap' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q 'schemathesis>=4.32,<5'
+  "$venv/bin/pip" install -q 'schemathesis>=4.32,<5' oteltap opentelemetry-proto
 fi
 tmp=$(mktemp -d)
 "${CARGO_TARGET_DIR:-target}/debug/entidb" serve --data-dir "$tmp/data" --listen 127.0.0.1:0 \
@@ -70,6 +70,27 @@ token=$(sed -n '/^dev token/{n;p}' "$tmp/serve.out" | tr -d ' ')
   --exclude-path '/v1/db/{db}/events' --max-examples 100 --request-timeout 10 --seed 1
 kill -TERM "$server_pid"
 wait "$server_pid"
+rm -rf "$tmp"
+
+step "OpenTelemetry: a request's span reaches an OTLP/HTTP receiver"
+tmp=$(mktemp -d)
+"$venv/bin/python" -m oteltap --port 4399 --await-span 'POST /v1/db/\{db\}/push' >"$tmp/otel.out" 2>&1 &
+otel_pid=$!
+sleep 1
+"${CARGO_TARGET_DIR:-target}/debug/entidb" serve --data-dir "$tmp/data" --listen 127.0.0.1:0 \
+  --otlp-endpoint http://127.0.0.1:4399 >"$tmp/serve.out" 2>"$tmp/serve.err" &
+server_pid=$!
+for _ in $(seq 100); do grep -q '^try it:' "$tmp/serve.out" 2>/dev/null && break; sleep 0.1; done
+sed -n '/^try it:/,$p' "$tmp/serve.out" | tail -n +2 > "$tmp/example.sh"
+bash "$tmp/example.sh" >/dev/null
+# Shutdown flushes the batch exporter; the receiver exits 0 once the push span arrived.
+kill -TERM "$server_pid"
+wait "$server_pid"
+for _ in $(seq 300); do kill -0 "$otel_pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$otel_pid" 2>/dev/null; then
+  kill "$otel_pid"; echo "no span arrived at the OTLP receiver" >&2; exit 1
+fi
+wait "$otel_pid"
 rm -rf "$tmp"
 
 step "example"

@@ -51,6 +51,9 @@ pub struct Config {
     pub cache_mib: u64,
     /// Conflict policy per collection (`collection` or `database/collection`).
     pub policies: BTreeMap<String, ConflictPolicy>,
+    /// OTLP/HTTP endpoint (for example `http://127.0.0.1:4318`); when set, every request is
+    /// exported as a trace span.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             memtable_mib: 16,
             cache_mib: 16,
             policies: BTreeMap::new(),
+            otlp_endpoint: None,
         }
     }
 }

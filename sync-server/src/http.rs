@@ -126,7 +126,29 @@ pub fn router(state: AppState) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.max_in_flight,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<Body>| {
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |p| p.as_str());
+                    tracing::info_span!(
+                        "http_request",
+                        otel.name = %format!("{} {route}", req.method()),
+                        http.request.method = %req.method(),
+                        http.route = route,
+                        http.response.status_code = tracing::field::Empty,
+                    )
+                })
+                .on_response(
+                    |resp: &axum::http::Response<Body>,
+                     _latency: Duration,
+                     span: &tracing::Span| {
+                        span.record("http.response.status_code", resp.status().as_u16());
+                    },
+                ),
+        );
     if !config.cors_origins.is_empty() {
         use tower_http::cors::{AllowOrigin, Any, CorsLayer};
         let origins = if config.cors_origins.iter().any(|o| o == "*") {

@@ -55,6 +55,9 @@ struct ServeArgs {
     /// CORS origins, comma-separated (`*`: any).
     #[arg(long, env = "ENTIDB_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Option<Vec<String>>,
+    /// OTLP/HTTP endpoint for traces (for example http://127.0.0.1:4318).
+    #[arg(long, env = "ENTIDB_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Log format.
     #[arg(long, env = "ENTIDB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -115,29 +118,76 @@ fn serve_config(a: &ServeArgs) -> Result<Config, entidb_server::config::ConfigEr
     if let Some(v) = &a.cors_origins {
         c.cors_origins = v.clone();
     }
+    if let Some(v) = &a.otlp_endpoint {
+        c.otlp_endpoint = Some(v.clone());
+    }
     Ok(c)
 }
 
-fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ENTIDB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
+/// Installs the log subscriber (and the OpenTelemetry layer when an OTLP endpoint is set).
+/// Returns the tracer provider, to be flushed at exit.
+fn init_logs(
+    format: &str,
+    otlp: Option<&str>,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("ENTIDB_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if format == "json" {
+        fmt.json().with_filter(filter()).boxed()
     } else {
-        builder.init();
-    }
+        fmt.with_filter(filter()).boxed()
+    };
+    let Some(endpoint) = otlp else {
+        tracing_subscriber::registry().with(fmt).init();
+        return Ok(None);
+    };
+    let endpoint = endpoint.trim_end_matches('/');
+    let url = if endpoint.ends_with("/v1/traces") {
+        endpoint.to_owned()
+    } else {
+        format!("{endpoint}/v1/traces")
+    };
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| format!("OTLP exporter: {e}"))?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("entidb")
+                .build(),
+        )
+        .build();
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("entidb-server"))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    Ok(Some(provider))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_logs(&args.log_format);
             let config = match serve_config(&args) {
                 Ok(c) => c,
+                Err(e) => {
+                    eprintln!("entidb serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let provider = match init_logs(&args.log_format, config.otlp_endpoint.as_deref()) {
+                Ok(p) => p,
                 Err(e) => {
                     eprintln!("entidb serve: {e}");
                     return ExitCode::from(2);
@@ -153,10 +203,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(entidb_server::serve(
+            let result = rt.block_on(entidb_server::serve(
                 config,
                 entidb_server::shutdown_signal(),
-            )) {
+            ));
+            if let Some(p) = provider
+                && let Err(e) = p.shutdown()
+            {
+                eprintln!("entidb serve: flushing traces: {e}");
+            }
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("entidb serve: {e}");
