@@ -95,7 +95,8 @@ pub struct PushRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OpStatus {
-    /// The op was applied; `state` is the entity after it.
+    /// The op was applied; `state` is the entity after it (under field merge it can differ
+    /// from the op's document: the client adopts it).
     Applied,
     /// The op was applied by an earlier push (a retry); `state` is the entity now.
     Duplicate,
@@ -228,6 +229,11 @@ pub enum ConflictPolicy {
     ClientWins,
     /// The write with the later hybrid logical clock stamp wins.
     LastWriterWins,
+    /// Maps: top-level fields changed on only one side (relative to the version the client
+    /// based its write on) both survive; a field changed on both sides follows
+    /// last-writer-wins. Non-map documents, deletes, and writes whose base version the server
+    /// no longer keeps follow last-writer-wins as a whole.
+    FieldMerge,
 }
 
 /// One entry of the conflict log (`GET /v1/db/{db}/conflicts`).

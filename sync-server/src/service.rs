@@ -45,6 +45,65 @@ struct EntityMeta {
     version: u64,
     hlc: Option<Hlc>,
     client: Option<String>,
+    /// Field-merge collections only: the last [`HISTORY`] versions and their documents, so
+    /// that a concurrent write's base can be found.
+    #[serde(default)]
+    history: Vec<(u64, Option<Value>)>,
+}
+
+/// Versions kept per entity of a field-merge collection.
+const HISTORY: usize = 8;
+
+/// The outcome of a three-way merge of map documents.
+struct Merged {
+    doc: Value,
+    /// A field both sides changed went to the server's value.
+    client_lost: bool,
+    /// A field both sides changed went to the client's value.
+    server_lost: bool,
+}
+
+fn map_get<'a>(m: &'a [(Value, Value)], k: &Value) -> Option<&'a Value> {
+    m.iter().find(|(key, _)| key == k).map(|(_, v)| v)
+}
+
+/// Three-way merge of top-level map fields: `base` is the version the client started from.
+/// Returns `None` when any of the three is not a map.
+fn merge(base: &Value, server: &Value, client: &Value, client_newer: bool) -> Option<Merged> {
+    let (Value::Map(b), Value::Map(s), Value::Map(c)) = (base, server, client) else {
+        return None;
+    };
+    let mut out = s.clone();
+    let (mut client_lost, mut server_lost) = (false, false);
+    let mut keys: Vec<&Value> = b.iter().map(|(k, _)| k).collect();
+    for (k, _) in c {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    for k in keys {
+        let (vb, vs, vc) = (map_get(b, k), map_get(s, k), map_get(c, k));
+        if vc == vb || vc == vs {
+            continue; // the client did not change it, or both made the same change
+        }
+        if vs != vb {
+            // Changed on both sides, differently.
+            if !client_newer {
+                client_lost = true;
+                continue;
+            }
+            server_lost = true;
+        }
+        out.retain(|(key, _)| key != k);
+        if let Some(v) = vc {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    Some(Merged {
+        doc: Value::Map(out),
+        client_lost,
+        server_lost,
+    })
 }
 
 fn hash_id(parts: &[&[u8]]) -> EntityId {
@@ -202,22 +261,37 @@ pub async fn push(
             Some(applied) => !applied,
             None => op.base_version != current_version,
         };
+        let client_newer = meta.as_ref().and_then(|m| m.hlc.as_ref()) < Some(&op.hlc);
+        // Field merge: find the client's base version and merge the maps three ways.
+        let merged = match (policy, concurrent, &current_doc, &op.doc) {
+            (ConflictPolicy::FieldMerge, true, Some(server), Some(client)) => meta
+                .as_ref()
+                .and_then(|m| m.history.iter().find(|(v, _)| Some(*v) == op.base_version))
+                .and_then(|(_, base)| base.as_ref())
+                .and_then(|base| merge(base, server, client, client_newer)),
+            _ => None,
+        };
         let wins = !concurrent
+            || merged.is_some()
             || match policy {
                 ConflictPolicy::ServerWins => false,
                 ConflictPolicy::ClientWins => true,
-                ConflictPolicy::LastWriterWins => {
-                    meta.as_ref().and_then(|m| m.hlc.as_ref()) < Some(&op.hlc)
-                }
+                ConflictPolicy::LastWriterWins | ConflictPolicy::FieldMerge => client_newer,
             };
-        if concurrent {
-            let (loser, loser_client) = if wins {
+        // Under field merge only overlapping fields make a conflict (and a log entry).
+        let logged = match &merged {
+            Some(m) => m.client_lost || m.server_lost,
+            None => concurrent,
+        };
+        let client_lost = merged.as_ref().map_or(!wins, |m| m.client_lost);
+        if logged {
+            let (loser, loser_client) = if client_lost {
+                (op.doc.clone(), Some(req.client_id.clone()))
+            } else {
                 (
                     current_doc.clone(),
                     meta.as_ref().and_then(|m| m.client.clone()),
                 )
-            } else {
-                (op.doc.clone(), Some(req.client_id.clone()))
             };
             let record = ConflictRecord {
                 conflict_id: db.new_id(),
@@ -247,7 +321,11 @@ pub async fn push(
             });
             continue;
         }
-        match &op.doc {
+        let doc = match merged {
+            Some(m) => Some(m.doc),
+            None => op.doc,
+        };
+        match &doc {
             Some(doc) => tx
                 .collection(&op.collection)
                 .put_value(op.id, doc)
@@ -259,18 +337,28 @@ pub async fn push(
                     .map_err(eng)?;
             }
         }
-        let meta = EntityMeta {
+        let mut history = Vec::new();
+        if policy == ConflictPolicy::FieldMerge {
+            history = meta.map(|m| m.history).unwrap_or_default();
+            // An earlier op of this push wrote the same version: replace it.
+            history.retain(|(v, _)| *v != seq);
+            history.push((seq, doc.clone()));
+            let excess = history.len().saturating_sub(HISTORY);
+            history.drain(..excess);
+        }
+        let new_meta = EntityMeta {
             version: seq,
             hlc: Some(op.hlc),
             client: Some(req.client_id.clone()),
+            history,
         };
-        tx.collection(META).put(mid, &meta).map_err(eng)?;
+        tx.collection(META).put(mid, &new_meta).map_err(eng)?;
         results.push(OpResult {
             op_id: op.op_id,
             status: OpStatus::Applied,
             state: EntityState {
                 version: Some(seq),
-                doc: op.doc,
+                doc,
             },
         });
     }
@@ -501,4 +589,47 @@ pub fn check_doc(doc: &Value) -> Result<(), ApiError> {
     entidb::cbor::try_encode(doc)
         .map(|_| ())
         .map_err(|e| bad(format!("invalid document: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, i64)]) -> Value {
+        Value::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| (Value::Text((*k).into()), Value::Int((*v).into())))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn three_way_merge_of_fields() {
+        let base = map(&[("a", 1), ("b", 1), ("c", 1)]);
+        // Client changes a and removes c; server changes b.
+        let server = map(&[("a", 1), ("b", 2), ("c", 1)]);
+        let client = map(&[("a", 9), ("b", 1)]);
+        let m = merge(&base, &server, &client, false).expect("maps");
+        assert_eq!(m.doc, map(&[("a", 9), ("b", 2)]));
+        assert!(!m.client_lost && !m.server_lost);
+        // Both change b: the newer side wins, the other is reported as the loser.
+        let client = map(&[("a", 1), ("b", 3), ("c", 1)]);
+        let m = merge(&base, &server, &client, false).expect("maps");
+        assert_eq!(m.doc, server);
+        assert!(m.client_lost && !m.server_lost);
+        let m = merge(&base, &server, &client, true).expect("maps");
+        assert_eq!(m.doc, map(&[("a", 1), ("b", 3), ("c", 1)]));
+        assert!(m.server_lost && !m.client_lost);
+        // The same change on both sides is not a conflict.
+        let m = merge(&base, &server, &server, false).expect("maps");
+        assert_eq!(m.doc, server);
+        assert!(!m.client_lost && !m.server_lost);
+        // A field added by the client survives.
+        let client = map(&[("a", 1), ("b", 1), ("c", 1), ("d", 4)]);
+        let m = merge(&base, &server, &client, false).expect("maps");
+        assert_eq!(m.doc, map(&[("a", 1), ("b", 2), ("c", 1), ("d", 4)]));
+        // Not maps: no merge.
+        assert!(merge(&base, &Value::Null, &client, true).is_none());
+    }
 }

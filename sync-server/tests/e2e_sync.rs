@@ -18,6 +18,7 @@ const POLICIES: &str = r#"
 sw = "server_wins"
 cw = "client_wins"
 lww = "last_writer_wins"
+fm = "field_merge"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +177,79 @@ async fn conflict_last_writer_wins() {
     let (v, rejected) = conflict("lww", false).await;
     assert_eq!(v, json!({"v": "b"}));
     assert_eq!(rejected, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_field_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(POLICIES), &[]);
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["fm"]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
+    let id = a
+        .collection("fm")
+        .insert(&json!({"title": "t0", "done": false, "n": 0, "gone": 1}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+
+    // Non-overlapping edits offline: a renames and removes a field, b ticks `done`.
+    a.collection("fm")
+        .put(id, &json!({"title": "A", "done": false, "n": 0}))
+        .await
+        .unwrap();
+    b.collection("fm")
+        .put(id, &json!({"title": "t0", "done": true, "n": 0, "gone": 1}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    let report = ra.sync_now().await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    rb.sync_now().await.unwrap();
+    let want = json!({"title": "A", "done": true, "n": 0});
+    let va: serde_json::Value = a.collection("fm").get(id).await.unwrap().unwrap();
+    let vb: serde_json::Value = b.collection("fm").get(id).await.unwrap().unwrap();
+    assert_eq!((&va, &vb), (&want, &want), "both edits survive");
+
+    // Overlapping edits: the field follows last-writer-wins (b wrote later), and the loser
+    // (a's document) is logged. a's other change still survives.
+    a.collection("fm")
+        .put(id, &json!({"title": "A2", "done": true, "n": 1}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.collection("fm")
+        .put(id, &json!({"title": "A", "done": true, "n": 2}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    let want = json!({"title": "A2", "done": true, "n": 2});
+    let va: serde_json::Value = a.collection("fm").get(id).await.unwrap().unwrap();
+    let vb: serde_json::Value = b.collection("fm").get(id).await.unwrap().unwrap();
+    assert_eq!((&va, &vb), (&want, &want));
+    let log: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/db/app/conflicts", server.url))
+        .bearer_auth(token("app", "a", &["read"], 60))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let log = log["conflicts"].as_array().unwrap().clone();
+    assert_eq!(
+        log.len(),
+        1,
+        "only the overlapping edit is a conflict: {log:?}"
+    );
+    assert_eq!(
+        log[0]["loser"],
+        json!({"title": "A2", "done": true, "n": 1})
+    );
+    assert_eq!(log[0]["policy"], "field_merge");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,7 @@ use entidb_sync::{Replicator, Request, Response, SyncConfig, Transport, Transpor
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-const COLLECTIONS: [&str; 3] = ["sw", "cw", "lww"];
+const COLLECTIONS: [&str; 4] = ["sw", "cw", "lww", "fm"];
 const CLIENTS: usize = 3;
 const STEPS: usize = 250;
 
@@ -364,7 +364,15 @@ async fn run(seed: u64) -> Result<Activity, String> {
             let write = if rng.random_bool(0.85) {
                 writes += 1;
                 let t = format!("{}-{step}-{writes}", c.name);
-                let doc = Value::Map(vec![(Value::Text("w".into()), Value::Text(t.clone()))]);
+                // Two more fields, each sometimes left out, give field merge work to do.
+                let mut fields = vec![(Value::Text("w".into()), Value::Text(t.clone()))];
+                for f in ["x", "y"] {
+                    if rng.random_bool(0.7) {
+                        let v = rng.random_range(0..3u64);
+                        fields.push((Value::Text(f.into()), Value::Int(v.into())));
+                    }
+                }
+                let doc = Value::Map(fields);
                 db.collection(coll)
                     .put_value(id, &doc)
                     .await
