@@ -159,6 +159,21 @@ pub struct Status {
     pub last_sync_millis: Option<u64>,
     /// The last error, cleared by a successful sync.
     pub last_error: Option<String>,
+    /// While a bootstrap runs: entities received so far and the total the server reported
+    /// (unknown when a bootstrap resumed after a restart).
+    pub bootstrap: Option<Progress>,
+    /// Ops the server rejected in a conflict since this replicator was attached (each one's
+    /// loser is in the server's conflict log: [`Replicator::conflicts`]).
+    pub rejected_ops: u64,
+}
+
+/// Progress of a bootstrap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Entities received.
+    pub done: u64,
+    /// Entities the server counted at the start (when known).
+    pub total: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -212,7 +227,9 @@ struct Shared {
     transport: Arc<dyn Transport>,
     config: SyncConfig,
     run: async_lock::Mutex<()>,
-    status: std::sync::Mutex<Status>,
+    /// The status and a version that increases with every change.
+    status: std::sync::Mutex<(Status, u64)>,
+    status_changed: event_listener::Event,
 }
 
 fn meta_id(collection: &str, id: &EntityId) -> EntityId {
@@ -283,7 +300,8 @@ impl Replicator {
                 transport,
                 config,
                 run: async_lock::Mutex::new(()),
-                status: std::sync::Mutex::new(Status::default()),
+                status: std::sync::Mutex::new((Status::default(), 1)),
+                status_changed: event_listener::Event::new(),
             }),
         };
         let state = r.load_state().await?;
@@ -302,6 +320,10 @@ impl Replicator {
 
     /// The current status.
     pub fn status(&self) -> Status {
+        self.status_versioned().0
+    }
+
+    fn status_versioned(&self) -> (Status, u64) {
         match self.shared.status.lock() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
@@ -309,10 +331,57 @@ impl Replicator {
     }
 
     fn set_status(&self, f: impl FnOnce(&mut Status)) {
-        match self.shared.status.lock() {
-            Ok(mut s) => f(&mut s),
-            Err(p) => f(&mut p.into_inner()),
+        {
+            let mut guard = match self.shared.status.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let before = guard.0.clone();
+            f(&mut guard.0);
+            if guard.0 == before {
+                return;
+            }
+            guard.1 += 1;
         }
+        self.shared.status_changed.notify(usize::MAX);
+    }
+
+    /// The status as a stream: the current status first, then each new status after it
+    /// changes (a slow consumer skips intermediate ones and gets the latest). Use it to
+    /// show online/offline, pending writes, bootstrap progress and conflicts in a UI.
+    pub fn status_stream(&self) -> impl futures_core::Stream<Item = Status> + use<> {
+        futures_util::stream::unfold((self.clone(), 0u64), |(r, seen)| async move {
+            loop {
+                let listener = r.shared.status_changed.listen();
+                let (status, version) = r.status_versioned();
+                if version > seen {
+                    return Some((status, (r, version)));
+                }
+                listener.await;
+            }
+        })
+    }
+
+    /// A page of the server's conflict log (entries of the synced collections this client
+    /// may read), oldest first; pass the previous page's `next` as `after`.
+    pub async fn conflicts(
+        &self,
+        after: Option<EntityId>,
+        limit: usize,
+    ) -> SyncResult<crate::wire::ConflictsResponse> {
+        let mut path = format!(
+            "/v1/db/{}/conflicts?limit={limit}",
+            self.shared.config.database
+        );
+        if let Some(a) = after {
+            path.push_str(&format!("&after={a}"));
+        }
+        self.request(Request {
+            method: Method::Get,
+            path,
+            body: None,
+        })
+        .await
     }
 
     /// Local writes not yet acknowledged by the server.
@@ -557,6 +626,7 @@ impl Replicator {
                 }
                 tx.collection(META).put(mid, &meta)?;
                 if result.status == OpStatus::Rejected {
+                    self.set_status(|s| s.rejected_ops += 1);
                     rejected.push((op.collection.clone(), op.id));
                 } else {
                     acked += 1;
@@ -709,6 +779,14 @@ impl Replicator {
                 .bootstrap
                 .as_ref()
                 .map_or(resp.cursor, |b| b.start_cursor);
+            let received = resp.entities.len() as u64;
+            self.set_status(|s| {
+                let p = s.bootstrap.get_or_insert_with(Progress::default);
+                p.done += received;
+                if resp.total.is_some() {
+                    p.total = resp.total;
+                }
+            });
             let done = resp.next.is_none();
             if done {
                 self.sweep(&mut tx, epoch).await?;
@@ -725,7 +803,10 @@ impl Replicator {
             tx.collection(STATE).put(EntityId::MIN, &state)?;
             tx.commit().await?;
             if done {
-                self.set_status(|s| s.cursor = start_cursor);
+                self.set_status(|s| {
+                    s.cursor = start_cursor;
+                    s.bootstrap = None;
+                });
                 return Ok(applied);
             }
         }

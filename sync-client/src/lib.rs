@@ -24,7 +24,9 @@ mod client;
 pub mod transport;
 pub mod wire;
 
-pub use client::{ORIGIN, Replicator, Status, SyncConfig, SyncError, SyncReport, SyncResult};
+pub use client::{
+    ORIGIN, Progress, Replicator, Status, SyncConfig, SyncError, SyncReport, SyncResult,
+};
 #[cfg(not(target_arch = "wasm32"))]
 pub use transport::HttpTransport;
 pub use transport::{Method, Request, Response, Transport, TransportError};

@@ -213,8 +213,11 @@ pub struct BootstrapResponse {
     pub entities: Vec<BootstrapEntity>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<BootstrapPosition>,
-    /// Entities in all readable collections at this page's cursor (for progress).
-    pub total: u64,
+    /// On the first page only (no `collection`/`after` given): the number of entities in the
+    /// requested collections at this page's cursor, for progress. Counting is a scan, so
+    /// later pages omit it.
+    #[serde(default)]
+    pub total: Option<u64>,
 }
 
 /// A conflict policy of a collection.

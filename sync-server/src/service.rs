@@ -427,33 +427,59 @@ pub async fn pull(
         })
         .await;
     }
-    let batches = db.changes_page(since, limit).await.map_err(eng)?;
-    let has_more = batches.len() == limit;
-    let cursor = batches.last().map_or(since, |b| b.seq);
+    // A page holds whole transactions: it ends before the transaction that would take it
+    // past `limit` changes (the first one always fits: pushes are bounded by
+    // `max_ops_per_push`), or after `4 * limit` transactions the token cannot see.
     let mut changes = Vec::new();
-    for b in batches {
-        for c in b.changes {
-            let Some(id) = c.id else { continue };
-            if is_reserved(&c.collection) || !claims.can_read(&c.collection) {
-                continue;
+    let mut cursor = since;
+    let mut scanned = 0;
+    let mut has_more = false;
+    'read: loop {
+        let batches = db.changes_page(cursor, 16).await.map_err(eng)?;
+        let full = batches.len() == 16;
+        for b in batches {
+            let visible: Vec<WireChange> = b
+                .changes
+                .into_iter()
+                .filter_map(|c| {
+                    let id = c.id?;
+                    if is_reserved(&c.collection) || !claims.can_read(&c.collection) {
+                        return None;
+                    }
+                    let (kind, doc) = match c.op {
+                        ChangeOp::Put(bytes) => (OpKind::Put, Some(bytes)),
+                        ChangeOp::Delete => (OpKind::Delete, None),
+                        // A later record holds the entity's newer state.
+                        _ => return None,
+                    };
+                    Some((c.collection, id, kind, doc))
+                })
+                .map(|(collection, id, kind, bytes)| {
+                    let doc = match bytes {
+                        Some(b) => Some(entidb::cbor::decode(&b).map_err(|e| eng(e.into()))?),
+                        None => None,
+                    };
+                    Ok(WireChange {
+                        cursor: b.seq,
+                        collection,
+                        id,
+                        kind,
+                        doc,
+                        origin: b.origin.clone(),
+                    })
+                })
+                .collect::<Result<_, ApiError>>()?;
+            if !changes.is_empty() && changes.len() + visible.len() > limit || scanned >= 4 * limit
+            {
+                has_more = true;
+                break 'read;
             }
-            let (kind, doc) = match c.op {
-                ChangeOp::Put(bytes) => (
-                    OpKind::Put,
-                    Some(entidb::cbor::decode(&bytes).map_err(|e| eng(e.into()))?),
-                ),
-                ChangeOp::Delete => (OpKind::Delete, None),
-                // A later record holds the entity's newer state.
-                _ => continue,
-            };
-            changes.push(WireChange {
-                cursor: b.seq,
-                collection: c.collection,
-                id,
-                kind,
-                doc,
-                origin: b.origin.clone(),
-            });
+            scanned += 1;
+            cursor = b.seq;
+            changes.extend(visible);
+        }
+        if !full {
+            break;
         }
     }
     Ok(PullResponse {
@@ -504,10 +530,16 @@ pub async fn bootstrap(
         .collect();
     colls.sort();
     colls.dedup();
-    let mut total = 0;
-    for c in &colls {
-        total += snap.collection(c).count().await.map_err(eng)?;
-    }
+    // Counting is a scan: only the first page pays for it.
+    let total = if from.is_none() {
+        let mut total = 0;
+        for c in &colls {
+            total += snap.collection(c).count().await.map_err(eng)?;
+        }
+        Some(total)
+    } else {
+        None
+    };
     let (start, mut after) = match from {
         Some(p) => {
             let i = colls.partition_point(|c| *c < p.collection);

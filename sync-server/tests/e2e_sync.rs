@@ -143,6 +143,11 @@ async fn conflict(policy: &str, a_later: bool) -> (serde_json::Value, usize) {
         .unwrap();
     let log = resp["conflicts"].as_array().unwrap().clone();
     assert_eq!(log.len(), 1, "{resp}");
+    // The client sees the same log through its replicator, and counts its own rejections.
+    let typed = ra.conflicts(None, 10).await.unwrap();
+    assert_eq!(typed.conflicts.len(), 1);
+    assert_eq!(typed.conflicts[0].id, id);
+    assert_eq!(ra.status().rejected_ops, report.rejected.len() as u64);
     let loser = &log[0]["loser"];
     assert_ne!(*loser, va, "the loser is not the winner");
     assert!(*loser == json!({"v": "a"}) || *loser == json!({"v": "b"}));
@@ -573,4 +578,114 @@ async fn server_sent_events_and_metrics() {
         200,
         "the waiting poll is answered, not cut"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_progress_is_observable_as_a_status_stream() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    for i in 0..20 {
+        b.collection("notes")
+            .insert(&json!({ "i": i }))
+            .await
+            .unwrap();
+    }
+    rb.sync_now().await.unwrap();
+
+    // A new client with small pages over a slow link.
+    let transport = Arc::new(SlowTransport {
+        inner: HttpTransport::new(&server.url, &token("app", "c", &["read", "write"], 3600)),
+        delay: Duration::from_millis(50),
+    });
+    let local = entidb::Database::open(dir.path().join("c")).await.unwrap();
+    let mut cfg = entidb_sync::SyncConfig::new("app", "c", &["notes"]);
+    cfg.bootstrap_limit = 5;
+    let rc = entidb_sync::Replicator::attach(local.clone(), cfg, transport)
+        .await
+        .unwrap();
+    let mut stream = Box::pin(rc.status_stream());
+    let first = stream.next().await.unwrap();
+    assert_eq!(
+        first,
+        rc.status(),
+        "the stream starts with the current status"
+    );
+    let watcher = tokio::spawn(async move {
+        let mut progress = Vec::new();
+        while let Some(s) = stream.next().await {
+            if let Some(p) = s.bootstrap {
+                progress.push(p);
+            } else if !progress.is_empty() {
+                return (progress, s);
+            }
+        }
+        panic!("status stream ended");
+    });
+    let report = rc.sync_now().await.unwrap();
+    assert!(report.bootstrapped);
+    let (progress, last) = tokio::time::timeout(Duration::from_secs(20), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    let done: Vec<u64> = progress.iter().map(|p| p.done).collect();
+    assert_eq!(done, [5, 10, 15, 20], "{progress:?}");
+    assert!(progress.iter().all(|p| p.total == Some(20)), "{progress:?}");
+    assert!(last.bootstrap.is_none() && last.cursor > 0, "{last:?}");
+    assert_eq!(contents(&local, "notes").await.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_pages_are_bounded_by_changes_in_whole_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    ra.sync_now().await.unwrap();
+    // 1800 changes; the replicator pushes 500 ops per request (its default), so the server
+    // holds transactions of 500, 100, 500, 100, 500 and 100 changes.
+    for _ in 0..3 {
+        let mut tx = a.begin().await.unwrap();
+        for i in 0..600 {
+            tx.collection("notes").insert(&json!({ "i": i })).unwrap();
+        }
+        tx.commit().await.unwrap();
+        ra.sync_now().await.unwrap();
+    }
+    let pull = |since: u64, limit: u64| {
+        let url = format!("{}/v1/db/app/pull?since={since}&limit={limit}", server.url);
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token("app", "x", &["read"], 60))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let p = pull(0, 1000).await;
+    // 500 + 100 fit in 1000; the next 500 would not.
+    assert_eq!(p["changes"].as_array().unwrap().len(), 600);
+    assert_eq!(p["has_more"], true);
+    // A limit below one transaction still returns that whole transaction.
+    let p2 = pull(0, 10).await;
+    assert_eq!(p2["changes"].as_array().unwrap().len(), 500);
+    assert_eq!(p2["has_more"], true);
+    // Following the cursor reaches every change exactly once.
+    let (mut since, mut total) = (0, 0);
+    loop {
+        let p = pull(since, 1000).await;
+        total += p["changes"].as_array().unwrap().len();
+        since = p["cursor"].as_u64().unwrap();
+        if p["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(total, 1800);
 }

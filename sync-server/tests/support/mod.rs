@@ -196,3 +196,19 @@ pub async fn contents(db: &Database, collection: &str) -> Vec<(String, serde_jso
         }
     }
 }
+
+/// A transport that waits `delay` before every request (a slow link).
+#[derive(Debug)]
+pub struct SlowTransport {
+    pub inner: HttpTransport,
+    pub delay: std::time::Duration,
+}
+
+impl Transport for SlowTransport {
+    fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.send(request).await
+        })
+    }
+}
