@@ -189,6 +189,11 @@ struct State {
     /// Number of completed bootstraps (marks which entities a bootstrap saw).
     epoch: u64,
     bootstrapped: bool,
+    /// Every op id up to this one is acknowledged (ops are acknowledged in order), so the
+    /// outbox holds exactly the ops after it and before `next_op_id`. Scans start after it,
+    /// never over the tombstones of acknowledged ops.
+    #[serde(default)]
+    acked_op_id: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -384,9 +389,11 @@ impl Replicator {
         .await
     }
 
-    /// Local writes not yet acknowledged by the server.
+    /// Local writes not yet acknowledged by the server (captured ones; a write committed
+    /// since the last capture is counted once captured).
     pub async fn pending_ops(&self) -> SyncResult<u64> {
-        Ok(self.shared.db.collection(OUTBOX).count().await?)
+        let s = self.load_state().await?;
+        Ok(s.next_op_id.saturating_sub(1).saturating_sub(s.acked_op_id))
     }
 
     async fn load_state(&self) -> SyncResult<State> {
@@ -555,10 +562,9 @@ impl Replicator {
             tx.commit().await?;
 
             let snap = self.shared.db.snapshot();
-            let page = snap
-                .collection(OUTBOX)
-                .scan(ScanOptions::limit(self.shared.config.push_batch))
-                .await?;
+            let mut opts = ScanOptions::limit(self.shared.config.push_batch);
+            opts.after = Some(op_key(state.acked_op_id));
+            let page = snap.collection(OUTBOX).scan(opts).await?;
             if page.items.is_empty() {
                 break;
             }
@@ -613,6 +619,7 @@ impl Replicator {
             self.capture_into(&mut tx, &mut state).await?;
             for (op, result) in ops.iter().zip(&resp.results) {
                 tx.collection(OUTBOX).delete(op_key(op.op_id)).await?;
+                state.acked_op_id = op.op_id;
                 let mid = meta_id(&op.collection, &op.id);
                 let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
                 meta.pending = meta.pending.saturating_sub(1);

@@ -434,9 +434,13 @@ pub async fn pull(
     let mut cursor = since;
     let mut scanned = 0;
     let mut has_more = false;
+    // Read transactions in growing chunks (1, 2, 4, ... 64): a page of a few large
+    // transactions reads little beyond its end, a page of many small ones few times.
+    let mut chunk = 1;
     'read: loop {
-        let batches = db.changes_page(cursor, 16).await.map_err(eng)?;
-        let full = batches.len() == 16;
+        let batches = db.changes_page(cursor, chunk).await.map_err(eng)?;
+        let full = batches.len() == chunk;
+        chunk = (chunk * 2).min(64);
         for b in batches {
             let visible: Vec<WireChange> = b
                 .changes
