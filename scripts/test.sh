@@ -26,6 +26,13 @@ if cargo tree -p entidb --target wasm32-unknown-unknown -e normal | grep -q '^.*
   exit 1
 fi
 
+step "sync client builds for wasm32 (no tokio)"
+cargo check -p entidb-sync --target wasm32-unknown-unknown
+if cargo tree -p entidb-sync --target wasm32-unknown-unknown -e normal | grep -q '^.*tokio'; then
+  echo "entidb-sync depends on tokio" >&2
+  exit 1
+fi
+
 step "fuzz target compiles (running it needs nightly; see fuzz/README.md)"
 cargo check --manifest-path fuzz/Cargo.toml
 

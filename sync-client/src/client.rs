@@ -880,9 +880,8 @@ impl Replicator {
         .await;
         match &result {
             Ok(_) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                // The backend's clock: std's wall clock does not exist on wasm32.
+                let now = self.shared.db.backend().clock().now_millis();
                 self.set_status(|s| {
                     s.last_sync_millis = Some(now);
                     s.last_error = None;
