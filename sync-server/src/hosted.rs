@@ -99,13 +99,7 @@ impl Hosts {
         let db = Database::open_path(&path, self.options.clone().create_if_missing(false))
             .await
             .map_err(|e| ApiError::engine(&e))?;
-        let h = Arc::new(Hosted {
-            name: name.to_owned(),
-            changed: watch::channel(db.last_sequence()).0,
-            db,
-        });
-        open.insert(name.to_owned(), h.clone());
-        Ok(h)
+        Ok(host(&mut open, name, db))
     }
 
     /// Creates database `name`.
@@ -122,13 +116,7 @@ impl Hosts {
         let db = Database::open_path(&path, self.options.clone())
             .await
             .map_err(|e| ApiError::engine(&e))?;
-        let h = Arc::new(Hosted {
-            name: name.to_owned(),
-            changed: watch::channel(db.last_sequence()).0,
-            db,
-        });
-        open.insert(name.to_owned(), h.clone());
-        Ok(h)
+        Ok(host(&mut open, name, db))
     }
 
     /// Deletes database `name` and its files.
@@ -179,6 +167,17 @@ impl Hosts {
             }
         }
     }
+}
+
+/// Registers an opened database.
+fn host(open: &mut BTreeMap<String, Arc<Hosted>>, name: &str, db: Database) -> Arc<Hosted> {
+    let h = Arc::new(Hosted {
+        name: name.to_owned(),
+        changed: watch::channel(db.last_sequence()).0,
+        db,
+    });
+    open.insert(name.to_owned(), h.clone());
+    h
 }
 
 fn not_found(name: &str) -> ApiError {

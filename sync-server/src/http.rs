@@ -280,6 +280,28 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The common start of every `/v1/db/{db}/...` read: the token, its database, the query
+/// parameters and the open database.
+async fn open_for<P: DeserializeOwned + Default>(
+    state: &AppState,
+    headers: &HeaderMap,
+    db: &str,
+    q: Option<String>,
+) -> Result<(Claims, P, Arc<crate::hosted::Hosted>), ApiError> {
+    let claims = authenticate(state, headers)?;
+    service::check_db(&claims, db)?;
+    let p: P = query(q)?;
+    let hosted = state.hosts.get(db).await?;
+    Ok((claims, p, hosted))
+}
+
+/// A requested page size, defaulted and capped by `max_page`.
+fn page_limit(state: &AppState, requested: Option<usize>) -> usize {
+    requested
+        .unwrap_or(state.config.max_page)
+        .clamp(1, state.config.max_page)
+}
+
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready", content_type = "text/plain", body = String),
               (status = 503, description = "Shutting down or the data directory is missing", body = ErrorBody)))]
@@ -430,20 +452,14 @@ async fn pull(
     RawQuery(q): RawQuery,
 ) -> Response {
     let r = async {
-        let claims = authenticate(&state, &headers)?;
-        service::check_db(&claims, &db)?;
-        let p: PullParams = query(q)?;
+        let (claims, p, hosted): (_, PullParams, _) = open_for(&state, &headers, &db, q).await?;
         if p.wait_ms.is_some_and(|w| w > 60_000) {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "wait_ms is at most 60000 (the server caps waits at its max_wait_ms)",
             ));
         }
-        let hosted = state.hosts.get(&db).await?;
-        let limit = p
-            .limit
-            .unwrap_or(state.config.max_page)
-            .clamp(1, state.config.max_page);
+        let limit = page_limit(&state, p.limit);
         let wait = p
             .wait_ms
             .map(|w| Duration::from_millis(w.min(state.config.max_wait_ms)));
@@ -485,14 +501,9 @@ async fn bootstrap(
     RawQuery(q): RawQuery,
 ) -> Response {
     let r = async {
-        let claims = authenticate(&state, &headers)?;
-        service::check_db(&claims, &db)?;
-        let p: BootstrapParams = query(q)?;
-        let hosted = state.hosts.get(&db).await?;
-        let limit = p
-            .limit
-            .unwrap_or(state.config.max_page)
-            .clamp(1, state.config.max_page);
+        let (claims, p, hosted): (_, BootstrapParams, _) =
+            open_for(&state, &headers, &db, q).await?;
+        let limit = page_limit(&state, p.limit);
         let from = match (p.collection, p.after) {
             (Some(collection), after) => Some(BootstrapPosition { collection, after }),
             (None, Some(_)) => {
@@ -528,14 +539,9 @@ async fn conflicts(
     RawQuery(q): RawQuery,
 ) -> Response {
     let r = async {
-        let claims = authenticate(&state, &headers)?;
-        service::check_db(&claims, &db)?;
-        let p: ConflictParams = query(q)?;
-        let hosted = state.hosts.get(&db).await?;
-        let limit = p
-            .limit
-            .unwrap_or(state.config.max_page)
-            .clamp(1, state.config.max_page);
+        let (claims, p, hosted): (_, ConflictParams, _) =
+            open_for(&state, &headers, &db, q).await?;
+        let limit = page_limit(&state, p.limit);
         service::conflicts(&hosted, &claims, p.after, limit).await
     }
     .await;
@@ -564,10 +570,7 @@ async fn events(
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let setup = async {
-        let claims = authenticate(&state, &headers)?;
-        service::check_db(&claims, &db)?;
-        let p: EventParams = query(q)?;
-        let hosted = state.hosts.get(&db).await?;
+        let (claims, p, hosted): (_, EventParams, _) = open_for(&state, &headers, &db, q).await?;
         let since = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())

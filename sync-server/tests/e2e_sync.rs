@@ -132,15 +132,11 @@ async fn conflict(policy: &str, a_later: bool) -> (serde_json::Value, usize) {
     let vb: serde_json::Value = b.collection(policy).get(id).await.unwrap().unwrap();
     assert_eq!(va, vb, "replicas differ under {policy}");
     // The conflict log holds the loser.
-    let resp: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v1/db/app/conflicts", server.url))
-        .bearer_auth(token("app", "a", &["read"], 60))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resp: serde_json::Value = get_json(
+        &format!("{}/v1/db/app/conflicts", server.url),
+        &token("app", "a", &["read"], 60),
+    )
+    .await;
     let log = resp["conflicts"].as_array().unwrap().clone();
     assert_eq!(log.len(), 1, "{resp}");
     // The client sees the same log through its replicator, and counts its own rejections.
@@ -235,15 +231,11 @@ async fn conflict_field_merge() {
     let va: serde_json::Value = a.collection("fm").get(id).await.unwrap().unwrap();
     let vb: serde_json::Value = b.collection("fm").get(id).await.unwrap().unwrap();
     assert_eq!((&va, &vb), (&want, &want));
-    let log: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v1/db/app/conflicts", server.url))
-        .bearer_auth(token("app", "a", &["read"], 60))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: serde_json::Value = get_json(
+        &format!("{}/v1/db/app/conflicts", server.url),
+        &token("app", "a", &["read"], 60),
+    )
+    .await;
     let log = log["conflicts"].as_array().unwrap().clone();
     assert_eq!(
         log.len(),
@@ -281,15 +273,11 @@ async fn lost_responses_are_retried_without_applying_twice() {
     rb.sync_now().await.unwrap();
     assert_eq!(contents(&b, "notes").await, contents(&a, "notes").await);
     // One oplog entry per op: the whole history holds exactly 5 puts.
-    let pull: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v1/db/app/pull?since=0", server.url))
-        .bearer_auth(token("app", "x", &["read"], 60))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pull: serde_json::Value = get_json(
+        &format!("{}/v1/db/app/pull?since=0", server.url),
+        &token("app", "x", &["read"], 60),
+    )
+    .await;
     assert_eq!(pull["changes"].as_array().unwrap().len(), 5, "{pull}");
 }
 
@@ -656,18 +644,7 @@ async fn pull_pages_are_bounded_by_changes_in_whole_transactions() {
     }
     let pull = |since: u64, limit: u64| {
         let url = format!("{}/v1/db/app/pull?since={since}&limit={limit}", server.url);
-        async move {
-            let v: serde_json::Value = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(token("app", "x", &["read"], 60))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v
-        }
+        async move { get_json(&url, &token("app", "x", &["read"], 60)).await }
     };
     let p = pull(0, 1000).await;
     // 500 + 100 fit in 1000; the next 500 would not.

@@ -212,3 +212,16 @@ impl Transport for SlowTransport {
         })
     }
 }
+
+/// GET `url` with a bearer token and parse the JSON answer.
+pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
