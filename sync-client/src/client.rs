@@ -624,9 +624,7 @@ impl Replicator {
                 let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
                 meta.pending = meta.pending.saturating_sub(1);
                 meta.version = result.state.version;
-                if meta.pending == 0
-                    && (result.status != OpStatus::Applied || result.state.doc != op.doc)
-                {
+                if meta.pending == 0 && result.status != OpStatus::Applied {
                     // Adopt the server's state: the op lost, a retry's answer does not say
                     // what the server holds now, or the server merged the op.
                     apply(&mut tx, &op.collection, op.id, result.state.doc.as_ref()).await?;

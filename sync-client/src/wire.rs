@@ -95,9 +95,12 @@ pub struct PushRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OpStatus {
-    /// The op was applied; `state` is the entity after it (under field merge it can differ
-    /// from the op's document: the client adopts it).
+    /// The op was applied as pushed; `state.version` is the entity's new version and
+    /// `state.doc` is omitted (the client has the document).
     Applied,
+    /// The op was merged with concurrent changes (field merge); `state` is the merged entity,
+    /// which the client adopts.
+    Merged,
     /// The op was applied by an earlier push (a retry); `state` is the entity now.
     Duplicate,
     /// The op lost a conflict and was not applied (it is in the conflict log); `state` is the
@@ -111,7 +114,7 @@ pub enum OpStatus {
 pub struct EntityState {
     /// Its server version (`None`: it never existed).
     pub version: Option<u64>,
-    /// Its document (`None`: absent or deleted).
+    /// Its document (`None`: absent or deleted; always `None` for an `applied` op).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub doc: Option<Value>,
 }

@@ -420,6 +420,7 @@ async fn push(
         for r in &resp.results {
             state.metrics.op(match r.status {
                 entidb_sync::wire::OpStatus::Applied => "applied",
+                entidb_sync::wire::OpStatus::Merged => "merged",
                 entidb_sync::wire::OpStatus::Duplicate => "duplicate",
                 entidb_sync::wire::OpStatus::Rejected => "rejected",
             });

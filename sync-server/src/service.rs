@@ -321,9 +321,10 @@ pub async fn push(
             });
             continue;
         }
-        let doc = match merged {
-            Some(m) => Some(m.doc),
-            None => op.doc,
+        // `merged_into`: the merge changed the client's document, which it must adopt.
+        let (doc, merged_into) = match merged {
+            Some(m) if Some(&m.doc) != op.doc.as_ref() => (Some(m.doc), true),
+            _ => (op.doc, false),
         };
         match &doc {
             Some(doc) => tx
@@ -353,12 +354,17 @@ pub async fn push(
             history,
         };
         tx.collection(META).put(mid, &new_meta).map_err(eng)?;
+        // An op applied as pushed is answered without its document (the client has it).
         results.push(OpResult {
             op_id: op.op_id,
-            status: OpStatus::Applied,
+            status: if merged_into {
+                OpStatus::Merged
+            } else {
+                OpStatus::Applied
+            },
             state: EntityState {
                 version: Some(seq),
-                doc,
+                doc: if merged_into { doc } else { None },
             },
         });
     }

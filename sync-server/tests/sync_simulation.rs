@@ -143,7 +143,9 @@ impl Transport for SimTransport {
                             continue;
                         };
                         match res.status {
-                            OpStatus::Applied => *d.applied.entry(t.clone()).or_default() += 1,
+                            OpStatus::Applied | OpStatus::Merged => {
+                                *d.applied.entry(t.clone()).or_default() += 1
+                            }
                             OpStatus::Rejected => {
                                 d.rejected.insert(t.clone());
                             }
