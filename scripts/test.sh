@@ -57,6 +57,13 @@ rm -rf "$tmp"
 step "API fuzzing: schemathesis against /openapi.json of a live server"
 venv="${CARGO_TARGET_DIR:-target}/py-tools"
 if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/python" -c 'import oteltap' 2>/dev/null; then
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    # Debian ships venv/ensurepip separately.
+    if command -v apt-get >/dev/null; then
+      apt-get install -y -q python3-venv >/dev/null || sudo apt-get install -y -q python3-venv >/dev/null
+    fi
+  fi
+  rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'schemathesis>=4.32,<5' oteltap opentelemetry-proto
 fi
