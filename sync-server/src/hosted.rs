@@ -138,7 +138,11 @@ impl Hosts {
             .dir
             .join(format!(".deleted-{name}-{}", crate::auth::now_secs()));
         std::fs::rename(&path, &trash)
-            .and_then(|()| std::fs::remove_dir_all(&trash))
+            .map_err(|e| ApiError::internal(format!("renaming {}: {e}", path.display())))?;
+        // Removing a large directory takes a while: not on a runtime thread.
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&trash))
+            .await
+            .map_err(|e| ApiError::internal(format!("removing {}: {e}", path.display())))?
             .map_err(|e| ApiError::internal(format!("removing {}: {e}", path.display())))
     }
 
