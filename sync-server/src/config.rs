@@ -41,8 +41,11 @@ pub struct Config {
     pub max_wait_ms: u64,
     /// Requests slower than this fail with 408 (long polls are capped below it).
     pub request_timeout_ms: u64,
-    /// Most requests in flight at once; more wait.
+    /// Most prompt requests (everything but pulls and event streams) in flight at once;
+    /// more wait for a slot.
     pub max_in_flight: usize,
+    /// Most long polls and event streams waiting at once; more get 503.
+    pub max_live: usize,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
     /// Memtable budget per hosted database, MiB.
@@ -69,6 +72,7 @@ impl Default for Config {
             max_wait_ms: 25_000,
             request_timeout_ms: 30_000,
             max_in_flight: 1024,
+            max_live: 10_000,
             cors_origins: Vec::new(),
             memtable_mib: 16,
             cache_mib: 16,
@@ -131,8 +135,14 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024".into());
         }
-        if self.max_ops_per_push == 0 || self.max_page == 0 || self.max_in_flight == 0 {
-            return bad("max_ops_per_push, max_page and max_in_flight must be positive".into());
+        if self.max_ops_per_push == 0
+            || self.max_page == 0
+            || self.max_in_flight == 0
+            || self.max_live == 0
+        {
+            return bad(
+                "max_ops_per_push, max_page, max_in_flight and max_live must be positive".into(),
+            );
         }
         if self.max_wait_ms + 1000 > self.request_timeout_ms {
             return bad("max_wait_ms must be at least 1 s below request_timeout_ms".into());

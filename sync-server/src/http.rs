@@ -96,7 +96,10 @@ async fn openapi_json() -> Response {
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     let metrics = state.metrics.clone();
-    let mut app = Router::new()
+    // Requests that finish promptly share `max_in_flight` slots. Pulls (which may wait) and
+    // event streams do not take a slot, so that waiting clients never starve pushes; they are
+    // bounded by `max_live` instead.
+    let prompt = Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))
         .route("/readyz", get(readyz))
@@ -104,10 +107,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/databases", get(list_dbs).post(create_db))
         .route("/v1/admin/databases/{name}", delete(delete_db))
         .route("/v1/db/{db}/push", post(push))
-        .route("/v1/db/{db}/pull", get(pull))
         .route("/v1/db/{db}/bootstrap", get(bootstrap))
         .route("/v1/db/{db}/conflicts", get(conflicts))
-        .route("/v1/db/{db}/events", get(events))
+        .route_layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.max_in_flight,
+        ));
+    let live = Router::new()
+        .route("/v1/db/{db}/pull", get(pull))
+        .route("/v1/db/{db}/events", get(events));
+    let mut app = prompt
+        .merge(live)
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::metrics::track,
@@ -122,9 +131,6 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.request_timeout_ms),
-        ))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            config.max_in_flight,
         ))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
@@ -295,6 +301,18 @@ async fn open_for<P: DeserializeOwned + Default>(
     Ok((claims, p, hosted))
 }
 
+/// Refuses a new long poll or event stream when `max_live` are already waiting.
+fn check_live(state: &AppState) -> Result<(), ApiError> {
+    let waiting = usize::try_from(state.metrics.live_waiters.get()).unwrap_or(0);
+    if waiting >= state.config.max_live {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("{waiting} clients are already waiting for changes (max_live); retry later"),
+        ));
+    }
+    Ok(())
+}
+
 /// A requested page size, defaulted and capped by `max_page`.
 fn page_limit(state: &AppState, requested: Option<usize>) -> usize {
     requested
@@ -445,7 +463,8 @@ struct PullParams {
 #[utoipa::path(get, path = "/v1/db/{db}/pull", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), PullParams),
     responses((status = 200, description = "A page of the oplog", body = PullResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
-              (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody)))]
+              (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody),
+              (status = 503, description = "Too many clients waiting (max_live)", body = ErrorBody)))]
 async fn pull(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -464,6 +483,9 @@ async fn pull(
         let wait = p
             .wait_ms
             .map(|w| Duration::from_millis(w.min(state.config.max_wait_ms)));
+        if wait.is_some() {
+            check_live(&state)?;
+        }
         let _waiting = wait.map(|_| GaugeGuard::new(&state.metrics.live_waiters));
         let page = service::pull(
             &hosted,
@@ -562,7 +584,8 @@ struct EventParams {
 #[utoipa::path(get, path = "/v1/db/{db}/events", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), EventParams),
     responses((status = 200, description = "Server-sent events: `changes` events carrying a PullResponse as JSON", content_type = "text/event-stream", body = String), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
-              (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody)))]
+              (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody),
+              (status = 503, description = "Too many clients waiting (max_live)", body = ErrorBody)))]
 async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -572,6 +595,7 @@ async fn events(
     use axum::response::sse::{Event, KeepAlive, Sse};
     let setup = async {
         let (claims, p, hosted): (_, EventParams, _) = open_for(&state, &headers, &db, q).await?;
+        check_live(&state)?;
         let since = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())

@@ -49,9 +49,12 @@ struct ServeArgs {
     /// Largest pull/bootstrap page.
     #[arg(long, env = "ENTIDB_MAX_PAGE")]
     max_page: Option<usize>,
-    /// Most requests in flight.
+    /// Most prompt requests in flight (pulls and event streams excluded).
     #[arg(long, env = "ENTIDB_MAX_IN_FLIGHT")]
     max_in_flight: Option<usize>,
+    /// Most long polls and event streams waiting at once.
+    #[arg(long, env = "ENTIDB_MAX_LIVE")]
+    max_live: Option<usize>,
     /// CORS origins, comma-separated (`*`: any).
     #[arg(long, env = "ENTIDB_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Option<Vec<String>>,
@@ -114,6 +117,9 @@ fn serve_config(a: &ServeArgs) -> Result<Config, entidb_server::config::ConfigEr
     }
     if let Some(v) = a.max_in_flight {
         c.max_in_flight = v;
+    }
+    if let Some(v) = a.max_live {
+        c.max_live = v;
     }
     if let Some(v) = &a.cors_origins {
         c.cors_origins = v.clone();

@@ -666,3 +666,58 @@ async fn pull_pages_are_bounded_by_changes_in_whole_transactions() {
     }
     assert_eq!(total, 1800);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_never_take_the_slots_of_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        None,
+        &["--max-in-flight", "1", "--max-live", "2"],
+    );
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    ra.sync_now().await.unwrap();
+    let http = reqwest::Client::new();
+    let reader = token("app", "r", &["read"], 60);
+    let poll = |http: reqwest::Client| {
+        let url = format!("{}/v1/db/app/pull?since=1&wait_ms=20000", server.url);
+        let reader = reader.clone();
+        tokio::spawn(async move { http.get(url).bearer_auth(reader).send().await.unwrap() })
+    };
+    // Two long polls wait (max_live = 2) while max_in_flight is 1.
+    a.collection("notes")
+        .insert(&json!({"n": 0}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    let p1 = poll(http.clone());
+    let p2 = poll(http.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third waiter is refused at once...
+    let third = http
+        .get(format!(
+            "{}/v1/db/app/pull?since=1&wait_ms=20000",
+            server.url
+        ))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 503);
+    // ...while a push still gets its slot and wakes both waiters.
+    let started = std::time::Instant::now();
+    a.collection("notes")
+        .insert(&json!({"n": 1}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for p in [p1, p2] {
+        let resp = tokio::time::timeout(Duration::from_secs(10), p)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}
