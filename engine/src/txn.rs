@@ -450,9 +450,11 @@ impl TxCollection<'_> {
         self.tx.put_bytes(self.name, id, Arc::from(&*bytes))
     }
     /// Write an entity given as a dynamic value.
+    /// Fails with [`Error::Document`] (nothing written) if a map holds two equal keys or the
+    /// value nests too deeply: such a value has no canonical encoding.
     pub fn put_value(&mut self, id: EntityId, value: &Value) -> Result<()> {
-        self.tx
-            .put_bytes(self.name, id, Arc::from(cbor::encode(value)))
+        let bytes = cbor::try_encode(value)?;
+        self.tx.put_bytes(self.name, id, Arc::from(bytes))
     }
     /// Write an entity only if its committed version is `expected` (`None`: it must not
     /// exist). Fails with [`Error::VersionConflict`] otherwise.

@@ -560,3 +560,21 @@ async fn overwritten_values_in_the_feed_are_superseded_after_compaction() {
     assert_eq!(feed[1].changes[0].id, Some(id));
     assert!(matches!(&feed[1].changes[0].op, ChangeOp::Put(_)));
 }
+
+#[tokio::test]
+async fn put_value_refuses_a_value_without_canonical_encoding() {
+    use entidb::cbor::Value;
+    let db = Database::memory().await.unwrap();
+    let id = db.new_id();
+    let dup = Value::Map(vec![
+        (Value::Text("a".into()), Value::Int(1u64.into())),
+        (Value::Text("a".into()), Value::Int(2u64.into())),
+    ]);
+    let err = db.collection("c").put_value(id, &dup).await.unwrap_err();
+    assert!(matches!(err, entidb::Error::Document(_)), "{err}");
+    let mut tx = db.begin().await.unwrap();
+    assert!(tx.collection("c").put_value(id, &dup).is_err());
+    tx.abort();
+    assert!(!db.collection("c").exists(id).await.unwrap());
+    assert_eq!(db.last_sequence(), 0, "nothing was committed");
+}

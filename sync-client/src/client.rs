@@ -409,12 +409,25 @@ impl Replicator {
     /// operation; call it directly to make the outbox durable without talking to the server.
     pub async fn capture(&self) -> SyncResult<u64> {
         let _run = self.shared.run.lock().await;
+        Ok(self.capture_locked().await?.0)
+    }
+
+    /// A transaction that only captures; it commits (and syncs) only when the change feed
+    /// moved since the last capture. Returns the ops captured and the state after it.
+    async fn capture_locked(&self) -> SyncResult<(u64, State)> {
         let mut tx = self.begin().await?;
         let mut state = read_state(&mut tx).await?;
         let n = self.capture_into(&mut tx, &mut state).await?;
-        tx.collection(STATE).put(EntityId::MIN, &state)?;
-        tx.commit().await?;
-        Ok(n)
+        if n == 0 {
+            // Only the replicator's own records passed: advancing past them is left to the
+            // next transaction that commits anyway (committing here would itself add a
+            // record, and the next capture would commit again).
+            tx.abort();
+        } else {
+            tx.collection(STATE).put(EntityId::MIN, &state)?;
+            tx.commit().await?;
+        }
+        Ok((n, state))
     }
 
     async fn begin(&self) -> SyncResult<WriteTxn> {
@@ -555,11 +568,7 @@ impl Replicator {
         let mut rejected = Vec::new();
         loop {
             // Capture first so that the batch includes every write made so far.
-            let mut tx = self.begin().await?;
-            let mut state = read_state(&mut tx).await?;
-            self.capture_into(&mut tx, &mut state).await?;
-            tx.collection(STATE).put(EntityId::MIN, &state)?;
-            tx.commit().await?;
+            let (_, state) = self.capture_locked().await?;
 
             let snap = self.shared.db.snapshot();
             let mut opts = ScanOptions::limit(self.shared.config.push_batch);
@@ -699,7 +708,9 @@ impl Replicator {
             }
             let mut tx = self.begin().await?;
             let mut state = read_state(&mut tx).await?;
-            self.capture_into(&mut tx, &mut state).await?;
+            let captured = self.capture_into(&mut tx, &mut state).await?;
+            let page_applied = applied;
+            let cursor_before = state.cursor;
             for c in &resp.changes {
                 if !self.synced(&c.collection) || c.cursor <= state.cursor {
                     continue;
@@ -724,8 +735,13 @@ impl Replicator {
                 applied += 1;
             }
             state.cursor = resp.cursor;
-            tx.collection(STATE).put(EntityId::MIN, &state)?;
-            tx.commit().await?;
+            if captured == 0 && applied == page_applied && state.cursor == cursor_before {
+                // An empty page changes nothing: no commit, no sync.
+                tx.abort();
+            } else {
+                tx.collection(STATE).put(EntityId::MIN, &state)?;
+                tx.commit().await?;
+            }
             self.set_status(|s| s.cursor = resp.cursor);
             if !resp.has_more {
                 break;

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use entidb::cbor::Value;
-use entidb::{ChangeOp, EntityId, ScanOptions};
+use entidb::{ChangeOp, Document, EntityId, ScanOptions};
 use entidb_sync::wire::{
     BootstrapEntity, BootstrapPosition, BootstrapResponse, Claims, ConflictPolicy, ConflictRecord,
     ConflictsResponse, EntityState, ErrorCode, Hlc, OpKind, OpResult, OpStatus, PullResponse,
@@ -200,9 +200,6 @@ pub async fn push(
             }
             _ => {}
         }
-        if let Some(doc) = &op.doc {
-            check_doc(doc)?;
-        }
     }
 
     let db = &hosted.db;
@@ -227,24 +224,38 @@ pub async fn push(
     for op in req.ops {
         let mid = meta_id(&op.collection, &op.id);
         let meta: Option<EntityMeta> = tx.collection(META).get(mid).await.map_err(eng)?;
-        let current = tx
-            .collection(&op.collection)
-            .get_document(op.id)
-            .await
-            .map_err(eng)?;
-        let current_doc = match &current {
-            Some(d) => Some(d.value().map_err(eng)?),
-            None => None,
-        };
         let key = (op.collection.clone(), op.id);
-        let current_version = match touched.get(&key) {
-            Some(true) => Some(seq),
-            _ => meta
-                .as_ref()
-                .map(|m| m.version)
-                .or(current.as_ref().map(|d| d.version())),
+        // The stored document is read only when something needs it: its version when no
+        // metadata exists (an entity written outside sync), its value for a retry's or a
+        // conflict's answer. The common case, a write that conflicts with nothing, reads
+        // only the metadata.
+        let mut current: Option<Option<Document>> = None;
+        let current_version = match (touched.get(&key), &meta) {
+            (Some(true), _) => Some(seq),
+            (_, Some(m)) => Some(m.version),
+            (_, None) => {
+                let doc = read_doc(&mut tx, &op.collection, op.id).await?;
+                let v = doc.as_ref().map(Document::version);
+                current = Some(doc);
+                v
+            }
         };
-        if op.op_id <= client.max_op_id {
+        let duplicate = op.op_id <= client.max_op_id;
+        let concurrent = !duplicate
+            && match touched.get(&key) {
+                Some(applied) => !applied,
+                None => op.base_version != current_version,
+            };
+        let current_doc = if duplicate || concurrent {
+            let doc = match current {
+                Some(doc) => doc,
+                None => read_doc(&mut tx, &op.collection, op.id).await?,
+            };
+            doc.map(|d| d.value()).transpose().map_err(eng)?
+        } else {
+            None
+        };
+        if duplicate {
             results.push(OpResult {
                 op_id: op.op_id,
                 status: OpStatus::Duplicate,
@@ -257,10 +268,6 @@ pub async fn push(
         }
         client.max_op_id = op.op_id;
         let policy = config.policy(&hosted.name, &op.collection);
-        let concurrent = match touched.get(&key) {
-            Some(applied) => !applied,
-            None => op.base_version != current_version,
-        };
         let client_newer = meta.as_ref().and_then(|m| m.hlc.as_ref()) < Some(&op.hlc);
         // Field merge: find the client's base version and merge the maps three ways.
         let merged = match (policy, concurrent, &current_doc, &op.doc) {
@@ -619,18 +626,21 @@ pub async fn conflicts(
     })
 }
 
+async fn read_doc(
+    tx: &mut entidb::WriteTxn,
+    collection: &str,
+    id: EntityId,
+) -> Result<Option<Document>, ApiError> {
+    tx.collection(collection)
+        .get_document(id)
+        .await
+        .map_err(eng)
+}
+
 fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A document value from the wire, checked before it is stored: it must encode (no
-/// duplicate map keys) within the document size limit.
-pub fn check_doc(doc: &Value) -> Result<(), ApiError> {
-    entidb::cbor::try_encode(doc)
-        .map(|_| ())
-        .map_err(|e| bad(format!("invalid document: {e}")))
 }
 
 #[cfg(test)]

@@ -237,6 +237,20 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
             "malformed_body",
         ),
         (
+            "document with a duplicate map key",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&good),
+                json_ct,
+                br#"{"client_id":"c1","ops":[{"op_id":1,"collection":"notes","id":"0190a5c2-0000-7000-8000-000000000001","kind":"put","doc":{"a":1,"a":2},"base_version":null,"hlc":{"millis":1,"counter":0,"node":"c1"}}]}"#.to_vec(),
+            )
+            .await,
+            400,
+            "bad_request",
+        ),
+        (
             "unsupported media type",
             send(
                 url,

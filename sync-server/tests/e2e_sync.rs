@@ -85,6 +85,15 @@ async fn offline_writes_on_two_clients_converge() {
         (0, 0, 0),
         "{again:?}"
     );
+    // A round with nothing to do commits nothing locally.
+    let seq = a.last_sequence();
+    assert_eq!(ra.capture().await.unwrap(), 0);
+    ra.sync_now().await.unwrap();
+    assert_eq!(
+        a.last_sequence(),
+        seq,
+        "an idle round wrote to the local database"
+    );
     let status = ra.status();
     assert!(status.online && status.last_error.is_none() && status.last_sync_millis.is_some());
 }
