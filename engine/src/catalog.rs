@@ -2,9 +2,11 @@
 //! created and dropped, so that every snapshot resolves names as of its own sequence.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::db::{Inner, range};
 use crate::error::{Error, Result};
+use crate::index::IndexDef;
 use crate::keys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,11 +16,22 @@ pub(crate) struct Incarnation {
     pub dropped: Option<u64>,
 }
 
-/// Names to incarnations (oldest first).
+/// One index's life: on which collection, created and dropped when.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexIncarnation {
+    pub coll: u32,
+    pub def: Arc<IndexDef>,
+    pub created: u64,
+    pub dropped: Option<u64>,
+}
+
+/// Names to incarnations (oldest first), and the indexes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Catalog {
     by_name: BTreeMap<String, Vec<Incarnation>>,
     max_id: u32,
+    indexes: Vec<IndexIncarnation>,
+    max_index_id: u32,
 }
 
 /// Check a collection name: 1 to 255 bytes of UTF-8 without control characters.
@@ -91,6 +104,50 @@ impl Catalog {
         }
     }
 
+    /// The indexes of collection `coll` as of `seq`, in creation order.
+    pub(crate) fn indexes_of(&self, coll: u32, seq: u64) -> Vec<Arc<IndexDef>> {
+        self.indexes
+            .iter()
+            .filter(|i| i.coll == coll && i.created <= seq && i.dropped.is_none_or(|d| d > seq))
+            .map(|i| i.def.clone())
+            .collect()
+    }
+
+    /// Whether collection `coll` has an index as of `seq`.
+    pub(crate) fn has_indexes(&self, coll: u32, seq: u64) -> bool {
+        self.indexes
+            .iter()
+            .any(|i| i.coll == coll && i.created <= seq && i.dropped.is_none_or(|d| d > seq))
+    }
+
+    pub(crate) fn next_index_id(&self) -> u32 {
+        self.max_index_id + 1
+    }
+
+    pub(crate) fn create_index(&mut self, coll: u32, def: Arc<IndexDef>, seq: u64) {
+        self.max_index_id = self.max_index_id.max(def.id);
+        self.indexes.push(IndexIncarnation {
+            coll,
+            def,
+            created: seq,
+            dropped: None,
+        });
+    }
+
+    pub(crate) fn drop_index(&mut self, id: u32, seq: u64) {
+        for i in self.indexes.iter_mut().filter(|i| i.def.id == id) {
+            i.dropped.get_or_insert(seq);
+        }
+    }
+
+    /// Indexes dropped at or before `horizon`: (index id, drop sequence).
+    pub(crate) fn indexes_dropped_before(&self, horizon: u64) -> Vec<(u32, u64)> {
+        self.indexes
+            .iter()
+            .filter_map(|i| i.dropped.filter(|&d| d <= horizon).map(|d| (i.def.id, d)))
+            .collect()
+    }
+
     /// Collections dropped at or before `horizon`: (id, drop sequence).
     pub(crate) fn dropped_before(&self, horizon: u64) -> Vec<(u32, u64)> {
         self.by_name
@@ -110,6 +167,7 @@ impl Catalog {
         );
         let mut cat = Catalog::default();
         let mut dropped = Vec::new();
+        let mut dropped_indexes = Vec::new();
         while let Some((key, seq, value)) = it.next_live(view.seq).await? {
             let bad = || Error::corruption("catalog", seq, "malformed catalog record");
             match key.get(1) {
@@ -123,6 +181,20 @@ impl Catalog {
                     let name = std::str::from_utf8(&value).map_err(|_| bad())?.to_owned();
                     dropped.push((name, id, seq));
                 }
+                Some(b'I') => {
+                    let coll_bytes = key.get(2..6).ok_or_else(bad)?;
+                    let coll = u32::from_be_bytes(coll_bytes.try_into().map_err(|_| bad())?);
+                    let name = std::str::from_utf8(&key[6..]).map_err(|_| bad())?;
+                    let def = IndexDef::decode_record(name, &value).ok_or_else(bad)?;
+                    cat.create_index(coll, Arc::new(def), seq);
+                }
+                Some(b'J') => {
+                    let id = u32::from_be_bytes(key[2..].try_into().map_err(|_| bad())?);
+                    let coll_bytes = value.get(..4).ok_or_else(bad)?;
+                    let coll = u32::from_be_bytes(coll_bytes.try_into().map_err(|_| bad())?);
+                    let name = std::str::from_utf8(&value[4..]).map_err(|_| bad())?;
+                    dropped_indexes.push((coll, name.to_owned(), id, seq));
+                }
                 _ => return Err(bad()),
             }
         }
@@ -132,6 +204,24 @@ impl Catalog {
                 0,
                 Incarnation {
                     id,
+                    created: 0,
+                    dropped: Some(seq),
+                },
+            );
+        }
+        for (coll, name, id, seq) in dropped_indexes {
+            // Only the id and the drop matter now (compaction purges the entries).
+            let def = IndexDef {
+                id,
+                name,
+                spec: crate::index::IndexSpec::ordered(["?"]),
+            };
+            cat.max_index_id = cat.max_index_id.max(id);
+            cat.indexes.insert(
+                0,
+                IndexIncarnation {
+                    coll,
+                    def: Arc::new(def),
                     created: 0,
                     dropped: Some(seq),
                 },

@@ -66,6 +66,7 @@ pub(crate) struct Retain {
     bottom: bool,
     feed_oldest: u64,
     dropped: Vec<(u32, u64)>,
+    dropped_indexes: Vec<(u32, u64)>,
     cur_key: Option<Arc<[u8]>>,
     seen_at_horizon: bool,
 }
@@ -76,12 +77,14 @@ impl Retain {
         bottom: bool,
         feed_oldest: u64,
         dropped: Vec<(u32, u64)>,
+        dropped_indexes: Vec<(u32, u64)>,
     ) -> Self {
         Retain {
             horizon,
             bottom,
             feed_oldest,
             dropped,
+            dropped_indexes,
             cur_key: None,
             seen_at_horizon: false,
         }
@@ -103,6 +106,14 @@ impl Retain {
                 .dropped
                 .iter()
                 .any(|&(c, at)| c == coll && at <= self.horizon)
+        {
+            return false;
+        }
+        if let Some(index) = keys::parse_index_id(&e.key)
+            && self
+                .dropped_indexes
+                .iter()
+                .any(|&(i, at)| i == index && at <= self.horizon)
         {
             return false;
         }
@@ -165,7 +176,7 @@ mod tests {
 
     #[test]
     fn retain_keeps_what_snapshots_need() {
-        let mut r = Retain::new(10, true, 0, vec![]);
+        let mut r = Retain::new(10, true, 0, vec![], vec![]);
         // key a: versions 12, 9, 5 -> keep 12 (above horizon) and 9 (newest at horizon)
         assert!(r.keep(&e(b"a", 12, false)));
         assert!(r.keep(&e(b"a", 9, false)));
@@ -174,19 +185,24 @@ mod tests {
         assert!(!r.keep(&e(b"b", 8, true)));
         assert!(!r.keep(&e(b"b", 3, false)));
         // not bottom: the delete must stay to shadow older segments
-        let mut r = Retain::new(10, false, 0, vec![]);
+        let mut r = Retain::new(10, false, 0, vec![], vec![]);
         assert!(r.keep(&e(b"b", 8, true)));
         assert!(!r.keep(&e(b"b", 3, false)));
     }
 
     #[test]
     fn retain_drops_old_feed_and_dropped_collections() {
-        let mut r = Retain::new(100, false, 50, vec![(7, 90)]);
+        let mut r = Retain::new(100, false, 50, vec![(7, 90)], vec![(3, 100), (4, 101)]);
         assert!(!r.keep(&e(&keys::feed_key(49), 49, false)));
         assert!(r.keep(&e(&keys::feed_key(50), 50, false)));
         let k = keys::entity_key(7, &crate::EntityId([1; 16]));
         assert!(!r.keep(&e(&k, 95, false)));
         let k = keys::entity_key(8, &crate::EntityId([1; 16]));
         assert!(r.keep(&e(&k, 95, false)));
+        // Entries of an index dropped at the horizon go; one dropped after it stays.
+        let k = keys::index_entry_key(3, b"body", &crate::EntityId([1; 16]));
+        assert!(!r.keep(&e(&k, 99, false)));
+        let k = keys::index_entry_key(4, b"body", &crate::EntityId([1; 16]));
+        assert!(r.keep(&e(&k, 99, false)));
     }
 }

@@ -13,6 +13,7 @@ use crate::document::{Document, Page, ScanOptions};
 use crate::error::{Error, Result};
 use crate::feed::{ChangeBatch, ChangeStream};
 use crate::ids::EntityId;
+use crate::index::{IndexInfo, IndexPage, IndexReport, IndexSpec, Query};
 use crate::options::{Durability, Options};
 use crate::stats::Stats;
 use crate::txn::{Snapshot, WriteTxn};
@@ -210,6 +211,14 @@ impl Database {
         self.inner.verify_segments().await
     }
 
+    /// Check every index of every collection against the documents, in one snapshot:
+    /// entries missing for a document, entries that match no document, and duplicated values
+    /// in unique indexes. Reads every indexed collection; memory holds the expected entries
+    /// of one index at a time.
+    pub async fn verify_indexes(&self) -> Result<IndexReport> {
+        crate::index::verify::verify(&self.snapshot()).await
+    }
+
     /// Checkpoint and close. Later calls on any clone fail with [`Error::Closed`]; change
     /// streams end. The directory lock is released when the last clone is dropped.
     pub async fn close(self) -> Result<()> {
@@ -359,6 +368,71 @@ impl Collection {
             .collection(&self.name)
             .scan_where(opts, pred)
             .await
+    }
+
+    /// Declare an index and build it from the collection's documents, in one transaction
+    /// (crash-safe: after a crash the index either exists complete or not at all; writers
+    /// wait while it builds). See [`IndexSpec`] and the rules in [`crate::index`].
+    ///
+    /// ```
+    /// # futures_executor::block_on(async {
+    /// use entidb::{Database, IndexSpec, Query, cbor::Value};
+    /// let db = Database::memory().await?;
+    /// let users = db.collection("users");
+    /// users.create_index("by_email", IndexSpec::equality(["email"]).unique()).await?;
+    /// users.create_index("by_age", IndexSpec::ordered(["age"])).await?;
+    /// users.insert(&Value::map([("email", Value::from("ada@example.com")), ("age", Value::from(36))])).await?;
+    /// let page = users.lookup("by_email", &Query::eq("ada@example.com")).await?;
+    /// assert_eq!(page.items.len(), 1);
+    /// let over_30 = users.lookup("by_age", &Query::range(std::ops::Bound::Excluded(Value::from(30)), std::ops::Bound::Unbounded)).await?;
+    /// assert_eq!(over_30.items.len(), 1);
+    /// # Ok::<(), entidb::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn create_index(&self, index: &str, spec: IndexSpec) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        tx.collection(&self.name).create_index(index, spec).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Drop an index (durable when this returns; its entries are reclaimed by compaction).
+    /// Returns whether it existed.
+    pub async fn drop_index(&self, index: &str) -> Result<bool> {
+        let mut tx = self.db.begin().await?;
+        let existed = tx.collection(&self.name).drop_index(index)?;
+        tx.commit().await?;
+        Ok(existed)
+    }
+
+    /// The collection's indexes.
+    pub fn indexes(&self) -> Vec<IndexInfo> {
+        self.db.snapshot().collection(&self.name).indexes()
+    }
+
+    /// One page of an index lookup (at most `query`'s limit, 1000 if it has none); continue
+    /// with [`Query::after`] and the page's `next`. For a lazy stream over a consistent view,
+    /// use [`SnapshotCollection::lookup`](crate::SnapshotCollection::lookup).
+    pub async fn lookup(&self, index: &str, query: &Query) -> Result<IndexPage> {
+        let snap = self.db.snapshot();
+        let n = if query.limit == usize::MAX {
+            1000
+        } else {
+            query.limit
+        };
+        let mut l = snap.collection(&self.name).lookup(index, query).await?;
+        l.next_page(n).await
+    }
+
+    /// The single document whose indexed value equals `value` (the first in index order if
+    /// several do), through an index.
+    pub async fn find_one(&self, index: &str, value: impl Into<Value>) -> Result<Option<Document>> {
+        let snap = self.db.snapshot();
+        let mut l = snap
+            .collection(&self.name)
+            .lookup(index, &Query::eq(value).limit(1))
+            .await?;
+        l.next().await
     }
 
     /// Write with an explicit durability level (one put).

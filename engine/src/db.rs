@@ -387,6 +387,16 @@ impl Inner {
         Ok(inner)
     }
 
+    /// Refuse predicate scans when the options forbid them.
+    pub(crate) fn check_full_scan(&self, collection: &str) -> Result<()> {
+        if self.options.forbid_full_scans {
+            return Err(Error::FullScanForbidden {
+                collection: collection.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -751,8 +761,15 @@ impl Inner {
         let last_seq = self.view().seq;
         let horizon = self.horizon(last_seq);
         let feed_oldest = self.feed_oldest(last_seq);
-        let dropped: Vec<(u32, u64)> = read(&self.catalog).dropped_before(horizon);
-        let mut filter = compaction::Retain::new(horizon, bottom, feed_oldest, dropped);
+        let (dropped, dropped_indexes) = {
+            let cat = read(&self.catalog);
+            (
+                cat.dropped_before(horizon),
+                cat.indexes_dropped_before(horizon),
+            )
+        };
+        let mut filter =
+            compaction::Retain::new(horizon, bottom, feed_oldest, dropped, dropped_indexes);
         let new_seg = self
             .write_segment(MergeIter::new(&[], &inputs, &[], None), |e| filter.keep(e))
             .await?;

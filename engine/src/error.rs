@@ -109,6 +109,63 @@ pub enum Error {
     /// An invalid argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A commit would give two documents equal values in a unique index. Nothing of the
+    /// transaction was written.
+    #[error(
+        "unique index {index:?} of {collection:?}: value {value} of {id} is already used by {existing}"
+    )]
+    UniqueViolation {
+        /// Collection name.
+        collection: String,
+        /// Index name.
+        index: String,
+        /// The duplicated value(s), in CBOR diagnostic notation.
+        value: String,
+        /// The entity whose write was refused.
+        id: EntityId,
+        /// The entity that has the value.
+        existing: EntityId,
+    },
+    /// The index does not exist (in this snapshot or transaction).
+    #[error("index {index:?} of collection {collection:?} does not exist")]
+    IndexNotFound {
+        /// Collection name.
+        collection: String,
+        /// Index name.
+        index: String,
+    },
+    /// An index with this name exists on the collection.
+    #[error("index {index:?} of collection {collection:?} already exists")]
+    IndexExists {
+        /// Collection name.
+        collection: String,
+        /// Index name.
+        index: String,
+    },
+    /// A document's values for an ordered index encode larger than the index accepts.
+    /// Nothing of the transaction was written; use an equality index for such fields.
+    #[error(
+        "index {index:?} of {collection:?}: key of {size} bytes is larger than {limit}; use an equality index for large values"
+    )]
+    IndexKeyTooLarge {
+        /// Collection name.
+        collection: String,
+        /// Index name.
+        index: String,
+        /// Encoded size of the values.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A predicate scan was asked for on a database opened with
+    /// [`Options::forbid_full_scans`](crate::Options::forbid_full_scans).
+    #[error(
+        "full scan of collection {collection:?} refused: this database forbids full scans; look up through an index instead"
+    )]
+    FullScanForbidden {
+        /// Collection name.
+        collection: String,
+    },
 }
 
 fn fmt_version(v: Option<u64>) -> String {

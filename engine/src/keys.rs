@@ -4,7 +4,10 @@
 //! |------|---------------------------------------|------------------------------------|
 //! | 0x00 | `00 'C' name`                         | collection record (id, u32 BE)     |
 //! | 0x00 | `00 'D' id(u32 BE)`                   | name of a dropped collection       |
+//! | 0x00 | `00 'I' collection-id(u32 BE) name`   | index definition (CBOR map)        |
+//! | 0x00 | `00 'J' index-id(u32 BE)`             | collection id (u32 BE) and name of a dropped index |
 //! | 0x01 | `01 collection-id(u32 BE) entity-id`  | canonical CBOR document            |
+//! | 0x02 | `02 index-id(u32 BE) key-body entity-id` | empty (an index entry; see `index/`) |
 //! | 0x03 | `03 sequence(u64 BE)`                 | change-feed record (see `feed.rs`) |
 //!
 //! Collection ids are local to one database file set; names are what leaves the process.
@@ -16,6 +19,8 @@ use crate::ids::EntityId;
 pub(crate) const TAG_CATALOG: u8 = 0x00;
 /// Tag of entity keys.
 pub(crate) const TAG_ENTITY: u8 = 0x01;
+/// Tag of index entry keys.
+pub(crate) const TAG_INDEX: u8 = 0x02;
 /// Tag of change-feed keys.
 pub(crate) const TAG_FEED: u8 = 0x03;
 
@@ -73,6 +78,63 @@ pub(crate) fn dropped_key(coll: u32) -> Vec<u8> {
     let mut k = vec![TAG_CATALOG, b'D'];
     k.extend_from_slice(&coll.to_be_bytes());
     k
+}
+
+/// The catalog key of index `name` on collection `coll`.
+pub(crate) fn index_def_key(coll: u32, name: &str) -> Vec<u8> {
+    let mut k = vec![TAG_CATALOG, b'I'];
+    k.extend_from_slice(&coll.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The catalog key that records that index `id` was dropped.
+pub(crate) fn index_dropped_key(id: u32) -> Vec<u8> {
+    let mut k = vec![TAG_CATALOG, b'J'];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The first key of index `id`'s entries.
+pub(crate) fn index_prefix(id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5);
+    k.push(TAG_INDEX);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The first key after index `id`'s entries.
+pub(crate) fn index_end(id: u32) -> Vec<u8> {
+    match id.checked_add(1) {
+        Some(next) => index_prefix(next),
+        None => vec![TAG_INDEX + 1],
+    }
+}
+
+/// An index entry key: prefix, key body, entity id.
+pub(crate) fn index_entry_key(id: u32, body: &[u8], entity: &EntityId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + body.len() + 16);
+    k.push(TAG_INDEX);
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(body);
+    k.extend_from_slice(entity.as_bytes());
+    k
+}
+
+/// The index id of an index entry key.
+pub(crate) fn parse_index_id(k: &[u8]) -> Option<u32> {
+    if k.len() < 5 + 16 || k[0] != TAG_INDEX {
+        return None;
+    }
+    Some(u32::from_be_bytes(k[1..5].try_into().ok()?))
+}
+
+/// The entity id at the end of an index entry key.
+pub(crate) fn index_entry_entity(k: &[u8]) -> Option<EntityId> {
+    if k.len() < 5 + 16 || k[0] != TAG_INDEX {
+        return None;
+    }
+    EntityId::from_slice(&k[k.len() - 16..])
 }
 
 pub(crate) fn feed_key(seq: u64) -> Vec<u8> {

@@ -19,6 +19,7 @@ mod document;
 mod error;
 mod feed;
 mod ids;
+pub mod index;
 mod keys;
 mod manifest;
 mod memtable;
@@ -35,6 +36,9 @@ pub use document::{Document, Page, ScanOptions};
 pub use error::{Error, Result};
 pub use feed::{Change, ChangeBatch, ChangeOp, ChangeStream, MAX_ORIGIN_BYTES};
 pub use ids::{EntityId, ParseIdError};
+pub use index::{
+    IndexCursor, IndexInfo, IndexKind, IndexPage, IndexReport, IndexSpec, Lookup, Query,
+};
 pub use options::{Durability, Options};
 pub use stats::Stats;
 pub use txn::{Snapshot, SnapshotCollection, TxCollection, WriteTxn};

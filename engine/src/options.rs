@@ -45,6 +45,11 @@ pub struct Options {
     /// Keep the WAL file zero-filled this many bytes ahead of the last record, so that commit
     /// syncs overwrite allocated blocks instead of growing the file (0: off).
     pub wal_preallocate: u64,
+    /// Make predicate scans (`scan_where`) fail with
+    /// [`Error::FullScanForbidden`](crate::Error::FullScanForbidden), so that a query that
+    /// should use an index cannot silently scan a whole collection. Plain paging
+    /// (`scan`) and `count` stay allowed.
+    pub forbid_full_scans: bool,
 }
 
 impl Default for Options {
@@ -60,6 +65,7 @@ impl Default for Options {
             max_document_bytes: 16 << 20,
             create_if_missing: true,
             wal_preallocate: 1 << 20,
+            forbid_full_scans: false,
         }
     }
 }
@@ -112,6 +118,11 @@ impl Options {
     /// Set [`Options::wal_preallocate`].
     pub fn wal_preallocate(mut self, v: u64) -> Self {
         self.wal_preallocate = v;
+        self
+    }
+    /// Set [`Options::forbid_full_scans`].
+    pub fn forbid_full_scans(mut self, v: bool) -> Self {
+        self.forbid_full_scans = v;
         self
     }
     /// Set [`Options::create_if_missing`].

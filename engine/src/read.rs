@@ -27,7 +27,7 @@ pub(crate) struct ReadCtx<'a> {
 
 impl ReadCtx<'_> {
     /// Reads fail with [`Error::Closed`](crate::Error::Closed) after `close()`.
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(crate::Error::Closed);
         }

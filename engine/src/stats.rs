@@ -16,6 +16,8 @@ pub(crate) struct Counters {
     pub compactions: AtomicU64,
     pub segment_bytes_written: AtomicU64,
     pub maintenance_errors: AtomicU64,
+    pub index_lookups: AtomicU64,
+    pub index_entries_read: AtomicU64,
 }
 
 /// A snapshot of a database's counters since it was opened.
@@ -55,6 +57,10 @@ pub struct Stats {
     /// Flushes or compactions that failed after a commit (retried later; the commit itself
     /// was durable). See [`Database::last_maintenance_error`](crate::Database::last_maintenance_error).
     pub maintenance_errors: u64,
+    /// Index lookups started.
+    pub index_lookups: u64,
+    /// Index entries visited by lookups.
+    pub index_entries_read: u64,
     /// Live segments.
     pub segments: u64,
     /// Bytes in live segments.
@@ -78,6 +84,8 @@ impl Counters {
             flushes: self.flushes.load(Relaxed),
             compactions: self.compactions.load(Relaxed),
             maintenance_errors: self.maintenance_errors.load(Relaxed),
+            index_lookups: self.index_lookups.load(Relaxed),
+            index_entries_read: self.index_entries_read.load(Relaxed),
             ..Stats::default()
         }
     }

@@ -15,6 +15,8 @@ use crate::document::{Document, Page, ScanOptions};
 use crate::error::{Error, Result};
 use crate::feed::{self, RecordBuilder};
 use crate::ids::EntityId;
+use crate::index::maintain::TxIndexes;
+use crate::index::{IndexInfo, IndexSpec, Lookup, Query};
 use crate::keys;
 use crate::options::Durability;
 use crate::read::{Overlay, ReadCtx};
@@ -45,7 +47,7 @@ impl Snapshot {
         self.view.seq
     }
 
-    fn ctx(&self) -> ReadCtx<'_> {
+    pub(crate) fn ctx(&self) -> ReadCtx<'_> {
         ReadCtx {
             inner: &self.inner,
             version: &self.view.version,
@@ -87,7 +89,7 @@ pub struct SnapshotCollection<'a> {
     coll: Option<u32>,
 }
 
-impl SnapshotCollection<'_> {
+impl<'a> SnapshotCollection<'a> {
     /// The collection's name.
     pub fn name(&self) -> &str {
         self.name
@@ -113,13 +115,45 @@ impl SnapshotCollection<'_> {
         self.snap.ctx().scan(self.coll, opts, |_| true).await
     }
     /// A page of the entities that satisfy `pred`, in id order (a full scan, counted in
-    /// stats); `opts.limit` counts matches.
+    /// stats); `opts.limit` counts matches. Fails with [`Error::FullScanForbidden`] if the
+    /// database forbids full scans.
     pub async fn scan_where(
         &self,
         opts: ScanOptions,
         pred: impl FnMut(&Document) -> bool,
     ) -> Result<Page> {
+        self.snap.inner.check_full_scan(self.name)?;
         self.snap.ctx().scan(self.coll, opts, pred).await
+    }
+
+    /// The indexes of this collection in this snapshot.
+    pub fn indexes(&self) -> Vec<IndexInfo> {
+        match self.coll {
+            Some(c) => read(&self.snap.inner.catalog)
+                .indexes_of(c, self.snap.view.seq)
+                .iter()
+                .map(|d| d.info())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Look up documents through an index, lazily, as of this snapshot. Fails with
+    /// [`Error::IndexNotFound`] if the index does not exist in this snapshot.
+    pub async fn lookup(&self, index: &str, query: &Query) -> Result<Lookup<'a>> {
+        let def = self.coll.and_then(|c| {
+            read(&self.snap.inner.catalog)
+                .indexes_of(c, self.snap.view.seq)
+                .into_iter()
+                .find(|d| d.name == index)
+        });
+        match (self.coll, def) {
+            (Some(coll), Some(def)) => Lookup::new(self.snap.ctx(), coll, self.name, def, query),
+            _ => Err(Error::IndexNotFound {
+                collection: self.name.to_owned(),
+                index: index.to_owned(),
+            }),
+        }
     }
     /// Number of entities (a full scan of the collection).
     pub async fn count(&self) -> Result<u64> {
@@ -132,13 +166,14 @@ impl SnapshotCollection<'_> {
 /// Nothing is visible to others until [`WriteTxn::commit`] returns; dropping the transaction
 /// (or [`WriteTxn::abort`]) discards it.
 pub struct WriteTxn {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     guard: Option<async_lock::MutexGuardArc<WriterState>>,
     view: View,
-    read_seq: u64,
-    writes: Overlay,
-    created: BTreeMap<String, u32>,
+    pub(crate) read_seq: u64,
+    pub(crate) writes: Overlay,
+    pub(crate) created: BTreeMap<String, u32>,
     dropped: Vec<(String, u32)>,
+    pub(crate) ix: TxIndexes,
     origin: Option<String>,
     durability: Durability,
 }
@@ -171,6 +206,7 @@ impl WriteTxn {
             writes: Overlay::new(),
             created: BTreeMap::new(),
             dropped: Vec::new(),
+            ix: TxIndexes::default(),
             origin: None,
             durability: Durability::Durable,
         })
@@ -202,7 +238,7 @@ impl WriteTxn {
         self.read_seq
     }
 
-    fn ctx(&self) -> ReadCtx<'_> {
+    pub(crate) fn ctx(&self) -> ReadCtx<'_> {
         ReadCtx {
             inner: &self.inner,
             version: &self.view.version,
@@ -212,7 +248,7 @@ impl WriteTxn {
         }
     }
 
-    fn resolve(&self, name: &str) -> Option<u32> {
+    pub(crate) fn resolve(&self, name: &str) -> Option<u32> {
         if let Some(&id) = self.created.get(name) {
             return Some(id);
         }
@@ -222,7 +258,7 @@ impl WriteTxn {
         read(&self.inner.catalog).resolve(name, self.read_seq)
     }
 
-    fn resolve_or_create(&mut self, name: &str) -> Result<u32> {
+    pub(crate) fn resolve_or_create(&mut self, name: &str) -> Result<u32> {
         if let Some(id) = self.resolve(name) {
             return Ok(id);
         }
@@ -257,15 +293,8 @@ impl WriteTxn {
         let Some(id) = self.resolve(name) else {
             return Ok(false);
         };
-        let (from, end) = (keys::collection_start(id), keys::collection_end(id));
-        let pending: Vec<Arc<[u8]>> = self
-            .writes
-            .range::<[u8], _>((Bound::Included(&from[..]), Bound::Excluded(&end[..])))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in pending {
-            self.writes.remove(&k);
-        }
+        self.drop_indexes_of(id);
+        self.discard_pending(&keys::collection_start(id), &keys::collection_end(id));
         if self.created.remove(name).is_some() {
             self.writes.remove(&keys::catalog_key(name)[..]);
             return Ok(true);
@@ -277,6 +306,18 @@ impl WriteTxn {
         );
         self.dropped.push((name.to_owned(), id));
         Ok(true)
+    }
+
+    /// Forget the pending writes of keys in `[from, end)`.
+    pub(crate) fn discard_pending(&mut self, from: &[u8], end: &[u8]) {
+        let pending: Vec<Arc<[u8]>> = self
+            .writes
+            .range::<[u8], _>((Bound::Included(from), Bound::Excluded(end)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in pending {
+            self.writes.remove(&k);
+        }
     }
 
     /// Names of the collections as this transaction sees them.
@@ -327,8 +368,9 @@ impl WriteTxn {
             });
         }
         let coll = self.resolve_or_create(name)?;
-        self.writes
-            .insert(Arc::from(keys::entity_key(coll, &id)), Some(bytes));
+        let key: Arc<[u8]> = Arc::from(keys::entity_key(coll, &id));
+        self.note_entity_write(coll, &key);
+        self.writes.insert(key, Some(bytes));
         Ok(())
     }
 
@@ -341,6 +383,17 @@ impl WriteTxn {
                 "transaction already finished".into(),
             ));
         };
+        // Index entries join the batch; a unique violation fails the commit before anything
+        // is appended (the guard is dropped with the transaction).
+        let indexed = async {
+            self.flush_indexes().await?;
+            self.check_unique().await
+        }
+        .await;
+        if let Err(e) = indexed {
+            self.inner.counters.aborts.fetch_add(1, Relaxed);
+            return Err(e);
+        }
         if self.writes.is_empty() {
             return Ok(self.read_seq);
         }
@@ -388,6 +441,7 @@ impl WriteTxn {
         });
         let created = std::mem::take(&mut self.created);
         let dropped = std::mem::take(&mut self.dropped);
+        let ix = std::mem::take(&mut self.ix);
         let inner = self.inner.clone();
         let seq = inner
             .commit_locked(guard, Batch { ops }, self.durability, |seq| {
@@ -397,6 +451,12 @@ impl WriteTxn {
                 }
                 for (name, id) in &dropped {
                     cat.drop_at(name, *id, seq);
+                }
+                for (_, id) in &ix.dropped {
+                    cat.drop_index(*id, seq);
+                }
+                for (coll, def) in ix.created {
+                    cat.create_index(coll, def, seq);
                 }
             })
             .await?;
@@ -475,6 +535,7 @@ impl TxCollection<'_> {
             // A tombstone is needed only if a committed version exists; otherwise dropping
             // the pending write is enough. (Regression: deleting twice in one transaction
             // must not drop the first delete's tombstone; found by the crash simulation.)
+            self.tx.note_entity_write(coll, &key);
             if self.tx.ctx().committed(&key).await?.is_some() {
                 self.tx.writes.insert(key, None);
             } else {
@@ -508,16 +569,54 @@ impl TxCollection<'_> {
             .scan(self.tx.resolve(self.name), opts, |_| true)
             .await
     }
-    /// A page of the entities that satisfy `pred`.
+    /// A page of the entities that satisfy `pred` (a full scan; fails with
+    /// [`Error::FullScanForbidden`] if the database forbids them).
     pub async fn scan_where(
         &self,
         opts: ScanOptions,
         pred: impl FnMut(&Document) -> bool,
     ) -> Result<Page> {
+        self.tx.inner.check_full_scan(self.name)?;
         self.tx
             .ctx()
             .scan(self.tx.resolve(self.name), opts, pred)
             .await
+    }
+
+    /// Declare an index on this collection and build it from the documents this transaction
+    /// sees (one step: the entries are written by this transaction's commit). Fails with
+    /// [`Error::IndexExists`] if the name is taken, and with [`Error::UniqueViolation`] if a
+    /// unique index's values are not unique.
+    pub async fn create_index(&mut self, index: &str, spec: IndexSpec) -> Result<()> {
+        self.tx.create_index_in(self.name, index, spec).await
+    }
+
+    /// Drop an index. Returns whether it existed.
+    pub fn drop_index(&mut self, index: &str) -> Result<bool> {
+        Ok(match self.tx.resolve(self.name) {
+            Some(coll) => self.tx.drop_index_in(coll, index),
+            None => false,
+        })
+    }
+
+    /// The indexes of this collection as this transaction sees them.
+    pub fn indexes(&self) -> Vec<IndexInfo> {
+        self.tx.index_infos(self.name)
+    }
+
+    /// Look up documents through an index; the results include this transaction's writes.
+    pub async fn lookup(&mut self, index: &str, query: &Query) -> Result<Lookup<'_>> {
+        self.tx.flush_indexes().await?;
+        let tx: &WriteTxn = self.tx;
+        let coll = tx.resolve(self.name);
+        let def = coll.and_then(|c| tx.indexes_of(c).into_iter().find(|d| d.name == index));
+        match (coll, def) {
+            (Some(coll), Some(def)) => Lookup::new(tx.ctx(), coll, self.name, def, query),
+            _ => Err(Error::IndexNotFound {
+                collection: self.name.to_owned(),
+                index: index.to_owned(),
+            }),
+        }
     }
     /// Number of entities.
     pub async fn count(&self) -> Result<u64> {
