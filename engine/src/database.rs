@@ -13,7 +13,7 @@ use crate::document::{Document, Page, ScanOptions};
 use crate::error::{Error, Result};
 use crate::feed::{ChangeBatch, ChangeStream};
 use crate::ids::EntityId;
-use crate::index::{IndexInfo, IndexPage, IndexReport, IndexSpec, Query};
+use crate::index::{IndexInfo, IndexPage, IndexReport, IndexSpec, Query, SearchHit, SearchQuery};
 use crate::options::{Durability, Options};
 use crate::stats::Stats;
 use crate::txn::{Snapshot, WriteTxn};
@@ -422,6 +422,31 @@ impl Collection {
         };
         let mut l = snap.collection(&self.name).lookup(index, query).await?;
         l.next_page(n).await
+    }
+
+    /// Full-text search through a search index: one page of hits ranked by BM25 (see
+    /// [`SearchQuery`] and [`crate::index::search`]).
+    ///
+    /// ```
+    /// # futures_executor::block_on(async {
+    /// use entidb::{Database, IndexSpec, SearchQuery, cbor::Value};
+    /// let db = Database::memory().await?;
+    /// let posts = db.collection("posts");
+    /// posts.create_index("text", IndexSpec::search(["title", "body"])).await?;
+    /// posts.insert(&Value::map([("title", "Distributed systems"), ("body", "Consensus is hard.")])).await?;
+    /// posts.insert(&Value::map([("title", "Cooking"), ("body", "Crème brûlée for two.")])).await?;
+    /// let hits = posts.search("text", &SearchQuery::all("creme brulee")).await?;
+    /// assert_eq!(hits.len(), 1);
+    /// assert!(hits[0].score > 0.0);
+    /// # Ok::<(), entidb::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn search(&self, index: &str, query: &SearchQuery) -> Result<Vec<SearchHit>> {
+        self.db
+            .snapshot()
+            .collection(&self.name)
+            .search(index, query)
+            .await
     }
 
     /// The single document whose indexed value equals `value` (the first in index order if

@@ -966,3 +966,15 @@ async fn create_wal(backend: &dyn Backend, no: u64, prealloc: u64) -> Result<Arc
 pub(crate) fn range(version: &Version, from: &[u8], end: &[u8]) -> MergeIter {
     MergeIter::new(&version.mems, &version.segments, from, Some(Arc::from(end)))
 }
+
+/// Like [`range`], for a range of index entries that all start with `prefix` (an index key
+/// without its entity id): segments whose filter rules the prefix out are skipped.
+pub(crate) fn index_range(version: &Version, from: &[u8], end: &[u8], prefix: &[u8]) -> MergeIter {
+    let segments: Vec<Arc<Segment>> = version
+        .segments
+        .iter()
+        .filter(|s| s.may_contain(prefix))
+        .cloned()
+        .collect();
+    MergeIter::new(&version.mems, &segments, from, Some(Arc::from(end)))
+}

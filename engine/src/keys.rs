@@ -121,9 +121,9 @@ pub(crate) fn index_entry_key(id: u32, body: &[u8], entity: &EntityId) -> Vec<u8
     k
 }
 
-/// The index id of an index entry key.
+/// The index id of a key under an index's prefix.
 pub(crate) fn parse_index_id(k: &[u8]) -> Option<u32> {
-    if k.len() < 5 + 16 || k[0] != TAG_INDEX {
+    if k.len() < 5 || k[0] != TAG_INDEX {
         return None;
     }
     Some(u32::from_be_bytes(k[1..5].try_into().ok()?))

@@ -37,7 +37,8 @@ pub use error::{Error, Result};
 pub use feed::{Change, ChangeBatch, ChangeOp, ChangeStream, MAX_ORIGIN_BYTES};
 pub use ids::{EntityId, ParseIdError};
 pub use index::{
-    IndexCursor, IndexInfo, IndexKind, IndexPage, IndexReport, IndexSpec, Lookup, Query,
+    IndexCursor, IndexInfo, IndexKind, IndexPage, IndexReport, IndexSpec, Lookup, Query, SearchHit,
+    SearchMode, SearchQuery, TextOptions,
 };
 pub use options::{Durability, Options};
 pub use stats::Stats;

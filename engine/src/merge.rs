@@ -11,7 +11,11 @@ use crate::error::Result;
 use crate::memtable::{Entry, Memtable, Op};
 use crate::segment::{SegCursor, Segment};
 
+/// Largest number of memtable entries copied out at once. The first copy of a source takes
+/// `MEM_CHUNK_FIRST` and each next one doubles, so short reads (a point range, an index page
+/// of 10) copy little and long scans amortize the skip-list seek.
 const MEM_CHUNK: usize = 256;
+const MEM_CHUNK_FIRST: usize = 8;
 
 #[derive(Debug)]
 enum Source {
@@ -21,6 +25,8 @@ enum Source {
         /// Position to continue from (inclusive), or `None` when exhausted.
         next: Option<(Vec<u8>, u64)>,
         end: Option<Arc<[u8]>>,
+        /// Size of the next copy.
+        chunk: usize,
     },
     Seg(SegCursor),
 }
@@ -34,18 +40,21 @@ impl Source {
                 buf,
                 next,
                 end,
+                chunk,
             } => {
                 if buf.is_empty() {
                     let Some((k, s)) = next.take() else {
                         return Ok(None);
                     };
-                    let chunk = mem.chunk(&k, s, end.as_deref(), MEM_CHUNK);
-                    if chunk.len() == MEM_CHUNK
-                        && let Some(last) = chunk.last()
+                    let want = *chunk;
+                    *chunk = (want * 2).min(MEM_CHUNK);
+                    let got = mem.chunk(&k, s, end.as_deref(), want);
+                    if got.len() == want
+                        && let Some(last) = got.last()
                     {
                         *next = Some(position_after(&last.key, last.seq));
                     }
-                    buf.extend(chunk);
+                    buf.extend(got);
                 }
                 Ok(buf.pop_front())
             }
@@ -88,6 +97,7 @@ impl MergeIter {
                 buf: VecDeque::new(),
                 next: Some((from.to_vec(), u64::MAX)),
                 end: end.clone(),
+                chunk: MEM_CHUNK_FIRST,
             });
         }
         for s in segments {

@@ -378,6 +378,17 @@ impl Segment {
     }
 
     /// Newest version of `key` at or below `snapshot` in this segment.
+    /// Whether the filter allows `key` (counted in `filter_skips` when it does not).
+    pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
+        let yes = may_contain(&self.filter, key);
+        if !yes {
+            self.stats
+                .filter_skips
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        yes
+    }
+
     pub(crate) async fn get(&self, key: &[u8], snapshot: u64) -> Result<Option<(u64, Op)>> {
         if snapshot < self.meta.min_seq {
             return Ok(None);
@@ -530,6 +541,18 @@ impl SegmentWriter {
                 self.block.extend_from_slice(v);
             }
             Op::Delete => self.block.push(2),
+        }
+        // Index entries (`02 index-id body entity-id`) also put their key without the entity
+        // id in the filter, so an exact-value index lookup can skip segments without it.
+        if e.key.first() == Some(&crate::keys::TAG_INDEX) && e.key.len() >= 5 + 1 + 16 {
+            let prefix = &e.key[..e.key.len() - 16];
+            let last_prefix = self
+                .last
+                .as_ref()
+                .and_then(|(k, _)| k.len().checked_sub(16).map(|n| &k[..n]));
+            if last_prefix != Some(prefix) {
+                self.bloom.add(prefix);
+            }
         }
         self.bloom.add(&e.key);
         self.entries += 1;

@@ -16,7 +16,18 @@ use crate::error::{Error, Result};
 use crate::feed::{self, RecordBuilder};
 use crate::ids::EntityId;
 use crate::index::maintain::TxIndexes;
-use crate::index::{IndexInfo, IndexSpec, Lookup, Query};
+use crate::index::search::{self, SearchHit, SearchQuery};
+use crate::index::{IndexDef, IndexInfo, IndexKind, IndexSpec, Lookup, Query};
+
+fn check_search(def: &IndexDef, collection: &str) -> Result<()> {
+    if def.spec.kind != IndexKind::Search {
+        return Err(Error::InvalidArgument(format!(
+            "index {:?} of {collection:?} is not a search index; use lookup",
+            def.name
+        )));
+    }
+    Ok(())
+}
 use crate::keys;
 use crate::options::Durability;
 use crate::read::{Overlay, ReadCtx};
@@ -138,9 +149,22 @@ impl<'a> SnapshotCollection<'a> {
         }
     }
 
+    /// Full-text search through a search index, as of this snapshot: hits ranked by BM25.
+    /// See [`crate::index::search`].
+    pub async fn search(&self, index: &str, query: &SearchQuery) -> Result<Vec<SearchHit>> {
+        let (coll, def) = self.index_def(index)?;
+        check_search(&def, self.name)?;
+        search::search(&self.snap.ctx(), coll, self.name, &def, query).await
+    }
+
     /// Look up documents through an index, lazily, as of this snapshot. Fails with
     /// [`Error::IndexNotFound`] if the index does not exist in this snapshot.
     pub async fn lookup(&self, index: &str, query: &Query) -> Result<Lookup<'a>> {
+        let (coll, def) = self.index_def(index)?;
+        Lookup::new(self.snap.ctx(), coll, self.name, def, query)
+    }
+
+    fn index_def(&self, index: &str) -> Result<(u32, Arc<IndexDef>)> {
         let def = self.coll.and_then(|c| {
             read(&self.snap.inner.catalog)
                 .indexes_of(c, self.snap.view.seq)
@@ -148,7 +172,7 @@ impl<'a> SnapshotCollection<'a> {
                 .find(|d| d.name == index)
         });
         match (self.coll, def) {
-            (Some(coll), Some(def)) => Lookup::new(self.snap.ctx(), coll, self.name, def, query),
+            (Some(coll), Some(def)) => Ok((coll, def)),
             _ => Err(Error::IndexNotFound {
                 collection: self.name.to_owned(),
                 index: index.to_owned(),
@@ -604,19 +628,33 @@ impl TxCollection<'_> {
         self.tx.index_infos(self.name)
     }
 
-    /// Look up documents through an index; the results include this transaction's writes.
-    pub async fn lookup(&mut self, index: &str, query: &Query) -> Result<Lookup<'_>> {
+    /// Full-text search through a search index; the results include this transaction's
+    /// writes. See [`crate::index::search`].
+    pub async fn search(&mut self, index: &str, query: &SearchQuery) -> Result<Vec<SearchHit>> {
         self.tx.flush_indexes().await?;
-        let tx: &WriteTxn = self.tx;
-        let coll = tx.resolve(self.name);
-        let def = coll.and_then(|c| tx.indexes_of(c).into_iter().find(|d| d.name == index));
+        let (coll, def) = self.index_def(index)?;
+        check_search(&def, self.name)?;
+        search::search(&self.tx.ctx(), coll, self.name, &def, query).await
+    }
+
+    fn index_def(&self, index: &str) -> Result<(u32, Arc<IndexDef>)> {
+        let coll = self.tx.resolve(self.name);
+        let def = coll.and_then(|c| self.tx.indexes_of(c).into_iter().find(|d| d.name == index));
         match (coll, def) {
-            (Some(coll), Some(def)) => Lookup::new(tx.ctx(), coll, self.name, def, query),
+            (Some(coll), Some(def)) => Ok((coll, def)),
             _ => Err(Error::IndexNotFound {
                 collection: self.name.to_owned(),
                 index: index.to_owned(),
             }),
         }
+    }
+
+    /// Look up documents through an index; the results include this transaction's writes.
+    pub async fn lookup(&mut self, index: &str, query: &Query) -> Result<Lookup<'_>> {
+        self.tx.flush_indexes().await?;
+        let (coll, def) = self.index_def(index)?;
+        let tx: &WriteTxn = self.tx;
+        Lookup::new(tx.ctx(), coll, self.name, def, query)
     }
     /// Number of entities.
     pub async fn count(&self) -> Result<u64> {

@@ -33,6 +33,7 @@ fn catalog() -> Vec<(&'static str, IndexSpec)> {
         ("by_u", IndexSpec::ordered(["u"]).unique()),
         ("by_u_eq", IndexSpec::equality(["u"]).unique()),
         ("by_city", IndexSpec::ordered(["n.city"])),
+        ("by_text", IndexSpec::search(["t"])),
     ]
 }
 
@@ -64,6 +65,12 @@ fn random_doc(rng: &mut SmallRng, serial: u64) -> Value {
         1 => m.push((Value::from("u"), Value::Null)),
         _ => m.push((Value::from("u"), Value::from(rng.random_range(0..40u64)))),
     }
+    if rng.random_bool(0.7) {
+        let words: Vec<&str> = (0..rng.random_range(0..5))
+            .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+            .collect();
+        m.push((Value::from("t"), Value::from(words.join(" "))));
+    }
     match rng.random_range(0..4) {
         0 => {}
         1 => m.push((Value::from("n"), Value::from("not a map"))),
@@ -73,6 +80,25 @@ fn random_doc(rng: &mut SmallRng, serial: u64) -> Value {
         }
     }
     Value::Map(m)
+}
+
+/// Words of the "t" field; the search index folds case and diacritics.
+const WORDS: [&str; 6] = ["alpha", "Beta", "gamma", "DELTA", "épsilon", "Epsilon"];
+
+fn fold(w: &str) -> String {
+    w.to_lowercase().replace('é', "e")
+}
+
+/// The documents a one-word search must find (in id order).
+fn search_expected(docs: &Docs, word: &str) -> Vec<EntityId> {
+    docs.iter()
+        .filter(|(_, d)| {
+            d.get("t")
+                .and_then(Value::as_text)
+                .is_some_and(|t| t.split(' ').any(|w| fold(w) == fold(word)))
+        })
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 fn values<'a>(spec: &IndexSpec, doc: &'a Value) -> Option<Vec<&'a Value>> {
@@ -244,6 +270,24 @@ async fn check_lookups(
         fail(seed, format!("{what}: indexes {names:?}, model {want:?}"));
     }
     for (name, spec) in indexes {
+        if spec.kind() == entidb::IndexKind::Search {
+            let word = WORDS[rng.random_range(0..WORDS.len())];
+            let q = entidb::SearchQuery::all(word).limit(usize::MAX);
+            let mut got: Vec<EntityId> = match db.collection(COLL).search(name, &q).await {
+                Ok(h) => h.iter().map(|h| h.document.id()).collect(),
+                Err(_) if sim.is_crashed() => return,
+                Err(e) => fail(seed, format!("{what}: search {word}: {e}")),
+            };
+            got.sort();
+            let expect = search_expected(docs, word);
+            if got != expect {
+                fail(
+                    seed,
+                    format!("{what}: search {word}\n got      {got:?}\n expected {expect:?}"),
+                );
+            }
+            continue;
+        }
         for _ in 0..4 {
             let q = random_query(rng, spec);
             let expect = expected(docs, spec, &q);
@@ -359,7 +403,7 @@ fn run_seed(seed: u64) {
                 let what = format!("epoch {epoch} step {step}");
                 let r = rng.random_range(0..100);
                 let event = if r < 12 {
-                    let (name, spec) = catalog().swap_remove(rng.random_range(0..6));
+                    let (name, spec) = catalog().swap_remove(rng.random_range(0..7));
                     if indexes.contains_key(name) {
                         if rng.random_bool(0.6) {
                             continue;
@@ -409,8 +453,13 @@ fn run_seed(seed: u64) {
                                 }
                             }
                             // Lookups inside the transaction see its pending writes.
-                            if !i2.is_empty() && rng.random_bool(0.3) {
-                                let (name, spec) = i2.iter().nth(rng.random_range(0..i2.len())).expect("index");
+                            let lookups: Indexes = i2
+                                .iter()
+                                .filter(|(_, s)| s.kind() != entidb::IndexKind::Search)
+                                .map(|(n, s)| (n.clone(), s.clone()))
+                                .collect();
+                            if !lookups.is_empty() && rng.random_bool(0.3) {
+                                let (name, spec) = lookups.iter().nth(rng.random_range(0..lookups.len())).expect("index");
                                 let q = random_query(&mut rng, spec);
                                 let expect = expected(&d2, spec, &q);
                                 let got: Vec<EntityId> = tx

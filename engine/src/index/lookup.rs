@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::{IndexCursor, IndexDef, Query, keyenc};
 use crate::cbor;
-use crate::db::range;
+use crate::db::{index_range, range};
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::ids::EntityId;
@@ -36,6 +36,17 @@ static EMPTY: Overlay = Overlay::new();
 
 impl<'a> MergedRange<'a> {
     pub(crate) fn new(ctx: &ReadCtx<'a>, from: &[u8], end: &[u8]) -> MergedRange<'a> {
+        Self::with_probe(ctx, from, end, None)
+    }
+
+    /// A range whose keys all start with `probe` (an index key without its entity id): the
+    /// segments' filters skip those that cannot hold it.
+    pub(crate) fn with_probe(
+        ctx: &ReadCtx<'a>,
+        from: &[u8],
+        end: &[u8],
+        probe: Option<&[u8]>,
+    ) -> MergedRange<'a> {
         let overlay: &'a Overlay = ctx.overlay.unwrap_or(&EMPTY);
         // A range with end <= from is empty; BTreeMap::range would panic on it.
         let ov = if from < end {
@@ -44,7 +55,10 @@ impl<'a> MergedRange<'a> {
             overlay.range::<[u8], _>((Bound::Included(from), Bound::Excluded(from)))
         };
         MergedRange {
-            db: range(ctx.version, from, end),
+            db: match probe {
+                Some(p) => index_range(ctx.version, from, end, p),
+                None => range(ctx.version, from, end),
+            },
             db_head: None,
             started: false,
             ov: ov.peekable(),
@@ -131,9 +145,14 @@ impl<'a> Lookup<'a> {
         query: &Query,
     ) -> Result<Lookup<'a>> {
         ctx.check_open()?;
-        let super::KeyRange { from, end, verify } = query.key_range(&def, collection)?;
+        let super::KeyRange {
+            from,
+            end,
+            verify,
+            exact,
+        } = query.key_range(&def, collection)?;
         ctx.inner.counters.index_lookups.fetch_add(1, Relaxed);
-        let entries = MergedRange::new(&ctx, &from, &end);
+        let entries = MergedRange::with_probe(&ctx, &from, &end, exact.as_deref());
         Ok(Lookup {
             ctx,
             entries,

@@ -18,7 +18,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::lookup::MergedRange;
-use super::{Entry, IndexDef, IndexInfo, IndexSpec, keyenc};
+use super::{Entries, Entry, IndexDef, IndexInfo, IndexKind, IndexSpec, keyenc, search};
 use crate::cbor::{self, Value};
 use crate::db::read;
 use crate::document::ScanOptions;
@@ -43,10 +43,6 @@ pub(crate) struct TxIndexes {
 }
 
 type PendingDoc = Option<Arc<[u8]>>;
-
-fn empty() -> Arc<[u8]> {
-    Arc::from(&[][..])
-}
 
 impl WriteTxn {
     /// The indexes of collection `coll` as this transaction sees them.
@@ -85,6 +81,8 @@ impl WriteTxn {
             return Ok(());
         }
         let dirty = std::mem::take(&mut self.ix.dirty);
+        // Search indexes: change of (documents, tokens) per index id.
+        let mut stats_delta: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
         for key in dirty {
             let Some((coll, id)) = keys::parse_entity_key(&key) else {
                 continue;
@@ -116,39 +114,79 @@ impl WriteTxn {
                 decode(&committed)?
             };
             for def in &defs {
-                let entry = |v: &Option<Value>| -> Result<Option<Entry>> {
+                let entries = |v: &Option<Value>| -> Result<Entries> {
                     match v {
-                        Some(v) => def.entry(v, &id, &name),
-                        None => Ok(None),
+                        Some(v) => def.entries(v, &id, &name),
+                        None => Ok(Entries::default()),
                     }
                 };
-                let (o, n) = (entry(&old_v)?, entry(&new_v)?);
+                let (o, n) = (entries(&old_v)?, entries(&new_v)?);
                 if o == n {
                     continue;
                 }
-                if let Some(o) = o {
-                    // Committed entries need a tombstone; pending-only ones just go away.
-                    let c = if committed == old {
-                        Some(o.clone())
+                // Committed entries need a tombstone; pending-only ones just go away.
+                let committed_keys: BTreeSet<Vec<u8>> = if committed == old {
+                    o.items.iter().map(|e| e.key.clone()).collect()
+                } else {
+                    entries(&committed_v)?
+                        .items
+                        .into_iter()
+                        .map(|e| e.key)
+                        .collect()
+                };
+                let new_keys: BTreeSet<&[u8]> = n.items.iter().map(|e| &e.key[..]).collect();
+                for e in &o.items {
+                    if new_keys.contains(&e.key[..]) {
+                        continue;
+                    }
+                    if committed_keys.contains(&e.key) {
+                        self.writes.insert(Arc::from(&e.key[..]), None);
                     } else {
-                        entry(&committed_v)?
-                    };
-                    if c.as_ref().is_some_and(|c| c.key == o.key) {
-                        self.writes.insert(Arc::from(o.key), None);
-                    } else {
-                        self.writes.remove(&o.key[..]);
+                        self.writes.remove(&e.key[..]);
                     }
                 }
-                if let Some(n) = n {
-                    if def.spec.unique && !n.exempt {
-                        self.ix.unique.push((coll, def.clone(), n.key.clone()));
+                let old_entries: BTreeSet<(&[u8], &[u8])> =
+                    o.items.iter().map(|e| (&e.key[..], &e.value[..])).collect();
+                for e in &n.items {
+                    if old_entries.contains(&(&e.key[..], &e.value[..])) {
+                        continue;
                     }
-                    self.writes.insert(Arc::from(n.key), Some(empty()));
+                    if def.spec.unique && !e.exempt {
+                        self.ix.unique.push((coll, def.clone(), e.key.clone()));
+                    }
+                    self.writes
+                        .insert(Arc::from(&e.key[..]), Some(Arc::from(&e.value[..])));
+                }
+                if def.spec.kind == IndexKind::Search {
+                    let d = stats_delta.entry(def.id).or_insert((0, 0));
+                    d.0 += i64::from(n.tokens.is_some()) - i64::from(o.tokens.is_some());
+                    d.1 += i64::from(n.tokens.unwrap_or(0)) - i64::from(o.tokens.unwrap_or(0));
                 }
             }
             self.ix.indexed.insert(key, new);
         }
+        for (index, (docs, tokens)) in stats_delta {
+            let (d0, t0) = self.search_stats(index).await?;
+            let docs = d0.saturating_add_signed(docs);
+            let tokens = t0.saturating_add_signed(tokens);
+            self.writes.insert(
+                Arc::from(search::stats_key(index)),
+                Some(Arc::from(search::encode_stats(docs, tokens))),
+            );
+        }
         Ok(())
+    }
+
+    /// A search index's statistics as this transaction sees them.
+    async fn search_stats(&self, index: u32) -> Result<(u64, u64)> {
+        let key = search::stats_key(index);
+        let bytes = match self.writes.get(&key[..]) {
+            Some(v) => v.clone(),
+            None => self.ctx().committed(&key).await?.map(|(_, b)| b),
+        };
+        Ok(bytes
+            .and_then(|b| search::decode_stats(&b))
+            .unwrap_or((0, 0)))
     }
 
     /// Check every unique entry this transaction added against the committed entries and
@@ -163,7 +201,7 @@ impl WriteTxn {
             let prefix = &key[..body_end];
             let end = keyenc::prefix_successor(prefix).unwrap_or_else(|| keys::index_end(def.id));
             let ctx = self.ctx();
-            let mut it = MergedRange::new(&ctx, prefix, &end);
+            let mut it = MergedRange::with_probe(&ctx, prefix, &end, Some(prefix));
             while let Some((other, _, _)) = it.next().await? {
                 if other[..] != key[..] && other.len() == key.len() {
                     let id = keys::index_entry_entity(&key).unwrap_or(EntityId::MIN);
@@ -243,13 +281,17 @@ impl WriteTxn {
         });
         // Build: every document as this transaction sees it.
         let mut entries: Vec<Entry> = Vec::new();
+        let (mut docs, mut tokens) = (0u64, 0u64);
         let mut opts = ScanOptions::limit(1024);
         loop {
             let page = self.ctx().scan(Some(coll), opts, |_| true).await?;
             for doc in &page.items {
-                if let Some(e) = def.entry(&doc.value()?, &doc.id(), collection)? {
-                    entries.push(e);
+                let e = def.entries(&doc.value()?, &doc.id(), collection)?;
+                if let Some(t) = e.tokens {
+                    docs += 1;
+                    tokens += u64::from(t);
                 }
+                entries.extend(e.items);
             }
             match page.next {
                 Some(c) => opts = opts.after(c),
@@ -272,7 +314,14 @@ impl WriteTxn {
             }
         }
         for e in entries {
-            self.writes.insert(Arc::from(e.key), Some(empty()));
+            self.writes
+                .insert(Arc::from(e.key), Some(Arc::from(e.value)));
+        }
+        if def.spec.kind == IndexKind::Search {
+            self.writes.insert(
+                Arc::from(search::stats_key(id)),
+                Some(Arc::from(search::encode_stats(docs, tokens))),
+            );
         }
         // The pending documents of this collection are now reflected by the new entries.
         let (from, end) = (keys::collection_start(coll), keys::collection_end(coll));

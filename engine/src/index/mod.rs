@@ -30,6 +30,7 @@
 pub mod keyenc;
 pub(crate) mod lookup;
 pub(crate) mod maintain;
+pub mod search;
 pub(crate) mod verify;
 
 use std::ops::Bound;
@@ -40,6 +41,7 @@ use crate::ids::EntityId;
 use crate::keys;
 
 pub use lookup::{IndexPage, Lookup};
+pub use search::{SearchHit, SearchMode, SearchQuery, TextOptions};
 pub use verify::{IndexCheck, IndexReport};
 
 /// Largest order-preserving key body of an [`IndexKind::Ordered`] index entry. A document
@@ -61,6 +63,8 @@ pub enum IndexKind {
     Equality,
     /// Keys are the values in order: equality (on any leading fields), ranges and prefixes.
     Ordered,
+    /// A full-text index over text fields, queried with `search` (see [`search`]).
+    Search,
 }
 
 impl IndexKind {
@@ -68,6 +72,7 @@ impl IndexKind {
         match self {
             IndexKind::Equality => "equality",
             IndexKind::Ordered => "ordered",
+            IndexKind::Search => "search",
         }
     }
 }
@@ -85,6 +90,7 @@ pub struct IndexSpec {
     pub(crate) fields: Vec<String>,
     pub(crate) kind: IndexKind,
     pub(crate) unique: bool,
+    pub(crate) text: TextOptions,
 }
 
 impl IndexSpec {
@@ -94,6 +100,7 @@ impl IndexSpec {
             fields: fields.into_iter().map(Into::into).collect(),
             kind: IndexKind::Ordered,
             unique: false,
+            text: TextOptions::default(),
         }
     }
     /// An equality (hash) index over `fields`.
@@ -102,6 +109,39 @@ impl IndexSpec {
             kind: IndexKind::Equality,
             ..IndexSpec::ordered(fields)
         }
+    }
+    /// A full-text search index over text `fields` (text or arrays of text), with the default
+    /// analysis: words folded to lower case without diacritics, no stemming.
+    ///
+    /// ```
+    /// use entidb::IndexSpec;
+    /// let articles = IndexSpec::search(["title", "body"]).stem_english(true);
+    /// # let _ = articles;
+    /// ```
+    pub fn search<S: Into<String>>(fields: impl IntoIterator<Item = S>) -> IndexSpec {
+        IndexSpec {
+            kind: IndexKind::Search,
+            ..IndexSpec::ordered(fields)
+        }
+    }
+    /// Search indexes: lower-case words (default on).
+    pub fn fold_case(mut self, on: bool) -> IndexSpec {
+        self.text.fold_case = on;
+        self
+    }
+    /// Search indexes: strip diacritics (default on).
+    pub fn fold_diacritics(mut self, on: bool) -> IndexSpec {
+        self.text.fold_diacritics = on;
+        self
+    }
+    /// Search indexes: stem English words (default off).
+    pub fn stem_english(mut self, on: bool) -> IndexSpec {
+        self.text.stem_english = on;
+        self
+    }
+    /// The text analysis options (search indexes).
+    pub fn text_options(&self) -> TextOptions {
+        self.text
     }
     /// Make the index unique: no two documents may have equal values (ignoring entries with
     /// a null or undefined field).
@@ -135,6 +175,9 @@ impl IndexSpec {
                 return bad("a field path is one or more non-empty names separated by dots");
             }
         }
+        if self.unique && self.kind == IndexKind::Search {
+            return bad("a search index cannot be unique");
+        }
         Ok(())
     }
 }
@@ -151,6 +194,8 @@ pub struct IndexInfo {
     pub kind: IndexKind,
     /// Whether values must be unique.
     pub unique: bool,
+    /// Text analysis (search indexes).
+    pub text: TextOptions,
 }
 
 /// A stored index definition: its spec and the local id that prefixes its entries.
@@ -172,6 +217,19 @@ impl IndexDef {
             ("id", Value::from(self.id)),
             ("kind", Value::from(self.spec.kind.as_str())),
             ("unique", Value::Bool(self.spec.unique)),
+            ("fold_case", Value::Bool(self.spec.text.fold_case)),
+            (
+                "fold_diacritics",
+                Value::Bool(self.spec.text.fold_diacritics),
+            ),
+            (
+                "stem",
+                Value::from(if self.spec.text.stem_english {
+                    "english"
+                } else {
+                    ""
+                }),
+            ),
         ]);
         cbor::encode(&v)
     }
@@ -187,7 +245,17 @@ impl IndexDef {
         let kind = match v.get("kind")?.as_text()? {
             "equality" => IndexKind::Equality,
             "ordered" => IndexKind::Ordered,
+            "search" => IndexKind::Search,
             _ => return None,
+        };
+        let flag = |k: &str, default: bool| match v.get(k) {
+            Some(Value::Bool(b)) => *b,
+            _ => default,
+        };
+        let text = TextOptions {
+            fold_case: flag("fold_case", true),
+            fold_diacritics: flag("fold_diacritics", true),
+            stem_english: v.get("stem").and_then(Value::as_text) == Some("english"),
         };
         let unique = matches!(v.get("unique")?, Value::Bool(true));
         let id = u32::try_from(v.get("id")?.as_int()?.as_u64()?).ok()?;
@@ -198,6 +266,7 @@ impl IndexDef {
                 fields,
                 kind,
                 unique,
+                text,
             },
         })
     }
@@ -208,6 +277,7 @@ impl IndexDef {
             fields: self.spec.fields.clone(),
             kind: self.spec.kind,
             unique: self.spec.unique,
+            text: self.spec.text,
         }
     }
 
@@ -238,36 +308,60 @@ impl IndexDef {
                 }
                 Ok(enc)
             }
-            IndexKind::Equality => Ok(hash(&enc).to_vec()),
+            IndexKind::Equality | IndexKind::Search => Ok(hash(&enc).to_vec()),
         }
     }
 
-    /// The entry key of a document (`None`: the document has no entry), and whether the
-    /// entry is exempt from uniqueness (a null or undefined field).
-    pub(crate) fn entry(
-        &self,
-        doc: &Value,
-        id: &EntityId,
-        collection: &str,
-    ) -> Result<Option<Entry>> {
+    /// The entries of a document, in key order: one (or none, if a path is missing) for
+    /// equality and ordered indexes, one per distinct term for search indexes.
+    pub(crate) fn entries(&self, doc: &Value, id: &EntityId, collection: &str) -> Result<Entries> {
+        if self.spec.kind == IndexKind::Search {
+            let (items, tokens) = search::document_entries(self, doc, id);
+            return Ok(Entries {
+                items: items
+                    .into_iter()
+                    .map(|(key, value)| Entry {
+                        key,
+                        value,
+                        exempt: true,
+                    })
+                    .collect(),
+                tokens: (tokens > 0).then_some(tokens),
+            });
+        }
         let Some(values) = self.values(doc) else {
-            return Ok(None);
+            return Ok(Entries::default());
         };
         let exempt = values
             .iter()
             .any(|v| matches!(v, Value::Null | Value::Undefined));
         let body = self.body(values.iter().copied(), collection)?;
-        Ok(Some(Entry {
-            key: keys::index_entry_key(self.id, &body, id),
-            exempt,
-        }))
+        Ok(Entries {
+            items: vec![Entry {
+                key: keys::index_entry_key(self.id, &body, id),
+                value: Vec::new(),
+                exempt,
+            }],
+            tokens: None,
+        })
     }
+}
+
+/// The entries of one document in one index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Entries {
+    pub items: Vec<Entry>,
+    /// Search indexes: the document's token count, if it has any (it then counts in the
+    /// index's document statistics).
+    pub tokens: Option<u32>,
 }
 
 /// One index entry of one document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// Not constrained by uniqueness (a null or undefined field; every search entry).
     pub exempt: bool,
 }
 
@@ -416,6 +510,9 @@ impl Query {
             (_, IndexKind::Equality) => {
                 return unsupported("an equality index answers equality lookups only");
             }
+            (_, IndexKind::Search) => {
+                return unsupported("a search index answers `search`, not lookups");
+            }
             (Bounds::Eq(vals), IndexKind::Ordered) => {
                 if too_many(vals.len()) {
                     return unsupported("more values than the index has fields");
@@ -457,6 +554,7 @@ impl Query {
                 (k, e, None)
             }
         };
+        let exact_prefix = from.clone();
         let from = match &self.after {
             None => from,
             Some(c) => {
@@ -468,7 +566,16 @@ impl Query {
                 resume.max(from)
             }
         };
-        Ok(KeyRange { from, end, verify })
+        let exact = match &self.bounds {
+            Bounds::Eq(vals) if vals.len() == def.spec.fields.len() => Some(exact_prefix),
+            _ => None,
+        };
+        Ok(KeyRange {
+            from,
+            end,
+            verify,
+            exact,
+        })
     }
 }
 
@@ -478,4 +585,7 @@ pub(crate) struct KeyRange {
     pub from: Vec<u8>,
     pub end: Vec<u8>,
     pub verify: Option<Vec<u8>>,
+    /// For lookups of one exact key body (equality on every field): that key without the
+    /// entity id, for the segment filters.
+    pub exact: Option<Vec<u8>>,
 }

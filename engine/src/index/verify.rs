@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::lookup::MergedRange;
+use super::{IndexKind, search};
 use crate::db::read;
 use crate::document::ScanOptions;
 use crate::error::Result;
@@ -111,15 +112,21 @@ pub(crate) async fn verify(snap: &Snapshot) -> Result<IndexReport> {
                 index: def.name.clone(),
                 ..IndexCheck::default()
             };
-            // key -> exempt from uniqueness
-            let mut expected: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+            // key -> (value, exempt from uniqueness)
+            let mut expected: BTreeMap<Vec<u8>, (Vec<u8>, bool)> = BTreeMap::new();
+            let (mut docs, mut tokens) = (0u64, 0u64);
             let mut opts = ScanOptions::limit(1024);
             loop {
                 let page = ctx.scan(Some(coll), opts, |_| true).await?;
                 for doc in &page.items {
                     check.documents += 1;
-                    if let Some(e) = def.entry(&doc.value()?, &doc.id(), &name)? {
-                        expected.insert(e.key, e.exempt);
+                    let e = def.entries(&doc.value()?, &doc.id(), &name)?;
+                    if let Some(t) = e.tokens {
+                        docs += 1;
+                        tokens += u64::from(t);
+                    }
+                    for e in e.items {
+                        expected.insert(e.key, (e.value, e.exempt));
                     }
                 }
                 match page.next {
@@ -127,9 +134,15 @@ pub(crate) async fn verify(snap: &Snapshot) -> Result<IndexReport> {
                     None => break,
                 }
             }
+            if def.spec.kind == IndexKind::Search {
+                expected.insert(
+                    search::stats_key(def.id),
+                    (search::encode_stats(docs, tokens), true),
+                );
+            }
             if def.spec.unique {
                 let mut last: Option<&[u8]> = None;
-                for (k, _) in expected.iter().filter(|(_, exempt)| !**exempt) {
+                for (k, _) in expected.iter().filter(|(_, (_, exempt))| !*exempt) {
                     let body = &k[..k.len() - 16];
                     if last == Some(body) {
                         let id = keys::index_entry_entity(k).unwrap_or(EntityId::MIN);
@@ -140,9 +153,12 @@ pub(crate) async fn verify(snap: &Snapshot) -> Result<IndexReport> {
             }
             let (from, end) = (keys::index_prefix(def.id), keys::index_end(def.id));
             let mut it = MergedRange::new(&ctx, &from, &end);
-            while let Some((k, _, _)) = it.next().await? {
+            while let Some((k, _, v)) = it.next().await? {
                 check.entries += 1;
-                if expected.remove(&k[..]).is_none() {
+                if expected
+                    .remove(&k[..])
+                    .is_none_or(|(want, _)| want[..] != v[..])
+                {
                     let id = keys::index_entry_entity(&k).unwrap_or(EntityId::MIN);
                     note(&mut check.stale, &mut check.stale_count, id);
                 }
