@@ -107,6 +107,25 @@ fi
 wait "$otel_pid"
 rm -rf "$tmp"
 
+step "python SDK: wheel built by maturin, installed in a venv; pytest and mypy"
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+pyvenv="$target_dir/py-sdk"
+if [ ! -x "$pyvenv/bin/maturin" ] || ! "$pyvenv/bin/python" -c 'import pytest_asyncio, mypy, aiosqlite' 2>/dev/null; then
+  rm -rf "$pyvenv"
+  python3 -m venv "$pyvenv"
+  "$pyvenv/bin/pip" install -q 'maturin>=1.5,<2' 'pytest>=8' 'pytest-asyncio>=0.23' 'mypy>=1.10' 'aiosqlite>=0.20'
+fi
+wheels=$(mktemp -d)
+"$pyvenv/bin/maturin" build -q --manifest-path sdk-python/Cargo.toml --out "$wheels" \
+  --interpreter "$pyvenv/bin/python"
+"$pyvenv/bin/pip" install -q --force-reinstall --no-deps "$wheels"/entidb-*.whl
+rm -rf "$wheels"
+cargo build -q -p entidb-server --bin entidb
+# Run from the tests folder so that the installed wheel (not the source tree) is imported.
+(cd sdk-python/tests && ENTIDB_BIN="$target_dir/debug/entidb" "$pyvenv/bin/python" -m pytest -q -p no:cacheprovider)
+"$pyvenv/bin/python" -m mypy --strict sdk-python/python/entidb sdk-python/tests sdk-python/bench
+
 step "example"
 tmp=$(mktemp -d)
 cargo run -q -p entidb --example quickstart -- "$tmp/db" | tee "$tmp/out"

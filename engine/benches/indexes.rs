@@ -6,6 +6,8 @@
 //! cargo bench -p entidb --bench indexes -- --scale 0.1  # a tenth of every size
 //! ```
 //!
+//! Under `cargo test` (no `--bench` argument) it runs a smoke pass on tiny data.
+//!
 //! * I1: 200,000 puts into a collection with 2 secondary indexes (unique `email`, ordered
 //!   `age`), 1,000 per durable transaction.
 //! * I2: 100,000 equality lookups of a random existing email, returning the document.
@@ -313,12 +315,15 @@ fn sqlite_run(
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
+    // `cargo test` runs this binary without `--bench`: a smoke pass on tiny data, so the
+    // code cannot rot.
+    let bench = args.iter().any(|a| a == "--bench");
     let scale: f64 = args
         .iter()
         .position(|a| a == "--scale")
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
+        .unwrap_or(if bench { 1.0 } else { 0.002 });
     let n = |base: usize| ((base as f64 * scale) as usize).max(10);
     let s = Sizes {
         rows: n(200_000),

@@ -220,7 +220,10 @@ impl Database {
     }
 
     /// Checkpoint and close. Later calls on any clone fail with [`Error::Closed`]; change
-    /// streams end. The directory lock is released when the last clone is dropped.
+    /// streams end. `close` first waits for a write transaction that is still open (it
+    /// commits or aborts normally; do not await `close` while holding one), then for any
+    /// flush or compaction, and then releases the directory lock, so the database can be
+    /// opened again at once, even while other clones still exist.
     pub async fn close(self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Ok(());
@@ -228,6 +231,7 @@ impl Database {
         let r = self.checkpoint().await;
         self.inner.closed.store(true, Ordering::Release);
         self.inner.commit_event.notify(usize::MAX);
+        self.inner.release().await;
         r
     }
 

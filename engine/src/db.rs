@@ -104,7 +104,8 @@ pub(crate) struct Inner {
     pub options: Options,
     pub clock: Arc<dyn Clock>,
     pub entropy: Arc<dyn Entropy>,
-    _lock: Box<dyn LockGuard>,
+    /// The directory lock; released by `close()` (or when the last handle is dropped).
+    lock_guard: Mutex<Option<Box<dyn LockGuard>>>,
     pub writer: Arc<async_lock::Mutex<WriterState>>,
     view: RwLock<View>,
     sync: Mutex<SyncState>,
@@ -346,7 +347,7 @@ impl Inner {
             backend,
             cache,
             seg_stats,
-            _lock: guard,
+            lock_guard: Mutex::new(Some(guard)),
             writer: Arc::new(async_lock::Mutex::new(WriterState {
                 wal: WalWriter {
                     file: wal_file.clone(),
@@ -395,6 +396,15 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// After `closed` is set: wait for a commit in flight and for maintenance, then let go
+    /// of the directory so that another process (or handle) can open it at once. A write
+    /// transaction still open keeps it until that transaction ends (it can no longer commit).
+    pub(crate) async fn release(&self) {
+        let _writer = self.writer.lock().await;
+        let _maintenance = self.maintenance.lock().await;
+        lock(&self.lock_guard).take();
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {

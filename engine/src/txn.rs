@@ -421,6 +421,10 @@ impl WriteTxn {
         if self.writes.is_empty() {
             return Ok(self.read_seq);
         }
+        // `close()` sets `closed` and then waits for the writer lock (which this transaction
+        // holds) before it releases the directory: checked here, under the lock, nothing
+        // is appended after a close.
+        self.inner.check_open()?;
         let seq = guard.last_seq + 1;
         let mut feed = RecordBuilder::new(self.inner.clock.now_millis(), self.origin.as_deref());
         let writes = std::mem::take(&mut self.writes);
@@ -550,6 +554,17 @@ impl TxCollection<'_> {
     ) -> Result<()> {
         self.tx.check_expected(self.name, id, expected).await?;
         self.put(id, doc)
+    }
+    /// [`put_value`](Self::put_value) only if the entity's committed version is `expected`
+    /// (`None`: it must not exist). Fails with [`Error::VersionConflict`] otherwise.
+    pub async fn put_value_if(
+        &mut self,
+        id: EntityId,
+        value: &Value,
+        expected: Option<u64>,
+    ) -> Result<()> {
+        self.tx.check_expected(self.name, id, expected).await?;
+        self.put_value(id, value)
     }
     /// Delete an entity. Returns whether it existed (as this transaction sees it).
     pub async fn delete(&mut self, id: EntityId) -> Result<bool> {

@@ -578,3 +578,29 @@ async fn put_value_refuses_a_value_without_canonical_encoding() {
     assert!(!db.collection("c").exists(id).await.unwrap());
     assert_eq!(db.last_sequence(), 0, "nothing was committed");
 }
+
+#[test]
+fn close_releases_the_directory_while_clones_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    futures_executor::block_on(async {
+        let db = Database::open(dir.path()).await.expect("open");
+        let users = db.collection("users");
+        users.insert(&1u32).await.expect("insert");
+        let mut tx = db.begin().await.expect("begin");
+        tx.collection("users").insert(&2u32).expect("put");
+        let clone = db.clone();
+        // Close waits for a transaction that is still open; it commits normally.
+        let closing = clone.close();
+        let finish_tx = async { tx.commit().await.expect("commit before the close") };
+        let (closed, seq) = futures_util::future::join(closing, finish_tx).await;
+        closed.expect("close");
+        assert_eq!(seq, 2);
+        // `db` and `users` are still alive, yet the directory is free.
+        let again = Database::open(dir.path())
+            .await
+            .expect("reopen while old handles live");
+        assert_eq!(again.collection("users").count().await.expect("count"), 2);
+        assert!(matches!(users.count().await, Err(entidb::Error::Closed)));
+        drop((db, users));
+    });
+}

@@ -1,0 +1,619 @@
+"""EntiDB for Python: an asyncio-native embedded entity database with offline-first sync.
+
+```python
+import entidb
+
+db = await entidb.open("app.db")
+users = db.collection("users")
+uid = await users.put({"name": "Ada", "age": 36})
+doc = await users.get(uid)
+async with db.transaction() as tx:
+    await tx.collection("users").put({"name": "Grace"}, id=other_id)
+```
+
+Every call is a coroutine that runs the engine on a native thread pool without the GIL, so the
+event loop stays responsive and many coroutines can share one database. Documents are
+dicts (any value of the table in the README maps to canonical CBOR); ids are `uuid.UUID`.
+Errors derive from `entidb.Error`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, AsyncIterator, Optional, Sequence, Union
+
+from . import _entidb
+from ._entidb import (
+    AuthError,
+    Closed,
+    Conflict,
+    Corruption,
+    DocumentError,
+    Error,
+    FeedTruncated,
+    FullScanForbidden,
+    InvalidArgument,
+    IoError,
+    Locked,
+    NotFound,
+    SyncError,
+    TooLarge,
+    UniqueViolation,
+)
+from ._types import Simple, Tag, Undefined
+
+__all__ = [
+    "AuthError",
+    "Change",
+    "Closed",
+    "Collection",
+    "Conflict",
+    "Corruption",
+    "Database",
+    "Document",
+    "DocumentError",
+    "Error",
+    "FeedTruncated",
+    "FullScanForbidden",
+    "IndexInfo",
+    "InvalidArgument",
+    "IoError",
+    "Locked",
+    "NotFound",
+    "SearchHit",
+    "Simple",
+    "Snapshot",
+    "SyncError",
+    "Tag",
+    "TooLarge",
+    "Transaction",
+    "Undefined",
+    "UniqueViolation",
+    "open",
+    "open_memory",
+    "sync",
+]
+
+__version__ = _entidb.__version__
+
+IdLike = Union[uuid.UUID, str, bytes]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class Document:
+    """A stored entity: its id, its version (the sequence of the commit that last wrote
+    it) and its value."""
+
+    id: uuid.UUID
+    version: int
+    value: Any
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One full-text search result, best first."""
+
+    id: uuid.UUID
+    score: float
+    version: int
+    document: Any
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change of a committed transaction, from `Database.changes()`.
+
+    `op` is "put", "delete", "superseded" (a later commit overwrote this version and
+    compaction discarded it; that later change follows), "collection_created" or
+    "collection_dropped". `document` is the new value of a put.
+    """
+
+    sequence: int
+    timestamp_ms: int
+    origin: Optional[str]
+    collection: str
+    id: Optional[uuid.UUID]
+    version: int
+    op: str
+    document: Any
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """A declared index: name, field paths, kind ("ordered", "equality" or "search")."""
+
+    name: str
+    fields: list[str]
+    kind: str
+    unique: bool
+
+
+def _doc(row: tuple[uuid.UUID, int, Any]) -> Document:
+    return Document(id=row[0], version=row[1], value=row[2])
+
+
+def _values(value: Any) -> list[Any]:
+    """One index value, or a tuple of values for a composite index."""
+    return list(value) if isinstance(value, tuple) else [value]
+
+
+class _Reads:
+    """Reads of one collection from one source (latest state, snapshot or transaction)."""
+
+    def __init__(self, reader: _entidb.Reader, name: str) -> None:
+        self._reader = reader
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """The collection's name."""
+        return self._name
+
+    async def get(self, id: IdLike) -> Any:
+        """The document with this id, or None."""
+        row = await self._reader.get(self._name, id)
+        return None if row is None else row[2]
+
+    async def get_document(self, id: IdLike) -> Optional[Document]:
+        """The document with its id and version, or None."""
+        row = await self._reader.get(self._name, id)
+        return None if row is None else _doc(row)
+
+    async def exists(self, id: IdLike) -> bool:
+        """Whether the entity exists."""
+        return await self._reader.get(self._name, id) is not None
+
+    async def version(self, id: IdLike) -> Optional[int]:
+        """The entity's version, or None."""
+        row = await self._reader.get(self._name, id)
+        return None if row is None else row[1]
+
+    async def count(self) -> int:
+        """Number of entities (a full scan of the collection)."""
+        return await self._reader.count(self._name)
+
+    async def scan_documents(
+        self,
+        *,
+        limit: Optional[int] = None,
+        after: Optional[IdLike] = None,
+        page_size: int = 1000,
+    ) -> AsyncIterator[Document]:
+        """Documents in id order, fetched a page at a time."""
+        left = limit
+        while left is None or left > 0:
+            n = page_size if left is None else min(page_size, left)
+            rows, nxt = await self._reader.scan(self._name, after, n)
+            for row in rows:
+                yield _doc(row)
+            if left is not None:
+                left -= len(rows)
+            if nxt is None:
+                return
+            after = nxt
+
+    async def scan(
+        self,
+        *,
+        limit: Optional[int] = None,
+        after: Optional[IdLike] = None,
+        page_size: int = 1000,
+    ) -> AsyncIterator[Any]:
+        """Document values in id order, fetched a page at a time."""
+        async for d in self.scan_documents(limit=limit, after=after, page_size=page_size):
+            yield d.value
+
+    async def _lookup(
+        self, index: str, kind: str, limit: Optional[int], page_size: int, **q: Any
+    ) -> AsyncIterator[Document]:
+        left = limit
+        cursor: Optional[bytes] = None
+        while left is None or left > 0:
+            n = page_size if left is None else min(page_size, left)
+            rows, cursor = await self._reader.lookup(
+                self._name, index, kind, limit=n, after=cursor, **q
+            )
+            for row in rows:
+                yield _doc(row)
+            if left is not None:
+                left -= len(rows)
+            if cursor is None or not rows:
+                return
+
+    async def find_documents(
+        self, index: str, value: Any, *, limit: Optional[int] = None, page_size: int = 1000
+    ) -> AsyncIterator[Document]:
+        """Documents whose indexed value equals `value` (a tuple for the leading fields of
+        a composite index), in index order."""
+        async for d in self._lookup(index, "eq", limit, page_size, values=_values(value)):
+            yield d
+
+    async def find(
+        self, index: str, value: Any, *, limit: Optional[int] = None, page_size: int = 1000
+    ) -> AsyncIterator[Any]:
+        """Values of the documents whose indexed value equals `value`."""
+        async for d in self.find_documents(index, value, limit=limit, page_size=page_size):
+            yield d.value
+
+    async def find_one(self, index: str, value: Any) -> Any:
+        """The first document (value) whose indexed value equals `value`, or None."""
+        async for v in self.find(index, value, limit=1):
+            return v
+        return None
+
+    async def range(
+        self,
+        index: str,
+        lower: Any = None,
+        upper: Any = None,
+        *,
+        include_lower: bool = True,
+        include_upper: bool = False,
+        limit: Optional[int] = None,
+        page_size: int = 1000,
+    ) -> AsyncIterator[Document]:
+        """Documents of an ordered index between `lower` and `upper` (None: unbounded;
+        tuples for composite keys), in index order."""
+        async for d in self._lookup(
+            index,
+            "range",
+            limit,
+            page_size,
+            lower=None if lower is None else _values(lower),
+            lower_inclusive=include_lower,
+            upper=None if upper is None else _values(upper),
+            upper_inclusive=include_upper,
+        ):
+            yield d
+
+    async def prefix(
+        self,
+        index: str,
+        prefix: Union[str, bytes],
+        *,
+        equal: Any = None,
+        limit: Optional[int] = None,
+        page_size: int = 1000,
+    ) -> AsyncIterator[Document]:
+        """Documents of an ordered index whose (next) field starts with `prefix`, after
+        leading fields equal to `equal` (a tuple) if given."""
+        values = [] if equal is None else _values(equal)
+        async for d in self._lookup(
+            index, "prefix", limit, page_size, values=values, prefix=prefix
+        ):
+            yield d
+
+    async def search(
+        self,
+        text: str,
+        *,
+        index: Optional[str] = None,
+        mode: str = "all",
+        prefix: bool = False,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> AsyncIterator[SearchHit]:
+        """Full-text search ranked by BM25. `mode`: "all" words, "any" word, or "phrase";
+        `prefix=True` treats the last word as a prefix. `index` defaults to the
+        collection's only search index."""
+        if index is None:
+            names = [i.name for i in await self.indexes() if i.kind == "search"]
+            if len(names) != 1:
+                raise InvalidArgument(
+                    f"collection {self._name!r} has {len(names)} search indexes; pass index="
+                )
+            index = names[0]
+        hits = await self._reader.search(
+            self._name, index, text, mode=mode, prefix=prefix, limit=limit, offset=offset
+        )
+        for score, id, version, doc in hits:
+            yield SearchHit(id=id, score=score, version=version, document=doc)
+
+    async def indexes(self) -> list[IndexInfo]:
+        """The collection's indexes."""
+        return [
+            IndexInfo(name=i["name"], fields=i["fields"], kind=i["kind"], unique=i["unique"])
+            for i in await self._reader.indexes(self._name)
+        ]
+
+
+class Collection(_Reads):
+    """A collection of the latest state: every write is its own durable transaction."""
+
+    def __init__(self, db: Database, name: str) -> None:
+        super().__init__(db._native.reader(), name)
+        self._db = db
+
+    async def put(self, doc: Any, id: Optional[IdLike] = None) -> uuid.UUID:
+        """Write a document (a new time-ordered id unless `id` is given); returns the id.
+        Durable when this returns."""
+        return await self._db._native.put(self._name, doc, id)
+
+    async def delete(self, id: IdLike) -> bool:
+        """Delete an entity; returns whether it existed."""
+        return await self._db._native.delete(self._name, id)
+
+    async def create_index(
+        self,
+        fields: Union[str, Sequence[str]],
+        *,
+        name: Optional[str] = None,
+        unique: bool = False,
+        kind: str = "ordered",
+    ) -> str:
+        """Declare an index on one field path (`"address.city"`) or several (composite)
+        and build it in one transaction. `kind`: "ordered" (equality, ranges, prefixes) or
+        "equality" (hashed keys, equality only). Returns the index name (by default the
+        fields joined by commas)."""
+        fs = [fields] if isinstance(fields, str) else list(fields)
+        n = name or ",".join(fs)
+        await self._db._native.create_index(self._name, n, fs, kind=kind, unique=unique)
+        return n
+
+    async def create_search_index(
+        self,
+        fields: Union[str, Sequence[str]],
+        *,
+        name: Optional[str] = None,
+        stem_english: bool = False,
+        fold_case: bool = True,
+        fold_diacritics: bool = True,
+    ) -> str:
+        """Declare a full-text index over text fields; returns its name."""
+        fs = [fields] if isinstance(fields, str) else list(fields)
+        n = name or "search:" + ",".join(fs)
+        await self._db._native.create_index(
+            self._name,
+            n,
+            fs,
+            kind="search",
+            stem_english=stem_english,
+            fold_case=fold_case,
+            fold_diacritics=fold_diacritics,
+        )
+        return n
+
+    async def drop_index(self, name: str) -> bool:
+        """Drop an index; returns whether it existed."""
+        return await self._db._native.drop_index(self._name, name)
+
+    async def put_if(self, doc: Any, id: IdLike, version: Optional[int]) -> int:
+        """Write only if the entity's current version is `version` (None: it must not
+        exist); raises `Conflict` otherwise. Returns the new version."""
+        async with self._db.transaction() as tx:
+            await tx.collection(self._name).put_if(doc, id, version)
+        assert tx.sequence is not None
+        return tx.sequence
+
+    async def delete_if(self, id: IdLike, version: Optional[int]) -> bool:
+        """Delete only if the entity's current version is `version`; raises `Conflict`
+        otherwise. Returns whether it existed."""
+        async with self._db.transaction() as tx:
+            existed = await tx.collection(self._name).delete_if(id, version)
+        return existed
+
+
+class TxCollection(_Reads):
+    """A collection inside a transaction: reads see the transaction's writes."""
+
+    def __init__(self, tx: _entidb.Transaction, name: str) -> None:
+        super().__init__(tx.reader(), name)
+        self._tx = tx
+
+    async def put(self, doc: Any, id: Optional[IdLike] = None) -> uuid.UUID:
+        """Write a document in the transaction; returns its id."""
+        return await self._tx.put(self._name, doc, id)
+
+    async def delete(self, id: IdLike) -> bool:
+        """Delete an entity in the transaction; returns whether it existed."""
+        return await self._tx.delete(self._name, id)
+
+    async def put_if(self, doc: Any, id: IdLike, version: Optional[int]) -> None:
+        """Write only if the committed version is `version` (None: must not exist);
+        raises `Conflict` otherwise."""
+        await self._tx.put_if(self._name, doc, id, version)
+
+    async def delete_if(self, id: IdLike, version: Optional[int]) -> bool:
+        """Delete only if the committed version is `version`; raises `Conflict` otherwise."""
+        return await self._tx.delete_if(self._name, id, version)
+
+
+class Transaction:
+    """A write transaction. Use `async with db.transaction() as tx:`; it commits when the
+    block ends and aborts if it raises. Only one transaction writes at a time; others wait
+    when they begin."""
+
+    def __init__(self, db: Database, relaxed: bool = False) -> None:
+        self._db = db
+        self._relaxed = relaxed
+        self._tx: Optional[_entidb.Transaction] = None
+        self.sequence: Optional[int] = None
+
+    async def begin(self) -> Transaction:
+        """Start the transaction (`async with` does this)."""
+        self._tx = await self._db._native.begin()
+        if self._relaxed:
+            await self._tx.set_relaxed(True)
+        return self
+
+    def _native(self) -> _entidb.Transaction:
+        if self._tx is None:
+            raise Closed("the transaction has not begun (use `async with`)")
+        return self._tx
+
+    def collection(self, name: str) -> TxCollection:
+        """A collection inside this transaction."""
+        return TxCollection(self._native(), name)
+
+    async def commit(self) -> int:
+        """Commit; returns the commit's sequence."""
+        self.sequence = await self._native().commit()
+        return self.sequence
+
+    async def abort(self) -> None:
+        """Discard every write of the transaction."""
+        await self._native().abort()
+
+    async def __aenter__(self) -> Transaction:
+        return await self.begin()
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if exc_type is None:
+            await self.commit()
+        else:
+            await self.abort()
+
+
+class SnapshotCollection(_Reads):
+    """A collection as of a snapshot."""
+
+
+class Snapshot:
+    """A consistent read-only view at one sequence; it never changes however long it
+    lives, and never blocks writers."""
+
+    def __init__(self, reader: _entidb.Reader) -> None:
+        self._reader = reader
+
+    @property
+    def sequence(self) -> int:
+        """The sequence this snapshot reads at."""
+        s = self._reader.sequence()
+        assert s is not None
+        return s
+
+    def collection(self, name: str) -> SnapshotCollection:
+        """A collection as of this snapshot."""
+        return SnapshotCollection(self._reader, name)
+
+
+class Database:
+    """An open database. Open with `await entidb.open(path)`; close with `await db.close()`
+    or `async with await entidb.open(path) as db:`."""
+
+    def __init__(self, native: _entidb.Database) -> None:
+        self._native = native
+
+    def collection(self, name: str) -> Collection:
+        """A handle on a collection (created by its first write)."""
+        return Collection(self, name)
+
+    def transaction(self, *, relaxed: bool = False) -> Transaction:
+        """A write transaction for `async with`. `relaxed=True` commits without waiting for
+        the disk sync (a crash may lose it, never part of it)."""
+        return Transaction(self, relaxed)
+
+    async def begin(self, *, relaxed: bool = False) -> Transaction:
+        """Begin a transaction explicitly (commit or abort it yourself)."""
+        return await Transaction(self, relaxed).begin()
+
+    def snapshot(self) -> Snapshot:
+        """A snapshot of the current state."""
+        return Snapshot(self._native.snapshot())
+
+    def collections(self) -> list[str]:
+        """Names of the collections."""
+        return self._native.collections()
+
+    async def drop_collection(self, name: str) -> bool:
+        """Drop a collection with its entities and indexes."""
+        return await self._native.drop_collection(name)
+
+    async def changes(self, since: int = 0) -> AsyncIterator[Change]:
+        """The durable change feed after sequence `since`, then every new commit as it
+        happens (the iterator waits; it ends when the database closes)."""
+        stream = self._native.changes(since)
+        while True:
+            batch = await stream.next_batch()
+            if batch is None:
+                return
+            seq, ts, origin, changes = batch
+            for coll, id, version, op, doc in changes:
+                yield Change(seq, ts, origin, coll, id, version, op, doc)
+
+    @property
+    def last_sequence(self) -> int:
+        """The highest committed sequence."""
+        return self._native.last_sequence()
+
+    def new_id(self) -> uuid.UUID:
+        """A new time-ordered entity id."""
+        return self._native.new_id()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since open (reads, writes, commits, scans, index lookups, ...)."""
+        return self._native.stats()
+
+    async def checkpoint(self) -> None:
+        """Flush the write buffer to a segment."""
+        await self._native.checkpoint()
+
+    async def compact(self) -> None:
+        """Merge all segments, reclaiming space."""
+        await self._native.compact()
+
+    async def verify(self) -> int:
+        """Check every segment checksum; returns the entries read."""
+        return await self._native.verify()
+
+    async def verify_indexes(self) -> dict[str, Any]:
+        """Check every index against the documents; `report["ok"]` is the verdict."""
+        return await self._native.verify_indexes()
+
+    async def close(self) -> None:
+        """Checkpoint and close; later calls raise `Closed`."""
+        await self._native.close()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.close()
+
+
+async def open(
+    path: PathLike,
+    *,
+    create: bool = True,
+    memtable_bytes: Optional[int] = None,
+    cache_bytes: Optional[int] = None,
+    forbid_full_scans: bool = False,
+    feed_retention: Optional[int] = None,
+) -> Database:
+    """Open (creating if needed) the database in directory `path`."""
+    native = await _entidb.Database.open(
+        os.fspath(path),
+        create=create,
+        memtable_bytes=memtable_bytes,
+        cache_bytes=cache_bytes,
+        forbid_full_scans=forbid_full_scans,
+        feed_retention=feed_retention,
+    )
+    return Database(native)
+
+
+async def open_memory(
+    *, forbid_full_scans: bool = False, feed_retention: Optional[int] = None
+) -> Database:
+    """A database in memory (gone when closed)."""
+    native = await _entidb.Database.open(
+        None, forbid_full_scans=forbid_full_scans, feed_retention=feed_retention
+    )
+    return Database(native)
+
+
+from . import sync  # noqa: E402  (the submodule needs the names above)

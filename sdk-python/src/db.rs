@@ -1,0 +1,795 @@
+//! The native classes behind `entidb.Database`, `Transaction` and `Snapshot`. Every engine
+//! call runs as a future on the tokio runtime, without the GIL; Python values are converted
+//! before the future starts and results when it resolves.
+
+use std::ops::Bound as RangeBound;
+use std::sync::Arc;
+
+use entidb::cbor::Value;
+use entidb::{
+    Database, Document, Durability, IndexCursor, IndexSpec, Options, Query, ScanOptions,
+    SearchQuery, Snapshot, WriteTxn,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use pyo3_async_runtimes::tokio::future_into_py;
+use tokio::sync::Mutex;
+
+use crate::convert::{PyId, PyValue, to_id, to_value};
+use crate::errors::{self, engine};
+
+/// (id, version, document) of one entity.
+pub type Row = (PyId, u64, PyValue);
+
+fn row(d: Document) -> PyResult<Row> {
+    let v = d.value().map_err(engine)?;
+    Ok((PyId(d.id()), d.version(), PyValue(v)))
+}
+
+fn rows(docs: Vec<Document>) -> PyResult<Vec<Row>> {
+    docs.into_iter().map(row).collect()
+}
+
+/// A JSON-shaped result (stats, reports) handed to Python through `json.loads`.
+#[derive(Debug)]
+pub struct Json(pub String);
+
+impl<'py> IntoPyObject<'py> for Json {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("json")?.call_method1("loads", (self.0,))
+    }
+}
+
+pub fn json<T: serde::Serialize>(v: &T) -> PyResult<Json> {
+    serde_json::to_string(v)
+        .map(Json)
+        .map_err(|e| errors::Error::new_err(format!("cannot render a result: {e}")))
+}
+
+type TxHandle = Arc<Mutex<Option<WriteTxn>>>;
+
+fn finished() -> PyErr {
+    errors::Closed::new_err("the transaction has finished (committed or aborted)")
+}
+
+/// Where reads come from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// The latest state: a fresh snapshot per call.
+    Latest(Database),
+    /// One snapshot for the reader's life.
+    Snapshot(Arc<Snapshot>),
+    /// A write transaction (its own writes included).
+    Txn(TxHandle),
+}
+
+/// Query arguments, converted from Python before the future starts.
+struct QueryArgs {
+    query: Query,
+    limit: usize,
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors the Python keyword arguments"
+)]
+fn query_args(
+    kind: &str,
+    values: Option<&Bound<'_, PyList>>,
+    lower: Option<&Bound<'_, PyList>>,
+    lower_inclusive: bool,
+    upper: Option<&Bound<'_, PyList>>,
+    upper_inclusive: bool,
+    prefix: Option<&Bound<'_, PyAny>>,
+    limit: usize,
+    after: Option<Vec<u8>>,
+) -> PyResult<QueryArgs> {
+    let list = |l: Option<&Bound<'_, PyList>>| -> PyResult<Option<Vec<Value>>> {
+        l.map(|l| l.iter().map(|x| to_value(&x)).collect())
+            .transpose()
+    };
+    let values = list(values)?.unwrap_or_default();
+    let bound = |v: Option<Vec<Value>>, inclusive: bool| match v {
+        None => RangeBound::Unbounded,
+        Some(v) if inclusive => RangeBound::Included(v),
+        Some(v) => RangeBound::Excluded(v),
+    };
+    let mut query = match kind {
+        "eq" => Query::eq_all(values),
+        "range" => Query::range_all(
+            bound(list(lower)?, lower_inclusive),
+            bound(list(upper)?, upper_inclusive),
+        ),
+        "prefix" => {
+            let p = prefix
+                .map(to_value)
+                .transpose()?
+                .ok_or_else(|| errors::arg("a prefix lookup needs a prefix"))?;
+            Query::prefix_after(values, p)
+        }
+        "all" => Query::all(),
+        other => return Err(errors::arg(format!("unknown query kind {other:?}"))),
+    };
+    query = query.limit(limit);
+    if let Some(a) = after {
+        query = query.after(IndexCursor::from_bytes(a));
+    }
+    Ok(QueryArgs { query, limit })
+}
+
+/// A page of lookup results: rows and the cursor after the last one.
+type LookupPage = (Vec<Row>, Option<Vec<u8>>);
+/// (score, id, version, document)
+type Hit = (f64, PyId, u64, PyValue);
+
+fn search_query(
+    text: String,
+    mode: &str,
+    prefix: bool,
+    limit: usize,
+    offset: usize,
+) -> PyResult<SearchQuery> {
+    let q = match mode {
+        "all" => SearchQuery::all(text),
+        "any" => SearchQuery::any(text),
+        "phrase" => SearchQuery::phrase(text),
+        other => {
+            return Err(errors::arg(format!(
+                "unknown search mode {other:?} (all, any, phrase)"
+            )));
+        }
+    };
+    let q = if prefix { q.prefix_last() } else { q };
+    Ok(q.limit(limit).offset(offset))
+}
+
+fn hits(h: Vec<entidb::SearchHit>) -> PyResult<Vec<Hit>> {
+    h.into_iter()
+        .map(|h| {
+            let (id, version, doc) = row(h.document)?;
+            Ok((h.score, id, version, doc))
+        })
+        .collect()
+}
+
+/// Reads of one source: the same calls for the latest state, a snapshot and a transaction.
+#[pyclass(module = "entidb._entidb", name = "Reader", frozen)]
+#[derive(Debug)]
+pub struct PyReader {
+    source: Source,
+}
+
+#[pymethods]
+impl PyReader {
+    /// The entity `(id, version, document)` or `None`.
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = to_id(id)?;
+        let source = self.source.clone();
+        future_into_py(py, async move {
+            let doc = match source {
+                Source::Latest(db) => db.snapshot().collection(&collection).get_document(id).await,
+                Source::Snapshot(s) => s.collection(&collection).get_document(id).await,
+                Source::Txn(t) => {
+                    let mut g = t.lock().await;
+                    let tx = g.as_mut().ok_or_else(finished)?;
+                    tx.collection(&collection).get_document(id).await
+                }
+            }
+            .map_err(engine)?;
+            doc.map(row).transpose()
+        })
+    }
+
+    /// A page of entities in id order: `(rows, next_after)`.
+    #[pyo3(signature = (collection, after, limit))]
+    fn scan<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        after: Option<&Bound<'py, PyAny>>,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut opts = ScanOptions::limit(limit);
+        if let Some(a) = after {
+            opts = opts.after(to_id(a)?);
+        }
+        let source = self.source.clone();
+        future_into_py(py, async move {
+            let page = match source {
+                Source::Latest(db) => db.snapshot().collection(&collection).scan(opts).await,
+                Source::Snapshot(s) => s.collection(&collection).scan(opts).await,
+                Source::Txn(t) => {
+                    let mut g = t.lock().await;
+                    let tx = g.as_mut().ok_or_else(finished)?;
+                    tx.collection(&collection).scan(opts).await
+                }
+            }
+            .map_err(engine)?;
+            Ok((rows(page.items)?, page.next.map(PyId)))
+        })
+    }
+
+    /// Number of entities.
+    fn count<'py>(&self, py: Python<'py>, collection: String) -> PyResult<Bound<'py, PyAny>> {
+        let source = self.source.clone();
+        future_into_py(py, async move {
+            match source {
+                Source::Latest(db) => db.snapshot().collection(&collection).count().await,
+                Source::Snapshot(s) => s.collection(&collection).count().await,
+                Source::Txn(t) => {
+                    let mut g = t.lock().await;
+                    let tx = g.as_mut().ok_or_else(finished)?;
+                    tx.collection(&collection).count().await
+                }
+            }
+            .map_err(engine)
+        })
+    }
+
+    /// A page of an index lookup: `(rows, cursor)`; `cursor` is `None` at the end.
+    #[pyo3(signature = (collection, index, kind, values=None, lower=None, lower_inclusive=true, upper=None, upper_inclusive=false, prefix=None, limit=1000, after=None))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "mirrors the Python keyword arguments"
+    )]
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        index: String,
+        kind: &str,
+        values: Option<&Bound<'py, PyList>>,
+        lower: Option<&Bound<'py, PyList>>,
+        lower_inclusive: bool,
+        upper: Option<&Bound<'py, PyList>>,
+        upper_inclusive: bool,
+        prefix: Option<&Bound<'py, PyAny>>,
+        limit: usize,
+        after: Option<Vec<u8>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let QueryArgs { query, limit } = query_args(
+            kind,
+            values,
+            lower,
+            lower_inclusive,
+            upper,
+            upper_inclusive,
+            prefix,
+            limit,
+            after,
+        )?;
+        let source = self.source.clone();
+        future_into_py(py, async move {
+            let page = match source {
+                Source::Latest(db) => {
+                    let snap = db.snapshot();
+                    let mut l = snap
+                        .collection(&collection)
+                        .lookup(&index, &query)
+                        .await
+                        .map_err(engine)?;
+                    l.next_page(limit).await
+                }
+                Source::Snapshot(s) => {
+                    let mut l = s
+                        .collection(&collection)
+                        .lookup(&index, &query)
+                        .await
+                        .map_err(engine)?;
+                    l.next_page(limit).await
+                }
+                Source::Txn(t) => {
+                    let mut g = t.lock().await;
+                    let tx = g.as_mut().ok_or_else(finished)?;
+                    let mut c = tx.collection(&collection);
+                    let mut l = c.lookup(&index, &query).await.map_err(engine)?;
+                    l.next_page(limit).await
+                }
+            }
+            .map_err(engine)?;
+            let out: LookupPage = (rows(page.items)?, page.next.map(|c| c.as_bytes().to_vec()));
+            Ok(out)
+        })
+    }
+
+    /// Full-text search: `[(score, id, version, document)]`, best first.
+    #[pyo3(signature = (collection, index, text, mode="all", prefix=false, limit=20, offset=0))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "mirrors the Python keyword arguments"
+    )]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        index: String,
+        text: String,
+        mode: &str,
+        prefix: bool,
+        limit: usize,
+        offset: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let q = search_query(text, mode, prefix, limit, offset)?;
+        let source = self.source.clone();
+        future_into_py(py, async move {
+            let h = match source {
+                Source::Latest(db) => {
+                    db.snapshot()
+                        .collection(&collection)
+                        .search(&index, &q)
+                        .await
+                }
+                Source::Snapshot(s) => s.collection(&collection).search(&index, &q).await,
+                Source::Txn(t) => {
+                    let mut g = t.lock().await;
+                    let tx = g.as_mut().ok_or_else(finished)?;
+                    tx.collection(&collection).search(&index, &q).await
+                }
+            }
+            .map_err(engine)?;
+            hits(h)
+        })
+    }
+
+    /// The collection's indexes, as dicts (as this source sees them).
+    fn indexes<'py>(&self, py: Python<'py>, collection: String) -> PyResult<Bound<'py, PyAny>> {
+        future_into_py(py, {
+            let source = self.source.clone();
+            async move {
+                let infos = match source {
+                    Source::Latest(db) => db.snapshot().collection(&collection).indexes(),
+                    Source::Snapshot(s) => s.collection(&collection).indexes(),
+                    Source::Txn(t) => {
+                        let mut g = t.lock().await;
+                        let tx = g.as_mut().ok_or_else(finished)?;
+                        tx.collection(&collection).indexes()
+                    }
+                };
+                json(&infos)
+            }
+        })
+    }
+
+    /// The sequence a snapshot reads at (`None` for other sources).
+    fn sequence(&self) -> Option<u64> {
+        match &self.source {
+            Source::Snapshot(s) => Some(s.sequence()),
+            _ => None,
+        }
+    }
+}
+
+/// A write transaction: writes here, reads through `reader()`.
+#[pyclass(module = "entidb._entidb", name = "Transaction", frozen)]
+#[derive(Debug)]
+pub struct PyTransaction {
+    tx: TxHandle,
+    db: Database,
+}
+
+#[pymethods]
+impl PyTransaction {
+    /// Reads that see this transaction's writes.
+    fn reader(&self) -> PyReader {
+        PyReader {
+            source: Source::Txn(self.tx.clone()),
+        }
+    }
+
+    /// Write a document (a new id when `id` is None); returns the id.
+    #[pyo3(signature = (collection, doc, id=None))]
+    fn put<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        doc: &Bound<'py, PyAny>,
+        id: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let value = to_value(doc)?;
+        let id = id
+            .map(to_id)
+            .transpose()?
+            .unwrap_or_else(|| self.db.new_id());
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.collection(&collection)
+                .put_value(id, &value)
+                .map_err(engine)?;
+            Ok(PyId(id))
+        })
+    }
+
+    /// Delete an entity; returns whether it existed.
+    fn delete<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = to_id(id)?;
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.collection(&collection).delete(id).await.map_err(engine)
+        })
+    }
+
+    /// Write only if the committed version is `expected` (None: must not exist).
+    fn put_if<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        doc: &Bound<'py, PyAny>,
+        id: &Bound<'py, PyAny>,
+        expected: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let value = to_value(doc)?;
+        let id = to_id(id)?;
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.collection(&collection)
+                .put_value_if(id, &value, expected)
+                .await
+                .map_err(engine)
+        })
+    }
+
+    /// Delete only if the committed version is `expected`; returns whether it existed.
+    fn delete_if<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        id: &Bound<'py, PyAny>,
+        expected: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = to_id(id)?;
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.collection(&collection)
+                .delete_if(id, expected)
+                .await
+                .map_err(engine)
+        })
+    }
+
+    /// Commit; returns the commit's sequence.
+    fn commit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            let taken = tx.lock().await.take().ok_or_else(finished)?;
+            taken.commit().await.map_err(engine)
+        })
+    }
+
+    /// Discard the transaction.
+    fn abort<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            if let Some(t) = tx.lock().await.take() {
+                t.abort();
+            }
+            Ok(())
+        })
+    }
+
+    /// Commit without waiting for the sync (`relaxed=True`) or durably (the default).
+    fn set_relaxed<'py>(&self, py: Python<'py>, relaxed: bool) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.set_durability(if relaxed {
+                Durability::Relaxed
+            } else {
+                Durability::Durable
+            });
+            Ok(())
+        })
+    }
+}
+
+/// The change feed, followed live.
+#[pyclass(module = "entidb._entidb", name = "ChangeStream", frozen)]
+#[derive(Debug)]
+pub struct PyChangeStream {
+    stream: Arc<Mutex<entidb::ChangeStream>>,
+}
+
+/// (collection, id or None, version, op, document or None)
+type ChangeRow = (String, Option<PyId>, u64, &'static str, Option<PyValue>);
+
+#[pymethods]
+impl PyChangeStream {
+    /// The next committed transaction `(sequence, timestamp_ms, origin, [changes])`, waiting
+    /// for one; `None` once the database is closed.
+    fn next_batch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let stream = self.stream.clone();
+        future_into_py(py, async move {
+            let mut s = stream.lock().await;
+            let Some(batch) = s.next_batch().await else {
+                return Ok(None);
+            };
+            let batch = batch.map_err(engine)?;
+            let mut changes: Vec<ChangeRow> = Vec::with_capacity(batch.changes.len());
+            for c in batch.changes {
+                let (op, doc) = match c.op {
+                    entidb::ChangeOp::Put(bytes) => (
+                        "put",
+                        Some(PyValue(
+                            entidb::cbor::decode(&bytes).map_err(|e| engine(e.into()))?,
+                        )),
+                    ),
+                    entidb::ChangeOp::Delete => ("delete", None),
+                    entidb::ChangeOp::Superseded => ("superseded", None),
+                    entidb::ChangeOp::CollectionCreated => ("collection_created", None),
+                    entidb::ChangeOp::CollectionDropped => ("collection_dropped", None),
+                    _ => ("unknown", None),
+                };
+                changes.push((c.collection, c.id.map(PyId), c.version, op, doc));
+            }
+            Ok(Some((
+                batch.seq,
+                batch.timestamp_millis,
+                batch.origin,
+                changes,
+            )))
+        })
+    }
+}
+
+/// An open database.
+#[pyclass(module = "entidb._entidb", name = "Database", frozen)]
+#[derive(Debug)]
+pub struct PyDatabase {
+    pub(crate) db: Database,
+}
+
+#[pymethods]
+impl PyDatabase {
+    /// Open (or create) a database in directory `path`, or in memory when `path` is None.
+    #[staticmethod]
+    #[pyo3(signature = (path=None, *, create=true, memtable_bytes=None, cache_bytes=None, forbid_full_scans=false, feed_retention=None))]
+    fn open<'py>(
+        py: Python<'py>,
+        path: Option<std::path::PathBuf>,
+        create: bool,
+        memtable_bytes: Option<u64>,
+        cache_bytes: Option<u64>,
+        forbid_full_scans: bool,
+        feed_retention: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut o = Options::default()
+            .create_if_missing(create)
+            .forbid_full_scans(forbid_full_scans);
+        if let Some(m) = memtable_bytes {
+            o = o.memtable_bytes(m);
+        }
+        if let Some(c) = cache_bytes {
+            o = o.cache_bytes(c);
+        }
+        if let Some(r) = feed_retention {
+            o = o.feed_retention(r);
+        }
+        future_into_py(py, async move {
+            let db = match path {
+                Some(p) => Database::open_path(p, o).await,
+                None => Database::open_with(Arc::new(entidb::io::MemoryBackend::new()), o).await,
+            }
+            .map_err(engine)?;
+            Ok(PyDatabase { db })
+        })
+    }
+
+    /// Reads of the latest state.
+    fn reader(&self) -> PyReader {
+        PyReader {
+            source: Source::Latest(self.db.clone()),
+        }
+    }
+
+    /// Reads of one consistent snapshot.
+    fn snapshot(&self) -> PyReader {
+        PyReader {
+            source: Source::Snapshot(Arc::new(self.db.snapshot())),
+        }
+    }
+
+    /// Begin a write transaction (waits for the single writer slot).
+    fn begin<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            let tx = db.begin().await.map_err(engine)?;
+            Ok(PyTransaction {
+                tx: Arc::new(Mutex::new(Some(tx))),
+                db,
+            })
+        })
+    }
+
+    /// Write one document in its own durable transaction; returns the id.
+    #[pyo3(signature = (collection, doc, id=None))]
+    fn put<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        doc: &Bound<'py, PyAny>,
+        id: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let value = to_value(doc)?;
+        let id = id.map(to_id).transpose()?;
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            let id = id.unwrap_or_else(|| db.new_id());
+            db.collection(&collection)
+                .put_value(id, &value)
+                .await
+                .map_err(engine)?;
+            Ok(PyId(id))
+        })
+    }
+
+    /// Delete one entity; returns whether it existed.
+    fn delete<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = to_id(id)?;
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            db.collection(&collection).delete(id).await.map_err(engine)
+        })
+    }
+
+    /// Declare an index (`kind`: "ordered", "equality" or "search") and build it.
+    #[pyo3(signature = (collection, name, fields, kind="ordered", unique=false, stem_english=false, fold_case=true, fold_diacritics=true))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "mirrors the Python keyword arguments"
+    )]
+    fn create_index<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        name: String,
+        fields: Vec<String>,
+        kind: &str,
+        unique: bool,
+        stem_english: bool,
+        fold_case: bool,
+        fold_diacritics: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut spec = match kind {
+            "ordered" => IndexSpec::ordered(fields),
+            "equality" => IndexSpec::equality(fields),
+            "search" => IndexSpec::search(fields)
+                .stem_english(stem_english)
+                .fold_case(fold_case)
+                .fold_diacritics(fold_diacritics),
+            other => {
+                return Err(errors::InvalidArgument::new_err(format!(
+                    "unknown index kind {other:?} (ordered, equality, search)"
+                )));
+            }
+        };
+        if unique {
+            spec = spec.unique();
+        }
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            db.collection(&collection)
+                .create_index(&name, spec)
+                .await
+                .map_err(engine)
+        })
+    }
+
+    /// Drop an index; returns whether it existed.
+    fn drop_index<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        name: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            db.collection(&collection)
+                .drop_index(&name)
+                .await
+                .map_err(engine)
+        })
+    }
+
+    /// Names of the collections.
+    fn collections(&self) -> Vec<String> {
+        self.db.collections()
+    }
+
+    /// Drop a collection and its entities and indexes; returns whether it existed.
+    fn drop_collection<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            db.drop_collection(&name).await.map_err(engine)
+        })
+    }
+
+    /// The change feed from `since` (exclusive), following new commits.
+    fn changes(&self, since: u64) -> PyChangeStream {
+        PyChangeStream {
+            stream: Arc::new(Mutex::new(self.db.changes(since))),
+        }
+    }
+
+    /// Flush the write buffer to a segment.
+    fn checkpoint<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move { db.checkpoint().await.map_err(engine) })
+    }
+
+    /// Merge all segments, dropping what no snapshot needs.
+    fn compact<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move { db.compact().await.map_err(engine) })
+    }
+
+    /// Check every segment block; returns the entries read.
+    fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move { db.verify().await.map_err(engine) })
+    }
+
+    /// Check every index against the documents; returns the report as a dict.
+    fn verify_indexes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            let r = db.verify_indexes().await.map_err(engine)?;
+            let mut v =
+                serde_json::to_value(&r).map_err(|e| errors::Error::new_err(e.to_string()))?;
+            if let Some(m) = v.as_object_mut() {
+                m.insert("ok".into(), serde_json::Value::Bool(r.is_ok()));
+            }
+            json(&v)
+        })
+    }
+
+    /// Counters since open, as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json(&self.db.stats())?.into_pyobject(py)
+    }
+
+    /// The highest committed sequence.
+    fn last_sequence(&self) -> u64 {
+        self.db.last_sequence()
+    }
+
+    /// A new time-ordered entity id.
+    fn new_id(&self) -> PyId {
+        PyId(self.db.new_id())
+    }
+
+    /// Checkpoint and close.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move { db.close().await.map_err(engine) })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<entidb Database at sequence {}>", self.db.last_sequence())
+    }
+}
