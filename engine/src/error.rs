@@ -109,6 +109,9 @@ pub enum Error {
     /// An invalid argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A backup file is damaged, truncated, or not a backup. Nothing was restored from it.
+    #[error("invalid backup: {0}")]
+    InvalidBackup(String),
     /// A commit would give two documents equal values in a unique index. Nothing of the
     /// transaction was written.
     #[error(

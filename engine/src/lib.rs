@@ -8,6 +8,7 @@
 //!
 //! Start with [`Database`].
 
+pub mod backup;
 pub mod cbor;
 
 mod bloom;
@@ -31,6 +32,7 @@ mod stats;
 mod txn;
 mod wal;
 
+pub use backup::{BackupSink, BackupSource, BackupSummary, SliceSource, verify_backup};
 pub use database::{Collection, Database};
 pub use document::{Document, Page, ScanOptions};
 pub use error::{Error, Result};

@@ -81,6 +81,14 @@ impl Snapshot {
         }
     }
 
+    /// The index definitions of a collection in this snapshot.
+    pub(crate) fn index_defs(&self, name: &str) -> Vec<Arc<IndexDef>> {
+        match self.resolve(name) {
+            Some(c) => read(&self.inner.catalog).indexes_of(c, self.view.seq),
+            None => Vec::new(),
+        }
+    }
+
     /// Names of the collections that exist in this snapshot.
     pub fn collections(&self) -> Vec<String> {
         read(&self.inner.catalog)

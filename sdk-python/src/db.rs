@@ -789,7 +789,104 @@ impl PyDatabase {
         future_into_py(py, async move { db.close().await.map_err(engine) })
     }
 
+    /// Back up a consistent snapshot to the file `path` (written to `path.tmp`, synced,
+    /// renamed); returns the summary as a dict.
+    fn backup<'py>(
+        &self,
+        py: Python<'py>,
+        path: std::path::PathBuf,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(".tmp");
+            let tmp = std::path::PathBuf::from(tmp);
+            let io = |e: std::io::Error| {
+                errors::IoError::new_err(format!("backup to {}: {e}", path.display()))
+            };
+            let file = std::fs::File::create(&tmp).map_err(io)?;
+            let mut sink = FileSink(std::io::BufWriter::with_capacity(1 << 20, file));
+            let summary = match db.backup(&mut sink).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(engine(e));
+                }
+            };
+            let file = sink.0.into_inner().map_err(|e| io(e.into_error()))?;
+            file.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            json(&summary)
+        })
+    }
+
+    /// Check a backup file without restoring it; returns its summary.
+    #[staticmethod]
+    fn verify_backup<'py>(
+        py: Python<'py>,
+        path: std::path::PathBuf,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        future_into_py(py, async move {
+            let mut src = FileSource::open(&path)?;
+            json(&entidb::verify_backup(&mut src).await.map_err(engine)?)
+        })
+    }
+
+    /// Restore a backup file into a new database directory `target` (it must not hold a
+    /// database) and open it.
+    #[staticmethod]
+    fn restore<'py>(
+        py: Python<'py>,
+        path: std::path::PathBuf,
+        target: std::path::PathBuf,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        future_into_py(py, async move {
+            let mut src = FileSource::open(&path)?;
+            let backend = entidb::io::FsBackend::new(&target).map_err(|e| {
+                errors::IoError::new_err(format!("restore into {}: {e}", target.display()))
+            })?;
+            let (db, _) = Database::restore(&mut src, Arc::new(backend), Options::default())
+                .await
+                .map_err(engine)?;
+            Ok(PyDatabase { db })
+        })
+    }
+
     fn __repr__(&self) -> String {
         format!("<entidb Database at sequence {}>", self.db.last_sequence())
+    }
+}
+
+/// A backup sink on a file.
+struct FileSink(std::io::BufWriter<std::fs::File>);
+
+impl entidb::BackupSink for FileSink {
+    fn write<'a>(&'a mut self, bytes: &'a [u8]) -> entidb::io::BoxFuture<'a, std::io::Result<()>> {
+        use std::io::Write as _;
+        let r = self.0.write_all(bytes);
+        Box::pin(std::future::ready(r))
+    }
+}
+
+/// A backup source on a file.
+struct FileSource(std::fs::File);
+
+impl FileSource {
+    fn open(path: &std::path::Path) -> PyResult<FileSource> {
+        std::fs::File::open(path)
+            .map(FileSource)
+            .map_err(|e| errors::IoError::new_err(format!("cannot open {}: {e}", path.display())))
+    }
+}
+
+impl entidb::BackupSource for FileSource {
+    fn read(&mut self, max: usize) -> entidb::io::BoxFuture<'_, std::io::Result<Vec<u8>>> {
+        use std::io::Read as _;
+        let mut buf = vec![0u8; max];
+        let r = self.0.read(&mut buf).map(|n| {
+            buf.truncate(n);
+            buf
+        });
+        Box::pin(std::future::ready(r))
     }
 }

@@ -99,7 +99,9 @@ pub fn engine(e: entidb::Error) -> PyErr {
         E::CollectionNotFound(_) | E::IndexNotFound { .. } => NotFound::new_err(msg),
         E::VersionConflict { .. } => Conflict::new_err(msg),
         E::UniqueViolation { .. } => UniqueViolation::new_err(msg),
-        E::Corruption { .. } | E::UnsupportedFormat { .. } => Corruption::new_err(msg),
+        E::Corruption { .. } | E::UnsupportedFormat { .. } | E::InvalidBackup(_) => {
+            Corruption::new_err(msg)
+        }
         E::Closed => Closed::new_err(msg),
         E::Locked { .. } => Locked::new_err(msg),
         E::Document(_) => DocumentError::new_err(msg),

@@ -335,3 +335,25 @@ async def test_unreachable_server_raises_sync_error(tmp_path: Path) -> None:
     # The write waits in the outbox; nothing is lost.
     assert await s.pending_ops() == 1
     await db.close()
+
+
+async def test_backup_verify_restore(tmp_path: Path) -> None:
+    async with await entidb.open(tmp_path / "db") as db:
+        users = db.collection("users")
+        await users.create_index("email", unique=True)
+        ids = [await users.put({"email": f"u{i}@x", "blob": bytes([i])}) for i in range(20)]
+        summary = await db.backup(tmp_path / "backup.entidb")
+        assert summary["entities"] == 20 and summary["indexes"] == 1
+    checked = await entidb.verify_backup(tmp_path / "backup.entidb")
+    assert checked["entities"] == 20
+    restored = await entidb.restore(tmp_path / "backup.entidb", tmp_path / "restored")
+    users = restored.collection("users")
+    assert await users.get(ids[3]) == {"email": "u3@x", "blob": b"\x03"}
+    assert (await users.find_one("email", "u7@x")) is not None
+    await restored.close()
+    raw = (tmp_path / "backup.entidb").read_bytes()
+    (tmp_path / "cut.entidb").write_bytes(raw[:-5])
+    with pytest.raises(entidb.Corruption, match="truncated"):
+        await entidb.verify_backup(tmp_path / "cut.entidb")
+    with pytest.raises(entidb.Corruption):
+        await entidb.restore(tmp_path / "cut.entidb", tmp_path / "again")

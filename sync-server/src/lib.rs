@@ -11,6 +11,7 @@ pub mod hosted;
 pub mod http;
 pub mod metrics;
 pub mod service;
+pub mod tools;
 
 use std::sync::Arc;
 

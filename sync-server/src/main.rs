@@ -1,4 +1,6 @@
-//! The `entidb` command: `entidb serve` runs the sync server; `entidb token` mints a token.
+//! The `entidb` command: `entidb serve` runs the sync server; `entidb token` mints a token;
+//! the operator commands inspect, verify, compact, back up, restore, dump and load databases
+//! (exit codes in `entidb_server::tools`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +23,91 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a bearer token (JWT HS256) for a client.
     Token(TokenArgs),
+    /// Show a database: sequence, segments, collections with counts and sizes, indexes.
+    Inspect {
+        /// The database directory.
+        path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a database (manifest, WAL, every segment checksum, every index against the
+    /// documents) or a backup file (every frame checksum and the whole-file SHA-256). Exit 1
+    /// if anything is wrong.
+    Verify {
+        /// A database directory or a backup file.
+        path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge all segments of a database, reclaiming space.
+    Compact {
+        /// The database directory.
+        path: PathBuf,
+    },
+    /// Back up a consistent snapshot of a database to a file (streaming; the database is
+    /// not written to).
+    Backup {
+        /// The database directory.
+        path: PathBuf,
+        /// The backup file to write (replaced atomically).
+        file: PathBuf,
+    },
+    /// Restore a backup into a new database directory (checked completely before it is put
+    /// in place).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The database directory to create.
+        path: PathBuf,
+        /// Replace PATH if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write every entity as a JSON line (`{"collection", "id", "doc"}`; bytes and tags by
+    /// the documented mapping) to standard output.
+    Dump {
+        /// The database directory.
+        path: PathBuf,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+    },
+    /// Read JSON lines written by `dump` (FILE, or - for standard input) into a database
+    /// (created if missing).
+    Load {
+        /// The database directory.
+        path: PathBuf,
+        /// The JSON lines file, or - for standard input.
+        file: PathBuf,
+    },
+}
+
+/// Run an operator command on a small runtime and map its outcome to an exit code.
+fn tool(
+    name: &str,
+    f: impl std::future::Future<Output = entidb_server::tools::Outcome>,
+) -> ExitCode {
+    use entidb_server::tools::Outcome;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("entidb {name}: cannot start the runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    let outcome = rt.block_on(f);
+    match &outcome {
+        Outcome::Ok | Outcome::Problems => {}
+        Outcome::Usage(m) | Outcome::Locked(m) | Outcome::Failed(m) => {
+            eprintln!("entidb {name}: {m}");
+        }
+    }
+    ExitCode::from(outcome.code())
 }
 
 #[derive(Debug, Args)]
@@ -183,7 +270,19 @@ fn init_logs(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    use entidb_server::tools;
     match cli.command {
+        Command::Inspect { path, json } => tool("inspect", tools::inspect(&path, json)),
+        Command::Verify { path, json } => tool("verify", tools::verify(&path, json)),
+        Command::Compact { path } => tool("compact", tools::compact(&path)),
+        Command::Backup { path, file } => tool("backup", tools::backup(&path, &file)),
+        Command::Restore { file, path, force } => {
+            tool("restore", tools::restore(&file, &path, force))
+        }
+        Command::Dump { path, collection } => {
+            tool("dump", tools::dump(&path, collection.as_deref()))
+        }
+        Command::Load { path, file } => tool("load", tools::load(&path, &file)),
         Command::Serve(args) => {
             let config = match serve_config(&args) {
                 Ok(c) => c,

@@ -74,6 +74,8 @@ __all__ = [
     "UniqueViolation",
     "open",
     "open_memory",
+    "restore",
+    "verify_backup",
     "sync",
 ]
 
@@ -573,6 +575,12 @@ class Database:
         """Checkpoint and close; later calls raise `Closed`."""
         await self._native.close()
 
+    async def backup(self, path: PathLike) -> dict[str, Any]:
+        """Back up a consistent snapshot to the file `path` while writers keep going
+        (streaming; memory does not grow with the database). Returns a summary (sequence,
+        collections, entities, indexes, bytes)."""
+        return await self._native.backup(os.fspath(path))
+
     async def __aenter__(self) -> Database:
         return self
 
@@ -603,6 +611,19 @@ async def open(
         forbid_full_scans=forbid_full_scans,
         feed_retention=feed_retention,
     )
+    return Database(native)
+
+
+async def verify_backup(path: PathLike) -> dict[str, Any]:
+    """Check a backup file without restoring it (every checksum, the frame order and the
+    whole-file SHA-256); raises `Corruption` if it is damaged or truncated."""
+    return await _entidb.Database.verify_backup(os.fspath(path))
+
+
+async def restore(backup: PathLike, path: PathLike) -> Database:
+    """Restore a backup file into the new database directory `path` (refused if it
+    already holds a database) and return it open. Indexes are rebuilt."""
+    native = await _entidb.Database.restore(os.fspath(backup), os.fspath(path))
     return Database(native)
 
 

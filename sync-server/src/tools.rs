@@ -1,0 +1,745 @@
+//! The operator commands of the `entidb` binary: inspect, verify, compact, backup, restore,
+//! dump and load. Each returns an [`Outcome`] that `main` turns into an exit code:
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | done; for `verify`, nothing wrong was found |
+//! | 1 | `verify` found problems (damaged files, index differences, a bad backup) |
+//! | 2 | bad input: a missing path, an existing restore target without `--force`, a malformed dump line |
+//! | 3 | the database is open in another process (stop it first) |
+//! | 4 | any other failure (I/O, corruption found while working) |
+//!
+//! # JSON mapping of `dump` and `load`
+//!
+//! One entity per line: `{"collection": C, "doc": D, "id": "uuid"}`. Documents map CBOR to
+//! JSON as follows (and back, exactly, so `dump | load | dump` is byte-identical):
+//!
+//! | CBOR | JSON |
+//! |------|------|
+//! | null, true/false, text, array | the same |
+//! | integer in the i64 or u64 range | a number |
+//! | integer below -2^63 | `{"$int": "-18446744073709551616"}` |
+//! | finite float | a number with a fraction or exponent (`1.0`, never `1`) |
+//! | NaN, +-infinity | `{"$float": "NaN"}`, `{"$float": "Infinity"}`, `{"$float": "-Infinity"}` |
+//! | byte string | `{"$bytes": "<base64, standard alphabet, padded>"}` |
+//! | map with text keys none of which starts with `$` | an object |
+//! | any other map | `{"$map": [[key, value], ...]}` |
+//! | tag | `{"$tag": n, "value": v}` |
+//! | undefined, other simple values | `{"$undefined": true}`, `{"$simple": n}` |
+
+use std::io::{BufRead, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use entidb::cbor::{Int, Simple, Value};
+use entidb::io::BoxFuture;
+use entidb::{BackupSink, BackupSource, Database, EntityId, Options, ScanOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Number, Value as Json, json};
+
+/// How a command ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Success.
+    Ok,
+    /// `verify` found problems (already printed).
+    Problems,
+    /// Bad input.
+    Usage(String),
+    /// The database is held by another process.
+    Locked(String),
+    /// Anything else.
+    Failed(String),
+}
+
+impl Outcome {
+    /// The process exit code.
+    pub fn code(&self) -> u8 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Problems => 1,
+            Outcome::Usage(_) => 2,
+            Outcome::Locked(_) => 3,
+            Outcome::Failed(_) => 4,
+        }
+    }
+}
+
+fn failed(what: &str) -> impl Fn(entidb::Error) -> Outcome + '_ {
+    move |e| match e {
+        entidb::Error::Locked { .. } => Outcome::Locked(format!(
+            "{what}: the database is open in another process (is `entidb serve` running on it?); stop it first"
+        )),
+        entidb::Error::InvalidBackup(d) => Outcome::Usage(format!("{what}: invalid backup: {d}")),
+        e => Outcome::Failed(format!("{what}: {e}")),
+    }
+}
+
+async fn open_existing(path: &Path) -> Result<Database, Outcome> {
+    if !path.join("MANIFEST").is_file() {
+        return Err(Outcome::Usage(format!(
+            "no database at {} (no MANIFEST file)",
+            path.display()
+        )));
+    }
+    Database::open_path(path, Options::default().create_if_missing(false))
+        .await
+        .map_err(failed(&path.display().to_string()))
+}
+
+fn spinner(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {pos} {elapsed}") {
+        pb.set_style(style);
+    }
+    pb.set_message(msg.to_owned());
+    pb
+}
+
+fn print_json(v: &Json) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// `entidb inspect PATH`
+pub async fn inspect(path: &Path, as_json: bool) -> Outcome {
+    let db = match open_existing(path).await {
+        Ok(db) => db,
+        Err(o) => return o,
+    };
+    let snap = db.snapshot();
+    let stats = db.stats();
+    let mut colls = Vec::new();
+    for name in snap.collections() {
+        let c = snap.collection(&name);
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let mut opts = ScanOptions::limit(1024);
+        loop {
+            let page = match c.scan(opts).await {
+                Ok(p) => p,
+                Err(e) => return failed("inspect")(e),
+            };
+            for d in &page.items {
+                count += 1;
+                bytes += d.bytes().len() as u64;
+            }
+            match page.next {
+                Some(n) => opts = opts.after(n),
+                None => break,
+            }
+        }
+        colls.push(json!({
+            "name": name,
+            "entities": count,
+            "document_bytes": bytes,
+            "indexes": c.indexes(),
+        }));
+    }
+    let report = json!({
+        "path": path.display().to_string(),
+        "sequence": stats.last_sequence,
+        "segments": stats.segments,
+        "segment_bytes": stats.segment_bytes,
+        "oldest_feed_sequence": db.oldest_retained_sequence(),
+        "collections": colls,
+    });
+    if as_json {
+        print_json(&report);
+    } else {
+        println!("database {}", path.display());
+        println!("  sequence {}", stats.last_sequence);
+        println!(
+            "  segments {} ({} bytes); change feed from sequence {}",
+            stats.segments,
+            stats.segment_bytes,
+            db.oldest_retained_sequence()
+        );
+        for c in &colls {
+            println!(
+                "  collection {}: {} entities, {} bytes of documents",
+                c["name"].as_str().unwrap_or("?"),
+                c["entities"],
+                c["document_bytes"]
+            );
+            for i in c["indexes"].as_array().into_iter().flatten() {
+                println!(
+                    "    index {} ({}{}) on {}",
+                    i["name"].as_str().unwrap_or("?"),
+                    i["kind"].as_str().unwrap_or("?"),
+                    if i["unique"].as_bool() == Some(true) {
+                        ", unique"
+                    } else {
+                        ""
+                    },
+                    i["fields"]
+                        .as_array()
+                        .map(|f| f
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    close(db).await
+}
+
+async fn close(db: Database) -> Outcome {
+    match db.close().await {
+        Ok(()) => Outcome::Ok,
+        Err(e) => failed("closing")(e),
+    }
+}
+
+/// `entidb verify PATH` (a database directory, or a backup file).
+pub async fn verify(path: &Path, as_json: bool) -> Outcome {
+    if path.is_file() {
+        let mut src = match FileSource::open(path) {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        return match entidb::verify_backup(&mut src).await {
+            Ok(s) => {
+                if as_json {
+                    print_json(&json!({"ok": true, "backup": s}));
+                } else {
+                    println!(
+                        "backup {}: ok (sequence {}, {} collections, {} entities, {} indexes, {} bytes)",
+                        path.display(),
+                        s.sequence,
+                        s.collections,
+                        s.entities,
+                        s.indexes,
+                        s.bytes
+                    );
+                }
+                Outcome::Ok
+            }
+            Err(entidb::Error::InvalidBackup(d)) => {
+                if as_json {
+                    print_json(&json!({"ok": false, "error": d}));
+                } else {
+                    println!("backup {}: DAMAGED: {d}", path.display());
+                }
+                Outcome::Problems
+            }
+            Err(e) => failed("verify")(e),
+        };
+    }
+    // Opening checks the manifest and every WAL record since the last checkpoint.
+    let db = match open_existing(path).await {
+        Ok(db) => db,
+        Err(Outcome::Failed(msg)) => {
+            if as_json {
+                print_json(&json!({"ok": false, "error": msg}));
+            } else {
+                println!(
+                    "database {}: DAMAGED: the database does not open: {msg}",
+                    path.display()
+                );
+            }
+            return Outcome::Problems;
+        }
+        Err(o) => return o,
+    };
+    let segments = db.verify().await;
+    let indexes = db.verify_indexes().await;
+    let ok = segments.is_ok() && indexes.as_ref().is_ok_and(|r| r.is_ok());
+    if as_json {
+        print_json(&json!({
+            "ok": ok,
+            "segment_entries": segments.as_ref().ok(),
+            "segment_error": segments.as_ref().err().map(ToString::to_string),
+            "indexes": indexes.as_ref().ok(),
+            "index_error": indexes.as_ref().err().map(ToString::to_string),
+        }));
+    } else {
+        println!("database {}", path.display());
+        println!("  manifest and WAL: ok (read at open)");
+        match &segments {
+            Ok(n) => println!("  segments: ok ({n} entries)"),
+            Err(e) => println!("  segments: DAMAGED: {e}"),
+        }
+        match &indexes {
+            Ok(r) => {
+                for line in r.to_string().lines() {
+                    println!("  {line}");
+                }
+            }
+            Err(e) => println!("  indexes: DAMAGED: {e}"),
+        }
+    }
+    let closed = close(db).await;
+    if !ok {
+        return Outcome::Problems;
+    }
+    closed
+}
+
+/// `entidb compact PATH`
+pub async fn compact(path: &Path) -> Outcome {
+    let db = match open_existing(path).await {
+        Ok(db) => db,
+        Err(o) => return o,
+    };
+    let before = db.stats();
+    let pb = spinner("compacting");
+    let r = db.compact().await;
+    pb.finish_and_clear();
+    if let Err(e) = r {
+        return failed("compact")(e);
+    }
+    let after = db.stats();
+    println!(
+        "compacted {}: {} segments ({} bytes) -> {} segments ({} bytes)",
+        path.display(),
+        before.segments,
+        before.segment_bytes,
+        after.segments,
+        after.segment_bytes
+    );
+    close(db).await
+}
+
+/// A backup sink on a file.
+struct FileSink {
+    out: BufWriter<std::fs::File>,
+    pb: ProgressBar,
+}
+
+impl BackupSink for FileSink {
+    fn write<'a>(&'a mut self, bytes: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>> {
+        self.pb.inc(bytes.len() as u64);
+        let r = self.out.write_all(bytes);
+        Box::pin(std::future::ready(r))
+    }
+}
+
+/// A backup source on a file.
+struct FileSource {
+    file: std::fs::File,
+    pb: ProgressBar,
+}
+
+impl FileSource {
+    fn open(path: &Path) -> Result<FileSource, Outcome> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Outcome::Usage(format!("cannot open {}: {e}", path.display())))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let pb = ProgressBar::new(len);
+        if let Ok(style) = ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {elapsed}")
+        {
+            pb.set_style(style);
+        }
+        Ok(FileSource { file, pb })
+    }
+}
+
+impl BackupSource for FileSource {
+    fn read(&mut self, max: usize) -> BoxFuture<'_, std::io::Result<Vec<u8>>> {
+        let mut buf = vec![0u8; max];
+        let r = self.file.read(&mut buf).map(|n| {
+            buf.truncate(n);
+            self.pb.inc(n as u64);
+            buf
+        });
+        Box::pin(std::future::ready(r))
+    }
+}
+
+/// `entidb backup PATH FILE`: a consistent snapshot, written to FILE.tmp, synced, then
+/// renamed to FILE.
+pub async fn backup(path: &Path, file: &Path) -> Outcome {
+    let db = match open_existing(path).await {
+        Ok(db) => db,
+        Err(o) => return o,
+    };
+    let tmp = tmp_name(file, "tmp");
+    let out = match std::fs::File::create(&tmp) {
+        Ok(f) => f,
+        Err(e) => return Outcome::Failed(format!("cannot create {}: {e}", tmp.display())),
+    };
+    let mut sink = FileSink {
+        out: BufWriter::with_capacity(1 << 20, out),
+        pb: spinner("bytes written"),
+    };
+    let r = db.backup(&mut sink).await;
+    sink.pb.finish_and_clear();
+    let finish = (|| -> std::io::Result<()> {
+        let f = sink.out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    match (r, finish) {
+        (Ok(s), Ok(())) => {
+            println!(
+                "backup of {} at sequence {}: {} collections, {} entities, {} indexes, {} bytes -> {}",
+                path.display(),
+                s.sequence,
+                s.collections,
+                s.entities,
+                s.indexes,
+                s.bytes,
+                file.display()
+            );
+            close(db).await
+        }
+        (Err(e), _) => {
+            let _ = std::fs::remove_file(&tmp);
+            failed("backup")(e)
+        }
+        (_, Err(e)) => {
+            let _ = std::fs::remove_file(&tmp);
+            Outcome::Failed(format!("backup: writing {}: {e}", file.display()))
+        }
+    }
+}
+
+fn tmp_name(p: &Path, what: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(format!(".{what}-{}", std::process::id()));
+    PathBuf::from(s)
+}
+
+/// `entidb restore FILE PATH [--force]`: restores into a new directory beside PATH and moves
+/// it into place only when the whole backup checked out.
+pub async fn restore(file: &Path, path: &Path, force: bool) -> Outcome {
+    let occupied = path.exists()
+        && std::fs::read_dir(path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+    if occupied && !force {
+        return Outcome::Usage(format!(
+            "{} exists and is not empty; pass --force to replace it",
+            path.display()
+        ));
+    }
+    if occupied && path.join("MANIFEST").is_file() {
+        // Refuse to replace a database another process has open.
+        match Database::open_path(path, Options::default().create_if_missing(false)).await {
+            Ok(db) => {
+                if let Err(e) = db.close().await {
+                    return failed("restore")(e);
+                }
+            }
+            Err(e @ entidb::Error::Locked { .. }) => return failed("restore")(e),
+            Err(_) => {} // a damaged database may be replaced with --force
+        }
+    }
+    let mut src = match FileSource::open(file) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let staging = tmp_name(path, "restoring");
+    let _ = std::fs::remove_dir_all(&staging);
+    let backend = match entidb::io::FsBackend::new(&staging) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Failed(format!("restore: {e}")),
+    };
+    let r = Database::restore(&mut src, Arc::new(backend), Options::default()).await;
+    src.pb.finish_and_clear();
+    let (db, summary) = match r {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return failed("restore")(e);
+        }
+    };
+    if let Outcome::Failed(m) | Outcome::Locked(m) = close(db).await {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Outcome::Failed(m);
+    }
+    let moved = (|| -> std::io::Result<()> {
+        if path.exists() {
+            std::fs::remove_dir_all(path)?;
+        }
+        std::fs::rename(&staging, path)
+    })();
+    if let Err(e) = moved {
+        return Outcome::Failed(format!(
+            "restore: the restored database is complete in {} but could not be moved to {}: {e}",
+            staging.display(),
+            path.display()
+        ));
+    }
+    println!(
+        "restored {} (sequence {}): {} collections, {} entities, {} indexes rebuilt -> {}",
+        file.display(),
+        summary.sequence,
+        summary.collections,
+        summary.entities,
+        summary.indexes,
+        path.display()
+    );
+    Outcome::Ok
+}
+
+/// A CBOR value as JSON, by the table in the module docs.
+pub fn to_json(v: &Value) -> Json {
+    match v {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => {
+            let n = i.as_i128();
+            if let Ok(x) = i64::try_from(n) {
+                Json::from(x)
+            } else if let Ok(x) = u64::try_from(n) {
+                Json::from(x)
+            } else {
+                json!({"$int": n.to_string()})
+            }
+        }
+        Value::Float(f) if f.is_finite() => match Number::from_f64(*f) {
+            Some(n) => Json::Number(n),
+            None => json!({"$float": f.to_string()}),
+        },
+        Value::Float(f) => {
+            json!({"$float": if f.is_nan() { "NaN".to_owned() } else if *f > 0.0 { "Infinity".to_owned() } else { "-Infinity".to_owned() }})
+        }
+        Value::Text(t) => Json::String(t.clone()),
+        Value::Bytes(b) => json!({"$bytes": base64::engine::general_purpose::STANDARD.encode(b)}),
+        Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => {
+            let plain = entries
+                .iter()
+                .all(|(k, _)| k.as_text().is_some_and(|t| !t.starts_with('$')));
+            if plain {
+                let mut m = Map::new();
+                for (k, v) in entries {
+                    m.insert(k.as_text().unwrap_or_default().to_owned(), to_json(v));
+                }
+                Json::Object(m)
+            } else {
+                json!({"$map": entries.iter().map(|(k, v)| json!([to_json(k), to_json(v)])).collect::<Vec<_>>()})
+            }
+        }
+        Value::Tag(t, inner) => json!({"$tag": t, "value": to_json(inner)}),
+        Value::Undefined => json!({"$undefined": true}),
+        Value::Simple(s) => json!({"$simple": s.value()}),
+    }
+}
+
+/// JSON back to CBOR (the inverse of [`to_json`]).
+pub fn from_json(j: &Json) -> Result<Value, String> {
+    Ok(match j {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else {
+                Value::Float(n.as_f64().ok_or("a number out of range")?)
+            }
+        }
+        Json::String(s) => Value::Text(s.clone()),
+        Json::Array(items) => Value::Array(items.iter().map(from_json).collect::<Result<_, _>>()?),
+        Json::Object(m) => {
+            let special = m.keys().any(|k| k.starts_with('$'));
+            if !special {
+                Value::Map(
+                    m.iter()
+                        .map(|(k, v)| Ok((Value::Text(k.clone()), from_json(v)?)))
+                        .collect::<Result<_, String>>()?,
+                )
+            } else {
+                special_from_json(m)?
+            }
+        }
+    })
+}
+
+fn special_from_json(m: &Map<String, Json>) -> Result<Value, String> {
+    let one = |k: &str| (m.len() == 1).then(|| m.get(k)).flatten();
+    if let Some(s) = one("$int").and_then(Json::as_str) {
+        let n: i128 = s.parse().map_err(|_| format!("bad $int {s:?}"))?;
+        return Int::try_from(n)
+            .map(Value::Int)
+            .map_err(|_| format!("$int {s} is outside the CBOR range"));
+    }
+    if let Some(s) = one("$float").and_then(Json::as_str) {
+        return match s {
+            "NaN" => Ok(Value::Float(f64::NAN)),
+            "Infinity" => Ok(Value::Float(f64::INFINITY)),
+            "-Infinity" => Ok(Value::Float(f64::NEG_INFINITY)),
+            other => other
+                .parse()
+                .map(Value::Float)
+                .map_err(|_| format!("bad $float {other:?}")),
+        };
+    }
+    if let Some(s) = one("$bytes").and_then(Json::as_str) {
+        return base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map(Value::Bytes)
+            .map_err(|e| format!("bad $bytes: {e}"));
+    }
+    if let Some(entries) = one("$map").and_then(Json::as_array) {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            match e.as_array().map(Vec::as_slice) {
+                Some([k, v]) => out.push((from_json(k)?, from_json(v)?)),
+                _ => return Err("a $map entry is not a [key, value] pair".into()),
+            }
+        }
+        return Ok(Value::Map(out));
+    }
+    if one("$undefined") == Some(&Json::Bool(true)) {
+        return Ok(Value::Undefined);
+    }
+    if let Some(n) = one("$simple").and_then(Json::as_u64) {
+        return u8::try_from(n)
+            .ok()
+            .and_then(Simple::new)
+            .map(Value::Simple)
+            .ok_or_else(|| format!("bad $simple {n}"));
+    }
+    if m.len() == 2
+        && let (Some(t), Some(v)) = (m.get("$tag").and_then(Json::as_u64), m.get("value"))
+    {
+        return Ok(Value::Tag(t, Box::new(from_json(v)?)));
+    }
+    Err(format!(
+        "an object with keys {:?}: keys starting with $ are reserved for the forms of the dump mapping",
+        m.keys().collect::<Vec<_>>()
+    ))
+}
+
+/// `entidb dump PATH [--collection C]`: JSON lines on stdout.
+pub async fn dump(path: &Path, collection: Option<&str>) -> Outcome {
+    let db = match open_existing(path).await {
+        Ok(db) => db,
+        Err(o) => return o,
+    };
+    let snap = db.snapshot();
+    let names = match collection {
+        Some(c) => {
+            if !snap.collections().iter().any(|n| n == c) {
+                return Outcome::Usage(format!("no collection {c:?} in {}", path.display()));
+            }
+            vec![c.to_owned()]
+        }
+        None => snap.collections(),
+    };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let pb = spinner("entities");
+    for name in names {
+        let mut opts = ScanOptions::limit(1024);
+        loop {
+            let page = match snap.collection(&name).scan(opts).await {
+                Ok(p) => p,
+                Err(e) => return failed("dump")(e),
+            };
+            for d in &page.items {
+                let v = match d.value() {
+                    Ok(v) => v,
+                    Err(e) => return failed("dump")(e),
+                };
+                let line =
+                    json!({"collection": name, "id": d.id().to_string(), "doc": to_json(&v)});
+                if let Err(e) = writeln!(out, "{line}") {
+                    return Outcome::Failed(format!("dump: writing: {e}"));
+                }
+                pb.inc(1);
+            }
+            match page.next {
+                Some(c) => opts = opts.after(c),
+                None => break,
+            }
+        }
+    }
+    pb.finish_and_clear();
+    if let Err(e) = out.flush() {
+        return Outcome::Failed(format!("dump: writing: {e}"));
+    }
+    drop(out);
+    drop(snap);
+    close(db).await
+}
+
+/// `entidb load PATH FILE` (`-`: standard input): the inverse of dump. Entities are written
+/// in transactions of 1,000 (an existing entity with the same id is replaced).
+pub async fn load(path: &Path, file: &Path) -> Outcome {
+    let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => Box::new(std::io::BufReader::new(f)),
+            Err(e) => return Outcome::Usage(format!("cannot open {}: {e}", file.display())),
+        }
+    };
+    let db = match Database::open_path(path, Options::default()).await {
+        Ok(db) => db,
+        Err(e) => return failed(&path.display().to_string())(e),
+    };
+    let pb = spinner("entities");
+    let mut tx = match db.begin().await {
+        Ok(t) => t,
+        Err(e) => return failed("load")(e),
+    };
+    let mut in_tx = 0usize;
+    let mut total = 0u64;
+    for (n, line) in input.lines().enumerate() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => return Outcome::Failed(format!("load: reading line {}: {e}", n + 1)),
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<Json>(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|j| {
+                let coll = j["collection"]
+                    .as_str()
+                    .ok_or("no \"collection\"")?
+                    .to_owned();
+                let id: EntityId = j["id"]
+                    .as_str()
+                    .ok_or("no \"id\"")?
+                    .parse()
+                    .map_err(|e| format!("bad id: {e}"))?;
+                let doc = from_json(j.get("doc").ok_or("no \"doc\"")?)?;
+                Ok::<_, String>((coll, id, doc))
+            });
+        let (coll, id, doc) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                return Outcome::Usage(format!(
+                    "load: line {}: {e}; nothing after the last committed batch was written",
+                    n + 1
+                ));
+            }
+        };
+        if let Err(e) = tx.collection(&coll).put_value(id, &doc) {
+            return failed("load")(e);
+        }
+        in_tx += 1;
+        total += 1;
+        pb.inc(1);
+        if in_tx >= 1000 {
+            if let Err(e) = tx.commit().await {
+                return failed("load")(e);
+            }
+            tx = match db.begin().await {
+                Ok(t) => t,
+                Err(e) => return failed("load")(e),
+            };
+            in_tx = 0;
+        }
+    }
+    if let Err(e) = tx.commit().await {
+        return failed("load")(e);
+    }
+    pb.finish_and_clear();
+    eprintln!("loaded {total} entities into {}", path.display());
+    close(db).await
+}

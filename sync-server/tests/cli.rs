@@ -1,0 +1,276 @@
+//! The operator commands, run as the real `entidb` binary against real database directories.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use entidb::cbor::{Simple, Value};
+use entidb::{Database, EntityId, IndexSpec, ScanOptions};
+
+fn entidb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_entidb"))
+        .args(args)
+        .output()
+        .expect("run entidb")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+type State = BTreeMap<(String, EntityId), Vec<u8>>;
+
+async fn state(path: &Path) -> State {
+    let db = Database::open(path).await.expect("open");
+    let snap = db.snapshot();
+    let mut out = State::new();
+    for name in snap.collections() {
+        let page = snap
+            .collection(&name)
+            .scan(ScanOptions::limit(100_000))
+            .await
+            .expect("scan");
+        for d in page.items {
+            out.insert((name.clone(), d.id()), d.bytes().to_vec());
+        }
+    }
+    drop(snap);
+    db.close().await.expect("close");
+    out
+}
+
+/// A database with every kind of value the dump mapping has a form for, and indexes.
+async fn populate(path: &Path) {
+    let db = Database::open(path).await.expect("open");
+    let users = db.collection("users");
+    users
+        .create_index("email", IndexSpec::equality(["email"]).unique())
+        .await
+        .expect("index");
+    users
+        .create_index("bio", IndexSpec::search(["bio"]))
+        .await
+        .expect("index");
+    for i in 0..50i64 {
+        users
+            .insert(&Value::map([
+                ("email", Value::from(format!("u{i}@example.com"))),
+                ("bio", Value::from(format!("writes rust number {i}"))),
+                ("n", Value::from(i - 25)),
+                ("f", Value::Float(i as f64 / 4.0)),
+            ]))
+            .await
+            .expect("insert");
+    }
+    let odd = Value::Map(vec![
+        (Value::from("bytes"), Value::Bytes(vec![0, 1, 2, 255])),
+        (Value::from("nan"), Value::Float(f64::NAN)),
+        (Value::from("inf"), Value::Float(f64::NEG_INFINITY)),
+        (Value::from("one"), Value::Float(1.0)),
+        (Value::from("min"), Value::Int(entidb::cbor::Int::MIN)),
+        (Value::from("max"), Value::from(u64::MAX)),
+        (
+            Value::from("$dollar"),
+            Value::from("a key that looks special"),
+        ),
+        (
+            Value::from("when"),
+            Value::Tag(1, Box::new(Value::from(1_700_000_000))),
+        ),
+        (Value::from("undef"), Value::Undefined),
+        (
+            Value::from("simple"),
+            Value::Simple(Simple::new(99).expect("simple")),
+        ),
+        (
+            Value::from("nested"),
+            Value::Map(vec![(Value::from(7), Value::from("int key"))]),
+        ),
+        (Value::from("null"), Value::Null),
+        (
+            Value::from("list"),
+            Value::array([Value::Bool(true), Value::from("x")]),
+        ),
+    ]);
+    db.collection("odd")
+        .put_value(db.new_id(), &odd)
+        .await
+        .expect("odd");
+    db.close().await.expect("close");
+}
+
+#[test]
+fn help_lists_every_command() {
+    let o = entidb(&["--help"]);
+    assert_eq!(code(&o), 0);
+    let help = text(&o);
+    for cmd in [
+        "serve", "token", "inspect", "verify", "compact", "backup", "restore", "dump", "load",
+    ] {
+        assert!(help.contains(cmd), "--help lacks {cmd}:\n{help}");
+        let o = entidb(&[cmd, "--help"]);
+        assert_eq!(code(&o), 0, "{cmd} --help");
+        assert!(
+            text(&o).contains("Usage: entidb"),
+            "{cmd} --help:\n{}",
+            text(&o)
+        );
+    }
+}
+
+#[tokio::test]
+async fn inspect_verify_backup_restore_dump_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let dbs = db.to_str().expect("utf-8 path");
+    populate(&db).await;
+
+    let o = entidb(&["inspect", dbs, "--json"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let users = report["collections"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "users"))
+        .expect("users");
+    assert_eq!(users["entities"], 50);
+    assert_eq!(users["indexes"].as_array().map(Vec::len), Some(2));
+    assert!(text(&entidb(&["inspect", dbs])).contains("index email (equality, unique)"));
+
+    let o = entidb(&["verify", dbs]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = entidb(&["verify", dbs, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["ok"], true);
+
+    // Backup, verify it, restore it elsewhere: the same documents under the same ids, with
+    // working indexes.
+    let bak = dir.path().join("db.bak");
+    let baks = bak.to_str().expect("utf-8");
+    let o = entidb(&["backup", dbs, baks]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = entidb(&["verify", baks]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let restored = dir.path().join("restored");
+    let rs = restored.to_str().expect("utf-8");
+    let o = entidb(&["restore", baks, rs]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(state(&restored).await, state(&db).await);
+    assert_eq!(
+        code(&entidb(&["verify", rs])),
+        0,
+        "restored indexes check out"
+    );
+    // An existing target needs --force.
+    let o = entidb(&["restore", baks, rs]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("--force"));
+    assert_eq!(code(&entidb(&["restore", baks, rs, "--force"])), 0);
+
+    // A truncated or damaged backup is rejected and replaces nothing.
+    let bytes = std::fs::read(&bak).expect("read");
+    let cut = dir.path().join("cut.bak");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).expect("write");
+    let o = entidb(&["verify", cut.to_str().expect("utf-8")]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("truncated"), "{}", text(&o));
+    let o = entidb(&["restore", cut.to_str().expect("utf-8"), rs, "--force"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert_eq!(
+        state(&restored).await,
+        state(&db).await,
+        "the target is untouched"
+    );
+
+    // dump | load | dump is byte-identical, and the documents are the same bytes.
+    let d1 = entidb(&["dump", dbs]);
+    assert_eq!(code(&d1), 0, "{}", text(&d1));
+    let dump1 = dir.path().join("dump1.jsonl");
+    std::fs::write(&dump1, &d1.stdout).expect("write");
+    let loaded = dir.path().join("loaded");
+    let ls = loaded.to_str().expect("utf-8");
+    let o = entidb(&["load", ls, dump1.to_str().expect("utf-8")]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let d2 = entidb(&["dump", ls]);
+    assert_eq!(d1.stdout, d2.stdout, "dump | load | dump differs");
+    assert_eq!(state(&loaded).await, state(&db).await);
+    let only = entidb(&["dump", dbs, "--collection", "odd"]);
+    let line = String::from_utf8(only.stdout).expect("utf-8");
+    assert_eq!(line.lines().count(), 1);
+    for form in [
+        "$bytes",
+        "$float",
+        "$int",
+        "$map",
+        "$tag",
+        "$undefined",
+        "$simple",
+    ] {
+        assert!(line.contains(form), "{form} missing in {line}");
+    }
+
+    // A malformed line is refused with its line number.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"collection\":\"c\",\"id\":\"nope\",\"doc\":1}\n").expect("write");
+    let o = entidb(&["load", ls, bad.to_str().expect("utf-8")]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("line 1"), "{}", text(&o));
+
+    // Compaction keeps everything.
+    assert_eq!(code(&entidb(&["compact", dbs])), 0);
+    assert_eq!(state(&db).await, state(&restored).await);
+
+    // Damage: a flipped byte in a segment makes verify fail with exit 1.
+    let seg = std::fs::read_dir(&db)
+        .expect("list")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "sst"))
+        .expect("a segment");
+    let mut raw = std::fs::read(&seg).expect("read");
+    raw[20] ^= 0xFF;
+    std::fs::write(&seg, raw).expect("write");
+    let o = entidb(&["verify", dbs]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("DAMAGED"), "{}", text(&o));
+}
+
+#[tokio::test]
+async fn commands_refuse_a_database_open_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    populate(&path).await;
+    let held = Database::open(&path).await.expect("open");
+    let p = path.to_str().expect("utf-8");
+    let bak = dir.path().join("x.bak");
+    for args in [
+        vec!["inspect", p],
+        vec!["verify", p],
+        vec!["compact", p],
+        vec!["dump", p],
+        vec!["backup", p, bak.to_str().expect("utf-8")],
+        vec!["load", p, "-"],
+    ] {
+        let o = entidb(&args);
+        assert_eq!(code(&o), 3, "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("open in another process"), "{}", text(&o));
+    }
+    held.close().await.expect("close");
+    assert_eq!(code(&entidb(&["inspect", p])), 0);
+}
+
+#[test]
+fn missing_database_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("nothing");
+    let o = entidb(&["inspect", p.to_str().expect("utf-8")]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("no database"));
+}
