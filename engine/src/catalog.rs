@@ -195,6 +195,7 @@ impl Catalog {
                     let name = std::str::from_utf8(&value[4..]).map_err(|_| bad())?;
                     dropped_indexes.push((coll, name.to_owned(), id, seq));
                 }
+                Some(b'V') => {} // the schema version, read where it is needed
                 _ => return Err(bad()),
             }
         }

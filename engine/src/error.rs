@@ -109,6 +109,28 @@ pub enum Error {
     /// An invalid argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A migration step failed; the database stays at the version before that step.
+    #[error(
+        "migration to schema version {version} failed (the database stays at the previous version): {cause}"
+    )]
+    MigrationFailed {
+        /// The version the step would have produced.
+        version: u64,
+        /// Why.
+        #[source]
+        cause: Box<Error>,
+    },
+    /// The database's schema version is newer than every migration step this application
+    /// has: it was written by a newer version of the application.
+    #[error(
+        "the database is at schema version {found}, newer than this application's {supported}; upgrade the application"
+    )]
+    SchemaTooNew {
+        /// The database's version.
+        found: u64,
+        /// The highest version the application knows.
+        supported: u64,
+    },
     /// A backup file is damaged, truncated, or not a backup. Nothing was restored from it.
     #[error("invalid backup: {0}")]
     InvalidBackup(String),

@@ -6,6 +6,7 @@
 //! | 0x00 | `00 'D' id(u32 BE)`                   | name of a dropped collection       |
 //! | 0x00 | `00 'I' collection-id(u32 BE) name`   | index definition (CBOR map)        |
 //! | 0x00 | `00 'J' index-id(u32 BE)`             | collection id (u32 BE) and name of a dropped index |
+//! | 0x00 | `00 'V'`                              | schema version (u64 BE; see `migrate.rs`) |
 //! | 0x01 | `01 collection-id(u32 BE) entity-id`  | canonical CBOR document            |
 //! | 0x02 | `02 index-id(u32 BE) key-body entity-id` | empty (an index entry; see `index/`) |
 //! | 0x03 | `03 sequence(u64 BE)`                 | change-feed record (see `feed.rs`) |
@@ -78,6 +79,11 @@ pub(crate) fn dropped_key(coll: u32) -> Vec<u8> {
     let mut k = vec![TAG_CATALOG, b'D'];
     k.extend_from_slice(&coll.to_be_bytes());
     k
+}
+
+/// The catalog key of the schema version.
+pub(crate) fn schema_version_key() -> Vec<u8> {
+    vec![TAG_CATALOG, b'V']
 }
 
 /// The catalog key of index `name` on collection `coll`.

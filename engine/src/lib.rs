@@ -25,6 +25,7 @@ mod keys;
 mod manifest;
 mod memtable;
 mod merge;
+mod migrate;
 mod options;
 mod read;
 mod segment;
@@ -42,6 +43,7 @@ pub use index::{
     IndexCursor, IndexInfo, IndexKind, IndexPage, IndexReport, IndexSpec, Lookup, Query, SearchHit,
     SearchMode, SearchQuery, TextOptions,
 };
+pub use migrate::{MigrationReport, Migrations};
 pub use options::{Durability, Options};
 pub use stats::Stats;
 pub use txn::{Snapshot, SnapshotCollection, TxCollection, WriteTxn};

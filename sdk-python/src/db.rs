@@ -467,6 +467,31 @@ impl PyTransaction {
         })
     }
 
+    /// The schema version as this transaction sees it.
+    fn schema_version<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            let g = tx.lock().await;
+            let tx = g.as_ref().ok_or_else(finished)?;
+            tx.schema_version().await.map_err(engine)
+        })
+    }
+
+    /// Set the schema version (committed with the transaction).
+    fn set_schema_version<'py>(
+        &self,
+        py: Python<'py>,
+        version: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.set_schema_version(version);
+            Ok(())
+        })
+    }
+
     /// Commit; returns the commit's sequence.
     fn commit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let tx = self.tx.clone();
@@ -776,6 +801,12 @@ impl PyDatabase {
     /// The highest committed sequence.
     fn last_sequence(&self) -> u64 {
         self.db.last_sequence()
+    }
+
+    /// The committed schema version.
+    fn schema_version<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move { db.schema_version().await.map_err(engine) })
     }
 
     /// A new time-ordered entity id.

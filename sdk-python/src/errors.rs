@@ -91,6 +91,13 @@ create_exception!(
     "The sync server refused the token (401) or its scopes (403)."
 );
 
+create_exception!(
+    entidb,
+    MigrationError,
+    Error,
+    "A migration step failed (the database stays at the previous version), or the database is newer than the application."
+);
+
 /// Map an engine error to its exception.
 pub fn engine(e: entidb::Error) -> PyErr {
     use entidb::Error as E;
@@ -107,6 +114,7 @@ pub fn engine(e: entidb::Error) -> PyErr {
         E::Document(_) => DocumentError::new_err(msg),
         E::TooLarge { .. } | E::IndexKeyTooLarge { .. } => TooLarge::new_err(msg),
         E::FullScanForbidden { .. } => FullScanForbidden::new_err(msg),
+        E::MigrationFailed { .. } | E::SchemaTooNew { .. } => MigrationError::new_err(msg),
         E::FeedTruncated { .. } => FeedTruncated::new_err(msg),
         E::Io { .. } | E::FailStopped { .. } => IoError::new_err(msg),
         E::InvalidArgument(_)
@@ -148,6 +156,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("IoError", py.get_type::<IoError>())?;
     m.add("SyncError", py.get_type::<SyncError>())?;
     m.add("AuthError", py.get_type::<AuthError>())?;
+    m.add("MigrationError", py.get_type::<MigrationError>())?;
     Ok(())
 }
 

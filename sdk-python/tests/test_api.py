@@ -357,3 +357,27 @@ async def test_backup_verify_restore(tmp_path: Path) -> None:
         await entidb.verify_backup(tmp_path / "cut.entidb")
     with pytest.raises(entidb.Corruption):
         await entidb.restore(tmp_path / "cut.entidb", tmp_path / "again")
+
+
+async def test_migrations(tmp_path: Path) -> None:
+    async def v1(tx: entidb.Transaction) -> None:
+        await tx.collection("settings").put({"theme": "dark"}, id=uuid.UUID(int=1))
+
+    async def v2(tx: entidb.Transaction) -> None:
+        await tx.collection("settings").put({"theme": "light"}, id=uuid.UUID(int=1))
+        raise RuntimeError("v2 is broken")
+
+    db = await entidb.open(tmp_path / "db", migrations={1: v1})
+    assert await db.schema_version() == 1
+    with pytest.raises(entidb.MigrationError, match="v2 is broken"):
+        await db.migrate({1: v1, 2: v2})
+    assert await db.schema_version() == 1, "the failed step left the previous version"
+    assert await db.collection("settings").get(uuid.UUID(int=1)) == {"theme": "dark"}
+
+    async def v2_fixed(tx: entidb.Transaction) -> None:
+        await tx.collection("settings").put({"theme": "light"}, id=uuid.UUID(int=1))
+
+    assert await db.migrate({1: v1, 2: v2_fixed}) == (1, 2)
+    with pytest.raises(entidb.MigrationError, match="newer"):
+        await db.migrate({1: v1})
+    await db.close()

@@ -23,7 +23,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, AsyncIterator, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional, Sequence, Union
 
 from . import _entidb
 from ._entidb import (
@@ -38,6 +38,7 @@ from ._entidb import (
     InvalidArgument,
     IoError,
     Locked,
+    MigrationError,
     NotFound,
     SyncError,
     TooLarge,
@@ -62,6 +63,8 @@ __all__ = [
     "InvalidArgument",
     "IoError",
     "Locked",
+    "MigrationError",
+    "Migrations",
     "NotFound",
     "SearchHit",
     "Simple",
@@ -82,6 +85,9 @@ __all__ = [
 __version__ = _entidb.__version__
 
 IdLike = Union[uuid.UUID, str, bytes]
+#: Migration steps: the version each step produces -> an async function of the transaction
+#: it runs in.
+Migrations = Mapping[int, Callable[["Transaction"], Awaitable[None]]]
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -575,6 +581,42 @@ class Database:
         """Checkpoint and close; later calls raise `Closed`."""
         await self._native.close()
 
+    async def schema_version(self) -> int:
+        """The committed schema version (0 for a database never migrated)."""
+        return await self._native.schema_version()
+
+    async def migrate(self, steps: Migrations) -> tuple[int, int]:
+        """Run every step above the current schema version, in order, each in its own
+        transaction that also records the new version: a step and its version commit
+        together or not at all. A failing step raises `MigrationError` (chained to the
+        cause) and leaves the database at the previous version. Returns (from, to)."""
+        current = await self._native.schema_version()
+        target = max(steps, default=0)
+        if current > target:
+            raise MigrationError(
+                f"the database is at schema version {current}, newer than this "
+                f"application's {target}; upgrade the application"
+            )
+        for v in range(current + 1, target + 1):
+            step = steps.get(v)
+            if step is None:
+                raise InvalidArgument(
+                    f"no migration step for version {v} (the database is at {current})"
+                )
+            tx = await self.begin()
+            native = tx._native()
+            try:
+                if await native.schema_version() >= v:
+                    await native.abort()  # migrated meanwhile by another task
+                    continue
+                await step(tx)
+                await native.set_schema_version(v)
+                await tx.commit()
+            except Exception as e:
+                await native.abort()
+                raise MigrationError(f"migration to schema version {v} failed: {e}") from e
+        return current, target
+
     async def backup(self, path: PathLike) -> dict[str, Any]:
         """Back up a consistent snapshot to the file `path` while writers keep going
         (streaming; memory does not grow with the database). Returns a summary (sequence,
@@ -596,13 +638,15 @@ class Database:
 async def open(
     path: PathLike,
     *,
+    migrations: Optional[Migrations] = None,
     create: bool = True,
     memtable_bytes: Optional[int] = None,
     cache_bytes: Optional[int] = None,
     forbid_full_scans: bool = False,
     feed_retention: Optional[int] = None,
 ) -> Database:
-    """Open (creating if needed) the database in directory `path`."""
+    """Open (creating if needed) the database in directory `path`, and run `migrations`
+    (see `Database.migrate`) if given."""
     native = await _entidb.Database.open(
         os.fspath(path),
         create=create,
@@ -611,7 +655,14 @@ async def open(
         forbid_full_scans=forbid_full_scans,
         feed_retention=feed_retention,
     )
-    return Database(native)
+    db = Database(native)
+    if migrations:
+        try:
+            await db.migrate(migrations)
+        except BaseException:
+            await db.close()
+            raise
+    return db
 
 
 async def verify_backup(path: PathLike) -> dict[str, Any]:
