@@ -257,7 +257,8 @@ impl Database {
             match kind {
                 COLLECTION => {
                     let name = collection_name(&payload)?;
-                    tx.create_collection(&name)?;
+                    tx.create_collection(&name)
+                        .map_err(|e| bad(format!("collection frame: {e}")))?;
                     summary.collections += 1;
                     current = Some(name);
                 }
@@ -266,7 +267,9 @@ impl Database {
                         .as_deref()
                         .ok_or_else(|| bad("entities before any collection"))?;
                     for (id, doc) in entities(&payload)? {
-                        tx.collection(name).put_cbor(id, doc)?;
+                        tx.collection(name)
+                            .put_cbor(id, doc)
+                            .map_err(|e| bad(format!("document {id}: {e}")))?;
                         summary.entities += 1;
                         pending += doc.len();
                     }
@@ -291,7 +294,13 @@ impl Database {
         }
         tx.commit().await?;
         for (coll, name, spec) in indexes {
-            db.collection(&coll).create_index(&name, spec).await?;
+            db.collection(&coll)
+                .create_index(&name, spec)
+                .await
+                .map_err(|e| match e {
+                    e @ (Error::Io { .. } | Error::FailStopped { .. }) => e,
+                    e => bad(format!("index {name:?} of {coll:?}: {e}")),
+                })?;
         }
         db.checkpoint().await?;
         summary.bytes = r.bytes;
@@ -305,27 +314,46 @@ impl Database {
 pub async fn verify_backup<R: BackupSource + ?Sized>(source: &mut R) -> Result<BackupSummary> {
     let mut r = Reader::new(source);
     let mut summary = r.header().await?;
-    let mut in_collection = false;
+    let mut collections = std::collections::BTreeSet::new();
+    let mut indexes = std::collections::BTreeSet::new();
+    let max_doc = Options::default().max_document_bytes;
     loop {
         let (kind, payload) = r.frame().await?;
         match kind {
             COLLECTION => {
-                collection_name(&payload)?;
+                let name = collection_name(&payload)?;
+                crate::catalog::check_name(&name)
+                    .map_err(|e| bad(format!("collection frame: {e}")))?;
+                if !collections.insert(name.clone()) {
+                    return Err(bad(format!("collection {name:?} appears twice")));
+                }
                 summary.collections += 1;
-                in_collection = true;
             }
             ENTITIES => {
-                if !in_collection {
+                if collections.is_empty() {
                     return Err(bad("entities before any collection"));
                 }
                 for (id, doc) in entities(&payload)? {
+                    if doc.len() > max_doc {
+                        return Err(bad(format!(
+                            "document {id} has {} bytes, more than the default limit of {max_doc}",
+                            doc.len()
+                        )));
+                    }
                     cbor::validate_canonical(doc)
                         .map_err(|e| bad(format!("document {id} is not canonical CBOR: {e}")))?;
                     summary.entities += 1;
                 }
             }
             INDEX => {
-                index_from_record(&payload)?;
+                let (coll, name, spec) = index_from_record(&payload)?;
+                spec.check(&name)
+                    .map_err(|e| bad(format!("index frame: {e}")))?;
+                if !collections.contains(&coll) || !indexes.insert((coll.clone(), name.clone())) {
+                    return Err(bad(format!(
+                        "index {name:?} of {coll:?}: unknown collection or defined twice"
+                    )));
+                }
                 summary.indexes += 1;
             }
             END => {

@@ -977,14 +977,30 @@ pub(crate) fn range(version: &Version, from: &[u8], end: &[u8]) -> MergeIter {
     MergeIter::new(&version.mems, &version.segments, from, Some(Arc::from(end)))
 }
 
+/// The segments that may hold keys starting with `probe` (all of them without a probe).
+fn probed(version: &Version, probe: Option<&[u8]>) -> Vec<Arc<Segment>> {
+    version
+        .segments
+        .iter()
+        .filter(|s| probe.is_none_or(|p| s.may_contain(p)))
+        .cloned()
+        .collect()
+}
+
 /// Like [`range`], for a range of index entries that all start with `prefix` (an index key
 /// without its entity id): segments whose filter rules the prefix out are skipped.
 pub(crate) fn index_range(version: &Version, from: &[u8], end: &[u8], prefix: &[u8]) -> MergeIter {
-    let segments: Vec<Arc<Segment>> = version
-        .segments
-        .iter()
-        .filter(|s| s.may_contain(prefix))
-        .cloned()
-        .collect();
+    let segments = probed(version, Some(prefix));
     MergeIter::new(&version.mems, &segments, from, Some(Arc::from(end)))
+}
+
+/// Entries of `[from, end)` in descending key order (see [`index_range`] for `probe`).
+pub(crate) fn range_rev(
+    version: &Version,
+    from: &[u8],
+    end: &[u8],
+    probe: Option<&[u8]>,
+) -> crate::merge::RevMergeIter {
+    let segments = probed(version, probe);
+    crate::merge::RevMergeIter::new(&version.mems, &segments, from, end)
 }

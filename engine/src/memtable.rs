@@ -232,6 +232,35 @@ impl Memtable {
         Some((e.key().seq.0, e.value().clone()))
     }
 
+    /// Up to `max` entries (all versions) before position `(before, before_seq)` (exclusive),
+    /// in descending position order, stopping before keys below `lower`.
+    pub(crate) fn chunk_rev(
+        &self,
+        before: &[u8],
+        before_seq: u64,
+        lower: &[u8],
+        max: usize,
+    ) -> Vec<Entry> {
+        let probe = Probe {
+            key: before,
+            seq: Reverse(before_seq),
+        };
+        let mut out = Vec::new();
+        let bounds: (Bound<&dyn KeyView>, Bound<&dyn KeyView>) =
+            (Bound::Unbounded, Bound::Excluded(&probe));
+        for e in self.map.range::<dyn KeyView, _>(bounds).rev() {
+            if out.len() >= max || e.key().key.as_slice() < lower {
+                break;
+            }
+            out.push(Entry {
+                key: e.key().key.to_arc(),
+                seq: e.key().seq.0,
+                op: e.value().clone(),
+            });
+        }
+        out
+    }
+
     /// Up to `max` entries (all versions) at or after position `(from, from_seq)`, stopping
     /// before `end` (exclusive user key) if given.
     pub(crate) fn chunk(

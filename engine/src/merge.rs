@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::memtable::{Entry, Memtable, Op};
-use crate::segment::{SegCursor, Segment};
+use crate::segment::{SegCursor, SegRevCursor, Segment};
 
 /// Largest number of memtable entries copied out at once. The first copy of a source takes
 /// `MEM_CHUNK_FIRST` and each next one doubles, so short reads (a point range, an index page
@@ -17,17 +17,63 @@ use crate::segment::{SegCursor, Segment};
 const MEM_CHUNK: usize = 256;
 const MEM_CHUNK_FIRST: usize = 8;
 
+/// A memtable read in chunks, forwards from a position to an end key, or backwards from
+/// before a position down to a lower key.
+#[derive(Debug)]
+struct MemCursor {
+    mem: Arc<Memtable>,
+    buf: VecDeque<Entry>,
+    /// Forwards: the position to continue from (inclusive); backwards: the position to
+    /// continue before (exclusive). `None` when exhausted.
+    next: Option<(Vec<u8>, u64)>,
+    /// Forwards: the end key (exclusive, if any); backwards: the lower key (inclusive).
+    bound: Option<Arc<[u8]>>,
+    reverse: bool,
+    /// Size of the next copy.
+    chunk: usize,
+}
+
+impl MemCursor {
+    fn new(mem: &Arc<Memtable>, start: &[u8], bound: Option<Arc<[u8]>>, reverse: bool) -> Self {
+        MemCursor {
+            mem: mem.clone(),
+            buf: VecDeque::new(),
+            next: Some((start.to_vec(), u64::MAX)),
+            bound,
+            reverse,
+            chunk: MEM_CHUNK_FIRST,
+        }
+    }
+
+    fn next(&mut self) -> Option<Entry> {
+        if self.buf.is_empty() {
+            let (k, s) = self.next.take()?;
+            let want = self.chunk;
+            self.chunk = (want * 2).min(MEM_CHUNK);
+            let got = if self.reverse {
+                self.mem
+                    .chunk_rev(&k, s, self.bound.as_deref().unwrap_or(&[]), want)
+            } else {
+                self.mem.chunk(&k, s, self.bound.as_deref(), want)
+            };
+            if got.len() == want
+                && let Some(last) = got.last()
+            {
+                self.next = Some(if self.reverse {
+                    (last.key.to_vec(), last.seq)
+                } else {
+                    position_after(&last.key, last.seq)
+                });
+            }
+            self.buf.extend(got);
+        }
+        self.buf.pop_front()
+    }
+}
+
 #[derive(Debug)]
 enum Source {
-    Mem {
-        mem: Arc<Memtable>,
-        buf: VecDeque<Entry>,
-        /// Position to continue from (inclusive), or `None` when exhausted.
-        next: Option<(Vec<u8>, u64)>,
-        end: Option<Arc<[u8]>>,
-        /// Size of the next copy.
-        chunk: usize,
-    },
+    Mem(MemCursor),
     Seg(SegCursor),
 }
 
@@ -35,29 +81,7 @@ impl Source {
     async fn next(&mut self) -> Result<Option<Entry>> {
         match self {
             Source::Seg(c) => c.next().await,
-            Source::Mem {
-                mem,
-                buf,
-                next,
-                end,
-                chunk,
-            } => {
-                if buf.is_empty() {
-                    let Some((k, s)) = next.take() else {
-                        return Ok(None);
-                    };
-                    let want = *chunk;
-                    *chunk = (want * 2).min(MEM_CHUNK);
-                    let got = mem.chunk(&k, s, end.as_deref(), want);
-                    if got.len() == want
-                        && let Some(last) = got.last()
-                    {
-                        *next = Some(position_after(&last.key, last.seq));
-                    }
-                    buf.extend(got);
-                }
-                Ok(buf.pop_front())
-            }
+            Source::Mem(m) => Ok(m.next()),
         }
     }
 }
@@ -92,13 +116,7 @@ impl MergeIter {
     ) -> Self {
         let mut sources = Vec::with_capacity(mems.len() + segments.len());
         for m in mems {
-            sources.push(Source::Mem {
-                mem: m.clone(),
-                buf: VecDeque::new(),
-                next: Some((from.to_vec(), u64::MAX)),
-                end: end.clone(),
-                chunk: MEM_CHUNK_FIRST,
-            });
+            sources.push(Source::Mem(MemCursor::new(m, from, end.clone(), false)));
         }
         for s in segments {
             sources.push(Source::Seg(SegCursor::new(
@@ -170,5 +188,134 @@ impl MergeIter {
             }
         }
         Ok(None)
+    }
+}
+
+/// One source of a [`RevMergeIter`].
+#[derive(Debug)]
+enum RevSource {
+    Mem(MemCursor),
+    Seg(SegRevCursor),
+}
+
+impl RevSource {
+    async fn next(&mut self) -> Result<Option<Entry>> {
+        match self {
+            RevSource::Seg(c) => c.next().await,
+            RevSource::Mem(m) => Ok(m.next()),
+        }
+    }
+}
+
+/// A merged view of several sources over `[lower, before)`, in descending key order: the
+/// mirror of [`MergeIter`], for reverse range reads.
+#[derive(Debug)]
+pub(crate) struct RevMergeIter {
+    sources: Vec<RevSource>,
+    heads: Vec<Option<Entry>>,
+    started: bool,
+    /// An entry read ahead while collecting the versions of the previous key.
+    pending: Option<Entry>,
+}
+
+impl RevMergeIter {
+    pub(crate) fn new(
+        mems: &[Arc<Memtable>],
+        segments: &[Arc<Segment>],
+        lower: &[u8],
+        before: &[u8],
+    ) -> Self {
+        let lower: Arc<[u8]> = Arc::from(lower);
+        let mut sources = Vec::with_capacity(mems.len() + segments.len());
+        for m in mems {
+            sources.push(RevSource::Mem(MemCursor::new(
+                m,
+                before,
+                Some(lower.clone()),
+                true,
+            )));
+        }
+        for s in segments {
+            sources.push(RevSource::Seg(SegRevCursor::new(
+                s.clone(),
+                lower.clone(),
+                before,
+            )));
+        }
+        let n = sources.len();
+        RevMergeIter {
+            sources,
+            heads: vec![None; n],
+            started: false,
+            pending: None,
+        }
+    }
+
+    /// The previous entry of any version: descending key, ascending sequence.
+    async fn next_raw(&mut self) -> Result<Option<Entry>> {
+        if !self.started {
+            for i in 0..self.sources.len() {
+                self.heads[i] = self.sources[i].next().await?;
+            }
+            self.started = true;
+        }
+        let mut best: Option<(usize, &Entry)> = None;
+        for (i, h) in self.heads.iter().enumerate() {
+            if let Some(e) = h
+                && best.is_none_or(|(_, b)| Entry::cmp_pos(&e.key, e.seq, &b.key, b.seq).is_gt())
+            {
+                best = Some((i, e));
+            }
+        }
+        let Some(b) = best.map(|(i, _)| i) else {
+            return Ok(None);
+        };
+        let out = self.heads[b].take();
+        self.heads[b] = self.sources[b].next().await?;
+        Ok(out)
+    }
+
+    /// For each key in descending order, the newest put at or below `snapshot` (keys whose
+    /// newest visible version is a delete are skipped).
+    pub(crate) async fn next_live(
+        &mut self,
+        snapshot: u64,
+    ) -> Result<Option<(Arc<[u8]>, u64, Arc<[u8]>)>> {
+        loop {
+            let first = match self.pending.take() {
+                Some(e) => e,
+                None => match self.next_raw().await? {
+                    Some(e) => e,
+                    None => return Ok(None),
+                },
+            };
+            // The versions of one key arrive oldest first; keep the newest visible one.
+            let key = first.key.clone();
+            let mut best = (first.seq <= snapshot).then_some(first);
+            loop {
+                match self.next_raw().await? {
+                    Some(e) if e.key == key => {
+                        if e.seq <= snapshot {
+                            best = Some(e);
+                        }
+                    }
+                    other => {
+                        self.pending = other;
+                        break;
+                    }
+                }
+            }
+            if let Some(Entry {
+                seq,
+                op: Op::Put(v),
+                ..
+            }) = best
+            {
+                return Ok(Some((key, seq, v)));
+            }
+            if self.pending.is_none() {
+                return Ok(None);
+            }
+        }
     }
 }

@@ -377,7 +377,6 @@ impl Segment {
             .partition_point(|e| Entry::cmp_pos(&e.last_key, e.last_seq, key, seq).is_lt())
     }
 
-    /// Newest version of `key` at or below `snapshot` in this segment.
     /// Whether the filter allows `key` (counted in `filter_skips` when it does not).
     pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
         let yes = may_contain(&self.filter, key);
@@ -389,6 +388,7 @@ impl Segment {
         yes
     }
 
+    /// Newest version of `key` at or below `snapshot` in this segment.
     pub(crate) async fn get(&self, key: &[u8], snapshot: u64) -> Result<Option<(u64, Op)>> {
         if snapshot < self.meta.min_seq {
             return Ok(None);
@@ -726,6 +726,75 @@ impl SegCursor {
             let e = block.entry(self.pos);
             self.pos += 1;
             return Ok(Some(e));
+        }
+    }
+}
+
+/// A backward cursor over one segment: entries before a key (exclusive), down to a lower key
+/// bound (inclusive), in descending position order.
+#[derive(Debug)]
+pub(crate) struct SegRevCursor {
+    seg: Arc<Segment>,
+    /// The block being read, and how many of its entries are still to return (from the end).
+    block_idx: usize,
+    block: Option<Arc<Block>>,
+    pos: usize,
+    before: Option<Vec<u8>>,
+    lower: Arc<[u8]>,
+    done: bool,
+}
+
+impl SegRevCursor {
+    pub(crate) fn new(seg: Arc<Segment>, lower: Arc<[u8]>, before: &[u8]) -> Self {
+        // The block holding the first position of `before`, or past the end.
+        let block_idx = seg
+            .find_block(before, u64::MAX)
+            .min(seg.index.len().saturating_sub(1));
+        Self {
+            done: seg.index.is_empty(),
+            seg,
+            block_idx,
+            block: None,
+            pos: 0,
+            before: Some(before.to_vec()),
+            lower,
+        }
+    }
+
+    /// The previous entry, or `None` below the range.
+    pub(crate) async fn next(&mut self) -> Result<Option<Entry>> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let block = match &self.block {
+                Some(b) => b.clone(),
+                None => {
+                    let b = self.seg.block(self.block_idx).await?;
+                    self.pos = match self.before.take() {
+                        Some(k) => b.seek(&k, u64::MAX),
+                        None => b.len(),
+                    };
+                    self.block = Some(b.clone());
+                    b
+                }
+            };
+            if self.pos == 0 {
+                self.block = None;
+                if self.block_idx == 0 {
+                    self.done = true;
+                    return Ok(None);
+                }
+                self.block_idx -= 1;
+                continue;
+            }
+            self.pos -= 1;
+            let (k, _) = block.key_seq(self.pos);
+            if k < &self.lower[..] {
+                self.done = true;
+                return Ok(None);
+            }
+            return Ok(Some(block.entry(self.pos)));
         }
     }
 }

@@ -290,10 +290,18 @@ async fn check_lookups(
         }
         for _ in 0..4 {
             let q = random_query(rng, spec);
-            let expect = expected(docs, spec, &q);
+            let reverse = rng.random_bool(0.4);
+            let mut expect = expected(docs, spec, &q);
+            if reverse {
+                expect.reverse();
+            }
+            let base = || {
+                let b = q.to_query();
+                if reverse { b.reverse() } else { b }
+            };
             let page_size = rng.random_range(1..6);
             let mut got = Vec::new();
-            let mut query = q.to_query().limit(page_size);
+            let mut query = base().limit(page_size);
             loop {
                 let page = match db.collection(COLL).lookup(name, &query).await {
                     Ok(p) => p,
@@ -302,7 +310,7 @@ async fn check_lookups(
                 };
                 got.extend(page.items.iter().map(|d| d.id()));
                 match page.next {
-                    Some(c) => query = q.to_query().limit(page_size).after(c),
+                    Some(c) => query = base().limit(page_size).after(c),
                     None => break,
                 }
                 if got.len() > docs.len() {
@@ -312,7 +320,9 @@ async fn check_lookups(
             if got != expect {
                 fail(
                     seed,
-                    format!("{what}: lookup {name} {q:?}\n got      {got:?}\n expected {expect:?}"),
+                    format!(
+                        "{what}: lookup {name} {q:?} reverse {reverse}\n got      {got:?}\n expected {expect:?}"
+                    ),
                 );
             }
         }
@@ -461,10 +471,16 @@ fn run_seed(seed: u64) {
                             if !lookups.is_empty() && rng.random_bool(0.3) {
                                 let (name, spec) = lookups.iter().nth(rng.random_range(0..lookups.len())).expect("index");
                                 let q = random_query(&mut rng, spec);
-                                let expect = expected(&d2, spec, &q);
+                                let reverse = rng.random_bool(0.4);
+                                let mut expect = expected(&d2, spec, &q);
+                                let mut query = q.to_query();
+                                if reverse {
+                                    expect.reverse();
+                                    query = query.reverse();
+                                }
                                 let got: Vec<EntityId> = tx
                                     .collection(COLL)
-                                    .lookup(name, &q.to_query())
+                                    .lookup(name, &query)
                                     .await?
                                     .collect()
                                     .await?

@@ -142,6 +142,29 @@ fn lookups_by_equality_range_prefix_and_composite_keys() {
             }
         }
         assert_eq!(all, ["Barbara", "Ada", "Alonzo", "Alan", "Grace", "Edsger"]);
+        // The same in descending order, paged backwards with the cursor.
+        let mut desc = Vec::new();
+        let mut q = Query::all().reverse().limit(4);
+        loop {
+            let page = users.lookup("by_age", &q).await.expect("lookup");
+            desc.extend(names(&page.items));
+            match page.next {
+                Some(c) => q = Query::all().reverse().limit(4).after(c),
+                None => break,
+            }
+        }
+        assert_eq!(
+            desc,
+            ["Edsger", "Grace", "Alan", "Alonzo", "Ada", "Barbara"]
+        );
+        let q = Query::range(
+            Bound::Included(Value::from(36)),
+            Bound::Excluded(Value::from(45)),
+        )
+        .reverse()
+        .limit(2);
+        let page = users.lookup("by_age", &q).await.expect("lookup");
+        assert_eq!(names(&page.items), ["Alan", "Alonzo"]);
 
         // Kinds answer what they can, and say so otherwise.
         let err = users

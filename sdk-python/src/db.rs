@@ -235,7 +235,7 @@ impl PyReader {
     }
 
     /// A page of an index lookup: `(rows, cursor)`; `cursor` is `None` at the end.
-    #[pyo3(signature = (collection, index, kind, values=None, lower=None, lower_inclusive=true, upper=None, upper_inclusive=false, prefix=None, limit=1000, after=None))]
+    #[pyo3(signature = (collection, index, kind, values=None, lower=None, lower_inclusive=true, upper=None, upper_inclusive=false, prefix=None, limit=1000, after=None, reverse=false))]
     #[expect(
         clippy::too_many_arguments,
         reason = "mirrors the Python keyword arguments"
@@ -254,8 +254,9 @@ impl PyReader {
         prefix: Option<&Bound<'py, PyAny>>,
         limit: usize,
         after: Option<Vec<u8>>,
+        reverse: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let QueryArgs { query, limit } = query_args(
+        let QueryArgs { mut query, limit } = query_args(
             kind,
             values,
             lower,
@@ -266,6 +267,9 @@ impl PyReader {
             limit,
             after,
         )?;
+        if reverse {
+            query = query.reverse();
+        }
         let source = self.source.clone();
         future_into_py(py, async move {
             let page = match source {

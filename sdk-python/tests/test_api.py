@@ -381,3 +381,14 @@ async def test_migrations(tmp_path: Path) -> None:
     with pytest.raises(entidb.MigrationError, match="newer"):
         await db.migrate({1: v1})
     await db.close()
+
+
+async def test_descending_ranges(db: entidb.Database) -> None:
+    people = db.collection("people")
+    await people.create_index("age")
+    for age in [30, 41, 36, 45, 72]:
+        await people.put({"age": age})
+    oldest = [d.value["age"] async for d in people.range("age", reverse=True, limit=3, page_size=2)]
+    assert oldest == [72, 45, 41]
+    under_45 = [d.value["age"] async for d in people.range("age", upper=45, reverse=True)]
+    assert under_45 == [41, 36, 30]

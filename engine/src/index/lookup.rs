@@ -1,38 +1,55 @@
 //! Reading indexes: a merged range over committed entries and a transaction's own, and the
 //! lazy [`Lookup`] stream built on it.
 
-use std::collections::btree_map;
-use std::iter::Peekable;
+use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{IndexCursor, IndexDef, Query, keyenc};
 use crate::cbor;
-use crate::db::{index_range, range};
+use crate::db::{index_range, range, range_rev};
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::ids::EntityId;
 use crate::keys;
-use crate::merge::MergeIter;
-use crate::read::{Overlay, ReadCtx};
+use crate::merge::{MergeIter, RevMergeIter};
+use crate::read::ReadCtx;
 
 type Item = (Arc<[u8]>, u64, Arc<[u8]>);
-type OverlayRange<'a> = Peekable<btree_map::Range<'a, Arc<[u8]>, Option<Arc<[u8]>>>>;
+/// A pending write: key and new value (`None`: delete).
+type Pending = (Arc<[u8]>, Option<Arc<[u8]>>);
 
-/// The live keys of `[from, end)` as a view sees them: committed versions at the view's
-/// sequence, overridden by the pending writes of a transaction (which win on equal keys;
-/// pending deletes hide committed keys).
-pub(crate) struct MergedRange<'a> {
-    db: MergeIter,
-    db_head: Option<Item>,
-    started: bool,
-    ov: OverlayRange<'a>,
-    seq: u64,
-    pending_version: u64,
+/// The committed side of a merged range, in either direction.
+enum DbIter {
+    Fwd(MergeIter),
+    Rev(RevMergeIter),
 }
 
-static EMPTY: Overlay = Overlay::new();
+impl DbIter {
+    async fn next_live(&mut self, seq: u64) -> Result<Option<Item>> {
+        match self {
+            DbIter::Fwd(m) => m.next_live(seq).await,
+            DbIter::Rev(m) => m.next_live(seq).await,
+        }
+    }
+}
+
+/// The live keys of `[from, end)` as a view sees them, in ascending (or, reversed,
+/// descending) order: committed versions at the view's sequence, overridden by the pending
+/// writes of a transaction (which win on equal keys; pending deletes hide committed keys).
+pub(crate) struct MergedRange<'a> {
+    db: DbIter,
+    db_head: Option<Item>,
+    started: bool,
+    /// The transaction's pending writes in the range, in the direction of the read.
+    ov: VecDeque<Pending>,
+    reverse: bool,
+    seq: u64,
+    pending_version: u64,
+    _view: PhantomData<&'a ()>,
+}
 
 impl<'a> MergedRange<'a> {
     pub(crate) fn new(ctx: &ReadCtx<'a>, from: &[u8], end: &[u8]) -> MergedRange<'a> {
@@ -47,41 +64,71 @@ impl<'a> MergedRange<'a> {
         end: &[u8],
         probe: Option<&[u8]>,
     ) -> MergedRange<'a> {
-        let overlay: &'a Overlay = ctx.overlay.unwrap_or(&EMPTY);
+        Self::build(ctx, from, end, probe, false)
+    }
+
+    /// The same range, read from `end` down to `from`.
+    pub(crate) fn build(
+        ctx: &ReadCtx<'a>,
+        from: &[u8],
+        end: &[u8],
+        probe: Option<&[u8]>,
+        reverse: bool,
+    ) -> MergedRange<'a> {
+        let mut ov: VecDeque<Pending> = VecDeque::new();
         // A range with end <= from is empty; BTreeMap::range would panic on it.
-        let ov = if from < end {
-            overlay.range::<[u8], _>((Bound::Included(from), Bound::Excluded(end)))
+        if let Some(o) = ctx.overlay
+            && from < end
+        {
+            let r = o.range::<[u8], _>((Bound::Included(from), Bound::Excluded(end)));
+            let items = r.map(|(k, v)| (k.clone(), v.clone()));
+            if reverse {
+                ov.extend(items.rev());
+            } else {
+                ov.extend(items);
+            }
+        }
+        let db = if reverse {
+            DbIter::Rev(range_rev(ctx.version, from, end, probe))
         } else {
-            overlay.range::<[u8], _>((Bound::Included(from), Bound::Excluded(from)))
-        };
-        MergedRange {
-            db: match probe {
+            DbIter::Fwd(match probe {
                 Some(p) => index_range(ctx.version, from, end, p),
                 None => range(ctx.version, from, end),
-            },
+            })
+        };
+        MergedRange {
+            db,
             db_head: None,
             started: false,
-            ov: ov.peekable(),
+            ov,
+            reverse,
             seq: ctx.seq,
             pending_version: ctx.pending_version,
+            _view: PhantomData,
         }
     }
 
-    /// The next live key in order, with its version and value.
+    /// The next live key in the read's order, with its version and value.
     pub(crate) async fn next(&mut self) -> Result<Option<Item>> {
         if !self.started {
             self.db_head = self.db.next_live(self.seq).await?;
             self.started = true;
         }
         loop {
-            let take_overlay = match (&self.db_head, self.ov.peek()) {
+            let take_overlay = match (&self.db_head, self.ov.front()) {
                 (None, None) => return Ok(None),
                 (Some(_), None) => false,
                 (None, Some(_)) => true,
-                (Some((dk, _, _)), Some((ok, _))) => ok[..] <= dk[..],
+                (Some((dk, _, _)), Some((ok, _))) => {
+                    if self.reverse {
+                        ok[..] >= dk[..]
+                    } else {
+                        ok[..] <= dk[..]
+                    }
+                }
             };
             if take_overlay {
-                let Some((ok, ov_val)) = self.ov.next() else {
+                let Some((ok, ov_val)) = self.ov.pop_front() else {
                     return Ok(None);
                 };
                 if let Some((dk, _, _)) = &self.db_head
@@ -90,7 +137,7 @@ impl<'a> MergedRange<'a> {
                     self.db_head = self.db.next_live(self.seq).await?;
                 }
                 match ov_val {
-                    Some(v) => return Ok(Some((ok.clone(), self.pending_version, v.clone()))),
+                    Some(v) => return Ok(Some((ok, self.pending_version, v))),
                     None => continue,
                 }
             }
@@ -152,7 +199,7 @@ impl<'a> Lookup<'a> {
             exact,
         } = query.key_range(&def, collection)?;
         ctx.inner.counters.index_lookups.fetch_add(1, Relaxed);
-        let entries = MergedRange::with_probe(&ctx, &from, &end, exact.as_deref());
+        let entries = MergedRange::build(&ctx, &from, &end, exact.as_deref(), query.reverse);
         Ok(Lookup {
             ctx,
             entries,

@@ -422,6 +422,7 @@ pub struct Query {
     pub(crate) bounds: Bounds,
     pub(crate) limit: usize,
     pub(crate) after: Option<IndexCursor>,
+    pub(crate) reverse: bool,
 }
 
 impl Query {
@@ -430,6 +431,7 @@ impl Query {
             bounds,
             limit: usize::MAX,
             after: None,
+            reverse: false,
         }
     }
     /// Entries whose (first) field equals `value`.
@@ -470,9 +472,15 @@ impl Query {
         self.limit = n;
         self
     }
-    /// Resume after this cursor.
+    /// Resume after this cursor (the `next` of the previous page, in the same direction).
     pub fn after(mut self, cursor: IndexCursor) -> Query {
         self.after = Some(cursor);
+        self
+    }
+    /// Return the results in descending order (largest values first; equal values by
+    /// descending entity id): "the 10 oldest" is `Query::all().reverse().limit(10)`.
+    pub fn reverse(mut self) -> Query {
+        self.reverse = true;
         self
     }
 
@@ -555,15 +563,21 @@ impl Query {
             }
         };
         let exact_prefix = from.clone();
-        let from = match &self.after {
-            None => from,
+        let (from, end) = match &self.after {
+            None => (from, end),
             Some(c) => {
                 if !c.0.starts_with(&prefix) {
                     return unsupported("the cursor belongs to another index");
                 }
-                let mut resume = c.0.clone();
-                resume.push(0);
-                resume.max(from)
+                if self.reverse {
+                    // Strictly before the cursor.
+                    (from, c.0.clone().min(end))
+                } else {
+                    // Strictly after the cursor: its smallest extension.
+                    let mut resume = c.0.clone();
+                    resume.push(0);
+                    (resume.max(from), end)
+                }
             }
         };
         let exact = match &self.bounds {

@@ -233,11 +233,19 @@ class _Reads:
                 return
 
     async def find_documents(
-        self, index: str, value: Any, *, limit: Optional[int] = None, page_size: int = 1000
+        self,
+        index: str,
+        value: Any,
+        *,
+        limit: Optional[int] = None,
+        page_size: int = 1000,
+        reverse: bool = False,
     ) -> AsyncIterator[Document]:
         """Documents whose indexed value equals `value` (a tuple for the leading fields of
-        a composite index), in index order."""
-        async for d in self._lookup(index, "eq", limit, page_size, values=_values(value)):
+        a composite index), in index order (descending with `reverse=True`)."""
+        async for d in self._lookup(
+            index, "eq", limit, page_size, values=_values(value), reverse=reverse
+        ):
             yield d
 
     async def find(
@@ -263,14 +271,17 @@ class _Reads:
         include_upper: bool = False,
         limit: Optional[int] = None,
         page_size: int = 1000,
+        reverse: bool = False,
     ) -> AsyncIterator[Document]:
         """Documents of an ordered index between `lower` and `upper` (None: unbounded;
-        tuples for composite keys), in index order."""
+        tuples for composite keys), in index order, or descending with `reverse=True`
+        (`users.range("age", reverse=True, limit=10)`: the 10 oldest)."""
         async for d in self._lookup(
             index,
             "range",
             limit,
             page_size,
+            reverse=reverse,
             lower=None if lower is None else _values(lower),
             lower_inclusive=include_lower,
             upper=None if upper is None else _values(upper),

@@ -48,6 +48,7 @@ class Reader:
         prefix: Any = None,
         limit: int = 1000,
         after: Optional[bytes] = None,
+        reverse: bool = False,
     ) -> Awaitable[tuple[list[Row], Optional[bytes]]]: ...
     def search(
         self,
