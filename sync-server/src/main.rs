@@ -74,6 +74,20 @@ enum Command {
         #[arg(long)]
         collection: Option<String>,
     },
+    /// Run the benchmark workloads (shared/bench/WORKLOADS.md) against SQLite and redb in
+    /// this process and print a table of medians and ratios. W1-W10 by default; `--indexes`
+    /// for the index and full-text workloads (I1-I3, F1-F2). Pass `--scale F` (default 1),
+    /// `--runs N` (default 3), `--compare sqlite,redb`, `--value random|doc`, `--dir D`,
+    /// `--no-w9`.
+    #[command(disable_help_flag = false)]
+    Bench {
+        /// The index and full-text workloads instead of W1-W10.
+        #[arg(long)]
+        indexes: bool,
+        /// Options of the workloads (see above).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Read JSON lines written by `dump` (FILE, or - for standard input) into a database
     /// (created if missing).
     Load {
@@ -283,6 +297,23 @@ fn main() -> ExitCode {
             tool("dump", tools::dump(&path, collection.as_deref()))
         }
         Command::Load { path, file } => tool("load", tools::load(&path, &file)),
+        Command::Bench { indexes, args } => {
+            // The workloads read `--bench` as "real sizes"; without it they run a smoke pass.
+            let mut argv = vec!["entidb-bench".to_owned(), "--bench".to_owned()];
+            argv.extend(args);
+            let r = if indexes {
+                entidb_bench::indexes::run(argv)
+            } else {
+                entidb_bench::workloads::run(argv, &["bench"])
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("entidb bench: {e}");
+                    ExitCode::from(4)
+                }
+            }
+        }
         Command::Serve(args) => {
             let config = match serve_config(&args) {
                 Ok(c) => c,

@@ -114,6 +114,7 @@ fn help_lists_every_command() {
     let help = text(&o);
     for cmd in [
         "serve", "token", "inspect", "verify", "compact", "backup", "restore", "dump", "load",
+        "bench",
     ] {
         assert!(help.contains(cmd), "--help lacks {cmd}:\n{help}");
         let o = entidb(&[cmd, "--help"]);
@@ -273,4 +274,34 @@ fn missing_database_is_a_usage_error() {
     let o = entidb(&["inspect", p.to_str().expect("utf-8")]);
     assert_eq!(code(&o), 2);
     assert!(text(&o).contains("no database"));
+}
+
+#[test]
+fn bench_runs_the_workloads_against_the_references() {
+    // A tiny scale: this checks that the command works (and its W10 child processes), not
+    // speed (figures come from release builds; docs/benchmarks.md).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("b");
+    let o = entidb(&[
+        "bench",
+        "--scale",
+        "0.001",
+        "--runs",
+        "1",
+        "--no-w9",
+        "--value",
+        "random",
+        "--compare",
+        "sqlite",
+        "--dir",
+        d.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let out = text(&o);
+    for row in ["W1 random", "W4 random", "W10 random", "SQLite"] {
+        assert!(out.contains(row), "{row} missing:\n{out}");
+    }
+    let o = entidb(&["bench", "--indexes", "--scale", "0.001"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("I2 equality lookups"), "{}", text(&o));
 }

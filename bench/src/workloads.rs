@@ -3,7 +3,7 @@
 //! WITHOUT ROWID`, prepared statements) and redb (`Durability::Immediate`), in one process
 //! run, each with a 256 MiB cache, in fresh directories on the same file system.
 //!
-//! `cargo bench -p entidb --bench workloads -- [--scale F] [--runs N] [--dir D]
+//! `cargo bench -p entidb-bench --bench workloads -- [--scale F] [--runs N] [--dir D]
 //! [--value random|doc|both] [--compare sqlite,redb]` prints a Markdown table of medians and
 //! ratios. Under `cargo test` (no `--bench` argument) it runs a tiny smoke pass, so the code
 //! cannot rot.
@@ -21,7 +21,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 type Key = [u8; 16];
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+/// Result of the benchmark.
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const CACHE: usize = 256 << 20;
 
@@ -928,7 +929,7 @@ fn w10_child(c: &Config, engine: &str, kind: ValueKind, dir: &Path) -> Res<()> {
     Ok(())
 }
 
-fn w10(c: &Config, res: &mut Results) -> Res<()> {
+fn w10(c: &Config, res: &mut Results, child: &[&str]) -> Res<()> {
     let exe = std::env::current_exe()?;
     for kind in &c.kinds {
         let tag = match kind {
@@ -939,6 +940,7 @@ fn w10(c: &Config, res: &mut Results) -> Res<()> {
             let dir = c.dir.join(format!("{name}-w10-{tag}"));
             let _ = std::fs::remove_dir_all(&dir);
             let out = std::process::Command::new(&exe)
+                .args(child)
                 .args(["--w10-child", name, tag, &c.scale.to_string()])
                 .arg(&dir)
                 .output()?;
@@ -966,8 +968,10 @@ fn w10(c: &Config, res: &mut Results) -> Res<()> {
     Ok(())
 }
 
-fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().collect();
+/// Run the workloads with command-line `args` (as `cargo bench` passes them; `--bench`
+/// selects the real sizes, without it a smoke pass). `child` is the command prefix that makes
+/// this program run a W10 child (`[]` for the bench binary, `["bench"]` for `entidb`).
+pub fn run(args: Vec<String>, child: &[&str]) -> Res<()> {
     let bench = args.iter().any(|a| a == "--bench");
     let arg = |name: &str| {
         args.iter()
@@ -1032,7 +1036,7 @@ fn main() -> Res<()> {
             run_once(&c, run, *kind, &mut res)?;
         }
     }
-    w10(&c, &mut res)?;
+    w10(&c, &mut res, child)?;
     if c.w9 {
         w9(&c, &mut res)?;
     }
@@ -1045,7 +1049,7 @@ fn main() -> Res<()> {
     res.print(&names);
     if !bench {
         println!(
-            "\nsmoke pass ok (run `cargo bench -p entidb --bench workloads` for real figures)"
+            "\nsmoke pass ok (run `cargo bench -p entidb-bench --bench workloads` or `entidb bench` for real figures)"
         );
     }
     Ok(())

@@ -2,8 +2,8 @@
 //! F2), on EntiDB and on SQLite with the same indexes (FTS5 for search), in one run.
 //!
 //! ```text
-//! cargo bench -p entidb --bench indexes                 # the full sizes
-//! cargo bench -p entidb --bench indexes -- --scale 0.1  # a tenth of every size
+//! cargo bench -p entidb-bench --bench indexes                 # the full sizes
+//! cargo bench -p entidb-bench --bench indexes -- --scale 0.1  # a tenth of every size
 //! ```
 //!
 //! Under `cargo test` (no `--bench` argument) it runs a smoke pass on tiny data.
@@ -29,7 +29,7 @@ use futures_executor::block_on;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+type Res<T> = crate::Res<T>;
 
 struct Sizes {
     rows: usize,
@@ -313,8 +313,9 @@ fn sqlite_run(
     Ok([i1, i2, i3, f1, f2])
 }
 
-fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().collect();
+/// Run the index and full-text workloads with command-line `args` (`--bench` for the real
+/// sizes, `--scale F`, `--entidb-only`).
+pub fn run(args: Vec<String>) -> Res<()> {
     // `cargo test` runs this binary without `--bench`: a smoke pass on tiny data, so the
     // code cannot rot.
     let bench = args.iter().any(|a| a == "--bench");
