@@ -35,12 +35,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod encrypted;
 mod memory;
 pub mod sim;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod fs;
 
+pub use encrypted::{EncryptedBackend, KdfParams, KeySource};
 #[cfg(not(target_arch = "wasm32"))]
 pub use fs::FsBackend;
 pub use memory::MemoryBackend;
@@ -134,6 +136,35 @@ pub enum IoError {
         op: &'static str,
         /// The path it was given.
         path: String,
+    },
+    /// The key does not open this encrypted database.
+    #[error("{path}: wrong encryption key")]
+    WrongKey {
+        /// The file whose key check failed.
+        path: String,
+    },
+    /// An encrypted database was opened without encryption, or the other way round.
+    #[error(
+        "{path}: the database is not encrypted the way it is being opened (an encrypted database needs its key; a plaintext one cannot be opened as encrypted)"
+    )]
+    NotEncrypted {
+        /// The file that showed it.
+        path: String,
+    },
+    /// Encrypted data failed authentication: it was damaged or altered. Nothing of it is
+    /// returned.
+    #[error("{path}: {detail}")]
+    Tampered {
+        /// The file.
+        path: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The key could not be derived (bad Argon2 parameters, or the wrong kind of key).
+    #[error("encryption key: {detail}")]
+    KeyDerivation {
+        /// What failed.
+        detail: String,
     },
     /// The simulated machine has crashed; nothing succeeds until it is restarted.
     #[error("{op} {path}: the simulated machine has crashed")]

@@ -134,6 +134,15 @@ fn open_entidb(dir: &Path) -> Res<Box<dyn Engine>> {
     open_entidb_with(dir, options)
 }
 
+/// EntiDB with every file encrypted (AES-256-GCM, a raw key: no Argon2 in the timings).
+fn open_entidb_encrypted(dir: &Path) -> Res<Box<dyn Engine>> {
+    let rt = runtime()?;
+    let options = Options::default().cache_bytes(CACHE as u64);
+    let key = entidb::io::KeySource::Raw([0x5a; 32]);
+    let db = rt.block_on(Database::open_encrypted(dir, key, options))?;
+    Ok(Box::new(Entidb { db, rt }))
+}
+
 fn open_entidb_with(dir: &Path, options: Options) -> Res<Box<dyn Engine>> {
     let rt = runtime()?;
     let db = rt.block_on(Database::open_path(dir, options))?;
@@ -941,6 +950,8 @@ fn w10(c: &Config, res: &mut Results, child: &[&str]) -> Res<()> {
             let _ = std::fs::remove_dir_all(&dir);
             let out = std::process::Command::new(&exe)
                 .args(child)
+                // The child finds its engine among all of them.
+                .args(["--compare", "sqlite,redb,encrypted"])
                 .args(["--w10-child", name, tag, &c.scale.to_string()])
                 .arg(&dir)
                 .output()?;
@@ -983,11 +994,20 @@ pub fn run(args: Vec<String>, child: &[&str]) -> Res<()> {
         ("EntiDB", open_entidb),
         ("SQLite", open_sqlite),
         ("redb", open_redb),
+        // `--compare encrypted`: the ratio EntiDB / EntiDB-AES is the cost of encryption.
+        ("EntiDB-AES", open_entidb_encrypted),
     ];
     let compare = arg("--compare").unwrap_or_else(|| "sqlite,redb".to_owned());
     let engines: Vec<_> = all
         .into_iter()
-        .filter(|(n, _)| *n == "EntiDB" || compare.to_lowercase().contains(&n.to_lowercase()))
+        .filter(|(n, _)| {
+            let c = compare.to_lowercase();
+            match *n {
+                "EntiDB" => true,
+                "EntiDB-AES" => c.contains("encrypted"),
+                other => c.contains(&other.to_lowercase()),
+            }
+        })
         .collect();
     let kinds = match arg("--value").as_deref() {
         Some("random") => vec![ValueKind::Random],

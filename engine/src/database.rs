@@ -73,6 +73,44 @@ impl Database {
         Self::open_with(Arc::new(backend), options).await
     }
 
+    /// Open (creating if needed) the database in directory `path` with every file encrypted
+    /// (AES-256-GCM; see [`entidb_io::encrypted`] for what that protects). A new database
+    /// takes the key (a raw 32-byte key, or a passphrase stretched with Argon2id); an existing
+    /// one refuses a wrong key with [`Error::WrongKey`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn open_encrypted(
+        path: impl AsRef<std::path::Path>,
+        key: entidb_io::KeySource,
+        options: Options,
+    ) -> Result<Database> {
+        let fs: Arc<dyn Backend> =
+            Arc::new(entidb_io::FsBackend::new(path).map_err(Error::io("opening the directory"))?);
+        let backend = entidb_io::EncryptedBackend::open(fs, key)
+            .await
+            .map_err(Error::io("opening the encrypted database"))?;
+        Self::open_with(Arc::new(backend), options).await
+    }
+
+    /// Re-encrypt the closed database in `path` with a new key (crash-safe: after a crash it
+    /// opens with the old key or the new one). It must not be open anywhere.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn rekey(
+        path: impl AsRef<std::path::Path>,
+        old: entidb_io::KeySource,
+        new: entidb_io::KeySource,
+    ) -> Result<()> {
+        let fs: Arc<dyn Backend> =
+            Arc::new(entidb_io::FsBackend::new(path).map_err(Error::io("opening the directory"))?);
+        // Hold the lock while the files are rewritten.
+        let _lock = fs
+            .lock("LOCK")
+            .await
+            .map_err(Error::io("locking the database"))?;
+        entidb_io::EncryptedBackend::rekey(fs, old, new, entidb_io::KdfParams::default())
+            .await
+            .map_err(Error::io("rekeying"))
+    }
+
     /// Open a database that lives in memory only.
     pub async fn memory() -> Result<Database> {
         Self::open_with(

@@ -152,6 +152,16 @@ impl Inner {
             .lock(LOCK_FILE)
             .await
             .map_err(Error::io("locking the database"))?;
+        // An encrypted database seen without its key: say so instead of reading ciphertext.
+        if backend
+            .exists(entidb_io::encrypted::KEY_FILE)
+            .await
+            .map_err(Error::io("checking for encryption"))?
+        {
+            return Err(Error::Encryption(
+                "this database is encrypted; open it with its key".into(),
+            ));
+        }
         let existing = Manifest::load(&*backend).await?;
         let names = backend
             .list("")

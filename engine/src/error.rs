@@ -131,6 +131,13 @@ pub enum Error {
         /// The highest version the application knows.
         supported: u64,
     },
+    /// The key does not open this encrypted database.
+    #[error("wrong encryption key")]
+    WrongKey,
+    /// Encryption is not set up the way the database was opened (an encrypted database
+    /// opened without a key, a plaintext one with a key, or a key of the wrong kind).
+    #[error("encryption: {0}")]
+    Encryption(String),
     /// A backup file is damaged, truncated, or not a backup. Nothing was restored from it.
     #[error("invalid backup: {0}")]
     InvalidBackup(String),
@@ -204,6 +211,17 @@ impl Error {
     pub(crate) fn io(context: &'static str) -> impl FnOnce(IoError) -> Error {
         move |source| match source {
             IoError::Locked { path } => Error::Locked { path },
+            IoError::WrongKey { .. } => Error::WrongKey,
+            IoError::Tampered { path, detail } => Error::Corruption {
+                file: path,
+                offset: 0,
+                detail: format!(
+                    "authentication failed ({detail}): the file was damaged or altered"
+                ),
+            },
+            e @ (IoError::NotEncrypted { .. } | IoError::KeyDerivation { .. }) => {
+                Error::Encryption(e.to_string())
+            }
             source => Error::Io { context, source },
         }
     }

@@ -76,7 +76,17 @@ fn fail(seed: u64, msg: String) -> ! {
 fn run_seed(seed: u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let sim = SimBackend::new(seed, SimConfig::default());
-    let backend: Arc<dyn entidb::io::Backend> = Arc::new(sim.clone());
+    let mut backend: Arc<dyn entidb::io::Backend> = Arc::new(sim.clone());
+    // Every fourth seed runs on the encrypted backend (AES-GCM chunks over the same Sim).
+    if seed % 4 == 3 {
+        let enc = block_on(entidb::io::EncryptedBackend::open_with(
+            backend,
+            entidb::io::KeySource::Raw([seed as u8; 32]),
+            entidb::io::KdfParams::default(),
+        ))
+        .unwrap_or_else(|e| fail(seed, format!("encrypted backend: {e}")));
+        backend = Arc::new(enc);
+    }
     let opts = options(&mut rng);
     let mut history: Vec<Commit> = Vec::new();
     let mut known_ids: Vec<(usize, EntityId)> = Vec::new();

@@ -592,7 +592,11 @@ pub struct PyDatabase {
 impl PyDatabase {
     /// Open (or create) a database in directory `path`, or in memory when `path` is None.
     #[staticmethod]
-    #[pyo3(signature = (path=None, *, create=true, memtable_bytes=None, cache_bytes=None, forbid_full_scans=false, feed_retention=None))]
+    #[pyo3(signature = (path=None, *, create=true, memtable_bytes=None, cache_bytes=None, forbid_full_scans=false, feed_retention=None, key=None))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "mirrors the Python keyword arguments"
+    )]
     fn open<'py>(
         py: Python<'py>,
         path: Option<std::path::PathBuf>,
@@ -601,7 +605,9 @@ impl PyDatabase {
         cache_bytes: Option<u64>,
         forbid_full_scans: bool,
         feed_retention: Option<u64>,
+        key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let key = key.map(key_source).transpose()?;
         let mut o = Options::default()
             .create_if_missing(create)
             .forbid_full_scans(forbid_full_scans);
@@ -615,9 +621,17 @@ impl PyDatabase {
             o = o.feed_retention(r);
         }
         future_into_py(py, async move {
-            let db = match path {
-                Some(p) => Database::open_path(p, o).await,
-                None => Database::open_with(Arc::new(entidb::io::MemoryBackend::new()), o).await,
+            let db = match (path, key) {
+                (Some(p), Some(k)) => Database::open_encrypted(p, k, o).await,
+                (Some(p), None) => Database::open_path(p, o).await,
+                (None, None) => {
+                    Database::open_with(Arc::new(entidb::io::MemoryBackend::new()), o).await
+                }
+                (None, Some(_)) => {
+                    return Err(errors::InvalidArgument::new_err(
+                        "an in-memory database cannot be encrypted",
+                    ));
+                }
             }
             .map_err(engine)?;
             Ok(PyDatabase { db })
@@ -855,6 +869,21 @@ impl PyDatabase {
         })
     }
 
+    /// Re-encrypt the closed database in `path` from `old` to `new` (each 32 bytes or a
+    /// passphrase).
+    #[staticmethod]
+    fn rekey<'py>(
+        py: Python<'py>,
+        path: std::path::PathBuf,
+        old: &Bound<'py, PyAny>,
+        new: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (old, new) = (key_source(old)?, key_source(new)?);
+        future_into_py(py, async move {
+            Database::rekey(path, old, new).await.map_err(engine)
+        })
+    }
+
     /// Check a backup file without restoring it; returns its summary.
     #[staticmethod]
     fn verify_backup<'py>(
@@ -924,4 +953,20 @@ impl entidb::BackupSource for FileSource {
         });
         Box::pin(std::future::ready(r))
     }
+}
+
+/// A key given from Python: 32 bytes (a raw key) or a text passphrase.
+fn key_source(k: &Bound<'_, PyAny>) -> PyResult<entidb::io::KeySource> {
+    if let Ok(s) = k.cast::<pyo3::types::PyString>() {
+        return Ok(entidb::io::KeySource::Passphrase(s.to_cow()?.into_owned()));
+    }
+    if let Ok(b) = k.cast::<pyo3::types::PyBytes>() {
+        let raw: [u8; 32] = b.as_bytes().try_into().map_err(|_| {
+            pyo3::exceptions::PyValueError::new_err("a raw key is exactly 32 bytes")
+        })?;
+        return Ok(entidb::io::KeySource::Raw(raw));
+    }
+    Err(pyo3::exceptions::PyTypeError::new_err(
+        "key must be 32 bytes or a passphrase (str)",
+    ))
 }

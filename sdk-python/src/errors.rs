@@ -98,6 +98,19 @@ create_exception!(
     "A migration step failed (the database stays at the previous version), or the database is newer than the application."
 );
 
+create_exception!(
+    entidb,
+    EncryptionError,
+    Error,
+    "Encryption is not set up the way the database was opened (a key for a plaintext database, none for an encrypted one, or a key of the wrong kind)."
+);
+create_exception!(
+    entidb,
+    WrongKey,
+    EncryptionError,
+    "The key does not open this encrypted database."
+);
+
 /// Map an engine error to its exception.
 pub fn engine(e: entidb::Error) -> PyErr {
     use entidb::Error as E;
@@ -115,6 +128,8 @@ pub fn engine(e: entidb::Error) -> PyErr {
         E::TooLarge { .. } | E::IndexKeyTooLarge { .. } => TooLarge::new_err(msg),
         E::FullScanForbidden { .. } => FullScanForbidden::new_err(msg),
         E::MigrationFailed { .. } | E::SchemaTooNew { .. } => MigrationError::new_err(msg),
+        E::WrongKey => WrongKey::new_err(msg),
+        E::Encryption(_) => EncryptionError::new_err(msg),
         E::FeedTruncated { .. } => FeedTruncated::new_err(msg),
         E::Io { .. } | E::FailStopped { .. } => IoError::new_err(msg),
         E::InvalidArgument(_)
@@ -157,6 +172,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SyncError", py.get_type::<SyncError>())?;
     m.add("AuthError", py.get_type::<AuthError>())?;
     m.add("MigrationError", py.get_type::<MigrationError>())?;
+    m.add("EncryptionError", py.get_type::<EncryptionError>())?;
+    m.add("WrongKey", py.get_type::<WrongKey>())?;
     Ok(())
 }
 

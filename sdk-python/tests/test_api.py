@@ -392,3 +392,24 @@ async def test_descending_ranges(db: entidb.Database) -> None:
     assert oldest == [72, 45, 41]
     under_45 = [d.value["age"] async for d in people.range("age", upper=45, reverse=True)]
     assert under_45 == [41, 36, 30]
+
+
+async def test_encryption_with_the_wrong_key(tmp_path: Path) -> None:
+    marker = "py-secret-marker-91c2"
+    db = await entidb.open(tmp_path / "enc", key="correct horse")
+    await db.collection("notes").put({"text": marker})
+    await db.checkpoint()
+    await db.close()
+    for f in (tmp_path / "enc").iterdir():
+        assert marker.encode() not in f.read_bytes(), f"plaintext in {f.name}"
+    with pytest.raises(entidb.WrongKey):
+        await entidb.open(tmp_path / "enc", key="wrong horse")
+    with pytest.raises(entidb.EncryptionError):
+        await entidb.open(tmp_path / "enc")  # no key
+    with pytest.raises(ValueError):
+        await entidb.open(tmp_path / "other", key=b"too short")
+    await entidb.rekey(tmp_path / "enc", "correct horse", bytes(32))
+    with pytest.raises(entidb.Error):
+        await entidb.open(tmp_path / "enc", key="correct horse")
+    async with await entidb.open(tmp_path / "enc", key=bytes(32)) as db:
+        assert [d["text"] async for d in db.collection("notes").scan()] == [marker]

@@ -88,6 +88,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Re-encrypt an encrypted database with a new passphrase: the current one in
+    /// ENTIDB_PASSPHRASE, the new one in ENTIDB_NEW_PASSPHRASE. Crash-safe: afterwards exactly
+    /// one of the two opens it.
+    Rekey {
+        /// The database directory (not open anywhere).
+        path: PathBuf,
+    },
     /// Read JSON lines written by `dump` (FILE, or - for standard input) into a database
     /// (created if missing).
     Load {
@@ -297,6 +304,7 @@ fn main() -> ExitCode {
             tool("dump", tools::dump(&path, collection.as_deref()))
         }
         Command::Load { path, file } => tool("load", tools::load(&path, &file)),
+        Command::Rekey { path } => tool("rekey", tools::rekey(&path)),
         Command::Bench { indexes, args } => {
             // The workloads read `--bench` as "real sizes"; without it they run a smoke pass.
             let mut argv = vec!["entidb-bench".to_owned(), "--bench".to_owned()];

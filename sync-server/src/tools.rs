@@ -7,6 +7,9 @@
 //! | 1 | `verify` found problems (damaged files, index differences, a bad backup) |
 //! | 2 | bad input: a missing path, an existing restore target without `--force`, a malformed dump line |
 //! | 3 | the database is open in another process (stop it first) |
+//!
+//! An encrypted database is opened with the passphrase in `ENTIDB_PASSPHRASE` (a wrong one
+//! exits 2); `load` and `restore` create an encrypted database when it is set.
 //! | 4 | any other failure (I/O, corruption found while working) |
 //!
 //! # JSON mapping of `dump` and `load`
@@ -72,7 +75,33 @@ fn failed(what: &str) -> impl Fn(entidb::Error) -> Outcome + '_ {
             "{what}: the database is open in another process (is `entidb serve` running on it?); stop it first"
         )),
         entidb::Error::InvalidBackup(d) => Outcome::Usage(format!("{what}: invalid backup: {d}")),
+        entidb::Error::WrongKey => Outcome::Usage(format!(
+            "{what}: wrong passphrase (set {PASSPHRASE_ENV} to the database's passphrase)"
+        )),
+        entidb::Error::Encryption(d) => Outcome::Usage(format!(
+            "{what}: {d} (an encrypted database needs {PASSPHRASE_ENV})"
+        )),
         e => Outcome::Failed(format!("{what}: {e}")),
+    }
+}
+
+/// The environment variable holding the passphrase of an encrypted database.
+pub const PASSPHRASE_ENV: &str = "ENTIDB_PASSPHRASE";
+/// The new passphrase for `entidb rekey`.
+pub const NEW_PASSPHRASE_ENV: &str = "ENTIDB_NEW_PASSPHRASE";
+
+fn passphrase(var: &str) -> Option<entidb::io::KeySource> {
+    std::env::var(var)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(entidb::io::KeySource::Passphrase)
+}
+
+/// Open (or create) a database, encrypted when `ENTIDB_PASSPHRASE` is set.
+async fn open_db(path: &Path, options: Options) -> entidb::Result<Database> {
+    match passphrase(PASSPHRASE_ENV) {
+        Some(key) => Database::open_encrypted(path, key, options).await,
+        None => Database::open_path(path, options).await,
     }
 }
 
@@ -83,9 +112,30 @@ async fn open_existing(path: &Path) -> Result<Database, Outcome> {
             path.display()
         )));
     }
-    Database::open_path(path, Options::default().create_if_missing(false))
+    open_db(path, Options::default().create_if_missing(false))
         .await
         .map_err(failed(&path.display().to_string()))
+}
+
+/// `entidb rekey PATH`: re-encrypt with `ENTIDB_NEW_PASSPHRASE` (the current one in
+/// `ENTIDB_PASSPHRASE`).
+pub async fn rekey(path: &Path) -> Outcome {
+    let (Some(old), Some(new)) = (passphrase(PASSPHRASE_ENV), passphrase(NEW_PASSPHRASE_ENV))
+    else {
+        return Outcome::Usage(format!(
+            "set {PASSPHRASE_ENV} (the current passphrase) and {NEW_PASSPHRASE_ENV} (the new one)"
+        ));
+    };
+    if !path.join("MANIFEST").is_file() {
+        return Outcome::Usage(format!("no database at {}", path.display()));
+    }
+    match Database::rekey(path, old, new).await {
+        Ok(()) => {
+            println!("re-encrypted {} with the new passphrase", path.display());
+            Outcome::Ok
+        }
+        Err(e) => failed("rekey")(e),
+    }
 }
 
 fn spinner(msg: &str) -> ProgressBar {
@@ -438,11 +488,19 @@ pub async fn restore(file: &Path, path: &Path, force: bool) -> Outcome {
     };
     let staging = tmp_name(path, "restoring");
     let _ = std::fs::remove_dir_all(&staging);
-    let backend = match entidb::io::FsBackend::new(&staging) {
-        Ok(b) => b,
+    let backend: Arc<dyn entidb::io::Backend> = match entidb::io::FsBackend::new(&staging) {
+        Ok(b) => Arc::new(b),
         Err(e) => return Outcome::Failed(format!("restore: {e}")),
     };
-    let r = Database::restore(&mut src, Arc::new(backend), Options::default()).await;
+    // With ENTIDB_PASSPHRASE set, the restored database is encrypted.
+    let backend: Arc<dyn entidb::io::Backend> = match passphrase(PASSPHRASE_ENV) {
+        Some(key) => match entidb::io::EncryptedBackend::open(backend, key).await {
+            Ok(b) => Arc::new(b),
+            Err(e) => return Outcome::Failed(format!("restore: {e}")),
+        },
+        None => backend,
+    };
+    let r = Database::restore(&mut src, backend, Options::default()).await;
     src.pb.finish_and_clear();
     let (db, summary) = match r {
         Ok(x) => x,
@@ -676,7 +734,7 @@ pub async fn load(path: &Path, file: &Path) -> Outcome {
             Err(e) => return Outcome::Usage(format!("cannot open {}: {e}", file.display())),
         }
     };
-    let db = match Database::open_path(path, Options::default()).await {
+    let db = match open_db(path, Options::default()).await {
         Ok(db) => db,
         Err(e) => return failed(&path.display().to_string())(e),
     };

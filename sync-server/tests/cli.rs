@@ -305,3 +305,56 @@ fn bench_runs_the_workloads_against_the_references() {
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(text(&o).contains("I2 equality lookups"), "{}", text(&o));
 }
+
+fn entidb_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_entidb"));
+    c.args(args)
+        .env_remove("ENTIDB_PASSPHRASE")
+        .env_remove("ENTIDB_NEW_PASSPHRASE");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run entidb")
+}
+
+#[tokio::test]
+async fn encrypted_databases_need_the_passphrase_and_can_be_rekeyed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let p = path.to_str().expect("utf-8");
+    let db = Database::open_encrypted(
+        &path,
+        entidb::io::KeySource::Passphrase("first secret".into()),
+        entidb::Options::default(),
+    )
+    .await
+    .expect("create");
+    db.collection("notes")
+        .insert(&Value::map([("text", "hidden")]))
+        .await
+        .expect("insert");
+    db.close().await.expect("close");
+
+    let o = entidb_env(&["inspect", p], &[]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("ENTIDB_PASSPHRASE"), "{}", text(&o));
+    let o = entidb_env(&["inspect", p], &[("ENTIDB_PASSPHRASE", "nope")]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("wrong passphrase"), "{}", text(&o));
+    let o = entidb_env(&["dump", p], &[("ENTIDB_PASSPHRASE", "first secret")]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("hidden"));
+
+    let o = entidb_env(
+        &["rekey", p],
+        &[
+            ("ENTIDB_PASSPHRASE", "first secret"),
+            ("ENTIDB_NEW_PASSPHRASE", "second secret"),
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = entidb_env(&["verify", p], &[("ENTIDB_PASSPHRASE", "first secret")]);
+    assert_ne!(code(&o), 0, "the old passphrase no longer opens it");
+    let o = entidb_env(&["verify", p], &[("ENTIDB_PASSPHRASE", "second secret")]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+}

@@ -32,6 +32,7 @@ from ._entidb import (
     Conflict,
     Corruption,
     DocumentError,
+    EncryptionError,
     Error,
     FeedTruncated,
     FullScanForbidden,
@@ -43,6 +44,7 @@ from ._entidb import (
     SyncError,
     TooLarge,
     UniqueViolation,
+    WrongKey,
 )
 from ._types import Simple, Tag, Undefined
 
@@ -56,6 +58,7 @@ __all__ = [
     "Database",
     "Document",
     "DocumentError",
+    "EncryptionError",
     "Error",
     "FeedTruncated",
     "FullScanForbidden",
@@ -75,7 +78,9 @@ __all__ = [
     "Transaction",
     "Undefined",
     "UniqueViolation",
+    "WrongKey",
     "open",
+    "rekey",
     "open_memory",
     "restore",
     "verify_backup",
@@ -650,6 +655,7 @@ async def open(
     path: PathLike,
     *,
     migrations: Optional[Migrations] = None,
+    key: Union[bytes, str, None] = None,
     create: bool = True,
     memtable_bytes: Optional[int] = None,
     cache_bytes: Optional[int] = None,
@@ -657,9 +663,11 @@ async def open(
     feed_retention: Optional[int] = None,
 ) -> Database:
     """Open (creating if needed) the database in directory `path`, and run `migrations`
-    (see `Database.migrate`) if given."""
+    (see `Database.migrate`) if given. With `key` (32 bytes, or a passphrase stretched with
+    Argon2id) every file is encrypted with AES-256-GCM; a wrong key raises `WrongKey`."""
     native = await _entidb.Database.open(
         os.fspath(path),
+        key=key,
         create=create,
         memtable_bytes=memtable_bytes,
         cache_bytes=cache_bytes,
@@ -674,6 +682,12 @@ async def open(
             await db.close()
             raise
     return db
+
+
+async def rekey(path: PathLike, old: Union[bytes, str], new: Union[bytes, str]) -> None:
+    """Re-encrypt the closed database in `path` from key `old` to `new` (crash-safe:
+    afterwards exactly one of the two opens it)."""
+    await _entidb.Database.rekey(os.fspath(path), old, new)
 
 
 async def verify_backup(path: PathLike) -> dict[str, Any]:

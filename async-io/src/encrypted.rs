@@ -1,0 +1,846 @@
+//! Encryption at rest: a [`Backend`] wrapper that stores every byte of every file as
+//! AES-256-GCM encrypted chunks.
+//!
+//! # Format
+//!
+//! `ENCRYPTION` (plaintext, at the root, written once when the database is created):
+//!
+//! ```text
+//! "EDBKEY01" | kdf u8 (0 raw key, 1 Argon2id) | m_kib u32 LE | t u32 LE | p u32 LE | salt [16] | check [32]
+//! ```
+//!
+//! `check` is HMAC-SHA256(key, "entidb key check"): a wrong key is refused before any file is
+//! read ([`IoError::WrongKey`]). The lock file `LOCK` is not encrypted (it holds nothing).
+//!
+//! Every other file: a 64-byte header, then chunk slots.
+//!
+//! ```text
+//! header = "EDBENC01" | version u8 (1) | slots u8 (1 or 2) | 0 u16 | chunk u32 LE (4096)
+//!        | file_id [16] | key_check [16] | 0 [16]
+//! slot   = counter u64 LE | nonce [12] | AES-256-GCM(used u32 LE | data [chunk]) | tag [16]
+//! ```
+//!
+//! Logical chunk `i` lives in slot `s` at `64 + (i * slots + s) * (chunk + 40)`. The
+//! associated data of a slot is `file_id | i | s | counter`, so a slot moved to another place
+//! or file, or an old counter replayed into another slot, fails authentication
+//! ([`IoError::Tampered`]); so does every flipped bit. `key_check` is
+//! HMAC-SHA256(key, "file" | file_id) truncated. Nonces are 96 random bits from the backend's
+//! entropy, fresh for every slot write (never reused: a rewrite gets a new nonce too).
+//!
+//! **Durability.** A chunk that may be durable (written before a `sync_data` began, or found
+//! on disk at open) is never overwritten in place in a two-slot file: its new version goes to
+//! the other slot with a higher counter, and reads take the valid slot with the highest
+//! counter. So a write torn by a crash can only destroy data that was never synced. WAL files
+//! (`wal-*`) have two slots, because the engine appends to a synced WAL; every other file is
+//! written once and synced once (segments, the manifest) and has one slot.
+//!
+//! **Length.** The logical length is `(chunks - 1) * chunk + used` of the last chunk; a last
+//! chunk that no slot authenticates was never synced and is not counted (a torn tail).
+//!
+//! **What it protects**: the contents of every file (documents, keys, index entries, the WAL,
+//! the manifest) against reading and undetected modification. **What it does not**: file
+//! names, sizes (to within a chunk), the number of files and when they change, and the
+//! access pattern; and it does not protect a running process's memory or a key that leaks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::{Backend, BoxFuture, Clock, Entropy, File, IoError, IoResult, LockGuard, OpenMode};
+
+/// The key file's name.
+pub const KEY_FILE: &str = "ENCRYPTION";
+/// The next key file, while a rekey runs.
+const NEXT_KEY_FILE: &str = "ENCRYPTION.next";
+const KEY_MAGIC: &[u8; 8] = b"EDBKEY01";
+const FILE_MAGIC: &[u8; 8] = b"EDBENC01";
+const HEADER: u64 = 64;
+const CHUNK: usize = 4096;
+/// Bytes a slot adds to a chunk: counter, nonce, the `used` field, tag.
+const SLOT_OVERHEAD: usize = 8 + 12 + 4 + 16;
+const SLOT: u64 = (CHUNK + SLOT_OVERHEAD) as u64;
+
+/// Argon2id cost parameters for a passphrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Iterations.
+    pub t: u32,
+    /// Parallelism.
+    pub p: u32,
+}
+
+impl Default for KdfParams {
+    /// OWASP's recommendation: 19 MiB, 2 iterations, 1 lane.
+    fn default() -> Self {
+        KdfParams {
+            m_kib: 19 * 1024,
+            t: 2,
+            p: 1,
+        }
+    }
+}
+
+/// Where the key comes from.
+#[derive(Clone)]
+pub enum KeySource {
+    /// A raw 256-bit key.
+    Raw([u8; 32]),
+    /// A passphrase, stretched with Argon2id (parameters and salt are stored in the key file).
+    Passphrase(String),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Raw(_) => f.write_str("KeySource::Raw(..)"),
+            KeySource::Passphrase(_) => f.write_str("KeySource::Passphrase(..)"),
+        }
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC takes keys of any length; this cannot fail.
+    let mut m = match <HmacSha256 as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts any key length"),
+    };
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// The parsed key file.
+#[derive(Debug, Clone)]
+struct KeyFile {
+    kdf: u8,
+    params: KdfParams,
+    salt: [u8; 16],
+    check: [u8; 32],
+}
+
+impl KeyFile {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = KEY_MAGIC.to_vec();
+        v.push(self.kdf);
+        v.extend_from_slice(&self.params.m_kib.to_le_bytes());
+        v.extend_from_slice(&self.params.t.to_le_bytes());
+        v.extend_from_slice(&self.params.p.to_le_bytes());
+        v.extend_from_slice(&self.salt);
+        v.extend_from_slice(&self.check);
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<KeyFile> {
+        if b.len() != 8 + 1 + 12 + 16 + 32 || &b[..8] != KEY_MAGIC {
+            return None;
+        }
+        let u = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        Some(KeyFile {
+            kdf: b[8],
+            params: KdfParams {
+                m_kib: u(9),
+                t: u(13),
+                p: u(17),
+            },
+            salt: b[21..37].try_into().ok()?,
+            check: b[37..69].try_into().ok()?,
+        })
+    }
+}
+
+fn derive(source: &KeySource, kdf: u8, params: KdfParams, salt: &[u8; 16]) -> IoResult<[u8; 32]> {
+    let bad = |detail: String| IoError::KeyDerivation { detail };
+    match (source, kdf) {
+        (KeySource::Raw(k), 0) => Ok(*k),
+        (KeySource::Passphrase(p), 1) => {
+            let params = argon2::Params::new(params.m_kib, params.t, params.p, Some(32))
+                .map_err(|e| bad(e.to_string()))?;
+            let a =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let mut out = [0u8; 32];
+            a.hash_password_into(p.as_bytes(), salt, &mut out)
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(out)
+        }
+        (KeySource::Raw(_), _) => Err(bad(
+            "this database's key comes from a passphrase, not a raw key".into(),
+        )),
+        (KeySource::Passphrase(_), _) => {
+            Err(bad("this database uses a raw key, not a passphrase".into()))
+        }
+    }
+}
+
+/// The key material shared by every file of one backend.
+struct Keys {
+    cipher: Aes256Gcm,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+/// A backend whose files are encrypted (see the module documentation).
+#[derive(Debug)]
+pub struct EncryptedBackend {
+    inner: Arc<dyn Backend>,
+    keys: Arc<Keys>,
+    entropy: Arc<dyn Entropy>,
+}
+
+/// Whether the files of `path` get two slots per chunk (see "Durability").
+fn two_slots(path: &str) -> bool {
+    path.rsplit('/').next().unwrap_or(path).starts_with("wal-")
+}
+
+async fn read_all(inner: &dyn Backend, path: &str) -> IoResult<Option<Vec<u8>>> {
+    if !inner.exists(path).await? {
+        return Ok(None);
+    }
+    let f = inner.open(path, OpenMode::Existing).await?;
+    let n = f.len().await?;
+    Ok(Some(f.read_at(0, n as usize).await?))
+}
+
+async fn write_synced(inner: &dyn Backend, path: &str, bytes: Vec<u8>) -> IoResult<()> {
+    let tmp = format!("{path}.tmp");
+    let f = inner.open(&tmp, OpenMode::Create).await?;
+    f.set_len(0).await?;
+    f.write_at(0, bytes).await?;
+    f.sync_data().await?;
+    inner.rename(&tmp, path).await?;
+    inner.sync_dir("").await
+}
+
+impl EncryptedBackend {
+    /// Open the encrypted database on `inner`, creating its key file (with default Argon2id
+    /// parameters for a passphrase) if the backend holds no database yet. A wrong key fails
+    /// with [`IoError::WrongKey`]; a backend that holds an unencrypted database fails with
+    /// [`IoError::NotEncrypted`].
+    pub async fn open(inner: Arc<dyn Backend>, key: KeySource) -> IoResult<EncryptedBackend> {
+        Self::open_with(inner, key, KdfParams::default()).await
+    }
+
+    /// [`EncryptedBackend::open`] with the Argon2id parameters a new database gets.
+    pub async fn open_with(
+        inner: Arc<dyn Backend>,
+        key: KeySource,
+        params: KdfParams,
+    ) -> IoResult<EncryptedBackend> {
+        Self::finish_rekey(&*inner).await?;
+        let raw = match read_all(&*inner, KEY_FILE).await? {
+            Some(b) => b,
+            None => {
+                let others = inner.list("").await?;
+                if others.iter().any(|n| n != "LOCK" && !n.ends_with(".tmp")) {
+                    return Err(IoError::NotEncrypted {
+                        path: KEY_FILE.to_owned(),
+                    });
+                }
+                let kf = Self::new_key_file(&key, params, &*inner.entropy())?;
+                write_synced(&*inner, KEY_FILE, kf.encode()).await?;
+                kf.encode()
+            }
+        };
+        let kf = KeyFile::decode(&raw).ok_or_else(|| IoError::Tampered {
+            path: KEY_FILE.to_owned(),
+            detail: "malformed key file".into(),
+        })?;
+        let k = derive(&key, kf.kdf, kf.params, &kf.salt)?;
+        if hmac(&k, &[b"entidb key check"]) != kf.check {
+            return Err(IoError::WrongKey {
+                path: KEY_FILE.to_owned(),
+            });
+        }
+        Ok(EncryptedBackend {
+            entropy: inner.entropy(),
+            inner,
+            keys: Arc::new(Keys {
+                cipher: Aes256Gcm::new((&k).into()),
+                key: k,
+            }),
+        })
+    }
+
+    fn new_key_file(
+        key: &KeySource,
+        params: KdfParams,
+        entropy: &dyn Entropy,
+    ) -> IoResult<KeyFile> {
+        let mut salt = [0u8; 16];
+        entropy.fill(&mut salt);
+        let kdf = match key {
+            KeySource::Raw(_) => 0,
+            KeySource::Passphrase(_) => 1,
+        };
+        let k = derive(key, kdf, params, &salt)?;
+        Ok(KeyFile {
+            kdf,
+            params,
+            salt,
+            check: hmac(&k, &[b"entidb key check"]),
+        })
+    }
+
+    /// Whether `inner` holds an encrypted database (it has a key file).
+    pub async fn is_encrypted(inner: &dyn Backend) -> IoResult<bool> {
+        inner.exists(KEY_FILE).await
+    }
+
+    /// Re-encrypt every file of a closed database with a new key. Crash-safe: the new key
+    /// file is first written as `ENCRYPTION.next`; every file is copied to `NAME.rekey` under
+    /// the new key and synced; renaming `ENCRYPTION.next` over `ENCRYPTION` is the commit
+    /// point; then the copies replace the originals. The next open finishes or undoes an
+    /// interrupted rekey: with `ENCRYPTION.next` still there it removes the copies (the old
+    /// key stays valid), without it it renames them into place (only the new key opens it).
+    pub async fn rekey(
+        inner: Arc<dyn Backend>,
+        old: KeySource,
+        new: KeySource,
+        params: KdfParams,
+    ) -> IoResult<()> {
+        let from = Self::open_with(inner.clone(), old, params).await?;
+        let kf = Self::new_key_file(&new, params, &*inner.entropy())?;
+        let k = derive(&new, kf.kdf, kf.params, &kf.salt)?;
+        let to = EncryptedBackend {
+            entropy: inner.entropy(),
+            inner: inner.clone(),
+            keys: Arc::new(Keys {
+                cipher: Aes256Gcm::new((&k).into()),
+                key: k,
+            }),
+        };
+        write_synced(&*inner, NEXT_KEY_FILE, kf.encode()).await?;
+        let names: Vec<String> = inner
+            .list("")
+            .await?
+            .into_iter()
+            .filter(|n| {
+                n != "LOCK"
+                    && n != KEY_FILE
+                    && n != NEXT_KEY_FILE
+                    && !n.ends_with(".tmp")
+                    && !n.ends_with(".rekey")
+            })
+            .collect();
+        for name in &names {
+            let src = from.open(name, OpenMode::Existing).await?;
+            let len = src.len().await?;
+            let dst = to
+                .open_file(&format!("{name}.rekey"), OpenMode::Create, two_slots(name))
+                .await?;
+            let mut at = 0u64;
+            while at < len {
+                let n = ((len - at) as usize).min(1 << 20);
+                dst.write_at(at, src.read_at(at, n).await?).await?;
+                at += n as u64;
+            }
+            dst.sync_data().await?;
+        }
+        inner.sync_dir("").await?;
+        // The commit point.
+        inner.rename(NEXT_KEY_FILE, KEY_FILE).await?;
+        inner.sync_dir("").await?;
+        Self::finish_rekey(&*inner).await
+    }
+
+    /// Finish or undo an interrupted rekey (see [`EncryptedBackend::rekey`]).
+    async fn finish_rekey(inner: &dyn Backend) -> IoResult<()> {
+        let names = inner.list("").await?;
+        let committed = !names.iter().any(|n| n == NEXT_KEY_FILE);
+        let copies: Vec<&String> = names.iter().filter(|n| n.ends_with(".rekey")).collect();
+        if copies.is_empty() && committed {
+            return Ok(());
+        }
+        for copy in copies {
+            if committed {
+                inner.rename(copy, copy.trim_end_matches(".rekey")).await?;
+            } else {
+                inner.remove(copy).await?;
+            }
+        }
+        if !committed {
+            inner.remove(NEXT_KEY_FILE).await?;
+        }
+        inner.sync_dir("").await
+    }
+
+    async fn open_file(&self, path: &str, mode: OpenMode, two: bool) -> IoResult<Arc<dyn File>> {
+        let f = self.inner.open(path, mode).await?;
+        let file = EncFile::open(f, self.keys.clone(), self.entropy.clone(), two, path).await?;
+        Ok(Arc::new(file))
+    }
+}
+
+impl Backend for EncryptedBackend {
+    fn open(&self, path: &str, mode: OpenMode) -> BoxFuture<'_, IoResult<Arc<dyn File>>> {
+        let path = path.to_owned();
+        Box::pin(async move { self.open_file(&path, mode, two_slots(&path)).await })
+    }
+    fn remove(&self, path: &str) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.remove(path)
+    }
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.rename(from, to)
+    }
+    fn list(&self, dir: &str) -> BoxFuture<'_, IoResult<Vec<String>>> {
+        let dir = dir.to_owned();
+        Box::pin(async move {
+            let mut names = self.inner.list(&dir).await?;
+            if dir.is_empty() {
+                names.retain(|n| n != KEY_FILE && n != NEXT_KEY_FILE);
+            }
+            Ok(names)
+        })
+    }
+    fn exists(&self, path: &str) -> BoxFuture<'_, IoResult<bool>> {
+        // The key files belong to this layer; the database above never sees them.
+        if path == KEY_FILE || path == NEXT_KEY_FILE {
+            return Box::pin(std::future::ready(Ok(false)));
+        }
+        self.inner.exists(path)
+    }
+    fn create_dir(&self, path: &str) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.create_dir(path)
+    }
+    fn remove_dir(&self, path: &str) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.remove_dir(path)
+    }
+    fn sync_dir(&self, dir: &str) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.sync_dir(dir)
+    }
+    fn lock(&self, path: &str) -> BoxFuture<'_, IoResult<Box<dyn LockGuard>>> {
+        self.inner.lock(path)
+    }
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock()
+    }
+    fn entropy(&self) -> Arc<dyn Entropy> {
+        self.entropy.clone()
+    }
+    fn name(&self) -> &'static str {
+        "encrypted"
+    }
+}
+
+/// What a handle knows about one chunk of a two-slot file.
+#[derive(Debug, Clone, Copy)]
+struct SlotState {
+    /// The slot holding the current version (`None`: no slot authenticates).
+    active: Option<u8>,
+    counter: u64,
+    /// Written since the last `sync_data` began: may be overwritten in place.
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct FileState {
+    len: u64,
+    slots: BTreeMap<u64, SlotState>,
+    /// The last chunk written, in plaintext (appends patch it without reading).
+    tail: Option<(u64, Vec<u8>)>,
+}
+
+/// One encrypted file.
+#[derive(Debug)]
+struct EncFile {
+    inner: Arc<dyn File>,
+    keys: Arc<Keys>,
+    entropy: Arc<dyn Entropy>,
+    file_id: [u8; 16],
+    slots: u64,
+    path: String,
+    state: async_lock::Mutex<FileState>,
+}
+
+impl EncFile {
+    async fn open(
+        inner: Arc<dyn File>,
+        keys: Arc<Keys>,
+        entropy: Arc<dyn Entropy>,
+        two: bool,
+        path: &str,
+    ) -> IoResult<EncFile> {
+        let plen = inner.len().await?;
+        let slots = if two { 2 } else { 1 };
+        let tampered = |detail: &str| IoError::Tampered {
+            path: path.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let file_id = if plen < HEADER {
+            // New (or created and never synced): write a fresh header.
+            let mut id = [0u8; 16];
+            entropy.fill(&mut id);
+            let mut h = FILE_MAGIC.to_vec();
+            h.push(1);
+            h.push(slots as u8);
+            h.extend_from_slice(&[0, 0]);
+            h.extend_from_slice(&(CHUNK as u32).to_le_bytes());
+            h.extend_from_slice(&id);
+            h.extend_from_slice(&hmac(&keys.key, &[b"file", &id])[..16]);
+            h.extend_from_slice(&[0u8; 16]);
+            inner.set_len(0).await?;
+            inner.write_at(0, h).await?;
+            // Durable at once: a header that later fails to read is then damage, never a
+            // write lost in a crash.
+            inner.sync_data().await?;
+            id
+        } else {
+            let h = inner.read_at(0, HEADER as usize).await?;
+            if &h[..8] != FILE_MAGIC {
+                return Err(IoError::NotEncrypted {
+                    path: path.to_owned(),
+                });
+            }
+            if h[8] != 1 || u64::from(h[9]) != slots || h[12..16] != (CHUNK as u32).to_le_bytes() {
+                return Err(tampered("unsupported or altered file header"));
+            }
+            let id: [u8; 16] = h[16..32].try_into().map_err(|_| tampered("short header"))?;
+            if h[32..48] != hmac(&keys.key, &[b"file", &id])[..16] {
+                return Err(IoError::WrongKey {
+                    path: path.to_owned(),
+                });
+            }
+            id
+        };
+        let f = EncFile {
+            inner,
+            keys,
+            entropy,
+            file_id,
+            slots,
+            path: path.to_owned(),
+            state: async_lock::Mutex::new(FileState {
+                len: 0,
+                slots: BTreeMap::new(),
+                tail: None,
+            }),
+        };
+        // The logical length: full chunks before the last, plus the last one's `used`.
+        // A pair whose second slot was never written still holds a chunk.
+        let chunks = plen.saturating_sub(HEADER).div_ceil(SLOT * slots);
+        let mut st = f.state.lock().await;
+        let mut n = chunks;
+        while n > 0 {
+            match f.load(&mut st, n - 1).await? {
+                Some(plain) => {
+                    st.len = (n - 1) * CHUNK as u64 + used_of(&plain);
+                    break;
+                }
+                // A last chunk no slot authenticates was never synced: a torn tail.
+                None => n -= 1,
+            }
+        }
+        drop(st);
+        Ok(f)
+    }
+
+    fn slot_offset(&self, chunk: u64, slot: u8) -> u64 {
+        HEADER + (chunk * self.slots + u64::from(slot)) * SLOT
+    }
+
+    fn aad(&self, chunk: u64, slot: u8, counter: u64) -> Vec<u8> {
+        let mut a = self.file_id.to_vec();
+        a.extend_from_slice(&chunk.to_le_bytes());
+        a.push(slot);
+        a.extend_from_slice(&counter.to_le_bytes());
+        a
+    }
+
+    fn open_slot(&self, chunk: u64, slot: u8, raw: &[u8]) -> Option<(u64, Vec<u8>)> {
+        if raw.len() != SLOT as usize {
+            return None;
+        }
+        let counter = u64::from_le_bytes(raw[..8].try_into().ok()?);
+        let nonce_bytes: [u8; 12] = raw[8..20].try_into().ok()?;
+        let nonce = Nonce::from(nonce_bytes);
+        let aad = self.aad(chunk, slot, counter);
+        let plain = self
+            .keys
+            .cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &raw[20..],
+                    aad: &aad,
+                },
+            )
+            .ok()?;
+        Some((counter, plain))
+    }
+
+    fn seal(&self, chunk: u64, slot: u8, counter: u64, plain: &[u8]) -> IoResult<Vec<u8>> {
+        let mut nonce = [0u8; 12];
+        self.entropy.fill(&mut nonce);
+        let aad = self.aad(chunk, slot, counter);
+        let ct = self
+            .keys
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| IoError::Tampered {
+                path: self.path.clone(),
+                detail: "encryption failed".into(),
+            })?;
+        let mut out = Vec::with_capacity(SLOT as usize);
+        out.extend_from_slice(&counter.to_le_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Read and authenticate chunk `i` (its newest valid slot); `None` if no slot
+    /// authenticates. Records the slot state of two-slot files.
+    async fn load(&self, st: &mut FileState, i: u64) -> IoResult<Option<Vec<u8>>> {
+        if let Some((ti, plain)) = &st.tail
+            && *ti == i
+        {
+            return Ok(Some(plain.clone()));
+        }
+        let mut best: Option<(u8, u64, Vec<u8>)> = None;
+        for s in 0..self.slots as u8 {
+            // A slot past the end of the file (never written) is simply not valid.
+            let raw = match self
+                .inner
+                .read_at(self.slot_offset(i, s), SLOT as usize)
+                .await
+            {
+                Ok(r) => r,
+                Err(IoError::UnexpectedEof { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some((c, p)) = self.open_slot(i, s, &raw)
+                && best.as_ref().is_none_or(|b| c > b.1)
+            {
+                best = Some((s, c, p));
+            }
+        }
+        if self.slots == 2 {
+            let dirty = st.slots.get(&i).is_some_and(|s| s.dirty);
+            st.slots.insert(
+                i,
+                SlotState {
+                    active: best.as_ref().map(|b| b.0),
+                    counter: best.as_ref().map_or(0, |b| b.1),
+                    dirty,
+                },
+            );
+        }
+        Ok(best.map(|b| b.2))
+    }
+
+    /// Write the plaintext of chunk `i` (`used` bytes of data) to the right slot.
+    async fn store(&self, st: &mut FileState, i: u64, plain: Vec<u8>) -> IoResult<()> {
+        let (slot, counter) = if self.slots == 2 {
+            let fresh = SlotState {
+                active: None,
+                counter: 0,
+                dirty: false,
+            };
+            let s = match st.slots.get(&i) {
+                Some(s) => *s,
+                // Past the logical end no slot authenticates (open counted every chunk that
+                // does), so there is nothing durable to keep: no need to read it.
+                None if i * CHUNK as u64 >= st.len => fresh,
+                None => {
+                    self.load(st, i).await?;
+                    st.slots.get(&i).copied().unwrap_or(fresh)
+                }
+            };
+            let slot = match (s.active, s.dirty) {
+                // Written since the last sync began: never durable, overwrite in place.
+                (Some(a), true) => a,
+                // Possibly durable: the other slot, so a torn write cannot destroy it.
+                (Some(a), false) => 1 - a,
+                (None, _) => 0,
+            };
+            st.slots.insert(
+                i,
+                SlotState {
+                    active: Some(slot),
+                    counter: s.counter + 1,
+                    dirty: true,
+                },
+            );
+            (slot, s.counter + 1)
+        } else {
+            (0, 0)
+        };
+        let sealed = self.seal(i, slot, counter, &plain)?;
+        self.inner
+            .write_at(self.slot_offset(i, slot), sealed)
+            .await?;
+        st.tail = Some((i, plain));
+        Ok(())
+    }
+
+    /// The logical bytes of chunk `i` (zero-padded to a full chunk) for patching.
+    async fn chunk_data(&self, st: &mut FileState, i: u64) -> IoResult<Vec<u8>> {
+        let start = i * CHUNK as u64;
+        if start >= st.len {
+            return Ok(vec![0u8; CHUNK]);
+        }
+        match self.load(st, i).await? {
+            Some(plain) => {
+                let mut d = plain[4..].to_vec();
+                d.resize(CHUNK, 0);
+                Ok(d)
+            }
+            None => Err(IoError::Tampered {
+                path: self.path.clone(),
+                detail: format!("chunk {i} fails authentication (damaged or altered)"),
+            }),
+        }
+    }
+
+    async fn write_locked(&self, st: &mut FileState, offset: u64, data: &[u8]) -> IoResult<()> {
+        let end = offset + data.len() as u64;
+        let new_len = st.len.max(end);
+        // The chunks the write touches, and the gap it zero-fills when it starts past the
+        // end. Chunks after `end` keep their bytes (and their `used`, unless `end` grows the
+        // file, in which case the last chunk is within this range).
+        let first = offset.min(st.len) / CHUNK as u64;
+        let last = end.div_ceil(CHUNK as u64);
+        for i in first..last {
+            let cstart = i * CHUNK as u64;
+            let cend = cstart + CHUNK as u64;
+            if cend <= offset && cend <= st.len {
+                continue;
+            }
+            let mut d = if offset <= cstart && end >= cend {
+                vec![0u8; CHUNK] // fully overwritten
+            } else {
+                self.chunk_data(st, i).await?
+            };
+            // Bytes beyond the old length read as zeros (a gap).
+            if st.len < cend {
+                let from = st.len.saturating_sub(cstart) as usize;
+                d[from.min(CHUNK)..].fill(0);
+            }
+            let lo = offset.max(cstart);
+            let hi = end.min(cend);
+            if lo < hi {
+                d[(lo - cstart) as usize..(hi - cstart) as usize]
+                    .copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]);
+            }
+            let used = (new_len.min(cend) - cstart) as u32;
+            let mut plain = used.to_le_bytes().to_vec();
+            plain.extend_from_slice(&d);
+            self.store(st, i, plain).await?;
+        }
+        st.len = new_len;
+        Ok(())
+    }
+}
+
+fn used_of(plain: &[u8]) -> u64 {
+    plain
+        .get(..4)
+        .map_or(0, |u| {
+            u64::from(u32::from_le_bytes([u[0], u[1], u[2], u[3]]))
+        })
+        .min(CHUNK as u64)
+}
+
+impl File for EncFile {
+    fn read_at(&self, offset: u64, len: usize) -> BoxFuture<'_, IoResult<Vec<u8>>> {
+        Box::pin(async move {
+            let mut st = self.state.lock().await;
+            let end = offset + len as u64;
+            if end > st.len {
+                return Err(IoError::UnexpectedEof {
+                    path: self.path.clone(),
+                    offset,
+                    len: len as u64,
+                    file_len: st.len,
+                });
+            }
+            let mut out = Vec::with_capacity(len);
+            let mut at = offset;
+            while at < end {
+                let i = at / CHUNK as u64;
+                let d = self.chunk_data(&mut st, i).await?;
+                let cstart = i * CHUNK as u64;
+                let hi = end.min(cstart + CHUNK as u64);
+                out.extend_from_slice(&d[(at - cstart) as usize..(hi - cstart) as usize]);
+                at = hi;
+            }
+            Ok(out)
+        })
+    }
+
+    fn write_at(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, IoResult<()>> {
+        Box::pin(async move {
+            let mut st = self.state.lock().await;
+            self.write_locked(&mut st, offset, &data).await
+        })
+    }
+
+    fn sync_data(&self) -> BoxFuture<'_, IoResult<()>> {
+        Box::pin(async move {
+            {
+                // From now on every chunk written so far may be durable.
+                let mut st = self.state.lock().await;
+                for s in st.slots.values_mut() {
+                    s.dirty = false;
+                }
+            }
+            self.inner.sync_data().await
+        })
+    }
+
+    fn len(&self) -> BoxFuture<'_, IoResult<u64>> {
+        Box::pin(async move { Ok(self.state.lock().await.len) })
+    }
+
+    fn set_len(&self, len: u64) -> BoxFuture<'_, IoResult<()>> {
+        Box::pin(async move {
+            let mut st = self.state.lock().await;
+            if len >= st.len {
+                let gap = vec![0u8; (len - st.len) as usize];
+                let at = st.len;
+                return self.write_locked(&mut st, at, &gap).await;
+            }
+            let chunks = len.div_ceil(CHUNK as u64);
+            if !len.is_multiple_of(CHUNK as u64) {
+                // Rewrite the new last chunk with its new `used`.
+                let i = chunks - 1;
+                let d = self.chunk_data(&mut st, i).await?;
+                let used = (len - i * CHUNK as u64) as u32;
+                let mut plain = used.to_le_bytes().to_vec();
+                plain.extend_from_slice(&d);
+                plain[4 + used as usize..].fill(0);
+                self.store(&mut st, i, plain).await?;
+            }
+            st.slots.retain(|i, _| *i < chunks);
+            if st.tail.as_ref().is_some_and(|(i, _)| *i >= chunks) {
+                st.tail = None;
+            }
+            st.len = len;
+            self.inner
+                .set_len(HEADER + chunks * self.slots * SLOT)
+                .await
+        })
+    }
+
+    fn path(&self) -> &str {
+        &self.path
+    }
+}
