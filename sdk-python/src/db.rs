@@ -5,6 +5,7 @@
 use std::ops::Bound as RangeBound;
 use std::sync::Arc;
 
+use crate::fast::run;
 use entidb::cbor::Value;
 use entidb::{
     Database, Document, Durability, IndexCursor, IndexSpec, Options, Query, ScanOptions,
@@ -120,6 +121,14 @@ fn query_args(
     Ok(QueryArgs { query, limit })
 }
 
+fn scan_options(after: Option<&Bound<'_, PyAny>>, limit: usize) -> PyResult<ScanOptions> {
+    let opts = ScanOptions::limit(limit);
+    Ok(match after {
+        Some(a) => opts.after(to_id(a)?),
+        None => opts,
+    })
+}
+
 /// A page of lookup results: rows and the cursor after the last one.
 type LookupPage = (Vec<Row>, Option<Vec<u8>>);
 /// (score, id, version, document)
@@ -173,7 +182,7 @@ impl PyReader {
     ) -> PyResult<Bound<'py, PyAny>> {
         let id = to_id(id)?;
         let source = self.source.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             let doc = match source {
                 Source::Latest(db) => db.snapshot().collection(&collection).get_document(id).await,
                 Source::Snapshot(s) => s.collection(&collection).get_document(id).await,
@@ -197,10 +206,7 @@ impl PyReader {
         after: Option<&Bound<'py, PyAny>>,
         limit: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut opts = ScanOptions::limit(limit);
-        if let Some(a) = after {
-            opts = opts.after(to_id(a)?);
-        }
+        let opts = scan_options(after, limit)?;
         let source = self.source.clone();
         future_into_py(py, async move {
             let page = match source {
@@ -213,6 +219,63 @@ impl PyReader {
                 }
             }
             .map_err(engine)?;
+            Ok((rows(page.items)?, page.next.map(PyId)))
+        })
+    }
+
+    /// A page of the entities that `predicate` (called with each document's value) accepts:
+    /// a full scan, counted in stats; refused with `FullScanForbidden` when the database
+    /// forbids full scans. `limit` counts matches.
+    #[pyo3(signature = (collection, predicate, after, limit))]
+    fn scan_where<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        predicate: Py<PyAny>,
+        after: Option<&Bound<'py, PyAny>>,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = scan_options(after, limit)?;
+        let source = self.source.clone();
+        future_into_py(py, async move {
+            let failure: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+            let pred = |d: &Document| -> bool {
+                Python::attach(|py| {
+                    let r = d
+                        .value()
+                        .map_err(engine)
+                        .and_then(|v| crate::convert::to_py(py, &v))
+                        .and_then(|v| predicate.call1(py, (v,)))
+                        .and_then(|r| r.is_truthy(py));
+                    match r {
+                        Ok(b) => b,
+                        Err(e) => {
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(e);
+                            }
+                            false
+                        }
+                    }
+                })
+            };
+            let page = match source {
+                Source::Latest(db) => {
+                    db.snapshot()
+                        .collection(&collection)
+                        .scan_where(opts, pred)
+                        .await
+                }
+                Source::Snapshot(s) => s.collection(&collection).scan_where(opts, pred).await,
+                Source::Txn(t) => {
+                    let mut g = t.lock().await;
+                    let tx = g.as_mut().ok_or_else(finished)?;
+                    tx.collection(&collection).scan_where(opts, pred).await
+                }
+            }
+            .map_err(engine)?;
+            if let Some(e) = failure.lock().ok().and_then(|mut f| f.take()) {
+                return Err(e);
+            }
             Ok((rows(page.items)?, page.next.map(PyId)))
         })
     }
@@ -403,7 +466,7 @@ impl PyTransaction {
             .transpose()?
             .unwrap_or_else(|| self.db.new_id());
         let tx = self.tx.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             let mut g = tx.lock().await;
             let tx = g.as_mut().ok_or_else(finished)?;
             tx.collection(&collection)
@@ -422,7 +485,7 @@ impl PyTransaction {
     ) -> PyResult<Bound<'py, PyAny>> {
         let id = to_id(id)?;
         let tx = self.tx.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             let mut g = tx.lock().await;
             let tx = g.as_mut().ok_or_else(finished)?;
             tx.collection(&collection).delete(id).await.map_err(engine)
@@ -441,7 +504,7 @@ impl PyTransaction {
         let value = to_value(doc)?;
         let id = to_id(id)?;
         let tx = self.tx.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             let mut g = tx.lock().await;
             let tx = g.as_mut().ok_or_else(finished)?;
             tx.collection(&collection)
@@ -461,7 +524,7 @@ impl PyTransaction {
     ) -> PyResult<Bound<'py, PyAny>> {
         let id = to_id(id)?;
         let tx = self.tx.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             let mut g = tx.lock().await;
             let tx = g.as_mut().ok_or_else(finished)?;
             tx.collection(&collection)
@@ -474,7 +537,7 @@ impl PyTransaction {
     /// The schema version as this transaction sees it.
     fn schema_version<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let tx = self.tx.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             let g = tx.lock().await;
             let tx = g.as_ref().ok_or_else(finished)?;
             tx.schema_version().await.map_err(engine)
@@ -488,7 +551,7 @@ impl PyTransaction {
         version: u64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let tx = self.tx.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             let mut g = tx.lock().await;
             let tx = g.as_mut().ok_or_else(finished)?;
             tx.set_schema_version(version);
@@ -508,7 +571,7 @@ impl PyTransaction {
     /// Discard the transaction.
     fn abort<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let tx = self.tx.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             if let Some(t) = tx.lock().await.take() {
                 t.abort();
             }
@@ -519,7 +582,7 @@ impl PyTransaction {
     /// Commit without waiting for the sync (`relaxed=True`) or durably (the default).
     fn set_relaxed<'py>(&self, py: Python<'py>, relaxed: bool) -> PyResult<Bound<'py, PyAny>> {
         let tx = self.tx.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             let mut g = tx.lock().await;
             let tx = g.as_mut().ok_or_else(finished)?;
             tx.set_durability(if relaxed {
@@ -676,7 +739,7 @@ impl PyDatabase {
         let value = to_value(doc)?;
         let id = id.map(to_id).transpose()?;
         let db = self.db.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             let id = id.unwrap_or_else(|| db.new_id());
             db.collection(&collection)
                 .put_value(id, &value)
@@ -695,7 +758,7 @@ impl PyDatabase {
     ) -> PyResult<Bound<'py, PyAny>> {
         let id = to_id(id)?;
         let db = self.db.clone();
-        future_into_py(py, async move {
+        run(py, async move {
             db.collection(&collection).delete(id).await.map_err(engine)
         })
     }

@@ -10,6 +10,7 @@
 mod convert;
 mod db;
 mod errors;
+mod fast;
 mod sync;
 
 use pyo3::prelude::*;

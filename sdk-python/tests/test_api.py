@@ -413,3 +413,30 @@ async def test_encryption_with_the_wrong_key(tmp_path: Path) -> None:
         await entidb.open(tmp_path / "enc", key="correct horse")
     async with await entidb.open(tmp_path / "enc", key=bytes(32)) as db:
         assert [d["text"] async for d in db.collection("notes").scan()] == [marker]
+
+
+async def test_remaining_exception_classes(tmp_path: Path) -> None:
+    db = await entidb.open(tmp_path / "db")
+    items = db.collection("items")
+    for i in range(10):
+        await items.put({"i": i})
+    # A predicate scan works, and is a scan.
+    odd = [d.value["i"] async for d in items.filter(lambda v: v["i"] % 2 == 1, page_size=3)]
+    assert odd == [1, 3, 5, 7, 9]
+    assert db.stats()["scans"] >= 1
+    with pytest.raises(ZeroDivisionError):
+        async for _ in items.filter(lambda v: 1 / 0):
+            pass
+    # Two NaN keys are two Python keys but one CBOR key: no canonical form.
+    with pytest.raises(entidb.DocumentError):
+        await items.put({float("nan"): 1, float("nan"): 2})
+    # The backup target's directory does not exist.
+    with pytest.raises(entidb.IoError):
+        await db.backup(tmp_path / "missing-dir" / "b.entidb")
+    await db.close()
+    strict = await entidb.open(tmp_path / "strict", forbid_full_scans=True)
+    await strict.collection("items").put({"i": 1})
+    with pytest.raises(entidb.FullScanForbidden):
+        async for _ in strict.collection("items").filter(lambda v: True):
+            pass
+    await strict.close()

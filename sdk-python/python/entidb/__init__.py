@@ -197,10 +197,24 @@ class _Reads:
         page_size: int = 1000,
     ) -> AsyncIterator[Document]:
         """Documents in id order, fetched a page at a time."""
+        async for d in self._pages(
+            lambda a, n: self._reader.scan(self._name, a, n), limit, page_size, after
+        ):
+            yield d
+
+    async def _pages(
+        self,
+        fetch: Callable[
+            [Optional[IdLike], int], Awaitable[tuple[list[tuple[uuid.UUID, int, Any]], Optional[uuid.UUID]]]
+        ],
+        limit: Optional[int],
+        page_size: int,
+        after: Optional[IdLike],
+    ) -> AsyncIterator[Document]:
         left = limit
         while left is None or left > 0:
             n = page_size if left is None else min(page_size, left)
-            rows, nxt = await self._reader.scan(self._name, after, n)
+            rows, nxt = await fetch(after, n)
             for row in rows:
                 yield _doc(row)
             if left is not None:
@@ -219,6 +233,24 @@ class _Reads:
         """Document values in id order, fetched a page at a time."""
         async for d in self.scan_documents(limit=limit, after=after, page_size=page_size):
             yield d.value
+
+    async def filter(
+        self,
+        predicate: Callable[[Any], object],
+        *,
+        limit: Optional[int] = None,
+        page_size: int = 1000,
+    ) -> AsyncIterator[Document]:
+        """Documents whose value `predicate` accepts, in id order: a full scan (counted in
+        `stats()["scans"]`; raises `FullScanForbidden` if the database was opened with
+        `forbid_full_scans=True`). Use an index for anything frequent."""
+        async for d in self._pages(
+            lambda a, n: self._reader.scan_where(self._name, predicate, a, n),
+            limit,
+            page_size,
+            None,
+        ):
+            yield d
 
     async def _lookup(
         self, index: str, kind: str, limit: Optional[int], page_size: int, **q: Any

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Awaitable, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Optional, Sequence, Union
 
 IdLike = Union[uuid.UUID, str, bytes]
 Row = tuple[uuid.UUID, int, Any]
@@ -37,6 +37,13 @@ class Reader:
         self, collection: str, after: Optional[IdLike], limit: int
     ) -> Awaitable[tuple[list[Row], Optional[uuid.UUID]]]: ...
     def count(self, collection: str) -> Awaitable[int]: ...
+    def scan_where(
+        self,
+        collection: str,
+        predicate: Callable[[Any], object],
+        after: Optional[IdLike],
+        limit: int,
+    ) -> Awaitable[tuple[list[Row], Optional[uuid.UUID]]]: ...
     def lookup(
         self,
         collection: str,
