@@ -34,8 +34,14 @@
 //! (`wal-*`) have two slots, because the engine appends to a synced WAL; every other file is
 //! written once and synced once (segments, the manifest) and has one slot.
 //!
-//! **Length.** The logical length is `(chunks - 1) * chunk + used` of the last chunk; a last
-//! chunk that no slot authenticates was never synced and is not counted (a torn tail).
+//! **Length and torn writes.** The logical length is `(chunks - 1) * chunk + used` of the last
+//! chunk; a last chunk that no slot authenticates was never synced and is not counted (a torn
+//! tail). In a WAL file, a chunk in the middle that no slot authenticates (it was being
+//! written, unsynced, when the machine stopped, while later chunks landed) reads as zeros:
+//! the WAL's own checksums and durability markers then tell a torn tail from corruption,
+//! as for a plaintext WAL. So damage to the last, unattested WAL records of an encrypted
+//! database reads as a torn tail, exactly as it would in plaintext; everywhere else (and in
+//! every other file) a chunk that fails authentication is an error.
 //!
 //! **What it protects**: the contents of every file (documents, keys, index entries, the WAL,
 //! the manifest) against reading and undetected modification. **What it does not**: file
@@ -60,9 +66,11 @@ const KEY_MAGIC: &[u8; 8] = b"EDBKEY01";
 const FILE_MAGIC: &[u8; 8] = b"EDBENC01";
 const HEADER: u64 = 64;
 const CHUNK: usize = 4096;
+/// Chunk size of WAL files. (1 KiB was tried for cheaper small appends: it did not help
+/// W2 and made bulk loads, which write many more chunks, 1.8-2x slower; docs/benchmarks.md.)
+const WAL_CHUNK: u64 = 4096;
 /// Bytes a slot adds to a chunk: counter, nonce, the `used` field, tag.
 const SLOT_OVERHEAD: usize = 8 + 12 + 4 + 16;
-const SLOT: u64 = (CHUNK + SLOT_OVERHEAD) as u64;
 
 /// Argon2id cost parameters for a passphrase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,6 +469,9 @@ struct EncFile {
     entropy: Arc<dyn Entropy>,
     file_id: [u8; 16],
     slots: u64,
+    /// Plaintext bytes per chunk, and bytes per slot.
+    chunk: u64,
+    slot: u64,
     path: String,
     state: async_lock::Mutex<FileState>,
 }
@@ -475,6 +486,7 @@ impl EncFile {
     ) -> IoResult<EncFile> {
         let plen = inner.len().await?;
         let slots = if two { 2 } else { 1 };
+        let chunk: u64 = if two { WAL_CHUNK } else { CHUNK as u64 };
         let tampered = |detail: &str| IoError::Tampered {
             path: path.to_owned(),
             detail: detail.to_owned(),
@@ -487,7 +499,7 @@ impl EncFile {
             h.push(1);
             h.push(slots as u8);
             h.extend_from_slice(&[0, 0]);
-            h.extend_from_slice(&(CHUNK as u32).to_le_bytes());
+            h.extend_from_slice(&(chunk as u32).to_le_bytes());
             h.extend_from_slice(&id);
             h.extend_from_slice(&hmac(&keys.key, &[b"file", &id])[..16]);
             h.extend_from_slice(&[0u8; 16]);
@@ -504,7 +516,7 @@ impl EncFile {
                     path: path.to_owned(),
                 });
             }
-            if h[8] != 1 || u64::from(h[9]) != slots || h[12..16] != (CHUNK as u32).to_le_bytes() {
+            if h[8] != 1 || u64::from(h[9]) != slots || h[12..16] != (chunk as u32).to_le_bytes() {
                 return Err(tampered("unsupported or altered file header"));
             }
             let id: [u8; 16] = h[16..32].try_into().map_err(|_| tampered("short header"))?;
@@ -521,6 +533,8 @@ impl EncFile {
             entropy,
             file_id,
             slots,
+            chunk,
+            slot: chunk + SLOT_OVERHEAD as u64,
             path: path.to_owned(),
             state: async_lock::Mutex::new(FileState {
                 len: 0,
@@ -530,13 +544,15 @@ impl EncFile {
         };
         // The logical length: full chunks before the last, plus the last one's `used`.
         // A pair whose second slot was never written still holds a chunk.
-        let chunks = plen.saturating_sub(HEADER).div_ceil(SLOT * slots);
+        let chunks = plen
+            .saturating_sub(HEADER)
+            .div_ceil((chunk + SLOT_OVERHEAD as u64) * slots);
         let mut st = f.state.lock().await;
         let mut n = chunks;
         while n > 0 {
             match f.load(&mut st, n - 1).await? {
                 Some(plain) => {
-                    st.len = (n - 1) * CHUNK as u64 + used_of(&plain);
+                    st.len = (n - 1) * chunk + used_of(&plain, chunk);
                     break;
                 }
                 // A last chunk no slot authenticates was never synced: a torn tail.
@@ -548,7 +564,7 @@ impl EncFile {
     }
 
     fn slot_offset(&self, chunk: u64, slot: u8) -> u64 {
-        HEADER + (chunk * self.slots + u64::from(slot)) * SLOT
+        HEADER + (chunk * self.slots + u64::from(slot)) * self.slot
     }
 
     fn aad(&self, chunk: u64, slot: u8, counter: u64) -> Vec<u8> {
@@ -560,7 +576,7 @@ impl EncFile {
     }
 
     fn open_slot(&self, chunk: u64, slot: u8, raw: &[u8]) -> Option<(u64, Vec<u8>)> {
-        if raw.len() != SLOT as usize {
+        if raw.len() != self.slot as usize {
             return None;
         }
         let counter = u64::from_le_bytes(raw[..8].try_into().ok()?);
@@ -599,7 +615,7 @@ impl EncFile {
                 path: self.path.clone(),
                 detail: "encryption failed".into(),
             })?;
-        let mut out = Vec::with_capacity(SLOT as usize);
+        let mut out = Vec::with_capacity(self.slot as usize);
         out.extend_from_slice(&counter.to_le_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
@@ -619,7 +635,7 @@ impl EncFile {
             // A slot past the end of the file (never written) is simply not valid.
             let raw = match self
                 .inner
-                .read_at(self.slot_offset(i, s), SLOT as usize)
+                .read_at(self.slot_offset(i, s), self.slot as usize)
                 .await
             {
                 Ok(r) => r,
@@ -658,7 +674,7 @@ impl EncFile {
                 Some(s) => *s,
                 // Past the logical end no slot authenticates (open counted every chunk that
                 // does), so there is nothing durable to keep: no need to read it.
-                None if i * CHUNK as u64 >= st.len => fresh,
+                None if i * self.chunk >= st.len => fresh,
                 None => {
                     self.load(st, i).await?;
                     st.slots.get(&i).copied().unwrap_or(fresh)
@@ -693,16 +709,21 @@ impl EncFile {
 
     /// The logical bytes of chunk `i` (zero-padded to a full chunk) for patching.
     async fn chunk_data(&self, st: &mut FileState, i: u64) -> IoResult<Vec<u8>> {
-        let start = i * CHUNK as u64;
+        let start = i * self.chunk;
         if start >= st.len {
-            return Ok(vec![0u8; CHUNK]);
+            return Ok(vec![0u8; self.chunk as usize]);
         }
         match self.load(st, i).await? {
             Some(plain) => {
                 let mut d = plain[4..].to_vec();
-                d.resize(CHUNK, 0);
+                d.resize(self.chunk as usize, 0);
                 Ok(d)
             }
+            // In a WAL file a chunk whose every version fails authentication was being
+            // written, unsynced, when the machine stopped (later chunks may have landed): it
+            // reads as zeros, and the WAL's own checksums and durability markers decide
+            // between a torn tail and corruption, exactly as for a plaintext WAL.
+            None if self.slots == 2 => Ok(vec![0u8; self.chunk as usize]),
             None => Err(IoError::Tampered {
                 path: self.path.clone(),
                 detail: format!("chunk {i} fails authentication (damaged or altered)"),
@@ -716,23 +737,23 @@ impl EncFile {
         // The chunks the write touches, and the gap it zero-fills when it starts past the
         // end. Chunks after `end` keep their bytes (and their `used`, unless `end` grows the
         // file, in which case the last chunk is within this range).
-        let first = offset.min(st.len) / CHUNK as u64;
-        let last = end.div_ceil(CHUNK as u64);
+        let first = offset.min(st.len) / self.chunk;
+        let last = end.div_ceil(self.chunk);
         for i in first..last {
-            let cstart = i * CHUNK as u64;
-            let cend = cstart + CHUNK as u64;
+            let cstart = i * self.chunk;
+            let cend = cstart + self.chunk;
             if cend <= offset && cend <= st.len {
                 continue;
             }
             let mut d = if offset <= cstart && end >= cend {
-                vec![0u8; CHUNK] // fully overwritten
+                vec![0u8; self.chunk as usize] // fully overwritten
             } else {
                 self.chunk_data(st, i).await?
             };
             // Bytes beyond the old length read as zeros (a gap).
             if st.len < cend {
                 let from = st.len.saturating_sub(cstart) as usize;
-                d[from.min(CHUNK)..].fill(0);
+                d[from.min(self.chunk as usize)..].fill(0);
             }
             let lo = offset.max(cstart);
             let hi = end.min(cend);
@@ -750,13 +771,13 @@ impl EncFile {
     }
 }
 
-fn used_of(plain: &[u8]) -> u64 {
+fn used_of(plain: &[u8], chunk: u64) -> u64 {
     plain
         .get(..4)
         .map_or(0, |u| {
             u64::from(u32::from_le_bytes([u[0], u[1], u[2], u[3]]))
         })
-        .min(CHUNK as u64)
+        .min(chunk)
 }
 
 impl File for EncFile {
@@ -775,10 +796,10 @@ impl File for EncFile {
             let mut out = Vec::with_capacity(len);
             let mut at = offset;
             while at < end {
-                let i = at / CHUNK as u64;
+                let i = at / self.chunk;
                 let d = self.chunk_data(&mut st, i).await?;
-                let cstart = i * CHUNK as u64;
-                let hi = end.min(cstart + CHUNK as u64);
+                let cstart = i * self.chunk;
+                let hi = end.min(cstart + self.chunk);
                 out.extend_from_slice(&d[(at - cstart) as usize..(hi - cstart) as usize]);
                 at = hi;
             }
@@ -818,12 +839,12 @@ impl File for EncFile {
                 let at = st.len;
                 return self.write_locked(&mut st, at, &gap).await;
             }
-            let chunks = len.div_ceil(CHUNK as u64);
-            if !len.is_multiple_of(CHUNK as u64) {
+            let chunks = len.div_ceil(self.chunk);
+            if !len.is_multiple_of(self.chunk) {
                 // Rewrite the new last chunk with its new `used`.
                 let i = chunks - 1;
                 let d = self.chunk_data(&mut st, i).await?;
-                let used = (len - i * CHUNK as u64) as u32;
+                let used = (len - i * self.chunk) as u32;
                 let mut plain = used.to_le_bytes().to_vec();
                 plain.extend_from_slice(&d);
                 plain[4 + used as usize..].fill(0);
@@ -835,7 +856,7 @@ impl File for EncFile {
             }
             st.len = len;
             self.inner
-                .set_len(HEADER + chunks * self.slots * SLOT)
+                .set_len(HEADER + chunks * self.slots * self.slot)
                 .await
         })
     }
