@@ -212,7 +212,7 @@ impl Database {
     /// Write everything in memory to segments and start a new WAL file, so that the next open
     /// replays nothing.
     pub async fn checkpoint(&self) -> Result<()> {
-        self.inner.check_open()?;
+        self.inner.check_writable()?;
         {
             let mut w = self.inner.writer.lock().await;
             self.inner.rotate(&mut w).await?;
@@ -266,7 +266,11 @@ impl Database {
         if self.inner.closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let r = self.checkpoint().await;
+        let r = if self.inner.options.read_only {
+            Ok(())
+        } else {
+            self.checkpoint().await
+        };
         self.inner.closed.store(true, Ordering::Release);
         self.inner.commit_event.notify(usize::MAX);
         self.inner.release().await;

@@ -148,10 +148,19 @@ const LOCK_FILE: &str = "LOCK";
 impl Inner {
     /// Open (or create) a database on `backend`.
     pub(crate) async fn open(backend: Arc<dyn Backend>, options: Options) -> Result<Arc<Inner>> {
-        let guard = backend
-            .lock(LOCK_FILE)
-            .await
-            .map_err(Error::io("locking the database"))?;
+        let ro = options.read_only;
+        // A read-only handle takes no lock and writes nothing: it may look at a database
+        // another process is writing (it sees the state at open).
+        let guard = if ro {
+            None
+        } else {
+            Some(
+                backend
+                    .lock(LOCK_FILE)
+                    .await
+                    .map_err(Error::io("locking the database"))?,
+            )
+        };
         // An encrypted database seen without its key: say so instead of reading ciphertext.
         if backend
             .exists(entidb_io::encrypted::KEY_FILE)
@@ -180,7 +189,7 @@ impl Inner {
                         "WAL or segment files exist but the manifest is missing",
                     ));
                 }
-                if !options.create_if_missing {
+                if !options.create_if_missing || ro {
                     return Err(Error::InvalidArgument(
                         "no database here and create_if_missing is off".into(),
                     ));
@@ -190,7 +199,7 @@ impl Inner {
                 m
             }
         };
-        if names.iter().any(|n| n == manifest::TMP_NAME) {
+        if !ro && names.iter().any(|n| n == manifest::TMP_NAME) {
             backend
                 .remove(manifest::TMP_NAME)
                 .await
@@ -204,7 +213,7 @@ impl Inner {
                 max_seen = max_seen.max(no);
                 if no >= manifest.wal_min {
                     wal_files.push(no);
-                } else {
+                } else if !ro {
                     backend
                         .remove(n)
                         .await
@@ -212,7 +221,7 @@ impl Inner {
                 }
             } else if let Some(id) = segment::parse_file_name(n) {
                 max_seen = max_seen.max(id);
-                if !manifest.segments.iter().any(|s| s.id == id) {
+                if !ro && !manifest.segments.iter().any(|s| s.id == id) {
                     // Written by a flush or compaction that did not reach the manifest.
                     backend
                         .remove(n)
@@ -249,10 +258,12 @@ impl Inner {
                 }
             }
             drop(f);
-            backend
-                .remove(&name)
-                .await
-                .map_err(Error::io("removing an empty WAL file"))?;
+            if !ro {
+                backend
+                    .remove(&name)
+                    .await
+                    .map_err(Error::io("removing an empty WAL file"))?;
+            }
             wal_files.pop();
         }
 
@@ -311,7 +322,7 @@ impl Inner {
                 last_seq = r.seq;
             }
             let mut end = scan.valid_end;
-            if scan.torn {
+            if scan.torn && !ro {
                 // Only the newest file may have a torn tail (`wal::scan` refuses otherwise).
                 if end < wal::FILE_HEADER_LEN {
                     f.set_len(0).await.map_err(Error::io("repairing the WAL"))?;
@@ -325,7 +336,9 @@ impl Inner {
                         .map_err(Error::io("cutting a torn WAL tail"))?;
                 }
             }
-            if is_last {
+            if is_last && ro {
+                tail = Some((no, f, end));
+            } else if is_last {
                 // One sync makes the repair durable and, after a process crash, the records
                 // that were still only in the page cache: new records' `durable_before` must
                 // be true, or a later power loss could look like corruption.
@@ -337,6 +350,14 @@ impl Inner {
         }
         let (wal_no, wal_file, wal_offset) = match tail {
             Some(t) => t,
+            // Never written through: commits are refused.
+            None if ro => {
+                let f = backend
+                    .open(manifest::NAME, OpenMode::Existing)
+                    .await
+                    .map_err(Error::io("opening the manifest"))?;
+                (0, f, 0)
+            }
             None => {
                 let no = next_file.fetch_add(1, Ordering::Relaxed);
                 let f = create_wal(&*backend, no, options.wal_preallocate).await?;
@@ -357,7 +378,7 @@ impl Inner {
             backend,
             cache,
             seg_stats,
-            lock_guard: Mutex::new(Some(guard)),
+            lock_guard: Mutex::new(guard),
             writer: Arc::new(async_lock::Mutex::new(WriterState {
                 wal: WalWriter {
                     file: wal_file.clone(),
@@ -415,6 +436,14 @@ impl Inner {
         let _writer = self.writer.lock().await;
         let _maintenance = self.maintenance.lock().await;
         lock(&self.lock_guard).take();
+    }
+
+    /// Refuse writes (and anything that writes files) on a read-only handle.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.options.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check_open()
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {

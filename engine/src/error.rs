@@ -131,6 +131,9 @@ pub enum Error {
         /// The highest version the application knows.
         supported: u64,
     },
+    /// The handle is read-only ([`Options::read_only`](crate::Options::read_only)).
+    #[error("the database is open read-only; writes, checkpoints and compactions are refused")]
+    ReadOnly,
     /// The key does not open this encrypted database.
     #[error("wrong encryption key")]
     WrongKey,

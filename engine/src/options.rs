@@ -50,6 +50,11 @@ pub struct Options {
     /// should use an index cannot silently scan a whole collection. Plain paging
     /// (`scan`) and `count` stay allowed.
     pub forbid_full_scans: bool,
+    /// Open read-only: take no lock, write nothing, refuse transactions, checkpoints and
+    /// compactions with [`Error::ReadOnly`](crate::Error::ReadOnly). Such a handle can look at
+    /// a database another process has open for writing: it sees the state committed (and
+    /// written to the WAL) when it opened. Open it again to see later commits.
+    pub read_only: bool,
 }
 
 impl Default for Options {
@@ -66,6 +71,7 @@ impl Default for Options {
             create_if_missing: true,
             wal_preallocate: 1 << 20,
             forbid_full_scans: false,
+            read_only: false,
         }
     }
 }
@@ -123,6 +129,11 @@ impl Options {
     /// Set [`Options::forbid_full_scans`].
     pub fn forbid_full_scans(mut self, v: bool) -> Self {
         self.forbid_full_scans = v;
+        self
+    }
+    /// Set [`Options::read_only`].
+    pub fn read_only(mut self, v: bool) -> Self {
+        self.read_only = v;
         self
     }
     /// Set [`Options::create_if_missing`].

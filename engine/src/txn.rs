@@ -222,7 +222,7 @@ impl std::fmt::Debug for WriteTxn {
 
 impl WriteTxn {
     pub(crate) async fn begin(inner: &Arc<Inner>) -> Result<WriteTxn> {
-        inner.check_open()?;
+        inner.check_writable()?;
         let guard = inner.writer.lock_arc().await;
         inner.check_open()?;
         let read_seq = guard.last_seq;

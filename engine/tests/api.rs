@@ -604,3 +604,40 @@ fn close_releases_the_directory_while_clones_live() {
         drop((db, users));
     });
 }
+
+#[test]
+fn a_read_only_handle_sees_a_snapshot_beside_the_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    futures_executor::block_on(async {
+        let writer = Database::open(dir.path()).await.expect("open");
+        let c = writer.collection("c");
+        for i in 0..10u32 {
+            c.insert(&i).await.expect("insert");
+        }
+        writer.checkpoint().await.expect("checkpoint"); // some in segments
+        for i in 10..15u32 {
+            c.insert(&i).await.expect("insert"); // some only in the WAL
+        }
+        let ro = Database::open_path(dir.path(), entidb::Options::default().read_only(true))
+            .await
+            .expect("read-only beside a writer");
+        assert_eq!(ro.collection("c").count().await.expect("count"), 15);
+        c.insert(&99u32).await.expect("the writer goes on");
+        assert_eq!(
+            ro.collection("c").count().await.expect("count"),
+            15,
+            "a snapshot at open"
+        );
+        assert!(matches!(ro.begin().await, Err(entidb::Error::ReadOnly)));
+        assert!(matches!(
+            ro.checkpoint().await,
+            Err(entidb::Error::ReadOnly)
+        ));
+        assert!(matches!(ro.compact().await, Err(entidb::Error::ReadOnly)));
+        ro.close().await.expect("close");
+        drop(c);
+        writer.close().await.expect("close");
+        let again = Database::open(dir.path()).await.expect("reopen");
+        assert_eq!(again.collection("c").count().await.expect("count"), 16);
+    });
+}

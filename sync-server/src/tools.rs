@@ -6,7 +6,7 @@
 //! | 0 | done; for `verify`, nothing wrong was found |
 //! | 1 | `verify` found problems (damaged files, index differences, a bad backup) |
 //! | 2 | bad input: a missing path, an existing restore target without `--force`, a malformed dump line |
-//! | 3 | the database is open in another process (stop it first) |
+//! | 3 | the database is open in another process and the command writes (compact, load, restore, rekey): stop it first |
 //!
 //! An encrypted database is opened with the passphrase in `ENTIDB_PASSPHRASE` (a wrong one
 //! exits 2); `load` and `restore` create an encrypted database when it is set.
@@ -117,6 +117,35 @@ async fn open_existing(path: &Path) -> Result<Database, Outcome> {
         .map_err(failed(&path.display().to_string()))
 }
 
+/// For commands that only read: the database, or, if another process has it open for
+/// writing, a read-only snapshot of it (the state committed when this opens; a compaction
+/// running meanwhile can remove a file between the manifest and the open, so it retries).
+async fn open_for_reading(path: &Path) -> Result<Database, Outcome> {
+    match open_existing(path).await {
+        Err(Outcome::Locked(_)) => {
+            let mut last = None;
+            for _ in 0..5 {
+                let o = Options::default().create_if_missing(false).read_only(true);
+                match open_db(path, o).await {
+                    Ok(db) => {
+                        eprintln!(
+                            "{}: open in another process; reading a snapshot of it",
+                            path.display()
+                        );
+                        return Ok(db);
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(match last {
+                Some(e) => failed(&path.display().to_string())(e),
+                None => Outcome::Failed("read-only open failed".into()),
+            })
+        }
+        other => other,
+    }
+}
+
 /// `entidb rekey PATH`: re-encrypt with `ENTIDB_NEW_PASSPHRASE` (the current one in
 /// `ENTIDB_PASSPHRASE`).
 pub async fn rekey(path: &Path) -> Outcome {
@@ -153,7 +182,7 @@ fn print_json(v: &Json) {
 
 /// `entidb inspect PATH`
 pub async fn inspect(path: &Path, as_json: bool) -> Outcome {
-    let db = match open_existing(path).await {
+    let db = match open_for_reading(path).await {
         Ok(db) => db,
         Err(o) => return o,
     };
@@ -279,7 +308,7 @@ pub async fn verify(path: &Path, as_json: bool) -> Outcome {
         };
     }
     // Opening checks the manifest and every WAL record since the last checkpoint.
-    let db = match open_existing(path).await {
+    let db = match open_for_reading(path).await {
         Ok(db) => db,
         Err(Outcome::Failed(msg)) => {
             if as_json {
@@ -402,7 +431,7 @@ impl BackupSource for FileSource {
 /// `entidb backup PATH FILE`: a consistent snapshot, written to FILE.tmp, synced, then
 /// renamed to FILE.
 pub async fn backup(path: &Path, file: &Path) -> Outcome {
-    let db = match open_existing(path).await {
+    let db = match open_for_reading(path).await {
         Ok(db) => db,
         Err(o) => return o,
     };
@@ -672,7 +701,7 @@ fn special_from_json(m: &Map<String, Json>) -> Result<Value, String> {
 
 /// `entidb dump PATH [--collection C]`: JSON lines on stdout.
 pub async fn dump(path: &Path, collection: Option<&str>) -> Outcome {
-    let db = match open_existing(path).await {
+    let db = match open_for_reading(path).await {
         Ok(db) => db,
         Err(o) => return o,
     };

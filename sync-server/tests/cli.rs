@@ -29,7 +29,10 @@ fn code(o: &Output) -> i32 {
 type State = BTreeMap<(String, EntityId), Vec<u8>>;
 
 async fn state(path: &Path) -> State {
-    let db = Database::open(path).await.expect("open");
+    // Read-only, so that it also works beside a handle that holds the database.
+    let db = Database::open_path(path, entidb::Options::default().read_only(true))
+        .await
+        .expect("open");
     let snap = db.snapshot();
     let mut out = State::new();
     for name in snap.collections() {
@@ -249,20 +252,37 @@ async fn commands_refuse_a_database_open_elsewhere() {
     let path = dir.path().join("db");
     populate(&path).await;
     let held = Database::open(&path).await.expect("open");
+    let before = state(&path.clone()).await.len(); // through a read-only handle below
     let p = path.to_str().expect("utf-8");
     let bak = dir.path().join("x.bak");
-    for args in [
-        vec!["inspect", p],
-        vec!["verify", p],
-        vec!["compact", p],
-        vec!["dump", p],
-        vec!["backup", p, bak.to_str().expect("utf-8")],
-        vec!["load", p, "-"],
-    ] {
+    // Commands that write refuse a database another process has open.
+    for args in [vec!["compact", p], vec!["load", p, "-"]] {
         let o = entidb(&args);
         assert_eq!(code(&o), 3, "{args:?}: {}", text(&o));
         assert!(text(&o).contains("open in another process"), "{}", text(&o));
     }
+    // Commands that only read work on a snapshot of it, while the writer goes on.
+    held.collection("users")
+        .insert(&Value::map([("email", "late@example.com")]))
+        .await
+        .expect("the holder writes");
+    for args in [
+        vec!["inspect", p],
+        vec!["verify", p],
+        vec!["dump", p],
+        vec!["backup", p, bak.to_str().expect("utf-8")],
+    ] {
+        let o = entidb(&args);
+        assert_eq!(code(&o), 0, "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("reading a snapshot"), "{}", text(&o));
+    }
+    let dumped = entidb(&["dump", p]);
+    assert_eq!(
+        String::from_utf8_lossy(&dumped.stdout).lines().count(),
+        before + 1,
+        "the snapshot holds every committed entity"
+    );
+    assert_eq!(code(&entidb(&["verify", bak.to_str().expect("utf-8")])), 0);
     held.close().await.expect("close");
     assert_eq!(code(&entidb(&["inspect", p])), 0);
 }
