@@ -655,7 +655,7 @@ pub struct PyDatabase {
 impl PyDatabase {
     /// Open (or create) a database in directory `path`, or in memory when `path` is None.
     #[staticmethod]
-    #[pyo3(signature = (path=None, *, create=true, memtable_bytes=None, cache_bytes=None, forbid_full_scans=false, feed_retention=None, key=None))]
+    #[pyo3(signature = (path=None, *, create=true, memtable_bytes=None, cache_bytes=None, forbid_full_scans=false, feed_retention=None, key=None, read_only=false))]
     #[expect(
         clippy::too_many_arguments,
         reason = "mirrors the Python keyword arguments"
@@ -669,9 +669,11 @@ impl PyDatabase {
         forbid_full_scans: bool,
         feed_retention: Option<u64>,
         key: Option<&Bound<'py, PyAny>>,
+        read_only: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = key.map(key_source).transpose()?;
         let mut o = Options::default()
+            .read_only(read_only)
             .create_if_missing(create)
             .forbid_full_scans(forbid_full_scans);
         if let Some(m) = memtable_bytes {

@@ -111,6 +111,13 @@ create_exception!(
     "The key does not open this encrypted database."
 );
 
+create_exception!(
+    entidb,
+    ReadOnly,
+    Error,
+    "The database was opened read-only; writes, checkpoints and compactions are refused."
+);
+
 /// Map an engine error to its exception.
 pub fn engine(e: entidb::Error) -> PyErr {
     use entidb::Error as E;
@@ -129,6 +136,7 @@ pub fn engine(e: entidb::Error) -> PyErr {
         E::FullScanForbidden { .. } => FullScanForbidden::new_err(msg),
         E::MigrationFailed { .. } | E::SchemaTooNew { .. } => MigrationError::new_err(msg),
         E::WrongKey => WrongKey::new_err(msg),
+        E::ReadOnly => ReadOnly::new_err(msg),
         E::Encryption(_) => EncryptionError::new_err(msg),
         E::FeedTruncated { .. } => FeedTruncated::new_err(msg),
         E::Io { .. } | E::FailStopped { .. } => IoError::new_err(msg),
@@ -174,6 +182,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MigrationError", py.get_type::<MigrationError>())?;
     m.add("EncryptionError", py.get_type::<EncryptionError>())?;
     m.add("WrongKey", py.get_type::<WrongKey>())?;
+    m.add("ReadOnly", py.get_type::<ReadOnly>())?;
     Ok(())
 }
 

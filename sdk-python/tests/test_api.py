@@ -210,6 +210,10 @@ async def test_exceptions_form_a_hierarchy(tmp_path: Path) -> None:
         entidb.IoError,
         entidb.SyncError,
         entidb.AuthError,
+        entidb.MigrationError,
+        entidb.EncryptionError,
+        entidb.WrongKey,
+        entidb.ReadOnly,
     ):
         assert issubclass(cls, entidb.Error)
     assert issubclass(entidb.UniqueViolation, entidb.Conflict)
@@ -440,3 +444,15 @@ async def test_remaining_exception_classes(tmp_path: Path) -> None:
         async for _ in strict.collection("items").filter(lambda v: True):
             pass
     await strict.close()
+
+
+async def test_read_only_snapshot_beside_a_writer(tmp_path: Path) -> None:
+    writer = await entidb.open(tmp_path / "db")
+    await writer.collection("c").put({"n": 1})
+    ro = await entidb.open(tmp_path / "db", read_only=True)
+    await writer.collection("c").put({"n": 2})
+    assert await ro.collection("c").count() == 1, "the state at open"
+    with pytest.raises(entidb.ReadOnly):
+        await ro.collection("c").put({"n": 3})
+    await ro.close()
+    await writer.close()

@@ -41,6 +41,7 @@ from ._entidb import (
     Locked,
     MigrationError,
     NotFound,
+    ReadOnly,
     SyncError,
     TooLarge,
     UniqueViolation,
@@ -69,6 +70,7 @@ __all__ = [
     "MigrationError",
     "Migrations",
     "NotFound",
+    "ReadOnly",
     "SearchHit",
     "Simple",
     "Snapshot",
@@ -688,6 +690,7 @@ async def open(
     *,
     migrations: Optional[Migrations] = None,
     key: Union[bytes, str, None] = None,
+    read_only: bool = False,
     create: bool = True,
     memtable_bytes: Optional[int] = None,
     cache_bytes: Optional[int] = None,
@@ -696,10 +699,13 @@ async def open(
 ) -> Database:
     """Open (creating if needed) the database in directory `path`, and run `migrations`
     (see `Database.migrate`) if given. With `key` (32 bytes, or a passphrase stretched with
-    Argon2id) every file is encrypted with AES-256-GCM; a wrong key raises `WrongKey`."""
+    Argon2id) every file is encrypted with AES-256-GCM; a wrong key raises `WrongKey`. With
+    `read_only=True` it takes no lock and writes nothing (writes raise `ReadOnly`): it can read
+    a snapshot of a database another process has open."""
     native = await _entidb.Database.open(
         os.fspath(path),
         key=key,
+        read_only=read_only,
         create=create,
         memtable_bytes=memtable_bytes,
         cache_bytes=cache_bytes,
