@@ -457,6 +457,8 @@ struct SlotState {
 struct FileState {
     len: u64,
     slots: BTreeMap<u64, SlotState>,
+    /// The chunks marked dirty since the last sync began (so a sync clears only those).
+    dirty: Vec<u64>,
     /// The last chunk written, in plaintext (appends patch it without reading).
     tail: Option<(u64, Vec<u8>)>,
 }
@@ -539,6 +541,7 @@ impl EncFile {
             state: async_lock::Mutex::new(FileState {
                 len: 0,
                 slots: BTreeMap::new(),
+                dirty: Vec::new(),
                 tail: None,
             }),
         };
@@ -687,6 +690,9 @@ impl EncFile {
                 (Some(a), false) => 1 - a,
                 (None, _) => 0,
             };
+            if !s.dirty {
+                st.dirty.push(i);
+            }
             st.slots.insert(
                 i,
                 SlotState {
@@ -819,8 +825,11 @@ impl File for EncFile {
             {
                 // From now on every chunk written so far may be durable.
                 let mut st = self.state.lock().await;
-                for s in st.slots.values_mut() {
-                    s.dirty = false;
+                let dirty = std::mem::take(&mut st.dirty);
+                for i in dirty {
+                    if let Some(s) = st.slots.get_mut(&i) {
+                        s.dirty = false;
+                    }
                 }
             }
             self.inner.sync_data().await
