@@ -113,11 +113,14 @@ impl Catalog {
             .collect()
     }
 
-    /// Whether collection `coll` has an index as of `seq`.
-    pub(crate) fn has_indexes(&self, coll: u32, seq: u64) -> bool {
-        self.indexes
-            .iter()
-            .any(|i| i.coll == coll && i.created <= seq && i.dropped.is_none_or(|d| d > seq))
+    /// Whether collection `coll` has an index as of `seq` that `keep` accepts (by id).
+    pub(crate) fn has_index(&self, coll: u32, seq: u64, keep: impl Fn(u32) -> bool) -> bool {
+        self.indexes.iter().any(|i| {
+            i.coll == coll
+                && i.created <= seq
+                && i.dropped.is_none_or(|d| d > seq)
+                && keep(i.def.id)
+        })
     }
 
     pub(crate) fn next_index_id(&self) -> u32 {

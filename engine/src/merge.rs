@@ -97,6 +97,20 @@ fn position_after(key: &[u8], seq: u64) -> (Vec<u8>, u64) {
     }
 }
 
+/// The index of the head that comes first in a merge: the smallest position (`Less`) or the
+/// largest (`Greater`); ties go to the earlier source.
+fn pick(heads: &[Option<Entry>], first: std::cmp::Ordering) -> Option<usize> {
+    let mut best: Option<(usize, &Entry)> = None;
+    for (i, h) in heads.iter().enumerate() {
+        if let Some(e) = h
+            && best.is_none_or(|(_, b)| Entry::cmp_pos(&e.key, e.seq, &b.key, b.seq) == first)
+        {
+            best = Some((i, e));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
 /// A merged, ordered view of several sources.
 #[derive(Debug)]
 pub(crate) struct MergeIter {
@@ -145,16 +159,7 @@ impl MergeIter {
             self.started = true;
         }
         // The smallest head; ties (impossible by construction) go to the earlier source.
-        let mut best: Option<(usize, &Entry)> = None;
-        for (i, h) in self.heads.iter().enumerate() {
-            if let Some(e) = h
-                && best.is_none_or(|(_, b)| Entry::cmp_pos(&e.key, e.seq, &b.key, b.seq).is_lt())
-            {
-                best = Some((i, e));
-            }
-        }
-        let best = best.map(|(i, _)| i);
-        let Some(b) = best else {
+        let Some(b) = pick(&self.heads, std::cmp::Ordering::Less) else {
             return Ok(None);
         };
         let out = self.heads[b].take();
@@ -259,15 +264,8 @@ impl RevMergeIter {
             }
             self.started = true;
         }
-        let mut best: Option<(usize, &Entry)> = None;
-        for (i, h) in self.heads.iter().enumerate() {
-            if let Some(e) = h
-                && best.is_none_or(|(_, b)| Entry::cmp_pos(&e.key, e.seq, &b.key, b.seq).is_gt())
-            {
-                best = Some((i, e));
-            }
-        }
-        let Some(b) = best.map(|(i, _)| i) else {
+        // The largest head.
+        let Some(b) = pick(&self.heads, std::cmp::Ordering::Greater) else {
             return Ok(None);
         };
         let out = self.heads[b].take();

@@ -63,9 +63,11 @@ impl WriteTxn {
     }
 
     fn has_indexes(&self, coll: u32) -> bool {
+        // On every put and delete: no allocation, one catalog read.
         self.ix.created.iter().any(|(c, _)| *c == coll)
-            || read(&self.inner.catalog).has_indexes(coll, self.read_seq)
-                && !self.indexes_of(coll).is_empty()
+            || read(&self.inner.catalog).has_index(coll, self.read_seq, |id| {
+                !self.ix.dropped.iter().any(|&(_, d)| d == id)
+            })
     }
 
     /// Record that an entity key was written (called by puts and deletes).
