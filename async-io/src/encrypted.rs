@@ -24,8 +24,12 @@
 //! associated data of a slot is `file_id | i | s | counter`, so a slot moved to another place
 //! or file, or an old counter replayed into another slot, fails authentication
 //! ([`IoError::Tampered`]); so does every flipped bit. `key_check` is
-//! HMAC-SHA256(key, "file" | file_id) truncated. Nonces are 96 random bits from the backend's
-//! entropy, fresh for every slot write (never reused: a rewrite gets a new nonce too).
+//! HMAC-SHA256(key, "file" | file_id) truncated. Every slot write gets a fresh nonce (a
+//! rewrite too): each open file handle draws a random 96-bit base from the backend's entropy
+//! and seals its `n`-th slot with `base XOR n` (`n` a 64-bit count in the low bytes), the
+//! construction TLS 1.3 uses for record nonces. Two handles' nonces can only meet if their
+//! random bases are within the number of writes of each other: as unlikely as two random
+//! nonces colliding, without an entropy call per write.
 //!
 //! **Durability.** A chunk that may be durable (written before a `sync_data` began, or found
 //! on disk at open) is never overwritten in place in a two-slot file: its new version goes to
@@ -51,11 +55,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::gcm::{Gcm, TAG_LEN};
 use crate::{Backend, BoxFuture, Clock, Entropy, File, IoError, IoResult, LockGuard, OpenMode};
 
 /// The key file's name.
@@ -188,9 +191,15 @@ fn derive(source: &KeySource, kdf: u8, params: KdfParams, salt: &[u8; 16]) -> Io
     }
 }
 
+fn cipher_unavailable() -> IoError {
+    IoError::Cipher {
+        detail: "the AES-256-GCM implementation refused the key".into(),
+    }
+}
+
 /// The key material shared by every file of one backend.
 struct Keys {
-    cipher: Aes256Gcm,
+    cipher: Gcm,
     key: [u8; 32],
 }
 
@@ -276,7 +285,7 @@ impl EncryptedBackend {
             entropy: inner.entropy(),
             inner,
             keys: Arc::new(Keys {
-                cipher: Aes256Gcm::new((&k).into()),
+                cipher: Gcm::new(&k).ok_or_else(cipher_unavailable)?,
                 key: k,
             }),
         })
@@ -326,7 +335,7 @@ impl EncryptedBackend {
             entropy: inner.entropy(),
             inner: inner.clone(),
             keys: Arc::new(Keys {
-                cipher: Aes256Gcm::new((&k).into()),
+                cipher: Gcm::new(&k).ok_or_else(cipher_unavailable)?,
                 key: k,
             }),
         };
@@ -468,7 +477,9 @@ struct FileState {
 struct EncFile {
     inner: Arc<dyn File>,
     keys: Arc<Keys>,
-    entropy: Arc<dyn Entropy>,
+    /// The random base of this handle's nonces, and how many it has used.
+    nonce_base: [u8; 12],
+    nonces: std::sync::atomic::AtomicU64,
     file_id: [u8; 16],
     slots: u64,
     /// Plaintext bytes per chunk, and bytes per slot.
@@ -529,10 +540,13 @@ impl EncFile {
             }
             id
         };
+        let mut nonce_base = [0u8; 12];
+        entropy.fill(&mut nonce_base);
         let f = EncFile {
             inner,
             keys,
-            entropy,
+            nonce_base,
+            nonces: std::sync::atomic::AtomicU64::new(0),
             file_id,
             slots,
             chunk,
@@ -570,58 +584,53 @@ impl EncFile {
         HEADER + (chunk * self.slots + u64::from(slot)) * self.slot
     }
 
-    fn aad(&self, chunk: u64, slot: u8, counter: u64) -> Vec<u8> {
-        let mut a = self.file_id.to_vec();
-        a.extend_from_slice(&chunk.to_le_bytes());
-        a.push(slot);
-        a.extend_from_slice(&counter.to_le_bytes());
+    fn aad(&self, chunk: u64, slot: u8, counter: u64) -> [u8; 33] {
+        let mut a = [0u8; 33];
+        a[..16].copy_from_slice(&self.file_id);
+        a[16..24].copy_from_slice(&chunk.to_le_bytes());
+        a[24] = slot;
+        a[25..].copy_from_slice(&counter.to_le_bytes());
         a
     }
 
-    fn open_slot(&self, chunk: u64, slot: u8, raw: &[u8]) -> Option<(u64, Vec<u8>)> {
+    /// Authenticate and decrypt one slot as read from disk (decrypted in place: no copy).
+    fn open_slot(&self, chunk: u64, slot: u8, mut raw: Vec<u8>) -> Option<(u64, Vec<u8>)> {
         if raw.len() != self.slot as usize {
             return None;
         }
         let counter = u64::from_le_bytes(raw[..8].try_into().ok()?);
-        let nonce_bytes: [u8; 12] = raw[8..20].try_into().ok()?;
-        let nonce = Nonce::from(nonce_bytes);
+        let nonce = <[u8; 12]>::try_from(&raw[8..20]).ok()?;
         let aad = self.aad(chunk, slot, counter);
-        let plain = self
-            .keys
-            .cipher
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: &raw[20..],
-                    aad: &aad,
-                },
-            )
-            .ok()?;
-        Some((counter, plain))
+        let len = self.keys.cipher.open(nonce, &aad, &mut raw[20..])?;
+        raw.truncate(20 + len);
+        raw.drain(..20);
+        Some((counter, raw))
     }
 
+    /// The slot bytes of `plain` (`counter | nonce | ciphertext | tag`), encrypted in place
+    /// in the one buffer that is written.
     fn seal(&self, chunk: u64, slot: u8, counter: u64, plain: &[u8]) -> IoResult<Vec<u8>> {
-        let mut nonce = [0u8; 12];
-        self.entropy.fill(&mut nonce);
+        let n = self
+            .nonces
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut nonce = self.nonce_base;
+        for (b, x) in nonce[4..].iter_mut().zip(n.to_be_bytes()) {
+            *b ^= x;
+        }
         let aad = self.aad(chunk, slot, counter);
-        let ct = self
-            .keys
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| IoError::Tampered {
-                path: self.path.clone(),
-                detail: "encryption failed".into(),
-            })?;
         let mut out = Vec::with_capacity(self.slot as usize);
         out.extend_from_slice(&counter.to_le_bytes());
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(plain);
+        let tag = self
+            .keys
+            .cipher
+            .seal(nonce, &aad, &mut out[20..])
+            .ok_or_else(|| IoError::Cipher {
+                detail: format!("sealing a chunk of {} failed", self.path),
+            })?;
+        out.extend_from_slice(&tag);
+        debug_assert_eq!(out.len(), 20 + plain.len() + TAG_LEN);
         Ok(out)
     }
 
@@ -645,7 +654,7 @@ impl EncFile {
                 Err(IoError::UnexpectedEof { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            if let Some((c, p)) = self.open_slot(i, s, &raw)
+            if let Some((c, p)) = self.open_slot(i, s, raw)
                 && best.as_ref().is_none_or(|b| c > b.1)
             {
                 best = Some((s, c, p));
@@ -737,6 +746,32 @@ impl EncFile {
         }
     }
 
+    /// The stored plaintext of chunk `i` (`used` u32 LE, then the chunk's bytes, zero-padded
+    /// to a full chunk) for patching. The cached tail is moved out, not copied: `store` puts
+    /// the patched chunk back.
+    async fn take_plain(&self, st: &mut FileState, i: u64) -> IoResult<Vec<u8>> {
+        let full = 4 + self.chunk as usize;
+        match st.tail.take() {
+            Some((ti, plain)) if ti == i && plain.len() == full => return Ok(plain),
+            other => st.tail = other,
+        }
+        if i * self.chunk >= st.len {
+            return Ok(vec![0u8; full]);
+        }
+        match self.load(st, i).await? {
+            Some(mut plain) => {
+                plain.resize(full, 0);
+                Ok(plain)
+            }
+            // See `chunk_data`: an unauthenticated WAL chunk reads as zeros.
+            None if self.slots == 2 => Ok(vec![0u8; full]),
+            None => Err(IoError::Tampered {
+                path: self.path.clone(),
+                detail: format!("chunk {i} fails authentication (damaged or altered)"),
+            }),
+        }
+    }
+
     async fn write_locked(&self, st: &mut FileState, offset: u64, data: &[u8]) -> IoResult<()> {
         let end = offset + data.len() as u64;
         let new_len = st.len.max(end);
@@ -751,25 +786,24 @@ impl EncFile {
             if cend <= offset && cend <= st.len {
                 continue;
             }
-            let mut d = if offset <= cstart && end >= cend {
-                vec![0u8; self.chunk as usize] // fully overwritten
+            let mut plain = if offset <= cstart && end >= cend {
+                vec![0u8; 4 + self.chunk as usize] // fully overwritten
             } else {
-                self.chunk_data(st, i).await?
+                self.take_plain(st, i).await?
             };
             // Bytes beyond the old length read as zeros (a gap).
             if st.len < cend {
                 let from = st.len.saturating_sub(cstart) as usize;
-                d[from.min(self.chunk as usize)..].fill(0);
+                plain[4 + from.min(self.chunk as usize)..].fill(0);
             }
             let lo = offset.max(cstart);
             let hi = end.min(cend);
             if lo < hi {
-                d[(lo - cstart) as usize..(hi - cstart) as usize]
+                plain[4 + (lo - cstart) as usize..4 + (hi - cstart) as usize]
                     .copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]);
             }
             let used = (new_len.min(cend) - cstart) as u32;
-            let mut plain = used.to_le_bytes().to_vec();
-            plain.extend_from_slice(&d);
+            plain[..4].copy_from_slice(&used.to_le_bytes());
             self.store(st, i, plain).await?;
         }
         st.len = new_len;

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod encrypted;
+mod gcm;
 mod memory;
 pub mod sim;
 
@@ -163,6 +164,13 @@ pub enum IoError {
     /// The key could not be derived (bad Argon2 parameters, or the wrong kind of key).
     #[error("encryption key: {detail}")]
     KeyDerivation {
+        /// What failed.
+        detail: String,
+    },
+    /// The cipher refused to seal or to take a key (it does not for a 32-byte key and the
+    /// sizes this crate uses; reported rather than assumed).
+    #[error("encryption: {detail}")]
+    Cipher {
         /// What failed.
         detail: String,
     },

@@ -222,9 +222,9 @@ impl Error {
                     "authentication failed ({detail}): the file was damaged or altered"
                 ),
             },
-            e @ (IoError::NotEncrypted { .. } | IoError::KeyDerivation { .. }) => {
-                Error::Encryption(e.to_string())
-            }
+            e @ (IoError::NotEncrypted { .. }
+            | IoError::KeyDerivation { .. }
+            | IoError::Cipher { .. }) => Error::Encryption(e.to_string()),
             source => Error::Io { context, source },
         }
     }

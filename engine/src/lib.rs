@@ -19,6 +19,7 @@ mod db;
 mod document;
 mod error;
 mod feed;
+mod heads;
 mod ids;
 pub mod index;
 mod keys;

@@ -28,6 +28,7 @@ use entidb_io::{Backend, File, OpenMode};
 
 use crate::bloom::{BloomBuilder, may_contain};
 use crate::error::{Error, Result};
+use crate::heads::KeyHeads;
 use crate::memtable::{Entry, Op};
 
 pub(crate) const MAGIC: [u8; 8] = *b"ENTISEG\0";
@@ -73,6 +74,8 @@ struct IndexEntry {
 pub(crate) struct Block {
     data: Vec<u8>,
     offsets: Vec<u32>,
+    /// Heads of the entries' keys, for [`Block::seek`].
+    heads: KeyHeads,
 }
 
 impl Block {
@@ -83,7 +86,15 @@ impl Block {
             offsets.push(pos as u32);
             pos = entry_end(&data, pos)?;
         }
-        Ok(Block { data, offsets })
+        let mut block = Block {
+            data,
+            offsets,
+            heads: KeyHeads::default(),
+        };
+        let keys: Vec<&[u8]> = (0..block.len()).map(|i| block.key_seq(i).0).collect();
+        let heads = KeyHeads::new(&keys);
+        block.heads = heads;
+        Ok(block)
     }
 
     fn len(&self) -> usize {
@@ -127,17 +138,10 @@ impl Block {
 
     /// Index of the first entry at or after position (key, seq).
     fn seek(&self, key: &[u8], seq: u64) -> usize {
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let (k, s) = self.key_seq(mid);
-            if Entry::cmp_pos(k, s, key, seq).is_lt() {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
+        self.heads.partition_point(key, |i| {
+            let (k, s) = self.key_seq(i);
+            Entry::cmp_pos(k, s, key, seq)
+        })
     }
 }
 
@@ -173,7 +177,7 @@ struct BlockWeighter;
 
 impl quick_cache::Weighter<(u64, u64), Arc<Block>> for BlockWeighter {
     fn weight(&self, _k: &(u64, u64), v: &Arc<Block>) -> u64 {
-        (v.data.len() + v.offsets.len() * 4 + 64) as u64
+        (v.data.len() + v.offsets.len() * 4 + v.heads.bytes() + 64) as u64
     }
 }
 
@@ -206,6 +210,8 @@ pub(crate) struct Segment {
     name: String,
     file: Arc<dyn File>,
     index: Vec<IndexEntry>,
+    /// Heads of the blocks' last keys, for [`Segment::find_block`].
+    index_heads: KeyHeads,
     filter: Vec<u8>,
     cache: Arc<BlockCache>,
     stats: Arc<SegStats>,
@@ -301,6 +307,8 @@ impl Segment {
         if expect != index_off {
             return Err(corrupt(index_off, "segment data region length mismatch"));
         }
+        let last_keys: Vec<&[u8]> = index.iter().map(|e| &*e.last_key).collect();
+        let index_heads = KeyHeads::new(&last_keys);
         Ok(Segment {
             meta: SegmentMeta {
                 id,
@@ -312,6 +320,7 @@ impl Segment {
             name,
             file,
             index,
+            index_heads,
             filter: fb[..fb.len() - 4].to_vec(),
             cache,
             stats,
@@ -373,8 +382,10 @@ impl Segment {
 
     /// Index of the first block whose last position is at or after (key, seq).
     fn find_block(&self, key: &[u8], seq: u64) -> usize {
-        self.index
-            .partition_point(|e| Entry::cmp_pos(&e.last_key, e.last_seq, key, seq).is_lt())
+        self.index_heads.partition_point(key, |i| {
+            let e = &self.index[i];
+            Entry::cmp_pos(&e.last_key, e.last_seq, key, seq)
+        })
     }
 
     /// Whether the filter allows `key` (counted in `filter_skips` when it does not).
