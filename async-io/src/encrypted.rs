@@ -73,6 +73,8 @@ const CHUNK: usize = 4096;
 /// W2 and made bulk loads, which write many more chunks, 1.8-2x slower; docs/benchmarks.md.)
 const WAL_CHUNK: u64 = 4096;
 /// Bytes a slot adds to a chunk: counter, nonce, the `used` field, tag.
+/// Largest single write of sealed slots (a long append is cut into writes of this size).
+const RUN_MAX: usize = 1 << 20;
 const SLOT_OVERHEAD: usize = 8 + 12 + 4 + 16;
 
 /// Argon2id cost parameters for a passphrase.
@@ -676,6 +678,18 @@ impl EncFile {
 
     /// Write the plaintext of chunk `i` (`used` bytes of data) to the right slot.
     async fn store(&self, st: &mut FileState, i: u64, plain: Vec<u8>) -> IoResult<()> {
+        let (at, bytes) = self.place(st, i, plain).await?;
+        self.inner.write_at(at, bytes).await
+    }
+
+    /// Choose the slot for a new version of chunk `i`, record it, and seal it: the offset
+    /// and the bytes to write there. When neither slot of a two-slot chunk holds anything
+    /// (a chunk past the end, or one no slot authenticates) the bytes also cover the unused
+    /// second slot with zeros (which never authenticate), so that the new chunks of a long
+    /// append form one contiguous write: one extent and one call instead of a file full of
+    /// holes written 4 KiB at a time.
+    async fn place(&self, st: &mut FileState, i: u64, plain: Vec<u8>) -> IoResult<(u64, Vec<u8>)> {
+        let mut fill = false;
         let (slot, counter) = if self.slots == 2 {
             let fresh = SlotState {
                 active: None,
@@ -697,7 +711,10 @@ impl EncFile {
                 (Some(a), true) => a,
                 // Possibly durable: the other slot, so a torn write cannot destroy it.
                 (Some(a), false) => 1 - a,
-                (None, _) => 0,
+                (None, _) => {
+                    fill = true;
+                    0
+                }
             };
             if !s.dirty {
                 st.dirty.push(i);
@@ -714,12 +731,12 @@ impl EncFile {
         } else {
             (0, 0)
         };
-        let sealed = self.seal(i, slot, counter, &plain)?;
-        self.inner
-            .write_at(self.slot_offset(i, slot), sealed)
-            .await?;
+        let mut sealed = self.seal(i, slot, counter, &plain)?;
+        if fill {
+            sealed.resize(2 * self.slot as usize, 0);
+        }
         st.tail = Some((i, plain));
-        Ok(())
+        Ok((self.slot_offset(i, slot), sealed))
     }
 
     /// The logical bytes of chunk `i` (zero-padded to a full chunk) for patching.
@@ -780,6 +797,7 @@ impl EncFile {
         // file, in which case the last chunk is within this range).
         let first = offset.min(st.len) / self.chunk;
         let last = end.div_ceil(self.chunk);
+        let mut run: Option<(u64, Vec<u8>)> = None;
         for i in first..last {
             let cstart = i * self.chunk;
             let cend = cstart + self.chunk;
@@ -804,7 +822,22 @@ impl EncFile {
             }
             let used = (new_len.min(cend) - cstart) as u32;
             plain[..4].copy_from_slice(&used.to_le_bytes());
-            self.store(st, i, plain).await?;
+            let (at, bytes) = self.place(st, i, plain).await?;
+            // Adjacent slots go out in one write of up to `RUN_MAX` bytes.
+            match &mut run {
+                Some((start, buf)) if *start + buf.len() as u64 == at && buf.len() < RUN_MAX => {
+                    buf.extend_from_slice(&bytes);
+                }
+                _ => {
+                    if let Some((start, buf)) = run.take() {
+                        self.inner.write_at(start, buf).await?;
+                    }
+                    run = Some((at, bytes));
+                }
+            }
+        }
+        if let Some((start, buf)) = run {
+            self.inner.write_at(start, buf).await?;
         }
         st.len = new_len;
         Ok(())
