@@ -36,7 +36,9 @@
 //! the other slot with a higher counter, and reads take the valid slot with the highest
 //! counter. So a write torn by a crash can only destroy data that was never synced. WAL files
 //! (`wal-*`) have two slots, because the engine appends to a synced WAL; every other file is
-//! written once and synced once (segments, the manifest) and has one slot.
+//! written once and synced once (segments, the manifest) and has one slot. A new chunk's
+//! unused second slot is written as zeros (they never authenticate) in the same write as its
+//! first, so that long appends are contiguous on disk.
 //!
 //! **Length and torn writes.** The logical length is `(chunks - 1) * chunk + used` of the last
 //! chunk; a last chunk that no slot authenticates was never synced and is not counted (a torn
