@@ -115,8 +115,16 @@ fn bad(detail: impl Into<String>) -> Error {
     Error::InvalidBackup(detail.into())
 }
 
-fn sink_err(e: std::io::Error) -> Error {
-    Error::InvalidArgument(format!("writing the backup failed: {e}"))
+/// A failing sink or source is an I/O error (the backup's bytes are not at fault).
+fn stream_err(context: &'static str, op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io {
+        context,
+        source: entidb_io::IoError::Os {
+            op,
+            path: "the backup stream".into(),
+            source,
+        },
+    }
 }
 
 /// Writes frames, keeping the running hash and size.
@@ -130,7 +138,10 @@ impl<S: BackupSink + ?Sized> Writer<'_, S> {
     async fn raw(&mut self, b: &[u8]) -> Result<()> {
         self.hash.update(b);
         self.bytes += b.len() as u64;
-        self.sink.write(b).await.map_err(sink_err)
+        self.sink
+            .write(b)
+            .await
+            .map_err(stream_err("writing the backup", "write"))
     }
 
     async fn frame(&mut self, kind: u8, payload: &[u8]) -> Result<()> {
@@ -396,7 +407,7 @@ impl<'a, R: BackupSource + ?Sized> Reader<'a, R> {
                 .source
                 .read((n - self.buf.len()).max(64 << 10))
                 .await
-                .map_err(|e| bad(format!("reading the backup failed: {e}")))?;
+                .map_err(stream_err("reading the backup", "read"))?;
             if more.is_empty() {
                 self.eof = true;
             }

@@ -243,3 +243,74 @@ impl entidb::BackupSink for YieldingSink {
         })
     }
 }
+
+/// A sink that accepts `left` bytes, then fails like a full disk.
+struct FullDisk {
+    left: usize,
+}
+
+impl entidb::BackupSink for FullDisk {
+    fn write<'a>(&'a mut self, bytes: &'a [u8]) -> entidb::io::BoxFuture<'a, std::io::Result<()>> {
+        let r = if bytes.len() > self.left {
+            Err(std::io::Error::other("no space left on device"))
+        } else {
+            self.left -= bytes.len();
+            Ok(())
+        };
+        Box::pin(std::future::ready(r))
+    }
+}
+
+/// A source that fails after its first read.
+struct Unplugged<'a> {
+    first: Option<&'a [u8]>,
+}
+
+impl entidb::BackupSource for Unplugged<'_> {
+    fn read(&mut self, max: usize) -> entidb::io::BoxFuture<'_, std::io::Result<Vec<u8>>> {
+        let r = match self.first.take() {
+            Some(b) => Ok(b[..max.min(b.len())].to_vec()),
+            None => Err(std::io::Error::other("device unplugged")),
+        };
+        Box::pin(std::future::ready(r))
+    }
+}
+
+/// A failing sink or source is an I/O error naming what failed, not a damaged backup or a
+/// bad argument; the database is untouched and backs up fine afterwards.
+#[test]
+fn sink_and_source_failures_are_io_errors() {
+    block_on(async {
+        let db = Database::open_with(Arc::new(MemoryBackend::new()), Options::default())
+            .await
+            .expect("open");
+        let c = db.collection("notes");
+        for i in 0..200 {
+            c.insert(&Value::map([("i", Value::from(i as i64))]))
+                .await
+                .expect("put");
+        }
+        let err = db
+            .backup(&mut FullDisk { left: 100 })
+            .await
+            .expect_err("the sink fails");
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("no space left"), "{err}");
+        let mut file = Vec::new();
+        db.backup(&mut file).await.expect("backup after the failure");
+        let err = verify_backup(&mut Unplugged {
+            first: Some(&file[..40]),
+        })
+        .await
+        .expect_err("the source fails");
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("device unplugged"), "{err}");
+        assert_eq!(
+            verify_backup(&mut SliceSource::new(&file))
+                .await
+                .expect("verify")
+                .entities,
+            200
+        );
+    });
+}
