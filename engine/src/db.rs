@@ -1030,7 +1030,19 @@ fn probed(version: &Version, probe: Option<&[u8]>) -> Vec<Arc<Segment>> {
 /// without its entity id): segments whose filter rules the prefix out are skipped.
 pub(crate) fn index_range(version: &Version, from: &[u8], end: &[u8], prefix: &[u8]) -> MergeIter {
     let segments = probed(version, Some(prefix));
-    MergeIter::new(&version.mems, &segments, from, Some(Arc::from(end)))
+    let mems = probed_mems(version, Some(prefix));
+    MergeIter::new(&mems, &segments, from, Some(Arc::from(end)))
+}
+
+/// The memtables that may hold index entries starting with `probe` (all without a probe):
+/// each keeps the exact set of its index prefixes.
+fn probed_mems(version: &Version, probe: Option<&[u8]>) -> Vec<Arc<Memtable>> {
+    version
+        .mems
+        .iter()
+        .filter(|m| probe.is_none_or(|p| m.may_hold_prefix(p)))
+        .cloned()
+        .collect()
 }
 
 /// Entries of `[from, end)` in descending key order (see [`index_range`] for `probe`).
@@ -1041,5 +1053,6 @@ pub(crate) fn range_rev(
     probe: Option<&[u8]>,
 ) -> crate::merge::RevMergeIter {
     let segments = probed(version, probe);
-    crate::merge::RevMergeIter::new(&version.mems, &segments, from, end)
+    let mems = probed_mems(version, probe);
+    crate::merge::RevMergeIter::new(&mems, &segments, from, end)
 }

@@ -16,7 +16,7 @@ use std::sync::{PoisonError, RwLock};
 use crossbeam_skiplist::SkipMap;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::keys::{TAG_CATALOG, TAG_ENTITY};
+use crate::keys::{TAG_CATALOG, TAG_ENTITY, TAG_INDEX};
 
 /// A stored value: a document, or a deletion marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +267,78 @@ impl PointIndex {
     }
 }
 
+/// The index prefixes (an index entry's key without its 16-byte entity id) this memtable
+/// holds, by 64-bit hash: an exact-value index lookup skips the skip-list descent of a
+/// memtable that holds no entry with its value, as segment filters let it skip segments.
+/// A hash collision only costs the descent. Same insertion order as the point index (after
+/// the skip list), so a reader finds the prefix of every entry its snapshot can see.
+struct PrefixSet {
+    hasher: DefaultHashBuilder,
+    shards: Box<[RwLock<HashTable<u64>>]>,
+}
+
+/// The prefix of an index entry key, if `key` is one.
+fn index_prefix(key: &[u8]) -> Option<&[u8]> {
+    if key.first() == Some(&TAG_INDEX) && key.len() >= 5 + 1 + 16 {
+        Some(&key[..key.len() - 16])
+    } else {
+        None
+    }
+}
+
+impl PrefixSet {
+    fn new() -> Self {
+        PrefixSet {
+            hasher: DefaultHashBuilder::default(),
+            shards: (0..POINT_SHARDS)
+                .map(|_| RwLock::new(HashTable::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<HashTable<u64>> {
+        &self.shards[(hash >> 58) as usize % POINT_SHARDS]
+    }
+
+    /// Add a prefix; whether it was new.
+    fn insert(&self, prefix: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(prefix);
+        if self
+            .shard(hash)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .find(hash, |h| *h == hash)
+            .is_some()
+        {
+            return false;
+        }
+        let mut t = self
+            .shard(hash)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if t.find(hash, |h| *h == hash).is_some() {
+            return false;
+        }
+        t.insert_unique(hash, hash, |h| *h);
+        true
+    }
+
+    fn contains(&self, prefix: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(prefix);
+        self.shard(hash)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .find(hash, |h| *h == hash)
+            .is_some()
+    }
+}
+
+impl std::fmt::Debug for PrefixSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixSet").finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for PointIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PointIndex").finish_non_exhaustive()
@@ -278,6 +350,7 @@ impl std::fmt::Debug for PointIndex {
 pub(crate) struct Memtable {
     map: SkipMap<MemKey, Op>,
     point: PointIndex,
+    prefixes: PrefixSet,
     bytes: AtomicU64,
     max_seq: AtomicU64,
     /// The WAL file that holds this memtable's records (and possibly later ones).
@@ -287,12 +360,15 @@ pub(crate) struct Memtable {
 const ENTRY_OVERHEAD: u64 = 64;
 /// What a point-index entry adds (the table slot and its share of spare capacity).
 const POINT_OVERHEAD: u64 = 48;
+/// What a new index prefix adds to the prefix set.
+const PREFIX_OVERHEAD: u64 = 16;
 
 impl Memtable {
     pub(crate) fn new(wal_file: u64) -> Self {
         Self {
             map: SkipMap::new(),
             point: PointIndex::new(),
+            prefixes: PrefixSet::new(),
             bytes: AtomicU64::new(0),
             max_seq: AtomicU64::new(0),
             wal_file,
@@ -302,16 +378,17 @@ impl Memtable {
     /// Insert a version. Called only by the writer.
     pub(crate) fn insert(&self, key: Arc<[u8]>, seq: u64, op: Op) {
         let pointed = point_indexed(&key);
-        let size = key.len() as u64
+        let mut size = key.len() as u64
             + ENTRY_OVERHEAD
             + if pointed { POINT_OVERHEAD } else { 0 }
             + match &op {
                 Op::Put(v) => v.len() as u64,
                 Op::Delete => 0,
             };
-        // The skip list first, then the point index: a reader that finds the newest version
-        // too new for its snapshot must find the older ones in the skip list.
-        let point_key = pointed.then(|| key.clone());
+        // The skip list first, then the point index and the prefix set: a reader that finds
+        // the newest version too new for its snapshot must find the older ones in the skip
+        // list, and one that finds a prefix must find its entries there.
+        let side_key = (pointed || index_prefix(&key).is_some()).then(|| key.clone());
         let point_op = pointed.then(|| op.clone());
         self.map.insert(
             MemKey {
@@ -320,11 +397,24 @@ impl Memtable {
             },
             op,
         );
-        if let (Some(k), Some(o)) = (point_key, point_op) {
-            self.point.insert(&k, seq, &o);
+        if let Some(k) = side_key {
+            if let Some(o) = point_op {
+                self.point.insert(&k, seq, &o);
+            }
+            if let Some(p) = index_prefix(&k)
+                && self.prefixes.insert(p)
+            {
+                size += PREFIX_OVERHEAD;
+            }
         }
         self.bytes.fetch_add(size, AtomicOrdering::Relaxed);
         self.max_seq.fetch_max(seq, AtomicOrdering::Release);
+    }
+
+    /// Whether this memtable may hold an index entry whose key starts with `prefix` (an
+    /// index key without its entity id). `false` is exact: it holds none.
+    pub(crate) fn may_hold_prefix(&self, prefix: &[u8]) -> bool {
+        self.prefixes.contains(prefix)
     }
 
     /// Approximate memory used.
@@ -483,6 +573,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn prefix_set_holds_exactly_the_index_prefixes() {
+        let m = Memtable::new(1);
+        let entry = |body: &[u8], id: u8| -> Arc<[u8]> {
+            let mut k = vec![TAG_INDEX, 0, 0, 0, 9];
+            k.extend_from_slice(body);
+            k.extend_from_slice(&[id; 16]);
+            Arc::from(k)
+        };
+        let prefix = |body: &[u8]| [&[TAG_INDEX, 0, 0, 0, 9][..], body].concat();
+        m.insert(entry(b"ada", 1), 1, Op::Put(Arc::from(&b""[..])));
+        m.insert(entry(b"ada", 2), 2, Op::Put(Arc::from(&b""[..])));
+        m.insert(entry(b"grace", 3), 3, Op::Delete);
+        assert!(m.may_hold_prefix(&prefix(b"ada")));
+        assert!(m.may_hold_prefix(&prefix(b"grace")));
+        assert!(!m.may_hold_prefix(&prefix(b"alan")));
+        assert!(!m.may_hold_prefix(&prefix(b"ad")));
+        // Entity keys are not index entries.
+        m.insert(Arc::from(&[TAG_ENTITY; 21][..]), 4, Op::Delete);
+        assert!(!m.may_hold_prefix(&[TAG_ENTITY; 5]));
     }
 
     #[test]

@@ -297,7 +297,9 @@ fn sink_and_source_failures_are_io_errors() {
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(err.to_string().contains("no space left"), "{err}");
         let mut file = Vec::new();
-        db.backup(&mut file).await.expect("backup after the failure");
+        db.backup(&mut file)
+            .await
+            .expect("backup after the failure");
         let err = verify_backup(&mut Unplugged {
             first: Some(&file[..40]),
         })
