@@ -52,11 +52,6 @@ impl KeyHeads {
         }
     }
 
-    /// Bytes held (for cache weights).
-    pub(crate) fn bytes(&self) -> usize {
-        self.prefix.len() + self.heads.len() * 8
-    }
-
     /// The first index whose entry is not below the probe, where `cmp_at(i)` is the full
     /// comparison of entry `i` with the probe (its key equal to `key` or not). Entries must be
     /// ordered by key first, so that a smaller key means a smaller entry.

@@ -74,8 +74,9 @@ struct IndexEntry {
 pub(crate) struct Block {
     data: Vec<u8>,
     offsets: Vec<u32>,
-    /// Heads of the entries' keys, for [`Block::seek`].
-    heads: KeyHeads,
+    /// Heads of the entries' keys, for [`Block::seek`]: built by the first seek, so blocks
+    /// that are only read in order (scans, compaction) never pay for them.
+    heads: std::sync::OnceLock<KeyHeads>,
 }
 
 impl Block {
@@ -86,15 +87,11 @@ impl Block {
             offsets.push(pos as u32);
             pos = entry_end(&data, pos)?;
         }
-        let mut block = Block {
+        Ok(Block {
             data,
             offsets,
-            heads: KeyHeads::default(),
-        };
-        let keys: Vec<&[u8]> = (0..block.len()).map(|i| block.key_seq(i).0).collect();
-        let heads = KeyHeads::new(&keys);
-        block.heads = heads;
-        Ok(block)
+            heads: std::sync::OnceLock::new(),
+        })
     }
 
     fn len(&self) -> usize {
@@ -138,7 +135,11 @@ impl Block {
 
     /// Index of the first entry at or after position (key, seq).
     fn seek(&self, key: &[u8], seq: u64) -> usize {
-        self.heads.partition_point(key, |i| {
+        let heads = self.heads.get_or_init(|| {
+            let keys: Vec<&[u8]> = (0..self.len()).map(|i| self.key_seq(i).0).collect();
+            KeyHeads::new(&keys)
+        });
+        heads.partition_point(key, |i| {
             let (k, s) = self.key_seq(i);
             Entry::cmp_pos(k, s, key, seq)
         })
@@ -177,7 +178,8 @@ struct BlockWeighter;
 
 impl quick_cache::Weighter<(u64, u64), Arc<Block>> for BlockWeighter {
     fn weight(&self, _k: &(u64, u64), v: &Arc<Block>) -> u64 {
-        (v.data.len() + v.offsets.len() * 4 + v.heads.bytes() + 64) as u64
+        // Heads are built after the block is cached: count them at their full size.
+        (v.data.len() + v.offsets.len() * 12 + 64) as u64
     }
 }
 
