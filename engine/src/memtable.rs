@@ -27,6 +27,12 @@ pub(crate) enum Op {
     Delete,
 }
 
+/// The empty value (every index entry's), shared: reading one costs no allocation.
+pub(crate) fn empty_value() -> Arc<[u8]> {
+    static EMPTY: std::sync::OnceLock<Arc<[u8]>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from(&[][..])).clone()
+}
+
 /// One version of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {

@@ -29,7 +29,7 @@ use entidb_io::{Backend, File, OpenMode};
 use crate::bloom::{BloomBuilder, may_contain};
 use crate::error::{Error, Result};
 use crate::heads::KeyHeads;
-use crate::memtable::{Entry, Op};
+use crate::memtable::{Entry, Op, empty_value};
 
 pub(crate) const MAGIC: [u8; 8] = *b"ENTISEG\0";
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -127,7 +127,11 @@ impl Block {
                     .try_into()
                     .unwrap_or([0; 4]),
             ) as usize;
-            Op::Put(Arc::from(&self.data[kind_at + 5..kind_at + 5 + l]))
+            if l == 0 {
+                Op::Put(empty_value())
+            } else {
+                Op::Put(Arc::from(&self.data[kind_at + 5..kind_at + 5 + l]))
+            }
         } else {
             Op::Delete
         }

@@ -25,7 +25,17 @@ use crate::document::ScanOptions;
 use crate::error::{Error, Result};
 use crate::ids::EntityId;
 use crate::keys;
+use crate::memtable::empty_value;
 use crate::txn::WriteTxn;
+
+/// An index entry's value (empty except for search postings), shared when empty.
+fn entry_value(v: &[u8]) -> Arc<[u8]> {
+    if v.is_empty() {
+        empty_value()
+    } else {
+        Arc::from(v)
+    }
+}
 
 /// A transaction's index bookkeeping.
 #[derive(Debug, Default)]
@@ -157,7 +167,7 @@ impl WriteTxn {
                         self.ix.unique.push((coll, def.clone(), e.key.clone()));
                     }
                     self.writes
-                        .insert(Arc::from(&e.key[..]), Some(Arc::from(&e.value[..])));
+                        .insert(Arc::from(&e.key[..]), Some(entry_value(&e.value)));
                 }
                 if def.spec.kind == IndexKind::Search {
                     let d = stats_delta.entry(def.id).or_insert((0, 0));
@@ -317,7 +327,7 @@ impl WriteTxn {
         }
         for e in entries {
             self.writes
-                .insert(Arc::from(e.key), Some(Arc::from(e.value)));
+                .insert(Arc::from(e.key), Some(entry_value(&e.value)));
         }
         if def.spec.kind == IndexKind::Search {
             self.writes.insert(
