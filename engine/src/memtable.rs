@@ -181,8 +181,48 @@ fn point_indexed(key: &[u8]) -> bool {
     matches!(key.first(), Some(&TAG_ENTITY | &TAG_CATALOG))
 }
 
-/// Shards of the point index (a power of two).
+/// Shards of the point index and the prefix set (a power of two).
 const POINT_SHARDS: usize = 32;
+
+/// A hash table split into `POINT_SHARDS` locked shards, so that the writer inserting into one
+/// shard does not stop readers of the others. Readers hold a shard's read lock only for one
+/// probe.
+struct Sharded<T> {
+    hasher: DefaultHashBuilder,
+    shards: Box<[RwLock<HashTable<T>>]>,
+}
+
+impl<T> Sharded<T> {
+    fn new() -> Self {
+        Sharded {
+            hasher: DefaultHashBuilder::default(),
+            shards: (0..POINT_SHARDS)
+                .map(|_| RwLock::new(HashTable::new()))
+                .collect(),
+        }
+    }
+
+    fn hash(&self, bytes: &[u8]) -> u64 {
+        self.hasher.hash_one(bytes)
+    }
+
+    fn read(&self, hash: u64) -> std::sync::RwLockReadGuard<'_, HashTable<T>> {
+        self.shard(hash)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, hash: u64) -> std::sync::RwLockWriteGuard<'_, HashTable<T>> {
+        self.shard(hash)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<HashTable<T>> {
+        // The table uses the low bits of the hash; the shard takes the high ones.
+        &self.shards[(hash >> 58) as usize % POINT_SHARDS]
+    }
+}
 
 /// The newest version of every point-indexed key, by hash: a get of a key whose newest
 /// version is visible to the reader costs a hash probe instead of a skip-list descent (about
@@ -196,8 +236,7 @@ const POINT_SHARDS: usize = 32;
 ///   snapshot `s` sees every entry with `seq <= s` in both structures. An entry here with
 ///   `seq > s` (a newer version) sends the reader to the skip list for an older one.
 struct PointIndex {
-    hasher: DefaultHashBuilder,
-    shards: Box<[RwLock<HashTable<PointEntry>>]>,
+    table: Sharded<PointEntry>,
 }
 
 struct PointEntry {
@@ -219,24 +258,13 @@ enum Point {
 impl PointIndex {
     fn new() -> Self {
         PointIndex {
-            hasher: DefaultHashBuilder::default(),
-            shards: (0..POINT_SHARDS)
-                .map(|_| RwLock::new(HashTable::new()))
-                .collect(),
+            table: Sharded::new(),
         }
     }
 
-    fn shard(&self, hash: u64) -> &RwLock<HashTable<PointEntry>> {
-        // The table uses the low bits of the hash; the shard takes the high ones.
-        &self.shards[(hash >> 58) as usize % POINT_SHARDS]
-    }
-
     fn insert(&self, key: &Arc<[u8]>, seq: u64, op: &Op) {
-        let hash = self.hasher.hash_one(&**key);
-        let mut t = self
-            .shard(hash)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let hash = self.table.hash(key);
+        let mut t = self.table.write(hash);
         match t.find_mut(hash, |e| *e.key == **key) {
             // Sequences only grow for a key (one writer, in commit order); a replay of an
             // older version must not hide a newer one.
@@ -253,19 +281,15 @@ impl PointIndex {
                         seq,
                         op: op.clone(),
                     },
-                    |e| self.hasher.hash_one(&*e.key),
+                    |e| self.table.hash(&e.key),
                 );
             }
         }
     }
 
     fn get(&self, key: &[u8], snapshot: u64) -> Point {
-        let hash = self.hasher.hash_one(key);
-        let t = self
-            .shard(hash)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        match t.find(hash, |e| *e.key == *key) {
+        let hash = self.table.hash(key);
+        match self.table.read(hash).find(hash, |e| *e.key == *key) {
             Some(e) if e.seq <= snapshot => Point::Hit(e.seq, e.op.clone()),
             Some(_) => Point::Older,
             None => Point::Absent,
@@ -279,8 +303,7 @@ impl PointIndex {
 /// A hash collision only costs the descent. Same insertion order as the point index (after
 /// the skip list), so a reader finds the prefix of every entry its snapshot can see.
 struct PrefixSet {
-    hasher: DefaultHashBuilder,
-    shards: Box<[RwLock<HashTable<u64>>]>,
+    table: Sharded<u64>,
 }
 
 /// The prefix of an index entry key, if `key` is one.
@@ -295,33 +318,18 @@ fn index_prefix(key: &[u8]) -> Option<&[u8]> {
 impl PrefixSet {
     fn new() -> Self {
         PrefixSet {
-            hasher: DefaultHashBuilder::default(),
-            shards: (0..POINT_SHARDS)
-                .map(|_| RwLock::new(HashTable::new()))
-                .collect(),
+            table: Sharded::new(),
         }
-    }
-
-    fn shard(&self, hash: u64) -> &RwLock<HashTable<u64>> {
-        &self.shards[(hash >> 58) as usize % POINT_SHARDS]
     }
 
     /// Add a prefix; whether it was new.
     fn insert(&self, prefix: &[u8]) -> bool {
-        let hash = self.hasher.hash_one(prefix);
-        if self
-            .shard(hash)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .find(hash, |h| *h == hash)
-            .is_some()
-        {
+        let hash = self.table.hash(prefix);
+        // Most inserts repeat a prefix (many entries per value): look under the read lock.
+        if self.table.read(hash).find(hash, |h| *h == hash).is_some() {
             return false;
         }
-        let mut t = self
-            .shard(hash)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut t = self.table.write(hash);
         if t.find(hash, |h| *h == hash).is_some() {
             return false;
         }
@@ -330,12 +338,8 @@ impl PrefixSet {
     }
 
     fn contains(&self, prefix: &[u8]) -> bool {
-        let hash = self.hasher.hash_one(prefix);
-        self.shard(hash)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .find(hash, |h| *h == hash)
-            .is_some()
+        let hash = self.table.hash(prefix);
+        self.table.read(hash).find(hash, |h| *h == hash).is_some()
     }
 }
 
