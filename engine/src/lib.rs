@@ -34,7 +34,9 @@ mod stats;
 mod txn;
 mod wal;
 
-pub use backup::{BackupSink, BackupSource, BackupSummary, SliceSource, verify_backup};
+pub use backup::{
+    BackupSink, BackupSource, BackupSummary, ReadSource, SliceSource, WriteSink, verify_backup,
+};
 pub use database::{Collection, Database};
 pub use document::{Document, Page, ScanOptions};
 pub use error::{Error, Result};

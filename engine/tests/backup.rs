@@ -316,3 +316,42 @@ fn sink_and_source_failures_are_io_errors() {
         );
     });
 }
+
+/// A backup to a file through `WriteSink`, checked and restored through `ReadSource`.
+#[test]
+fn backup_to_a_file_and_back() {
+    block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open_with(Arc::new(MemoryBackend::new()), Options::default())
+            .await
+            .expect("open");
+        let notes = db.collection("notes");
+        for i in 0..500 {
+            notes
+                .insert(&Value::map([("i", Value::from(i as i64))]))
+                .await
+                .expect("put");
+        }
+        let path = dir.path().join("notes.entidb");
+        let file = std::fs::File::create(&path).expect("create");
+        let mut sink = entidb::WriteSink::new(std::io::BufWriter::new(file));
+        let written = db.backup(&mut sink).await.expect("backup");
+        let file = sink.into_inner().into_inner().expect("flush");
+        file.sync_all().expect("sync");
+        assert_eq!(written.bytes, std::fs::metadata(&path).expect("len").len());
+        let open = || entidb::ReadSource::new(std::fs::File::open(&path).expect("open file"));
+        let checked = verify_backup(&mut open()).await.expect("verify");
+        assert_eq!(
+            (checked.entities, checked.sequence),
+            (500, written.sequence)
+        );
+        let (restored, _) = Database::restore(
+            &mut open(),
+            Arc::new(MemoryBackend::new()),
+            Options::default(),
+        )
+        .await
+        .expect("restore");
+        assert_eq!(state(&restored).await, state(&db).await);
+    });
+}

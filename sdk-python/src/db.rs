@@ -919,7 +919,7 @@ impl PyDatabase {
                 errors::IoError::new_err(format!("backup to {}: {e}", path.display()))
             };
             let file = std::fs::File::create(&tmp).map_err(io)?;
-            let mut sink = FileSink(std::io::BufWriter::with_capacity(1 << 20, file));
+            let mut sink = entidb::WriteSink::new(std::io::BufWriter::with_capacity(1 << 20, file));
             let summary = match db.backup(&mut sink).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -927,7 +927,10 @@ impl PyDatabase {
                     return Err(engine(e));
                 }
             };
-            let file = sink.0.into_inner().map_err(|e| io(e.into_error()))?;
+            let file = sink
+                .into_inner()
+                .into_inner()
+                .map_err(|e| io(e.into_error()))?;
             file.sync_all().map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
             json(&summary)
@@ -956,7 +959,7 @@ impl PyDatabase {
         path: std::path::PathBuf,
     ) -> PyResult<Bound<'py, PyAny>> {
         future_into_py(py, async move {
-            let mut src = FileSource::open(&path)?;
+            let mut src = open_backup(&path)?;
             json(&entidb::verify_backup(&mut src).await.map_err(engine)?)
         })
     }
@@ -970,7 +973,7 @@ impl PyDatabase {
         target: std::path::PathBuf,
     ) -> PyResult<Bound<'py, PyAny>> {
         future_into_py(py, async move {
-            let mut src = FileSource::open(&path)?;
+            let mut src = open_backup(&path)?;
             let backend = entidb::io::FsBackend::new(&target).map_err(|e| {
                 errors::IoError::new_err(format!("restore into {}: {e}", target.display()))
             })?;
@@ -986,38 +989,11 @@ impl PyDatabase {
     }
 }
 
-/// A backup sink on a file.
-struct FileSink(std::io::BufWriter<std::fs::File>);
-
-impl entidb::BackupSink for FileSink {
-    fn write<'a>(&'a mut self, bytes: &'a [u8]) -> entidb::io::BoxFuture<'a, std::io::Result<()>> {
-        use std::io::Write as _;
-        let r = self.0.write_all(bytes);
-        Box::pin(std::future::ready(r))
-    }
-}
-
-/// A backup source on a file.
-struct FileSource(std::fs::File);
-
-impl FileSource {
-    fn open(path: &std::path::Path) -> PyResult<FileSource> {
-        std::fs::File::open(path)
-            .map(FileSource)
-            .map_err(|e| errors::IoError::new_err(format!("cannot open {}: {e}", path.display())))
-    }
-}
-
-impl entidb::BackupSource for FileSource {
-    fn read(&mut self, max: usize) -> entidb::io::BoxFuture<'_, std::io::Result<Vec<u8>>> {
-        use std::io::Read as _;
-        let mut buf = vec![0u8; max];
-        let r = self.0.read(&mut buf).map(|n| {
-            buf.truncate(n);
-            buf
-        });
-        Box::pin(std::future::ready(r))
-    }
+/// A backup file to read.
+fn open_backup(path: &std::path::Path) -> PyResult<entidb::ReadSource<std::fs::File>> {
+    std::fs::File::open(path)
+        .map(entidb::ReadSource::new)
+        .map_err(|e| errors::IoError::new_err(format!("cannot open {}: {e}", path.display())))
 }
 
 /// A key given from Python: 32 bytes (a raw key) or a text passphrase.

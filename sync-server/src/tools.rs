@@ -30,15 +30,14 @@
 //! | tag | `{"$tag": n, "value": v}` |
 //! | undefined, other simple values | `{"$undefined": true}`, `{"$simple": n}` |
 
-use std::io::{BufRead, BufWriter, Read, Write};
+use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
 use entidb::cbor::{Int, Simple, Value};
-use entidb::io::BoxFuture;
-use entidb::{BackupSink, BackupSource, Database, EntityId, Options, ScanOptions};
-use indicatif::{ProgressBar, ProgressStyle};
+use entidb::{Database, EntityId, Options, ReadSource, ScanOptions, WriteSink};
+use indicatif::{ProgressBar, ProgressBarIter, ProgressStyle};
 use serde_json::{Map, Number, Value as Json, json};
 
 /// How a command ended.
@@ -275,7 +274,7 @@ async fn close(db: Database) -> Outcome {
 /// `entidb verify PATH` (a database directory, or a backup file).
 pub async fn verify(path: &Path, as_json: bool) -> Outcome {
     if path.is_file() {
-        let mut src = match FileSource::open(path) {
+        let (mut src, _pb) = match open_backup(path) {
             Ok(s) => s,
             Err(o) => return o,
         };
@@ -382,50 +381,17 @@ pub async fn compact(path: &Path) -> Outcome {
     close(db).await
 }
 
-/// A backup sink on a file.
-struct FileSink {
-    out: BufWriter<std::fs::File>,
-    pb: ProgressBar,
-}
-
-impl BackupSink for FileSink {
-    fn write<'a>(&'a mut self, bytes: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>> {
-        self.pb.inc(bytes.len() as u64);
-        let r = self.out.write_all(bytes);
-        Box::pin(std::future::ready(r))
+/// A backup file to read, with a progress bar over its bytes (returned to finish it).
+type BackupFile = ReadSource<ProgressBarIter<std::fs::File>>;
+fn open_backup(path: &Path) -> Result<(BackupFile, ProgressBar), Outcome> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Outcome::Usage(format!("cannot open {}: {e}", path.display())))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let pb = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {elapsed}") {
+        pb.set_style(style);
     }
-}
-
-/// A backup source on a file.
-struct FileSource {
-    file: std::fs::File,
-    pb: ProgressBar,
-}
-
-impl FileSource {
-    fn open(path: &Path) -> Result<FileSource, Outcome> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| Outcome::Usage(format!("cannot open {}: {e}", path.display())))?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let pb = ProgressBar::new(len);
-        if let Ok(style) = ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {elapsed}")
-        {
-            pb.set_style(style);
-        }
-        Ok(FileSource { file, pb })
-    }
-}
-
-impl BackupSource for FileSource {
-    fn read(&mut self, max: usize) -> BoxFuture<'_, std::io::Result<Vec<u8>>> {
-        let mut buf = vec![0u8; max];
-        let r = self.file.read(&mut buf).map(|n| {
-            buf.truncate(n);
-            self.pb.inc(n as u64);
-            buf
-        });
-        Box::pin(std::future::ready(r))
-    }
+    Ok((ReadSource::new(pb.clone().wrap_read(file)), pb))
 }
 
 /// `entidb backup PATH FILE`: a consistent snapshot, written to FILE.tmp, synced, then
@@ -440,15 +406,18 @@ pub async fn backup(path: &Path, file: &Path) -> Outcome {
         Ok(f) => f,
         Err(e) => return Outcome::Failed(format!("cannot create {}: {e}", tmp.display())),
     };
-    let mut sink = FileSink {
-        out: BufWriter::with_capacity(1 << 20, out),
-        pb: spinner("bytes written"),
+    // A second handle syncs the file once the buffered writer is flushed.
+    let sync = match out.try_clone() {
+        Ok(f) => f,
+        Err(e) => return Outcome::Failed(format!("cannot use {}: {e}", tmp.display())),
     };
+    let pb = spinner("bytes written");
+    let mut sink = WriteSink::new(BufWriter::with_capacity(1 << 20, pb.wrap_write(out)));
     let r = db.backup(&mut sink).await;
-    sink.pb.finish_and_clear();
+    pb.finish_and_clear();
     let finish = (|| -> std::io::Result<()> {
-        let f = sink.out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
+        sink.into_inner().into_inner().map_err(|e| e.into_error())?;
+        sync.sync_all()?;
         std::fs::rename(&tmp, file)?;
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
@@ -511,7 +480,7 @@ pub async fn restore(file: &Path, path: &Path, force: bool) -> Outcome {
             Err(_) => {} // a damaged database may be replaced with --force
         }
     }
-    let mut src = match FileSource::open(file) {
+    let (mut src, pb) = match open_backup(file) {
         Ok(s) => s,
         Err(o) => return o,
     };
@@ -530,7 +499,7 @@ pub async fn restore(file: &Path, path: &Path, force: bool) -> Outcome {
         None => backend,
     };
     let r = Database::restore(&mut src, backend, Options::default()).await;
-    src.pb.finish_and_clear();
+    pb.finish_and_clear();
     let (db, summary) = match r {
         Ok(x) => x,
         Err(e) => {
