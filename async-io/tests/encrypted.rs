@@ -162,10 +162,13 @@ fn keys_tampering_and_plaintext() {
 }
 
 /// Synced bytes of a WAL file survive a crash during a later append into the same chunk,
-/// whatever the simulated disk does with the unsynced writes.
+/// whatever the simulated disk does with the unsynced writes. Appends span up to five
+/// chunks (so new chunks go out as one write with their unused slots zeroed), and some
+/// steps zero-fill a stretch past the end first, as the engine preallocates its WAL (so
+/// later appends overwrite synced chunks through their second slot).
 #[test]
 fn torn_appends_never_destroy_synced_data() {
-    for seed in 0..200u64 {
+    for seed in 0..400u64 {
         let sim = SimBackend::new(seed, SimConfig::default());
         let inner: Arc<dyn Backend> = Arc::new(sim.clone());
         block_on(async {
@@ -182,7 +185,18 @@ fn torn_appends_never_destroy_synced_data() {
             let mut synced: Vec<u8> = Vec::new();
             let mut written: Vec<u8> = Vec::new();
             for _ in 0..rng.random_range(1..12) {
-                let n = rng.random_range(1..3000);
+                if rng.random_bool(0.2) {
+                    let end = f.len().await.expect("len");
+                    let zeros = rng.random_range(1..20_000);
+                    f.write_at(end, vec![0u8; zeros])
+                        .await
+                        .expect("preallocate");
+                }
+                let n = if rng.random_bool(0.5) {
+                    rng.random_range(1..3000)
+                } else {
+                    rng.random_range(3000..20_000)
+                };
                 let data: Vec<u8> = (0..n).map(|_| rng.random()).collect();
                 f.write_at(written.len() as u64, data.clone())
                     .await
