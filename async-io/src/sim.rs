@@ -41,9 +41,12 @@
 //!    the pending directory ops, applied in order; entries whose parent directory does not
 //!    exist are pruned;
 //! 2. for each reachable inode, starting from its durable image, each pending write in order is
-//!    independently *applied* whole, *dropped*, or *torn* (only a prefix of its bytes, of random
-//!    length `1..len`, is applied; a one-byte write is never torn), with equal probability; each
-//!    pending `set_len` is applied or dropped (equal probability);
+//!    independently *applied* whole, *dropped*, *torn* (only a prefix of its bytes, of random
+//!    length `1..len`, is applied; a one-byte write is never torn), or *scattered* (each of the
+//!    512-byte sectors it covers, aligned to the file, is applied or not on its own, as when a
+//!    kernel writes a range's pages back in any order), with equal probability (a write within
+//!    one sector is never scattered); each pending `set_len` is applied or dropped (equal
+//!    probability);
 //! 3. the result becomes both the volatile and the durable state; nothing is pending; all locks
 //!    are released; the boot generation is bumped.
 //!
@@ -106,6 +109,9 @@ const MAX_FILE_LEN: u64 = 1 << 32;
 /// Largest simulated time step per op, in microseconds.
 const MAX_STEP_MICROS: u64 = 20;
 
+/// The unit of a scattered tear: sectors are written whole or not at all.
+const SECTOR: usize = 512;
+
 /// Fault injection settings. `Default` injects nothing and never crashes.
 ///
 /// Rates are probabilities per eligible call (see the [module docs](self) for which verbs each
@@ -160,7 +166,7 @@ pub struct SimStats {
     pub writes_kept: u64,
     /// Pending writes / `set_len`s dropped at restarts.
     pub writes_lost: u64,
-    /// Pending writes torn (prefix applied) at restarts.
+    /// Pending writes torn (a prefix applied, or some of their sectors) at restarts.
     pub writes_torn: u64,
     /// Pending directory ops applied at restarts.
     pub dir_ops_kept: u64,
@@ -532,7 +538,10 @@ impl SimState {
             for op in std::mem::take(&mut inode.pending) {
                 match op {
                     DataOp::Write { offset, data } => {
-                        let choice = if data.len() >= 2 {
+                        let sectors = (offset + data.len()).div_ceil(SECTOR) - offset / SECTOR;
+                        let choice = if sectors >= 2 {
+                            self.crash_rng.random_range(0..4u8)
+                        } else if data.len() >= 2 {
                             self.crash_rng.random_range(0..3u8)
                         } else {
                             self.crash_rng.random_range(0..2u8)
@@ -543,9 +552,28 @@ impl SimState {
                                 self.stats.writes_kept += 1;
                             }
                             1 => self.stats.writes_lost += 1,
-                            _ => {
+                            2 => {
                                 let n = self.crash_rng.random_range(1..data.len());
                                 apply_write(&mut image, offset, &data[..n]);
+                                self.stats.writes_torn += 1;
+                            }
+                            _ => {
+                                // Sector by sector: each part of the write inside one sector
+                                // lands or not.
+                                let end = offset + data.len();
+                                let mut at = offset;
+                                while at < end {
+                                    let next = ((at / SECTOR) + 1) * SECTOR;
+                                    let hi = next.min(end);
+                                    if self.crash_rng.random_bool(0.5) {
+                                        apply_write(
+                                            &mut image,
+                                            at,
+                                            &data[at - offset..hi - offset],
+                                        );
+                                    }
+                                    at = hi;
+                                }
                                 self.stats.writes_torn += 1;
                             }
                         }
