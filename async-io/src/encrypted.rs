@@ -74,9 +74,9 @@ const CHUNK: usize = 4096;
 /// Chunk size of WAL files. (1 KiB was tried for cheaper small appends: it did not help
 /// W2 and made bulk loads, which write many more chunks, 1.8-2x slower; docs/benchmarks.md.)
 const WAL_CHUNK: u64 = 4096;
-/// Bytes a slot adds to a chunk: counter, nonce, the `used` field, tag.
 /// Largest single write of sealed slots (a long append is cut into writes of this size).
 const RUN_MAX: usize = 1 << 20;
+/// Bytes a slot adds to a chunk: counter, nonce, the `used` field, tag.
 const SLOT_OVERHEAD: usize = 8 + 12 + 4 + 16;
 
 /// Argon2id cost parameters for a passphrase.
@@ -680,8 +680,20 @@ impl EncFile {
 
     /// Write the plaintext of chunk `i` (`used` bytes of data) to the right slot.
     async fn store(&self, st: &mut FileState, i: u64, plain: Vec<u8>) -> IoResult<()> {
+        let saved = st.slots.get(&i).copied();
+        let dirty_len = st.dirty.len();
         let (at, bytes) = self.place(st, i, plain).await?;
-        self.inner.write_at(at, bytes).await
+        let r = self.inner.write_at(at, bytes).await;
+        if r.is_err() {
+            // As in `write_locked`: the chunk keeps the slot state it had.
+            match saved {
+                Some(s) => st.slots.insert(i, s),
+                None => st.slots.remove(&i),
+            };
+            st.dirty.truncate(dirty_len);
+            st.tail = None;
+        }
+        r
     }
 
     /// Choose the slot for a new version of chunk `i`, record it, and seal it: the offset
@@ -792,6 +804,37 @@ impl EncFile {
     }
 
     async fn write_locked(&self, st: &mut FileState, offset: u64, data: &[u8]) -> IoResult<()> {
+        // `place` records each chunk's new slot before its bytes are written. If a write
+        // fails, the recorded state would claim a slot that holds nothing, and after the next
+        // sync a write could go to the other slot: the only durable copy. So a failure puts
+        // back the slot state of every chunk this call touched (their old slots are intact:
+        // `place` never targets a possibly-durable slot) and drops the cached tail.
+        let touched =
+            offset.min(st.len) / self.chunk..(offset + data.len() as u64).div_ceil(self.chunk);
+        let saved: Vec<(u64, Option<SlotState>)> = if self.slots == 2 {
+            touched
+                .clone()
+                .map(|i| (i, st.slots.get(&i).copied()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let dirty_len = st.dirty.len();
+        let r = self.write_chunks(st, offset, data).await;
+        if r.is_err() {
+            for (i, s) in saved {
+                match s {
+                    Some(s) => st.slots.insert(i, s),
+                    None => st.slots.remove(&i),
+                };
+            }
+            st.dirty.truncate(dirty_len);
+            st.tail = None;
+        }
+        r
+    }
+
+    async fn write_chunks(&self, st: &mut FileState, offset: u64, data: &[u8]) -> IoResult<()> {
         let end = offset + data.len() as u64;
         let new_len = st.len.max(end);
         // The chunks the write touches, and the gap it zero-fills when it starts past the

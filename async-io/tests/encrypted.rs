@@ -398,3 +398,56 @@ fn nonces_are_never_reused() {
         assert_eq!(seen.len(), 150);
     });
 }
+
+/// A write that fails leaves no trace in the slot bookkeeping: after it, a sync and another
+/// write to the same chunk must still go to the slot that does not hold the synced version,
+/// so a crash that loses or tears that write keeps the synced bytes.
+#[test]
+fn a_failed_write_does_not_redirect_later_writes_onto_the_synced_slot() {
+    for seed in 0..40u64 {
+        let sim = SimBackend::new(seed, SimConfig::default());
+        let inner: Arc<dyn Backend> = Arc::new(sim.clone());
+        block_on(async {
+            let enc = EncryptedBackend::open(inner.clone(), KEY)
+                .await
+                .expect("open");
+            let f = enc
+                .open("wal-1.log", OpenMode::CreateNew)
+                .await
+                .expect("create");
+            enc.sync_dir("").await.expect("sync dir");
+            f.write_at(0, b"synced record".to_vec())
+                .await
+                .expect("write");
+            f.sync_data().await.expect("sync");
+            // The next write reaches no disk.
+            sim.set_faults(SimConfig {
+                write_error_rate: 1.0,
+                ..SimConfig::default()
+            });
+            f.write_at(13, b" lost".to_vec())
+                .await
+                .expect_err("injected");
+            sim.set_faults(SimConfig::default());
+            f.sync_data().await.expect("sync");
+            f.write_at(13, b" later, unsynced".to_vec())
+                .await
+                .expect("write");
+            drop(f);
+            sim.crash_now();
+            sim.restart();
+            let enc = EncryptedBackend::open(inner.clone(), KEY)
+                .await
+                .expect("reopen");
+            let f = enc
+                .open("wal-1.log", OpenMode::Existing)
+                .await
+                .expect("open");
+            assert_eq!(
+                f.read_at(0, 13).await.expect("the synced record survives"),
+                b"synced record".to_vec(),
+                "seed {seed}"
+            );
+        });
+    }
+}

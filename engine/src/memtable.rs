@@ -219,8 +219,10 @@ impl<T> Sharded<T> {
     }
 
     fn shard(&self, hash: u64) -> &RwLock<HashTable<T>> {
-        // The table uses the low bits of the hash; the shard takes the high ones.
-        &self.shards[(hash >> 58) as usize % POINT_SHARDS]
+        // hashbrown takes the bucket from the low bits and each slot's tag from the top 7:
+        // the shard takes bits from neither (shards on tag bits would leave 4 tag values per
+        // shard and turn most probes into key comparisons).
+        &self.shards[(hash >> 32) as usize % POINT_SHARDS]
     }
 }
 
@@ -262,7 +264,8 @@ impl PointIndex {
         }
     }
 
-    fn insert(&self, key: &Arc<[u8]>, seq: u64, op: &Op) {
+    /// Record a version; whether the key is new to the index.
+    fn insert(&self, key: &Arc<[u8]>, seq: u64, op: &Op) -> bool {
         let hash = self.table.hash(key);
         let mut t = self.table.write(hash);
         match t.find_mut(hash, |e| *e.key == **key) {
@@ -271,8 +274,9 @@ impl PointIndex {
             Some(e) if e.seq <= seq => {
                 e.seq = seq;
                 e.op = op.clone();
+                false
             }
-            Some(_) => {}
+            Some(_) => false,
             None => {
                 t.insert_unique(
                     hash,
@@ -283,6 +287,7 @@ impl PointIndex {
                     },
                     |e| self.table.hash(&e.key),
                 );
+                true
             }
         }
     }
@@ -368,7 +373,8 @@ pub(crate) struct Memtable {
 }
 
 const ENTRY_OVERHEAD: u64 = 64;
-/// What a point-index entry adds (the table slot and its share of spare capacity).
+/// What a point-index entry adds (the table slot and its share of spare capacity), counted
+/// once per key.
 const POINT_OVERHEAD: u64 = 48;
 /// What a new index prefix adds to the prefix set.
 const PREFIX_OVERHEAD: u64 = 16;
@@ -390,7 +396,6 @@ impl Memtable {
         let pointed = point_indexed(&key);
         let mut size = key.len() as u64
             + ENTRY_OVERHEAD
-            + if pointed { POINT_OVERHEAD } else { 0 }
             + match &op {
                 Op::Put(v) => v.len() as u64,
                 Op::Delete => 0,
@@ -408,8 +413,10 @@ impl Memtable {
             op,
         );
         if let Some(k) = side_key {
-            if let Some(o) = point_op {
-                self.point.insert(&k, seq, &o);
+            if let Some(o) = point_op
+                && self.point.insert(&k, seq, &o)
+            {
+                size += POINT_OVERHEAD;
             }
             if let Some(p) = index_prefix(&k)
                 && self.prefixes.insert(p)
