@@ -451,3 +451,43 @@ fn a_failed_write_does_not_redirect_later_writes_onto_the_synced_slot() {
         });
     }
 }
+
+/// Writes larger than one write call (1 MiB of sealed slots), a shrink to an odd length, an
+/// append after it, and a reopen, on a one-slot and a two-slot file.
+#[test]
+fn long_writes_shrinks_and_appends() {
+    block_on(async {
+        let inner: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let enc = EncryptedBackend::open(inner.clone(), KEY)
+            .await
+            .expect("open");
+        let mut rng = SmallRng::seed_from_u64(5);
+        for name in ["seg-2.sst", "wal-2.log"] {
+            let f = enc.open(name, OpenMode::CreateNew).await.expect("create");
+            let mut model: Vec<u8> = (0..3 * 1024 * 1024 + 123).map(|_| rng.random()).collect();
+            f.write_at(0, model.clone()).await.expect("long write");
+            f.sync_data().await.expect("sync");
+            let cut = 1024 * 1024 + 4096 + 77;
+            f.set_len(cut as u64).await.expect("shrink");
+            model.truncate(cut);
+            let tail: Vec<u8> = (0..10_000).map(|_| rng.random()).collect();
+            f.write_at(cut as u64, tail.clone()).await.expect("append");
+            model.extend_from_slice(&tail);
+            assert_eq!(f.len().await.expect("len"), model.len() as u64, "{name}");
+            assert_eq!(
+                f.read_at(0, model.len()).await.expect("read"),
+                model,
+                "{name}"
+            );
+            f.sync_data().await.expect("sync");
+            drop(f);
+            let f = enc.open(name, OpenMode::Existing).await.expect("reopen");
+            assert_eq!(f.len().await.expect("len"), model.len() as u64, "{name}");
+            assert_eq!(
+                f.read_at(0, model.len()).await.expect("read"),
+                model,
+                "{name} after reopen"
+            );
+        }
+    });
+}
