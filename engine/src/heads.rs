@@ -122,5 +122,18 @@ mod tests {
                 prop_assert_eq!(got, want, "probe {:?}", p);
             }
         }
+
+        /// Keys out of order (a damaged block that still parses) give some position in
+        /// `0..=n`, never a panic.
+        #[test]
+        fn unsorted_keys_never_panic(
+            keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12), 0..30),
+            probe in proptest::collection::vec(any::<u8>(), 0..12),
+        ) {
+            let slices: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            let h = KeyHeads::new(&slices);
+            let got = h.partition_point(&probe, |i| keys[i].as_slice().cmp(&probe));
+            prop_assert!(got <= keys.len());
+        }
     }
 }
