@@ -600,36 +600,35 @@ fn floor(c: &Config, res: &mut Results) -> Res<()> {
     let dir = c.dir.join("floor");
     std::fs::create_dir_all(&dir)?;
     let n = scaled(c, 1000);
+    // `n` writes of 4 KiB at consecutive offsets, each followed by `fdatasync`: syncs/s.
+    let syncs_per_s = |f: &File| -> Res<f64> {
+        let block = vec![7u8; 4096];
+        let t = Instant::now();
+        for i in 0..n {
+            f.write_all_at(&block, (i * 4096) as u64)?;
+            f.sync_data()?;
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    };
     let f = File::create(dir.join("sync"))?;
-    let block = vec![7u8; 4096];
-    let t = Instant::now();
-    for i in 0..n {
-        f.write_all_at(&block, (i * 4096) as u64)?;
-        f.sync_data()?;
-    }
     res.add(
         "floor",
         "4 KiB append + fdatasync (syncs/s)",
         true,
         "EntiDB",
-        n as f64 / t.elapsed().as_secs_f64(),
+        syncs_per_s(&f)?,
     );
     // The same into a file written (zero-filled) beforehand: EntiDB's WAL is preallocated,
     // so this is the floor its commits sync against.
     let f = File::create(dir.join("prealloc"))?;
     f.write_all_at(&vec![0u8; n * 4096], 0)?;
     f.sync_data()?;
-    let t = Instant::now();
-    for i in 0..n {
-        f.write_all_at(&block, (i * 4096) as u64)?;
-        f.sync_data()?;
-    }
     res.add(
         "floor",
         "4 KiB overwrite (preallocated) + fdatasync (syncs/s)",
         true,
         "EntiDB",
-        n as f64 / t.elapsed().as_secs_f64(),
+        syncs_per_s(&f)?,
     );
     let mut f = File::create(dir.join("seq"))?;
     let chunk = vec![9u8; 1 << 20];
