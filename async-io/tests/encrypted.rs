@@ -166,19 +166,46 @@ fn keys_tampering_and_plaintext() {
 /// chunks (so new chunks go out as one write with their unused slots zeroed), and some
 /// steps zero-fill a stretch past the end first, as the engine preallocates its WAL (so
 /// later appends overwrite synced chunks through their second slot).
+fn sim_backend(seed: u64) -> (SimBackend, Arc<dyn Backend>) {
+    let sim = SimBackend::new(seed, SimConfig::default());
+    let inner: Arc<dyn Backend> = Arc::new(sim.clone());
+    (sim, inner)
+}
+
+/// A new encrypted WAL file `wal-1.log` (its header written; the directory synced by the
+/// caller when it needs to be).
+async fn new_wal(inner: &Arc<dyn Backend>) -> (EncryptedBackend, Arc<dyn entidb_io::File>) {
+    let enc = EncryptedBackend::open(inner.clone(), KEY)
+        .await
+        .expect("open");
+    let f = enc
+        .open("wal-1.log", OpenMode::CreateNew)
+        .await
+        .expect("create");
+    (enc, f)
+}
+
+/// Crash the simulated machine, restart it, and open `wal-1.log` again.
+async fn crash_and_reopen_wal(
+    sim: &SimBackend,
+    inner: &Arc<dyn Backend>,
+) -> Arc<dyn entidb_io::File> {
+    sim.crash_now();
+    sim.restart();
+    let enc = EncryptedBackend::open(inner.clone(), KEY)
+        .await
+        .expect("reopen");
+    enc.open("wal-1.log", OpenMode::Existing)
+        .await
+        .expect("open")
+}
+
 #[test]
 fn torn_appends_never_destroy_synced_data() {
     for seed in 0..400u64 {
-        let sim = SimBackend::new(seed, SimConfig::default());
-        let inner: Arc<dyn Backend> = Arc::new(sim.clone());
+        let (sim, inner) = sim_backend(seed);
         block_on(async {
-            let enc = EncryptedBackend::open(inner.clone(), KEY)
-                .await
-                .expect("open");
-            let f = enc
-                .open("wal-1.log", OpenMode::CreateNew)
-                .await
-                .expect("create");
+            let (enc, f) = new_wal(&inner).await;
             f.sync_data().await.expect("sync header");
             enc.sync_dir("").await.expect("sync dir");
             let mut rng = SmallRng::seed_from_u64(seed);
@@ -207,16 +234,8 @@ fn torn_appends_never_destroy_synced_data() {
                     synced = written.clone();
                 }
             }
-            drop(f);
-            sim.crash_now();
-            sim.restart();
-            let enc = EncryptedBackend::open(inner.clone(), KEY)
-                .await
-                .expect("reopen");
-            let f = enc
-                .open("wal-1.log", OpenMode::Existing)
-                .await
-                .expect("open");
+            drop((enc, f));
+            let f = crash_and_reopen_wal(&sim, &inner).await;
             let len = f.len().await.expect("len") as usize;
             assert!(
                 len >= synced.len(),
@@ -405,16 +424,9 @@ fn nonces_are_never_reused() {
 #[test]
 fn a_failed_write_does_not_redirect_later_writes_onto_the_synced_slot() {
     for seed in 0..40u64 {
-        let sim = SimBackend::new(seed, SimConfig::default());
-        let inner: Arc<dyn Backend> = Arc::new(sim.clone());
+        let (sim, inner) = sim_backend(seed);
         block_on(async {
-            let enc = EncryptedBackend::open(inner.clone(), KEY)
-                .await
-                .expect("open");
-            let f = enc
-                .open("wal-1.log", OpenMode::CreateNew)
-                .await
-                .expect("create");
+            let (enc, f) = new_wal(&inner).await;
             enc.sync_dir("").await.expect("sync dir");
             f.write_at(0, b"synced record".to_vec())
                 .await
@@ -433,16 +445,8 @@ fn a_failed_write_does_not_redirect_later_writes_onto_the_synced_slot() {
             f.write_at(13, b" later, unsynced".to_vec())
                 .await
                 .expect("write");
-            drop(f);
-            sim.crash_now();
-            sim.restart();
-            let enc = EncryptedBackend::open(inner.clone(), KEY)
-                .await
-                .expect("reopen");
-            let f = enc
-                .open("wal-1.log", OpenMode::Existing)
-                .await
-                .expect("open");
+            drop((enc, f));
+            let f = crash_and_reopen_wal(&sim, &inner).await;
             assert_eq!(
                 f.read_at(0, 13).await.expect("the synced record survives"),
                 b"synced record".to_vec(),
