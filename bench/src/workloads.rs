@@ -590,6 +590,17 @@ struct Config {
     kinds: Vec<ValueKind>,
     engines: Vec<(&'static str, Opener)>,
     w9: bool,
+    /// `--only W3,W5`: run just these workloads (W3 always runs: the later ones read its
+    /// data), for profiling one of them. `None`: all.
+    only: Option<Vec<String>>,
+}
+
+impl Config {
+    fn wants(&self, id: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|w| w.eq_ignore_ascii_case(id)))
+    }
 }
 
 fn scaled(c: &Config, n: usize) -> usize {
@@ -671,7 +682,6 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
                 .collect()
         })
         .collect();
-    let w2_commits = 64 * per_task;
     let w6: Vec<Vec<(Key, Vec<u8>)>> = (0..100)
         .map(|t| {
             (0..scaled(c, 1000))
@@ -697,42 +707,9 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
         let e = open(&dir)?;
         let w = |id: &str| format!("{id} {tag}");
 
-        // W1: one-put durable transactions, one at a time.
-        let mut lat = Vec::with_capacity(w1.len());
-        let t = Instant::now();
-        for kv in &w1 {
-            let s = Instant::now();
-            e.put_batch(std::slice::from_ref(kv))?;
-            lat.push(s.elapsed());
+        if c.wants("W1") || c.wants("W2") {
+            run_w1_w2(&*e, &w1, &w2, &w, name, res)?;
         }
-        let el = t.elapsed();
-        lat.sort();
-        res.add(
-            &w("W1"),
-            "commits/s",
-            true,
-            name,
-            w1.len() as f64 / el.as_secs_f64(),
-        );
-        res.add(
-            &w("W1"),
-            "p50 ms",
-            false,
-            name,
-            percentile(&lat, 0.5).as_secs_f64() * 1e3,
-        );
-        res.add(
-            &w("W1"),
-            "p99 ms",
-            false,
-            name,
-            percentile(&lat, 0.99).as_secs_f64() * 1e3,
-        );
-
-        // W2: 64 concurrent writers.
-        let t = Instant::now();
-        e.concurrent_puts(w2.clone())?;
-        res.rate(&w("W2"), "commits/s", name, w2_commits, t);
         drop(e);
         let _ = std::fs::remove_dir_all(&dir);
 
@@ -749,19 +726,27 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
             dir_size(&dir) as f64 / raw as f64,
         );
 
-        // W4: random gets, warm (one warm-up pass), one snapshot.
-        e.gets(&probe)?;
-        let t = Instant::now();
-        let found = e.gets(&probe)?;
-        assert_eq!(found, probe.len(), "{name}: W4 missed keys");
-        res.rate(&w("W4"), "gets/s", name, probe.len(), t);
+        if c.wants("W4") {
+            // W4: random gets, warm (one warm-up pass), one snapshot.
+            e.gets(&probe)?;
+            let t = Instant::now();
+            let found = e.gets(&probe)?;
+            assert_eq!(found, probe.len(), "{name}: W4 missed keys");
+            res.rate(&w("W4"), "gets/s", name, probe.len(), t);
+        }
 
-        // W5: full ordered scan.
-        let t = Instant::now();
-        let rows = e.scan()?;
-        assert_eq!(rows, n3, "{name}: W5 row count");
-        res.rate(&w("W5"), "rows/s", name, rows, t);
-
+        if c.wants("W5") {
+            // W5: full ordered scan.
+            let t = Instant::now();
+            let rows = e.scan()?;
+            assert_eq!(rows, n3, "{name}: W5 row count");
+            res.rate(&w("W5"), "rows/s", name, rows, t);
+        }
+        if !(c.wants("W6") || c.wants("W7") || c.wants("W8")) {
+            drop(e);
+            let _ = std::fs::remove_dir_all(&dir);
+            continue;
+        }
         // W6: 100 transactions of mixed inserts and updates.
         let t = Instant::now();
         for batch in &w6 {
@@ -805,6 +790,54 @@ fn run_once(c: &Config, run: usize, kind: ValueKind, res: &mut Results) -> Res<(
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+    Ok(())
+}
+
+/// W1 (one-put durable transactions, one at a time) and W2 (64 concurrent writers).
+fn run_w1_w2(
+    e: &dyn Engine,
+    w1: &[(Key, Vec<u8>)],
+    w2: &[Vec<(Key, Vec<u8>)>],
+    w: &dyn Fn(&str) -> String,
+    name: &'static str,
+    res: &mut Results,
+) -> Res<()> {
+    // W1: one-put durable transactions, one at a time.
+    let mut lat = Vec::with_capacity(w1.len());
+    let t = Instant::now();
+    for kv in w1 {
+        let s = Instant::now();
+        e.put_batch(std::slice::from_ref(kv))?;
+        lat.push(s.elapsed());
+    }
+    let el = t.elapsed();
+    lat.sort();
+    res.add(
+        &w("W1"),
+        "commits/s",
+        true,
+        name,
+        w1.len() as f64 / el.as_secs_f64(),
+    );
+    res.add(
+        &w("W1"),
+        "p50 ms",
+        false,
+        name,
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+    );
+    res.add(
+        &w("W1"),
+        "p99 ms",
+        false,
+        name,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+    );
+
+    // W2: 64 concurrent writers.
+    let t = Instant::now();
+    e.concurrent_puts(w2.to_vec())?;
+    res.rate(&w("W2"), "commits/s", name, 64 * w2[0].len(), t);
     Ok(())
 }
 
@@ -1024,6 +1057,7 @@ pub fn run(args: Vec<String>, child: &[&str]) -> Res<()> {
             kinds,
             engines,
             w9: !args.iter().any(|a| a == "--no-w9"),
+            only: arg("--only").map(|o| o.split(',').map(|w| w.trim().to_owned()).collect()),
         }
     } else {
         // `cargo test` runs this binary without `--bench`: a smoke pass on tiny data.
@@ -1034,6 +1068,7 @@ pub fn run(args: Vec<String>, child: &[&str]) -> Res<()> {
             kinds,
             engines,
             w9: true,
+            only: None,
         }
     };
     if let Some(i) = args.iter().position(|a| a == "--w10-child") {
@@ -1049,14 +1084,18 @@ pub fn run(args: Vec<String>, child: &[&str]) -> Res<()> {
     }
     std::fs::create_dir_all(&c.dir)?;
     let mut res = Results::default();
-    floor(&c, &mut res)?;
+    if c.wants("floor") {
+        floor(&c, &mut res)?;
+    }
     for run in 0..c.runs {
         for kind in &c.kinds {
             run_once(&c, run, *kind, &mut res)?;
         }
     }
-    w10(&c, &mut res, child)?;
-    if c.w9 {
+    if c.wants("W10") {
+        w10(&c, &mut res, child)?;
+    }
+    if c.w9 && c.wants("W9") {
         w9(&c, &mut res)?;
     }
     std::fs::remove_dir_all(&c.dir)?;

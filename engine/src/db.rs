@@ -720,7 +720,12 @@ impl Inner {
             let newer_wal = version.mems[version.mems.len() - 2].wal_file;
             let new_seg = self
                 .write_segment(
-                    MergeIter::new(std::slice::from_ref(&frozen), &[], &[], None),
+                    SegmentInput::Merge(MergeIter::new(
+                        std::slice::from_ref(&frozen),
+                        &[],
+                        &[],
+                        None,
+                    )),
                     |_| true,
                 )
                 .await?;
@@ -820,7 +825,10 @@ impl Inner {
         let mut filter =
             compaction::Retain::new(horizon, bottom, feed_oldest, dropped, dropped_indexes);
         let new_seg = self
-            .write_segment(MergeIter::new(&[], &inputs, &[], None), |e| filter.keep(e))
+            .write_segment(
+                SegmentInput::Merge(MergeIter::new(&[], &inputs, &[], None)),
+                |e| filter.keep(e),
+            )
             .await?;
         let input_ids: Vec<u64> = inputs.iter().map(|s| s.meta.id).collect();
         let mut next = manifest.clone();
@@ -873,7 +881,7 @@ impl Inner {
     /// a file left behind is an orphan that the next open deletes).
     async fn write_segment(
         &self,
-        mut it: MergeIter,
+        mut it: SegmentInput,
         mut keep: impl FnMut(&RawEntry) -> bool,
     ) -> Result<Option<Arc<Segment>>> {
         let id = self.next_file.fetch_add(1, Ordering::Relaxed);
@@ -932,7 +940,8 @@ impl Inner {
         *lock(&self.last_maintenance_error) = Some(e.to_string());
     }
 
-    /// Commit a batch: append under the writer lock, then wait per `durability`.
+    /// Commit a batch: append under the writer lock, then wait per `durability`. A batch of
+    /// at least `ingest_bytes` goes straight to a segment instead (see [`Inner::ingest`]).
     pub(crate) async fn commit_locked(
         &self,
         mut w: async_lock::MutexGuardArc<WriterState>,
@@ -940,6 +949,20 @@ impl Inner {
         durability: Durability,
         on_appended: impl FnOnce(u64),
     ) -> Result<u64> {
+        let ingest = self.options.ingest_bytes;
+        if ingest > 0
+            && batch.encoded_len() as u64 >= ingest
+            && let Some(manifest) = self.maintenance.try_lock()
+        {
+            let seq = self.ingest(&mut w, manifest, batch, on_appended).await?;
+            drop(w);
+            if self.options.auto_maintenance
+                && let Err(e) = self.maintain().await
+            {
+                self.maintenance_failed(&e);
+            }
+            return Ok(seq);
+        }
         let seq = self.append(&mut w, batch).await?;
         on_appended(seq);
         if self.needs_rotation() {
@@ -961,6 +984,94 @@ impl Inner {
                 self.maintenance_failed(&e);
             }
         }
+        Ok(seq)
+    }
+
+    /// Commit a large batch as a new newest segment, with no WAL record: the data is written
+    /// once, and the write buffer is left alone.
+    ///
+    /// Invariant kept: every memtable is newer than every segment (point reads stop at the
+    /// first source that has a version). So, under the writer lock (nothing is appended
+    /// meanwhile) and the maintenance lock (the manifest is ours):
+    ///
+    /// 1. rotate and flush every frozen memtable, so that no memtable holds anything;
+    /// 2. write the batch, sorted, as a segment whose entries all carry `seq`, and sync it;
+    /// 3. store a manifest listing it first with `flushed_seq = seq`: that store is the
+    ///    commit point. Recovery then starts the WAL replay after `seq`, and a crash before
+    ///    it leaves an orphan segment that the next open deletes;
+    /// 4. install the segment in the view, then publish `seq`.
+    ///
+    /// An error before step 3 leaves nothing committed. A failed manifest store may or may
+    /// not have reached the disk, so it stops all writes (as a failed WAL sync does).
+    async fn ingest(
+        &self,
+        w: &mut WriterState,
+        mut manifest: async_lock::MutexGuard<'_, Manifest>,
+        batch: Batch,
+        on_appended: impl FnOnce(u64),
+    ) -> Result<u64> {
+        self.check_open()?;
+        if let Some(f) = &lock(&self.sync).failed {
+            return Err(Error::FailStopped { cause: f.clone() });
+        }
+        let seq = w.last_seq + 1;
+        self.rotate(w).await?;
+        self.flush_frozen_locked(&mut manifest).await?;
+        debug_assert!(self.view().version.mems.iter().all(|m| m.is_empty()));
+        // A transaction's batch is in strictly increasing key order (see `Batch`), which the
+        // segment writer asserts entry by entry.
+        let mut entries = Vec::with_capacity(batch.ops.len());
+        for op in batch.ops {
+            entries.push(RawEntry {
+                key: op.key,
+                seq,
+                op: match op.value {
+                    Some(v) => Op::Put(v),
+                    None => Op::Delete,
+                },
+            });
+        }
+        let Some(seg) = self
+            .write_segment(SegmentInput::Sorted(entries.into_iter()), |_| true)
+            .await?
+        else {
+            return Err(Error::InvalidArgument(
+                "an ingested transaction wrote nothing".into(),
+            ));
+        };
+        let mut next = manifest.clone();
+        next.segments.insert(0, seg.meta.clone());
+        next.flushed_seq = seq;
+        next.next_file = self.next_file.load(Ordering::Relaxed);
+        if let Err(e) = next.store(&*self.backend).await {
+            // The new manifest may be on disk (the commit happened) or not: stop writing
+            // rather than let a later commit reuse `seq`.
+            self.fail(format!(
+                "manifest store failed while committing a large transaction: {e}"
+            ));
+            return Err(e);
+        }
+        *manifest = next;
+        drop(manifest);
+        on_appended(seq);
+        w.last_seq = seq;
+        {
+            let mut v = write(&self.view);
+            let mut segments = Vec::with_capacity(v.version.segments.len() + 1);
+            segments.push(seg);
+            segments.extend(v.version.segments.iter().cloned());
+            v.version = Arc::new(Version {
+                mems: v.version.mems.clone(),
+                segments,
+            });
+        }
+        {
+            let mut s = lock(&self.sync);
+            s.appended_seq = seq;
+            s.durable_seq = s.durable_seq.max(seq);
+        }
+        self.counters.ingests.fetch_add(1, Ordering::Relaxed);
+        self.publish(seq);
         Ok(seq)
     }
 
@@ -991,6 +1102,22 @@ impl Inner {
 }
 
 /// Create WAL file `no`: header plus `prealloc` zero bytes, synced, directory synced.
+/// What a new segment is written from: a merge of memtables and segments (flush,
+/// compaction) or already sorted entries (an ingested transaction).
+enum SegmentInput {
+    Merge(MergeIter),
+    Sorted(std::vec::IntoIter<RawEntry>),
+}
+
+impl SegmentInput {
+    async fn next_raw(&mut self) -> Result<Option<RawEntry>> {
+        match self {
+            SegmentInput::Merge(m) => m.next_raw().await,
+            SegmentInput::Sorted(it) => Ok(it.next()),
+        }
+    }
+}
+
 async fn create_wal(backend: &dyn Backend, no: u64, prealloc: u64) -> Result<Arc<dyn File>> {
     let f = backend
         .open(&wal::file_name(no), OpenMode::CreateNew)

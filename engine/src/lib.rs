@@ -28,6 +28,7 @@ mod memtable;
 mod merge;
 mod migrate;
 mod options;
+mod overlay;
 mod read;
 mod segment;
 mod stats;

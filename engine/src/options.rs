@@ -55,6 +55,12 @@ pub struct Options {
     /// a database another process has open for writing: it sees the state committed (and
     /// written to the WAL) when it opened. Open it again to see later commits.
     pub read_only: bool,
+    /// A transaction whose writes take at least this many bytes is committed straight into a
+    /// new segment instead of the WAL and the memtable (0: never). Its data is written once
+    /// instead of twice, and it does not fill the write buffer. The commit first flushes what
+    /// is in memory (older writes must reach segments first), and it is always durable, as if
+    /// [`Durability::Durable`]. Skipped, for the normal path, while a flush or compaction runs.
+    pub ingest_bytes: u64,
 }
 
 impl Default for Options {
@@ -72,6 +78,7 @@ impl Default for Options {
             wal_preallocate: 1 << 20,
             forbid_full_scans: false,
             read_only: false,
+            ingest_bytes: 16 << 20,
         }
     }
 }
@@ -134,6 +141,11 @@ impl Options {
     /// Set [`Options::read_only`].
     pub fn read_only(mut self, v: bool) -> Self {
         self.read_only = v;
+        self
+    }
+    /// Set [`Options::ingest_bytes`].
+    pub fn ingest_bytes(mut self, v: u64) -> Self {
+        self.ingest_bytes = v;
         self
     }
     /// Set [`Options::create_if_missing`].

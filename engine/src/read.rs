@@ -1,7 +1,5 @@
 //! Reads over a view (a snapshot, or a write transaction with its own pending writes).
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -11,9 +9,7 @@ use crate::error::Result;
 use crate::ids::EntityId;
 use crate::keys;
 use crate::memtable::Op;
-
-/// Pending writes of a transaction: key to new value (`None`: delete).
-pub(crate) type Overlay = BTreeMap<Arc<[u8]>, Option<Arc<[u8]>>>;
+use crate::overlay::Overlay;
 
 /// Everything a read needs.
 pub(crate) struct ReadCtx<'a> {
@@ -94,11 +90,7 @@ impl ReadCtx<'_> {
         let end = keys::collection_end(coll);
         let mut db = range(self.version, &from, &end);
         let empty = Overlay::new();
-        let mut ov = self
-            .overlay
-            .unwrap_or(&empty)
-            .range::<[u8], _>((Bound::Included(&from[..]), Bound::Excluded(&end[..])))
-            .peekable();
+        let mut ov = self.overlay.unwrap_or(&empty).range(&from, &end).peekable();
         let mut db_head = db.next_live(self.seq).await?;
         let mut visited = 0u64;
         loop {

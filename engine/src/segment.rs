@@ -37,6 +37,11 @@ pub(crate) const FOOTER_LEN: usize = 64;
 const TRAILER_LEN: usize = 9;
 const WRITE_BUFFER: usize = 1 << 20;
 
+/// A segment writer stops trying to compress after this many blocks in a row that did not
+/// shrink by 1/8, and then tries only every [`COMPRESS_RETRY`]-th block until one does.
+const COMPRESS_GIVE_UP: u32 = 4;
+const COMPRESS_RETRY: u32 = 16;
+
 const _: () = assert!(FOOTER_LEN == 60 + 4);
 
 pub(crate) fn file_name(id: u64) -> String {
@@ -480,6 +485,10 @@ pub(crate) struct SegmentWriter {
     id: u64,
     block_size: usize,
     compress: bool,
+    /// Compressed output of the last block (reused: one allocation per segment).
+    cbuf: Vec<u8>,
+    /// Blocks in a row that did not compress well enough (see [`COMPRESS_GIVE_UP`]).
+    incompressible: u32,
     block: Vec<u8>,
     block_last: Option<(Arc<[u8]>, u64)>,
     out: Vec<u8>,
@@ -509,6 +518,8 @@ impl SegmentWriter {
             id,
             block_size,
             compress,
+            cbuf: Vec::new(),
+            incompressible: 0,
             block: Vec::with_capacity(block_size + 1024),
             block_last: None,
             out: Vec::with_capacity(WRITE_BUFFER + block_size),
@@ -593,12 +604,24 @@ impl SegmentWriter {
         let raw_len = self.block.len() as u32;
         let start = self.out.len();
         let mut compression = 0u8;
-        if self.compress {
-            let c = lz4_flex::block::compress(&self.block);
+        // After COMPRESS_GIVE_UP blocks in a row that did not compress (random or already
+        // compressed values), only every COMPRESS_RETRY-th block tries again.
+        if self.compress
+            && (self.incompressible < COMPRESS_GIVE_UP
+                || self.blocks.is_multiple_of(COMPRESS_RETRY))
+        {
+            let max = lz4_flex::block::get_maximum_output_size(self.block.len());
+            if self.cbuf.len() < max {
+                self.cbuf.resize(max, 0);
+            }
             // Keep compression only when it saves at least 1/8.
-            if c.len() < self.block.len() - self.block.len() / 8 {
-                self.out.extend_from_slice(&c);
-                compression = 1;
+            match lz4_flex::block::compress_into(&self.block, &mut self.cbuf) {
+                Ok(n) if n < self.block.len() - self.block.len() / 8 => {
+                    self.out.extend_from_slice(&self.cbuf[..n]);
+                    compression = 1;
+                    self.incompressible = 0;
+                }
+                _ => self.incompressible += 1,
             }
         }
         if compression == 0 {

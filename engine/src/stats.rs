@@ -13,6 +13,7 @@ pub(crate) struct Counters {
     pub wal_bytes: AtomicU64,
     pub syncs: AtomicU64,
     pub flushes: AtomicU64,
+    pub ingests: AtomicU64,
     pub compactions: AtomicU64,
     pub segment_bytes_written: AtomicU64,
     pub maintenance_errors: AtomicU64,
@@ -52,6 +53,9 @@ pub struct Stats {
     pub syncs: u64,
     /// Memtable flushes.
     pub flushes: u64,
+    /// Large transactions committed straight into a segment (see
+    /// [`Options::ingest_bytes`](crate::Options::ingest_bytes)).
+    pub ingests: u64,
     /// Compactions.
     pub compactions: u64,
     /// Flushes or compactions that failed after a commit (retried later; the commit itself
@@ -82,6 +86,7 @@ impl Counters {
             segment_bytes_written: self.segment_bytes_written.load(Relaxed),
             syncs: self.syncs.load(Relaxed),
             flushes: self.flushes.load(Relaxed),
+            ingests: self.ingests.load(Relaxed),
             compactions: self.compactions.load(Relaxed),
             maintenance_errors: self.maintenance_errors.load(Relaxed),
             index_lookups: self.index_lookups.load(Relaxed),

@@ -1,7 +1,6 @@
 //! Snapshots and write transactions.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -30,7 +29,8 @@ fn check_search(def: &IndexDef, collection: &str) -> Result<()> {
 }
 use crate::keys;
 use crate::options::Durability;
-use crate::read::{Overlay, ReadCtx};
+use crate::overlay::Overlay;
+use crate::read::ReadCtx;
 use crate::wal::{Batch, BatchOp};
 
 /// A consistent, read-only view of the database at one sequence. Readers never block the
@@ -342,14 +342,7 @@ impl WriteTxn {
 
     /// Forget the pending writes of keys in `[from, end)`.
     pub(crate) fn discard_pending(&mut self, from: &[u8], end: &[u8]) {
-        let pending: Vec<Arc<[u8]>> = self
-            .writes
-            .range::<[u8], _>((Bound::Included(from), Bound::Excluded(end)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in pending {
-            self.writes.remove(&k);
-        }
+        self.writes.discard_range(from, end);
     }
 
     /// Names of the collections as this transaction sees them.
@@ -453,7 +446,7 @@ impl WriteTxn {
             for (name, _) in &self.dropped {
                 feed.add(feed::KIND_DROPPED, name, None);
             }
-            for (k, v) in &writes {
+            for (k, v) in writes.iter() {
                 if let Some((coll, id)) = keys::parse_entity_key(k) {
                     let name = name_of(coll).ok_or_else(|| {
                         Error::InvalidArgument(format!("write to unknown collection id {coll}"))

@@ -88,6 +88,10 @@ pub(crate) struct BatchOp {
 
 /// The payload of a record: the ordered writes of one transaction.
 ///
+/// Invariant: a transaction's ops are in strictly increasing key order (its pending writes
+/// are an ordered map, and its feed key comes last: `TAG_FEED` sorts after every other tag).
+/// An ingested batch ([`Inner::ingest`](crate::db::Inner)) is written to a segment as is.
+///
 /// ```text
 /// count u32 LE, then per op: kind u8 (1 = put, 2 = delete) | key_len u32 LE | key |
 ///                            (put only) value_len u32 LE | value

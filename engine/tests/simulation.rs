@@ -48,6 +48,12 @@ fn options(rng: &mut SmallRng) -> Options {
         } else {
             rng.random_range(64..4096)
         })
+        // Half the seeds commit their larger transactions straight into segments.
+        .ingest_bytes(if rng.random_bool(0.5) {
+            0
+        } else {
+            rng.random_range(100..300)
+        })
 }
 
 async fn read_all(db: &Database) -> Result<Model, Error> {

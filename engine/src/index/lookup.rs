@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -80,8 +79,7 @@ impl<'a> MergedRange<'a> {
         if let Some(o) = ctx.overlay
             && from < end
         {
-            let r = o.range::<[u8], _>((Bound::Included(from), Bound::Excluded(end)));
-            let items = r.map(|(k, v)| (k.clone(), v.clone()));
+            let items = o.range(from, end).map(|(k, v)| (k.clone(), v.clone()));
             if reverse {
                 ov.extend(items.rev());
             } else {

@@ -14,7 +14,6 @@
 //! pending document.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 use std::sync::Arc;
 
 use super::lookup::MergedRange;
@@ -339,7 +338,7 @@ impl WriteTxn {
         let (from, end) = (keys::collection_start(coll), keys::collection_end(coll));
         let pending: Vec<(Arc<[u8]>, PendingDoc)> = self
             .writes
-            .range::<[u8], _>((Bound::Included(&from[..]), Bound::Excluded(&end[..])))
+            .range(&from, &end)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (k, v) in pending {
