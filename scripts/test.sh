@@ -127,6 +127,17 @@ cargo build -q -p entidb-server --bin entidb
 # Run from the tests folder so that the installed wheel (not the source tree) is imported.
 (cd sdk-python/tests && ENTIDB_BIN="$target_dir/debug/entidb" "$pyvenv/bin/python" -m pytest -q -p no:cacheprovider)
 "$pyvenv/bin/python" -m mypy --strict sdk-python/python/entidb sdk-python/tests sdk-python/bench
+# The stubs of the native module against the module itself (names, parameters, defaults).
+(cd sdk-python/tests && "$pyvenv/bin/python" -m mypy.stubtest --ignore-disjoint-bases entidb._entidb)
+# The package claims Python 3.9+; mypy 2 cannot target 3.9 any more, so a mypy 1.x checks
+# the package alone (pytest itself needs 3.10) for 3.9.
+mypy39="$target_dir/py-mypy39"
+if ! "$mypy39/bin/python" -m mypy --version 2>/dev/null | grep -q '^mypy 1\.'; then
+  rm -rf "$mypy39"
+  python3 -m venv "$mypy39"
+  "$mypy39/bin/pip" install -q 'mypy>=1.10,<2'
+fi
+"$mypy39/bin/python" -m mypy --strict --python-version 3.9 --no-site-packages sdk-python/python/entidb
 
 step "example"
 tmp=$(mktemp -d)

@@ -17,7 +17,8 @@
 //!
 //! Anything else (a naive `datetime`, a `set`, an object) raises `TypeError` naming the path
 //! inside the document (`$.tags[2]`). Reading: map keys that are arrays become tuples (a dict
-//! key must be hashable); tag 1 becomes an aware `datetime` in UTC.
+//! key must be hashable), and a map used as a map key (valid CBOR that another client may
+//! write) raises `TypeError` naming where it is; tag 1 becomes an aware `datetime` in UTC.
 
 use entidb::EntityId;
 use entidb::cbor::{Int, Simple, Value};
@@ -257,10 +258,18 @@ fn to_value_at(obj: &Bound<'_, PyAny>, path: &mut Vec<Step>) -> PyResult<Value> 
 
 /// Convert a CBOR value to a Python value.
 pub fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
-    to_py_key(py, v, false)
+    let mut path = Vec::new();
+    to_py_at(py, v, false, &mut path)
 }
 
-fn to_py_key<'py>(py: Python<'py>, v: &Value, as_key: bool) -> PyResult<Bound<'py, PyAny>> {
+/// `as_key`: the value is (inside) a map key, so it must be hashable: arrays become tuples,
+/// and a map (which has no hashable Python form) is a `TypeError` naming where it is.
+fn to_py_at<'py>(
+    py: Python<'py>,
+    v: &Value,
+    as_key: bool,
+    path: &mut Vec<Step>,
+) -> PyResult<Bound<'py, PyAny>> {
     Ok(match v {
         Value::Null => py.None().into_bound(py),
         Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
@@ -269,20 +278,35 @@ fn to_py_key<'py>(py: Python<'py>, v: &Value, as_key: bool) -> PyResult<Bound<'p
         Value::Text(s) => PyString::new(py, s).into_any(),
         Value::Bytes(b) => PyBytes::new(py, b).into_any(),
         Value::Array(items) => {
-            let list: Vec<Bound<'py, PyAny>> = items
-                .iter()
-                .map(|x| to_py_key(py, x, as_key))
-                .collect::<PyResult<_>>()?;
+            let mut list: Vec<Bound<'py, PyAny>> = Vec::with_capacity(items.len());
+            for (i, x) in items.iter().enumerate() {
+                path.push(Step::Index(i));
+                list.push(to_py_at(py, x, as_key, path)?);
+                path.pop();
+            }
             if as_key {
                 PyTuple::new(py, list)?.into_any()
             } else {
                 PyList::new(py, list)?.into_any()
             }
         }
+        Value::Map(_) if as_key => {
+            return Err(PyTypeError::new_err(format!(
+                "cannot read the map used as a map key at {}: a Python dict key must be \
+                 hashable, and a map has no hashable form",
+                render_path(path)
+            )));
+        }
         Value::Map(entries) => {
             let d = PyDict::new(py);
             for (k, x) in entries {
-                d.set_item(to_py_key(py, k, true)?, to_py(py, x)?)?;
+                path.push(Step::Key(match k {
+                    Value::Text(t) => t.clone(),
+                    other => format!("{other:?}"),
+                }));
+                let key = to_py_at(py, k, true, path)?;
+                d.set_item(key, to_py_at(py, x, false, path)?)?;
+                path.pop();
             }
             d.into_any()
         }
@@ -290,13 +314,13 @@ fn to_py_key<'py>(py: Python<'py>, v: &Value, as_key: bool) -> PyResult<Bound<'p
             let secs = match &**inner {
                 Value::Int(i) => i.as_i128() as f64,
                 Value::Float(f) => *f,
-                _ => return tag_object(py, 1, inner),
+                _ => return tag_object(py, 1, inner, as_key, path),
             };
             datetime_type(py)?.call_method1("fromtimestamp", (secs, utc(py)?))?
         }
         Value::Tag(37, inner) if matches!(&**inner, Value::Bytes(b) if b.len() == 16) => {
             let Value::Bytes(b) = &**inner else {
-                return tag_object(py, 37, inner);
+                return tag_object(py, 37, inner, as_key, path);
             };
             let kwargs = PyDict::new(py);
             kwargs.set_item("bytes", PyBytes::new(py, b))?;
@@ -304,20 +328,28 @@ fn to_py_key<'py>(py: Python<'py>, v: &Value, as_key: bool) -> PyResult<Bound<'p
         }
         Value::Tag(t @ (2 | 3), inner) if matches!(&**inner, Value::Bytes(_)) => {
             let Value::Bytes(b) = &**inner else {
-                return tag_object(py, *t, inner);
+                return tag_object(py, *t, inner, as_key, path);
             };
             let int = py.import("builtins")?.getattr("int")?;
             let n = int.call_method1("from_bytes", (PyBytes::new(py, b), "big"))?;
             if *t == 3 { n.neg()?.sub(1)? } else { n }
         }
-        Value::Tag(t, inner) => return tag_object(py, *t, inner),
+        Value::Tag(t, inner) => return tag_object(py, *t, inner, as_key, path),
         Value::Undefined => cbor_types(py)?.2.clone(),
         Value::Simple(s) => cbor_types(py)?.1.call1((s.value(),))?,
     })
 }
 
-fn tag_object<'py>(py: Python<'py>, tag: u64, inner: &Value) -> PyResult<Bound<'py, PyAny>> {
-    cbor_types(py)?.0.call1((tag, to_py(py, inner)?))
+fn tag_object<'py>(
+    py: Python<'py>,
+    tag: u64,
+    inner: &Value,
+    as_key: bool,
+    path: &mut Vec<Step>,
+) -> PyResult<Bound<'py, PyAny>> {
+    cbor_types(py)?
+        .0
+        .call1((tag, to_py_at(py, inner, as_key, path)?))
 }
 
 /// A decoded document on its way to Python (converted when the awaitable resolves, with the

@@ -105,14 +105,17 @@ fn query_args(
             bound(list(upper)?, upper_inclusive),
         ),
         "prefix" => {
-            let p = prefix
-                .map(to_value)
-                .transpose()?
-                .ok_or_else(|| errors::arg("a prefix lookup needs a prefix"))?;
+            let p = prefix.map(to_value).transpose()?.ok_or_else(|| {
+                errors::InvalidArgument::new_err("a prefix lookup needs a prefix")
+            })?;
             Query::prefix_after(values, p)
         }
         "all" => Query::all(),
-        other => return Err(errors::arg(format!("unknown query kind {other:?}"))),
+        other => {
+            return Err(errors::InvalidArgument::new_err(format!(
+                "unknown query kind {other:?} (eq, range, prefix, all)"
+            )));
+        }
     };
     query = query.limit(limit);
     if let Some(a) = after {
@@ -146,7 +149,7 @@ fn search_query(
         "any" => SearchQuery::any(text),
         "phrase" => SearchQuery::phrase(text),
         other => {
-            return Err(errors::arg(format!(
+            return Err(errors::InvalidArgument::new_err(format!(
                 "unknown search mode {other:?} (all, any, phrase)"
             )));
         }
@@ -162,6 +165,114 @@ fn hits(h: Vec<entidb::SearchHit>) -> PyResult<Vec<Hit>> {
             Ok((h.score, id, version, doc))
         })
         .collect()
+}
+
+/// An index declaration from the Python arguments.
+fn index_spec(
+    fields: Vec<String>,
+    kind: &str,
+    unique: bool,
+    stem_english: bool,
+    fold_case: bool,
+    fold_diacritics: bool,
+) -> PyResult<IndexSpec> {
+    let spec = match kind {
+        "ordered" => IndexSpec::ordered(fields),
+        "equality" => IndexSpec::equality(fields),
+        "search" => IndexSpec::search(fields)
+            .stem_english(stem_english)
+            .fold_case(fold_case)
+            .fold_diacritics(fold_diacritics),
+        other => {
+            return Err(errors::InvalidArgument::new_err(format!(
+                "unknown index kind {other:?} (ordered, equality, search)"
+            )));
+        }
+    };
+    Ok(if unique { spec.unique() } else { spec })
+}
+
+fn durability(relaxed: bool) -> Durability {
+    if relaxed {
+        Durability::Relaxed
+    } else {
+        Durability::Durable
+    }
+}
+
+/// The engine options from the Python keyword arguments (`None`: the engine's default).
+#[derive(Debug, Default, Clone, Copy)]
+struct Tuning {
+    memtable_bytes: Option<u64>,
+    cache_bytes: Option<u64>,
+    feed_retention: Option<u64>,
+    block_size: Option<usize>,
+    compression: Option<bool>,
+    compaction_trigger: Option<usize>,
+    auto_maintenance: Option<bool>,
+    max_document_bytes: Option<usize>,
+    wal_preallocate: Option<u64>,
+    ingest_bytes: Option<u64>,
+}
+
+impl Tuning {
+    fn apply(self, mut o: Options) -> Options {
+        if let Some(v) = self.memtable_bytes {
+            o = o.memtable_bytes(v);
+        }
+        if let Some(v) = self.cache_bytes {
+            o = o.cache_bytes(v);
+        }
+        if let Some(v) = self.feed_retention {
+            o = o.feed_retention(v);
+        }
+        if let Some(v) = self.block_size {
+            o = o.block_size(v);
+        }
+        if let Some(v) = self.compression {
+            o = o.compression(v);
+        }
+        if let Some(v) = self.compaction_trigger {
+            o = o.compaction_trigger(v);
+        }
+        if let Some(v) = self.auto_maintenance {
+            o = o.auto_maintenance(v);
+        }
+        if let Some(v) = self.max_document_bytes {
+            o = o.max_document_bytes(v);
+        }
+        if let Some(v) = self.wal_preallocate {
+            o = o.wal_preallocate(v);
+        }
+        if let Some(v) = self.ingest_bytes {
+            o = o.ingest_bytes(v);
+        }
+        o
+    }
+}
+
+/// One committed transaction for Python: `(sequence, timestamp_ms, origin, [changes])`.
+type BatchRow = (u64, u64, Option<String>, Vec<ChangeRow>);
+
+fn batch_row(batch: entidb::ChangeBatch) -> PyResult<BatchRow> {
+    let mut changes: Vec<ChangeRow> = Vec::with_capacity(batch.changes.len());
+    for c in batch.changes {
+        let (op, doc) = match c.op {
+            entidb::ChangeOp::Put(bytes) => (
+                "put",
+                Some(PyValue(
+                    entidb::cbor::decode(&bytes).map_err(|e| engine(e.into()))?,
+                )),
+            ),
+            entidb::ChangeOp::Delete => ("delete", None),
+            entidb::ChangeOp::Superseded => ("superseded", None),
+            entidb::ChangeOp::CollectionCreated => ("collection_created", None),
+            entidb::ChangeOp::CollectionDropped => ("collection_dropped", None),
+            _ => ("unknown", None),
+        };
+        changes.push((c.collection, c.id.map(PyId), c.version, op, doc));
+    }
+    Ok((batch.seq, batch.timestamp_millis, batch.origin, changes))
 }
 
 /// Reads of one source: the same calls for the latest state, a snapshot and a transaction.
@@ -194,6 +305,45 @@ impl PyReader {
             }
             .map_err(engine)?;
             doc.map(row).transpose()
+        })
+    }
+
+    /// The entity's stored canonical CBOR: `(id, version, bytes)` or `None`.
+    fn get_raw<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = to_id(id)?;
+        let source = self.source.clone();
+        run(py, async move {
+            let doc = match source {
+                Source::Latest(db) => db.snapshot().collection(&collection).get_document(id).await,
+                Source::Snapshot(s) => s.collection(&collection).get_document(id).await,
+                Source::Txn(t) => {
+                    let mut g = t.lock().await;
+                    let tx = g.as_mut().ok_or_else(finished)?;
+                    tx.collection(&collection).get_document(id).await
+                }
+            }
+            .map_err(engine)?;
+            Ok(doc.map(|d| (PyId(d.id()), d.version(), d.bytes().to_vec())))
+        })
+    }
+
+    /// Names of the collections as this source sees them.
+    fn collections<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let source = self.source.clone();
+        run(py, async move {
+            Ok(match source {
+                Source::Latest(db) => db.collections(),
+                Source::Snapshot(s) => s.collections(),
+                Source::Txn(t) => {
+                    let g = t.lock().await;
+                    g.as_ref().ok_or_else(finished)?.collections()
+                }
+            })
         })
     }
 
@@ -559,6 +709,121 @@ impl PyTransaction {
         })
     }
 
+    /// Write a document given as CBOR bytes (one item, stored canonicalized); returns the id.
+    #[pyo3(signature = (collection, data, id=None))]
+    fn put_raw<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        data: Vec<u8>,
+        id: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = id
+            .map(to_id)
+            .transpose()?
+            .unwrap_or_else(|| self.db.new_id());
+        let tx = self.tx.clone();
+        run(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.collection(&collection)
+                .put_cbor(id, &data)
+                .map_err(engine)?;
+            Ok(PyId(id))
+        })
+    }
+
+    /// Tag the transaction's change-feed record with `origin` (at most 255 bytes).
+    fn set_origin<'py>(&self, py: Python<'py>, origin: String) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        run(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.set_origin(origin).map_err(engine)
+        })
+    }
+
+    /// The sequence this transaction reads at.
+    fn read_sequence<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        run(py, async move {
+            let g = tx.lock().await;
+            Ok(g.as_ref().ok_or_else(finished)?.read_sequence())
+        })
+    }
+
+    /// Create a collection (refused if it exists).
+    fn create_collection<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        run(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.create_collection(&name).map_err(engine)
+        })
+    }
+
+    /// Drop a collection with its entities and indexes; returns whether it existed.
+    fn drop_collection<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        run(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.drop_collection(&name).map_err(engine)
+        })
+    }
+
+    /// Declare an index in this transaction (built from what the transaction sees).
+    #[pyo3(signature = (collection, name, fields, kind="ordered", unique=false, stem_english=false, fold_case=true, fold_diacritics=true))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "mirrors the Python keyword arguments"
+    )]
+    fn create_index<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        name: String,
+        fields: Vec<String>,
+        kind: &str,
+        unique: bool,
+        stem_english: bool,
+        fold_case: bool,
+        fold_diacritics: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let spec = index_spec(
+            fields,
+            kind,
+            unique,
+            stem_english,
+            fold_case,
+            fold_diacritics,
+        )?;
+        let tx = self.tx.clone();
+        future_into_py(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.collection(&collection)
+                .create_index(&name, spec)
+                .await
+                .map_err(engine)
+        })
+    }
+
+    /// Drop an index in this transaction; returns whether it existed.
+    fn drop_index<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        name: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        run(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.collection(&collection).drop_index(&name).map_err(engine)
+        })
+    }
+
     /// Commit; returns the commit's sequence.
     fn commit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let tx = self.tx.clone();
@@ -585,11 +850,7 @@ impl PyTransaction {
         run(py, async move {
             let mut g = tx.lock().await;
             let tx = g.as_mut().ok_or_else(finished)?;
-            tx.set_durability(if relaxed {
-                Durability::Relaxed
-            } else {
-                Durability::Durable
-            });
+            tx.set_durability(durability(relaxed));
             Ok(())
         })
     }
@@ -616,30 +877,7 @@ impl PyChangeStream {
             let Some(batch) = s.next_batch().await else {
                 return Ok(None);
             };
-            let batch = batch.map_err(engine)?;
-            let mut changes: Vec<ChangeRow> = Vec::with_capacity(batch.changes.len());
-            for c in batch.changes {
-                let (op, doc) = match c.op {
-                    entidb::ChangeOp::Put(bytes) => (
-                        "put",
-                        Some(PyValue(
-                            entidb::cbor::decode(&bytes).map_err(|e| engine(e.into()))?,
-                        )),
-                    ),
-                    entidb::ChangeOp::Delete => ("delete", None),
-                    entidb::ChangeOp::Superseded => ("superseded", None),
-                    entidb::ChangeOp::CollectionCreated => ("collection_created", None),
-                    entidb::ChangeOp::CollectionDropped => ("collection_dropped", None),
-                    _ => ("unknown", None),
-                };
-                changes.push((c.collection, c.id.map(PyId), c.version, op, doc));
-            }
-            Ok(Some((
-                batch.seq,
-                batch.timestamp_millis,
-                batch.origin,
-                changes,
-            )))
+            batch_row(batch.map_err(engine)?).map(Some)
         })
     }
 }
@@ -655,7 +893,7 @@ pub struct PyDatabase {
 impl PyDatabase {
     /// Open (or create) a database in directory `path`, or in memory when `path` is None.
     #[staticmethod]
-    #[pyo3(signature = (path=None, *, create=true, memtable_bytes=None, cache_bytes=None, forbid_full_scans=false, feed_retention=None, key=None, read_only=false))]
+    #[pyo3(signature = (path=None, *, create=true, memtable_bytes=None, cache_bytes=None, forbid_full_scans=false, feed_retention=None, key=None, read_only=false, block_size=None, compression=None, compaction_trigger=None, auto_maintenance=None, max_document_bytes=None, wal_preallocate=None, ingest_bytes=None))]
     #[expect(
         clippy::too_many_arguments,
         reason = "mirrors the Python keyword arguments"
@@ -670,21 +908,33 @@ impl PyDatabase {
         feed_retention: Option<u64>,
         key: Option<&Bound<'py, PyAny>>,
         read_only: bool,
+        block_size: Option<usize>,
+        compression: Option<bool>,
+        compaction_trigger: Option<usize>,
+        auto_maintenance: Option<bool>,
+        max_document_bytes: Option<usize>,
+        wal_preallocate: Option<u64>,
+        ingest_bytes: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = key.map(key_source).transpose()?;
-        let mut o = Options::default()
-            .read_only(read_only)
-            .create_if_missing(create)
-            .forbid_full_scans(forbid_full_scans);
-        if let Some(m) = memtable_bytes {
-            o = o.memtable_bytes(m);
+        let o = Tuning {
+            memtable_bytes,
+            cache_bytes,
+            feed_retention,
+            block_size,
+            compression,
+            compaction_trigger,
+            auto_maintenance,
+            max_document_bytes,
+            wal_preallocate,
+            ingest_bytes,
         }
-        if let Some(c) = cache_bytes {
-            o = o.cache_bytes(c);
-        }
-        if let Some(r) = feed_retention {
-            o = o.feed_retention(r);
-        }
+        .apply(
+            Options::default()
+                .read_only(read_only)
+                .create_if_missing(create)
+                .forbid_full_scans(forbid_full_scans),
+        );
         future_into_py(py, async move {
             let db = match (path, key) {
                 (Some(p), Some(k)) => Database::open_encrypted(p, k, o).await,
@@ -711,9 +961,10 @@ impl PyDatabase {
     }
 
     /// Reads of one consistent snapshot.
-    fn snapshot(&self) -> PyReader {
+    fn snapshot(&self, py: Python<'_>) -> PyReader {
+        let snap = py.detach(|| self.db.snapshot());
         PyReader {
-            source: Source::Snapshot(Arc::new(self.db.snapshot())),
+            source: Source::Snapshot(Arc::new(snap)),
         }
     }
 
@@ -729,39 +980,89 @@ impl PyDatabase {
         })
     }
 
-    /// Write one document in its own durable transaction; returns the id.
-    #[pyo3(signature = (collection, doc, id=None))]
+    /// Write one document in its own transaction (durable unless `relaxed`); returns
+    /// `(id, version)`.
+    #[pyo3(signature = (collection, doc, id=None, relaxed=false))]
     fn put<'py>(
         &self,
         py: Python<'py>,
         collection: String,
         doc: &Bound<'py, PyAny>,
         id: Option<&Bound<'py, PyAny>>,
+        relaxed: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let value = to_value(doc)?;
         let id = id.map(to_id).transpose()?;
         let db = self.db.clone();
         run(py, async move {
             let id = id.unwrap_or_else(|| db.new_id());
-            db.collection(&collection)
-                .put_value(id, &value)
+            let version = db
+                .collection(&collection)
+                .put_with(id, &value, durability(relaxed))
                 .await
                 .map_err(engine)?;
-            Ok(PyId(id))
+            Ok((PyId(id), version))
         })
     }
 
-    /// Delete one entity; returns whether it existed.
+    /// Write a document given as CBOR bytes (one item, stored canonicalized), in its own
+    /// transaction; returns `(id, version)`.
+    #[pyo3(signature = (collection, data, id=None, relaxed=false))]
+    fn put_raw<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        data: Vec<u8>,
+        id: Option<&Bound<'py, PyAny>>,
+        relaxed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = id.map(to_id).transpose()?;
+        let db = self.db.clone();
+        run(py, async move {
+            let id = id.unwrap_or_else(|| db.new_id());
+            let mut tx = db.begin().await.map_err(engine)?;
+            tx.set_durability(durability(relaxed));
+            tx.collection(&collection)
+                .put_cbor(id, &data)
+                .map_err(engine)?;
+            let version = tx.commit().await.map_err(engine)?;
+            Ok((PyId(id), version))
+        })
+    }
+
+    /// Delete one entity in its own transaction (durable unless `relaxed`); returns whether
+    /// it existed.
+    #[pyo3(signature = (collection, id, relaxed=false))]
     fn delete<'py>(
         &self,
         py: Python<'py>,
         collection: String,
         id: &Bound<'py, PyAny>,
+        relaxed: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let id = to_id(id)?;
         let db = self.db.clone();
         run(py, async move {
-            db.collection(&collection).delete(id).await.map_err(engine)
+            if !relaxed {
+                return db.collection(&collection).delete(id).await.map_err(engine);
+            }
+            let mut tx = db.begin().await.map_err(engine)?;
+            tx.set_durability(Durability::Relaxed);
+            let existed = tx
+                .collection(&collection)
+                .delete(id)
+                .await
+                .map_err(engine)?;
+            tx.commit().await.map_err(engine)?;
+            Ok(existed)
+        })
+    }
+
+    /// Create an empty collection (refused if it exists).
+    fn create_collection<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            db.create_collection(&name).await.map_err(engine)
         })
     }
 
@@ -783,22 +1084,14 @@ impl PyDatabase {
         fold_case: bool,
         fold_diacritics: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut spec = match kind {
-            "ordered" => IndexSpec::ordered(fields),
-            "equality" => IndexSpec::equality(fields),
-            "search" => IndexSpec::search(fields)
-                .stem_english(stem_english)
-                .fold_case(fold_case)
-                .fold_diacritics(fold_diacritics),
-            other => {
-                return Err(errors::InvalidArgument::new_err(format!(
-                    "unknown index kind {other:?} (ordered, equality, search)"
-                )));
-            }
-        };
-        if unique {
-            spec = spec.unique();
-        }
+        let spec = index_spec(
+            fields,
+            kind,
+            unique,
+            stem_english,
+            fold_case,
+            fold_diacritics,
+        )?;
         let db = self.db.clone();
         future_into_py(py, async move {
             db.collection(&collection)
@@ -825,8 +1118,8 @@ impl PyDatabase {
     }
 
     /// Names of the collections.
-    fn collections(&self) -> Vec<String> {
-        self.db.collections()
+    fn collections(&self, py: Python<'_>) -> Vec<String> {
+        py.detach(|| self.db.collections())
     }
 
     /// Drop a collection and its entities and indexes; returns whether it existed.
@@ -838,10 +1131,38 @@ impl PyDatabase {
     }
 
     /// The change feed from `since` (exclusive), following new commits.
-    fn changes(&self, since: u64) -> PyChangeStream {
+    fn changes(&self, py: Python<'_>, since: u64) -> PyChangeStream {
+        let stream = py.detach(|| self.db.changes(since));
         PyChangeStream {
-            stream: Arc::new(Mutex::new(self.db.changes(since))),
+            stream: Arc::new(Mutex::new(stream)),
         }
+    }
+
+    /// Up to `limit` committed transactions after `since`, without waiting:
+    /// `[(sequence, timestamp_ms, origin, [changes])]`.
+    fn changes_page<'py>(
+        &self,
+        py: Python<'py>,
+        since: u64,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            let page = db.changes_page(since, limit).await.map_err(engine)?;
+            page.into_iter()
+                .map(batch_row)
+                .collect::<PyResult<Vec<_>>>()
+        })
+    }
+
+    /// The oldest sequence the change feed still holds.
+    fn oldest_retained_sequence(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.db.oldest_retained_sequence())
+    }
+
+    /// The last flush or compaction error after a commit (the commit itself succeeded).
+    fn last_maintenance_error(&self, py: Python<'_>) -> Option<String> {
+        py.detach(|| self.db.last_maintenance_error())
     }
 
     /// Flush the write buffer to a segment.
@@ -878,12 +1199,13 @@ impl PyDatabase {
 
     /// Counters since open, as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json(&self.db.stats())?.into_pyobject(py)
+        let stats = py.detach(|| json(&self.db.stats()))?;
+        stats.into_pyobject(py)
     }
 
     /// The highest committed sequence.
-    fn last_sequence(&self) -> u64 {
-        self.db.last_sequence()
+    fn last_sequence(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.db.last_sequence())
     }
 
     /// The committed schema version.
@@ -893,8 +1215,8 @@ impl PyDatabase {
     }
 
     /// A new time-ordered entity id.
-    fn new_id(&self) -> PyId {
-        PyId(self.db.new_id())
+    fn new_id(&self, py: Python<'_>) -> PyId {
+        PyId(py.detach(|| self.db.new_id()))
     }
 
     /// Checkpoint and close.
@@ -920,7 +1242,9 @@ impl PyDatabase {
             };
             let file = std::fs::File::create(&tmp).map_err(io)?;
             let mut sink = entidb::WriteSink::new(std::io::BufWriter::with_capacity(1 << 20, file));
-            let summary = match db.backup(&mut sink).await {
+            // The sink writes a file synchronously: tell tokio this worker blocks.
+            let result = blocking(db.backup(&mut sink));
+            let summary = match result {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = std::fs::remove_file(&tmp);
@@ -960,33 +1284,63 @@ impl PyDatabase {
     ) -> PyResult<Bound<'py, PyAny>> {
         future_into_py(py, async move {
             let mut src = open_backup(&path)?;
-            json(&entidb::verify_backup(&mut src).await.map_err(engine)?)
+            json(&blocking(entidb::verify_backup(&mut src)).map_err(engine)?)
         })
     }
 
     /// Restore a backup file into a new database directory `target` (it must not hold a
-    /// database) and open it.
+    /// database), encrypted with `key` if given, and open it with the given options;
+    /// returns `(database, summary)`.
     #[staticmethod]
+    #[pyo3(signature = (path, target, *, key=None, memtable_bytes=None, cache_bytes=None, feed_retention=None))]
     fn restore<'py>(
         py: Python<'py>,
         path: std::path::PathBuf,
         target: std::path::PathBuf,
+        key: Option<&Bound<'py, PyAny>>,
+        memtable_bytes: Option<u64>,
+        cache_bytes: Option<u64>,
+        feed_retention: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let key = key.map(key_source).transpose()?;
+        let options = Tuning {
+            memtable_bytes,
+            cache_bytes,
+            feed_retention,
+            ..Tuning::default()
+        }
+        .apply(Options::default());
         future_into_py(py, async move {
             let mut src = open_backup(&path)?;
-            let backend = entidb::io::FsBackend::new(&target).map_err(|e| {
+            let io = |e: entidb::io::IoError| {
                 errors::IoError::new_err(format!("restore into {}: {e}", target.display()))
-            })?;
-            let (db, _) = Database::restore(&mut src, Arc::new(backend), Options::default())
-                .await
-                .map_err(engine)?;
-            Ok(PyDatabase { db })
+            };
+            let fs: Arc<dyn entidb::io::Backend> =
+                Arc::new(entidb::io::FsBackend::new(&target).map_err(io)?);
+            let backend: Arc<dyn entidb::io::Backend> = match key {
+                Some(k) => Arc::new(
+                    entidb::io::EncryptedBackend::open(fs, k)
+                        .await
+                        .map_err(io)?,
+                ),
+                None => fs,
+            };
+            let (db, summary) =
+                blocking(Database::restore(&mut src, backend, options)).map_err(engine)?;
+            Ok((PyDatabase { db }, json(&summary)?))
         })
     }
 
     fn __repr__(&self) -> String {
         format!("<entidb Database at sequence {}>", self.db.last_sequence())
     }
+}
+
+/// Run a future that does synchronous file I/O (a backup sink or source over `std::fs`) to
+/// completion on this tokio worker, after telling the runtime that the worker blocks (its
+/// other tasks move to another worker).
+fn blocking<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 /// A backup file to read.

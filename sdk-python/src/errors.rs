@@ -2,7 +2,7 @@
 //! errors.
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
 create_exception!(
@@ -15,7 +15,7 @@ create_exception!(
     entidb,
     NotFound,
     Error,
-    "A collection or index does not exist."
+    "An index does not exist (reading a collection that does not exist finds nothing)."
 );
 create_exception!(
     entidb,
@@ -151,14 +151,21 @@ pub fn engine(e: entidb::Error) -> PyErr {
 /// Map a sync error to its exception.
 pub fn sync(e: entidb_sync::SyncError) -> PyErr {
     use entidb_sync::SyncError as S;
-    match e {
+    let retryable = e.is_retryable();
+    let err = match e {
         S::Local(e) => engine(e),
         S::Server { status, .. } if status == 401 || status == 403 => {
             AuthError::new_err(e.to_string())
         }
         S::Config(_) => InvalidArgument::new_err(e.to_string()),
         other => SyncError::new_err(other.to_string()),
-    }
+    };
+    // `err.retryable`: whether trying the same call later may succeed (network errors,
+    // 408 and 5xx).
+    Python::attach(|py| {
+        let _ = err.value(py).setattr("retryable", retryable);
+    });
+    err
 }
 
 /// Register the exceptions on the module.
@@ -184,9 +191,4 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("WrongKey", py.get_type::<WrongKey>())?;
     m.add("ReadOnly", py.get_type::<ReadOnly>())?;
     Ok(())
-}
-
-/// A type error for an argument.
-pub fn arg(msg: impl Into<String>) -> PyErr {
-    PyTypeError::new_err(msg.into())
 }

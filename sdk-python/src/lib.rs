@@ -24,6 +24,7 @@ fn _entidb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<db::PyReader>()?;
     m.add_class::<db::PyChangeStream>()?;
     m.add_class::<sync::PyReplicator>()?;
+    m.add_class::<sync::PyStatusStream>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

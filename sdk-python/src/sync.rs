@@ -6,7 +6,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use entidb_sync::{HttpTransport, Replicator, SyncConfig};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 use pyo3_async_runtimes::tokio::future_into_py;
 
 use crate::convert::{PyId, PyValue, to_id};
@@ -55,7 +54,7 @@ impl PyReplicator {
     /// Attach to `db` and sync `collections` with the server at `url`. The database name and
     /// client id default to the token's `db` and `sub` claims.
     #[staticmethod]
-    #[pyo3(signature = (db, url, token, collections, database=None, client_id=None, push_batch=None, pull_limit=None, initial_bootstrap=true))]
+    #[pyo3(signature = (db, url, token, collections, database=None, client_id=None, push_batch=None, pull_limit=None, initial_bootstrap=true, bootstrap_limit=None, max_attempts=None, retry_base_ms=None))]
     #[expect(
         clippy::too_many_arguments,
         reason = "mirrors the Python keyword arguments"
@@ -71,6 +70,9 @@ impl PyReplicator {
         push_batch: Option<usize>,
         pull_limit: Option<usize>,
         initial_bootstrap: bool,
+        bootstrap_limit: Option<usize>,
+        max_attempts: Option<u32>,
+        retry_base_ms: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (sub, tdb) = claims(&token);
         let database = database.or(tdb).ok_or_else(|| {
@@ -91,6 +93,15 @@ impl PyReplicator {
         }
         if let Some(l) = pull_limit {
             config.pull_limit = l;
+        }
+        if let Some(l) = bootstrap_limit {
+            config.bootstrap_limit = l;
+        }
+        if let Some(a) = max_attempts {
+            config.max_attempts = a;
+        }
+        if let Some(ms) = retry_base_ms {
+            config.retry_base = Duration::from_millis(ms);
         }
         let transport = Arc::new(HttpTransport::new(&url, &token));
         let db = db.db.clone();
@@ -123,18 +134,41 @@ impl PyReplicator {
         })
     }
 
-    /// The replicator's status as a dict.
-    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let s = self.rep.status();
-        let d = PyDict::new(py);
-        d.set_item("online", s.online)?;
-        d.set_item("pending_ops", s.pending_ops)?;
-        d.set_item("cursor", s.cursor)?;
-        d.set_item("last_sync_millis", s.last_sync_millis)?;
-        d.set_item("last_error", s.last_error)?;
-        d.set_item("bootstrap", s.bootstrap.map(|p| (p.done, p.total)))?;
-        d.set_item("rejected_ops", s.rejected_ops)?;
-        Ok(d.into_any())
+    /// The replicator's status (see [`StatusRow`]).
+    fn status(&self, py: Python<'_>) -> StatusRow {
+        status_row(py.detach(|| self.rep.status()))
+    }
+
+    /// The status as it changes: the current one first, then each new one.
+    fn status_stream(&self, py: Python<'_>) -> PyStatusStream {
+        let stream = py.detach(|| self.rep.status_stream());
+        PyStatusStream {
+            stream: Arc::new(tokio::sync::Mutex::new(Box::pin(stream))),
+        }
+    }
+
+    /// Capture local writes of the synced collections into the outbox; returns how many.
+    fn capture<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let rep = self.rep.clone();
+        future_into_py(py, async move { rep.capture().await.map_err(sync) })
+    }
+
+    /// Push the outbox once (no retries); returns `(pushed, [(collection, id) rejected])`.
+    fn push<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let rep = self.rep.clone();
+        future_into_py(py, async move {
+            let (pushed, rejected) = rep.push().await.map_err(sync)?;
+            let rejected: Vec<(String, PyId)> =
+                rejected.into_iter().map(|(c, id)| (c, PyId(id))).collect();
+            Ok((pushed, rejected))
+        })
+    }
+
+    /// Pull remote changes once (no retries; bootstraps when needed); returns
+    /// `(changes applied, bootstrapped)`.
+    fn pull<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let rep = self.rep.clone();
+        future_into_py(py, async move { rep.pull().await.map_err(sync) })
     }
 
     /// Local writes not yet acknowledged.
@@ -175,6 +209,57 @@ impl PyReplicator {
                 ));
             }
             Ok((out, page.next.map(PyId)))
+        })
+    }
+}
+
+/// `(online, pending_ops, cursor, last_sync_ms, last_error, bootstrap (done, total),
+/// rejected_ops)`.
+type StatusRow = (
+    bool,
+    u64,
+    u64,
+    Option<u64>,
+    Option<String>,
+    Option<(u64, Option<u64>)>,
+    u64,
+);
+
+fn status_row(s: entidb_sync::Status) -> StatusRow {
+    (
+        s.online,
+        s.pending_ops,
+        s.cursor,
+        s.last_sync_millis,
+        s.last_error,
+        s.bootstrap.map(|p| (p.done, p.total)),
+        s.rejected_ops,
+    )
+}
+
+type BoxedStatusStream =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = entidb_sync::Status> + Send>>;
+
+/// The replicator's status as it changes.
+#[pyclass(module = "entidb._entidb", name = "StatusStream", frozen)]
+pub struct PyStatusStream {
+    stream: Arc<tokio::sync::Mutex<BoxedStatusStream>>,
+}
+
+impl std::fmt::Debug for PyStatusStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatusStream")
+    }
+}
+
+#[pymethods]
+impl PyStatusStream {
+    /// The next status, waiting for a change.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let stream = self.stream.clone();
+        future_into_py(py, async move {
+            let mut s = stream.lock().await;
+            Ok(futures_util::StreamExt::next(&mut *s).await.map(status_row))
         })
     }
 }

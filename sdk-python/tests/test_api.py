@@ -335,6 +335,7 @@ async def test_unreachable_server_raises_sync_error(tmp_path: Path) -> None:
     with pytest.raises(entidb.SyncError) as err:
         await s.sync_now()
     assert not isinstance(err.value, entidb.AuthError)
+    assert err.value.retryable is True, "a network error may succeed later"
     assert not s.status.online and s.status.last_error
     # The write waits in the outbox; nothing is lost.
     assert await s.pending_ops() == 1

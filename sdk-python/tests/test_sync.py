@@ -67,8 +67,107 @@ async def test_bad_token_raises_auth_error(tmp_path: Path, server: Server) -> No
         database="app",
         client_id="mallory",
     )
-    with pytest.raises(entidb.AuthError):
+    with pytest.raises(entidb.AuthError) as err:
         await s.sync_now()
+    assert err.value.retryable is False, "the same token will be refused again"
     with pytest.raises(entidb.InvalidArgument):
         await entidb.sync.connect(db, server.url, token="x", collections=["notes"])
     await db.close()
+
+
+async def test_a_conflict_is_logged_notified_and_restorable(tmp_path: Path, server: Server) -> None:
+    a_db = await entidb.open(tmp_path / "a")
+    b_db = await entidb.open(tmp_path / "b")
+    a = await entidb.sync.connect(a_db, server.url, token=server.mint("alice"), collections=["docs"])
+    b = await entidb.sync.connect(b_db, server.url, token=server.mint("bob"), collections=["docs"])
+    did = await a_db.collection("docs").put({"title": "v1"})
+    await a.sync_now()
+    await b.sync_now()
+    assert await b_db.collection("docs").get(did) == {"title": "v1"}
+    # Both edit the same entity offline; Alice's push reaches the server first, so under the
+    # default policy (server wins) Bob's edit loses.
+    await a_db.collection("docs").put({"title": "alice's"}, id=did)
+    await b_db.collection("docs").put({"title": "bob's"}, id=did)
+    await a.sync_now()
+    report = await b.sync_now()
+    assert report.rejected == [("docs", str(did))]
+    assert b.status.rejected_ops == 1
+    assert await b_db.collection("docs").get(did) == {"title": "alice's"}
+    conflicts, _ = await b.conflicts()
+    mine = [c for c in conflicts if c.id == did]
+    assert len(mine) == 1
+    lost = mine[0]
+    assert lost.loser == {"title": "bob's"} and lost.policy == "server_wins"
+    assert lost.client_id == "bob" and lost.collection == "docs"
+    # Restoring the loser is a new write, which now wins.
+    await b.restore(lost)
+    await b.sync_now()
+    await a.sync_now()
+    assert await a_db.collection("docs").get(did) == {"title": "bob's"}
+    await a_db.close()
+    await b_db.close()
+
+
+async def test_status_stream_steps_and_oplog_start(tmp_path: Path, server: Server) -> None:
+    seed_db = await entidb.open(tmp_path / "seed")
+    seed = await entidb.sync.connect(
+        seed_db, server.url, token=server.mint("seed"), collections=["items"]
+    )
+    async with seed_db.transaction() as tx:
+        for i in range(30):
+            await tx.collection("items").put({"i": i})
+    # The steps of a round, one by one.
+    assert await seed.capture() == 30
+    pushed, rejected = await seed.push()
+    assert pushed == 30 and rejected == []
+    assert await seed.pending_ops() == 0
+    await seed_db.close()
+
+    # A new client bootstraps in pages of 5 and reports its progress on the status stream.
+    fresh_db = await entidb.open(tmp_path / "fresh")
+    fresh = await entidb.sync.connect(
+        fresh_db,
+        server.url,
+        token=server.mint("fresh"),
+        collections=["items"],
+        bootstrap_limit=5,
+        max_attempts=2,
+        retry_base_ms=10,
+    )
+    progress: list[tuple[int, int | None]] = []
+    stream = fresh.statuses()
+
+    async def watch() -> None:
+        async for st in stream:
+            if st.bootstrap is not None:
+                progress.append(st.bootstrap)
+            if st.last_sync_ms is not None:
+                return
+
+    watcher = asyncio.create_task(watch())
+    applied, bootstrapped = await fresh.pull()
+    assert bootstrapped and applied >= 30
+    report = await fresh.sync_now()
+    await asyncio.wait_for(watcher, timeout=10)
+    assert report.pulled == 0
+    assert progress and progress[-1][1] == 30, progress
+    assert all(done <= 30 for done, _ in progress)
+    assert await fresh_db.collection("items").count() == 30
+    await fresh_db.close()
+
+    # `initial_bootstrap=False`: the whole oplog, change by change, from cursor 0.
+    log_db = await entidb.open(tmp_path / "log")
+    log = await entidb.sync.connect(
+        log_db,
+        server.url,
+        token=server.mint("log"),
+        collections=["items"],
+        initial_bootstrap=False,
+        pull_limit=7,
+    )
+    r = await log.sync_now()
+    assert not r.bootstrapped and r.pulled == 30
+    assert log.status.cursor > 0
+    with pytest.raises(TypeError):
+        await entidb.sync.connect(log_db, server.url, token="x", collections="items")
+    await log_db.close()

@@ -139,12 +139,15 @@ class Change:
 
 @dataclass(frozen=True)
 class IndexInfo:
-    """A declared index: name, field paths, kind ("ordered", "equality" or "search")."""
+    """A declared index: name, field paths, kind ("ordered", "equality" or "search"), and
+    for a search index its text options (`{"stem_english": ..., "fold_case": ...,
+    "fold_diacritics": ...}`; None for other kinds)."""
 
     name: str
     fields: list[str]
     kind: str
     unique: bool
+    text: Optional[dict[str, Any]] = None
 
 
 def _doc(row: tuple[uuid.UUID, int, Any]) -> Document:
@@ -177,6 +180,12 @@ class _Reads:
         """The document with its id and version, or None."""
         row = await self._reader.get(self._name, id)
         return None if row is None else _doc(row)
+
+    async def get_raw(self, id: IdLike) -> Optional[bytes]:
+        """The stored document as canonical CBOR bytes, or None (no conversion: pass it on
+        to another CBOR reader or back to `put_raw`)."""
+        row = await self._reader.get_raw(self._name, id)
+        return None if row is None else row[2]
 
     async def exists(self, id: IdLike) -> bool:
         """Whether the entity exists."""
@@ -241,16 +250,18 @@ class _Reads:
         predicate: Callable[[Any], object],
         *,
         limit: Optional[int] = None,
+        after: Optional[IdLike] = None,
         page_size: int = 1000,
     ) -> AsyncIterator[Document]:
-        """Documents whose value `predicate` accepts, in id order: a full scan (counted in
-        `stats()["scans"]`; raises `FullScanForbidden` if the database was opened with
-        `forbid_full_scans=True`). Use an index for anything frequent."""
+        """Documents whose value `predicate` accepts, in id order, after the id `after` if
+        given: a full scan (counted in `stats()["scans"]`; raises `FullScanForbidden` if the
+        database was opened with `forbid_full_scans=True`). Use an index for anything
+        frequent."""
         async for d in self._pages(
             lambda a, n: self._reader.scan_where(self._name, predicate, a, n),
             limit,
             page_size,
-            None,
+            after,
         ):
             yield d
 
@@ -270,6 +281,48 @@ class _Reads:
                 left -= len(rows)
             if cursor is None or not rows:
                 return
+
+    async def lookup_page(
+        self,
+        index: str,
+        *,
+        equal: Any = None,
+        lower: Any = None,
+        upper: Any = None,
+        include_lower: bool = True,
+        include_upper: bool = False,
+        prefix: Union[str, bytes, None] = None,
+        limit: int = 100,
+        after: Optional[bytes] = None,
+        reverse: bool = False,
+    ) -> tuple[list[Document], Optional[bytes]]:
+        """One page of an index lookup and the cursor to pass as `after` for the next page
+        (None at the end), so that a lookup can resume later (a web request's next page).
+
+        The lookup is: `prefix` (after leading fields `equal`) if given; else a range if
+        `lower` or `upper` is given; else equality with `equal`; else every entry. Values
+        of composite indexes are tuples."""
+        q: dict[str, Any] = {"reverse": reverse}
+        if prefix is not None:
+            kind = "prefix"
+            q.update(values=[] if equal is None else _values(equal), prefix=prefix)
+        elif lower is not None or upper is not None:
+            kind = "range"
+            q.update(
+                lower=None if lower is None else _values(lower),
+                lower_inclusive=include_lower,
+                upper=None if upper is None else _values(upper),
+                upper_inclusive=include_upper,
+            )
+        elif equal is not None:
+            kind = "eq"
+            q.update(values=_values(equal))
+        else:
+            kind = "all"
+        rows, cursor = await self._reader.lookup(
+            self._name, index, kind, limit=limit, after=after, **q
+        )
+        return [_doc(r) for r in rows], cursor
 
     async def find_documents(
         self,
@@ -374,7 +427,13 @@ class _Reads:
     async def indexes(self) -> list[IndexInfo]:
         """The collection's indexes."""
         return [
-            IndexInfo(name=i["name"], fields=i["fields"], kind=i["kind"], unique=i["unique"])
+            IndexInfo(
+                name=i["name"],
+                fields=i["fields"],
+                kind=i["kind"],
+                unique=i["unique"],
+                text=i.get("text"),
+            )
             for i in await self._reader.indexes(self._name)
         ]
 
@@ -386,14 +445,32 @@ class Collection(_Reads):
         super().__init__(db._native.reader(), name)
         self._db = db
 
-    async def put(self, doc: Any, id: Optional[IdLike] = None) -> uuid.UUID:
+    async def put(
+        self, doc: Any, id: Optional[IdLike] = None, *, relaxed: bool = False
+    ) -> uuid.UUID:
         """Write a document (a new time-ordered id unless `id` is given); returns the id.
-        Durable when this returns."""
-        return await self._db._native.put(self._name, doc, id)
+        Durable when this returns, unless `relaxed=True` (visible at once; a crash may lose
+        it, never part of it)."""
+        new_id, _ = await self._db._native.put(self._name, doc, id, relaxed)
+        return new_id
 
-    async def delete(self, id: IdLike) -> bool:
+    async def put_versioned(
+        self, doc: Any, id: Optional[IdLike] = None, *, relaxed: bool = False
+    ) -> tuple[uuid.UUID, int]:
+        """Like `put`, returning `(id, version)`: the version to pass to `put_if` later."""
+        return await self._db._native.put(self._name, doc, id, relaxed)
+
+    async def put_raw(
+        self, data: bytes, id: Optional[IdLike] = None, *, relaxed: bool = False
+    ) -> uuid.UUID:
+        """Write a document given as CBOR bytes: one CBOR item, stored in canonical form
+        (anything else raises `DocumentError`); returns the id."""
+        new_id, _ = await self._db._native.put_raw(self._name, bytes(data), id, relaxed)
+        return new_id
+
+    async def delete(self, id: IdLike, *, relaxed: bool = False) -> bool:
         """Delete an entity; returns whether it existed."""
-        return await self._db._native.delete(self._name, id)
+        return await self._db._native.delete(self._name, id, relaxed)
 
     async def create_index(
         self,
@@ -466,6 +543,29 @@ class TxCollection(_Reads):
         """Write a document in the transaction; returns its id."""
         return await self._tx.put(self._name, doc, id)
 
+    async def put_raw(self, data: bytes, id: Optional[IdLike] = None) -> uuid.UUID:
+        """Write a document given as CBOR bytes (stored canonicalized); returns its id."""
+        return await self._tx.put_raw(self._name, bytes(data), id)
+
+    async def create_index(
+        self,
+        fields: Union[str, Sequence[str]],
+        *,
+        name: Optional[str] = None,
+        unique: bool = False,
+        kind: str = "ordered",
+    ) -> str:
+        """Declare an index in this transaction (built from what the transaction sees,
+        committed with it); see `Collection.create_index`."""
+        fs = [fields] if isinstance(fields, str) else list(fields)
+        n = name or ",".join(fs)
+        await self._tx.create_index(self._name, n, fs, kind=kind, unique=unique)
+        return n
+
+    async def drop_index(self, name: str) -> bool:
+        """Drop an index in this transaction; returns whether it existed."""
+        return await self._tx.drop_index(self._name, name)
+
     async def delete(self, id: IdLike) -> bool:
         """Delete an entity in the transaction; returns whether it existed."""
         return await self._tx.delete(self._name, id)
@@ -485,9 +585,12 @@ class Transaction:
     block ends and aborts if it raises. Only one transaction writes at a time; others wait
     when they begin."""
 
-    def __init__(self, db: Database, relaxed: bool = False) -> None:
+    def __init__(
+        self, db: Database, relaxed: bool = False, origin: Optional[str] = None
+    ) -> None:
         self._db = db
         self._relaxed = relaxed
+        self._origin = origin
         self._tx: Optional[_entidb.Transaction] = None
         self.sequence: Optional[int] = None
 
@@ -496,7 +599,30 @@ class Transaction:
         self._tx = await self._db._native.begin()
         if self._relaxed:
             await self._tx.set_relaxed(True)
+        if self._origin is not None:
+            await self._tx.set_origin(self._origin)
         return self
+
+    async def set_origin(self, origin: str) -> None:
+        """Tag this transaction's change-feed record with `origin` (at most 255 bytes), so
+        that a reader of the feed can tell (and skip) its own writes."""
+        await self._native().set_origin(origin)
+
+    async def read_sequence(self) -> int:
+        """The sequence this transaction reads at."""
+        return await self._native().read_sequence()
+
+    async def collections(self) -> list[str]:
+        """Names of the collections as this transaction sees them."""
+        return await self._native().reader().collections()
+
+    async def create_collection(self, name: str) -> None:
+        """Create an empty collection (raises `InvalidArgument` if it exists)."""
+        await self._native().create_collection(name)
+
+    async def drop_collection(self, name: str) -> bool:
+        """Drop a collection with its entities and indexes; returns whether it existed."""
+        return await self._native().drop_collection(name)
 
     def _native(self) -> _entidb.Transaction:
         if self._tx is None:
@@ -553,6 +679,10 @@ class Snapshot:
         """A collection as of this snapshot."""
         return SnapshotCollection(self._reader, name)
 
+    async def collections(self) -> list[str]:
+        """Names of the collections as of this snapshot."""
+        return await self._reader.collections()
+
 
 class Database:
     """An open database. Open with `await entidb.open(path)`; close with `await db.close()`
@@ -560,19 +690,25 @@ class Database:
 
     def __init__(self, native: _entidb.Database) -> None:
         self._native = native
+        #: For a database returned by `entidb.restore`: the backup's summary (sequence,
+        #: collections, entities, indexes, bytes); None otherwise.
+        self.restore_summary: Optional[dict[str, Any]] = None
 
     def collection(self, name: str) -> Collection:
         """A handle on a collection (created by its first write)."""
         return Collection(self, name)
 
-    def transaction(self, *, relaxed: bool = False) -> Transaction:
+    def transaction(self, *, relaxed: bool = False, origin: Optional[str] = None) -> Transaction:
         """A write transaction for `async with`. `relaxed=True` commits without waiting for
-        the disk sync (a crash may lose it, never part of it)."""
-        return Transaction(self, relaxed)
+        the disk sync (a crash may lose it, never part of it). `origin` tags its
+        change-feed record (see `Change.origin`)."""
+        return Transaction(self, relaxed, origin)
 
-    async def begin(self, *, relaxed: bool = False) -> Transaction:
+    async def begin(
+        self, *, relaxed: bool = False, origin: Optional[str] = None
+    ) -> Transaction:
         """Begin a transaction explicitly (commit or abort it yourself)."""
-        return await Transaction(self, relaxed).begin()
+        return await Transaction(self, relaxed, origin).begin()
 
     def snapshot(self) -> Snapshot:
         """A snapshot of the current state."""
@@ -582,9 +718,36 @@ class Database:
         """Names of the collections."""
         return self._native.collections()
 
+    async def create_collection(self, name: str) -> None:
+        """Create an empty collection now (a first write creates one too); raises
+        `InvalidArgument` if it exists or the name is not valid."""
+        await self._native.create_collection(name)
+
     async def drop_collection(self, name: str) -> bool:
         """Drop a collection with its entities and indexes."""
         return await self._native.drop_collection(name)
+
+    async def changes_page(self, since: int = 0, limit: int = 100) -> list[list[Change]]:
+        """Up to `limit` committed transactions after sequence `since`, without waiting
+        (one list of changes per transaction, in commit order). Raises `FeedTruncated` if
+        `since` is older than the feed retains."""
+        out = []
+        for seq, ts, origin, changes in await self._native.changes_page(since, limit):
+            out.append(
+                [Change(seq, ts, origin, c, i, v, op, d) for c, i, v, op, d in changes]
+            )
+        return out
+
+    @property
+    def oldest_retained_sequence(self) -> int:
+        """The oldest sequence the change feed still holds (`changes(since)` below it
+        raises `FeedTruncated`)."""
+        return self._native.oldest_retained_sequence()
+
+    def last_maintenance_error(self) -> Optional[str]:
+        """The last flush or compaction error after a commit (the commit had succeeded; the
+        work is retried by later commits), or None."""
+        return self._native.last_maintenance_error()
 
     async def changes(self, since: int = 0) -> AsyncIterator[Change]:
         """The durable change feed after sequence `since`, then every new commit as it
@@ -696,12 +859,27 @@ async def open(
     cache_bytes: Optional[int] = None,
     forbid_full_scans: bool = False,
     feed_retention: Optional[int] = None,
+    block_size: Optional[int] = None,
+    compression: Optional[bool] = None,
+    compaction_trigger: Optional[int] = None,
+    auto_maintenance: Optional[bool] = None,
+    max_document_bytes: Optional[int] = None,
+    wal_preallocate: Optional[int] = None,
+    ingest_bytes: Optional[int] = None,
 ) -> Database:
     """Open (creating if needed) the database in directory `path`, and run `migrations`
     (see `Database.migrate`) if given. With `key` (32 bytes, or a passphrase stretched with
     Argon2id) every file is encrypted with AES-256-GCM; a wrong key raises `WrongKey`. With
     `read_only=True` it takes no lock and writes nothing (writes raise `ReadOnly`): it can read
-    a snapshot of a database another process has open."""
+    a snapshot of a database another process has open.
+
+    Tuning (None keeps the engine's default; see `sdk-python/README.md`): `memtable_bytes`
+    (write buffer, 64 MiB), `cache_bytes` (block cache, 64 MiB), `feed_retention`
+    (transactions the change feed keeps, 100,000), `block_size` (16 KiB), `compression`
+    (LZ4, on), `compaction_trigger` (segments before a merge, 8), `auto_maintenance`
+    (flush and compact after commits, on), `max_document_bytes` (16 MiB),
+    `wal_preallocate` (1 MiB), `ingest_bytes` (a transaction this large goes straight to a
+    segment, 16 MiB; 0: never), `forbid_full_scans` (off)."""
     native = await _entidb.Database.open(
         os.fspath(path),
         key=key,
@@ -711,6 +889,13 @@ async def open(
         cache_bytes=cache_bytes,
         forbid_full_scans=forbid_full_scans,
         feed_retention=feed_retention,
+        block_size=block_size,
+        compression=compression,
+        compaction_trigger=compaction_trigger,
+        auto_maintenance=auto_maintenance,
+        max_document_bytes=max_document_bytes,
+        wal_preallocate=wal_preallocate,
+        ingest_bytes=ingest_bytes,
     )
     db = Database(native)
     if migrations:
@@ -734,19 +919,50 @@ async def verify_backup(path: PathLike) -> dict[str, Any]:
     return await _entidb.Database.verify_backup(os.fspath(path))
 
 
-async def restore(backup: PathLike, path: PathLike) -> Database:
+async def restore(
+    backup: PathLike,
+    path: PathLike,
+    *,
+    key: Union[bytes, str, None] = None,
+    memtable_bytes: Optional[int] = None,
+    cache_bytes: Optional[int] = None,
+    feed_retention: Optional[int] = None,
+) -> Database:
     """Restore a backup file into the new database directory `path` (refused if it
-    already holds a database) and return it open. Indexes are rebuilt."""
-    native = await _entidb.Database.restore(os.fspath(backup), os.fspath(path))
-    return Database(native)
+    already holds a database) and return it open; its `restore_summary` says what was
+    restored. With `key` the restored database is encrypted (open it again with the same
+    key). Indexes are rebuilt."""
+    native, summary = await _entidb.Database.restore(
+        os.fspath(backup),
+        os.fspath(path),
+        key=key,
+        memtable_bytes=memtable_bytes,
+        cache_bytes=cache_bytes,
+        feed_retention=feed_retention,
+    )
+    db = Database(native)
+    db.restore_summary = summary
+    return db
 
 
 async def open_memory(
-    *, forbid_full_scans: bool = False, feed_retention: Optional[int] = None
+    *,
+    forbid_full_scans: bool = False,
+    feed_retention: Optional[int] = None,
+    memtable_bytes: Optional[int] = None,
+    cache_bytes: Optional[int] = None,
+    max_document_bytes: Optional[int] = None,
+    ingest_bytes: Optional[int] = None,
 ) -> Database:
-    """A database in memory (gone when closed)."""
+    """A database in memory (gone when closed); the options are those of `open`."""
     native = await _entidb.Database.open(
-        None, forbid_full_scans=forbid_full_scans, feed_retention=feed_retention
+        None,
+        forbid_full_scans=forbid_full_scans,
+        feed_retention=feed_retention,
+        memtable_bytes=memtable_bytes,
+        cache_bytes=cache_bytes,
+        max_document_bytes=max_document_bytes,
+        ingest_bytes=ingest_bytes,
     )
     return Database(native)
 

@@ -21,7 +21,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence
 
 from . import _entidb
 from ._entidb import Error
@@ -73,6 +73,20 @@ class ConflictRecord:
     at_ms: int
 
 
+def _status(s: tuple[Any, ...], live: bool) -> SyncStatus:
+    online, pending, cursor, last_sync, last_error, bootstrap, rejected = s
+    return SyncStatus(
+        online=online,
+        pending_ops=pending,
+        cursor=cursor,
+        last_sync_ms=last_sync,
+        last_error=last_error,
+        bootstrap=bootstrap,
+        rejected_ops=rejected,
+        live=live,
+    )
+
+
 def _report(d: dict[str, Any]) -> SyncReport:
     return SyncReport(
         captured=d["captured"],
@@ -97,20 +111,40 @@ class Sync:
         a new client). Network errors are retried with backoff before it raises."""
         return _report(await self._native.sync_now())
 
+    def _live_now(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     @property
     def status(self) -> SyncStatus:
         """The current status (no I/O)."""
-        s = self._native.status()
-        return SyncStatus(
-            online=s["online"],
-            pending_ops=s["pending_ops"],
-            cursor=s["cursor"],
-            last_sync_ms=s["last_sync_millis"],
-            last_error=s["last_error"],
-            bootstrap=s["bootstrap"],
-            rejected_ops=s["rejected_ops"],
-            live=self._task is not None and not self._task.done(),
-        )
+        return _status(self._native.status(), self._live_now())
+
+    async def statuses(self) -> AsyncIterator[SyncStatus]:
+        """The status as it changes: the current one first, then each new one (a slow
+        consumer skips intermediate ones and gets the latest). For a UI: online/offline,
+        pending writes, bootstrap progress `(done, total)`, rejected ops. Runs until the
+        consumer stops iterating."""
+        stream = self._native.status_stream()
+        while True:
+            s = await stream.next()
+            if s is None:
+                return
+            yield _status(s, self._live_now())
+
+    async def capture(self) -> int:
+        """Step 1 of a round: copy new local writes of the synced collections into the
+        durable outbox; returns how many. (`sync_now` does every step, with retries.)"""
+        return await self._native.capture()
+
+    async def push(self) -> tuple[int, list[tuple[str, uuid.UUID]]]:
+        """Step 2: push the outbox once, without retrying; returns (ops acknowledged,
+        [(collection, id) rejected by a conflict])."""
+        return await self._native.push()
+
+    async def pull(self) -> tuple[int, bool]:
+        """Step 3: pull remote changes once (bootstrapping when needed), without retrying;
+        returns (changes applied, whether it bootstrapped)."""
+        return await self._native.pull()
 
     async def pending_ops(self) -> int:
         """Local writes not yet acknowledged by the server."""
@@ -184,9 +218,23 @@ async def connect(
     client_id: Optional[str] = None,
     initial_bootstrap: bool = True,
     live: bool = False,
+    push_batch: Optional[int] = None,
+    pull_limit: Optional[int] = None,
+    bootstrap_limit: Optional[int] = None,
+    max_attempts: Optional[int] = None,
+    retry_base_ms: Optional[int] = None,
 ) -> Sync:
     """Attach a replicator to `db` for `collections` on the server at `url`. The server
-    database and the client id default to the token's `db` and `sub` claims."""
+    database and the client id default to the token's `db` and `sub` claims.
+
+    `initial_bootstrap=False` makes a new client pull the whole retained oplog instead of a
+    snapshot. Tuning (None: the default): `push_batch` ops per push (500), `pull_limit`
+    changes per pull page (500), `bootstrap_limit` entities per bootstrap page (1000),
+    `max_attempts` per request in `sync_now` before it raises (6; network errors, 408 and
+    5xx only), `retry_base_ms` first retry delay, doubled per attempt with full jitter (100).
+    A `SyncError` says in `e.retryable` whether trying again later may succeed."""
+    if isinstance(collections, str):
+        raise TypeError("collections is a list of names, not one string")
     native = await _entidb.Replicator.connect(
         db._native,
         url,
@@ -194,7 +242,12 @@ async def connect(
         list(collections),
         database=database,
         client_id=client_id,
+        push_batch=push_batch,
+        pull_limit=pull_limit,
         initial_bootstrap=initial_bootstrap,
+        bootstrap_limit=bootstrap_limit,
+        max_attempts=max_attempts,
+        retry_base_ms=retry_base_ms,
     )
     s = Sync(db, native)
     if live:
