@@ -949,19 +949,38 @@ impl Inner {
         durability: Durability,
         on_appended: impl FnOnce(u64),
     ) -> Result<u64> {
+        let len = batch.encoded_len();
+        // The same limit on both paths, so that whether a commit is too large never depends
+        // on which path it takes.
+        if len > wal::MAX_PAYLOAD {
+            return Err(Error::TooLarge {
+                what: "transaction",
+                size: len as u64,
+                limit: wal::MAX_PAYLOAD as u64,
+            });
+        }
         let ingest = self.options.ingest_bytes;
         if ingest > 0
-            && batch.encoded_len() as u64 >= ingest
+            && len as u64 >= ingest
             && let Some(manifest) = self.maintenance.try_lock()
         {
-            let seq = self.ingest(&mut w, manifest, batch, on_appended).await?;
-            drop(w);
-            if self.options.auto_maintenance
-                && let Err(e) = self.maintain().await
-            {
-                self.maintenance_failed(&e);
+            match self.ingest(&mut w, manifest, &batch).await {
+                Ok(seq) => {
+                    on_appended(seq);
+                    self.publish(seq);
+                    drop(w);
+                    if self.options.auto_maintenance
+                        && let Err(e) = self.maintain().await
+                    {
+                        self.maintenance_failed(&e);
+                    }
+                    return Ok(seq);
+                }
+                // Nothing was committed: the WAL path below may still succeed (and reports
+                // fail-stop itself if a failed sync set it).
+                Err(Ingest::NotCommitted(e)) => self.maintenance_failed(&e),
+                Err(Ingest::Failed(e)) => return Err(e),
             }
-            return Ok(seq);
         }
         let seq = self.append(&mut w, batch).await?;
         on_appended(seq);
@@ -988,72 +1007,83 @@ impl Inner {
     }
 
     /// Commit a large batch as a new newest segment, with no WAL record: the data is written
-    /// once, and the write buffer is left alone.
+    /// once, and the write buffer is left alone. The caller updates the catalog and publishes.
     ///
     /// Invariant kept: every memtable is newer than every segment (point reads stop at the
     /// first source that has a version). So, under the writer lock (nothing is appended
     /// meanwhile) and the maintenance lock (the manifest is ours):
     ///
     /// 1. rotate and flush every frozen memtable, so that no memtable holds anything;
-    /// 2. write the batch, sorted, as a segment whose entries all carry `seq`, and sync it;
+    /// 2. write the batch (already sorted: see [`Batch`]) as a segment whose entries all
+    ///    carry `seq`, and sync it;
     /// 3. store a manifest listing it first with `flushed_seq = seq`: that store is the
     ///    commit point. Recovery then starts the WAL replay after `seq`, and a crash before
     ///    it leaves an orphan segment that the next open deletes;
-    /// 4. install the segment in the view, then publish `seq`.
+    /// 4. install the segment in the view (still under the maintenance lock, so that no
+    ///    compaction sees a manifest and a view that disagree), advance `last_seq` and the
+    ///    sync state.
     ///
-    /// An error before step 3 leaves nothing committed. A failed manifest store may or may
-    /// not have reached the disk, so it stops all writes (as a failed WAL sync does).
+    /// An error before step 3 commits nothing ([`Ingest::NotCommitted`]: the caller falls back
+    /// to the WAL). A store that fails, or whose future is dropped, may or may not have reached
+    /// the disk, so it stops all writes (as a failed WAL sync does): a later commit must never
+    /// reuse `seq`.
     async fn ingest(
         &self,
         w: &mut WriterState,
         mut manifest: async_lock::MutexGuard<'_, Manifest>,
-        batch: Batch,
-        on_appended: impl FnOnce(u64),
-    ) -> Result<u64> {
-        self.check_open()?;
+        batch: &Batch,
+    ) -> std::result::Result<u64, Ingest> {
+        self.check_open().map_err(Ingest::Failed)?;
         if let Some(f) = &lock(&self.sync).failed {
-            return Err(Error::FailStopped { cause: f.clone() });
+            return Err(Ingest::Failed(Error::FailStopped { cause: f.clone() }));
         }
         let seq = w.last_seq + 1;
-        self.rotate(w).await?;
-        self.flush_frozen_locked(&mut manifest).await?;
+        self.rotate(w).await.map_err(Ingest::NotCommitted)?;
+        self.flush_frozen_locked(&mut manifest)
+            .await
+            .map_err(Ingest::NotCommitted)?;
         debug_assert!(self.view().version.mems.iter().all(|m| m.is_empty()));
-        // A transaction's batch is in strictly increasing key order (see `Batch`), which the
-        // segment writer asserts entry by entry.
-        let mut entries = Vec::with_capacity(batch.ops.len());
-        for op in batch.ops {
-            entries.push(RawEntry {
-                key: op.key,
+        // Clones of the Arcs, not moves: on an error before the commit point the batch goes
+        // to the WAL instead.
+        let entries: Vec<RawEntry> = batch
+            .ops
+            .iter()
+            .map(|op| RawEntry {
+                key: op.key.clone(),
                 seq,
-                op: match op.value {
-                    Some(v) => Op::Put(v),
+                op: match &op.value {
+                    Some(v) => Op::Put(v.clone()),
                     None => Op::Delete,
                 },
-            });
-        }
-        let Some(seg) = self
+            })
+            .collect();
+        let seg = match self
             .write_segment(SegmentInput::Sorted(entries.into_iter()), |_| true)
-            .await?
-        else {
-            return Err(Error::InvalidArgument(
-                "an ingested transaction wrote nothing".into(),
-            ));
+            .await
+        {
+            Ok(Some(seg)) => seg,
+            Ok(None) => {
+                return Err(Ingest::Failed(Error::InvalidArgument(
+                    "an ingested transaction wrote nothing".into(),
+                )));
+            }
+            Err(e) => return Err(Ingest::NotCommitted(e)),
         };
         let mut next = manifest.clone();
         next.segments.insert(0, seg.meta.clone());
         next.flushed_seq = seq;
         next.next_file = self.next_file.load(Ordering::Relaxed);
+        // From here until the state below is updated, giving up in any way (an error, or the
+        // commit's future being dropped) must stop writes.
+        let mut guard = FailStopOnDrop {
+            inner: self,
+            armed: true,
+        };
         if let Err(e) = next.store(&*self.backend).await {
-            // The new manifest may be on disk (the commit happened) or not: stop writing
-            // rather than let a later commit reuse `seq`.
-            self.fail(format!(
-                "manifest store failed while committing a large transaction: {e}"
-            ));
-            return Err(e);
+            // `guard` fail-stops as it drops.
+            return Err(Ingest::Failed(e));
         }
         *manifest = next;
-        drop(manifest);
-        on_appended(seq);
         w.last_seq = seq;
         {
             let mut v = write(&self.view);
@@ -1070,8 +1100,9 @@ impl Inner {
             s.appended_seq = seq;
             s.durable_seq = s.durable_seq.max(seq);
         }
+        guard.armed = false;
+        drop(manifest);
         self.counters.ingests.fetch_add(1, Ordering::Relaxed);
-        self.publish(seq);
         Ok(seq)
     }
 
@@ -1102,6 +1133,34 @@ impl Inner {
 }
 
 /// Create WAL file `no`: header plus `prealloc` zero bytes, synced, directory synced.
+/// How an ingest failed.
+#[derive(Debug)]
+pub(crate) enum Ingest {
+    /// Before the commit point: nothing is committed, the WAL path may take the batch.
+    NotCommitted(Error),
+    /// Refused, or failed at or after the commit point (writes are fail-stopped).
+    Failed(Error),
+}
+
+/// Fail-stops the database if dropped while armed: a manifest store that was interrupted
+/// (by an error or by the commit's future being dropped) may or may not be on disk.
+struct FailStopOnDrop<'a> {
+    inner: &'a Inner,
+    armed: bool,
+}
+
+impl Drop for FailStopOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.fail(
+                "a large transaction's manifest store did not finish (an error, or the \
+                 commit was cancelled); reopen the database to learn whether it committed"
+                    .into(),
+            );
+        }
+    }
+}
+
 /// What a new segment is written from: a merge of memtables and segments (flush,
 /// compaction) or already sorted entries (an ingested transaction).
 enum SegmentInput {

@@ -55,11 +55,13 @@ pub struct Options {
     /// a database another process has open for writing: it sees the state committed (and
     /// written to the WAL) when it opened. Open it again to see later commits.
     pub read_only: bool,
-    /// A transaction whose writes take at least this many bytes is committed straight into a
-    /// new segment instead of the WAL and the memtable (0: never). Its data is written once
-    /// instead of twice, and it does not fill the write buffer. The commit first flushes what
-    /// is in memory (older writes must reach segments first), and it is always durable, as if
-    /// [`Durability::Durable`]. Skipped, for the normal path, while a flush or compaction runs.
+    /// A transaction whose writes take at least this many bytes (default 32 MiB; 0: never) is
+    /// committed straight into a new segment instead of the WAL and the memtable. Its data is
+    /// written once instead of twice, and it does not fill the write buffer. The commit first
+    /// flushes what is in memory (older writes must reach segments first), and it is always
+    /// durable, as if [`Durability::Durable`]. It takes the normal path instead while a flush
+    /// or compaction runs, or if writing the segment fails. Each ingest adds a segment and
+    /// two manifest stores, so a small value is only for tests.
     pub ingest_bytes: u64,
 }
 
@@ -78,7 +80,7 @@ impl Default for Options {
             wal_preallocate: 1 << 20,
             forbid_full_scans: false,
             read_only: false,
-            ingest_bytes: 16 << 20,
+            ingest_bytes: 32 << 20,
         }
     }
 }

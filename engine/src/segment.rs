@@ -934,6 +934,71 @@ mod tests {
         });
     }
 
+    /// The writer stops trying to compress a run of incompressible blocks, and starts again
+    /// when the data becomes compressible; every entry reads back either way.
+    #[test]
+    fn compression_gives_up_on_random_blocks_and_resumes() {
+        block_on(async {
+            let b = MemoryBackend::new();
+            let mut w = SegmentWriter::create(&b, 1, 1024, true).await.unwrap();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let mut all = vec![];
+            for i in 0u32..1000 {
+                let v: Vec<u8> = if i < 400 {
+                    (0..100)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect()
+                } else {
+                    vec![7u8; 100]
+                };
+                all.push(e(&i.to_be_bytes(), 1, Some(&v)));
+            }
+            for x in &all {
+                w.add(x).await.unwrap();
+            }
+            w.finish().await.unwrap();
+            let seg = Arc::new(
+                Segment::open(&b, 1, Arc::new(BlockCache::new(1 << 20)), Arc::default())
+                    .await
+                    .unwrap(),
+            );
+            let mut c = SegCursor::new(seg.clone(), &[], u64::MAX, None);
+            let mut n = 0;
+            while let Some(got) = c.next().await.unwrap() {
+                assert_eq!(got, all[n]);
+                n += 1;
+            }
+            assert_eq!(n, all.len());
+            // Each block's trailer says whether it is compressed.
+            let f = b.open(&file_name(1), OpenMode::Existing).await.unwrap();
+            let mut compressed = vec![];
+            for ie in &seg.index {
+                let end = ie.offset + u64::from(ie.len);
+                let tr = f.read_at(end - TRAILER_LEN as u64, 1).await.unwrap();
+                let last = u32::from_be_bytes(ie.last_key[..4].try_into().unwrap());
+                compressed.push((last, tr[0] == 1));
+            }
+            assert!(
+                compressed.iter().all(|&(k, c)| k >= 400 || !c),
+                "random blocks stay uncompressed"
+            );
+            let first_zip = compressed.iter().position(|&(_, c)| c).expect("resumed");
+            assert!(
+                compressed[..first_zip].iter().any(|&(k, _)| k > 400),
+                "compressible blocks right after the random run were not tried: {compressed:?}"
+            );
+            assert!(
+                compressed[first_zip..].iter().all(|&(_, c)| c),
+                "once compressing again, it keeps going"
+            );
+        });
+    }
+
     #[test]
     fn damaged_blocks_are_reported() {
         block_on(async {

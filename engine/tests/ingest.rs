@@ -146,32 +146,51 @@ async fn a_large_transaction_reads_back_like_any_other_and_survives_reopen() {
     assert_eq!(db.stats().ingests, 1);
     assert_eq!(users.count().await.expect("count"), ROWS);
 
-    // Small commits after it go through the WAL and continue the sequence.
+    // Small commits after it go through the WAL and continue the sequence; a reopen without
+    // a clean close replays them after the ingested sequence.
+    let wal_before = db.stats().wal_bytes;
     let after = users
         .insert(&row(9, "after@example.com".into()))
         .await
         .expect("put");
-    db.close().await.expect("close");
-    let db = Database::open_with(backend, opts()).await.expect("reopen");
+    assert!(
+        db.stats().wal_bytes > wal_before,
+        "a small commit uses the WAL"
+    );
+    drop(users);
+    drop(db);
+    let db = Database::open_with(backend.clone(), opts())
+        .await
+        .expect("reopen");
     let users = db.collection("users");
     assert_eq!(users.count().await.expect("count"), ROWS + 1);
     assert_eq!(users.version(ids[1]).await.expect("version"), Some(seq));
     assert_eq!(users.version(after).await.expect("version"), Some(seq + 1));
     assert!(db.verify_indexes().await.expect("verify").is_ok());
+    db.close().await.expect("close");
+    let db = Database::open_with(backend, opts()).await.expect("reopen");
+    assert_eq!(
+        db.collection("users").count().await.expect("count"),
+        ROWS + 1
+    );
     assert!(db.verify().await.expect("verify") >= ROWS);
 }
 
 #[tokio::test]
-async fn a_large_transaction_under_the_threshold_or_with_ingest_off_uses_the_wal() {
-    let db = Database::open_with(Arc::new(MemoryBackend::new()), opts().ingest_bytes(0))
-        .await
-        .expect("open");
-    let (ids, seq) = load(&db, "c", 0).await;
-    assert_eq!(db.stats().ingests, 0);
-    assert_eq!(
-        db.collection("c").version(ids[0]).await.expect("v"),
-        Some(seq)
-    );
+async fn with_ingest_off_or_under_the_threshold_a_large_transaction_uses_the_wal() {
+    for options in [opts().ingest_bytes(0), opts().ingest_bytes(64 << 20)] {
+        let db = Database::open_with(Arc::new(MemoryBackend::new()), options)
+            .await
+            .expect("open");
+        let (ids, seq) = load(&db, "c", 0).await;
+        let s = db.stats();
+        assert_eq!(s.ingests, 0);
+        assert!(s.wal_bytes > ROWS * 20, "{s:?}");
+        assert_eq!(
+            db.collection("c").version(ids[0]).await.expect("v"),
+            Some(seq)
+        );
+    }
 }
 
 #[test]
@@ -196,6 +215,13 @@ fn a_crash_during_a_large_commit_keeps_all_of_it_or_none() {
                 ..SimConfig::default()
             });
             let result = try_load(&db, "c", 1_000_000).await;
+            if result.is_ok() {
+                assert_eq!(
+                    db.stats().ingests,
+                    2,
+                    "point {point}: the commit was ingested"
+                );
+            }
             drop(db);
             sim.crash_now();
             sim.restart();
@@ -252,4 +278,119 @@ fn a_crash_during_a_large_commit_keeps_all_of_it_or_none() {
         saw[0] > 0 && saw[1] > 0,
         "the crash points cover both outcomes"
     );
+}
+
+/// A memory backend whose install of a new `MANIFEST` (the rename) never finishes while
+/// `hang` is set: the moment an ingest's commit point is in flight.
+#[derive(Clone, Debug)]
+struct HangingManifest {
+    inner: MemoryBackend,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    reached: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl entidb::io::Backend for HangingManifest {
+    fn open(
+        &self,
+        path: &str,
+        mode: entidb::io::OpenMode,
+    ) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Arc<dyn entidb::io::File>>> {
+        self.inner.open(path, mode)
+    }
+    fn remove(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        self.inner.remove(path)
+    }
+    fn rename(&self, from: &str, to: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if to == "MANIFEST" && self.hang.load(SeqCst) {
+            self.reached.store(true, SeqCst);
+            return Box::pin(std::future::pending());
+        }
+        self.inner.rename(from, to)
+    }
+    fn list(&self, dir: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Vec<String>>> {
+        self.inner.list(dir)
+    }
+    fn exists(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<bool>> {
+        self.inner.exists(path)
+    }
+    fn create_dir(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        self.inner.create_dir(path)
+    }
+    fn remove_dir(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        self.inner.remove_dir(path)
+    }
+    fn sync_dir(&self, dir: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        self.inner.sync_dir(dir)
+    }
+    fn lock(
+        &self,
+        path: &str,
+    ) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Box<dyn entidb::io::LockGuard>>> {
+        self.inner.lock(path)
+    }
+    fn clock(&self) -> Arc<dyn entidb::io::Clock> {
+        self.inner.clock()
+    }
+    fn entropy(&self) -> Arc<dyn entidb::io::Entropy> {
+        self.inner.entropy()
+    }
+    fn name(&self) -> &'static str {
+        "hanging-manifest"
+    }
+}
+
+/// A large commit cancelled while its manifest store is in flight may or may not have
+/// committed, so the database stops writing (a later commit must not reuse its sequence);
+/// a reopen finds one state or the other, whole.
+#[tokio::test]
+async fn a_large_commit_cancelled_at_its_commit_point_stops_writes() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let backend = HangingManifest {
+        inner: MemoryBackend::new(),
+        hang: Arc::default(),
+        reached: Arc::default(),
+    };
+    let db = Database::open_with(Arc::new(backend.clone()), opts())
+        .await
+        .expect("open");
+    let kept = db.collection("a").insert(&7u64).await.expect("put");
+    // Nothing in memory: the ingest's first manifest store is its commit point (with data in
+    // memory it would first flush it, and that flush's store, cancelled, commits nothing).
+    db.checkpoint().await.expect("checkpoint");
+    backend.hang.store(true, SeqCst);
+    {
+        let commit = try_load(&db, "big", 0);
+        let cancelled = tokio::time::timeout(std::time::Duration::from_millis(200), commit).await;
+        assert!(cancelled.is_err(), "the commit hangs at its manifest store");
+    }
+    assert!(backend.reached.load(SeqCst), "it reached the commit point");
+    backend.hang.store(false, SeqCst);
+    let err = db
+        .collection("a")
+        .insert(&8u64)
+        .await
+        .expect_err("writes are stopped");
+    assert!(matches!(err, Error::FailStopped { .. }), "{err}");
+    assert_eq!(
+        db.collection("a")
+            .get::<u64>(kept)
+            .await
+            .expect("reads go on"),
+        Some(7)
+    );
+    drop(db);
+    let db = Database::open_with(Arc::new(backend), opts())
+        .await
+        .expect("reopen");
+    let n = db.collection("big").count().await.expect("count");
+    assert!(n == 0 || n == ROWS, "{n} rows of one transaction");
+    assert_eq!(
+        db.collection("a").get::<u64>(kept).await.expect("get"),
+        Some(7)
+    );
+    db.collection("a")
+        .insert(&9u64)
+        .await
+        .expect("writes after reopen");
 }

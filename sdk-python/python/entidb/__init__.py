@@ -879,7 +879,7 @@ async def open(
     (LZ4, on), `compaction_trigger` (segments before a merge, 8), `auto_maintenance`
     (flush and compact after commits, on), `max_document_bytes` (16 MiB),
     `wal_preallocate` (1 MiB), `ingest_bytes` (a transaction this large goes straight to a
-    segment, 16 MiB; 0: never), `forbid_full_scans` (off)."""
+    segment, 32 MiB; 0: never), `forbid_full_scans` (off)."""
     native = await _entidb.Database.open(
         os.fspath(path),
         key=key,
