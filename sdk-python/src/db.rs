@@ -1276,32 +1276,41 @@ impl PyDatabase {
         })
     }
 
-    /// Check a backup file without restoring it; returns its summary.
+    /// Check a backup (a file path, or a binary file object with `read`) without restoring
+    /// it; returns its summary.
     #[staticmethod]
     fn verify_backup<'py>(
         py: Python<'py>,
-        path: std::path::PathBuf,
+        source: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let source = BackupInput::from_py(source);
         future_into_py(py, async move {
-            let mut src = open_backup(&path)?;
-            json(&blocking(entidb::verify_backup(&mut src)).map_err(engine)?)
+            let summary = match source {
+                BackupInput::Path(p) => blocking(entidb::verify_backup(&mut open_backup(&p)?)),
+                BackupInput::Object(o) => {
+                    let mut src = entidb::ReadSource::new(PyFileReader(o));
+                    blocking(entidb::verify_backup(&mut src))
+                }
+            };
+            json(&summary.map_err(engine)?)
         })
     }
 
-    /// Restore a backup file into a new database directory `target` (it must not hold a
-    /// database), encrypted with `key` if given, and open it with the given options;
-    /// returns `(database, summary)`.
+    /// Restore a backup (a file path, or a binary file object with `read`) into a new
+    /// database directory `target` (it must not hold a database), encrypted with `key` if
+    /// given, and open it with the given options; returns `(database, summary)`.
     #[staticmethod]
-    #[pyo3(signature = (path, target, *, key=None, memtable_bytes=None, cache_bytes=None, feed_retention=None))]
+    #[pyo3(signature = (source, target, *, key=None, memtable_bytes=None, cache_bytes=None, feed_retention=None))]
     fn restore<'py>(
         py: Python<'py>,
-        path: std::path::PathBuf,
+        source: &Bound<'py, PyAny>,
         target: std::path::PathBuf,
         key: Option<&Bound<'py, PyAny>>,
         memtable_bytes: Option<u64>,
         cache_bytes: Option<u64>,
         feed_retention: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let source = BackupInput::from_py(source);
         let key = key.map(key_source).transpose()?;
         let options = Tuning {
             memtable_bytes,
@@ -1311,28 +1320,129 @@ impl PyDatabase {
         }
         .apply(Options::default());
         future_into_py(py, async move {
-            let mut src = open_backup(&path)?;
-            let io = |e: entidb::io::IoError| {
-                errors::IoError::new_err(format!("restore into {}: {e}", target.display()))
-            };
-            let fs: Arc<dyn entidb::io::Backend> =
-                Arc::new(entidb::io::FsBackend::new(&target).map_err(io)?);
-            let backend: Arc<dyn entidb::io::Backend> = match key {
-                Some(k) => Arc::new(
-                    entidb::io::EncryptedBackend::open(fs, k)
-                        .await
-                        .map_err(io)?,
-                ),
-                None => fs,
-            };
-            let (db, summary) =
-                blocking(Database::restore(&mut src, backend, options)).map_err(engine)?;
-            Ok((PyDatabase { db }, json(&summary)?))
+            match source {
+                BackupInput::Path(p) => {
+                    restore_into(&mut open_backup(&p)?, target, key, options).await
+                }
+                BackupInput::Object(o) => {
+                    let mut src = entidb::ReadSource::new(PyFileReader(o));
+                    restore_into(&mut src, target, key, options).await
+                }
+            }
+        })
+    }
+
+    /// Back up a consistent snapshot into a binary file object (anything with `write`);
+    /// returns the summary. Flushing or closing the object is the caller's.
+    fn backup_to<'py>(&self, py: Python<'py>, out: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            let mut sink = entidb::WriteSink::new(std::io::BufWriter::with_capacity(
+                1 << 20,
+                PyFileWriter(out),
+            ));
+            let summary = blocking(db.backup(&mut sink)).map_err(engine)?;
+            sink.into_inner()
+                .into_inner()
+                .map_err(|e| errors::IoError::new_err(format!("backup: {}", e.into_error())))?;
+            json(&summary)
         })
     }
 
     fn __repr__(&self) -> String {
         format!("<entidb Database at sequence {}>", self.db.last_sequence())
+    }
+}
+
+/// Where a backup is read from: a path (`str` or `os.PathLike`), or a Python file object.
+enum BackupInput {
+    Path(std::path::PathBuf),
+    Object(Py<PyAny>),
+}
+
+impl BackupInput {
+    fn from_py(obj: &Bound<'_, PyAny>) -> BackupInput {
+        match obj.extract::<std::path::PathBuf>() {
+            Ok(p) => BackupInput::Path(p),
+            Err(_) => BackupInput::Object(obj.clone().unbind()),
+        }
+    }
+}
+
+/// Restore from `src` into the new directory `target`, encrypted with `key` if given.
+async fn restore_into<S: entidb::BackupSource + Send>(
+    src: &mut S,
+    target: std::path::PathBuf,
+    key: Option<entidb::io::KeySource>,
+    options: Options,
+) -> PyResult<(PyDatabase, Json)> {
+    let io = |e: entidb::io::IoError| {
+        errors::IoError::new_err(format!("restore into {}: {e}", target.display()))
+    };
+    let fs: Arc<dyn entidb::io::Backend> =
+        Arc::new(entidb::io::FsBackend::new(&target).map_err(io)?);
+    let backend: Arc<dyn entidb::io::Backend> = match key {
+        Some(k) => Arc::new(
+            entidb::io::EncryptedBackend::open(fs, k)
+                .await
+                .map_err(io)?,
+        ),
+        None => fs,
+    };
+    let (db, summary) = blocking(Database::restore(src, backend, options)).map_err(engine)?;
+    Ok((PyDatabase { db }, json(&summary)?))
+}
+
+/// A Python binary file object as a `std::io::Write` (each write takes the GIL).
+struct PyFileWriter(Py<PyAny>);
+
+impl std::io::Write for PyFileWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Python::attach(|py| {
+            let r = self
+                .0
+                .call_method1(py, "write", (pyo3::types::PyBytes::new(py, buf),))
+                .map_err(|e| std::io::Error::other(format!("the file object's write: {e}")))?;
+            // Raw files may write less (and say how much); buffered ones return len or None.
+            Ok(r.extract::<usize>(py).unwrap_or(buf.len()).min(buf.len()))
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Python::attach(|py| {
+            if self.0.bind(py).hasattr("flush").unwrap_or(false) {
+                self.0
+                    .call_method0(py, "flush")
+                    .map_err(|e| std::io::Error::other(format!("the file object's flush: {e}")))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A Python binary file object as a `std::io::Read` (each read takes the GIL).
+struct PyFileReader(Py<PyAny>);
+
+impl std::io::Read for PyFileReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Python::attach(|py| {
+            let r = self
+                .0
+                .call_method1(py, "read", (buf.len(),))
+                .map_err(|e| std::io::Error::other(format!("the file object's read: {e}")))?;
+            let bytes: Vec<u8> = r.extract(py).map_err(|_| {
+                std::io::Error::other("the file object's read did not return bytes")
+            })?;
+            if bytes.len() > buf.len() {
+                return Err(std::io::Error::other(format!(
+                    "the file object's read returned {} bytes, more than the {} asked for",
+                    bytes.len(),
+                    buf.len()
+                )));
+            }
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            Ok(bytes.len())
+        })
     }
 }
 

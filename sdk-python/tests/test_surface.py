@@ -5,6 +5,7 @@ the change feed without waiting, engine options, encrypted restore."""
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,36 @@ async def test_restore_into_an_encrypted_database(tmp_path: Path) -> None:
         # The search index was rebuilt in the restored database.
         hits = [h.id async for h in db.collection("users").search("compil", prefix=True)]
         assert hits == [uid]
+
+
+async def test_backup_to_and_restore_from_file_objects(tmp_path: Path) -> None:
+    async with await entidb.open(tmp_path / "db") as db:
+        notes = db.collection("notes")
+        await notes.create_index("n")
+        ids = [await notes.put({"n": i, "blob": bytes(300)}) for i in range(50)]
+        buf = io.BytesIO()
+        summary = await db.backup(buf)
+        assert summary["entities"] == 50 and len(buf.getvalue()) == summary["bytes"]
+    # The same bytes as a backup to a file.
+    assert (await entidb.verify_backup(io.BytesIO(buf.getvalue())))["entities"] == 50
+    restored = await entidb.restore(io.BytesIO(buf.getvalue()), tmp_path / "restored")
+    assert restored.restore_summary is not None and restored.restore_summary["entities"] == 50
+    assert await restored.collection("notes").get(ids[9]) == {"n": 9, "blob": bytes(300)}
+    assert [d.value["n"] async for d in restored.collection("notes").range("n", 47)] == [47, 48, 49]
+    await restored.close()
+    # A truncated stream is refused, and nothing is left open.
+    with pytest.raises(entidb.Corruption):
+        await entidb.verify_backup(io.BytesIO(buf.getvalue()[:-3]))
+    with pytest.raises(entidb.Corruption):
+        await entidb.restore(io.BytesIO(buf.getvalue()[:-3]), tmp_path / "cut")
+
+    class Broken(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: object) -> int:
+            raise OSError("disk full")
+
+    async with await entidb.open(tmp_path / "db") as db:
+        with pytest.raises(entidb.IoError, match="disk full"):
+            await db.backup(Broken())

@@ -23,7 +23,17 @@ import os
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional, Sequence, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Union,
+)
 
 from . import _entidb
 from ._entidb import (
@@ -69,6 +79,8 @@ __all__ = [
     "Locked",
     "MigrationError",
     "Migrations",
+    "Readable",
+    "Writable",
     "NotFound",
     "ReadOnly",
     "SearchHit",
@@ -96,6 +108,18 @@ IdLike = Union[uuid.UUID, str, bytes]
 #: it runs in.
 Migrations = Mapping[int, Callable[["Transaction"], Awaitable[None]]]
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Writable(Protocol):
+    """Where `Database.backup` can write: any binary file object with `write`."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+class Readable(Protocol):
+    """What `verify_backup` and `restore` can read: any binary file object with `read`."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -830,11 +854,15 @@ class Database:
                 raise MigrationError(f"migration to schema version {v} failed: {e}") from e
         return current, target
 
-    async def backup(self, path: PathLike) -> dict[str, Any]:
-        """Back up a consistent snapshot to the file `path` while writers keep going
-        (streaming; memory does not grow with the database). Returns a summary (sequence,
-        collections, entities, indexes, bytes)."""
-        return await self._native.backup(os.fspath(path))
+    async def backup(self, target: Union[PathLike, Writable]) -> dict[str, Any]:
+        """Back up a consistent snapshot while writers keep going (streaming; memory does
+        not grow with the database) to the file `target` (written beside it, synced, then
+        renamed into place) or into a binary file object (anything with `write`, such as an
+        `io.BytesIO` or an upload stream; flushing and closing it is yours). Returns a summary
+        (sequence, collections, entities, indexes, bytes)."""
+        if isinstance(target, (str, os.PathLike)):
+            return await self._native.backup(os.fspath(target))
+        return await self._native.backup_to(target)
 
     async def __aenter__(self) -> Database:
         return self
@@ -913,14 +941,17 @@ async def rekey(path: PathLike, old: Union[bytes, str], new: Union[bytes, str]) 
     await _entidb.Database.rekey(os.fspath(path), old, new)
 
 
-async def verify_backup(path: PathLike) -> dict[str, Any]:
-    """Check a backup file without restoring it (every checksum, the frame order and the
-    whole-file SHA-256); raises `Corruption` if it is damaged or truncated."""
-    return await _entidb.Database.verify_backup(os.fspath(path))
+async def verify_backup(source: Union[PathLike, Readable]) -> dict[str, Any]:
+    """Check a backup (a file, or a binary file object with `read`) without restoring it
+    (every checksum, the frame order and the whole-file SHA-256); raises `Corruption` if it
+    is damaged or truncated."""
+    if isinstance(source, (str, os.PathLike)):
+        source = os.fspath(source)
+    return await _entidb.Database.verify_backup(source)
 
 
 async def restore(
-    backup: PathLike,
+    backup: Union[PathLike, Readable],
     path: PathLike,
     *,
     key: Union[bytes, str, None] = None,
@@ -928,12 +959,14 @@ async def restore(
     cache_bytes: Optional[int] = None,
     feed_retention: Optional[int] = None,
 ) -> Database:
-    """Restore a backup file into the new database directory `path` (refused if it
-    already holds a database) and return it open; its `restore_summary` says what was
-    restored. With `key` the restored database is encrypted (open it again with the same
-    key). Indexes are rebuilt."""
+    """Restore a backup (a file, or a binary file object with `read`) into the new database
+    directory `path` (refused if it already holds a database) and return it open; its
+    `restore_summary` says what was restored. With `key` the restored database is encrypted
+    (open it again with the same key). Indexes are rebuilt."""
+    if isinstance(backup, (str, os.PathLike)):
+        backup = os.fspath(backup)
     native, summary = await _entidb.Database.restore(
-        os.fspath(backup),
+        backup,
         os.fspath(path),
         key=key,
         memtable_bytes=memtable_bytes,
