@@ -301,7 +301,7 @@ impl EncryptedBackend {
         entropy: &dyn Entropy,
     ) -> IoResult<KeyFile> {
         let mut salt = [0u8; 16];
-        entropy.fill(&mut salt);
+        entropy.try_fill(&mut salt)?;
         let kdf = match key {
             KeySource::Raw(_) => 0,
             KeySource::Passphrase(_) => 1,
@@ -511,7 +511,7 @@ impl EncFile {
         let file_id = if plen < HEADER {
             // New (or created and never synced): write a fresh header.
             let mut id = [0u8; 16];
-            entropy.fill(&mut id);
+            entropy.try_fill(&mut id)?;
             let mut h = FILE_MAGIC.to_vec();
             h.push(1);
             h.push(slots as u8);
@@ -545,7 +545,7 @@ impl EncFile {
             id
         };
         let mut nonce_base = [0u8; 12];
-        entropy.fill(&mut nonce_base);
+        entropy.try_fill(&mut nonce_base)?;
         let f = EncFile {
             inner,
             keys,

@@ -174,6 +174,14 @@ pub enum IoError {
         /// What failed.
         detail: String,
     },
+    /// The operating system's random source failed. Encryption refuses to go on without it:
+    /// a nonce base drawn from anything weaker could repeat, and a repeated AES-GCM nonce
+    /// gives the key away.
+    #[error("the operating system's random source failed: {detail}")]
+    NoEntropy {
+        /// What failed.
+        detail: String,
+    },
     /// The simulated machine has crashed; nothing succeeds until it is restarted.
     #[error("{op} {path}: the simulated machine has crashed")]
     Crashed {
@@ -253,6 +261,14 @@ pub trait Clock: MaybeSend + MaybeSync + fmt::Debug {
 pub trait Entropy: MaybeSend + MaybeSync + fmt::Debug {
     /// Fill `buf` with random bytes.
     fn fill(&self, buf: &mut [u8]);
+    /// Fill `buf` with bytes fit for keys and nonces, or fail: a source that can fall back to
+    /// something weaker ([`OsEntropy`] when the OS refuses) reports that instead. Encryption
+    /// draws salts, file ids and nonce bases through this. The default is [`Entropy::fill`]
+    /// (a seeded source is as good as it will ever be, and simulation needs it).
+    fn try_fill(&self, buf: &mut [u8]) -> IoResult<()> {
+        self.fill(buf);
+        Ok(())
+    }
     /// A random `u64`.
     fn next_u64(&self) -> u64 {
         let mut b = [0u8; 8];
@@ -364,6 +380,11 @@ impl Entropy for OsEntropy {
             // panicking. Ids stay unique through the engine's monotonic counter.
             SeededEntropy::new(SystemClock.monotonic_nanos() ^ SystemClock.now_millis()).fill(buf);
         }
+    }
+    fn try_fill(&self, buf: &mut [u8]) -> IoResult<()> {
+        getrandom::fill(buf).map_err(|e| IoError::NoEntropy {
+            detail: e.to_string(),
+        })
     }
 }
 

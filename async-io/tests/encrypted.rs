@@ -495,3 +495,78 @@ fn long_writes_shrinks_and_appends() {
         }
     });
 }
+
+/// An entropy source whose strong path fails (as `OsEntropy` does when the OS refuses), and
+/// whose weak `fill` returns zeros, which would repeat nonces if encryption used it.
+#[derive(Debug)]
+struct NoOsRandom {
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl entidb_io::Entropy for NoOsRandom {
+    fn fill(&self, buf: &mut [u8]) {
+        buf.fill(0);
+    }
+    fn try_fill(&self, buf: &mut [u8]) -> entidb_io::IoResult<()> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(IoError::NoEntropy {
+                detail: "getrandom: unavailable".into(),
+            });
+        }
+        SmallRng::seed_from_u64(99).fill(buf);
+        Ok(())
+    }
+}
+
+/// Encryption never runs on a weak random source: without the strong one, creating a key
+/// file, and opening any file (each handle draws a nonce base), fail with `NoEntropy`.
+#[test]
+fn encryption_refuses_to_run_without_the_os_random_source() {
+    block_on(async {
+        let entropy = Arc::new(NoOsRandom {
+            fail: std::sync::atomic::AtomicBool::new(true),
+        });
+        let inner: Arc<dyn Backend> = Arc::new(MemoryBackend::with_world(
+            Arc::new(entidb_io::SystemClock),
+            entropy.clone(),
+        ));
+        let err = EncryptedBackend::open(inner.clone(), KEY)
+            .await
+            .expect_err("no key file without randomness");
+        assert!(matches!(err, IoError::NoEntropy { .. }), "{err}");
+        // With the source back, the key file is made; then it fails again for file handles.
+        entropy
+            .fail
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let enc = EncryptedBackend::open(inner.clone(), KEY)
+            .await
+            .expect("open");
+        let f = enc
+            .open("seg-1.sst", OpenMode::CreateNew)
+            .await
+            .expect("create");
+        f.write_at(0, b"kept".to_vec()).await.expect("write");
+        f.sync_data().await.expect("sync");
+        drop(f);
+        entropy
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for name in ["seg-1.sst", "seg-2.sst"] {
+            let mode = if name == "seg-1.sst" {
+                OpenMode::Existing
+            } else {
+                OpenMode::CreateNew
+            };
+            let err = enc.open(name, mode).await.expect_err("no nonce base");
+            assert!(matches!(err, IoError::NoEntropy { .. }), "{name}: {err}");
+        }
+        entropy
+            .fail
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let f = enc
+            .open("seg-1.sst", OpenMode::Existing)
+            .await
+            .expect("reopen");
+        assert_eq!(f.read_at(0, 4).await.expect("read"), b"kept");
+    });
+}

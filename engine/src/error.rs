@@ -224,7 +224,8 @@ impl Error {
             },
             e @ (IoError::NotEncrypted { .. }
             | IoError::KeyDerivation { .. }
-            | IoError::Cipher { .. }) => Error::Encryption(e.to_string()),
+            | IoError::Cipher { .. }
+            | IoError::NoEntropy { .. }) => Error::Encryption(e.to_string()),
             source => Error::Io { context, source },
         }
     }
