@@ -565,6 +565,78 @@ mod tests {
         assert_eq!(m.max_seq(), 3);
     }
 
+    /// Readers on other threads while the writer inserts: a get at a published sequence
+    /// returns exactly the newest version at or below it (through the point index or the
+    /// skip list), never a torn or missing one, and a get at `u64::MAX` is never older.
+    #[test]
+    fn concurrent_gets_during_inserts_see_every_published_version() {
+        const KEYS: usize = 64;
+        const N: u64 = 20_000;
+        let keys: Vec<Arc<[u8]>> = (0..KEYS)
+            .map(|i| {
+                let mut k = vec![TAG_ENTITY, 0, 0, 0, 1];
+                k.extend_from_slice(&[i as u8; 16]);
+                Arc::from(k)
+            })
+            .collect();
+        let key_of = |seq: u64| (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % KEYS;
+        let is_delete = |seq: u64| seq.is_multiple_of(7);
+        // For each key, the sequences that wrote it, ascending.
+        let mut writes: Vec<Vec<u64>> = vec![Vec::new(); KEYS];
+        for seq in 1..=N {
+            writes[key_of(seq)].push(seq);
+        }
+        let m = Memtable::new(1);
+        let published = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for seq in 1..=N {
+                    let op = if is_delete(seq) {
+                        Op::Delete
+                    } else {
+                        Op::Put(Arc::from(&seq.to_le_bytes()[..]))
+                    };
+                    m.insert(keys[key_of(seq)].clone(), seq, op);
+                    published.store(seq, AtomicOrdering::Release);
+                }
+            });
+            for r in 0..3u64 {
+                let (m, keys, writes, published) = (&m, &keys, &writes, &published);
+                scope.spawn(move || {
+                    let mut i = r;
+                    loop {
+                        let p = published.load(AtomicOrdering::Acquire);
+                        i = i
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let k = (i >> 33) as usize % KEYS;
+                        let w = &writes[k];
+                        let expect = w.partition_point(|&s| s <= p).checked_sub(1).map(|j| w[j]);
+                        let got = m.get(&keys[k], p);
+                        match (expect, &got) {
+                            (None, None) => {}
+                            (Some(s), Some((gs, op))) => {
+                                assert_eq!(*gs, s, "key {k} at {p}");
+                                match op {
+                                    Op::Delete => assert!(is_delete(s)),
+                                    Op::Put(v) => assert_eq!(&v[..], &s.to_le_bytes()[..]),
+                                }
+                            }
+                            _ => panic!("key {k} at {p}: expected {expect:?}, got {got:?}"),
+                        }
+                        if let Some(s) = expect {
+                            let newest = m.get(&keys[k], u64::MAX).map(|(gs, _)| gs);
+                            assert!(newest >= Some(s), "key {k}: {newest:?} older than {s}");
+                        }
+                        if p == N {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
     use proptest::prelude::*;
 
     proptest! {
