@@ -641,3 +641,40 @@ fn a_read_only_handle_sees_a_snapshot_beside_the_writer() {
         assert_eq!(again.collection("c").count().await.expect("count"), 16);
     });
 }
+
+#[tokio::test]
+async fn remove_deletes_without_reading() {
+    let db = Database::memory().await.unwrap();
+    let users = db.collection("users");
+    users
+        .create_index("by_age", entidb::IndexSpec::ordered(["age"]))
+        .await
+        .unwrap();
+    let a = users.insert(&user("Ada", 36)).await.unwrap();
+    let absent = db.new_id();
+    let mut tx = db.begin().await.unwrap();
+    tx.collection("users").remove(a).unwrap();
+    tx.collection("users").remove(absent).unwrap();
+    let seq = tx.commit().await.unwrap();
+    assert!(!users.exists(a).await.unwrap());
+    // The index entry went with the document.
+    let q = entidb::Query::eq(36).limit(10);
+    assert!(users.lookup("by_age", &q).await.unwrap().items.is_empty());
+    // Unlike `delete`, removing an absent entity shows in the feed.
+    let feed = db.changes_page(seq - 1, 10).await.unwrap();
+    let ids: Vec<_> = feed[0]
+        .changes
+        .iter()
+        .filter(|c| matches!(c.op, ChangeOp::Delete))
+        .filter_map(|c| c.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&a) && ids.contains(&absent));
+    // A put after a remove in one transaction wins.
+    let mut tx = db.begin().await.unwrap();
+    let mut c = tx.collection("users");
+    c.remove(a).unwrap();
+    c.put(a, &user("Ada", 37)).unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(users.get::<User>(a).await.unwrap(), Some(user("Ada", 37)));
+}

@@ -25,6 +25,7 @@
 //! 4. Op ids increase by one per captured write; the server acknowledges them in order and
 //!    recognises a retried op by (client id, op id).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -424,8 +425,7 @@ impl Replicator {
             // record, and the next capture would commit again).
             tx.abort();
         } else {
-            tx.collection(STATE).put(EntityId::MIN, &state)?;
-            tx.commit().await?;
+            commit_state(tx, &mut state).await?;
         }
         Ok((n, state))
     }
@@ -563,55 +563,75 @@ impl Replicator {
         self.push_locked().await
     }
 
+    /// Pushes the outbox as a pipeline, so that the client's work and the server's overlap:
+    /// while the server applies batch `k+1`, the client acknowledges batch `k` locally (one
+    /// durable transaction) and reads batch `k+2` from the outbox.
+    ///
+    /// Invariants:
+    /// * requests stay strictly sequential (batch `k+1` is sent only after batch `k`'s answer
+    ///   arrived): the server's dedupe keeps the highest op id per client;
+    /// * a batch's base versions are the server's versions after every earlier batch: read
+    ///   from entity metadata, then overridden by the answers of the two batches whose
+    ///   acknowledgements may not have been in the snapshot it was read from;
+    /// * an op leaves the outbox only in the transaction that records its answer, so a crash
+    ///   anywhere resends it and the server answers `duplicate`.
     async fn push_locked(&self) -> SyncResult<(u64, Vec<(String, EntityId)>)> {
         let mut acked = 0;
         let mut rejected = Vec::new();
+        // Capture first so that the batches include every write made so far.
+        let (_, state) = self.capture_locked().await?;
+        let path = format!("/v1/db/{}/push", self.shared.config.database);
+        let mut next = self.prepare_push(state.acked_op_id).await?;
+        // The last batch sent and its answer, not yet acknowledged locally.
+        let mut answered: Option<(Vec<Op>, PushResponse)> = None;
+        // Server versions from the last two answers (newest first).
+        let mut recent: std::collections::VecDeque<HashMap<(String, EntityId), Option<u64>>> =
+            std::collections::VecDeque::with_capacity(2);
         loop {
-            // Capture first so that the batch includes every write made so far.
-            let (_, state) = self.capture_locked().await?;
-
-            let snap = self.shared.db.snapshot();
-            let mut opts = ScanOptions::limit(self.shared.config.push_batch);
-            opts.after = Some(op_key(state.acked_op_id));
-            let page = snap.collection(OUTBOX).scan(opts).await?;
-            if page.items.is_empty() {
+            let Some(mut ops) = next.take() else {
+                if let Some((ops, resp)) = answered.take() {
+                    let (a, r) = self.ack_push(&ops, &resp).await?;
+                    acked += a;
+                    rejected.extend(r);
+                }
                 break;
+            };
+            for op in &mut ops {
+                let key = (op.collection.clone(), op.id);
+                if let Some(v) = recent.iter().find_map(|m| m.get(&key)) {
+                    op.base_version = *v;
+                }
             }
-            let mut ops = Vec::with_capacity(page.items.len());
-            for doc in &page.items {
-                let e: OutboxEntry = doc.decode()?;
-                let meta: Meta = snap
-                    .collection(META)
-                    .get(meta_id(&e.collection, &e.id))
-                    .await?
-                    .unwrap_or_default();
-                ops.push(Op {
-                    op_id: e.op_id,
-                    collection: e.collection,
-                    id: e.id,
-                    kind: e.kind,
-                    doc: e.doc,
-                    base_version: meta.version,
-                    hlc: e.hlc,
-                });
-            }
-            drop(snap);
+            let last_op = ops.last().map_or(0, |o| o.op_id);
+            let request = PushRequest {
+                client_id: self.shared.config.client_id.clone(),
+                ops,
+            };
             let body = Format::Cbor
-                .encode(&PushRequest {
-                    client_id: self.shared.config.client_id.clone(),
-                    ops: ops.clone(),
-                })
+                .encode(&request)
                 .map_err(|e| SyncError::Protocol(e.to_string()))?;
-            let path = format!("/v1/db/{}/push", self.shared.config.database);
-            let resp: PushResponse = self
-                .retry(|| {
-                    self.request(Request {
-                        method: Method::Post,
-                        path: path.clone(),
-                        body: Some(body.clone()),
-                    })
+            let ops = request.ops;
+            let send = self.retry(|| {
+                self.request::<PushResponse>(Request {
+                    method: Method::Post,
+                    path: path.clone(),
+                    body: Some(body.clone()),
                 })
-                .await?;
+            });
+            let previous = answered.take();
+            let ack = async {
+                match &previous {
+                    Some((ops, resp)) => self.ack_push(ops, resp).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (resp, ack, following) =
+                futures_util::future::join3(send, ack, self.prepare_push(last_op)).await;
+            if let Some((a, r)) = ack? {
+                acked += a;
+                rejected.extend(r);
+            }
+            let resp = resp?;
             if resp.results.len() != ops.len()
                 || resp
                     .results
@@ -623,34 +643,89 @@ impl Replicator {
                     "push results do not match the pushed ops".into(),
                 ));
             }
-            let mut tx = self.begin().await?;
-            let mut state = read_state(&mut tx).await?;
-            self.capture_into(&mut tx, &mut state).await?;
-            for (op, result) in ops.iter().zip(&resp.results) {
-                tx.collection(OUTBOX).delete(op_key(op.op_id)).await?;
-                state.acked_op_id = op.op_id;
-                let mid = meta_id(&op.collection, &op.id);
-                let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
-                meta.pending = meta.pending.saturating_sub(1);
-                meta.version = result.state.version;
-                if meta.pending == 0 && result.status != OpStatus::Applied {
-                    // Adopt the server's state: the op lost, a retry's answer does not say
-                    // what the server holds now, or the server merged the op.
-                    apply(&mut tx, &op.collection, op.id, result.state.doc.as_ref()).await?;
-                }
-                tx.collection(META).put(mid, &meta)?;
-                if result.status == OpStatus::Rejected {
-                    self.set_status(|s| s.rejected_ops += 1);
-                    rejected.push((op.collection.clone(), op.id));
-                } else {
-                    acked += 1;
-                }
+            if recent.len() == 2 {
+                recent.pop_back();
             }
-            tx.collection(STATE).put(EntityId::MIN, &state)?;
-            tx.commit().await?;
+            recent.push_front(
+                ops.iter()
+                    .zip(&resp.results)
+                    .map(|(o, r)| ((o.collection.clone(), o.id), r.state.version))
+                    .collect(),
+            );
+            answered = Some((ops, resp));
+            next = following?;
         }
         let pending = self.pending_ops().await?;
         self.set_status(|s| s.pending_ops = pending);
+        Ok((acked, rejected))
+    }
+
+    /// The next batch of outbox ops after op id `after` (`None` when there are none), with
+    /// base versions from entity metadata.
+    async fn prepare_push(&self, after: u64) -> SyncResult<Option<Vec<Op>>> {
+        let snap = self.shared.db.snapshot();
+        let mut opts = ScanOptions::limit(self.shared.config.push_batch);
+        opts.after = Some(op_key(after));
+        let page = snap.collection(OUTBOX).scan(opts).await?;
+        if page.items.is_empty() {
+            return Ok(None);
+        }
+        let mut ops = Vec::with_capacity(page.items.len());
+        for doc in &page.items {
+            let e: OutboxEntry = doc.decode()?;
+            let meta: Meta = snap
+                .collection(META)
+                .get(meta_id(&e.collection, &e.id))
+                .await?
+                .unwrap_or_default();
+            ops.push(Op {
+                op_id: e.op_id,
+                collection: e.collection,
+                id: e.id,
+                kind: e.kind,
+                doc: e.doc,
+                base_version: meta.version,
+                hlc: e.hlc,
+            });
+        }
+        Ok(Some(ops))
+    }
+
+    /// Records a batch's answer in one durable transaction: the ops leave the outbox, entity
+    /// metadata takes the server's versions, and entities whose op did not simply apply adopt
+    /// the server's state. Returns (acknowledged, rejected).
+    async fn ack_push(
+        &self,
+        ops: &[Op],
+        resp: &PushResponse,
+    ) -> SyncResult<(u64, Vec<(String, EntityId)>)> {
+        let mut acked = 0;
+        let mut rejected = Vec::new();
+        let mut tx = self.begin().await?;
+        let mut state = read_state(&mut tx).await?;
+        self.capture_into(&mut tx, &mut state).await?;
+        for (op, result) in ops.iter().zip(&resp.results) {
+            // The op is in the outbox (only this replicator, holding `run`, removes it).
+            tx.collection(OUTBOX).remove(op_key(op.op_id))?;
+            state.acked_op_id = op.op_id;
+            let mid = meta_id(&op.collection, &op.id);
+            let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+            meta.pending = meta.pending.saturating_sub(1);
+            meta.version = result.state.version;
+            if meta.pending == 0 && result.status != OpStatus::Applied {
+                // Adopt the server's state: the op lost, a retry's answer does not say
+                // what the server holds now, or the server merged the op.
+                apply(&mut tx, &op.collection, op.id, result.state.doc.as_ref()).await?;
+            }
+            tx.collection(META).put(mid, &meta)?;
+            if result.status == OpStatus::Rejected {
+                self.set_status(|s| s.rejected_ops += 1);
+                rejected.push((op.collection.clone(), op.id));
+            } else {
+                acked += 1;
+            }
+        }
+        commit_state(tx, &mut state).await?;
         Ok((acked, rejected))
     }
 
@@ -694,8 +769,7 @@ impl Replicator {
                     let mut state = read_state(&mut tx).await?;
                     state.bootstrap = None;
                     state.bootstrapped = false;
-                    tx.collection(STATE).put(EntityId::MIN, &state)?;
-                    tx.commit().await?;
+                    commit_state(tx, &mut state).await?;
                     continue;
                 }
                 other => other?,
@@ -739,8 +813,7 @@ impl Replicator {
                 // An empty page changes nothing: no commit, no sync.
                 tx.abort();
             } else {
-                tx.collection(STATE).put(EntityId::MIN, &state)?;
-                tx.commit().await?;
+                commit_state(tx, &mut state).await?;
             }
             self.set_status(|s| s.cursor = resp.cursor);
             if !resp.has_more {
@@ -821,8 +894,7 @@ impl Replicator {
                     next: resp.next.clone(),
                 });
             }
-            tx.collection(STATE).put(EntityId::MIN, &state)?;
-            tx.commit().await?;
+            commit_state(tx, &mut state).await?;
             if done {
                 self.set_status(|s| {
                     s.cursor = start_cursor;
@@ -908,6 +980,25 @@ impl Replicator {
         }
         result
     }
+}
+
+/// Store `state` and commit. The commit's own change-feed record carries this replicator's
+/// origin, which capture skips anyway. It is the next sequence after the transaction's read
+/// sequence (the transaction holds the single writer), so when `state` has captured
+/// everything up to the read sequence it steps over that record now, and the next capture
+/// neither pages through nor decodes it (a push's acknowledgement writes 2 records per op).
+async fn commit_state(mut tx: WriteTxn, state: &mut State) -> SyncResult<()> {
+    let read = tx.read_sequence();
+    if state.feed_seq == read {
+        state.feed_seq = read + 1;
+    }
+    tx.collection(STATE).put(EntityId::MIN, &*state)?;
+    let seq = tx.commit().await?;
+    debug_assert!(
+        state.feed_seq != read + 1 || seq == read + 1,
+        "the commit's record is the one stepped over"
+    );
+    Ok(())
 }
 
 async fn read_state(tx: &mut WriteTxn) -> SyncResult<State> {

@@ -730,3 +730,49 @@ async fn waiting_clients_never_take_the_slots_of_pushes() {
         assert_eq!(resp.status(), 200);
     }
 }
+
+/// The push pipeline reads batch `k+1` from the outbox while batch `k` is in flight, so its
+/// base versions are read before `k` is acknowledged. Ten edits of one entity, one op per
+/// batch, under the default policy (server wins): each op must carry the version the server
+/// gave the previous one, or the server rejects it as a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_pushes_carry_the_versions_of_the_batches_before_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let local = entidb::Database::open(dir.path().join("a")).await.unwrap();
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
+    cfg.push_batch = 1;
+    let t = Arc::new(HttpTransport::new(
+        &server.url,
+        &token("app", "a", &["read", "write"], 3600),
+    ));
+    let r = entidb_sync::Replicator::attach(local.clone(), cfg, t)
+        .await
+        .unwrap();
+    r.sync_now().await.unwrap();
+    let notes = local.collection("notes");
+    let id = local.new_id();
+    let other = local.new_id();
+    for i in 0..10 {
+        notes.put(id, &json!({ "edit": i })).await.unwrap();
+        if i % 3 == 0 {
+            // Another entity between the edits: `id` skips a batch now and then.
+            notes.put(other, &json!({ "edit": i })).await.unwrap();
+        }
+    }
+    let (acked, rejected) = r.push().await.unwrap();
+    assert!(rejected.is_empty(), "stale base versions: {rejected:?}");
+    assert_eq!(acked, 14);
+    assert_eq!(r.status().rejected_ops, 0);
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    rb.sync_now().await.unwrap();
+    assert_eq!(
+        b.collection("notes")
+            .get::<serde_json::Value>(id)
+            .await
+            .unwrap(),
+        Some(json!({ "edit": 9 }))
+    );
+    assert_eq!(contents(&b, "notes").await, contents(&local, "notes").await);
+}
