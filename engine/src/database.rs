@@ -209,6 +209,15 @@ impl Database {
         self.inner.view().seq
     }
 
+    /// Wait until sequence `seq` is published (visible to new snapshots and the change
+    /// feed). A write transaction reads at the last *appended* sequence, which may include a
+    /// durable commit whose sync is still running; a reader of the feed inside such a
+    /// transaction (the sync client's capture) waits here for it. Fails with `FailStopped`
+    /// if that sync failed, and `Closed` after `close()`.
+    pub async fn wait_published(&self, seq: u64) -> Result<()> {
+        self.inner.wait_published(seq).await
+    }
+
     /// Write everything in memory to segments and start a new WAL file, so that the next open
     /// replays nothing.
     pub async fn checkpoint(&self) -> Result<()> {

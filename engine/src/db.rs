@@ -569,7 +569,13 @@ impl Inner {
     pub(crate) async fn wait_durable(&self, seq: u64) -> Result<()> {
         loop {
             match self.sync_step(seq)? {
-                SyncStep::Done => return Ok(()),
+                SyncStep::Done => {
+                    // The leader raises `durable_seq` before it publishes: make sure `seq` is
+                    // visible before `commit()` returns, as it promises.
+                    let durable = lock(&self.sync).durable_seq;
+                    self.publish(durable);
+                    return Ok(());
+                }
                 SyncStep::Wait(listener) => listener.await,
                 SyncStep::Lead {
                     target,
@@ -577,7 +583,15 @@ impl Inner {
                     file,
                     no,
                 } => {
+                    // If this future is dropped during the sync (a cancelled commit), the
+                    // guard gives up the leadership, or every later commit would wait for a
+                    // sync nobody finishes.
+                    let mut lead = LeaderGuard {
+                        inner: self,
+                        armed: true,
+                    };
                     let r = file.sync_data().await;
+                    lead.armed = false;
                     self.counters.syncs.fetch_add(1, Ordering::Relaxed);
                     self.finish_sync(r, target, offset, no);
                 }
@@ -626,6 +640,21 @@ impl Inner {
                 drop(s);
                 self.fail(format!("WAL sync failed: {e}"));
             }
+        }
+    }
+
+    /// Wait until `seq` is published (see `Database::wait_published`).
+    pub(crate) async fn wait_published(&self, seq: u64) -> Result<()> {
+        loop {
+            let listener = self.commit_event.listen();
+            if self.view().seq >= seq {
+                return Ok(());
+            }
+            self.check_open()?;
+            if let Some(f) = &lock(&self.sync).failed {
+                return Err(Error::FailStopped { cause: f.clone() });
+            }
+            listener.await;
         }
     }
 
@@ -1133,6 +1162,23 @@ impl Inner {
 }
 
 /// Create WAL file `no`: header plus `prealloc` zero bytes, synced, directory synced.
+/// Gives up the group-sync leadership if the leader's future is dropped mid-sync: `syncing`
+/// is cleared and the waiters wake, so one of them leads a new sync (the dropped one may
+/// still complete in the background; a second sync is harmless).
+struct LeaderGuard<'a> {
+    inner: &'a Inner,
+    armed: bool,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.inner.sync).syncing = false;
+            self.inner.sync_event.notify(usize::MAX);
+        }
+    }
+}
+
 /// How an ingest failed.
 #[derive(Debug)]
 pub(crate) enum Ingest {

@@ -572,7 +572,10 @@ impl TxCollection<'_> {
     /// saves [`TxCollection::delete`]'s two reads. Unlike `delete`, removing an entity that
     /// does not exist still shows in the change feed as a delete.
     pub fn remove(&mut self, id: EntityId) -> Result<()> {
-        let coll = self.tx.resolve_or_create(self.name)?;
+        // A collection that does not exist (here) holds nothing to remove.
+        let Some(coll) = self.tx.resolve(self.name) else {
+            return Ok(());
+        };
         let key: Arc<[u8]> = Arc::from(keys::entity_key(coll, &id));
         self.tx.note_entity_write(coll, &key);
         self.tx.writes.insert(key, None);

@@ -678,3 +678,29 @@ async fn remove_deletes_without_reading() {
     tx.commit().await.unwrap();
     assert_eq!(users.get::<User>(a).await.unwrap(), Some(user("Ada", 37)));
 }
+
+/// A durable commit cancelled while it leads a group sync (a timeout, a dropped request)
+/// gives the leadership up: later durable commits still complete, and a commit that
+/// returned is visible at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cancelled_during_its_sync_does_not_block_later_ones() {
+    let backend = SlowSync {
+        inner: MemoryBackend::new(),
+        syncs: Arc::new(AtomicU64::new(0)),
+    };
+    let db = Database::open_with(Arc::new(backend), Options::default())
+        .await
+        .unwrap();
+    let c = db.collection("c");
+    // Each sync takes 5 ms: a 1 ms timeout drops the commit while it leads the sync.
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_millis(1), c.insert(&1u32)).await;
+        assert!(r.is_err(), "the commit was still syncing");
+    }
+    let id = tokio::time::timeout(Duration::from_secs(10), c.insert(&2u32))
+        .await
+        .expect("a later durable commit is not stuck behind a dropped leader")
+        .unwrap();
+    assert_eq!(c.get::<u32>(id).await.unwrap(), Some(2));
+    assert!(db.snapshot().sequence() >= db.last_sequence());
+}

@@ -448,6 +448,9 @@ impl Replicator {
     /// holds the single writer, so the published sequence equals its read sequence.
     async fn capture_into(&self, tx: &mut WriteTxn, state: &mut State) -> SyncResult<u64> {
         let upto = tx.read_sequence();
+        // The transaction reads at the last appended sequence; an app's durable commit may be
+        // appended but still in its sync, not yet in the (published) feed.
+        self.shared.db.wait_published(upto).await?;
         let mut captured = 0;
         while state.feed_seq < upto {
             let page = self.shared.db.changes_page(state.feed_seq, 256).await?;
@@ -589,12 +592,19 @@ impl Replicator {
             std::collections::VecDeque::with_capacity(2);
         loop {
             let Some(mut ops) = next.take() else {
-                if let Some((ops, resp)) = answered.take() {
-                    let (a, r) = self.ack_push(&ops, &resp).await?;
-                    acked += a;
-                    rejected.extend(r);
-                }
-                break;
+                let Some((ops, resp)) = answered.take() else {
+                    break;
+                };
+                let (a, r) = self.ack_push(&ops, &resp).await?;
+                acked += a;
+                rejected.extend(r);
+                // The acknowledgements may have captured writes made during the push, after
+                // the last batch was read: look again, so that a push ends with the outbox
+                // empty.
+                let last = ops.last().map_or(0, |o| o.op_id);
+                recent.clear();
+                next = self.prepare_push(last).await?;
+                continue;
             };
             for op in &mut ops {
                 let key = (op.collection.clone(), op.id);

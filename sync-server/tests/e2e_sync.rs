@@ -776,3 +776,47 @@ async fn pipelined_pushes_carry_the_versions_of_the_batches_before_them() {
     );
     assert_eq!(contents(&b, "notes").await, contents(&local, "notes").await);
 }
+
+/// The app keeps writing (durable commits on other tasks) while the replicator syncs: a
+/// replicator transaction may read at a commit that is appended but still in its sync, and
+/// must wait for it instead of failing; a push ends with the outbox empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncing_while_the_app_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    ra.sync_now().await.unwrap();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    a.collection("notes")
+                        .insert(&json!({ "w": w, "i": i }))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut rounds = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        ra.sync_now().await.expect("a round beside app writes");
+        rounds += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    ra.push().await.unwrap();
+    assert_eq!(
+        ra.pending_ops().await.unwrap(),
+        0,
+        "the push emptied the outbox"
+    );
+    assert!(rounds > 0);
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    rb.sync_now().await.unwrap();
+    assert_eq!(b.collection("notes").count().await.unwrap(), 600);
+    assert_eq!(contents(&b, "notes").await, contents(&a, "notes").await);
+}
