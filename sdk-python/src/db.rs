@@ -1066,57 +1066,6 @@ impl PyDatabase {
         })
     }
 
-    /// Declare an index (`kind`: "ordered", "equality" or "search") and build it.
-    #[pyo3(signature = (collection, name, fields, kind="ordered", unique=false, stem_english=false, fold_case=true, fold_diacritics=true))]
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "mirrors the Python keyword arguments"
-    )]
-    fn create_index<'py>(
-        &self,
-        py: Python<'py>,
-        collection: String,
-        name: String,
-        fields: Vec<String>,
-        kind: &str,
-        unique: bool,
-        stem_english: bool,
-        fold_case: bool,
-        fold_diacritics: bool,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let spec = index_spec(
-            fields,
-            kind,
-            unique,
-            stem_english,
-            fold_case,
-            fold_diacritics,
-        )?;
-        let db = self.db.clone();
-        future_into_py(py, async move {
-            db.collection(&collection)
-                .create_index(&name, spec)
-                .await
-                .map_err(engine)
-        })
-    }
-
-    /// Drop an index; returns whether it existed.
-    fn drop_index<'py>(
-        &self,
-        py: Python<'py>,
-        collection: String,
-        name: String,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let db = self.db.clone();
-        future_into_py(py, async move {
-            db.collection(&collection)
-                .drop_index(&name)
-                .await
-                .map_err(engine)
-        })
-    }
-
     /// Names of the collections.
     fn collections(&self, py: Python<'_>) -> Vec<String> {
         py.detach(|| self.db.collections())

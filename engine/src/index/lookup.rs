@@ -75,10 +75,8 @@ impl<'a> MergedRange<'a> {
         reverse: bool,
     ) -> MergedRange<'a> {
         let mut ov: VecDeque<Pending> = VecDeque::new();
-        // A range with end <= from is empty; BTreeMap::range would panic on it.
-        if let Some(o) = ctx.overlay
-            && from < end
-        {
+        // (`Overlay::range` is empty when end <= from.)
+        if let Some(o) = ctx.overlay {
             let items = o.range(from, end).map(|(k, v)| (k.clone(), v.clone()));
             if reverse {
                 ov.extend(items.rev());

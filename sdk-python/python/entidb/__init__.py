@@ -508,10 +508,10 @@ class Collection(_Reads):
         and build it in one transaction. `kind`: "ordered" (equality, ranges, prefixes) or
         "equality" (hashed keys, equality only). Returns the index name (by default the
         fields joined by commas)."""
-        fs = [fields] if isinstance(fields, str) else list(fields)
-        n = name or ",".join(fs)
-        await self._db._native.create_index(self._name, n, fs, kind=kind, unique=unique)
-        return n
+        async with self._db.transaction() as tx:
+            return await tx.collection(self._name).create_index(
+                fields, name=name, unique=unique, kind=kind
+            )
 
     async def create_search_index(
         self,
@@ -525,20 +525,22 @@ class Collection(_Reads):
         """Declare a full-text index over text fields; returns its name."""
         fs = [fields] if isinstance(fields, str) else list(fields)
         n = name or "search:" + ",".join(fs)
-        await self._db._native.create_index(
-            self._name,
-            n,
-            fs,
-            kind="search",
-            stem_english=stem_english,
-            fold_case=fold_case,
-            fold_diacritics=fold_diacritics,
-        )
+        async with self._db.transaction() as tx:
+            await tx._native().create_index(
+                self._name,
+                n,
+                fs,
+                kind="search",
+                stem_english=stem_english,
+                fold_case=fold_case,
+                fold_diacritics=fold_diacritics,
+            )
         return n
 
     async def drop_index(self, name: str) -> bool:
         """Drop an index; returns whether it existed."""
-        return await self._db._native.drop_index(self._name, name)
+        async with self._db.transaction() as tx:
+            return await tx.collection(self._name).drop_index(name)
 
     async def put_if(self, doc: Any, id: IdLike, version: Optional[int]) -> int:
         """Write only if the entity's current version is `version` (None: it must not
