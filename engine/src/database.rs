@@ -196,7 +196,38 @@ impl Database {
     /// Up to `limit` change-feed records after `since`, without waiting.
     pub async fn changes_page(&self, since: u64, limit: usize) -> Result<Vec<ChangeBatch>> {
         let snap = self.snapshot();
-        crate::feed::read_page(&self.inner, &snap.view, since, limit).await
+        crate::feed::read_page(&self.inner, &snap.view, since, limit, &|_, _| true).await
+    }
+
+    /// Like [`Database::changes_page`], but each record keeps only the changes for which
+    /// `keep(origin, collection)` is true, where `origin` is the record's origin tag
+    /// (collection created and dropped markers are filtered by their collection too). The
+    /// values of the other changes are never read, so a consumer of a few collections, or one
+    /// that skips its own writes, pays nothing for the rest. A record left with no changes is
+    /// still returned, so that the caller's position moves past it.
+    ///
+    /// ```
+    /// # futures_executor::block_on(async {
+    /// use entidb::Database;
+    /// let db = Database::memory().await?;
+    /// let mut tx = db.begin().await?;
+    /// tx.collection("notes").insert(&"kept")?;
+    /// tx.collection("audit").insert(&"left out")?;
+    /// let seq = tx.commit().await?;
+    /// let page = db.changes_page_filtered(0, 10, |_origin, c| c == "notes").await?;
+    /// let batch = page.iter().find(|b| b.seq == seq).expect("the record is returned");
+    /// assert!(batch.changes.iter().all(|c| c.collection == "notes"));
+    /// # Ok::<(), entidb::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn changes_page_filtered(
+        &self,
+        since: u64,
+        limit: usize,
+        keep: impl Fn(Option<&str>, &str) -> bool + entidb_io::MaybeSync,
+    ) -> Result<Vec<ChangeBatch>> {
+        let snap = self.snapshot();
+        crate::feed::read_page(&self.inner, &snap.view, since, limit, &keep).await
     }
 
     /// The oldest sequence the change feed still retains.

@@ -155,13 +155,21 @@ fn parse(b: &[u8]) -> Option<Parsed> {
     })
 }
 
-/// Read up to `limit` feed records with sequence > `since` from `view`.
-pub(crate) async fn read_page(
+/// Read up to `limit` feed records with sequence > `since` from `view`, keeping only the
+/// changes `keep(origin, collection)` accepts (the others are left out before their values
+/// are read: a consumer that skips a collection or an origin pays no point read per change).
+/// A record left with no changes is still returned, so that the caller's position moves past
+/// it.
+pub(crate) async fn read_page<K>(
     inner: &Inner,
     view: &View,
     since: u64,
     limit: usize,
-) -> Result<Vec<ChangeBatch>> {
+    keep: &K,
+) -> Result<Vec<ChangeBatch>>
+where
+    K: Fn(Option<&str>, &str) -> bool + entidb_io::MaybeSync,
+{
     let oldest = inner.feed_oldest(view.seq);
     if since.saturating_add(1) < oldest && since < view.seq {
         return Err(Error::FeedTruncated {
@@ -185,6 +193,9 @@ pub(crate) async fn read_page(
         let catalog = crate::db::read(&inner.catalog).clone();
         let mut changes = Vec::with_capacity(parsed.items.len());
         for (kind, name, id) in parsed.items {
+            if !keep(parsed.origin.as_deref(), &name) {
+                continue;
+            }
             let op = match (kind, id) {
                 (KIND_PUT, Some(id)) => {
                     let coll = catalog_id_at(&catalog, &name, seq).ok_or_else(bad)?;
@@ -318,7 +329,7 @@ async fn wait_page(inner: Arc<Inner>, since: u64) -> Result<Vec<ChangeBatch>> {
         inner.check_open()?;
         let (view, _pin) = inner.pinned_view();
         if view.seq > since {
-            let page = read_page(&inner, &view, since, 256).await?;
+            let page = read_page(&inner, &view, since, 256, &|_, _| true).await?;
             if !page.is_empty() {
                 return Ok(page);
             }

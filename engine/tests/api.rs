@@ -704,3 +704,59 @@ async fn a_commit_cancelled_during_its_sync_does_not_block_later_ones() {
     assert_eq!(c.get::<u32>(id).await.unwrap(), Some(2));
     assert!(db.snapshot().sequence() >= db.last_sequence());
 }
+
+#[tokio::test]
+async fn a_filtered_feed_page_keeps_the_changes_asked_for_and_every_record() {
+    let db = Database::memory().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let note = tx.collection("notes").insert(&"n").unwrap();
+    tx.collection("audit").insert(&"a").unwrap();
+    let first = tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.set_origin("replicator").unwrap();
+    tx.collection("notes").insert(&"from the server").unwrap();
+    let own = tx.commit().await.unwrap();
+    assert!(db.collection("notes").delete(note).await.unwrap());
+    let keep = |origin: Option<&str>, c: &str| origin != Some("replicator") && c == "notes";
+    let page = db.changes_page_filtered(0, 100, keep).await.unwrap();
+    let all = db.changes_page(0, 100).await.unwrap();
+    // Every record is there, in order, so a consumer's position moves past all of them.
+    assert_eq!(
+        page.iter().map(|b| b.seq).collect::<Vec<_>>(),
+        all.iter().map(|b| b.seq).collect::<Vec<_>>()
+    );
+    for (filtered, full) in page.iter().zip(&all) {
+        let expected: Vec<_> = full
+            .changes
+            .iter()
+            .filter(|c| keep(full.origin.as_deref(), &c.collection))
+            .cloned()
+            .collect();
+        assert_eq!(filtered.changes, expected, "record {}", full.seq);
+        assert_eq!(filtered.origin, full.origin);
+    }
+    let at = |seq: u64| page.iter().find(|b| b.seq == seq).unwrap();
+    // The first record creates both collections and puts into both: only `notes` is left.
+    let kinds: Vec<_> = at(first)
+        .changes
+        .iter()
+        .map(|c| {
+            (
+                c.collection.as_str(),
+                matches!(c.op, entidb::ChangeOp::Put(_)),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("notes", false), ("notes", true)], "{page:?}");
+    assert_eq!(at(first).changes[1].id, Some(note));
+    assert!(at(own).changes.is_empty(), "the origin's record is empty");
+    let last = page.last().unwrap();
+    assert_eq!(last.changes.len(), 1);
+    assert_eq!(last.changes[0].op, entidb::ChangeOp::Delete);
+    // Collection markers are filtered by their collection as well.
+    assert!(
+        page.iter()
+            .flat_map(|b| &b.changes)
+            .all(|c| c.collection == "notes")
+    );
+}

@@ -1088,16 +1088,30 @@ impl PyDatabase {
     }
 
     /// Up to `limit` committed transactions after `since`, without waiting:
-    /// `[(sequence, timestamp_ms, origin, [changes])]`.
+    /// `[(sequence, timestamp_ms, origin, [changes])]`. With `collections`, only the changes
+    /// of those collections; with `exclude_origin`, no changes of transactions with that
+    /// origin (their records stay, empty). Left-out values are never read.
+    #[pyo3(signature = (since, limit, collections=None, exclude_origin=None))]
     fn changes_page<'py>(
         &self,
         py: Python<'py>,
         since: u64,
         limit: usize,
+        collections: Option<Vec<String>>,
+        exclude_origin: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let db = self.db.clone();
         future_into_py(py, async move {
-            let page = db.changes_page(since, limit).await.map_err(engine)?;
+            let keep = |origin: Option<&str>, c: &str| {
+                (exclude_origin.is_none() || origin != exclude_origin.as_deref())
+                    && collections
+                        .as_ref()
+                        .is_none_or(|cs| cs.iter().any(|x| x == c))
+            };
+            let page = db
+                .changes_page_filtered(since, limit, keep)
+                .await
+                .map_err(engine)?;
             page.into_iter()
                 .map(batch_row)
                 .collect::<PyResult<Vec<_>>>()

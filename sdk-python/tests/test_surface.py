@@ -138,6 +138,33 @@ async def test_origin_tags_collections_and_indexes_inside_a_transaction(
     assert db.last_maintenance_error() is None
 
 
+async def test_filtered_change_pages_keep_every_transaction(db: entidb.Database) -> None:
+    async with db.transaction() as tx:
+        note = await tx.collection("notes").put({"n": 1})
+        await tx.collection("audit").put({"a": 1})
+    async with db.transaction(origin="replicator") as tx:
+        await tx.collection("notes").put({"n": 2})
+    async with db.transaction() as tx:
+        await tx.collection("audit").put({"a": 2})
+
+    page = await db.changes_page_filtered(
+        0, 10, collections=["notes"], exclude_origin="replicator"
+    )
+    full = await db.changes_page(0, 10)
+    # Every transaction is there, so the last one says where to continue.
+    assert [b.sequence for b in page] == [batch[0].sequence for batch in full]
+    assert [(c.collection, c.op, c.id) for c in page[0].changes] == [
+        ("notes", "collection_created", None),
+        ("notes", "put", note),
+    ]
+    assert page[0].changes[1].document == {"n": 1}
+    assert page[1].origin == "replicator" and page[1].changes == []
+    assert page[2].changes == []
+    assert await db.changes_page_filtered(page[-1].sequence, 10) == []
+    everything = await db.changes_page_filtered(0, 10)
+    assert [b.changes for b in everything] == full
+
+
 async def test_raw_cbor_versions_and_optimistic_writes(db: entidb.Database) -> None:
     blobs = db.collection("blobs")
     # {"a": 1} in canonical CBOR.

@@ -201,6 +201,11 @@ struct State {
 struct BootstrapProgress {
     start_cursor: u64,
     next: Option<BootstrapPosition>,
+    /// The synced collections were empty when the bootstrap started, so every entity in them
+    /// at its end came from the bootstrap or from the app (captured as pending ops): the
+    /// sweep has nothing to remove and is skipped (it reads every entity's metadata).
+    #[serde(default)]
+    fresh: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -453,7 +458,15 @@ impl Replicator {
         self.shared.db.wait_published(upto).await?;
         let mut captured = 0;
         while state.feed_seq < upto {
-            let page = self.shared.db.changes_page(state.feed_seq, 256).await?;
+            // The replicator's own records and unsynced collections are left out before
+            // their values are read.
+            let page = self
+                .shared
+                .db
+                .changes_page_filtered(state.feed_seq, 256, |origin, c| {
+                    origin != Some(ORIGIN) && self.synced(c)
+                })
+                .await?;
             if page.is_empty() {
                 return Err(SyncError::Protocol(format!(
                     "change feed ended at {} before the published sequence {upto}",
@@ -746,43 +759,35 @@ impl Replicator {
         self.pull_locked(None).await
     }
 
+    /// Pulls page after page. While one page is applied (one local transaction), the next one
+    /// is already requested, so the server's work and the client's overlap; a page is applied
+    /// only after the one before it committed, and only if it starts at the saved cursor.
     async fn pull_locked(&self, wait: Option<Duration>) -> SyncResult<(u64, bool)> {
         let mut applied = 0;
         let mut bootstrapped = false;
         let mut wait = wait;
+        // A page requested while the previous one was applied: (its `since`, the answer).
+        let mut prefetched: Option<(u64, SyncResult<Option<PullResponse>>)> = None;
         loop {
             let state = self.load_state().await?;
             if state.bootstrap.is_some() || !state.bootstrapped {
                 applied += self.bootstrap_locked().await?;
                 bootstrapped = true;
+                prefetched = None;
                 continue;
             }
-            let mut path = format!(
-                "/v1/db/{}/pull?since={}&limit={}",
-                self.shared.config.database, state.cursor, self.shared.config.pull_limit
-            );
-            if let Some(w) = wait.take() {
-                path.push_str(&format!("&wait_ms={}", w.as_millis()));
-            }
-            let resp: SyncResult<PullResponse> = self
-                .retry(|| {
-                    self.request(Request {
-                        method: Method::Get,
-                        path: path.clone(),
-                        body: None,
-                    })
-                })
-                .await;
-            let resp = match resp {
-                Err(SyncError::Server { body, .. }) if body.code == ErrorCode::Rebootstrap => {
-                    let mut tx = self.begin().await?;
-                    let mut state = read_state(&mut tx).await?;
-                    state.bootstrap = None;
-                    state.bootstrapped = false;
-                    commit_state(tx, &mut state).await?;
-                    continue;
-                }
-                other => other?,
+            let resp = match prefetched.take() {
+                Some((since, resp)) if since == state.cursor => resp?,
+                _ => self.fetch_page(state.cursor, wait.take()).await?,
+            };
+            let Some(resp) = resp else {
+                // The server no longer retains the cursor: bootstrap again.
+                let mut tx = self.begin().await?;
+                let mut state = read_state(&mut tx).await?;
+                state.bootstrap = None;
+                state.bootstrapped = false;
+                commit_state(tx, &mut state).await?;
+                continue;
             };
             if resp.cursor < state.cursor {
                 return Err(SyncError::Protocol(format!(
@@ -790,47 +795,93 @@ impl Replicator {
                     state.cursor, resp.cursor
                 )));
             }
-            let mut tx = self.begin().await?;
-            let mut state = read_state(&mut tx).await?;
-            let captured = self.capture_into(&mut tx, &mut state).await?;
-            let page_applied = applied;
-            let cursor_before = state.cursor;
-            for c in &resp.changes {
-                if !self.synced(&c.collection) || c.cursor <= state.cursor {
-                    continue;
-                }
-                let mid = meta_id(&c.collection, &c.id);
-                let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
-                // Pending local writes win locally until the server decides; a change at or
-                // below the known version (the client's own push, adopted from its result)
-                // is already applied.
-                if meta.pending > 0 || meta.version.is_some_and(|v| v >= c.cursor) {
-                    continue;
-                }
-                let doc = match c.kind {
-                    OpKind::Put => Some(c.doc.as_ref().ok_or_else(|| {
-                        SyncError::Protocol("a put change without a document".into())
-                    })?),
-                    OpKind::Delete => None,
-                };
-                apply(&mut tx, &c.collection, c.id, doc).await?;
-                meta.version = Some(c.cursor);
-                tx.collection(META).put(mid, &meta)?;
-                applied += 1;
-            }
-            state.cursor = resp.cursor;
-            if captured == 0 && applied == page_applied && state.cursor == cursor_before {
-                // An empty page changes nothing: no commit, no sync.
-                tx.abort();
-            } else {
-                commit_state(tx, &mut state).await?;
-            }
-            self.set_status(|s| s.cursor = resp.cursor);
             if !resp.has_more {
+                applied += self.apply_page(&resp).await?;
                 break;
             }
+            // The request is polled first, so that it is on its way before the page's CPU
+            // work starts (one task: the two interleave at the commit's sync).
+            let (next, page) = futures_util::future::join(
+                self.fetch_page(resp.cursor, None),
+                self.apply_page(&resp),
+            )
+            .await;
+            applied += page?;
+            prefetched = Some((resp.cursor, next));
         }
         Ok((applied, bootstrapped))
+    }
+
+    /// Requests the page of changes after `since` (with retries). `None`: the server answered
+    /// that the cursor is behind its retention horizon.
+    async fn fetch_page(
+        &self,
+        since: u64,
+        wait: Option<Duration>,
+    ) -> SyncResult<Option<PullResponse>> {
+        let mut path = format!(
+            "/v1/db/{}/pull?since={since}&limit={}",
+            self.shared.config.database, self.shared.config.pull_limit
+        );
+        if let Some(w) = wait {
+            path.push_str(&format!("&wait_ms={}", w.as_millis()));
+        }
+        let resp: SyncResult<PullResponse> = self
+            .retry(|| {
+                self.request(Request {
+                    method: Method::Get,
+                    path: path.clone(),
+                    body: None,
+                })
+            })
+            .await;
+        match resp {
+            Err(SyncError::Server { body, .. }) if body.code == ErrorCode::Rebootstrap => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// Applies one page of changes and saves the new cursor in one local transaction (which
+    /// also captures the app's writes made since the last one). Returns the changes applied.
+    async fn apply_page(&self, resp: &PullResponse) -> SyncResult<u64> {
+        let mut applied = 0;
+        let mut tx = self.begin().await?;
+        let mut state = read_state(&mut tx).await?;
+        let captured = self.capture_into(&mut tx, &mut state).await?;
+        let cursor_before = state.cursor;
+        for c in &resp.changes {
+            if !self.synced(&c.collection) || c.cursor <= state.cursor {
+                continue;
+            }
+            let mid = meta_id(&c.collection, &c.id);
+            let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+            // Pending local writes win locally until the server decides; a change at or
+            // below the known version (the client's own push, adopted from its result)
+            // is already applied.
+            if meta.pending > 0 || meta.version.is_some_and(|v| v >= c.cursor) {
+                continue;
+            }
+            let doc = match c.kind {
+                OpKind::Put => Some(c.doc.as_ref().ok_or_else(|| {
+                    SyncError::Protocol("a put change without a document".into())
+                })?),
+                OpKind::Delete => None,
+            };
+            apply(&mut tx, &c.collection, c.id, doc).await?;
+            meta.version = Some(c.cursor);
+            tx.collection(META).put(mid, &meta)?;
+            applied += 1;
+        }
+        // The page may start before the saved cursor (never after: `since` was the cursor).
+        state.cursor = state.cursor.max(resp.cursor);
+        if captured == 0 && applied == 0 && state.cursor == cursor_before {
+            // An empty page changes nothing: no commit, no sync.
+            tx.abort();
+        } else {
+            commit_state(tx, &mut state).await?;
+        }
+        self.set_status(|s| s.cursor = state.cursor);
+        Ok(applied)
     }
 
     /// Runs (or resumes) a bootstrap: reads the server's current state page by page, each
@@ -838,81 +889,132 @@ impl Replicator {
     /// entities the server no longer has.
     async fn bootstrap_locked(&self) -> SyncResult<u64> {
         let mut applied = 0;
+        // A page requested while the previous one was applied: (its position, the answer).
+        let mut prefetched: Option<(BootstrapPosition, SyncResult<BootstrapResponse>)> = None;
         loop {
             let state = self.load_state().await?;
-            let epoch = state.epoch + 1;
-            let mut path = format!(
-                "/v1/db/{}/bootstrap?limit={}&collections={}",
-                self.shared.config.database,
-                self.shared.config.bootstrap_limit,
-                self.shared.config.collections.join(",")
-            );
-            if let Some(next) = state.bootstrap.as_ref().and_then(|b| b.next.as_ref()) {
-                path.push_str(&format!("&collection={}", next.collection));
-                if let Some(after) = next.after {
-                    path.push_str(&format!("&after={after}"));
-                }
-            }
-            let resp: BootstrapResponse = self
-                .retry(|| {
-                    self.request(Request {
-                        method: Method::Get,
-                        path: path.clone(),
-                        body: None,
-                    })
-                })
-                .await?;
-            let mut tx = self.begin().await?;
-            let mut state = read_state(&mut tx).await?;
-            self.capture_into(&mut tx, &mut state).await?;
-            for e in &resp.entities {
-                if !self.synced(&e.collection) {
-                    continue;
-                }
-                let mid = meta_id(&e.collection, &e.id);
-                let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
-                meta.epoch = epoch;
-                if meta.pending == 0 && meta.version.is_none_or(|v| v < e.version) {
-                    apply(&mut tx, &e.collection, e.id, Some(&e.doc)).await?;
-                    meta.version = Some(e.version);
-                    applied += 1;
-                }
-                tx.collection(META).put(mid, &meta)?;
-            }
-            let start_cursor = state
-                .bootstrap
-                .as_ref()
-                .map_or(resp.cursor, |b| b.start_cursor);
-            let received = resp.entities.len() as u64;
-            self.set_status(|s| {
-                let p = s.bootstrap.get_or_insert_with(Progress::default);
-                p.done += received;
-                if resp.total.is_some() {
-                    p.total = resp.total;
-                }
-            });
-            let done = resp.next.is_none();
-            if done {
-                self.sweep(&mut tx, epoch).await?;
-                state.bootstrap = None;
-                state.bootstrapped = true;
-                state.epoch = epoch;
-                state.cursor = start_cursor;
-            } else {
-                state.bootstrap = Some(BootstrapProgress {
-                    start_cursor,
-                    next: resp.next.clone(),
-                });
-            }
-            commit_state(tx, &mut state).await?;
-            if done {
-                self.set_status(|s| {
-                    s.cursor = start_cursor;
-                    s.bootstrap = None;
-                });
+            let position = state.bootstrap.as_ref().and_then(|b| b.next.clone());
+            let resp = match (prefetched.take(), &position) {
+                (Some((at, resp)), Some(p)) if at == *p => resp?,
+                _ => self.fetch_bootstrap_page(position.as_ref()).await?,
+            };
+            let Some(next) = resp.next.clone() else {
+                applied += self.apply_bootstrap_page(&resp).await?;
                 return Ok(applied);
+            };
+            // As in a pull: the next page is on its way while this one is applied.
+            let (ahead, page) = futures_util::future::join(
+                self.fetch_bootstrap_page(Some(&next)),
+                self.apply_bootstrap_page(&resp),
+            )
+            .await;
+            applied += page?;
+            prefetched = Some((next, ahead));
+        }
+    }
+
+    /// Requests the bootstrap page at `position` (`None`: the first page), with retries.
+    async fn fetch_bootstrap_page(
+        &self,
+        position: Option<&BootstrapPosition>,
+    ) -> SyncResult<BootstrapResponse> {
+        let mut path = format!(
+            "/v1/db/{}/bootstrap?limit={}&collections={}",
+            self.shared.config.database,
+            self.shared.config.bootstrap_limit,
+            self.shared.config.collections.join(",")
+        );
+        if let Some(next) = position {
+            path.push_str(&format!("&collection={}", next.collection));
+            if let Some(after) = next.after {
+                path.push_str(&format!("&after={after}"));
             }
         }
+        self.retry(|| {
+            self.request(Request {
+                method: Method::Get,
+                path: path.clone(),
+                body: None,
+            })
+        })
+        .await
+    }
+
+    /// Applies one bootstrap page and saves the position after it in one local transaction;
+    /// the last page also sweeps, ends the bootstrap and sets the cursor. Returns the
+    /// entities applied.
+    async fn apply_bootstrap_page(&self, resp: &BootstrapResponse) -> SyncResult<u64> {
+        let mut applied = 0;
+        let mut tx = self.begin().await?;
+        let mut state = read_state(&mut tx).await?;
+        let epoch = state.epoch + 1;
+        let fresh = match &state.bootstrap {
+            Some(b) => b.fresh,
+            // The first page: look before anything is applied.
+            None => self.synced_collections_empty(&mut tx).await?,
+        };
+        self.capture_into(&mut tx, &mut state).await?;
+        for e in &resp.entities {
+            if !self.synced(&e.collection) {
+                continue;
+            }
+            let mid = meta_id(&e.collection, &e.id);
+            let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+            meta.epoch = epoch;
+            if meta.pending == 0 && meta.version.is_none_or(|v| v < e.version) {
+                apply(&mut tx, &e.collection, e.id, Some(&e.doc)).await?;
+                meta.version = Some(e.version);
+                applied += 1;
+            }
+            tx.collection(META).put(mid, &meta)?;
+        }
+        let start_cursor = state
+            .bootstrap
+            .as_ref()
+            .map_or(resp.cursor, |b| b.start_cursor);
+        let received = resp.entities.len() as u64;
+        self.set_status(|s| {
+            let p = s.bootstrap.get_or_insert_with(Progress::default);
+            p.done += received;
+            if resp.total.is_some() {
+                p.total = resp.total;
+            }
+        });
+        let done = resp.next.is_none();
+        if done {
+            if !fresh {
+                self.sweep(&mut tx, epoch).await?;
+            }
+            state.bootstrap = None;
+            state.bootstrapped = true;
+            state.epoch = epoch;
+            state.cursor = start_cursor;
+        } else {
+            state.bootstrap = Some(BootstrapProgress {
+                start_cursor,
+                next: resp.next.clone(),
+                fresh,
+            });
+        }
+        commit_state(tx, &mut state).await?;
+        if done {
+            self.set_status(|s| {
+                s.cursor = start_cursor;
+                s.bootstrap = None;
+            });
+        }
+        Ok(applied)
+    }
+
+    /// Whether every synced collection is empty (or missing) in `tx`.
+    async fn synced_collections_empty(&self, tx: &mut WriteTxn) -> SyncResult<bool> {
+        for coll in &self.shared.config.collections {
+            let page = tx.collection(coll).scan(ScanOptions::limit(1)).await?;
+            if !page.items.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Deletes local entities of synced collections that the finished bootstrap did not

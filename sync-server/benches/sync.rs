@@ -51,6 +51,10 @@ impl Server {
         Server { child, url }
     }
 
+    fn cpu_secs(&self) -> f64 {
+        proc_cpu_secs(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     fn rss_kib(&self) -> u64 {
         proc_status_kib(&format!("/proc/{}/status", self.child.id()), "VmRSS:")
     }
@@ -61,6 +65,20 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU seconds (user + system) of the process whose `/proc/PID/stat` is `path`, at Linux's
+/// usual 100 clock ticks per second.
+fn proc_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // The fields after the command name (which may hold spaces); utime and stime are the
+    // 14th and 15th of the line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
 fn proc_status_kib(path: &str, field: &str) -> u64 {
@@ -169,7 +187,14 @@ async fn s2_child(url: &str, ops: u64, bootstrap: bool) {
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(db.collection("items").count().await.unwrap(), ops);
     assert_eq!(report.bootstrapped, bootstrap);
-    println!("{secs} {}", proc_status_kib("/proc/self/status", "VmHWM:"));
+    if std::env::var_os("ENTIDB_BENCH_STATS").is_some() {
+        eprintln!("{:#?}", db.stats());
+    }
+    println!(
+        "{secs} {} {}",
+        proc_status_kib("/proc/self/status", "VmHWM:"),
+        proc_cpu_secs("/proc/self/stat")
+    );
 }
 
 async fn s2(ops: u64) {
@@ -196,7 +221,19 @@ async fn s2(ops: u64) {
         ("pull of the whole oplog", false),
         ("bootstrap (snapshot pages)", true),
     ] {
-        let out = Command::new(std::env::current_exe().unwrap())
+        // `ENTIDB_BENCH_S2_WRAP="perf record -g -o s2-{mode}.perf"` runs the child under a
+        // profiler (`{mode}` becomes `pull` or `bootstrap`).
+        let wrap = std::env::var("ENTIDB_BENCH_S2_WRAP")
+            .unwrap_or_default()
+            .replace("{mode}", if bootstrap { "bootstrap" } else { "pull" });
+        let mut words = wrap
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        words.push(std::env::current_exe().unwrap().display().to_string());
+        let cpu_before = server.cpu_secs();
+        let out = Command::new(&words[0])
+            .args(&words[1..])
             .args([
                 "--s2-child",
                 &server.url,
@@ -210,14 +247,17 @@ async fn s2(ops: u64) {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
         let mut it = text.split_whitespace();
         let secs: f64 = it.next().unwrap().parse().unwrap();
         let kib: u64 = it.next().unwrap().parse().unwrap();
+        let client_cpu: f64 = it.next().unwrap().parse().unwrap();
         println!(
-            "S2 fresh client, {mode}, {ops} ops: {secs:.2} s, {:.0} ops/s (target >= 200,000), client peak RSS {} MiB",
+            "S2 fresh client, {mode}, {ops} ops: {secs:.2} s, {:.0} ops/s (target >= 200,000), client peak RSS {} MiB, CPU: client {client_cpu:.2} s, server {:.2} s",
             ops as f64 / secs,
-            kib / 1024
+            kib / 1024,
+            server.cpu_secs() - cpu_before
         );
     }
 }

@@ -451,7 +451,12 @@ pub async fn pull(
     // transactions reads little beyond its end, a page of many small ones few times.
     let mut chunk = 1;
     'read: loop {
-        let batches = db.changes_page(cursor, chunk).await.map_err(eng)?;
+        // Changes the client cannot see (the server's own bookkeeping, unreadable
+        // collections) are left out before their values are read.
+        let batches = db
+            .changes_page_filtered(cursor, chunk, |_, c| !is_reserved(c) && claims.can_read(c))
+            .await
+            .map_err(eng)?;
         let full = batches.len() == chunk;
         chunk = (chunk * 2).min(64);
         for b in batches {

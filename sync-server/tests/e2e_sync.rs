@@ -820,3 +820,82 @@ async fn syncing_while_the_app_writes() {
     assert_eq!(b.collection("notes").count().await.unwrap(), 600);
     assert_eq!(contents(&b, "notes").await, contents(&a, "notes").await);
 }
+
+/// Pulls and bootstraps request the next page while they apply the current one. Fresh
+/// clients pulling in many small pages (one by the oplog, one by bootstrap pages) while their
+/// app writes to the same collection end with everything: the server's entities and their
+/// own writes, which then reach the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_clients_pull_many_pages_while_their_app_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    // 60 entities in 20 transactions, and one of them deleted again.
+    let mut first = None;
+    for t in 0..20 {
+        let mut tx = b.begin().await.unwrap();
+        for i in 0..3 {
+            let id = tx
+                .collection("notes")
+                .insert(&json!({ "t": t, "i": i }))
+                .unwrap();
+            first.get_or_insert(id);
+        }
+        tx.commit().await.unwrap();
+        rb.sync_now().await.unwrap();
+    }
+    b.collection("notes").delete(first.unwrap()).await.unwrap();
+    rb.sync_now().await.unwrap();
+
+    for (name, bootstrap) in [("pull", false), ("boot", true)] {
+        let transport = Arc::new(SlowTransport {
+            inner: HttpTransport::new(&server.url, &token("app", name, &["read", "write"], 3600)),
+            delay: Duration::from_millis(3),
+        });
+        let local = entidb::Database::open(dir.path().join(name)).await.unwrap();
+        let mut cfg = entidb_sync::SyncConfig::new("app", name, &["notes"]);
+        cfg.pull_limit = 4;
+        cfg.bootstrap_limit = 4;
+        cfg.initial_bootstrap = bootstrap;
+        let r = entidb_sync::Replicator::attach(local.clone(), cfg, transport)
+            .await
+            .unwrap();
+        let writer = {
+            let local = local.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..15 {
+                    mine.push(
+                        local
+                            .collection("notes")
+                            .insert(&json!({ "mine": i }))
+                            .await
+                            .unwrap(),
+                    );
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                mine
+            })
+        };
+        let report = r.sync_now().await.unwrap();
+        assert_eq!(report.bootstrapped, bootstrap, "{name}: {report:?}");
+        let mine = writer.await.unwrap();
+        r.sync_now().await.unwrap();
+        rb.sync_now().await.unwrap();
+        let got = contents(&local, "notes").await;
+        assert_eq!(got, contents(&b, "notes").await, "{name}");
+        for id in &mine {
+            assert!(
+                got.iter().any(|(g, _)| *g == id.to_string()),
+                "{name}: own write {id} kept"
+            );
+        }
+        assert!(
+            got.iter().all(|(g, _)| *g != first.unwrap().to_string()),
+            "{name}: the deleted entity stays deleted"
+        );
+        assert_eq!(r.pending_ops().await.unwrap(), 0, "{name}");
+    }
+    assert_eq!(contents(&b, "notes").await.len(), 59 + 30);
+}

@@ -62,6 +62,7 @@ from ._types import Simple, Tag, Undefined
 __all__ = [
     "AuthError",
     "Change",
+    "ChangeBatch",
     "Closed",
     "Collection",
     "Conflict",
@@ -159,6 +160,17 @@ class Change:
     version: int
     op: str
     document: Any
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """One committed transaction of the change feed, from `Database.changes_page_filtered()`:
+    its sequence, commit time, origin tag and the changes the filter kept (possibly none)."""
+
+    sequence: int
+    timestamp_ms: int
+    origin: Optional[str]
+    changes: list[Change]
 
 
 @dataclass(frozen=True)
@@ -758,11 +770,38 @@ class Database:
         (one list of changes per transaction, in commit order). Raises `FeedTruncated` if
         `since` is older than the feed retains."""
         out = []
-        for seq, ts, origin, changes in await self._native.changes_page(since, limit):
+        native = await self._native.changes_page(since, limit)
+        for seq, ts, origin, changes in native:
             out.append(
                 [Change(seq, ts, origin, c, i, v, op, d) for c, i, v, op, d in changes]
             )
         return out
+
+    async def changes_page_filtered(
+        self,
+        since: int = 0,
+        limit: int = 100,
+        *,
+        collections: Optional[Sequence[str]] = None,
+        exclude_origin: Optional[str] = None,
+    ) -> list["ChangeBatch"]:
+        """Like `changes_page`, but keeps only the changes of `collections` (all if None) and
+        none of the transactions tagged with origin `exclude_origin` (a replicator's own
+        writes). Left-out changes cost nothing: their values are never read. Every
+        transaction is returned, as a `ChangeBatch` with its sequence, even when nothing of
+        it is left, so that `batches[-1].sequence` is always where to continue."""
+        native = await self._native.changes_page(
+            since, limit, None if collections is None else list(collections), exclude_origin
+        )
+        return [
+            ChangeBatch(
+                seq,
+                ts,
+                origin,
+                [Change(seq, ts, origin, c, i, v, op, d) for c, i, v, op, d in changes],
+            )
+            for seq, ts, origin, changes in native
+        ]
 
     @property
     def oldest_retained_sequence(self) -> int:
