@@ -454,6 +454,9 @@ impl Backend for EncryptedBackend {
     fn name(&self) -> &'static str {
         "encrypted"
     }
+    fn background_threads(&self) -> bool {
+        self.inner.background_threads()
+    }
 }
 
 /// What a handle knows about one chunk of a two-slot file.

@@ -213,6 +213,10 @@ impl Backend for FsBackend {
     fn name(&self) -> &'static str {
         "fs"
     }
+    /// File I/O runs on the `blocking` crate's thread pool, so any executor drives it.
+    fn background_threads(&self) -> bool {
+        true
+    }
 }
 
 /// Holds the `flock`; closing the file releases it.

@@ -304,6 +304,14 @@ pub trait Backend: MaybeSend + MaybeSync + fmt::Debug + 'static {
     fn entropy(&self) -> Arc<dyn Entropy>;
     /// A short name for messages ("fs", "memory", "sim", ...).
     fn name(&self) -> &'static str;
+    /// Whether the engine may run background work (flush and compaction) on an OS thread of
+    /// its own, driving this backend's futures with a plain executor (`block_on`). `true`
+    /// only for backends whose futures make progress without an outside runtime and whose
+    /// runs need not replay from a seed. Default `false`: the work stays on the task that
+    /// triggered it.
+    fn background_threads(&self) -> bool {
+        false
+    }
 }
 
 /// Check that `path` is a relative, `/`-separated path without empty, `.` or `..` components.

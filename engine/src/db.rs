@@ -122,6 +122,16 @@ pub(crate) struct Inner {
     next_file: AtomicU64,
     pub closed: AtomicBool,
     pub last_maintenance_error: Mutex<Option<String>>,
+    /// The maintenance thread's signal, once it runs (see `background.rs`).
+    background: std::sync::OnceLock<Arc<crate::background::Background>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(b) = self.background.get() {
+            b.stop();
+        }
+    }
 }
 
 /// A pinned snapshot sequence; unpinned on drop.
@@ -412,10 +422,23 @@ impl Inner {
             next_file,
             closed: AtomicBool::new(false),
             last_maintenance_error: Mutex::new(None),
+            background: std::sync::OnceLock::new(),
             options,
         });
         let catalog = Catalog::load(&inner).await?;
         *write(&inner.catalog) = catalog;
+        let o = &inner.options;
+        if o.auto_maintenance
+            && o.background_maintenance
+            && !o.read_only
+            && inner.backend.background_threads()
+        {
+            let signal = Arc::new(crate::background::Background::default());
+            if crate::background::start(&inner, signal.clone()) {
+                // Set once, right here: it cannot already hold a value.
+                let _ = inner.background.set(signal);
+            }
+        }
         Ok(inner)
     }
 
@@ -435,6 +458,9 @@ impl Inner {
     pub(crate) async fn release(&self) {
         let _writer = self.writer.lock().await;
         let _maintenance = self.maintenance.lock().await;
+        if let Some(b) = self.background.get() {
+            b.stop();
+        }
         lock(&self.lock_guard).take();
     }
 
@@ -962,12 +988,43 @@ impl Inner {
         let Some(mut manifest) = self.maintenance.try_lock() else {
             return Ok(());
         };
+        // `release` sets `closed` before it takes this lock: nothing is written after it.
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.flush_frozen_locked(&mut manifest).await?;
         while self.compact_once_locked(&mut manifest, false).await? {}
         Ok(())
     }
 
-    fn maintenance_failed(&self, e: &Error) {
+    /// Maintenance after a commit: handed to the background thread when there is one (the
+    /// committer flushes itself only when more than `MAX_FROZEN` memtables wait, so that
+    /// memory stays bounded), run here otherwise. The commit is durable: a failure here is
+    /// recorded, never returned, and the next commit retries.
+    async fn maintain_after_commit(&self) {
+        let result = match self.background.get() {
+            Some(bg) => {
+                bg.wake();
+                if self.view().version.mems.len() > crate::background::MAX_FROZEN + 1 {
+                    // Waits for a round in progress, then flushes what is still frozen.
+                    let mut manifest = self.maintenance.lock().await;
+                    if self.closed.load(Ordering::Acquire) {
+                        Ok(())
+                    } else {
+                        self.flush_frozen_locked(&mut manifest).await
+                    }
+                } else {
+                    Ok(())
+                }
+            }
+            None => self.maintain().await,
+        };
+        if let Err(e) = result {
+            self.maintenance_failed(&e);
+        }
+    }
+
+    pub(crate) fn maintenance_failed(&self, e: &Error) {
         self.counters
             .maintenance_errors
             .fetch_add(1, Ordering::Relaxed);
@@ -1003,10 +1060,8 @@ impl Inner {
                     on_appended(seq);
                     self.publish(seq);
                     drop(w);
-                    if self.options.auto_maintenance
-                        && let Err(e) = self.maintain().await
-                    {
-                        self.maintenance_failed(&e);
+                    if self.options.auto_maintenance {
+                        self.maintain_after_commit().await;
                     }
                     return Ok(seq);
                 }
@@ -1033,9 +1088,7 @@ impl Inner {
         if self.options.auto_maintenance && self.view().version.mems.len() > 1 {
             // The commit is durable: a failed flush or compaction must not turn it into an
             // error. The frozen memtable stays readable and the next commit retries.
-            if let Err(e) = self.maintain().await {
-                self.maintenance_failed(&e);
-            }
+            self.maintain_after_commit().await;
         }
         Ok(seq)
     }

@@ -8,6 +8,7 @@
 //!
 //! Start with [`Database`].
 
+mod background;
 pub mod backup;
 pub mod cbor;
 

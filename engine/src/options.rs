@@ -35,9 +35,17 @@ pub struct Options {
     pub feed_retention: u64,
     /// Merge segments when there are more than this many.
     pub compaction_trigger: usize,
-    /// Run flushes and compactions inline after commits that need them (on the committing
-    /// task). Turn off to drive them only through `checkpoint()`/`compact()`.
+    /// Run flushes and compactions after commits that need them. Turn off to drive them only
+    /// through `checkpoint()`/`compact()`.
     pub auto_maintenance: bool,
+    /// With `auto_maintenance`, run flushes and compactions on a thread of the database's own
+    /// (default), so that the commit that fills the write buffer returns without waiting for
+    /// them; committers flush themselves only when writes outrun the thread by more than two
+    /// memtables. Used on backends that allow it
+    /// ([`Backend::background_threads`](entidb_io::Backend::background_threads): the native
+    /// file backend). Off, or on other backends (memory, the simulated backend, wasm32), the
+    /// work runs on the committing task.
+    pub background_maintenance: bool,
     /// Largest document accepted.
     pub max_document_bytes: usize,
     /// Create the database if it does not exist.
@@ -75,6 +83,7 @@ impl Default for Options {
             feed_retention: 100_000,
             compaction_trigger: 8,
             auto_maintenance: true,
+            background_maintenance: true,
             max_document_bytes: 16 << 20,
             create_if_missing: true,
             wal_preallocate: 1 << 20,
@@ -123,6 +132,11 @@ impl Options {
     /// Set [`Options::auto_maintenance`].
     pub fn auto_maintenance(mut self, v: bool) -> Self {
         self.auto_maintenance = v;
+        self
+    }
+    /// Set [`Options::background_maintenance`].
+    pub fn background_maintenance(mut self, v: bool) -> Self {
+        self.background_maintenance = v;
         self
     }
     /// Set [`Options::max_document_bytes`].

@@ -267,6 +267,14 @@ async fn files_survive_reopen_and_second_open_is_locked() {
             ids.push(id);
         }
         c.delete(ids[0]).await.unwrap();
+        // Flushes run on the maintenance thread: wait for the first (a bounded wait, not a
+        // timing assertion).
+        for _ in 0..3000 {
+            if db.stats().flushes > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert!(
             db.stats().flushes > 0,
             "small memtable budget forces flushes"

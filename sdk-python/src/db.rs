@@ -210,6 +210,7 @@ struct Tuning {
     compression: Option<bool>,
     compaction_trigger: Option<usize>,
     auto_maintenance: Option<bool>,
+    background_maintenance: Option<bool>,
     max_document_bytes: Option<usize>,
     wal_preallocate: Option<u64>,
     ingest_bytes: Option<u64>,
@@ -237,6 +238,9 @@ impl Tuning {
         }
         if let Some(v) = self.auto_maintenance {
             o = o.auto_maintenance(v);
+        }
+        if let Some(v) = self.background_maintenance {
+            o = o.background_maintenance(v);
         }
         if let Some(v) = self.max_document_bytes {
             o = o.max_document_bytes(v);
@@ -893,7 +897,7 @@ pub struct PyDatabase {
 impl PyDatabase {
     /// Open (or create) a database in directory `path`, or in memory when `path` is None.
     #[staticmethod]
-    #[pyo3(signature = (path=None, *, create=true, memtable_bytes=None, cache_bytes=None, forbid_full_scans=false, feed_retention=None, key=None, read_only=false, block_size=None, compression=None, compaction_trigger=None, auto_maintenance=None, max_document_bytes=None, wal_preallocate=None, ingest_bytes=None))]
+    #[pyo3(signature = (path=None, *, create=true, memtable_bytes=None, cache_bytes=None, forbid_full_scans=false, feed_retention=None, key=None, read_only=false, block_size=None, compression=None, compaction_trigger=None, auto_maintenance=None, background_maintenance=None, max_document_bytes=None, wal_preallocate=None, ingest_bytes=None))]
     #[expect(
         clippy::too_many_arguments,
         reason = "mirrors the Python keyword arguments"
@@ -912,6 +916,7 @@ impl PyDatabase {
         compression: Option<bool>,
         compaction_trigger: Option<usize>,
         auto_maintenance: Option<bool>,
+        background_maintenance: Option<bool>,
         max_document_bytes: Option<usize>,
         wal_preallocate: Option<u64>,
         ingest_bytes: Option<u64>,
@@ -925,6 +930,7 @@ impl PyDatabase {
             compression,
             compaction_trigger,
             auto_maintenance,
+            background_maintenance,
             max_document_bytes,
             wal_preallocate,
             ingest_bytes,

@@ -253,6 +253,7 @@ async def test_engine_options_reach_the_engine(tmp_path: Path) -> None:
         max_document_bytes=1000,
         wal_preallocate=0,
         auto_maintenance=True,
+        background_maintenance=False,
     )
     with pytest.raises(entidb.TooLarge):
         await db.collection("c").put({"blob": bytes(2000)})

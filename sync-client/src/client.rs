@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use entidb::cbor::Value;
 use entidb::{Database, EntityId, ScanOptions, WriteTxn};
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -201,11 +202,15 @@ struct State {
 struct BootstrapProgress {
     start_cursor: u64,
     next: Option<BootstrapPosition>,
-    /// The synced collections were empty when the bootstrap started, so every entity in them
-    /// at its end came from the bootstrap or from the app (captured as pending ops): the
-    /// sweep has nothing to remove and is skipped (it reads every entity's metadata).
+    /// The synced collections were empty when the bootstrap started. Every entity in them at
+    /// its end then came from the bootstrap, or from the app (captured as pending ops, or
+    /// pushed and acknowledged between an interruption and the resume, so on the server),
+    /// so the sweep has nothing to remove and is skipped (it reads every entity's metadata).
     #[serde(default)]
     fresh: bool,
+    /// The synced collections `fresh` was decided for: a resume with another list sweeps.
+    #[serde(default)]
+    collections: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -676,7 +681,19 @@ impl Replicator {
                     .collect(),
             );
             answered = Some((ops, resp));
-            next = following?;
+            next = match following {
+                Ok(n) => n,
+                Err(e) => {
+                    // Record the answer already received before giving up: resent, its ops
+                    // would be answered `duplicate`, and a rejection would no longer say so
+                    // (`ack_push` counts it in the status). If this fails too, the ops stay
+                    // in the outbox and are resent.
+                    if let Some((ops, resp)) = answered.take() {
+                        let _ = self.ack_push(&ops, &resp).await;
+                    }
+                    return Err(e);
+                }
+            };
         }
         let pending = self.pending_ops().await?;
         self.set_status(|s| s.pending_ops = pending);
@@ -801,12 +818,14 @@ impl Replicator {
             }
             // The request is polled first, so that it is on its way before the page's CPU
             // work starts (one task: the two interleave at the commit's sync).
-            let (next, page) = futures_util::future::join(
-                self.fetch_page(resp.cursor, None),
+            // A failed apply returns at once (dropping the request); a failed request is
+            // kept and reported when its page is due.
+            let (next, page) = futures_util::future::try_join(
+                self.fetch_page(resp.cursor, None).map(Ok),
                 self.apply_page(&resp),
             )
-            .await;
-            applied += page?;
+            .await?;
+            applied += page;
             prefetched = Some((resp.cursor, next));
         }
         Ok((applied, bootstrapped))
@@ -903,12 +922,12 @@ impl Replicator {
                 return Ok(applied);
             };
             // As in a pull: the next page is on its way while this one is applied.
-            let (ahead, page) = futures_util::future::join(
-                self.fetch_bootstrap_page(Some(&next)),
+            let (ahead, page) = futures_util::future::try_join(
+                self.fetch_bootstrap_page(Some(&next)).map(Ok),
                 self.apply_bootstrap_page(&resp),
             )
-            .await;
-            applied += page?;
+            .await?;
+            applied += page;
             prefetched = Some((next, ahead));
         }
     }
@@ -949,7 +968,7 @@ impl Replicator {
         let mut state = read_state(&mut tx).await?;
         let epoch = state.epoch + 1;
         let fresh = match &state.bootstrap {
-            Some(b) => b.fresh,
+            Some(b) => b.fresh && b.collections == self.shared.config.collections,
             // The first page: look before anything is applied.
             None => self.synced_collections_empty(&mut tx).await?,
         };
@@ -994,6 +1013,7 @@ impl Replicator {
                 start_cursor,
                 next: resp.next.clone(),
                 fresh,
+                collections: self.shared.config.collections.clone(),
             });
         }
         commit_state(tx, &mut state).await?;

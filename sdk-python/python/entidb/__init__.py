@@ -932,6 +932,7 @@ async def open(
     compression: Optional[bool] = None,
     compaction_trigger: Optional[int] = None,
     auto_maintenance: Optional[bool] = None,
+    background_maintenance: Optional[bool] = None,
     max_document_bytes: Optional[int] = None,
     wal_preallocate: Optional[int] = None,
     ingest_bytes: Optional[int] = None,
@@ -946,7 +947,8 @@ async def open(
     (write buffer, 64 MiB), `cache_bytes` (block cache, 64 MiB), `feed_retention`
     (transactions the change feed keeps, 100,000), `block_size` (16 KiB), `compression`
     (LZ4, on), `compaction_trigger` (segments before a merge, 8), `auto_maintenance`
-    (flush and compact after commits, on), `max_document_bytes` (16 MiB),
+    (flush and compact after commits, on), `background_maintenance` (do that on a thread of
+    the database's own rather than in the committing call, on), `max_document_bytes` (16 MiB),
     `wal_preallocate` (1 MiB), `ingest_bytes` (a transaction this large goes straight to a
     segment, 32 MiB; 0: never), `forbid_full_scans` (off)."""
     native = await _entidb.Database.open(
@@ -962,6 +964,7 @@ async def open(
         compression=compression,
         compaction_trigger=compaction_trigger,
         auto_maintenance=auto_maintenance,
+        background_maintenance=background_maintenance,
         max_document_bytes=max_document_bytes,
         wal_preallocate=wal_preallocate,
         ingest_bytes=ingest_bytes,

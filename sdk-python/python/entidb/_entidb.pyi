@@ -168,6 +168,7 @@ class Database:
         compression: Optional[bool] = None,
         compaction_trigger: Optional[int] = None,
         auto_maintenance: Optional[bool] = None,
+        background_maintenance: Optional[bool] = None,
         max_document_bytes: Optional[int] = None,
         wal_preallocate: Optional[int] = None,
         ingest_bytes: Optional[int] = None,

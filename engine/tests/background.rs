@@ -1,0 +1,136 @@
+//! Background maintenance on the file backend: flushes and compactions on the database's own
+//! thread while tasks write and read; `close()` waits for them; the result survives reopen.
+
+use std::time::Duration;
+
+use entidb::{Database, Options};
+
+fn small() -> Options {
+    // Small memtables and an eager compaction trigger: many rounds in a short test.
+    Options::default()
+        .memtable_bytes(32 << 10)
+        .compaction_trigger(3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_and_readers_run_beside_background_flushes_and_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_path(dir.path(), small()).await.unwrap();
+    let writers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..1500u32 {
+                    let id = db
+                        .collection("c")
+                        .insert(&serde_json::json!({ "w": w, "i": i, "pad": "x".repeat(40) }))
+                        .await
+                        .unwrap();
+                    ids.push((id, i));
+                }
+                ids
+            })
+        })
+        .collect();
+    // A reader checks that a snapshot's count never changes while it is open, and that the
+    // committed count only grows.
+    let reader = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            for _ in 0..50 {
+                let snap = db.snapshot();
+                let a = snap.collection("c").count().await.unwrap();
+                tokio::task::yield_now().await;
+                let b = snap.collection("c").count().await.unwrap();
+                assert_eq!(a, b, "a snapshot is stable across background rounds");
+                assert!(a >= last, "the committed count only grows");
+                last = a;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut all = Vec::new();
+    for w in writers {
+        all.push(w.await.unwrap());
+    }
+    reader.await.unwrap();
+    for _ in 0..3000 {
+        if db.stats().compactions > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = db.stats();
+    assert!(stats.flushes > 0, "{stats:?}");
+    assert!(stats.compactions > 0, "{stats:?}");
+    assert_eq!(db.last_maintenance_error(), None);
+    let c = db.collection("c");
+    assert_eq!(c.count().await.unwrap(), 3000);
+    for (w, ids) in all.iter().enumerate() {
+        for &(id, i) in ids.iter().step_by(97) {
+            let v: serde_json::Value = c.get(id).await.unwrap().unwrap();
+            assert_eq!(
+                (v["w"].as_u64(), v["i"].as_u64()),
+                (Some(w as u64), Some(u64::from(i)))
+            );
+        }
+    }
+    // close() waits for a round in progress: the directory is free at once.
+    db.close().await.unwrap();
+    let db = Database::open_path(dir.path(), small()).await.unwrap();
+    assert_eq!(db.collection("c").count().await.unwrap(), 3000);
+    assert!(db.verify().await.unwrap() >= 3000);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_background_maintenance_the_committer_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small().background_maintenance(false);
+    let db = Database::open_path(dir.path(), opts).await.unwrap();
+    let mut n = 0;
+    // Inline: the commit that froze a memtable has flushed it when it returns.
+    while db.stats().flushes == 0 {
+        db.collection("c")
+            .insert(&serde_json::json!({ "n": n, "pad": "y".repeat(100) }))
+            .await
+            .unwrap();
+        n += 1;
+        assert!(n < 10_000, "a 32 KiB write buffer is flushed long before");
+    }
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_ends_the_maintenance_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::open_path(dir.path(), small()).await.unwrap();
+        for i in 0..500u32 {
+            db.collection("c")
+                .insert(&serde_json::json!({ "i": i, "pad": "z".repeat(80) }))
+                .await
+                .unwrap();
+        }
+    }
+    // The last handle is gone; a round in progress still holds the directory until it ends
+    // (close() is the way to wait), so the reopen is retried for a bounded time.
+    let mut reopened = None;
+    for _ in 0..3000 {
+        match Database::open_path(dir.path(), small()).await {
+            Ok(db) => {
+                reopened = Some(db);
+                break;
+            }
+            Err(entidb::Error::Locked { .. }) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let db = reopened.expect("the directory is released after the last handle is dropped");
+    assert_eq!(db.collection("c").count().await.unwrap(), 500);
+    db.close().await.unwrap();
+}
