@@ -16,8 +16,12 @@
 //!   `close()` sets `closed`, then waits for the maintenance lock, so no file is written after
 //!   it returns;
 //! * memory stays bounded: a committer that finds more than [`MAX_FROZEN`] frozen memtables
-//!   flushes them itself (waiting for a round in progress first), so writers cannot outrun the
-//!   flush.
+//!   flushes the oldest down to that bound itself (after the round's current step: a round
+//!   takes the maintenance lock per step), so writers cannot outrun the flush;
+//! * a round waits for the maintenance lock rather than skipping, so a wake-up that arrives
+//!   while `checkpoint()` or `compact()` holds it is not lost;
+//! * a panic in a round is caught, recorded as a maintenance error, and ends the thread;
+//!   committers then maintain on their own task again.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -40,12 +44,19 @@ struct Flags {
 pub(crate) struct Background {
     flags: Mutex<Flags>,
     cv: Condvar,
+    /// Set if a round panicked: committers then maintain on their own task again.
+    dead: std::sync::atomic::AtomicBool,
 }
 
 impl Background {
     fn flags(&self) -> std::sync::MutexGuard<'_, Flags> {
         // The flags are two booleans: a panic elsewhere cannot leave them inconsistent.
         self.flags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the thread still takes wake-ups.
+    pub(crate) fn alive(&self) -> bool {
+        !self.dead.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Ask for a round (cheap; rounds are coalesced).
@@ -98,8 +109,25 @@ fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
         if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
-        if let Err(e) = futures_executor::block_on(inner.maintain()) {
-            inner.maintenance_failed(&e);
+        let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            futures_executor::block_on(inner.maintenance_round())
+        }));
+        match round {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => inner.maintenance_failed(&e),
+            Err(_) => {
+                // A bug, not an I/O error: report it and hand maintenance back to the
+                // committers rather than leave a dead thread that nobody flushes for.
+                signal
+                    .dead
+                    .store(true, std::sync::atomic::Ordering::Release);
+                inner.maintenance_failed_with(
+                    "the maintenance thread panicked; flush and compaction now run on \
+                     committing tasks"
+                        .into(),
+                );
+                return;
+            }
         }
     }
 }

@@ -767,13 +767,21 @@ impl Inner {
     /// flush or compaction).
     pub(crate) async fn flush_frozen(&self) -> Result<()> {
         let mut manifest = self.maintenance.lock().await;
+        // Under the lock: `release` takes it after setting `closed`, so nothing is written
+        // after `close()` returned.
+        self.check_open()?;
         self.flush_frozen_locked(&mut manifest).await
     }
 
     async fn flush_frozen_locked(&self, manifest: &mut Manifest) -> Result<()> {
+        self.flush_frozen_down_to(manifest, 0).await
+    }
+
+    /// Flush the oldest frozen memtables until at most `keep` are left.
+    async fn flush_frozen_down_to(&self, manifest: &mut Manifest, keep: usize) -> Result<()> {
         loop {
             let version = self.view().version;
-            if version.mems.len() < 2 {
+            if version.mems.len() < 2 + keep {
                 return Ok(());
             }
             let frozen = version.mems[version.mems.len() - 1].clone();
@@ -856,6 +864,7 @@ impl Inner {
     /// Run one compaction if the decision function asks for one (or `force`: merge all).
     pub(crate) async fn compact_once(&self, force: bool) -> Result<bool> {
         let mut manifest = self.maintenance.lock().await;
+        self.check_open()?;
         self.compact_once_locked(&mut manifest, force).await
     }
 
@@ -988,8 +997,9 @@ impl Inner {
         let Some(mut manifest) = self.maintenance.try_lock() else {
             return Ok(());
         };
-        // `release` sets `closed` before it takes this lock: nothing is written after it.
-        if self.closed.load(Ordering::Acquire) {
+        // `release` sets `closed` before it takes this lock: nothing is written after it. A
+        // fail-stopped database writes nothing either.
+        if self.check_open().is_err() {
             return Ok(());
         }
         self.flush_frozen_locked(&mut manifest).await?;
@@ -997,21 +1007,42 @@ impl Inner {
         Ok(())
     }
 
+    /// A round of the maintenance thread: like [`Inner::maintain`], but it waits for the
+    /// maintenance lock (a wake-up that arrives while `checkpoint()`, `compact()` or a
+    /// committer holds it is not lost), and it takes the lock per step, flushing before each
+    /// compaction step, so that a committer held back by too many frozen memtables gets in
+    /// between two steps instead of after the whole round.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) async fn maintenance_round(&self) -> Result<()> {
+        loop {
+            let mut manifest = self.maintenance.lock().await;
+            if self.check_open().is_err() {
+                return Ok(());
+            }
+            self.flush_frozen_locked(&mut manifest).await?;
+            if !self.compact_once_locked(&mut manifest, false).await? {
+                return Ok(());
+            }
+        }
+    }
+
     /// Maintenance after a commit: handed to the background thread when there is one (the
     /// committer flushes itself only when more than `MAX_FROZEN` memtables wait, so that
     /// memory stays bounded), run here otherwise. The commit is durable: a failure here is
     /// recorded, never returned, and the next commit retries.
     async fn maintain_after_commit(&self) {
-        let result = match self.background.get() {
+        let result = match self.background.get().filter(|bg| bg.alive()) {
             Some(bg) => {
                 bg.wake();
                 if self.view().version.mems.len() > crate::background::MAX_FROZEN + 1 {
-                    // Waits for a round in progress, then flushes what is still frozen.
+                    // Waits for the round's current step, then flushes the oldest frozen
+                    // memtables down to the bound (the thread does the rest).
                     let mut manifest = self.maintenance.lock().await;
-                    if self.closed.load(Ordering::Acquire) {
+                    if self.check_open().is_err() {
                         Ok(())
                     } else {
-                        self.flush_frozen_locked(&mut manifest).await
+                        self.flush_frozen_down_to(&mut manifest, crate::background::MAX_FROZEN)
+                            .await
                     }
                 } else {
                     Ok(())
@@ -1025,10 +1056,15 @@ impl Inner {
     }
 
     pub(crate) fn maintenance_failed(&self, e: &Error) {
+        self.maintenance_failed_with(e.to_string());
+    }
+
+    /// Count a maintenance failure and keep its message for `last_maintenance_error`.
+    pub(crate) fn maintenance_failed_with(&self, message: String) {
         self.counters
             .maintenance_errors
             .fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_maintenance_error) = Some(e.to_string());
+        *lock(&self.last_maintenance_error) = Some(message);
     }
 
     /// Commit a batch: append under the writer lock, then wait per `durability`. A batch of
@@ -1051,10 +1087,19 @@ impl Inner {
             });
         }
         let ingest = self.options.ingest_bytes;
-        if ingest > 0
-            && len as u64 >= ingest
-            && let Some(manifest) = self.maintenance.try_lock()
-        {
+        let manifest = if ingest > 0 && len as u64 >= ingest {
+            if self.background.get().is_some_and(|b| b.alive()) {
+                // The maintenance thread may be compacting after the previous ingest: wait
+                // for its current step (it never takes the writer lock, so this cannot
+                // deadlock), or a bulk load would fall back to the WAL batch after batch.
+                Some(self.maintenance.lock().await)
+            } else {
+                self.maintenance.try_lock()
+            }
+        } else {
+            None
+        };
+        if let Some(manifest) = manifest {
             match self.ingest(&mut w, manifest, &batch).await {
                 Ok(seq) => {
                     on_appended(seq);

@@ -134,3 +134,102 @@ async fn dropping_every_handle_ends_the_maintenance_thread() {
     assert_eq!(db.collection("c").count().await.unwrap(), 500);
     db.close().await.unwrap();
 }
+
+/// The file backend, recording the thread that creates each segment file.
+#[derive(Debug)]
+struct Watched {
+    fs: entidb::io::FsBackend,
+    segment_threads: std::sync::Mutex<Vec<String>>,
+}
+
+impl entidb::io::Backend for Watched {
+    fn open(
+        &self,
+        path: &str,
+        mode: entidb::io::OpenMode,
+    ) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<std::sync::Arc<dyn entidb::io::File>>> {
+        if path.ends_with(".sst") && !matches!(mode, entidb::io::OpenMode::Existing) {
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            // A poisoned list means another assertion already failed: keep recording.
+            self.segment_threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(name);
+        }
+        self.fs.open(path, mode)
+    }
+    fn remove(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        self.fs.remove(path)
+    }
+    fn rename(&self, from: &str, to: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        self.fs.rename(from, to)
+    }
+    fn list(&self, dir: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Vec<String>>> {
+        self.fs.list(dir)
+    }
+    fn exists(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<bool>> {
+        self.fs.exists(path)
+    }
+    fn create_dir(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        self.fs.create_dir(path)
+    }
+    fn remove_dir(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        self.fs.remove_dir(path)
+    }
+    fn sync_dir(&self, dir: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
+        self.fs.sync_dir(dir)
+    }
+    fn lock(
+        &self,
+        path: &str,
+    ) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Box<dyn entidb::io::LockGuard>>> {
+        self.fs.lock(path)
+    }
+    fn clock(&self) -> std::sync::Arc<dyn entidb::io::Clock> {
+        self.fs.clock()
+    }
+    fn entropy(&self) -> std::sync::Arc<dyn entidb::io::Entropy> {
+        self.fs.entropy()
+    }
+    fn name(&self) -> &'static str {
+        "watched-fs"
+    }
+    fn background_threads(&self) -> bool {
+        true
+    }
+}
+
+/// One writer, well below the rate at which committers would have to help: every segment is
+/// written on the maintenance thread, none on the committing task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_are_written_on_the_maintenance_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = std::sync::Arc::new(Watched {
+        fs: entidb::io::FsBackend::new(dir.path()).unwrap(),
+        segment_threads: std::sync::Mutex::new(Vec::new()),
+    });
+    let db = Database::open_with(backend.clone(), small()).await.unwrap();
+    for i in 0..1000u32 {
+        db.collection("c")
+            .insert(&serde_json::json!({ "i": i, "pad": "w".repeat(100) }))
+            .await
+            .unwrap();
+        if i % 50 == 0 {
+            // Let the thread keep up: this test is about where the work runs.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for _ in 0..3000 {
+        if db.stats().flushes >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let threads = backend.segment_threads.lock().unwrap().clone();
+    assert!(threads.len() >= 3, "{threads:?}");
+    assert!(
+        threads.iter().all(|t| t == "entidb-maint"),
+        "segments written off the maintenance thread: {threads:?}"
+    );
+    db.close().await.unwrap();
+}
