@@ -899,3 +899,96 @@ async fn fresh_clients_pull_many_pages_while_their_app_writes() {
     }
     assert_eq!(contents(&b, "notes").await.len(), 59 + 30);
 }
+
+/// A transport that answers `budget` requests, then fails every one (a network that goes
+/// away) until the budget is raised again.
+#[derive(Debug)]
+struct Budgeted {
+    inner: HttpTransport,
+    budget: AtomicU32,
+}
+
+impl entidb_sync::Transport for Budgeted {
+    fn send(
+        &self,
+        request: entidb_sync::Request,
+    ) -> entidb_io::BoxFuture<'_, Result<entidb_sync::Response, entidb_sync::TransportError>> {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering;
+            let left = self.budget.load(Ordering::SeqCst);
+            if left == 0 {
+                return Err(entidb_sync::TransportError("offline (test)".into()));
+            }
+            self.budget.store(left - 1, Ordering::SeqCst);
+            self.inner.send(request).await
+        })
+    }
+}
+
+/// A fresh client's bootstrap (which skips the final sweep) is cut off by the network; while
+/// it is cut off, the app writes and pushes, and the server deletes an entity the client
+/// already received. The resumed bootstrap and the pull after it end with the server's state
+/// plus nothing stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_fresh_bootstrap_resumes_to_the_servers_state() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            b.collection("notes")
+                .insert(&json!({ "i": i }))
+                .await
+                .unwrap(),
+        );
+    }
+    rb.sync_now().await.unwrap();
+
+    let transport = Arc::new(Budgeted {
+        inner: HttpTransport::new(&server.url, &token("app", "c", &["read", "write"], 3600)),
+        budget: AtomicU32::new(3),
+    });
+    let local = entidb::Database::open(dir.path().join("c")).await.unwrap();
+    let mut cfg = entidb_sync::SyncConfig::new("app", "c", &["notes"]);
+    cfg.bootstrap_limit = 5;
+    cfg.max_attempts = 2;
+    cfg.retry_base = Duration::from_millis(5);
+    let rc = entidb_sync::Replicator::attach(local.clone(), cfg, transport.clone())
+        .await
+        .unwrap();
+    assert!(
+        rc.sync_now().await.is_err(),
+        "the network went away mid-bootstrap"
+    );
+    let got = contents(&local, "notes").await;
+    assert!(
+        !got.is_empty() && got.len() < 30,
+        "part of it arrived: {}",
+        got.len()
+    );
+    // The first entity arrived; the server deletes it while the client is offline.
+    assert!(got.iter().any(|(id, _)| *id == ids[0].to_string()));
+    b.collection("notes").delete(ids[0]).await.unwrap();
+    rb.sync_now().await.unwrap();
+    // The app writes, and pushes once the network is back (a push does not resume the
+    // bootstrap).
+    let mine = local
+        .collection("notes")
+        .insert(&json!({ "mine": true }))
+        .await
+        .unwrap();
+    transport.budget.store(1000, Ordering::SeqCst);
+    let (pushed, _) = rc.push().await.unwrap();
+    assert_eq!(pushed, 1);
+    let report = rc.sync_now().await.unwrap();
+    assert!(report.bootstrapped, "{report:?}");
+    rb.sync_now().await.unwrap();
+    let got = contents(&local, "notes").await;
+    assert_eq!(got, contents(&b, "notes").await);
+    assert_eq!(got.len(), 30, "29 of b's plus the client's own");
+    assert!(got.iter().any(|(id, _)| *id == mine.to_string()));
+    assert!(got.iter().all(|(id, _)| *id != ids[0].to_string()));
+}
