@@ -110,7 +110,7 @@ fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
             return;
         }
         let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            futures_executor::block_on(inner.maintenance_round())
+            futures_executor::block_on(inner.maintain(true))
         }));
         match round {
             Ok(Ok(())) => {}

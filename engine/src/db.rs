@@ -676,10 +676,8 @@ impl Inner {
             if self.view().seq >= seq {
                 return Ok(());
             }
+            // Closed, or fail-stopped by a failed sync: the sequence will never be published.
             self.check_open()?;
-            if let Some(f) = &lock(&self.sync).failed {
-                return Err(Error::FailStopped { cause: f.clone() });
-            }
             listener.await;
         }
     }
@@ -990,32 +988,26 @@ impl Inner {
         result
     }
 
-    /// Flush and compact as needed. Returns at once if another task is already doing it
-    /// (it loops until nothing is frozen; a memtable frozen just after it checked is picked up
-    /// by the next commit), so committers never queue behind a flush.
-    pub(crate) async fn maintain(&self) -> Result<()> {
-        let Some(mut manifest) = self.maintenance.try_lock() else {
-            return Ok(());
-        };
-        // `release` sets `closed` before it takes this lock: nothing is written after it. A
-        // fail-stopped database writes nothing either.
-        if self.check_open().is_err() {
-            return Ok(());
-        }
-        self.flush_frozen_locked(&mut manifest).await?;
-        while self.compact_once_locked(&mut manifest, false).await? {}
-        Ok(())
-    }
-
-    /// A round of the maintenance thread: like [`Inner::maintain`], but it waits for the
-    /// maintenance lock (a wake-up that arrives while `checkpoint()`, `compact()` or a
-    /// committer holds it is not lost), and it takes the lock per step, flushing before each
-    /// compaction step, so that a committer held back by too many frozen memtables gets in
-    /// between two steps instead of after the whole round.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) async fn maintenance_round(&self) -> Result<()> {
+    /// Flush and compact as needed. Without `wait`, returns at once if another task holds
+    /// the maintenance lock (it flushes until nothing is frozen; a memtable frozen just after
+    /// it checked is picked up by the next commit), so committers never queue behind a flush.
+    ///
+    /// The lock is taken per step (a flush, then one compaction step), so that a committer
+    /// held back by too many frozen memtables gets in between two steps. `wait`: wait for the
+    /// lock (the maintenance thread: a wake-up that arrives while `checkpoint()`, `compact()`
+    /// or a committer holds it is not lost); otherwise return when another task holds it.
+    pub(crate) async fn maintain(&self, wait: bool) -> Result<()> {
         loop {
-            let mut manifest = self.maintenance.lock().await;
+            let mut manifest = if wait {
+                self.maintenance.lock().await
+            } else {
+                let Some(m) = self.maintenance.try_lock() else {
+                    return Ok(());
+                };
+                m
+            };
+            // `release` sets `closed` before it takes this lock: nothing is written after
+            // it. A fail-stopped database writes nothing either.
             if self.check_open().is_err() {
                 return Ok(());
             }
@@ -1026,12 +1018,17 @@ impl Inner {
         }
     }
 
+    /// The maintenance thread, if one runs and has not died.
+    fn live_background(&self) -> Option<&crate::background::Background> {
+        self.background.get().map(|b| &**b).filter(|b| b.alive())
+    }
+
     /// Maintenance after a commit: handed to the background thread when there is one (the
     /// committer flushes itself only when more than `MAX_FROZEN` memtables wait, so that
     /// memory stays bounded), run here otherwise. The commit is durable: a failure here is
     /// recorded, never returned, and the next commit retries.
     async fn maintain_after_commit(&self) {
-        let result = match self.background.get().filter(|bg| bg.alive()) {
+        let result = match self.live_background() {
             Some(bg) => {
                 bg.wake();
                 if self.view().version.mems.len() > crate::background::MAX_FROZEN + 1 {
@@ -1048,7 +1045,7 @@ impl Inner {
                     Ok(())
                 }
             }
-            None => self.maintain().await,
+            None => self.maintain(false).await,
         };
         if let Err(e) = result {
             self.maintenance_failed(&e);
@@ -1088,7 +1085,7 @@ impl Inner {
         }
         let ingest = self.options.ingest_bytes;
         let manifest = if ingest > 0 && len as u64 >= ingest {
-            if self.background.get().is_some_and(|b| b.alive()) {
+            if self.live_background().is_some() {
                 // The maintenance thread may be compacting after the previous ingest: wait
                 // for its current step (it never takes the writer lock, so this cannot
                 // deadlock), or a bulk load would fall back to the WAL batch after batch.
@@ -1264,7 +1261,6 @@ impl Inner {
     }
 }
 
-/// Create WAL file `no`: header plus `prealloc` zero bytes, synced, directory synced.
 /// Gives up the group-sync leadership if the leader's future is dropped mid-sync: `syncing`
 /// is cleared and the waiters wake, so one of them leads a new sync (the dropped one may
 /// still complete in the background; a second sync is harmless).
@@ -1326,6 +1322,7 @@ impl SegmentInput {
     }
 }
 
+/// Create WAL file `no`: header plus `prealloc` zero bytes, synced, directory synced.
 async fn create_wal(backend: &dyn Backend, no: u64, prealloc: u64) -> Result<Arc<dyn File>> {
     let f = backend
         .open(&wal::file_name(no), OpenMode::CreateNew)

@@ -180,6 +180,9 @@ where
     let from = keys::feed_key(since.saturating_add(1));
     let end = [keys::TAG_FEED + 1];
     let mut it = range(&view.version, &from, &end);
+    // Once per page, not per record: the catalog only grows, so today's copy resolves every
+    // name as of any sequence in the view.
+    let catalog = crate::db::read(&inner.catalog).clone();
     let mut out = Vec::new();
     while out.len() < limit {
         let Some((key, seq, value)) = it.next_live(view.seq).await? else {
@@ -190,7 +193,6 @@ where
             return Err(bad());
         }
         let parsed = parse(&value).ok_or_else(bad)?;
-        let catalog = crate::db::read(&inner.catalog).clone();
         let mut changes = Vec::with_capacity(parsed.items.len());
         for (kind, name, id) in parsed.items {
             if !keep(parsed.origin.as_deref(), &name) {

@@ -1,9 +1,22 @@
 //! Background maintenance on the file backend: flushes and compactions on the database's own
 //! thread while tasks write and read; `close()` waits for them; the result survives reopen.
 
+#![expect(clippy::unwrap_used, reason = "test: a failure is a test failure")]
+
 use std::time::Duration;
 
 use entidb::{Database, Options};
+
+/// Wait, for a bounded time, until `done` holds (a wait for the maintenance thread, not a
+/// timing assertion: the caller asserts afterwards).
+async fn eventually(done: impl Fn() -> bool) {
+    for _ in 0..3000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 fn small() -> Options {
     // Small memtables and an eager compaction trigger: many rounds in a short test.
@@ -56,12 +69,7 @@ async fn writers_and_readers_run_beside_background_flushes_and_compactions() {
         all.push(w.await.unwrap());
     }
     reader.await.unwrap();
-    for _ in 0..3000 {
-        if db.stats().compactions > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(|| db.stats().compactions > 0).await;
     let stats = db.stats();
     assert!(stats.flushes > 0, "{stats:?}");
     assert!(stats.compactions > 0, "{stats:?}");
@@ -88,8 +96,10 @@ async fn writers_and_readers_run_beside_background_flushes_and_compactions() {
 #[tokio::test]
 async fn without_background_maintenance_the_committer_flushes() {
     let dir = tempfile::tempdir().unwrap();
+    // A backend that would allow the thread: the option alone keeps the work inline.
+    let backend = Watched::new(dir.path());
     let opts = small().background_maintenance(false);
-    let db = Database::open_path(dir.path(), opts).await.unwrap();
+    let db = Database::open_with(backend.clone(), opts).await.unwrap();
     let mut n = 0;
     // Inline: the commit that froze a memtable has flushed it when it returns.
     while db.stats().flushes == 0 {
@@ -100,6 +110,11 @@ async fn without_background_maintenance_the_committer_flushes() {
         n += 1;
         assert!(n < 10_000, "a 32 KiB write buffer is flushed long before");
     }
+    let threads = backend.segment_threads();
+    assert!(
+        !threads.is_empty() && threads.iter().all(|t| t != "entidb-maint"),
+        "segments written on the committing task: {threads:?}"
+    );
     db.close().await.unwrap();
 }
 
@@ -140,6 +155,23 @@ async fn dropping_every_handle_ends_the_maintenance_thread() {
 struct Watched {
     fs: entidb::io::FsBackend,
     segment_threads: std::sync::Mutex<Vec<String>>,
+}
+
+impl Watched {
+    fn new(dir: &std::path::Path) -> std::sync::Arc<Watched> {
+        std::sync::Arc::new(Watched {
+            fs: entidb::io::FsBackend::new(dir).unwrap(),
+            segment_threads: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The names of the threads that created segment files so far.
+    fn segment_threads(&self) -> Vec<String> {
+        self.segment_threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 impl entidb::io::Backend for Watched {
@@ -204,10 +236,7 @@ impl entidb::io::Backend for Watched {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_are_written_on_the_maintenance_thread() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = std::sync::Arc::new(Watched {
-        fs: entidb::io::FsBackend::new(dir.path()).unwrap(),
-        segment_threads: std::sync::Mutex::new(Vec::new()),
-    });
+    let backend = Watched::new(dir.path());
     let db = Database::open_with(backend.clone(), small()).await.unwrap();
     for i in 0..1000u32 {
         db.collection("c")
@@ -219,13 +248,8 @@ async fn segments_are_written_on_the_maintenance_thread() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    for _ in 0..3000 {
-        if db.stats().flushes >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let threads = backend.segment_threads.lock().unwrap().clone();
+    eventually(|| db.stats().flushes >= 3).await;
+    let threads = backend.segment_threads();
     assert!(threads.len() >= 3, "{threads:?}");
     assert!(
         threads.iter().all(|t| t == "entidb-maint"),

@@ -483,14 +483,9 @@ impl Replicator {
                     break;
                 }
                 state.feed_seq = batch.seq;
-                if batch.origin.as_deref() == Some(ORIGIN) {
-                    continue;
-                }
+                // The filter left only synced collections' changes, none of our own.
                 for change in batch.changes {
                     let Some(id) = change.id else { continue };
-                    if !self.synced(&change.collection) {
-                        continue;
-                    }
                     let (kind, doc) = match change.op {
                         entidb::ChangeOp::Put(bytes) => (
                             OpKind::Put,
@@ -845,16 +840,7 @@ impl Replicator {
         if let Some(w) = wait {
             path.push_str(&format!("&wait_ms={}", w.as_millis()));
         }
-        let resp: SyncResult<PullResponse> = self
-            .retry(|| {
-                self.request(Request {
-                    method: Method::Get,
-                    path: path.clone(),
-                    body: None,
-                })
-            })
-            .await;
-        match resp {
+        match self.get_retried::<PullResponse>(&path).await {
             Err(SyncError::Server { body, .. }) if body.code == ErrorCode::Rebootstrap => Ok(None),
             other => other.map(Some),
         }
@@ -891,8 +877,8 @@ impl Replicator {
             tx.collection(META).put(mid, &meta)?;
             applied += 1;
         }
-        // The page may start before the saved cursor (never after: `since` was the cursor).
-        state.cursor = state.cursor.max(resp.cursor);
+        // `pull_locked` checked that the server's cursor does not go back.
+        state.cursor = resp.cursor;
         if captured == 0 && applied == 0 && state.cursor == cursor_before {
             // An empty page changes nothing: no commit, no sync.
             tx.abort();
@@ -949,10 +935,15 @@ impl Replicator {
                 path.push_str(&format!("&after={after}"));
             }
         }
+        self.get_retried(&path).await
+    }
+
+    /// A GET with retries (see [`Replicator::retry`]).
+    async fn get_retried<T: serde::de::DeserializeOwned>(&self, path: &str) -> SyncResult<T> {
         self.retry(|| {
             self.request(Request {
                 method: Method::Get,
-                path: path.clone(),
+                path: path.to_owned(),
                 body: None,
             })
         })

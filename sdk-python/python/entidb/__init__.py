@@ -769,13 +769,7 @@ class Database:
         """Up to `limit` committed transactions after sequence `since`, without waiting
         (one list of changes per transaction, in commit order). Raises `FeedTruncated` if
         `since` is older than the feed retains."""
-        out = []
-        native = await self._native.changes_page(since, limit)
-        for seq, ts, origin, changes in native:
-            out.append(
-                [Change(seq, ts, origin, c, i, v, op, d) for c, i, v, op, d in changes]
-            )
-        return out
+        return [b.changes for b in await self.changes_page_filtered(since, limit)]
 
     async def changes_page_filtered(
         self,
