@@ -384,6 +384,12 @@ impl Collection {
         Ok(self.write1(|c| c.put_cbor(id, bytes)).await?.1)
     }
 
+    /// Write an entity given as [`Canonical`](crate::cbor::Canonical) bytes (stored as they
+    /// are, without a copy or a second check); returns its version.
+    pub async fn put_canonical(&self, id: EntityId, doc: &crate::cbor::Canonical) -> Result<u64> {
+        Ok(self.write1(|c| c.put_canonical(id, doc)).await?.1)
+    }
+
     /// Write an entity given as a dynamic value; returns its version.
     pub async fn put_value(&self, id: EntityId, value: &Value) -> Result<u64> {
         Ok(self.write1(|c| c.put_value(id, value)).await?.1)

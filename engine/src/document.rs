@@ -40,6 +40,10 @@ impl Document {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// The canonical CBOR bytes as a [`Canonical`](cbor::Canonical), shared, not copied.
+    pub fn canonical(&self) -> cbor::Canonical {
+        cbor::Canonical::stored(Arc::clone(&self.bytes))
+    }
     /// Decode into a dynamic [`Value`].
     pub fn value(&self) -> Result<Value> {
         Ok(cbor::decode(&self.bytes)?)

@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 
 use entidb_io::BoxFuture;
 
+use crate::cbor::Canonical;
 use crate::db::{Inner, View, range};
 use crate::error::{Error, Result};
 use crate::ids::EntityId;
@@ -32,7 +33,7 @@ use crate::memtable::Op;
 #[non_exhaustive]
 pub enum ChangeOp {
     /// The entity was written; canonical CBOR of the new value.
-    Put(Arc<[u8]>),
+    Put(Canonical),
     /// The entity was deleted.
     Delete,
     /// The entity was written by this transaction, but a later transaction (also in the feed,
@@ -203,7 +204,9 @@ where
                     let coll = catalog_id_at(&catalog, &name, seq).ok_or_else(bad)?;
                     let key = keys::entity_key(coll, &id);
                     match inner.get_in(&view.version, &key, seq).await? {
-                        Some((v, Op::Put(bytes))) if v == seq => ChangeOp::Put(bytes),
+                        Some((v, Op::Put(bytes))) if v == seq => {
+                            ChangeOp::Put(Canonical::stored(bytes))
+                        }
                         // Compaction keeps only the newest version at or below the oldest
                         // snapshot: this one was overwritten (or its collection dropped) by a
                         // later transaction, which the feed reports after this one.

@@ -538,6 +538,11 @@ impl TxCollection<'_> {
         let bytes = cbor::canonicalize_cow(bytes)?;
         self.tx.put_bytes(self.name, id, Arc::from(&*bytes))
     }
+    /// Write an entity given as [`Canonical`](cbor::Canonical) bytes: stored as they are,
+    /// shared rather than copied, and not checked again (the type guarantees them).
+    pub fn put_canonical(&mut self, id: EntityId, doc: &cbor::Canonical) -> Result<()> {
+        self.tx.put_bytes(self.name, id, Arc::clone(doc.shared()))
+    }
     /// Write an entity given as a dynamic value.
     /// Fails with [`Error::Document`] (nothing written) if a map holds two equal keys or the
     /// value nests too deeply: such a value has no canonical encoding.

@@ -240,6 +240,48 @@ async fn invalid_cbor_is_refused_and_nothing_is_stored() {
     ));
 }
 
+#[tokio::test]
+async fn canonical_documents_pass_through_without_copies() {
+    use entidb::cbor::{Canonical, Value};
+    let db = Database::memory().await.unwrap();
+    let c = db.collection("c");
+    let id = db.new_id();
+    let doc = Canonical::from_value(&Value::map([("n", 1)])).unwrap();
+    let v = c.put_canonical(id, &doc).await.unwrap();
+    // Reads and the change feed hand out the stored bytes: equal, and shared with the
+    // document that was put (nothing decoded or copied on the way).
+    let read = c.get_document(id).await.unwrap().unwrap();
+    assert_eq!((read.version(), read.canonical()), (v, doc.clone()));
+    assert!(Arc::ptr_eq(read.canonical().shared(), doc.shared()));
+    let feed = db.changes_page(0, 10).await.unwrap();
+    let put = feed
+        .iter()
+        .flat_map(|b| &b.changes)
+        .find_map(|ch| match &ch.op {
+            ChangeOp::Put(d) => Some(d.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(put, doc);
+    // In a transaction too, next to a value written another way.
+    let mut tx = db.begin().await.unwrap();
+    let other = db.new_id();
+    tx.collection("c").put_canonical(other, &put).unwrap();
+    tx.collection("c").put(id, &2u32).unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        c.get::<Value>(other).await.unwrap(),
+        Some(Value::map([("n", 1)]))
+    );
+    assert_eq!(c.get::<u32>(id).await.unwrap(), Some(2));
+    // The value survives a flush to a segment.
+    db.checkpoint().await.unwrap();
+    assert_eq!(
+        c.get_document(other).await.unwrap().unwrap().canonical(),
+        doc
+    );
+}
+
 fn serde_bytes_like(v: Vec<u8>) -> entidb::cbor::Value {
     entidb::cbor::Value::Bytes(v)
 }
@@ -558,7 +600,7 @@ async fn overwritten_values_in_the_feed_are_superseded_after_compaction() {
     let feed = db.changes_page(0, 10).await.unwrap();
     assert_eq!(
         feed[0].changes[1].op,
-        ChangeOp::Put(entidb::cbor::to_canonical_vec(&1u32).unwrap().into())
+        ChangeOp::Put(entidb::cbor::Canonical::encode(&1u32).unwrap())
     );
     drop(held);
     db.compact().await.unwrap();

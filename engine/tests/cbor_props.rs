@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use entidb::cbor::{
-    CborError, Int, Simple, Value, canonicalize, decode, encode, item_len, try_encode,
-    validate_canonical,
+    Canonical, CborError, Int, Simple, Value, canonicalize, decode, encode, from_slice, item_len,
+    to_canonical_vec, try_encode, validate_canonical,
 };
 use proptest::collection::vec;
 
@@ -173,6 +173,19 @@ proptest! {
         prop_assert_eq!(try_encode(&v), Ok(bytes.clone()));
         prop_assert_eq!(item_len(&bytes), Ok(bytes.len()));
         check_agreement(&bytes);
+    }
+
+    #[test]
+    fn canonical_items_travel_as_tag_24(v in arb_value()) {
+        let doc = Canonical::from_value(&v).expect("encodable");
+        prop_assert_eq!(doc.as_bytes(), &encode(&v)[..]);
+        prop_assert_eq!(doc.to_value(), Ok(v.clone()));
+        // In CBOR: tag 24 over the bytes, read back to the same bytes.
+        let wire = to_canonical_vec(&doc).expect("serialize");
+        prop_assert_eq!(&wire, &encode(&Value::Tag(24, Box::new(Value::Bytes(doc.to_vec())))));
+        let back: Canonical = from_slice(&wire).expect("deserialize");
+        prop_assert_eq!(&back, &doc);
+        prop_assert_eq!(Canonical::from_cbor(&encode(&v)), Ok(doc));
     }
 
     #[test]

@@ -191,6 +191,12 @@ impl PyReplicator {
             let page = rep.conflicts(after, limit).await.map_err(sync)?;
             let mut out: Vec<ConflictRow> = Vec::with_capacity(page.conflicts.len());
             for c in page.conflicts {
+                let loser = match c.loser {
+                    Some(doc) => Some(PyValue(
+                        doc.to_value().map_err(|e| errors::engine(e.into()))?,
+                    )),
+                    None => None,
+                };
                 let policy = serde_json::to_value(c.policy)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
@@ -200,7 +206,7 @@ impl PyReplicator {
                     c.collection,
                     PyId(c.id),
                     policy,
-                    c.loser.map(PyValue),
+                    loser,
                     c.loser_client,
                     c.client_id,
                     c.op_id,

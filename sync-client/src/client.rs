@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use entidb::cbor::Value;
+use entidb::cbor::Canonical;
 use entidb::{Database, EntityId, ScanOptions, WriteTxn};
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -196,6 +196,54 @@ struct State {
     /// never over the tombstones of acknowledged ops.
     #[serde(default)]
     acked_op_id: u64,
+    /// Bounds on the server versions in entity metadata that did not come from pulled
+    /// changes (those are at most `cursor`): none from a push answer is above
+    /// `answers_upto`, none from a bootstrap page above `pages_upto`. A change above them
+    /// finds no metadata that could hold it back, so when no entity has pending ops either,
+    /// its metadata is written without being read (`State::blind_pull`,
+    /// `State::blind_bootstrap`). Each push answer and bootstrap page raises its bound to
+    /// its own cursor, which is at least every version the server handed out before it (the
+    /// server's sequence only grows). `None`: not known (state written before these fields
+    /// existed), until the next push answer or bootstrap page.
+    #[serde(default)]
+    answers_upto: Option<u64>,
+    /// See `answers_upto`.
+    #[serde(default)]
+    pages_upto: Option<u64>,
+}
+
+impl State {
+    /// No op is waiting in the outbox (ops are acknowledged in op id order).
+    fn outbox_empty(&self) -> bool {
+        self.next_op_id <= self.acked_op_id + 1
+    }
+
+    /// Whether a pulled change at `cursor` (above `self.cursor`) can write its entity's
+    /// metadata without reading it: no entity has pending ops, and no metadata can hold a
+    /// version at or above `cursor`. The metadata it replaces would have let the change
+    /// through, and after it only the version and the pending count (0) matter: the
+    /// bootstrap epoch is compared only by a bootstrap's sweep, with the epoch that
+    /// bootstrap writes.
+    fn blind_pull(&self, cursor: u64) -> bool {
+        self.outbox_empty()
+            && self.answers_upto.is_some_and(|upto| cursor > upto)
+            && self.pages_upto.is_some_and(|upto| cursor > upto)
+    }
+
+    /// Whether a fresh bootstrap's page can write the metadata of an entity the server has
+    /// at `version` without reading it. The synced collections were empty when it started,
+    /// so metadata for the entity exists only if the app wrote it (pending ops: none when
+    /// the outbox is empty; acknowledged ones: versions at most `answers_upto`), a pull
+    /// deleted it (a version below `version`: the server has it again), or an earlier page
+    /// of this bootstrap had it (never: pages do not overlap).
+    fn blind_bootstrap(&self, version: u64) -> bool {
+        self.outbox_empty() && self.answers_upto.is_some_and(|upto| version > upto)
+    }
+}
+
+/// Raises a bound of `State::answers_upto`/`pages_upto` to `cursor`.
+fn raise(bound: &mut Option<u64>, cursor: u64) {
+    *bound = Some(bound.unwrap_or(0).max(cursor));
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,7 +267,9 @@ struct OutboxEntry {
     collection: String,
     id: EntityId,
     kind: OpKind,
-    doc: Option<Value>,
+    /// Tag 24 over the document's bytes; outboxes written before documents were carried as
+    /// [`Canonical`] hold the value in place, which reads the same.
+    doc: Option<Canonical>,
     hlc: Hlc,
 }
 
@@ -304,6 +354,9 @@ impl Replicator {
                     feed_seq: tx.read_sequence(),
                     next_op_id: 1,
                     bootstrapped: !config.initial_bootstrap,
+                    // No metadata yet.
+                    answers_upto: Some(0),
+                    pages_upto: Some(0),
                     ..State::default()
                 };
                 tx.collection(STATE).put(EntityId::MIN, &state)?;
@@ -487,10 +540,8 @@ impl Replicator {
                 for change in batch.changes {
                     let Some(id) = change.id else { continue };
                     let (kind, doc) = match change.op {
-                        entidb::ChangeOp::Put(bytes) => (
-                            OpKind::Put,
-                            Some(entidb::cbor::decode(&bytes).map_err(entidb::Error::from)?),
-                        ),
+                        // The stored bytes, shared: not decoded, not copied.
+                        entidb::ChangeOp::Put(doc) => (OpKind::Put, Some(doc)),
                         entidb::ChangeOp::Delete => (OpKind::Delete, None),
                         // A later record in the feed holds the entity's newer state.
                         _ => continue,
@@ -760,6 +811,8 @@ impl Replicator {
                 acked += 1;
             }
         }
+        // The answer's versions are at most its cursor.
+        raise(&mut state.answers_upto, resp.cursor);
         commit_state(tx, &mut state).await?;
         Ok((acked, rejected))
     }
@@ -859,13 +912,23 @@ impl Replicator {
                 continue;
             }
             let mid = meta_id(&c.collection, &c.id);
-            let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
-            // Pending local writes win locally until the server decides; a change at or
-            // below the known version (the client's own push, adopted from its result)
-            // is already applied.
-            if meta.pending > 0 || meta.version.is_some_and(|v| v >= c.cursor) {
-                continue;
-            }
+            let mut meta = if state.blind_pull(c.cursor) {
+                // Nothing to read (see `State::answers_upto`): the common case of a
+                // client catching up with other clients' writes.
+                Meta {
+                    epoch: state.epoch,
+                    ..Meta::default()
+                }
+            } else {
+                let meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+                // Pending local writes win locally until the server decides; a change at
+                // or below the known version (the client's own push, adopted from its
+                // result, or a newer state from a bootstrap page) is already applied.
+                if meta.pending > 0 || meta.version.is_some_and(|v| v >= c.cursor) {
+                    continue;
+                }
+                meta
+            };
             let doc = match c.kind {
                 OpKind::Put => Some(c.doc.as_ref().ok_or_else(|| {
                     SyncError::Protocol("a put change without a document".into())
@@ -969,7 +1032,11 @@ impl Replicator {
                 continue;
             }
             let mid = meta_id(&e.collection, &e.id);
-            let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+            let mut meta: Meta = if fresh && state.blind_bootstrap(e.version) {
+                Meta::default()
+            } else {
+                tx.collection(META).get(mid).await?.unwrap_or_default()
+            };
             meta.epoch = epoch;
             if meta.pending == 0 && meta.version.is_none_or(|v| v < e.version) {
                 apply(&mut tx, &e.collection, e.id, Some(&e.doc)).await?;
@@ -978,6 +1045,8 @@ impl Replicator {
             }
             tx.collection(META).put(mid, &meta)?;
         }
+        // The page's versions are at most its cursor.
+        raise(&mut state.pages_upto, resp.cursor);
         let start_cursor = state
             .bootstrap
             .as_ref()
@@ -1135,10 +1204,10 @@ async fn apply(
     tx: &mut WriteTxn,
     collection: &str,
     id: EntityId,
-    doc: Option<&Value>,
+    doc: Option<&Canonical>,
 ) -> SyncResult<()> {
     match doc {
-        Some(doc) => tx.collection(collection).put_value(id, doc)?,
+        Some(doc) => tx.collection(collection).put_canonical(id, doc)?,
         None => {
             tx.collection(collection).delete(id).await?;
         }

@@ -6,11 +6,13 @@
 //! Every body is CBOR (`application/cbor`) or JSON (`application/json`), chosen by the
 //! request's `Content-Type` and the response's `Accept`. Collections are named by string,
 //! entities by their 16-byte id (a CBOR byte string, or a UUID string in JSON). Documents are
-//! CBOR data items (in JSON: the JSON rendering of the same value; byte strings and tags have
-//! no faithful JSON form, so use CBOR for documents that hold them).
+//! [`Canonical`] CBOR: in a CBOR body, tag 24 ("encoded CBOR data item") over a byte string
+//! that holds the document's encoding, so that neither side builds the document's value to
+//! pass it on; in JSON, the JSON rendering of the value (byte strings, tags and simple values
+//! have no faithful JSON form, so use CBOR for documents that hold them).
 
 use entidb::EntityId;
-use entidb::cbor::Value;
+use entidb::cbor::Canonical;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version in every path (`/v1/...`).
@@ -71,7 +73,7 @@ pub struct Op {
     /// The new document (puts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
-    pub doc: Option<Value>,
+    pub doc: Option<Canonical>,
     /// The server version of the entity that this write was based on (`None`: the client had
     /// never seen the entity on the server).
     #[serde(default)]
@@ -116,7 +118,7 @@ pub struct EntityState {
     pub version: Option<u64>,
     /// Its document (`None`: absent or deleted; always `None` for an `applied` op).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
-    pub doc: Option<Value>,
+    pub doc: Option<Canonical>,
 }
 
 /// The answer to one op.
@@ -158,7 +160,7 @@ pub struct WireChange {
     /// The document (puts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
-    pub doc: Option<Value>,
+    pub doc: Option<Canonical>,
     /// The client id that pushed it (`None`: written on the server).
     #[serde(default)]
     pub origin: Option<String>,
@@ -190,7 +192,7 @@ pub struct BootstrapEntity {
     pub version: u64,
     /// The document.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub doc: Value,
+    pub doc: Canonical,
 }
 
 /// Where a bootstrap page continues.
@@ -258,7 +260,7 @@ pub struct ConflictRecord {
     pub policy: ConflictPolicy,
     /// The version that lost (`None` for a delete or an absent entity).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
-    pub loser: Option<Value>,
+    pub loser: Option<Canonical>,
     /// Who wrote the loser (`None`: the server state's writer is unknown).
     pub loser_client: Option<String>,
     /// The client whose push caused the conflict.
@@ -503,6 +505,33 @@ mod tests {
         assert!(h(1, 5, "z") < h(2, 0, "a"));
         assert!(h(2, 0, "z") < h(2, 1, "a"));
         assert!(h(2, 1, "a") < h(2, 1, "b"));
+    }
+
+    #[test]
+    fn documents_travel_as_tag_24_and_the_old_form_still_reads() {
+        use entidb::cbor::{Value, encode};
+        let doc = Value::map([("text", Value::from("hi"))]);
+        let state = |doc: Value| encode(&Value::map([("version", Value::from(3)), ("doc", doc)]));
+        let new = EntityState {
+            version: Some(3),
+            doc: Some(Canonical::from_value(&doc).unwrap()),
+        };
+        let wrapped = state(Value::Tag(24, Box::new(Value::Bytes(encode(&doc)))));
+        assert_eq!(Format::Cbor.encode(&new).unwrap(), wrapped);
+        assert_eq!(Format::Cbor.decode::<EntityState>(&wrapped).unwrap(), new);
+        // The document in place, as messages and stored outboxes had it before.
+        assert_eq!(
+            Format::Cbor.decode::<EntityState>(&state(doc)).unwrap(),
+            new
+        );
+        // JSON: the value.
+        assert_eq!(
+            String::from_utf8(Format::Json.encode(&new).unwrap()).unwrap(),
+            r#"{"version":3,"doc":{"text":"hi"}}"#
+        );
+        // Tag 24 over bytes that are not one item.
+        let bad = state(Value::Tag(24, Box::new(Value::Bytes(vec![0x61]))));
+        assert!(Format::Cbor.decode::<EntityState>(&bad).is_err());
     }
 
     #[test]

@@ -10,9 +10,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-fn check_request<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(json: &Value) {
+fn check_request<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(
+    json: &Value,
+    cbor_hex: &str,
+) {
     let typed: T = serde_json::from_value(json.clone()).unwrap();
     let cbor = Format::Cbor.encode(&typed).unwrap();
+    assert_eq!(hex_encode(&cbor), cbor_hex, "the request's CBOR form");
     let back: T = Format::Cbor.decode(&cbor).unwrap();
     assert_eq!(back, typed);
     assert_eq!(serde_json::to_value(&back).unwrap(), *json);
@@ -36,6 +40,16 @@ fn check_response<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>
     assert_eq!(from_json, typed);
 }
 
+fn req_hex(v: &Value) -> &str {
+    v["request_cbor_hex"]
+        .as_str()
+        .expect("a vector with a request gives its CBOR form")
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
@@ -54,8 +68,8 @@ fn every_vector_decodes_and_round_trips() {
         }
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         match v["request_type"].as_str() {
-            Some("PushRequest") => check_request::<PushRequest>(&v["request"]),
-            Some("CreateDatabase") => check_request::<CreateDatabase>(&v["request"]),
+            Some("PushRequest") => check_request::<PushRequest>(&v["request"], req_hex(&v)),
+            Some("CreateDatabase") => check_request::<CreateDatabase>(&v["request"], req_hex(&v)),
             Some(other) => panic!("{}: unknown request type {other}", path.display()),
             None => {}
         }

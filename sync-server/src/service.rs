@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use entidb::cbor::Value;
+use entidb::cbor::{Canonical, Value};
 use entidb::{ChangeOp, Document, EntityId, ScanOptions};
 use entidb_sync::wire::{
     BootstrapEntity, BootstrapPosition, BootstrapResponse, Claims, ConflictPolicy, ConflictRecord,
@@ -46,9 +46,10 @@ struct EntityMeta {
     hlc: Option<Hlc>,
     client: Option<String>,
     /// Field-merge collections only: the last [`HISTORY`] versions and their documents, so
-    /// that a concurrent write's base can be found.
+    /// that a concurrent write's base can be found. (Stored before documents were carried
+    /// as [`Canonical`], the documents were values in place; they read the same.)
     #[serde(default)]
-    history: Vec<(u64, Option<Value>)>,
+    history: Vec<(u64, Option<Canonical>)>,
 }
 
 /// Versions kept per entity of a field-merge collection.
@@ -132,6 +133,10 @@ fn bad(message: String) -> ApiError {
 
 fn eng(e: entidb::Error) -> ApiError {
     ApiError::engine(&e)
+}
+
+fn cbor_eng(e: entidb::cbor::CborError) -> ApiError {
+    eng(e.into())
 }
 
 /// Checks that the token is for this database.
@@ -251,7 +256,7 @@ pub async fn push(
                 Some(doc) => doc,
                 None => read_doc(&mut tx, &op.collection, op.id).await?,
             };
-            doc.map(|d| d.value()).transpose().map_err(eng)?
+            doc.map(|d| d.canonical())
         } else {
             None
         };
@@ -271,11 +276,21 @@ pub async fn push(
         let client_newer = meta.as_ref().and_then(|m| m.hlc.as_ref()) < Some(&op.hlc);
         // Field merge: find the client's base version and merge the maps three ways.
         let merged = match (policy, concurrent, &current_doc, &op.doc) {
-            (ConflictPolicy::FieldMerge, true, Some(server), Some(client)) => meta
-                .as_ref()
-                .and_then(|m| m.history.iter().find(|(v, _)| Some(*v) == op.base_version))
-                .and_then(|(_, base)| base.as_ref())
-                .and_then(|base| merge(base, server, client, client_newer)),
+            (ConflictPolicy::FieldMerge, true, Some(server), Some(client)) => {
+                let base = meta
+                    .as_ref()
+                    .and_then(|m| m.history.iter().find(|(v, _)| Some(*v) == op.base_version))
+                    .and_then(|(_, base)| base.as_ref());
+                match base {
+                    Some(base) => merge(
+                        &base.to_value().map_err(cbor_eng)?,
+                        &server.to_value().map_err(cbor_eng)?,
+                        &client.to_value().map_err(cbor_eng)?,
+                        client_newer,
+                    ),
+                    None => None,
+                }
+            }
             _ => None,
         };
         let wins = !concurrent
@@ -329,14 +344,18 @@ pub async fn push(
             continue;
         }
         // `merged_into`: the merge changed the client's document, which it must adopt.
+        let merged = match merged {
+            Some(m) => Some(Canonical::from_value(&m.doc).map_err(cbor_eng)?),
+            None => None,
+        };
         let (doc, merged_into) = match merged {
-            Some(m) if Some(&m.doc) != op.doc.as_ref() => (Some(m.doc), true),
+            Some(m) if Some(&m) != op.doc.as_ref() => (Some(m), true),
             _ => (op.doc, false),
         };
         match &doc {
             Some(doc) => tx
                 .collection(&op.collection)
-                .put_value(op.id, doc)
+                .put_canonical(op.id, doc)
                 .map_err(eng)?,
             None => {
                 tx.collection(&op.collection)
@@ -467,28 +486,22 @@ pub async fn pull(
                     // (The feed filter above already left out what the client cannot see.)
                     let id = c.id?;
                     let (kind, doc) = match c.op {
-                        ChangeOp::Put(bytes) => (OpKind::Put, Some(bytes)),
+                        // The stored bytes go out as they are: not decoded, not copied.
+                        ChangeOp::Put(doc) => (OpKind::Put, Some(doc)),
                         ChangeOp::Delete => (OpKind::Delete, None),
                         // A later record holds the entity's newer state.
                         _ => return None,
                     };
-                    Some((c.collection, id, kind, doc))
-                })
-                .map(|(collection, id, kind, bytes)| {
-                    let doc = match bytes {
-                        Some(b) => Some(entidb::cbor::decode(&b).map_err(|e| eng(e.into()))?),
-                        None => None,
-                    };
-                    Ok(WireChange {
+                    Some(WireChange {
                         cursor: b.seq,
-                        collection,
+                        collection: c.collection,
                         id,
                         kind,
                         doc,
                         origin: b.origin.clone(),
                     })
                 })
-                .collect::<Result<_, ApiError>>()?;
+                .collect();
             if !changes.is_empty() && changes.len() + visible.len() > limit || scanned >= 4 * limit
             {
                 has_more = true;
@@ -579,7 +592,7 @@ pub async fn bootstrap(
                 collection: c.clone(),
                 id: d.id(),
                 version: d.version(),
-                doc: d.value().map_err(eng)?,
+                doc: d.canonical(),
             });
         }
         if entities.len() == limit {

@@ -68,6 +68,32 @@ fn push_body(client: &str, collection: &str, n: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({"client_id": client, "ops": ops})).unwrap()
 }
 
+/// A CBOR push of one put whose document is tag 24 over `inner` (which should be one
+/// encoded CBOR item).
+fn tag24_push(client: &str, inner: &[u8]) -> Vec<u8> {
+    use entidb::cbor::Value as V;
+    let op = V::map([
+        ("op_id", V::from(1)),
+        ("collection", V::from("notes")),
+        ("id", V::Bytes(vec![7; 16])),
+        ("kind", V::from("put")),
+        ("doc", V::Tag(24, Box::new(V::Bytes(inner.to_vec())))),
+        ("base_version", V::Null),
+        (
+            "hlc",
+            V::map([
+                ("millis", V::from(1)),
+                ("counter", V::from(0)),
+                ("node", V::from(client)),
+            ]),
+        ),
+    ]);
+    entidb::cbor::encode(&V::map([
+        ("client_id", V::from(client)),
+        ("ops", V::array([op])),
+    ]))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_documented_errors_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -248,7 +274,21 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
             )
             .await,
             400,
-            "bad_request",
+            "malformed_body",
+        ),
+        (
+            "document given as tag 24 over bytes that are not one CBOR item",
+            send(
+                url,
+                "POST",
+                push,
+                Some(&good),
+                Some("application/cbor"),
+                tag24_push("c1", &[0x82, 0x01]),
+            )
+            .await,
+            400,
+            "malformed_body",
         ),
         (
             "unsupported media type",

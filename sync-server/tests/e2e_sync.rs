@@ -925,35 +925,41 @@ impl entidb_sync::Transport for Budgeted {
     }
 }
 
-/// A fresh client's bootstrap (which skips the final sweep) is cut off by the network; while
-/// it is cut off, the app writes and pushes, and the server deletes an entity the client
-/// already received. The resumed bootstrap and the pull after it end with the server's state
-/// plus nothing stale.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_fresh_bootstrap_resumes_to_the_servers_state() {
-    use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
+/// What [`cut_off_bootstrap`] leaves: client b (and its 30 notes) in sync with the server;
+/// client c part way through its first bootstrap, its transport out of requests.
+struct CutOff {
+    _dir: tempfile::TempDir,
+    _server: Server,
+    b: entidb::Database,
+    rb: entidb_sync::Replicator,
+    ids: Vec<EntityId>,
+    transport: Arc<Budgeted>,
+    local: entidb::Database,
+    rc: entidb_sync::Replicator,
+}
+
+/// Client b writes 30 notes (`doc(i)`) and syncs; client c (pages of 5 entities,
+/// `pull_limit` changes) starts a fresh bootstrap on a transport that allows 3 requests, so
+/// the network goes away part way through it.
+async fn cut_off_bootstrap(doc: impl Fn(usize) -> serde_json::Value, pull_limit: usize) -> CutOff {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), None, &[]);
     server.create_db("app").await;
-    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.join("b"), "app", "b", &["notes"]).await;
     let mut ids = Vec::new();
     for i in 0..30 {
-        ids.push(
-            b.collection("notes")
-                .insert(&json!({ "i": i }))
-                .await
-                .unwrap(),
-        );
+        ids.push(b.collection("notes").insert(&doc(i)).await.unwrap());
     }
     rb.sync_now().await.unwrap();
-
     let transport = Arc::new(Budgeted {
         inner: HttpTransport::new(&server.url, &token("app", "c", &["read", "write"], 3600)),
         budget: AtomicU32::new(3),
     });
-    let local = entidb::Database::open(dir.path().join("c")).await.unwrap();
+    let local = entidb::Database::open(dir.join("c")).await.unwrap();
     let mut cfg = entidb_sync::SyncConfig::new("app", "c", &["notes"]);
     cfg.bootstrap_limit = 5;
+    cfg.pull_limit = pull_limit;
     cfg.max_attempts = 2;
     cfg.retry_base = Duration::from_millis(5);
     let rc = entidb_sync::Replicator::attach(local.clone(), cfg, transport.clone())
@@ -963,12 +969,30 @@ async fn an_interrupted_fresh_bootstrap_resumes_to_the_servers_state() {
         rc.sync_now().await.is_err(),
         "the network went away mid-bootstrap"
     );
-    let got = contents(&local, "notes").await;
-    assert!(
-        !got.is_empty() && got.len() < 30,
-        "part of it arrived: {}",
-        got.len()
-    );
+    let got = contents(&local, "notes").await.len();
+    assert!(got > 0 && got < 30, "part of it arrived: {got}");
+    CutOff {
+        _dir: tmp,
+        _server: server,
+        b,
+        rb,
+        ids,
+        transport,
+        local,
+        rc,
+    }
+}
+
+/// A fresh client's bootstrap (which skips the final sweep) is cut off by the network; while
+/// it is cut off, the app writes and pushes, and the server deletes an entity the client
+/// already received. The resumed bootstrap and the pull after it end with the server's state
+/// plus nothing stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_fresh_bootstrap_resumes_to_the_servers_state() {
+    use std::sync::atomic::Ordering;
+    let t = cut_off_bootstrap(|i| json!({ "i": i }), 1000).await;
+    let (b, rb, ids, transport, local, rc) = (&t.b, &t.rb, &t.ids, &t.transport, &t.local, &t.rc);
+    let got = contents(local, "notes").await;
     // The first entity arrived; the server deletes it while the client is offline.
     assert!(got.iter().any(|(id, _)| *id == ids[0].to_string()));
     b.collection("notes").delete(ids[0]).await.unwrap();
@@ -986,9 +1010,128 @@ async fn an_interrupted_fresh_bootstrap_resumes_to_the_servers_state() {
     let report = rc.sync_now().await.unwrap();
     assert!(report.bootstrapped, "{report:?}");
     rb.sync_now().await.unwrap();
-    let got = contents(&local, "notes").await;
-    assert_eq!(got, contents(&b, "notes").await);
+    let got = contents(local, "notes").await;
+    assert_eq!(got, contents(b, "notes").await);
     assert_eq!(got.len(), 30, "29 of b's plus the client's own");
     assert!(got.iter().any(|(id, _)| *id == mine.to_string()));
     assert!(got.iter().all(|(id, _)| *id != ids[0].to_string()));
+}
+
+/// Every state the replicator wrote to each entity of `collection` in `db`, in commit order:
+/// the values of field `n`.
+async fn replicated_states(db: &entidb::Database, collection: &str) -> Vec<(EntityId, u64)> {
+    let mut out = Vec::new();
+    let mut since = 0;
+    loop {
+        let page = db.changes_page(since, 256).await.unwrap();
+        let Some(last) = page.last() else {
+            return out;
+        };
+        since = last.seq;
+        for batch in page
+            .iter()
+            .filter(|b| b.origin.as_deref() == Some(entidb_sync::ORIGIN))
+        {
+            for ch in batch.changes.iter().filter(|c| c.collection == collection) {
+                if let entidb::ChangeOp::Put(doc) = &ch.op {
+                    let v: serde_json::Value = doc.decode().unwrap();
+                    out.push((ch.id.unwrap(), v["n"].as_u64().unwrap()));
+                }
+            }
+        }
+    }
+}
+
+/// A bootstrap's later pages are read after the server changed: they hold newer versions
+/// than its first page's cursor, from which the pull then replays the changes. The pull must
+/// skip the changes the bootstrap already had (entity metadata says so), never putting an
+/// older state over a newer one, also when it writes metadata without reading it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_after_a_bootstrap_never_applies_an_older_state() {
+    use std::sync::atomic::Ordering;
+    // A page per round of changes (each is one push of 30 ops), so that each round is its
+    // own local commit.
+    let t = cut_off_bootstrap(|_| json!({ "n": 0 }), 30).await;
+    let (b, rb, ids, transport, local, rc) = (&t.b, &t.rb, &t.ids, &t.transport, &t.local, &t.rc);
+    let early = contents(local, "notes").await.len();
+    // Two rounds of changes to every entity while the client is cut off.
+    for n in 1..=2 {
+        for id in ids {
+            b.collection("notes")
+                .put(*id, &json!({ "n": n }))
+                .await
+                .unwrap();
+        }
+        rb.sync_now().await.unwrap();
+    }
+    transport.budget.store(1000, Ordering::SeqCst);
+    let report = rc.sync_now().await.unwrap();
+    assert!(report.bootstrapped, "{report:?}");
+    assert_eq!(contents(local, "notes").await, contents(b, "notes").await);
+    let states = replicated_states(local, "notes").await;
+    let mut last: std::collections::HashMap<EntityId, u64> = Default::default();
+    for (id, n) in &states {
+        let before = last.insert(*id, *n);
+        assert!(
+            before.is_none_or(|b| b <= *n),
+            "entity {id} went back from n = {before:?} to {n}"
+        );
+    }
+    // The scenario happened: the first pages brought n = 0, the later ones n = 2 (the pull
+    // then had to skip both rounds of changes for those).
+    let mut first: std::collections::HashMap<EntityId, u64> = Default::default();
+    for (id, n) in &states {
+        first.entry(*id).or_insert(*n);
+    }
+    assert_eq!(first.values().filter(|n| **n == 0).count(), early);
+    assert_eq!(first.values().filter(|n| **n == 2).count(), 30 - early);
+    assert_eq!(last.len(), 30);
+    assert!(last.values().all(|n| *n == 2));
+}
+
+/// The other guard of the pull's metadata writes without reads: after a client's write wins
+/// a conflict, the pull replays the older changes it overrode (the server still holds their
+/// values). The client already has the newer state (its own, acknowledged), so the pull
+/// must write none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_after_a_push_never_applies_an_older_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(POLICIES), &[]);
+    server.create_db("app").await;
+    let a = entidb::Database::open(dir.path().join("a")).await.unwrap();
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["cw"]);
+    // A page per server transaction: each older change would be its own local commit.
+    cfg.pull_limit = 1;
+    let ra = entidb_sync::Replicator::attach(
+        a.clone(),
+        cfg,
+        Arc::new(HttpTransport::new(
+            &server.url,
+            &token("app", "a", &["read", "write"], 3600),
+        )),
+    )
+    .await
+    .unwrap();
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["cw"]).await;
+    let id = a.collection("cw").insert(&json!({ "n": 0 })).await.unwrap();
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    for n in 1..=2 {
+        b.collection("cw")
+            .put(id, &json!({ "n": n }))
+            .await
+            .unwrap();
+        rb.sync_now().await.unwrap();
+    }
+    // a's concurrent write wins (client wins) and is acknowledged before a pulls.
+    a.collection("cw")
+        .put(id, &json!({ "n": 5 }))
+        .await
+        .unwrap();
+    assert_eq!(ra.push().await.unwrap().0, 1);
+    let report = ra.sync_now().await.unwrap();
+    assert!(report.pulled == 0, "{report:?}");
+    assert_eq!(replicated_states(&a, "cw").await, []);
+    rb.sync_now().await.unwrap();
+    assert_eq!(contents(&a, "cw").await, contents(&b, "cw").await);
 }

@@ -133,7 +133,7 @@ impl Transport for SimTransport {
                 let tags: HashMap<u64, String> = req
                     .ops
                     .iter()
-                    .filter_map(|o| Some((o.op_id, tag(o.doc.as_ref()?)?)))
+                    .filter_map(|o| Some((o.op_id, tag(&o.doc.as_ref()?.to_value().unwrap())?)))
                     .collect();
                 let r = service::push(&net.config, &hosted, &self.claims, req).await;
                 if let Ok(PushResponse { results, .. }) = &r {

@@ -1,6 +1,8 @@
 //! The protocol's test vectors (`docs/sync-vectors/*.json`) replayed against the real server:
-//! each request is sent in CBOR, in file order, to one fresh server; the answer must equal the
-//! vector's CBOR bytes, and its JSON form (through the wire types) the vector's `response`.
+//! each request is sent in CBOR, in file order, to one fresh server (its CBOR form, made from
+//! the vector's JSON `request` through the wire types, must equal `request_cbor_hex`); the
+//! answer must equal the vector's CBOR bytes, and its JSON form (through the wire types) the
+//! vector's `response`.
 //!
 //! `ENTIDB_BLESS_VECTORS=1` rewrites the files' responses from the server instead (review the
 //! diff before committing it).
@@ -93,12 +95,17 @@ async fn server_answers_every_vector_as_documented() {
                 .header("content-type", "application/cbor")
                 .body(hex::decode(raw).unwrap());
         } else if !v["request"].is_null() {
-            req = req
-                .header("content-type", "application/cbor")
-                .body(request_cbor(
-                    v["request_type"].as_str().unwrap(),
-                    &v["request"],
-                ));
+            let body = request_cbor(v["request_type"].as_str().unwrap(), &v["request"]);
+            if bless {
+                v["request_cbor_hex"] = hex::encode(&body).into();
+            } else {
+                assert_eq!(
+                    hex::encode(&body),
+                    v["request_cbor_hex"].as_str().unwrap(),
+                    "{name}: the request's CBOR bytes differ"
+                );
+            }
+            req = req.header("content-type", "application/cbor").body(body);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();

@@ -61,6 +61,7 @@ mod diag;
 mod encode;
 mod error;
 mod float;
+mod item;
 mod serde_helpers;
 #[cfg(test)]
 mod tests;
@@ -70,6 +71,7 @@ pub use canonical::{canonicalize, canonicalize_cow, is_canonical, validate, vali
 pub use decode::{decode, item_len};
 pub use encode::{encode, encode_into, try_encode};
 pub use error::CborError;
+pub use item::Canonical;
 pub use serde_helpers::{from_slice, from_value, to_canonical_vec, to_value};
 pub use value::{Int, IntOutOfRange, Simple, Value, canonical_cmp};
 

@@ -14,6 +14,7 @@ use super::canonical::canonicalize_cow;
 use super::decode::decode;
 use super::encode::try_encode;
 use super::error::CborError;
+use super::item::Canonical;
 use super::value::{Int, Value};
 
 /// Serializes `value` with serde (via `ciborium`) and returns its canonical encoding: struct
@@ -107,6 +108,51 @@ impl Serialize for Value {
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
         deserializer.deserialize_any(ValueVisitor)
+    }
+}
+
+/// Tag 24 ("encoded CBOR data item") in CBOR, the value itself in human-readable formats
+/// (see [`Canonical`]).
+impl Serialize for Canonical {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            decode(self.as_bytes())
+                .map_err(S::Error::custom)?
+                .serialize(serializer)
+        } else {
+            ciborium::tag::Captured(Some(ENCODED_CBOR), ByteStr(self.as_bytes()))
+                .serialize(serializer)
+        }
+    }
+}
+
+/// Tag 24 over a byte string (checked, canonicalized), or any other item in place (encoded).
+impl<'de> Deserialize<'de> for Canonical {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Canonical, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::Tag(ENCODED_CBOR, inner) => match *inner {
+                Value::Bytes(bytes) => Canonical::from_vec(bytes).map_err(|e| {
+                    D::Error::custom(format_args!(
+                        "tag 24 (encoded CBOR data item) does not hold one valid item: {e}"
+                    ))
+                }),
+                other => Canonical::from_value(&Value::Tag(ENCODED_CBOR, Box::new(other)))
+                    .map_err(D::Error::custom),
+            },
+            other => Canonical::from_value(&other).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// RFC 8949 §3.4.5.1: the byte string holds one encoded CBOR data item.
+const ENCODED_CBOR: u64 = 24;
+
+/// Serializes as a byte string (serde serializes a `&[u8]` as a sequence).
+struct ByteStr<'a>(&'a [u8]);
+
+impl Serialize for ByteStr<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
     }
 }
 
