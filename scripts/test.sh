@@ -83,14 +83,14 @@ token=$(sed -n '/^dev token/{n;p}' "$tmp/serve.out" | tr -d ' ')
 "$venv/bin/schemathesis" --config-file sync-server/schemathesis/schemathesis.toml \
   run "$addr/openapi.json" -H "Authorization: Bearer $token" \
   --checks all --exclude-checks positive_data_acceptance \
-  --exclude-path '/v1/db/{db}/events' --max-examples 100 --request-timeout 10 --seed 1
+  --exclude-path '/v2/db/{db}/events' --max-examples 100 --request-timeout 10 --seed 1
 kill -TERM "$server_pid"
 wait "$server_pid"
 rm -rf "$tmp"
 
 step "OpenTelemetry: a request's span reaches an OTLP/HTTP receiver"
 tmp=$(mktemp -d)
-"$venv/bin/python" -m oteltap --port 4399 --await-span 'POST /v1/db/\{db\}/push' >"$tmp/otel.out" 2>&1 &
+"$venv/bin/python" -m oteltap --port 4399 --await-span 'POST /v2/db/\{db\}/push' >"$tmp/otel.out" 2>&1 &
 otel_pid=$!
 sleep 1
 "${CARGO_TARGET_DIR:-target}/debug/entidb" serve --data-dir "$tmp/data" --listen 127.0.0.1:0 \

@@ -204,7 +204,8 @@ struct State {
     /// `State::blind_bootstrap`). Each push answer and bootstrap page raises its bound to
     /// its own cursor, which is at least every version the server handed out before it (the
     /// server's sequence only grows). `None`: not known (state written before these fields
-    /// existed), until the next push answer or bootstrap page.
+    /// existed); a bound becomes known at the next push answer or bootstrap page, or at a
+    /// pull's last page, whose cursor is the server's sequence when it was read.
     #[serde(default)]
     answers_upto: Option<u64>,
     /// See `answers_upto`.
@@ -439,7 +440,7 @@ impl Replicator {
         limit: usize,
     ) -> SyncResult<crate::wire::ConflictsResponse> {
         let mut path = format!(
-            "/v1/db/{}/conflicts?limit={limit}",
+            "/v2/db/{}/conflicts?limit={limit}",
             self.shared.config.database
         );
         if let Some(a) = after {
@@ -647,7 +648,7 @@ impl Replicator {
         let mut rejected = Vec::new();
         // Capture first so that the batches include every write made so far.
         let (_, state) = self.capture_locked().await?;
-        let path = format!("/v1/db/{}/push", self.shared.config.database);
+        let path = format!("/v2/db/{}/push", self.shared.config.database);
         let mut next = self.prepare_push(state.acked_op_id).await?;
         // The last batch sent and its answer, not yet acknowledged locally.
         let mut answered: Option<(Vec<Op>, PushResponse)> = None;
@@ -811,8 +812,10 @@ impl Replicator {
                 acked += 1;
             }
         }
-        // The answer's versions are at most its cursor.
+        // The answer's versions are at most its cursor, which is also at least every version
+        // of the bootstrap pages received before (a bound not known yet becomes known).
         raise(&mut state.answers_upto, resp.cursor);
+        state.pages_upto.get_or_insert(resp.cursor);
         commit_state(tx, &mut state).await?;
         Ok((acked, rejected))
     }
@@ -887,7 +890,7 @@ impl Replicator {
         wait: Option<Duration>,
     ) -> SyncResult<Option<PullResponse>> {
         let mut path = format!(
-            "/v1/db/{}/pull?since={since}&limit={}",
+            "/v2/db/{}/pull?since={since}&limit={}",
             self.shared.config.database, self.shared.config.pull_limit
         );
         if let Some(w) = wait {
@@ -942,6 +945,13 @@ impl Replicator {
         }
         // `pull_locked` checked that the server's cursor does not go back.
         state.cursor = resp.cursor;
+        if !resp.has_more {
+            // The last page's cursor is the server's sequence when it was read, so at least
+            // every version in the push answers and bootstrap pages this client got before:
+            // a bound not known yet (state from before the bounds) becomes known.
+            state.answers_upto.get_or_insert(resp.cursor);
+            state.pages_upto.get_or_insert(resp.cursor);
+        }
         if captured == 0 && applied == 0 && state.cursor == cursor_before {
             // An empty page changes nothing: no commit, no sync.
             tx.abort();
@@ -987,7 +997,7 @@ impl Replicator {
         position: Option<&BootstrapPosition>,
     ) -> SyncResult<BootstrapResponse> {
         let mut path = format!(
-            "/v1/db/{}/bootstrap?limit={}&collections={}",
+            "/v2/db/{}/bootstrap?limit={}&collections={}",
             self.shared.config.database,
             self.shared.config.bootstrap_limit,
             self.shared.config.collections.join(",")
@@ -1236,5 +1246,65 @@ fn tick(state: &mut State, physical: u64) -> Hlc {
         millis: state.hlc_millis,
         counter: state.hlc_counter,
         node: state.client_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use entidb::cbor::{Value, encode};
+
+    #[test]
+    fn an_outbox_entry_written_before_canonical_documents_reads() {
+        let doc = Value::map([("text", Value::from("hi"))]);
+        let hlc = Value::map([
+            ("millis", Value::from(1)),
+            ("counter", Value::from(0)),
+            ("node", Value::from("c")),
+        ]);
+        let entry = |doc: Value| {
+            encode(&Value::map([
+                ("op_id", Value::from(7)),
+                ("collection", Value::from("notes")),
+                ("id", Value::Bytes(vec![1; 16])),
+                ("kind", Value::from("put")),
+                ("doc", doc),
+                ("hlc", hlc.clone()),
+            ]))
+        };
+        // Then: the document in place. Now: tag 24 over its encoding.
+        let old: OutboxEntry = entidb::cbor::from_slice(&entry(doc.clone())).unwrap();
+        let new: OutboxEntry =
+            entidb::cbor::from_slice(&entry(Value::Tag(24, Box::new(Value::Bytes(encode(&doc))))))
+                .unwrap();
+        assert_eq!(old.doc.as_ref().unwrap().to_value().unwrap(), doc);
+        assert_eq!(old.doc, new.doc);
+        assert_eq!(
+            entidb::cbor::to_canonical_vec(&new).unwrap(),
+            entry(Value::Tag(24, Box::new(Value::Bytes(encode(&doc)))))
+        );
+    }
+
+    #[test]
+    fn blind_metadata_writes_need_known_bounds_and_an_empty_outbox() {
+        let mut s = State {
+            next_op_id: 1,
+            answers_upto: Some(10),
+            pages_upto: Some(20),
+            ..State::default()
+        };
+        assert!(s.blind_pull(21) && !s.blind_pull(20) && !s.blind_pull(15));
+        assert!(s.blind_bootstrap(11) && !s.blind_bootstrap(10));
+        s.next_op_id = 2; // op 1 waits in the outbox
+        assert!(!s.blind_pull(21) && !s.blind_bootstrap(11));
+        s.acked_op_id = 1;
+        assert!(s.blind_pull(21));
+        s.pages_upto = None;
+        assert!(!s.blind_pull(21) && s.blind_bootstrap(11));
+        s.answers_upto = None;
+        assert!(!s.blind_bootstrap(11));
+        raise(&mut s.answers_upto, 5);
+        raise(&mut s.answers_upto, 3);
+        assert_eq!(s.answers_upto, Some(5));
     }
 }

@@ -12,7 +12,7 @@ pub enum Method {
     Post,
 }
 
-/// One request. `path` starts with `/v1/` and includes the query string.
+/// One request. `path` starts with `/v2/` and includes the query string.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// GET or POST.

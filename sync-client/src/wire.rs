@@ -15,8 +15,13 @@ use entidb::EntityId;
 use entidb::cbor::Canonical;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version in every path (`/v1/...`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version in every path (`/v2/...`).
+///
+/// Version 2 carries documents as tag 24 over their encoding in CBOR bodies (version 1 had
+/// them in place). A version 2 server answers every `/v1/` path with 404 `not_found` and a
+/// message that says to upgrade: an old peer fails loudly instead of storing the wrapper as
+/// its document.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Media type of CBOR bodies.
 pub const CBOR: &str = "application/cbor";
@@ -82,7 +87,7 @@ pub struct Op {
     pub hlc: Hlc,
 }
 
-/// `POST /v1/db/{db}/push`.
+/// `POST /v2/db/{db}/push`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushRequest {
@@ -166,7 +171,7 @@ pub struct WireChange {
     pub origin: Option<String>,
 }
 
-/// `GET /v1/db/{db}/pull?since=C&limit=N&wait_ms=W`.
+/// `GET /v2/db/{db}/pull?since=C&limit=N&wait_ms=W`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PullResponse {
@@ -206,7 +211,7 @@ pub struct BootstrapPosition {
     pub after: Option<EntityId>,
 }
 
-/// `GET /v1/db/{db}/bootstrap?collection=C&after=ID&limit=N`: the current state, paged.
+/// `GET /v2/db/{db}/bootstrap?collection=C&after=ID&limit=N`: the current state, paged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootstrapResponse {
@@ -244,7 +249,7 @@ pub enum ConflictPolicy {
     FieldMerge,
 }
 
-/// One entry of the conflict log (`GET /v1/db/{db}/conflicts`).
+/// One entry of the conflict log (`GET /v2/db/{db}/conflicts`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConflictRecord {
@@ -273,7 +278,7 @@ pub struct ConflictRecord {
     pub at_millis: u64,
 }
 
-/// `GET /v1/db/{db}/conflicts?after=ID&limit=N`.
+/// `GET /v2/db/{db}/conflicts?after=ID&limit=N`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConflictsResponse {
@@ -284,7 +289,7 @@ pub struct ConflictsResponse {
     pub next: Option<EntityId>,
 }
 
-/// A hosted database (`GET /v1/admin/databases`).
+/// A hosted database (`GET /v2/admin/databases`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatabaseInfo {
@@ -294,7 +299,7 @@ pub struct DatabaseInfo {
     pub cursor: u64,
 }
 
-/// `GET /v1/admin/databases`.
+/// `GET /v2/admin/databases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatabaseList {
@@ -302,7 +307,7 @@ pub struct DatabaseList {
     pub databases: Vec<DatabaseInfo>,
 }
 
-/// `POST /v1/admin/databases`.
+/// `POST /v2/admin/databases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDatabase {

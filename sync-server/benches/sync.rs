@@ -100,7 +100,7 @@ fn token(client: &str, scope: &[&str]) -> String {
 
 async fn create_db(url: &str, name: &str) {
     let r = reqwest::Client::new()
-        .post(format!("{url}/v1/admin/databases"))
+        .post(format!("{url}/v2/admin/databases"))
         .bearer_auth(token("admin", &["admin"]))
         .json(&json!({ "name": name }))
         .send()
@@ -362,7 +362,7 @@ async fn s4(clients: usize) {
     let (got_tx, mut got_rx) = tokio::sync::mpsc::channel::<Instant>(clients);
     for _ in 0..clients {
         let http = http.clone();
-        let url = format!("{}/v1/db/s4/events?since=0", server.url);
+        let url = format!("{}/v2/db/s4/events?since=0", server.url);
         let watcher = watcher.clone();
         let ready_tx = ready_tx.clone();
         let got_tx = got_tx.clone();

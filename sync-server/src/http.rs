@@ -41,7 +41,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-/// The answer to `DELETE /v1/admin/databases/{name}`.
+/// The answer to `DELETE /v2/admin/databases/{name}`.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DeletedDatabase {
     /// The deleted database's name.
@@ -104,28 +104,33 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .route("/v1/admin/databases", get(list_dbs).post(create_db))
-        .route("/v1/admin/databases/{name}", delete(delete_db))
-        .route("/v1/db/{db}/push", post(push))
-        .route("/v1/db/{db}/bootstrap", get(bootstrap))
-        .route("/v1/db/{db}/conflicts", get(conflicts))
+        .route("/v2/admin/databases", get(list_dbs).post(create_db))
+        .route("/v2/admin/databases/{name}", delete(delete_db))
+        .route("/v2/db/{db}/push", post(push))
+        .route("/v2/db/{db}/bootstrap", get(bootstrap))
+        .route("/v2/db/{db}/conflicts", get(conflicts))
         .route_layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.max_in_flight,
         ));
     let live = Router::new()
-        .route("/v1/db/{db}/pull", get(pull))
-        .route("/v1/db/{db}/events", get(events));
+        .route("/v2/db/{db}/pull", get(pull))
+        .route("/v2/db/{db}/events", get(events));
     let mut app = prompt
         .merge(live)
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::metrics::track,
         ))
-        .fallback(|headers: HeaderMap| async move {
-            reply_err(
-                &headers,
-                ApiError::new(ErrorCode::NotFound, "no such endpoint"),
-            )
+        .fallback(|uri: axum::http::Uri, headers: HeaderMap| async move {
+            let message = if uri.path().starts_with("/v1/") {
+                // Protocol version 1 carried documents in place; this server would answer
+                // such a client in a form it misreads (see `wire::PROTOCOL_VERSION`).
+                "protocol version 1 is not served: this server speaks version 2 (documents \
+                 are tag 24 in CBOR bodies, docs/sync-protocol.md); upgrade the client"
+            } else {
+                "no such endpoint"
+            };
+            reply_err(&headers, ApiError::new(ErrorCode::NotFound, message))
         })
         .with_state(state)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -286,7 +291,7 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The common start of every `/v1/db/{db}/...` read: the token, its database, the query
+/// The common start of every `/v2/db/{db}/...` read: the token, its database, the query
 /// parameters and the open database.
 async fn open_for<P: DeserializeOwned + Default>(
     state: &AppState,
@@ -350,7 +355,7 @@ fn require_admin(claims: &Claims) -> Result<(), ApiError> {
     }
 }
 
-#[utoipa::path(get, path = "/v1/admin/databases", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v2/admin/databases", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "The hosted databases", body = DatabaseList),
               (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
               (status = 403, description = "Needs the admin scope", body = ErrorBody)))]
@@ -371,7 +376,7 @@ async fn list_dbs(State(state): State<AppState>, headers: HeaderMap) -> Response
     respond(&headers, r)
 }
 
-#[utoipa::path(post, path = "/v1/admin/databases", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v2/admin/databases", tag = "admin", security(("bearer" = [])),
     request_body(content = CreateDatabase, content_type = "application/json", description = "Also accepted as application/cbor"),
     responses((status = 200, description = "Created", body = DatabaseInfo),
               (status = 400, description = "Invalid name or malformed body", body = ErrorBody),
@@ -395,7 +400,7 @@ async fn create_db(State(state): State<AppState>, headers: HeaderMap, body: Body
     respond(&headers, r)
 }
 
-#[utoipa::path(delete, path = "/v1/admin/databases/{name}", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v2/admin/databases/{name}", tag = "admin", security(("bearer" = [])),
     params(("name" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
     responses((status = 200, description = "Deleted", body = DeletedDatabase),
               (status = 400, description = "Invalid name", body = ErrorBody),
@@ -417,7 +422,7 @@ async fn delete_db(
     respond(&headers, r)
 }
 
-#[utoipa::path(post, path = "/v1/db/{db}/push", tag = "sync", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v2/db/{db}/push", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
     request_body(content = PushRequest, content_type = "application/json", description = "Also accepted as application/cbor"),
     responses((status = 200, description = "Per-op results; applied atomically", body = PushResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
@@ -460,7 +465,7 @@ struct PullParams {
     wait_ms: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/db/{db}/pull", tag = "sync", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v2/db/{db}/pull", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), PullParams),
     responses((status = 200, description = "A page of the oplog", body = PullResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
               (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody),
@@ -514,7 +519,7 @@ struct BootstrapParams {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/db/{db}/bootstrap", tag = "sync", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v2/db/{db}/bootstrap", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), BootstrapParams),
     responses((status = 200, description = "A page of the current state", body = BootstrapResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody)))]
 async fn bootstrap(
@@ -552,7 +557,7 @@ struct ConflictParams {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/db/{db}/conflicts", tag = "sync", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v2/db/{db}/conflicts", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), ConflictParams),
     responses((status = 200, description = "A page of the conflict log", body = ConflictsResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody)))]
 async fn conflicts(
@@ -578,10 +583,10 @@ struct EventParams {
     since: Option<u64>,
 }
 
-/// `GET /v1/db/{db}/events?since=C`: server-sent events. Each event is `changes` with a JSON
+/// `GET /v2/db/{db}/events?since=C`: server-sent events. Each event is `changes` with a JSON
 /// `PullResponse` and `id` = its cursor (so a reconnecting `EventSource` resumes from
 /// `Last-Event-ID`); a failure ends the stream with an `error` event holding an `ErrorBody`.
-#[utoipa::path(get, path = "/v1/db/{db}/events", tag = "sync", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v2/db/{db}/events", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), EventParams),
     responses((status = 200, description = "Server-sent events: `changes` events carrying a PullResponse as JSON", content_type = "text/event-stream", body = String), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
               (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody),

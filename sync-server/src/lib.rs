@@ -197,10 +197,10 @@ pub async fn serve(
         println!("  {token}");
         println!("try it:");
         println!(
-            "  curl -s -H 'authorization: Bearer {token}' -H 'content-type: application/json' \\\n    -d '{{\"client_id\":\"dev\",\"ops\":[{{\"op_id\":1,\"collection\":\"notes\",\"id\":\"0190a5c2-0000-7000-8000-000000000001\",\"kind\":\"put\",\"doc\":{{\"text\":\"hello\"}},\"base_version\":null,\"hlc\":{{\"millis\":1,\"counter\":0,\"node\":\"dev\"}}}}]}}' \\\n    http://{addr}/v1/db/app/push"
+            "  curl -s -H 'authorization: Bearer {token}' -H 'content-type: application/json' \\\n    -d '{{\"client_id\":\"dev\",\"ops\":[{{\"op_id\":1,\"collection\":\"notes\",\"id\":\"0190a5c2-0000-7000-8000-000000000001\",\"kind\":\"put\",\"doc\":{{\"text\":\"hello\"}},\"base_version\":null,\"hlc\":{{\"millis\":1,\"counter\":0,\"node\":\"dev\"}}}}]}}' \\\n    http://{addr}/v2/db/app/push"
         );
         println!(
-            "  curl -s -H 'authorization: Bearer {token}' 'http://{addr}/v1/db/app/pull?since=0'"
+            "  curl -s -H 'authorization: Bearer {token}' 'http://{addr}/v2/db/app/pull?since=0'"
         );
     }
     use std::io::Write;

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 /// Labels of HTTP metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    /// The route pattern (`/v1/db/{db}/push`), never the raw path.
+    /// The route pattern (`/v2/db/{db}/push`), never the raw path.
     pub route: String,
     /// The method.
     pub method: String,

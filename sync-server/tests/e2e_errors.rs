@@ -68,16 +68,16 @@ fn push_body(client: &str, collection: &str, n: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({"client_id": client, "ops": ops})).unwrap()
 }
 
-/// A CBOR push of one put whose document is tag 24 over `inner` (which should be one
-/// encoded CBOR item).
-fn tag24_push(client: &str, inner: &[u8]) -> Vec<u8> {
+/// A CBOR push of one put, its document given as `doc` (tag 24 over the document's
+/// encoding, or in version 1's form: the document in place).
+fn cbor_push(client: &str, op_id: u64, doc: entidb::cbor::Value) -> Vec<u8> {
     use entidb::cbor::Value as V;
     let op = V::map([
-        ("op_id", V::from(1)),
+        ("op_id", V::from(op_id)),
         ("collection", V::from("notes")),
-        ("id", V::Bytes(vec![7; 16])),
+        ("id", V::Bytes(vec![op_id as u8; 16])),
         ("kind", V::from("put")),
-        ("doc", V::Tag(24, Box::new(V::Bytes(inner.to_vec())))),
+        ("doc", doc),
         ("base_version", V::Null),
         (
             "hlc",
@@ -94,6 +94,10 @@ fn tag24_push(client: &str, inner: &[u8]) -> Vec<u8> {
     ]))
 }
 
+fn tag24(inner: &[u8]) -> entidb::cbor::Value {
+    entidb::cbor::Value::Tag(24, Box::new(entidb::cbor::Value::Bytes(inner.to_vec())))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_documented_errors_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,7 +111,7 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
     let url = &server.url;
     let json_ct = Some("application/json");
     let good = token("app", "c1", &["read", "write"], 3600);
-    let push = "/v1/db/app/push";
+    let push = "/v2/db/app/push";
 
     let cases: Vec<(&str, Call, u16, &str)> = vec![
         (
@@ -284,7 +288,7 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
                 push,
                 Some(&good),
                 Some("application/cbor"),
-                tag24_push("c1", &[0x82, 0x01]),
+                cbor_push("c1", 1, tag24(&[0x82, 0x01])),
             )
             .await,
             400,
@@ -343,7 +347,7 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
             send(
                 url,
                 "POST",
-                "/v1/db/nope/push",
+                "/v2/db/nope/push",
                 Some(&token("*", "c1", &["write"], 3600)),
                 json_ct,
                 push_body("c1", "notes", 1),
@@ -354,7 +358,7 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
         ),
         (
             "admin endpoint without admin scope",
-            send(url, "GET", "/v1/admin/databases", Some(&good), None, vec![]).await,
+            send(url, "GET", "/v2/admin/databases", Some(&good), None, vec![]).await,
             403,
             "forbidden",
         ),
@@ -363,7 +367,7 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
             send(
                 url,
                 "GET",
-                "/v1/db/app/pull?since=minus-one",
+                "/v2/db/app/pull?since=minus-one",
                 Some(&good),
                 None,
                 vec![],
@@ -377,7 +381,7 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
             send(
                 url,
                 "GET",
-                "/v1/db/app/pull?since=999999",
+                "/v2/db/app/pull?since=999999",
                 Some(&good),
                 None,
                 vec![],
@@ -392,7 +396,29 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
             404,
             "not_found",
         ),
+        (
+            "a push in protocol version 1 (documents in place)",
+            send(
+                url,
+                "POST",
+                "/v1/db/app/push",
+                Some(&good),
+                json_ct,
+                push_body("c1", "notes", 1),
+            )
+            .await,
+            404,
+            "not_found",
+        ),
     ];
+    let (_, v1, _, _) = cases.last().unwrap();
+    assert!(
+        v1.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("version 2") && m.contains("upgrade the client")),
+        "{}",
+        v1.body
+    );
     for (what, call, status, code) in &cases {
         assert_eq!(call.status, *status, "{what}: {}", call.body);
         assert_eq!(call.body["code"], *code, "{what}: {}", call.body);
@@ -406,7 +432,7 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
     let pull = send(
         url,
         "GET",
-        "/v1/db/app/pull?since=0",
+        "/v2/db/app/pull?since=0",
         Some(&good),
         None,
         vec![],
@@ -428,7 +454,7 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.body["results"][1]["status"], "applied");
     let cbor = reqwest::Client::new()
-        .get(format!("{url}/v1/db/app/pull?since=0"))
+        .get(format!("{url}/v2/db/app/pull?since=0"))
         .bearer_auth(&good)
         .header("accept", "application/cbor")
         .send()
@@ -440,6 +466,47 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
         entidb_sync::wire::Format::Cbor.decode(&bytes).unwrap();
     assert_eq!(decoded.changes.len(), 2);
     assert_eq!(decoded.cursor, ok.body["cursor"].as_u64().unwrap());
+
+    // CBOR pushes: the document as tag 24 over its (here non-canonical) encoding, and in
+    // place as a hand-written client may send it. Both are stored as the document itself.
+    use entidb::cbor::Value as V;
+    let docs = [
+        // {"a": 1} with the 1 in a two-byte head.
+        (tag24(&[0xa1, 0x61, 0x61, 0x18, 0x01]), V::map([("a", 1)])),
+        (V::map([("b", 2)]), V::map([("b", 2)])),
+    ];
+    for (i, (sent, _)) in docs.iter().enumerate() {
+        let r = send(
+            url,
+            "POST",
+            push,
+            Some(&good),
+            Some("application/cbor"),
+            cbor_push("c1", 3 + i as u64, sent.clone()),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["results"][0]["status"], "applied", "{}", r.body);
+    }
+    let since = decoded.cursor;
+    let pulled = reqwest::Client::new()
+        .get(format!("{url}/v2/db/app/pull?since={since}"))
+        .bearer_auth(&good)
+        .header("accept", "application/cbor")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let pulled: entidb_sync::wire::PullResponse =
+        entidb_sync::wire::Format::Cbor.decode(&pulled).unwrap();
+    let got: Vec<V> = pulled
+        .changes
+        .iter()
+        .map(|c| c.doc.as_ref().unwrap().to_value().unwrap())
+        .collect();
+    assert_eq!(got, docs.map(|(_, stored)| stored));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,7 +521,7 @@ async fn admin_creates_lists_and_deletes_databases() {
         send(
             url,
             "POST",
-            "/v1/admin/databases",
+            "/v2/admin/databases",
             Some(&admin),
             json_ct,
             create("one")
@@ -467,7 +534,7 @@ async fn admin_creates_lists_and_deletes_databases() {
         send(
             url,
             "POST",
-            "/v1/admin/databases",
+            "/v2/admin/databases",
             Some(&admin),
             json_ct,
             create("two")
@@ -479,7 +546,7 @@ async fn admin_creates_lists_and_deletes_databases() {
     let dup = send(
         url,
         "POST",
-        "/v1/admin/databases",
+        "/v2/admin/databases",
         Some(&admin),
         json_ct,
         create("one"),
@@ -492,7 +559,7 @@ async fn admin_creates_lists_and_deletes_databases() {
     let bad = send(
         url,
         "POST",
-        "/v1/admin/databases",
+        "/v2/admin/databases",
         Some(&admin),
         json_ct,
         create("../etc"),
@@ -505,7 +572,7 @@ async fn admin_creates_lists_and_deletes_databases() {
     let list = send(
         url,
         "GET",
-        "/v1/admin/databases",
+        "/v2/admin/databases",
         Some(&admin),
         None,
         vec![],
@@ -522,7 +589,7 @@ async fn admin_creates_lists_and_deletes_databases() {
         send(
             url,
             "DELETE",
-            "/v1/admin/databases/one",
+            "/v2/admin/databases/one",
             Some(&admin),
             None,
             vec![]
@@ -534,14 +601,14 @@ async fn admin_creates_lists_and_deletes_databases() {
     let gone = send(
         url,
         "DELETE",
-        "/v1/admin/databases/one",
+        "/v2/admin/databases/one",
         Some(&admin),
         None,
         vec![],
     )
     .await;
     assert_eq!(gone.status, 404);
-    let pull = send(url, "GET", "/v1/db/one/pull", Some(&admin), None, vec![]).await;
+    let pull = send(url, "GET", "/v2/db/one/pull", Some(&admin), None, vec![]).await;
     assert_eq!(pull.status, 404);
     assert!(!dir.path().join("data/one").exists());
     // The OpenAPI document describes every route (schemathesis in the test command fuzzes
@@ -561,13 +628,13 @@ async fn admin_creates_lists_and_deletes_databases() {
             "/healthz",
             "/metrics",
             "/readyz",
-            "/v1/admin/databases",
-            "/v1/admin/databases/{name}",
-            "/v1/db/{db}/bootstrap",
-            "/v1/db/{db}/conflicts",
-            "/v1/db/{db}/events",
-            "/v1/db/{db}/pull",
-            "/v1/db/{db}/push",
+            "/v2/admin/databases",
+            "/v2/admin/databases/{name}",
+            "/v2/db/{db}/bootstrap",
+            "/v2/db/{db}/conflicts",
+            "/v2/db/{db}/events",
+            "/v2/db/{db}/pull",
+            "/v2/db/{db}/push",
         ]
     );
     assert!(doc.body["components"]["schemas"]["PushRequest"].is_object());

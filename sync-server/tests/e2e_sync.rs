@@ -142,7 +142,7 @@ async fn conflict(policy: &str, a_later: bool) -> (serde_json::Value, usize) {
     assert_eq!(va, vb, "replicas differ under {policy}");
     // The conflict log holds the loser.
     let resp: serde_json::Value = get_json(
-        &format!("{}/v1/db/app/conflicts", server.url),
+        &format!("{}/v2/db/app/conflicts", server.url),
         &token("app", "a", &["read"], 60),
     )
     .await;
@@ -241,7 +241,7 @@ async fn conflict_field_merge() {
     let vb: serde_json::Value = b.collection("fm").get(id).await.unwrap().unwrap();
     assert_eq!((&va, &vb), (&want, &want));
     let log: serde_json::Value = get_json(
-        &format!("{}/v1/db/app/conflicts", server.url),
+        &format!("{}/v2/db/app/conflicts", server.url),
         &token("app", "a", &["read"], 60),
     )
     .await;
@@ -283,7 +283,7 @@ async fn lost_responses_are_retried_without_applying_twice() {
     assert_eq!(contents(&b, "notes").await, contents(&a, "notes").await);
     // One oplog entry per op: the whole history holds exactly 5 puts.
     let pull: serde_json::Value = get_json(
-        &format!("{}/v1/db/app/pull?since=0", server.url),
+        &format!("{}/v2/db/app/pull?since=0", server.url),
         &token("app", "x", &["read"], 60),
     )
     .await;
@@ -466,7 +466,7 @@ async fn server_sent_events_and_metrics() {
     let http = reqwest::Client::new();
     let watcher = token("app", "watcher", &["read"], 60);
     let mut stream = http
-        .get(format!("{}/v1/db/app/events?since=0", server.url))
+        .get(format!("{}/v2/db/app/events?since=0", server.url))
         .bearer_auth(&watcher)
         .send()
         .await
@@ -515,14 +515,14 @@ async fn server_sent_events_and_metrics() {
 
     // A stream that cannot start is a plain HTTP error.
     let ahead = http
-        .get(format!("{}/v1/db/app/events?since=999", server.url))
+        .get(format!("{}/v2/db/app/events?since=999", server.url))
         .bearer_auth(&watcher)
         .send()
         .await
         .unwrap();
     assert_eq!(ahead.status(), 400);
     let unauth = http
-        .get(format!("{}/v1/db/app/events", server.url))
+        .get(format!("{}/v2/db/app/events", server.url))
         .send()
         .await
         .unwrap();
@@ -537,7 +537,7 @@ async fn server_sent_events_and_metrics() {
     assert!(
         m.lines()
             .any(|l| l.starts_with("entidb_http_requests_total{")
-                && l.contains("route=\"/v1/db/{db}/push\"")
+                && l.contains("route=\"/v2/db/{db}/push\"")
                 && l.contains("status=\"200\"")),
         "{m}"
     );
@@ -548,14 +548,14 @@ async fn server_sent_events_and_metrics() {
 
     // SIGTERM with an open event stream and a waiting long poll: both end, the server exits.
     let _open = http
-        .get(format!("{}/v1/db/app/events", server.url))
+        .get(format!("{}/v2/db/app/events", server.url))
         .bearer_auth(&watcher)
         .send()
         .await
         .unwrap();
     let poll = tokio::spawn(
         http.get(format!(
-            "{}/v1/db/app/pull?since=1&wait_ms=20000",
+            "{}/v2/db/app/pull?since=1&wait_ms=20000",
             server.url
         ))
         .bearer_auth(&watcher)
@@ -652,7 +652,7 @@ async fn pull_pages_are_bounded_by_changes_in_whole_transactions() {
         ra.sync_now().await.unwrap();
     }
     let pull = |since: u64, limit: u64| {
-        let url = format!("{}/v1/db/app/pull?since={since}&limit={limit}", server.url);
+        let url = format!("{}/v2/db/app/pull?since={since}&limit={limit}", server.url);
         async move { get_json(&url, &token("app", "x", &["read"], 60)).await }
     };
     let p = pull(0, 1000).await;
@@ -690,7 +690,7 @@ async fn waiting_clients_never_take_the_slots_of_pushes() {
     let http = reqwest::Client::new();
     let reader = token("app", "r", &["read"], 60);
     let poll = |http: reqwest::Client| {
-        let url = format!("{}/v1/db/app/pull?since=1&wait_ms=20000", server.url);
+        let url = format!("{}/v2/db/app/pull?since=1&wait_ms=20000", server.url);
         let reader = reader.clone();
         tokio::spawn(async move { http.get(url).bearer_auth(reader).send().await.unwrap() })
     };
@@ -706,7 +706,7 @@ async fn waiting_clients_never_take_the_slots_of_pushes() {
     // A third waiter is refused at once...
     let third = http
         .get(format!(
-            "{}/v1/db/app/pull?since=1&wait_ms=20000",
+            "{}/v2/db/app/pull?since=1&wait_ms=20000",
             server.url
         ))
         .bearer_auth(&reader)
@@ -1134,4 +1134,43 @@ async fn the_pull_after_a_push_never_applies_an_older_state() {
     assert_eq!(replicated_states(&a, "cw").await, []);
     rb.sync_now().await.unwrap();
     assert_eq!(contents(&a, "cw").await, contents(&b, "cw").await);
+}
+
+/// Replicator state written before the metadata bounds existed reads with them unknown (the
+/// pull then reads metadata as before) and learns them at the next pull's last page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_from_before_the_metadata_bounds_learns_them() {
+    use entidb::cbor::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    a.collection("notes")
+        .insert(&json!({ "n": 1 }))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    let bounds = |state: &Value| {
+        ["answers_upto", "pages_upto"].map(|k| state.get(k).and_then(Value::as_u64))
+    };
+    let state = a.collection("_sync.state");
+    let mut old: Value = state.get(EntityId::MIN).await.unwrap().unwrap();
+    assert!(bounds(&old).iter().all(Option::is_some), "{old}");
+    old.as_map_mut()
+        .unwrap()
+        .retain(|(k, _)| !matches!(k.as_text(), Some("answers_upto" | "pages_upto")));
+    state.put_value(EntityId::MIN, &old).await.unwrap();
+
+    b.collection("notes")
+        .insert(&json!({ "n": 2 }))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    let report = ra.sync_now().await.unwrap();
+    assert_eq!(report.pulled, 1, "{report:?}");
+    let now: Value = state.get(EntityId::MIN).await.unwrap().unwrap();
+    let cursor = now.get("cursor").and_then(Value::as_u64);
+    assert_eq!(bounds(&now), [cursor, cursor], "{now}");
+    assert_eq!(contents(&a, "notes").await, contents(&b, "notes").await);
 }

@@ -37,9 +37,16 @@ use super::value::Value;
 /// itself.
 ///
 /// Reading accepts tag 24 over a byte string, whose content must be one well-formed item
-/// (it is canonicalized if needed), and, for data written before this type existed, any
-/// other item in place, which is encoded. The one ambiguity: an item in place that is itself
-/// a tag 24 over valid CBOR is read as the wrapper, not as a tag.
+/// (it is canonicalized if needed; the bytes are never parsed by `ciborium`, so the value
+/// is exact). For data written before this type existed, any other item in place is read
+/// too and encoded, as exactly as serde reads a [`Value`] through `ciborium` (bignums of at
+/// most 16 bytes become integers, `undefined` becomes null; see [`Value`]'s `Deserialize`).
+/// The one ambiguity: an item in place that is itself a tag 24 over a byte string is read as
+/// the wrapper, not as a tag (and is an error if the bytes are not one valid item).
+///
+/// The CBOR form is for CBOR serializers that write `ciborium`'s tag convention (this
+/// crate's [`to_canonical_vec`] and `ciborium` itself); other binary serde formats are not
+/// supported.
 ///
 /// ```
 /// use entidb::cbor::{Canonical, Value, to_canonical_vec};
@@ -268,5 +275,13 @@ mod tests {
         assert_eq!(format!("{doc:?}"), "Canonical([1, 2, 3])");
         assert_eq!(doc.to_string(), "[1, 2, 3]");
         assert_eq!(doc.decode::<Vec<u8>>().unwrap(), [1, 2, 3]);
+        let v = Value::array([1, 2, 3]);
+        assert_eq!(Canonical::try_from(&v).unwrap(), doc);
+        // A map with two equal keys has no canonical encoding.
+        let dup = Value::Map(vec![
+            (Value::from(1), Value::Null),
+            (Value::from(1), Value::Null),
+        ]);
+        assert!(Canonical::try_from(&dup).is_err());
     }
 }

@@ -111,7 +111,7 @@ impl Server {
     /// Creates database `name` through the admin API.
     pub async fn create_db(&self, name: &str) {
         let resp = reqwest::Client::new()
-            .post(format!("{}/v1/admin/databases", self.url))
+            .post(format!("{}/v2/admin/databases", self.url))
             .bearer_auth(Self::admin_token())
             .json(&serde_json::json!({ "name": name }))
             .send()
