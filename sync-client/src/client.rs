@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use entidb::cbor::Canonical;
+use entidb::cbor::{Canonical, Value};
 use entidb::{Database, EntityId, ScanOptions, WriteTxn};
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -274,12 +274,59 @@ struct OutboxEntry {
     hlc: Hlc,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// An entity's sync metadata: the server version its copy is based on, its pending ops, the
+/// last bootstrap that saw it.
+///
+/// Stored as canonical CBOR `[version or null, pending, epoch]`, written by hand (it is
+/// written once per applied change, and serde would write a map with its fields out of
+/// canonical order). Metadata written before this form is that map, which still reads.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 struct Meta {
     version: Option<u64>,
     pending: u32,
     epoch: u64,
 }
+
+impl Meta {
+    /// The metadata stored as `doc` (none stored: the default).
+    fn read(doc: Option<entidb::Document>) -> SyncResult<Meta> {
+        doc.map_or(Ok(Meta::default()), |d| Meta::decode(d.bytes()))
+    }
+
+    /// Decodes either stored form.
+    fn decode(bytes: &[u8]) -> SyncResult<Meta> {
+        let from = |e: entidb::cbor::CborError| SyncError::from(entidb::Error::from(e));
+        if bytes.first() != Some(&META_ARRAY) {
+            return entidb::cbor::from_slice(bytes).map_err(from);
+        }
+        let (version, pending, epoch) = entidb::cbor::from_slice(bytes).map_err(from)?;
+        Ok(Meta {
+            version,
+            pending,
+            epoch,
+        })
+    }
+
+    /// The canonical encoding.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        out.push(META_ARRAY);
+        let version = self.version.map_or(Value::Null, Value::from);
+        for item in [version, Value::from(self.pending), Value::from(self.epoch)] {
+            entidb::cbor::encode_into(&item, &mut out);
+        }
+        out
+    }
+
+    /// Stores it under `mid`.
+    fn write(&self, tx: &mut WriteTxn, mid: EntityId) -> SyncResult<()> {
+        tx.collection(META).put_cbor(mid, &self.encode())?;
+        Ok(())
+    }
+}
+
+/// The head of a CBOR array of 3.
+const META_ARRAY: u8 = 0x83;
 
 /// Keeps a local database in sync with a server. Cheap to clone; one replicator per local
 /// database (its operations serialize on an internal lock).
@@ -560,9 +607,9 @@ impl Replicator {
                     };
                     tx.collection(OUTBOX).put(op_key(op_id), &entry)?;
                     let mid = meta_id(&change.collection, &id);
-                    let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+                    let mut meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
                     meta.pending += 1;
-                    tx.collection(META).put(mid, &meta)?;
+                    meta.write(tx, mid)?;
                     captured += 1;
                 }
             }
@@ -760,11 +807,11 @@ impl Replicator {
         let mut ops = Vec::with_capacity(page.items.len());
         for doc in &page.items {
             let e: OutboxEntry = doc.decode()?;
-            let meta: Meta = snap
-                .collection(META)
-                .get(meta_id(&e.collection, &e.id))
-                .await?
-                .unwrap_or_default();
+            let meta = Meta::read(
+                snap.collection(META)
+                    .get_document(meta_id(&e.collection, &e.id))
+                    .await?,
+            )?;
             ops.push(Op {
                 op_id: e.op_id,
                 collection: e.collection,
@@ -796,7 +843,7 @@ impl Replicator {
             tx.collection(OUTBOX).remove(op_key(op.op_id))?;
             state.acked_op_id = op.op_id;
             let mid = meta_id(&op.collection, &op.id);
-            let mut meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+            let mut meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
             meta.pending = meta.pending.saturating_sub(1);
             meta.version = result.state.version;
             if meta.pending == 0 && result.status != OpStatus::Applied {
@@ -804,7 +851,7 @@ impl Replicator {
                 // what the server holds now, or the server merged the op.
                 apply(&mut tx, &op.collection, op.id, result.state.doc.as_ref()).await?;
             }
-            tx.collection(META).put(mid, &meta)?;
+            meta.write(&mut tx, mid)?;
             if result.status == OpStatus::Rejected {
                 self.set_status(|s| s.rejected_ops += 1);
                 rejected.push((op.collection.clone(), op.id));
@@ -923,7 +970,7 @@ impl Replicator {
                     ..Meta::default()
                 }
             } else {
-                let meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+                let meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
                 // Pending local writes win locally until the server decides; a change at
                 // or below the known version (the client's own push, adopted from its
                 // result, or a newer state from a bootstrap page) is already applied.
@@ -940,7 +987,7 @@ impl Replicator {
             };
             apply(&mut tx, &c.collection, c.id, doc).await?;
             meta.version = Some(c.cursor);
-            tx.collection(META).put(mid, &meta)?;
+            meta.write(&mut tx, mid)?;
             applied += 1;
         }
         // `pull_locked` checked that the server's cursor does not go back.
@@ -1045,7 +1092,7 @@ impl Replicator {
             let mut meta: Meta = if fresh && state.blind_bootstrap(e.version) {
                 Meta::default()
             } else {
-                tx.collection(META).get(mid).await?.unwrap_or_default()
+                Meta::read(tx.collection(META).get_document(mid).await?)?
             };
             meta.epoch = epoch;
             if meta.pending == 0 && meta.version.is_none_or(|v| v < e.version) {
@@ -1053,7 +1100,7 @@ impl Replicator {
                 meta.version = Some(e.version);
                 applied += 1;
             }
-            tx.collection(META).put(mid, &meta)?;
+            meta.write(&mut tx, mid)?;
         }
         // The page's versions are at most its cursor.
         raise(&mut state.pages_upto, resp.cursor);
@@ -1118,7 +1165,7 @@ impl Replicator {
                 let page = tx.collection(&coll).scan(opts).await?;
                 for doc in &page.items {
                     let mid = meta_id(&coll, &doc.id());
-                    let meta: Meta = tx.collection(META).get(mid).await?.unwrap_or_default();
+                    let meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
                     if meta.epoch != epoch && meta.pending == 0 {
                         tx.collection(&coll).delete(doc.id()).await?;
                         tx.collection(META).delete(mid).await?;
@@ -1252,7 +1299,7 @@ fn tick(state: &mut State, physical: u64) -> Hlc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use entidb::cbor::{Value, encode};
+    use entidb::cbor::encode;
 
     #[test]
     fn an_outbox_entry_written_before_canonical_documents_reads() {
@@ -1283,6 +1330,35 @@ mod tests {
             entidb::cbor::to_canonical_vec(&new).unwrap(),
             entry(Value::Tag(24, Box::new(Value::Bytes(encode(&doc)))))
         );
+    }
+
+    #[test]
+    fn metadata_is_a_canonical_array_and_the_old_map_still_reads() {
+        for meta in [
+            Meta::default(),
+            Meta {
+                version: Some(1 << 40),
+                pending: 3,
+                epoch: 24,
+            },
+        ] {
+            let bytes = meta.encode();
+            entidb::cbor::validate_canonical(&bytes).unwrap();
+            assert_eq!(Meta::decode(&bytes).unwrap(), meta);
+        }
+        assert_eq!(Meta::default().encode(), [0x83, 0xf6, 0x00, 0x00]);
+        let old = encode(&Value::map([
+            ("version", Value::from(7)),
+            ("pending", Value::from(1)),
+            ("epoch", Value::from(2)),
+        ]));
+        let expected = Meta {
+            version: Some(7),
+            pending: 1,
+            epoch: 2,
+        };
+        assert_eq!(Meta::decode(&old).unwrap(), expected);
+        assert!(Meta::decode(&[0x83, 0x01]).is_err());
     }
 
     #[test]
