@@ -264,14 +264,14 @@ struct BootstrapProgress {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct OutboxEntry {
-    op_id: u64,
-    collection: String,
     id: EntityId,
-    kind: OpKind,
     /// Tag 24 over the document's bytes; outboxes written before documents were carried as
     /// [`Canonical`] hold the value in place, which reads the same.
     doc: Option<Canonical>,
     hlc: Hlc,
+    kind: OpKind,
+    op_id: u64,
+    collection: String,
 }
 
 /// An entity's sync metadata: the server version its copy is based on, its pending ops, the
@@ -1330,6 +1330,25 @@ mod tests {
             entidb::cbor::to_canonical_vec(&new).unwrap(),
             entry(Value::Tag(24, Box::new(Value::Bytes(encode(&doc)))))
         );
+    }
+
+    #[test]
+    fn outbox_entries_are_declared_in_canonical_order() {
+        let entry = OutboxEntry {
+            id: EntityId::from_bytes([1; 16]),
+            doc: Some(Canonical::from_value(&Value::map([("a", 1)])).unwrap()),
+            hlc: Hlc {
+                node: "n".into(),
+                millis: 1,
+                counter: 2,
+            },
+            kind: OpKind::Put,
+            op_id: 3,
+            collection: "c".into(),
+        };
+        let mut raw = Vec::new();
+        ciborium::ser::into_writer(&entry, &mut raw).unwrap();
+        assert!(entidb::cbor::is_canonical(&raw));
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! that holds the document's encoding, so that neither side builds the document's value to
 //! pass it on; in JSON, the JSON rendering of the value (byte strings, tags and simple values
 //! have no faithful JSON form, so use CBOR for documents that hold them).
+//!
+//! Struct fields are declared in canonical CBOR key order (shorter names first, then
+//! bytewise), so that serde writes each message canonically as it goes and encoding it needs
+//! no reordering pass (`entidb::cbor::to_canonical_vec` only checks). JSON shows the same
+//! order. A test (`fields_are_declared_in_canonical_order`) keeps it so.
 
 use entidb::EntityId;
 use entidb::cbor::Canonical;
@@ -40,15 +45,28 @@ pub fn is_reserved(collection: &str) -> bool {
 /// A hybrid logical clock stamp: wall-clock milliseconds, a counter that orders stamps within
 /// one millisecond, and the node (client id) that made it. Stamps order by all three, so two
 /// different nodes never produce equal stamps.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Hlc {
+    /// The client id that made the stamp.
+    pub node: String,
     /// Milliseconds since the Unix epoch.
     pub millis: u64,
     /// Orders stamps with equal `millis`.
     pub counter: u32,
-    /// The client id that made the stamp.
-    pub node: String,
+}
+
+/// By `millis`, then `counter`, then `node` (not in declaration order: see the module note).
+impl Ord for Hlc {
+    fn cmp(&self, other: &Hlc) -> std::cmp::Ordering {
+        (self.millis, self.counter, &self.node).cmp(&(other.millis, other.counter, &other.node))
+    }
+}
+
+impl PartialOrd for Hlc {
+    fn partial_cmp(&self, other: &Hlc) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// What an operation does to its entity.
@@ -66,35 +84,35 @@ pub enum OpKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Op {
-    /// Strictly increasing per client; with the client id it makes the op idempotent.
-    pub op_id: u64,
-    /// Collection name.
-    pub collection: String,
     /// Entity id.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
-    /// Put or delete.
-    pub kind: OpKind,
     /// The new document (puts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub doc: Option<Canonical>,
+    /// When the client made the write.
+    pub hlc: Hlc,
+    /// Put or delete.
+    pub kind: OpKind,
+    /// Strictly increasing per client; with the client id it makes the op idempotent.
+    pub op_id: u64,
+    /// Collection name.
+    pub collection: String,
     /// The server version of the entity that this write was based on (`None`: the client had
     /// never seen the entity on the server).
     #[serde(default)]
     pub base_version: Option<u64>,
-    /// When the client made the write.
-    pub hlc: Hlc,
 }
 
 /// `POST /v2/db/{db}/push`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushRequest {
-    /// Must equal the token's `sub` claim.
-    pub client_id: String,
     /// In op id order. Applied atomically: all results are durable together.
     pub ops: Vec<Op>,
+    /// Must equal the token's `sub` claim.
+    pub client_id: String,
 }
 
 /// What happened to one pushed op.
@@ -119,11 +137,11 @@ pub enum OpStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntityState {
-    /// Its server version (`None`: it never existed).
-    pub version: Option<u64>,
     /// Its document (`None`: absent or deleted; always `None` for an `applied` op).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub doc: Option<Canonical>,
+    /// Its server version (`None`: it never existed).
+    pub version: Option<u64>,
 }
 
 /// The answer to one op.
@@ -132,54 +150,54 @@ pub struct EntityState {
 pub struct OpResult {
     /// The op's id.
     pub op_id: u64,
-    /// Applied, duplicate or rejected.
-    pub status: OpStatus,
     /// The entity's state after the push.
     pub state: EntityState,
+    /// Applied, duplicate or rejected.
+    pub status: OpStatus,
 }
 
 /// The answer to a push.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushResponse {
-    /// One result per op, in request order.
-    pub results: Vec<OpResult>,
     /// The oplog cursor after the push (the push's own cursor if it wrote anything).
     pub cursor: u64,
+    /// One result per op, in request order.
+    pub results: Vec<OpResult>,
 }
 
 /// One change in the oplog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WireChange {
-    /// The change's oplog cursor; it is also the entity's new server version. Changes made by
-    /// one push share a cursor.
-    pub cursor: u64,
-    /// Collection name.
-    pub collection: String,
     /// Entity id.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
-    /// Put or delete.
-    pub kind: OpKind,
     /// The document (puts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub doc: Option<Canonical>,
+    /// Put or delete.
+    pub kind: OpKind,
+    /// The change's oplog cursor; it is also the entity's new server version. Changes made by
+    /// one push share a cursor.
+    pub cursor: u64,
     /// The client id that pushed it (`None`: written on the server).
     #[serde(default)]
     pub origin: Option<String>,
+    /// Collection name.
+    pub collection: String,
 }
 
 /// `GET /v2/db/{db}/pull?since=C&limit=N&wait_ms=W`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PullResponse {
-    /// Changes with cursor > `since`, in cursor order, in the collections the token may read.
-    pub changes: Vec<WireChange>,
     /// Where the next pull starts (`since` of the next request). It can be greater than the
     /// last change's cursor when the page ended with changes the client cannot see.
     pub cursor: u64,
+    /// Changes with cursor > `since`, in cursor order, in the collections the token may read.
+    pub changes: Vec<WireChange>,
     /// Whether more changes are waiting (pull again without waiting).
     pub has_more: bool,
 }
@@ -188,39 +206,33 @@ pub struct PullResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootstrapEntity {
-    /// Collection name.
-    pub collection: String,
     /// Entity id.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
-    /// Server version.
-    pub version: u64,
     /// The document.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub doc: Canonical,
+    /// Server version.
+    pub version: u64,
+    /// Collection name.
+    pub collection: String,
 }
 
 /// Where a bootstrap page continues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootstrapPosition {
-    /// The collection being read.
-    pub collection: String,
     /// The last id returned in it (`None`: start of the collection).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Uuid))]
     pub after: Option<EntityId>,
+    /// The collection being read.
+    pub collection: String,
 }
 
 /// `GET /v2/db/{db}/bootstrap?collection=C&after=ID&limit=N`: the current state, paged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootstrapResponse {
-    /// The oplog cursor this page was read at. A client pulls from the cursor of its FIRST
-    /// page once it has all pages: later pages may already include some of the changes that
-    /// pull replays, which converges to the same state.
-    pub cursor: u64,
-    /// Entities in (collection, id) order.
-    pub entities: Vec<BootstrapEntity>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<BootstrapPosition>,
     /// On the first page only (no `collection`/`after` given): the number of entities in the
@@ -228,6 +240,12 @@ pub struct BootstrapResponse {
     /// later pages omit it.
     #[serde(default)]
     pub total: Option<u64>,
+    /// The oplog cursor this page was read at. A client pulls from the cursor of its FIRST
+    /// page once it has all pages: later pages may already include some of the changes that
+    /// pull replays, which converges to the same state.
+    pub cursor: u64,
+    /// Entities in (collection, id) order.
+    pub entities: Vec<BootstrapEntity>,
 }
 
 /// A conflict policy of a collection.
@@ -253,40 +271,40 @@ pub enum ConflictPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConflictRecord {
-    /// The record's own id (time-ordered; page with `after`).
-    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
-    pub conflict_id: EntityId,
-    /// Collection of the entity.
-    pub collection: String,
     /// The entity.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
-    /// The policy that decided.
-    pub policy: ConflictPolicy,
     /// The version that lost (`None` for a delete or an absent entity).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub loser: Option<Canonical>,
-    /// Who wrote the loser (`None`: the server state's writer is unknown).
-    pub loser_client: Option<String>,
-    /// The client whose push caused the conflict.
-    pub client_id: String,
     /// The op id of that push's op.
     pub op_id: u64,
+    /// The policy that decided.
+    pub policy: ConflictPolicy,
     /// The entity's server version after the push.
     pub version: Option<u64>,
     /// Server time of the decision, milliseconds since the Unix epoch.
     pub at_millis: u64,
+    /// The client whose push caused the conflict.
+    pub client_id: String,
+    /// Collection of the entity.
+    pub collection: String,
+    /// The record's own id (time-ordered; page with `after`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub conflict_id: EntityId,
+    /// Who wrote the loser (`None`: the server state's writer is unknown).
+    pub loser_client: Option<String>,
 }
 
 /// `GET /v2/db/{db}/conflicts?after=ID&limit=N`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConflictsResponse {
-    /// Oldest first.
-    pub conflicts: Vec<ConflictRecord>,
     /// Pass as `after` for the next page; `None` when this page is the last.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Uuid))]
     pub next: Option<EntityId>,
+    /// Oldest first.
+    pub conflicts: Vec<ConflictRecord>,
 }
 
 /// A hosted database (`GET /v2/admin/databases`).
@@ -532,11 +550,123 @@ mod tests {
         // JSON: the value.
         assert_eq!(
             String::from_utf8(Format::Json.encode(&new).unwrap()).unwrap(),
-            r#"{"version":3,"doc":{"text":"hi"}}"#
+            r#"{"doc":{"text":"hi"},"version":3}"#
         );
         // Tag 24 over bytes that are not one item.
         let bad = state(Value::Tag(24, Box::new(Value::Bytes(vec![0x61]))));
         assert!(Format::Cbor.decode::<EntityState>(&bad).is_err());
+    }
+
+    /// serde's output (before `to_canonical_vec` checks it) is canonical already for every
+    /// message, with every optional field present.
+    #[test]
+    fn fields_are_declared_in_canonical_order() {
+        fn check<T: Serialize>(what: &str, value: &T) {
+            let mut raw = Vec::new();
+            ciborium::ser::into_writer(value, &mut raw).unwrap();
+            assert!(
+                entidb::cbor::is_canonical(&raw),
+                "{what}: fields out of canonical order"
+            );
+        }
+        let id = EntityId::from_bytes([1; 16]);
+        let doc = Some(Canonical::from_value(&entidb::cbor::Value::map([("a", 1)])).unwrap());
+        let hlc = Hlc {
+            millis: 1,
+            counter: 2,
+            node: "n".into(),
+        };
+        let op = Op {
+            id,
+            doc: doc.clone(),
+            hlc: hlc.clone(),
+            kind: OpKind::Put,
+            op_id: 1,
+            collection: "c".into(),
+            base_version: Some(3),
+        };
+        check("Hlc", &hlc);
+        check(
+            "PushRequest",
+            &PushRequest {
+                ops: vec![op.clone()],
+                client_id: "c".into(),
+            },
+        );
+        let state = EntityState {
+            doc: doc.clone(),
+            version: Some(4),
+        };
+        check(
+            "PushResponse",
+            &PushResponse {
+                cursor: 5,
+                results: vec![OpResult {
+                    op_id: 1,
+                    state,
+                    status: OpStatus::Merged,
+                }],
+            },
+        );
+        check(
+            "PullResponse",
+            &PullResponse {
+                cursor: 5,
+                changes: vec![WireChange {
+                    id,
+                    doc: doc.clone(),
+                    kind: OpKind::Put,
+                    cursor: 5,
+                    origin: Some("o".into()),
+                    collection: "c".into(),
+                }],
+                has_more: true,
+            },
+        );
+        let position = BootstrapPosition {
+            after: Some(id),
+            collection: "c".into(),
+        };
+        check(
+            "BootstrapResponse",
+            &BootstrapResponse {
+                next: Some(position),
+                total: Some(1),
+                cursor: 5,
+                entities: vec![BootstrapEntity {
+                    id,
+                    doc: doc.clone().unwrap(),
+                    version: 5,
+                    collection: "c".into(),
+                }],
+            },
+        );
+        check(
+            "ConflictsResponse",
+            &ConflictsResponse {
+                next: Some(id),
+                conflicts: vec![ConflictRecord {
+                    id,
+                    loser: doc,
+                    op_id: 1,
+                    policy: ConflictPolicy::FieldMerge,
+                    version: Some(5),
+                    at_millis: 6,
+                    client_id: "c".into(),
+                    collection: "c".into(),
+                    conflict_id: id,
+                    loser_client: Some("d".into()),
+                }],
+            },
+        );
+        check(
+            "ErrorBody",
+            &ErrorBody {
+                code: ErrorCode::Rebootstrap,
+                message: "m".into(),
+                oldest_cursor: Some(1),
+            },
+        );
     }
 
     #[test]

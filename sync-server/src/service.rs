@@ -42,7 +42,6 @@ struct ClientRecord {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct EntityMeta {
-    version: u64,
     hlc: Option<Hlc>,
     client: Option<String>,
     /// Field-merge collections only: the last [`HISTORY`] versions and their documents, so
@@ -50,6 +49,7 @@ struct EntityMeta {
     /// as [`Canonical`], the documents were values in place; they read the same.)
     #[serde(default)]
     history: Vec<(u64, Option<Canonical>)>,
+    version: u64,
 }
 
 /// Versions kept per entity of a field-merge collection.
@@ -662,6 +662,32 @@ fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Written once per op: serde's output must be canonical as written (fields declared in
+    /// canonical key order), so that storing it needs no reordering pass.
+    #[test]
+    fn stored_records_are_declared_in_canonical_order() {
+        fn check<T: Serialize>(value: &T) {
+            let mut raw = Vec::new();
+            ciborium::ser::into_writer(value, &mut raw).unwrap();
+            assert!(entidb::cbor::is_canonical(&raw), "{raw:02x?}");
+        }
+        let doc = Canonical::from_value(&map(&[("a", 1)])).unwrap();
+        check(&EntityMeta {
+            hlc: Some(Hlc {
+                node: "n".into(),
+                millis: 1,
+                counter: 2,
+            }),
+            client: Some("c".into()),
+            history: vec![(3, Some(doc)), (4, None)],
+            version: 4,
+        });
+        check(&ClientRecord {
+            client_id: "c".into(),
+            max_op_id: 9,
+        });
+    }
 
     fn map(pairs: &[(&str, i64)]) -> Value {
         Value::Map(
