@@ -178,24 +178,28 @@ pub struct Progress {
     pub total: Option<u64>,
 }
 
+/// The replicator's state (`_sync.state`). Fields here, in `BootstrapProgress` and in
+/// `OutboxEntry` are declared in canonical CBOR key order, like the wire types.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
-    client_id: String,
-    cursor: u64,
-    feed_seq: u64,
-    next_op_id: u64,
-    hlc_millis: u64,
-    hlc_counter: u32,
-    /// First page's cursor and where the next page starts, while a bootstrap is running.
-    bootstrap: Option<BootstrapProgress>,
     /// Number of completed bootstraps (marks which entities a bootstrap saw).
     epoch: u64,
-    bootstrapped: bool,
+    cursor: u64,
+    feed_seq: u64,
+    /// First page's cursor and where the next page starts, while a bootstrap is running.
+    bootstrap: Option<BootstrapProgress>,
+    client_id: String,
+    hlc_millis: u64,
+    next_op_id: u64,
+    /// See `answers_upto`.
+    #[serde(default)]
+    pages_upto: Option<u64>,
     /// Every op id up to this one is acknowledged (ops are acknowledged in order), so the
     /// outbox holds exactly the ops after it and before `next_op_id`. Scans start after it,
     /// never over the tombstones of acknowledged ops.
     #[serde(default)]
     acked_op_id: u64,
+    hlc_counter: u32,
     /// Bounds on the server versions in entity metadata that did not come from pulled
     /// changes (those are at most `cursor`): none from a push answer is above
     /// `answers_upto`, none from a bootstrap page above `pages_upto`. A change above them
@@ -208,9 +212,7 @@ struct State {
     /// pull's last page, whose cursor is the server's sequence when it was read.
     #[serde(default)]
     answers_upto: Option<u64>,
-    /// See `answers_upto`.
-    #[serde(default)]
-    pages_upto: Option<u64>,
+    bootstrapped: bool,
 }
 
 impl State {
@@ -249,7 +251,6 @@ fn raise(bound: &mut Option<u64>, cursor: u64) {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct BootstrapProgress {
-    start_cursor: u64,
     next: Option<BootstrapPosition>,
     /// The synced collections were empty when the bootstrap started. Every entity in them at
     /// its end then came from the bootstrap, or from the app (captured as pending ops, or
@@ -260,6 +261,7 @@ struct BootstrapProgress {
     /// The synced collections `fresh` was decided for: a resume with another list sweeps.
     #[serde(default)]
     collections: Vec<String>,
+    start_cursor: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1333,7 +1335,7 @@ mod tests {
     }
 
     #[test]
-    fn outbox_entries_are_declared_in_canonical_order() {
+    fn stored_state_and_outbox_entries_are_declared_in_canonical_order() {
         let entry = OutboxEntry {
             id: EntityId::from_bytes([1; 16]),
             doc: Some(Canonical::from_value(&Value::map([("a", 1)])).unwrap()),
@@ -1348,6 +1350,31 @@ mod tests {
         };
         let mut raw = Vec::new();
         ciborium::ser::into_writer(&entry, &mut raw).unwrap();
+        assert!(entidb::cbor::is_canonical(&raw));
+        let state = State {
+            epoch: 1,
+            cursor: 2,
+            feed_seq: 3,
+            bootstrap: Some(BootstrapProgress {
+                next: Some(BootstrapPosition {
+                    after: Some(EntityId::from_bytes([2; 16])),
+                    collection: "c".into(),
+                }),
+                fresh: true,
+                collections: vec!["c".into()],
+                start_cursor: 4,
+            }),
+            client_id: "c".into(),
+            hlc_millis: 5,
+            next_op_id: 6,
+            pages_upto: Some(7),
+            acked_op_id: 8,
+            hlc_counter: 9,
+            answers_upto: Some(10),
+            bootstrapped: true,
+        };
+        let mut raw = Vec::new();
+        ciborium::ser::into_writer(&state, &mut raw).unwrap();
         assert!(entidb::cbor::is_canonical(&raw));
     }
 
