@@ -195,8 +195,7 @@ impl Database {
 
     /// Up to `limit` change-feed records after `since`, without waiting.
     pub async fn changes_page(&self, since: u64, limit: usize) -> Result<Vec<ChangeBatch>> {
-        let snap = self.snapshot();
-        crate::feed::read_page(&self.inner, &snap.view, since, limit, &|_, _| true).await
+        self.changes_page_filtered(since, limit, |_, _| true).await
     }
 
     /// Like [`Database::changes_page`], but each record keeps only the changes for which

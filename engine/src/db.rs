@@ -768,11 +768,7 @@ impl Inner {
         // Under the lock: `release` takes it after setting `closed`, so nothing is written
         // after `close()` returned.
         self.check_open()?;
-        self.flush_frozen_locked(&mut manifest).await
-    }
-
-    async fn flush_frozen_locked(&self, manifest: &mut Manifest) -> Result<()> {
-        self.flush_frozen_down_to(manifest, 0).await
+        self.flush_frozen_down_to(&mut manifest, 0).await
     }
 
     /// Flush the oldest frozen memtables until at most `keep` are left.
@@ -1011,7 +1007,7 @@ impl Inner {
             if self.check_open().is_err() {
                 return Ok(());
             }
-            self.flush_frozen_locked(&mut manifest).await?;
+            self.flush_frozen_down_to(&mut manifest, 0).await?;
             if !self.compact_once_locked(&mut manifest, false).await? {
                 return Ok(());
             }
@@ -1162,13 +1158,11 @@ impl Inner {
         mut manifest: async_lock::MutexGuard<'_, Manifest>,
         batch: &Batch,
     ) -> std::result::Result<u64, Ingest> {
+        // (check_open also reports a fail-stopped database.)
         self.check_open().map_err(Ingest::Failed)?;
-        if let Some(f) = &lock(&self.sync).failed {
-            return Err(Ingest::Failed(Error::FailStopped { cause: f.clone() }));
-        }
         let seq = w.last_seq + 1;
         self.rotate(w).await.map_err(Ingest::NotCommitted)?;
-        self.flush_frozen_locked(&mut manifest)
+        self.flush_frozen_down_to(&mut manifest, 0)
             .await
             .map_err(Ingest::NotCommitted)?;
         debug_assert!(self.view().version.mems.iter().all(|m| m.is_empty()));

@@ -4,13 +4,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use entidb::io::{
-    Backend, BoxFuture, Clock, Entropy, File, IoResult, LockGuard, MemoryBackend, OpenMode,
-};
+use entidb::io::{BoxFuture, File, IoResult, MemoryBackend};
 
 use entidb::{ChangeOp, Database, Durability, EntityId, Error, Options, ScanOptions};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+
+#[path = "support/hooked.rs"]
+mod hooked;
+use hooked::Hooked;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
@@ -263,6 +265,7 @@ async fn canonical_documents_pass_through_without_copies() {
         })
         .unwrap();
     assert_eq!(put, doc);
+    assert!(Arc::ptr_eq(put.shared(), doc.shared()));
     // In a transaction too, next to a value written another way.
     let mut tx = db.begin().await.unwrap();
     let other = db.new_id();
@@ -365,18 +368,25 @@ async fn concurrent_commits_share_syncs() {
     assert!(syncs <= 320, "never more than one sync per commit: {syncs}");
 }
 
-/// A memory backend whose `sync_data` takes 5 ms and is counted here (not by the engine), so
+/// A file whose `sync_data` takes 5 ms and is counted in `syncs` (not by the engine), so
 /// that commits arriving during a sync must form a group.
-#[derive(Debug, Clone)]
-struct SlowSync {
-    inner: MemoryBackend,
-    syncs: Arc<AtomicU64>,
-}
-
 #[derive(Debug)]
 struct SlowFile {
     inner: Arc<dyn File>,
     syncs: Arc<AtomicU64>,
+}
+
+/// A memory backend whose files are [`SlowFile`]s counting into `syncs`.
+fn slow_sync(syncs: &Arc<AtomicU64>) -> Arc<Hooked> {
+    let syncs = syncs.clone();
+    Arc::new(
+        Hooked::new(Arc::new(MemoryBackend::new()), "slow-sync").wrap_file(move |inner| {
+            Arc::new(SlowFile {
+                inner,
+                syncs: syncs.clone(),
+            })
+        }),
+    )
 }
 
 impl File for SlowFile {
@@ -404,64 +414,15 @@ impl File for SlowFile {
     }
 }
 
-impl Backend for SlowSync {
-    fn open(&self, path: &str, mode: OpenMode) -> BoxFuture<'_, IoResult<Arc<dyn File>>> {
-        let path = path.to_owned();
-        Box::pin(async move {
-            let inner = self.inner.open(&path, mode).await?;
-            Ok(Arc::new(SlowFile {
-                inner,
-                syncs: self.syncs.clone(),
-            }) as Arc<dyn File>)
-        })
-    }
-    fn remove(&self, path: &str) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.remove(path)
-    }
-    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.rename(from, to)
-    }
-    fn list(&self, dir: &str) -> BoxFuture<'_, IoResult<Vec<String>>> {
-        self.inner.list(dir)
-    }
-    fn exists(&self, path: &str) -> BoxFuture<'_, IoResult<bool>> {
-        self.inner.exists(path)
-    }
-    fn create_dir(&self, path: &str) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.create_dir(path)
-    }
-    fn remove_dir(&self, path: &str) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.remove_dir(path)
-    }
-    fn sync_dir(&self, dir: &str) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.sync_dir(dir)
-    }
-    fn lock(&self, path: &str) -> BoxFuture<'_, IoResult<Box<dyn LockGuard>>> {
-        self.inner.lock(path)
-    }
-    fn clock(&self) -> Arc<dyn Clock> {
-        self.inner.clock()
-    }
-    fn entropy(&self) -> Arc<dyn Entropy> {
-        self.inner.entropy()
-    }
-    fn name(&self) -> &'static str {
-        "slow-sync"
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_shares_one_sync_among_waiting_committers() {
-    let backend = SlowSync {
-        inner: MemoryBackend::new(),
-        syncs: Arc::new(AtomicU64::new(0)),
-    };
-    let db = Database::open_with(Arc::new(backend.clone()), Options::default())
+    let counted = Arc::new(AtomicU64::new(0));
+    let db = Database::open_with(slow_sync(&counted), Options::default())
         .await
         .unwrap();
-    let before = backend.syncs.load(Ordering::SeqCst);
+    let before = counted.load(Ordering::SeqCst);
     insert_concurrently(&db, 32, 10).await;
-    let syncs = backend.syncs.load(Ordering::SeqCst) - before;
+    let syncs = counted.load(Ordering::SeqCst) - before;
     assert_eq!(db.collection("c").count().await.unwrap(), 320);
     assert_eq!(db.stats().commits, 320);
     // One sync per commit would be 320. While a 5 ms sync runs, the other committers append
@@ -734,11 +695,7 @@ async fn remove_deletes_without_reading() {
 /// returned is visible at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_cancelled_during_its_sync_does_not_block_later_ones() {
-    let backend = SlowSync {
-        inner: MemoryBackend::new(),
-        syncs: Arc::new(AtomicU64::new(0)),
-    };
-    let db = Database::open_with(Arc::new(backend), Options::default())
+    let db = Database::open_with(slow_sync(&Arc::default()), Options::default())
         .await
         .unwrap();
     let c = db.collection("c");

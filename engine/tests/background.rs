@@ -3,9 +3,14 @@
 
 #![expect(clippy::unwrap_used, reason = "test: a failure is a test failure")]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use entidb::{Database, Options};
+
+#[path = "support/hooked.rs"]
+mod hooked;
+use hooked::Hooked;
 
 /// Wait, for a bounded time, until `done` holds (a wait for the maintenance thread, not a
 /// timing assertion: the caller asserts afterwards).
@@ -97,9 +102,10 @@ async fn writers_and_readers_run_beside_background_flushes_and_compactions() {
 async fn without_background_maintenance_the_committer_flushes() {
     let dir = tempfile::tempdir().unwrap();
     // A backend that would allow the thread: the option alone keeps the work inline.
-    let backend = Watched::new(dir.path());
+    let segment_threads = Arc::default();
+    let backend = watched(dir.path(), &segment_threads);
     let opts = small().background_maintenance(false);
-    let db = Database::open_with(backend.clone(), opts).await.unwrap();
+    let db = Database::open_with(backend, opts).await.unwrap();
     let mut n = 0;
     // Inline: the commit that froze a memtable has flushed it when it returns.
     while db.stats().flushes == 0 {
@@ -110,7 +116,7 @@ async fn without_background_maintenance_the_committer_flushes() {
         n += 1;
         assert!(n < 10_000, "a 32 KiB write buffer is flushed long before");
     }
-    let threads = backend.segment_threads();
+    let threads = segment_threads.lock().unwrap().clone();
     assert!(
         !threads.is_empty() && threads.iter().all(|t| t != "entidb-maint"),
         "segments written on the committing task: {threads:?}"
@@ -150,85 +156,19 @@ async fn dropping_every_handle_ends_the_maintenance_thread() {
     db.close().await.unwrap();
 }
 
-/// The file backend, recording the thread that creates each segment file.
-#[derive(Debug)]
-struct Watched {
-    fs: entidb::io::FsBackend,
-    segment_threads: std::sync::Mutex<Vec<String>>,
-}
-
-impl Watched {
-    fn new(dir: &std::path::Path) -> std::sync::Arc<Watched> {
-        std::sync::Arc::new(Watched {
-            fs: entidb::io::FsBackend::new(dir).unwrap(),
-            segment_threads: std::sync::Mutex::new(Vec::new()),
-        })
-    }
-
-    /// The names of the threads that created segment files so far.
-    fn segment_threads(&self) -> Vec<String> {
-        self.segment_threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-impl entidb::io::Backend for Watched {
-    fn open(
-        &self,
-        path: &str,
-        mode: entidb::io::OpenMode,
-    ) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<std::sync::Arc<dyn entidb::io::File>>> {
-        if path.ends_with(".sst") && !matches!(mode, entidb::io::OpenMode::Existing) {
-            let name = std::thread::current().name().unwrap_or("?").to_owned();
-            // A poisoned list means another assertion already failed: keep recording.
-            self.segment_threads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(name);
-        }
-        self.fs.open(path, mode)
-    }
-    fn remove(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        self.fs.remove(path)
-    }
-    fn rename(&self, from: &str, to: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        self.fs.rename(from, to)
-    }
-    fn list(&self, dir: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Vec<String>>> {
-        self.fs.list(dir)
-    }
-    fn exists(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<bool>> {
-        self.fs.exists(path)
-    }
-    fn create_dir(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        self.fs.create_dir(path)
-    }
-    fn remove_dir(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        self.fs.remove_dir(path)
-    }
-    fn sync_dir(&self, dir: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        self.fs.sync_dir(dir)
-    }
-    fn lock(
-        &self,
-        path: &str,
-    ) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Box<dyn entidb::io::LockGuard>>> {
-        self.fs.lock(path)
-    }
-    fn clock(&self) -> std::sync::Arc<dyn entidb::io::Clock> {
-        self.fs.clock()
-    }
-    fn entropy(&self) -> std::sync::Arc<dyn entidb::io::Entropy> {
-        self.fs.entropy()
-    }
-    fn name(&self) -> &'static str {
-        "watched-fs"
-    }
-    fn background_threads(&self) -> bool {
-        true
-    }
+/// The file backend, recording in `threads` the thread that creates each segment file.
+fn watched(dir: &std::path::Path, threads: &Arc<Mutex<Vec<String>>>) -> Arc<Hooked> {
+    let threads = threads.clone();
+    let fs = entidb::io::FsBackend::new(dir).unwrap();
+    Arc::new(
+        Hooked::new(Arc::new(fs), "watched-fs").on_open(move |path, mode| {
+            if path.ends_with(".sst") && !matches!(mode, entidb::io::OpenMode::Existing) {
+                let name = std::thread::current().name().unwrap_or("?").to_owned();
+                // A poisoned list means another assertion already failed: keep recording.
+                threads.lock().unwrap_or_else(|e| e.into_inner()).push(name);
+            }
+        }),
+    )
 }
 
 /// One writer, well below the rate at which committers would have to help: every segment is
@@ -236,8 +176,9 @@ impl entidb::io::Backend for Watched {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_are_written_on_the_maintenance_thread() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Watched::new(dir.path());
-    let db = Database::open_with(backend.clone(), small()).await.unwrap();
+    let segment_threads = Arc::default();
+    let backend = watched(dir.path(), &segment_threads);
+    let db = Database::open_with(backend, small()).await.unwrap();
     for i in 0..1000u32 {
         db.collection("c")
             .insert(&serde_json::json!({ "i": i, "pad": "w".repeat(100) }))
@@ -249,7 +190,7 @@ async fn segments_are_written_on_the_maintenance_thread() {
         }
     }
     eventually(|| db.stats().flushes >= 3).await;
-    let threads = backend.segment_threads();
+    let threads = segment_threads.lock().unwrap().clone();
     assert!(threads.len() >= 3, "{threads:?}");
     assert!(
         threads.iter().all(|t| t == "entidb-maint"),

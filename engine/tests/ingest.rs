@@ -8,6 +8,10 @@ use entidb::io::{MemoryBackend, SimBackend, SimConfig};
 use entidb::{ChangeOp, Database, EntityId, Error, IndexSpec, Options};
 use futures_executor::block_on;
 
+#[path = "support/hooked.rs"]
+mod hooked;
+use hooked::Hooked;
+
 const ROWS: u64 = 2_000;
 
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -280,92 +284,40 @@ fn a_crash_during_a_large_commit_keeps_all_of_it_or_none() {
     );
 }
 
-/// A memory backend whose install of a new `MANIFEST` (the rename) never finishes while
-/// `hang` is set: the moment an ingest's commit point is in flight.
-#[derive(Clone, Debug)]
-struct HangingManifest {
-    inner: MemoryBackend,
-    hang: Arc<std::sync::atomic::AtomicBool>,
-    reached: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl entidb::io::Backend for HangingManifest {
-    fn open(
-        &self,
-        path: &str,
-        mode: entidb::io::OpenMode,
-    ) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Arc<dyn entidb::io::File>>> {
-        self.inner.open(path, mode)
-    }
-    fn remove(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        self.inner.remove(path)
-    }
-    fn rename(&self, from: &str, to: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if to == "MANIFEST" && self.hang.load(SeqCst) {
-            self.reached.store(true, SeqCst);
-            return Box::pin(std::future::pending());
-        }
-        self.inner.rename(from, to)
-    }
-    fn list(&self, dir: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Vec<String>>> {
-        self.inner.list(dir)
-    }
-    fn exists(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<bool>> {
-        self.inner.exists(path)
-    }
-    fn create_dir(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        self.inner.create_dir(path)
-    }
-    fn remove_dir(&self, path: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        self.inner.remove_dir(path)
-    }
-    fn sync_dir(&self, dir: &str) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<()>> {
-        self.inner.sync_dir(dir)
-    }
-    fn lock(
-        &self,
-        path: &str,
-    ) -> entidb::io::BoxFuture<'_, entidb::io::IoResult<Box<dyn entidb::io::LockGuard>>> {
-        self.inner.lock(path)
-    }
-    fn clock(&self) -> Arc<dyn entidb::io::Clock> {
-        self.inner.clock()
-    }
-    fn entropy(&self) -> Arc<dyn entidb::io::Entropy> {
-        self.inner.entropy()
-    }
-    fn name(&self) -> &'static str {
-        "hanging-manifest"
-    }
-}
-
 /// A large commit cancelled while its manifest store is in flight may or may not have
 /// committed, so the database stops writing (a later commit must not reuse its sequence);
 /// a reopen finds one state or the other, whole.
 #[tokio::test]
 async fn a_large_commit_cancelled_at_its_commit_point_stops_writes() {
     use std::sync::atomic::Ordering::SeqCst;
-    let backend = HangingManifest {
-        inner: MemoryBackend::new(),
-        hang: Arc::default(),
-        reached: Arc::default(),
-    };
-    let db = Database::open_with(Arc::new(backend.clone()), opts())
+    // The install of a new `MANIFEST` (the rename) never finishes while `hang` is set: the
+    // moment an ingest's commit point is in flight.
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (h, r) = (hang.clone(), reached.clone());
+    let backend = Arc::new(
+        Hooked::new(Arc::new(MemoryBackend::new()), "hanging-manifest").on_rename(move |_, to| {
+            (to == "MANIFEST" && h.load(SeqCst)).then(|| {
+                r.store(true, SeqCst);
+                Box::pin(std::future::pending()) as entidb::io::BoxFuture<'static, _>
+            })
+        }),
+    );
+    let db = Database::open_with(backend.clone(), opts())
         .await
         .expect("open");
     let kept = db.collection("a").insert(&7u64).await.expect("put");
     // Nothing in memory: the ingest's first manifest store is its commit point (with data in
     // memory it would first flush it, and that flush's store, cancelled, commits nothing).
     db.checkpoint().await.expect("checkpoint");
-    backend.hang.store(true, SeqCst);
+    hang.store(true, SeqCst);
     {
         let commit = try_load(&db, "big", 0);
         let cancelled = tokio::time::timeout(std::time::Duration::from_millis(200), commit).await;
         assert!(cancelled.is_err(), "the commit hangs at its manifest store");
     }
-    assert!(backend.reached.load(SeqCst), "it reached the commit point");
-    backend.hang.store(false, SeqCst);
+    assert!(reached.load(SeqCst), "it reached the commit point");
+    hang.store(false, SeqCst);
     let err = db
         .collection("a")
         .insert(&8u64)
@@ -380,9 +332,7 @@ async fn a_large_commit_cancelled_at_its_commit_point_stops_writes() {
         Some(7)
     );
     drop(db);
-    let db = Database::open_with(Arc::new(backend), opts())
-        .await
-        .expect("reopen");
+    let db = Database::open_with(backend, opts()).await.expect("reopen");
     let n = db.collection("big").count().await.expect("count");
     assert!(n == 0 || n == ROWS, "{n} rows of one transaction");
     assert_eq!(

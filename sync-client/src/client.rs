@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use entidb::cbor::{Canonical, Value};
+use entidb::cbor::Canonical;
 use entidb::{Database, EntityId, ScanOptions, WriteTxn};
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use crate::transport::{Method, Request, Transport};
 use crate::wire::{
     BootstrapPosition, BootstrapResponse, ErrorBody, ErrorCode, Format, Hlc, Op, OpKind, OpStatus,
-    PullResponse, PushRequest, PushResponse,
+    PROTOCOL_VERSION, PullResponse, PushRequest, PushResponse,
 };
 
 /// Origin tag of every transaction the replicator writes.
@@ -191,34 +191,33 @@ struct State {
     client_id: String,
     hlc_millis: u64,
     next_op_id: u64,
-    /// See `answers_upto`.
-    #[serde(default)]
-    pages_upto: Option<u64>,
     /// Every op id up to this one is acknowledged (ops are acknowledged in order), so the
     /// outbox holds exactly the ops after it and before `next_op_id`. Scans start after it,
     /// never over the tombstones of acknowledged ops.
     #[serde(default)]
     acked_op_id: u64,
     hlc_counter: u32,
-    /// Bounds on the server versions in entity metadata that did not come from pulled
-    /// changes (those are at most `cursor`): none from a push answer is above
-    /// `answers_upto`, none from a bootstrap page above `pages_upto`. A change above them
-    /// finds no metadata that could hold it back, so when no entity has pending ops either,
-    /// its metadata is written without being read (`State::blind_pull`,
-    /// `State::blind_bootstrap`). Each push answer and bootstrap page raises its bound to
-    /// its own cursor, which is at least every version the server handed out before it (the
-    /// server's sequence only grows). `None`: not known (state written before these fields
-    /// existed); a bound becomes known at the next push answer or bootstrap page, or at a
-    /// pull's last page, whose cursor is the server's sequence when it was read.
-    #[serde(default)]
-    answers_upto: Option<u64>,
     bootstrapped: bool,
+    /// No entity metadata holds a server version above this one that it got from a push
+    /// answer or a bootstrap page; versions from pulled changes are at most `cursor`. So a
+    /// pulled change above both finds no metadata that could hold it back, and when no
+    /// entity has pending ops either, its metadata is written without being read
+    /// (`State::blind_pull`). Each push answer and bootstrap page raises it to its own
+    /// cursor, which is at least every version the server handed out before it (the
+    /// server's sequence only grows). `None`: not known (state written before this field
+    /// existed); it becomes known at the next push answer or bootstrap page, or at a pull's
+    /// last page, whose cursor is the server's sequence when it was read.
+    #[serde(default)]
+    versions_upto: Option<u64>,
 }
 
 impl State {
-    /// No op is waiting in the outbox (ops are acknowledged in op id order).
-    fn outbox_empty(&self) -> bool {
-        self.next_op_id <= self.acked_op_id + 1
+    /// Ops captured and not yet acknowledged: the outbox holds exactly these (ops are
+    /// acknowledged in op id order).
+    fn pending(&self) -> u64 {
+        self.next_op_id
+            .saturating_sub(1)
+            .saturating_sub(self.acked_op_id)
     }
 
     /// Whether a pulled change at `cursor` (above `self.cursor`) can write its entity's
@@ -228,25 +227,24 @@ impl State {
     /// bootstrap epoch is compared only by a bootstrap's sweep, with the epoch that
     /// bootstrap writes.
     fn blind_pull(&self, cursor: u64) -> bool {
-        self.outbox_empty()
-            && self.answers_upto.is_some_and(|upto| cursor > upto)
-            && self.pages_upto.is_some_and(|upto| cursor > upto)
+        self.pending() == 0 && self.versions_upto.is_some_and(|upto| cursor > upto)
     }
 
-    /// Whether a fresh bootstrap's page can write the metadata of an entity the server has
-    /// at `version` without reading it. The synced collections were empty when it started,
-    /// so metadata for the entity exists only if the app wrote it (pending ops: none when
-    /// the outbox is empty; acknowledged ones: versions at most `answers_upto`), a pull
-    /// deleted it (a version below `version`: the server has it again), or an earlier page
-    /// of this bootstrap had it (never: pages do not overlap).
-    fn blind_bootstrap(&self, version: u64) -> bool {
-        self.outbox_empty() && self.answers_upto.is_some_and(|upto| version > upto)
+    /// Whether a fresh bootstrap's page can write its entities' metadata without reading
+    /// it. The synced collections were empty when it started, so metadata for an entity
+    /// exists only if the app wrote it (pending ops: none when the outbox is empty;
+    /// acknowledged ones: answered before this page was read, so at most the page's
+    /// version, and at an equal version the page's document is the one the client holds), a
+    /// pull deleted it (an older version: the server has it again), or an earlier page of
+    /// this bootstrap had it (never: pages do not overlap).
+    fn blind_bootstrap(&self) -> bool {
+        self.pending() == 0
     }
-}
 
-/// Raises a bound of `State::answers_upto`/`pages_upto` to `cursor`.
-fn raise(bound: &mut Option<u64>, cursor: u64) {
-    *bound = Some(bound.unwrap_or(0).max(cursor));
+    /// Records that metadata may now hold versions up to `cursor` (see `versions_upto`).
+    fn raise_versions_upto(&mut self, cursor: u64) {
+        self.versions_upto = Some(self.versions_upto.unwrap_or(0).max(cursor));
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,8 +277,8 @@ struct OutboxEntry {
 /// An entity's sync metadata: the server version its copy is based on, its pending ops, the
 /// last bootstrap that saw it.
 ///
-/// Stored as canonical CBOR `[version or null, pending, epoch]`, written by hand (it is
-/// written once per applied change, and serde would write a map with its fields out of
+/// Stored as canonical CBOR `[version or null, pending, epoch]` (a tuple: it is written once
+/// per applied change, and serde would write the struct as a map with its fields out of
 /// canonical order). Metadata written before this form is that map, which still reads.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 struct Meta {
@@ -309,20 +307,14 @@ impl Meta {
         })
     }
 
-    /// The canonical encoding.
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(24);
-        out.push(META_ARRAY);
-        let version = self.version.map_or(Value::Null, Value::from);
-        for item in [version, Value::from(self.pending), Value::from(self.epoch)] {
-            entidb::cbor::encode_into(&item, &mut out);
-        }
-        out
+    /// The stored form: serde writes a tuple as a CBOR array, canonical as written.
+    fn stored(&self) -> (Option<u64>, u32, u64) {
+        (self.version, self.pending, self.epoch)
     }
 
     /// Stores it under `mid`.
     fn write(&self, tx: &mut WriteTxn, mid: EntityId) -> SyncResult<()> {
-        tx.collection(META).put_cbor(mid, &self.encode())?;
+        tx.collection(META).put(mid, &self.stored())?;
         Ok(())
     }
 }
@@ -405,8 +397,7 @@ impl Replicator {
                     next_op_id: 1,
                     bootstrapped: !config.initial_bootstrap,
                     // No metadata yet.
-                    answers_upto: Some(0),
-                    pages_upto: Some(0),
+                    versions_upto: Some(0),
                     ..State::default()
                 };
                 tx.collection(STATE).put(EntityId::MIN, &state)?;
@@ -488,10 +479,7 @@ impl Replicator {
         after: Option<EntityId>,
         limit: usize,
     ) -> SyncResult<crate::wire::ConflictsResponse> {
-        let mut path = format!(
-            "/v2/db/{}/conflicts?limit={limit}",
-            self.shared.config.database
-        );
+        let mut path = self.endpoint(&format!("conflicts?limit={limit}"));
         if let Some(a) = after {
             path.push_str(&format!("&after={a}"));
         }
@@ -507,7 +495,7 @@ impl Replicator {
     /// since the last capture is counted once captured).
     pub async fn pending_ops(&self) -> SyncResult<u64> {
         let s = self.load_state().await?;
-        Ok(s.next_op_id.saturating_sub(1).saturating_sub(s.acked_op_id))
+        Ok(s.pending())
     }
 
     async fn load_state(&self) -> SyncResult<State> {
@@ -599,16 +587,16 @@ impl Replicator {
                     let hlc = tick(state, batch.timestamp_millis);
                     let op_id = state.next_op_id;
                     state.next_op_id += 1;
+                    let mid = meta_id(&change.collection, &id);
                     let entry = OutboxEntry {
                         op_id,
-                        collection: change.collection.clone(),
+                        collection: change.collection,
                         id,
                         kind,
                         doc,
                         hlc,
                     };
                     tx.collection(OUTBOX).put(op_key(op_id), &entry)?;
-                    let mid = meta_id(&change.collection, &id);
                     let mut meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
                     meta.pending += 1;
                     meta.write(tx, mid)?;
@@ -697,7 +685,7 @@ impl Replicator {
         let mut rejected = Vec::new();
         // Capture first so that the batches include every write made so far.
         let (_, state) = self.capture_locked().await?;
-        let path = format!("/v2/db/{}/push", self.shared.config.database);
+        let path = self.endpoint("push");
         let mut next = self.prepare_push(state.acked_op_id).await?;
         // The last batch sent and its answer, not yet acknowledged locally.
         let mut answered: Option<(Vec<Op>, PushResponse)> = None;
@@ -861,10 +849,8 @@ impl Replicator {
                 acked += 1;
             }
         }
-        // The answer's versions are at most its cursor, which is also at least every version
-        // of the bootstrap pages received before (a bound not known yet becomes known).
-        raise(&mut state.answers_upto, resp.cursor);
-        state.pages_upto.get_or_insert(resp.cursor);
+        // The answer's versions are at most its cursor.
+        state.raise_versions_upto(resp.cursor);
         commit_state(tx, &mut state).await?;
         Ok((acked, rejected))
     }
@@ -938,10 +924,10 @@ impl Replicator {
         since: u64,
         wait: Option<Duration>,
     ) -> SyncResult<Option<PullResponse>> {
-        let mut path = format!(
-            "/v2/db/{}/pull?since={since}&limit={}",
-            self.shared.config.database, self.shared.config.pull_limit
-        );
+        let mut path = self.endpoint(&format!(
+            "pull?since={since}&limit={}",
+            self.shared.config.pull_limit
+        ));
         if let Some(w) = wait {
             path.push_str(&format!("&wait_ms={}", w.as_millis()));
         }
@@ -965,7 +951,7 @@ impl Replicator {
             }
             let mid = meta_id(&c.collection, &c.id);
             let mut meta = if state.blind_pull(c.cursor) {
-                // Nothing to read (see `State::answers_upto`): the common case of a
+                // Nothing to read (see `State::versions_upto`): the common case of a
                 // client catching up with other clients' writes.
                 Meta {
                     epoch: state.epoch,
@@ -997,9 +983,8 @@ impl Replicator {
         if !resp.has_more {
             // The last page's cursor is the server's sequence when it was read, so at least
             // every version in the push answers and bootstrap pages this client got before:
-            // a bound not known yet (state from before the bounds) becomes known.
-            state.answers_upto.get_or_insert(resp.cursor);
-            state.pages_upto.get_or_insert(resp.cursor);
+            // a bound not known yet (state from before it existed) becomes known.
+            state.versions_upto.get_or_insert(resp.cursor);
         }
         if captured == 0 && applied == 0 && state.cursor == cursor_before {
             // An empty page changes nothing: no commit, no sync.
@@ -1045,12 +1030,11 @@ impl Replicator {
         &self,
         position: Option<&BootstrapPosition>,
     ) -> SyncResult<BootstrapResponse> {
-        let mut path = format!(
-            "/v2/db/{}/bootstrap?limit={}&collections={}",
-            self.shared.config.database,
+        let mut path = self.endpoint(&format!(
+            "bootstrap?limit={}&collections={}",
             self.shared.config.bootstrap_limit,
             self.shared.config.collections.join(",")
-        );
+        ));
         if let Some(next) = position {
             path.push_str(&format!("&collection={}", next.collection));
             if let Some(after) = next.after {
@@ -1058,6 +1042,15 @@ impl Replicator {
             }
         }
         self.get_retried(&path).await
+    }
+
+    /// The path of `endpoint` (with its query) of the configured database, in this
+    /// protocol version.
+    fn endpoint(&self, endpoint: &str) -> String {
+        format!(
+            "/v{PROTOCOL_VERSION}/db/{}/{endpoint}",
+            self.shared.config.database
+        )
     }
 
     /// A GET with retries (see [`Replicator::retry`]).
@@ -1091,7 +1084,7 @@ impl Replicator {
                 continue;
             }
             let mid = meta_id(&e.collection, &e.id);
-            let mut meta: Meta = if fresh && state.blind_bootstrap(e.version) {
+            let mut meta: Meta = if fresh && state.blind_bootstrap() {
                 Meta::default()
             } else {
                 Meta::read(tx.collection(META).get_document(mid).await?)?
@@ -1105,7 +1098,7 @@ impl Replicator {
             meta.write(&mut tx, mid)?;
         }
         // The page's versions are at most its cursor.
-        raise(&mut state.pages_upto, resp.cursor);
+        state.raise_versions_upto(resp.cursor);
         let start_cursor = state
             .bootstrap
             .as_ref()
@@ -1301,7 +1294,7 @@ fn tick(state: &mut State, physical: u64) -> Hlc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use entidb::cbor::encode;
+    use entidb::cbor::{Value, encode};
 
     #[test]
     fn an_outbox_entry_written_before_canonical_documents_reads() {
@@ -1367,11 +1360,10 @@ mod tests {
             client_id: "c".into(),
             hlc_millis: 5,
             next_op_id: 6,
-            pages_upto: Some(7),
             acked_op_id: 8,
             hlc_counter: 9,
-            answers_upto: Some(10),
             bootstrapped: true,
+            versions_upto: Some(10),
         };
         let mut raw = Vec::new();
         ciborium::ser::into_writer(&state, &mut raw).unwrap();
@@ -1388,11 +1380,15 @@ mod tests {
                 epoch: 24,
             },
         ] {
-            let bytes = meta.encode();
+            let mut bytes = Vec::new();
+            ciborium::ser::into_writer(&meta.stored(), &mut bytes).unwrap();
             entidb::cbor::validate_canonical(&bytes).unwrap();
             assert_eq!(Meta::decode(&bytes).unwrap(), meta);
         }
-        assert_eq!(Meta::default().encode(), [0x83, 0xf6, 0x00, 0x00]);
+        assert_eq!(
+            entidb::cbor::to_canonical_vec(&Meta::default().stored()).unwrap(),
+            [0x83, 0xf6, 0x00, 0x00]
+        );
         let old = encode(&Value::map([
             ("version", Value::from(7)),
             ("pending", Value::from(1)),
@@ -1411,22 +1407,20 @@ mod tests {
     fn blind_metadata_writes_need_known_bounds_and_an_empty_outbox() {
         let mut s = State {
             next_op_id: 1,
-            answers_upto: Some(10),
-            pages_upto: Some(20),
+            versions_upto: Some(20),
             ..State::default()
         };
         assert!(s.blind_pull(21) && !s.blind_pull(20) && !s.blind_pull(15));
-        assert!(s.blind_bootstrap(11) && !s.blind_bootstrap(10));
+        assert!(s.blind_bootstrap());
         s.next_op_id = 2; // op 1 waits in the outbox
-        assert!(!s.blind_pull(21) && !s.blind_bootstrap(11));
+        assert_eq!(s.pending(), 1);
+        assert!(!s.blind_pull(21) && !s.blind_bootstrap());
         s.acked_op_id = 1;
-        assert!(s.blind_pull(21));
-        s.pages_upto = None;
-        assert!(!s.blind_pull(21) && s.blind_bootstrap(11));
-        s.answers_upto = None;
-        assert!(!s.blind_bootstrap(11));
-        raise(&mut s.answers_upto, 5);
-        raise(&mut s.answers_upto, 3);
-        assert_eq!(s.answers_upto, Some(5));
+        assert!(s.blind_pull(21) && s.blind_bootstrap());
+        s.versions_upto = None;
+        assert!(!s.blind_pull(21) && s.blind_bootstrap());
+        s.raise_versions_upto(5);
+        s.raise_versions_upto(3);
+        assert_eq!(s.versions_upto, Some(5));
     }
 }

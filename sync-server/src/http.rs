@@ -13,7 +13,8 @@ use axum::routing::{delete, get, post};
 use entidb::EntityId;
 use entidb_sync::wire::{
     BootstrapPosition, BootstrapResponse, Claims, ConflictsResponse, CreateDatabase, DatabaseInfo,
-    DatabaseList, ErrorBody, ErrorCode, Format, PullResponse, PushRequest, PushResponse,
+    DatabaseList, ErrorBody, ErrorCode, Format, PROTOCOL_VERSION, PullResponse, PushRequest,
+    PushResponse,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -125,10 +126,13 @@ pub fn router(state: AppState) -> Router {
             let message = if uri.path().starts_with("/v1/") {
                 // Protocol version 1 carried documents in place; this server would answer
                 // such a client in a form it misreads (see `wire::PROTOCOL_VERSION`).
-                "protocol version 1 is not served: this server speaks version 2 (documents \
-                 are tag 24 in CBOR bodies, docs/sync-protocol.md); upgrade the client"
+                format!(
+                    "protocol version 1 is not served: this server speaks version \
+                     {PROTOCOL_VERSION} (documents are tag 24 in CBOR bodies, \
+                     docs/sync-protocol.md); upgrade the client"
+                )
             } else {
-                "no such endpoint"
+                "no such endpoint".to_owned()
             };
             reply_err(&headers, ApiError::new(ErrorCode::NotFound, message))
         })

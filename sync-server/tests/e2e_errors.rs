@@ -506,7 +506,14 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
         .iter()
         .map(|c| c.doc.as_ref().unwrap().to_value().unwrap())
         .collect();
-    assert_eq!(got, docs.map(|(_, stored)| stored));
+    assert_eq!(got, docs.clone().map(|(_, stored)| stored));
+    // Stored canonical: the bytes are the canonical encoding, not the bytes as sent.
+    for (change, (_, stored)) in pulled.changes.iter().zip(&docs) {
+        assert_eq!(
+            change.doc.as_ref().unwrap().as_bytes(),
+            entidb::cbor::encode(stored)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,9 +23,7 @@ fm = "field_merge"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_writes_on_two_clients_converge() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
 
@@ -99,9 +97,7 @@ async fn offline_writes_on_two_clients_converge() {
 }
 
 async fn conflict(policy: &str, a_later: bool) -> (serde_json::Value, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), Some(POLICIES), &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(Some(POLICIES)).await;
     let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &[policy]).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &[policy]).await;
     let id = a
@@ -191,9 +187,7 @@ async fn conflict_last_writer_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflict_field_merge() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), Some(POLICIES), &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(Some(POLICIES)).await;
     let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["fm"]).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
     let id = a
@@ -260,9 +254,7 @@ async fn conflict_field_merge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_responses_are_retried_without_applying_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let lossy = Arc::new(LossyTransport {
         inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
         drop_responses: AtomicU32::new(2),
@@ -292,21 +284,16 @@ async fn lost_responses_are_retried_without_applying_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_crash_between_push_and_ack() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let cdir = dir.path().join("a");
     {
         let lossy = Arc::new(LossyTransport {
             inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
             drop_responses: AtomicU32::new(100),
         });
-        let local = entidb::Database::open(&cdir).await.unwrap();
         let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
         cfg.max_attempts = 1;
-        let r = entidb_sync::Replicator::attach(local.clone(), cfg, lossy)
-            .await
-            .unwrap();
+        let (local, r) = client_with_config(&cdir, cfg, lossy).await;
         local
             .collection("notes")
             .insert(&json!({"x": 1}))
@@ -422,9 +409,7 @@ async fn client_behind_retention_rebootstraps_and_keeps_its_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_wakes_on_a_push() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
     ra.sync_now().await.unwrap();
@@ -580,9 +565,7 @@ async fn server_sent_events_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_progress_is_observable_as_a_status_stream() {
     use futures_util::StreamExt;
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
     for i in 0..20 {
         b.collection("notes")
@@ -597,12 +580,9 @@ async fn bootstrap_progress_is_observable_as_a_status_stream() {
         inner: HttpTransport::new(&server.url, &token("app", "c", &["read", "write"], 3600)),
         delay: Duration::from_millis(50),
     });
-    let local = entidb::Database::open(dir.path().join("c")).await.unwrap();
     let mut cfg = entidb_sync::SyncConfig::new("app", "c", &["notes"]);
     cfg.bootstrap_limit = 5;
-    let rc = entidb_sync::Replicator::attach(local.clone(), cfg, transport)
-        .await
-        .unwrap();
+    let (local, rc) = client_with_config(&dir.path().join("c"), cfg, transport).await;
     let mut stream = Box::pin(rc.status_stream());
     let first = stream.next().await.unwrap();
     assert_eq!(
@@ -636,9 +616,7 @@ async fn bootstrap_progress_is_observable_as_a_status_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_pages_are_bounded_by_changes_in_whole_transactions() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
     ra.sync_now().await.unwrap();
     // 1800 changes; the replicator pushes 500 ops per request (its default), so the server
@@ -737,9 +715,7 @@ async fn waiting_clients_never_take_the_slots_of_pushes() {
 /// gave the previous one, or the server rejects it as a conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_pushes_carry_the_versions_of_the_batches_before_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let local = entidb::Database::open(dir.path().join("a")).await.unwrap();
     let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
     cfg.push_batch = 1;
@@ -782,9 +758,7 @@ async fn pipelined_pushes_carry_the_versions_of_the_batches_before_them() {
 /// must wait for it instead of failing; a push ends with the outbox empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncing_while_the_app_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
     ra.sync_now().await.unwrap();
     let writers: Vec<_> = (0..4)
@@ -827,9 +801,7 @@ async fn syncing_while_the_app_writes() {
 /// own writes, which then reach the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_clients_pull_many_pages_while_their_app_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
     // 60 entities in 20 transactions, and one of them deleted again.
     let mut first = None;
@@ -853,14 +825,11 @@ async fn fresh_clients_pull_many_pages_while_their_app_writes() {
             inner: HttpTransport::new(&server.url, &token("app", name, &["read", "write"], 3600)),
             delay: Duration::from_millis(3),
         });
-        let local = entidb::Database::open(dir.path().join(name)).await.unwrap();
         let mut cfg = entidb_sync::SyncConfig::new("app", name, &["notes"]);
         cfg.pull_limit = 4;
         cfg.bootstrap_limit = 4;
         cfg.initial_bootstrap = bootstrap;
-        let r = entidb_sync::Replicator::attach(local.clone(), cfg, transport)
-            .await
-            .unwrap();
+        let (local, r) = client_with_config(&dir.path().join(name), cfg, transport).await;
         let writer = {
             let local = local.clone();
             tokio::spawn(async move {
@@ -900,31 +869,6 @@ async fn fresh_clients_pull_many_pages_while_their_app_writes() {
     assert_eq!(contents(&b, "notes").await.len(), 59 + 30);
 }
 
-/// A transport that answers `budget` requests, then fails every one (a network that goes
-/// away) until the budget is raised again.
-#[derive(Debug)]
-struct Budgeted {
-    inner: HttpTransport,
-    budget: AtomicU32,
-}
-
-impl entidb_sync::Transport for Budgeted {
-    fn send(
-        &self,
-        request: entidb_sync::Request,
-    ) -> entidb_io::BoxFuture<'_, Result<entidb_sync::Response, entidb_sync::TransportError>> {
-        Box::pin(async move {
-            use std::sync::atomic::Ordering;
-            let left = self.budget.load(Ordering::SeqCst);
-            if left == 0 {
-                return Err(entidb_sync::TransportError("offline (test)".into()));
-            }
-            self.budget.store(left - 1, Ordering::SeqCst);
-            self.inner.send(request).await
-        })
-    }
-}
-
 /// What [`cut_off_bootstrap`] leaves: client b (and its 30 notes) in sync with the server;
 /// client c part way through its first bootstrap, its transport out of requests.
 struct CutOff {
@@ -942,10 +886,8 @@ struct CutOff {
 /// `pull_limit` changes) starts a fresh bootstrap on a transport that allows 3 requests, so
 /// the network goes away part way through it.
 async fn cut_off_bootstrap(doc: impl Fn(usize) -> serde_json::Value, pull_limit: usize) -> CutOff {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, server) = app_server(None).await;
     let dir = tmp.path();
-    let server = Server::start(&dir.join("data"), None, &[]);
-    server.create_db("app").await;
     let (b, rb) = client(&server.url, &dir.join("b"), "app", "b", &["notes"]).await;
     let mut ids = Vec::new();
     for i in 0..30 {
@@ -956,15 +898,12 @@ async fn cut_off_bootstrap(doc: impl Fn(usize) -> serde_json::Value, pull_limit:
         inner: HttpTransport::new(&server.url, &token("app", "c", &["read", "write"], 3600)),
         budget: AtomicU32::new(3),
     });
-    let local = entidb::Database::open(dir.join("c")).await.unwrap();
     let mut cfg = entidb_sync::SyncConfig::new("app", "c", &["notes"]);
     cfg.bootstrap_limit = 5;
     cfg.pull_limit = pull_limit;
     cfg.max_attempts = 2;
     cfg.retry_base = Duration::from_millis(5);
-    let rc = entidb_sync::Replicator::attach(local.clone(), cfg, transport.clone())
-        .await
-        .unwrap();
+    let (local, rc) = client_with_config(&dir.join("c"), cfg, transport.clone()).await;
     assert!(
         rc.sync_now().await.is_err(),
         "the network went away mid-bootstrap"
@@ -1095,23 +1034,12 @@ async fn the_pull_after_a_bootstrap_never_applies_an_older_state() {
 /// must write none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pull_after_a_push_never_applies_an_older_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), Some(POLICIES), &[]);
-    server.create_db("app").await;
-    let a = entidb::Database::open(dir.path().join("a")).await.unwrap();
+    let (dir, server) = app_server(Some(POLICIES)).await;
     let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["cw"]);
     // A page per server transaction: each older change would be its own local commit.
     cfg.pull_limit = 1;
-    let ra = entidb_sync::Replicator::attach(
-        a.clone(),
-        cfg,
-        Arc::new(HttpTransport::new(
-            &server.url,
-            &token("app", "a", &["read", "write"], 3600),
-        )),
-    )
-    .await
-    .unwrap();
+    let transport = HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600));
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, Arc::new(transport)).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["cw"]).await;
     let id = a.collection("cw").insert(&json!({ "n": 0 })).await.unwrap();
     ra.sync_now().await.unwrap();
@@ -1141,9 +1069,7 @@ async fn the_pull_after_a_push_never_applies_an_older_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_from_before_the_metadata_bounds_learns_them() {
     use entidb::cbor::Value;
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None, &[]);
-    server.create_db("app").await;
+    let (dir, server) = app_server(None).await;
     let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
     a.collection("notes")
@@ -1151,15 +1077,13 @@ async fn state_from_before_the_metadata_bounds_learns_them() {
         .await
         .unwrap();
     ra.sync_now().await.unwrap();
-    let bounds = |state: &Value| {
-        ["answers_upto", "pages_upto"].map(|k| state.get(k).and_then(Value::as_u64))
-    };
+    let bounds = |state: &Value| ["versions_upto"].map(|k| state.get(k).and_then(Value::as_u64));
     let state = a.collection("_sync.state");
     let mut old: Value = state.get(EntityId::MIN).await.unwrap().unwrap();
     assert!(bounds(&old).iter().all(Option::is_some), "{old}");
     old.as_map_mut()
         .unwrap()
-        .retain(|(k, _)| !matches!(k.as_text(), Some("answers_upto" | "pages_upto")));
+        .retain(|(k, _)| !matches!(k.as_text(), Some("versions_upto")));
     state.put_value(EntityId::MIN, &old).await.unwrap();
 
     b.collection("notes")
@@ -1171,6 +1095,74 @@ async fn state_from_before_the_metadata_bounds_learns_them() {
     assert_eq!(report.pulled, 1, "{report:?}");
     let now: Value = state.get(EntityId::MIN).await.unwrap().unwrap();
     let cursor = now.get("cursor").and_then(Value::as_u64);
-    assert_eq!(bounds(&now), [cursor, cursor], "{now}");
+    assert_eq!(bounds(&now), [cursor], "{now}");
     assert_eq!(contents(&a, "notes").await, contents(&b, "notes").await);
+}
+
+/// A client catching up with another client's writes (empty outbox, nothing above its
+/// bounds) writes their metadata without reading it: its point reads stay far below the
+/// number of changes (with a read per change they would exceed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catching_up_writes_metadata_without_reading_it() {
+    let (dir, server) = app_server(None).await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    ra.sync_now().await.unwrap();
+    for i in 0..300 {
+        b.collection("notes")
+            .insert(&json!({ "i": i }))
+            .await
+            .unwrap();
+    }
+    rb.sync_now().await.unwrap();
+    let before = a.stats().reads;
+    assert_eq!(ra.sync_now().await.unwrap().pulled, 300);
+    let reads = a.stats().reads - before;
+    assert!(reads < 100, "{reads} point reads to apply 300 changes");
+    assert_eq!(contents(&a, "notes").await, contents(&b, "notes").await);
+}
+
+/// A token that may read one collection pulls only that collection's changes: the feed
+/// filter is what keeps the others out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_shows_only_the_collections_the_token_may_read() {
+    let (dir, server) = app_server(None).await;
+    let (b, rb) = client(
+        &server.url,
+        &dir.path().join("b"),
+        "app",
+        "b",
+        &["notes", "tasks"],
+    )
+    .await;
+    b.collection("notes")
+        .insert(&json!({ "n": 1 }))
+        .await
+        .unwrap();
+    b.collection("tasks")
+        .insert(&json!({ "t": 1 }))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    let notes_only = token("app", "r", &["read:notes"], 3600);
+    let page = get_json(
+        &format!("{}/v2/db/app/pull?since=0", server.url),
+        &notes_only,
+    )
+    .await;
+    let collections: Vec<&str> = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["collection"].as_str().unwrap())
+        .collect();
+    assert_eq!(collections, ["notes"], "{page}");
+    // The page still ends after the hidden change.
+    let all = get_json(
+        &format!("{}/v2/db/app/pull?since=0", server.url),
+        &token("app", "r", &["read"], 3600),
+    )
+    .await;
+    assert_eq!(page["cursor"], all["cursor"]);
+    assert_eq!(all["changes"].as_array().unwrap().len(), 2);
 }

@@ -75,17 +75,6 @@ impl Canonical {
         Ok(Canonical(Arc::from(&*canonicalize_cow(bytes)?)))
     }
 
-    /// Like [`Canonical::from_cbor`], but keeps `bytes` without a copy when they are
-    /// canonical already.
-    pub fn from_vec(bytes: Vec<u8>) -> Result<Canonical, CborError> {
-        use std::borrow::Cow;
-        let fixed = match canonicalize_cow(&bytes)? {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(v) => Some(v),
-        };
-        Ok(Canonical(Arc::from(fixed.unwrap_or(bytes))))
-    }
-
     /// The canonical encoding of `value`. Fails like [`try_encode`]: a map with two equal
     /// keys, or nesting deeper than [`MAX_DEPTH`](super::MAX_DEPTH).
     pub fn from_value(value: &Value) -> Result<Canonical, CborError> {
@@ -264,11 +253,11 @@ mod tests {
     #[test]
     fn constructors_check_and_share() {
         assert_eq!(
-            Canonical::from_vec(vec![0x18, 0x01]).unwrap().as_bytes(),
+            Canonical::from_cbor(&[0x18, 0x01]).unwrap().as_bytes(),
             [0x01]
         );
         let bytes = vec![0x83, 0x01, 0x02, 0x03];
-        let doc = Canonical::from_vec(bytes).unwrap();
+        let doc = Canonical::from_cbor(&bytes).unwrap();
         let copy = doc.clone();
         assert!(Arc::ptr_eq(doc.shared(), copy.shared()));
         assert!(Canonical::from_cbor(&[0xff]).is_err());

@@ -131,7 +131,7 @@ impl<'de> Deserialize<'de> for Canonical {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Canonical, D::Error> {
         match Value::deserialize(deserializer)? {
             Value::Tag(ENCODED_CBOR, inner) => match *inner {
-                Value::Bytes(bytes) => Canonical::from_vec(bytes).map_err(|e| {
+                Value::Bytes(bytes) => Canonical::from_cbor(&bytes).map_err(|e| {
                     D::Error::custom(format_args!(
                         "tag 24 (encoded CBOR data item) does not hold one valid item: {e}"
                     ))

@@ -13,6 +13,12 @@ pub fn check_agreement(bytes: &[u8]) {
     let decoded = decode(bytes);
     let canonical = canonicalize(bytes);
     let strict = validate_canonical(bytes);
+    // Canonical::from_cbor is canonicalize, kept as shared bytes.
+    assert_eq!(
+        entidb::cbor::Canonical::from_cbor(bytes).map(|c| c.to_vec()),
+        canonical.clone(),
+        "Canonical::from_cbor vs canonicalize"
+    );
 
     // decode and canonicalize accept the same inputs and report the same error; validate is
     // canonicalize without the output.

@@ -128,6 +128,15 @@ impl Drop for Server {
     }
 }
 
+/// A temporary directory and a server on its `data` subdirectory (with `config_toml`),
+/// hosting database `app`.
+pub async fn app_server(config_toml: Option<&str>) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), config_toml, &[]);
+    server.create_db("app").await;
+    (dir, server)
+}
+
 /// A client: a real database in `dir` and a replicator to `server`.
 pub async fn client(
     url: &str,
@@ -150,9 +159,18 @@ pub async fn client_with(
     collections: &[&str],
     transport: Arc<dyn Transport>,
 ) -> (Database, Replicator) {
-    let local = Database::open(dir).await.unwrap();
     let mut cfg = SyncConfig::new(db, name, collections);
     cfg.retry_base = std::time::Duration::from_millis(20);
+    client_with_config(dir, cfg, transport).await
+}
+
+/// A client with its own configuration: a real database in `dir` and a replicator.
+pub async fn client_with_config(
+    dir: &Path,
+    cfg: SyncConfig,
+    transport: Arc<dyn Transport>,
+) -> (Database, Replicator) {
+    let local = Database::open(dir).await.unwrap();
     let r = Replicator::attach(local.clone(), cfg, transport)
         .await
         .unwrap();
@@ -171,12 +189,36 @@ impl Transport for LossyTransport {
     fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
         Box::pin(async move {
             let r = self.inner.send(request).await;
-            let left = self.drop_responses.load(Ordering::SeqCst);
-            if left > 0 {
-                self.drop_responses.store(left - 1, Ordering::SeqCst);
+            if take_one(&self.drop_responses) {
                 return Err(TransportError("response lost (test)".into()));
             }
             r
+        })
+    }
+}
+
+/// Takes one from `counter` unless it is 0; whether it did.
+fn take_one(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// A transport that sends `budget` more requests, then fails every one (the network is
+/// gone) until the budget is raised.
+#[derive(Debug)]
+pub struct Budgeted {
+    pub inner: HttpTransport,
+    pub budget: AtomicU32,
+}
+
+impl Transport for Budgeted {
+    fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
+        Box::pin(async move {
+            if !take_one(&self.budget) {
+                return Err(TransportError("offline (test)".into()));
+            }
+            self.inner.send(request).await
         })
     }
 }

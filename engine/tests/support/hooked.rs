@@ -1,0 +1,115 @@
+//! A test backend that forwards every verb to another backend, except where a hook steps in:
+//! one place for the forwarding that tests which watch or stall the engine's I/O need.
+#![allow(dead_code, reason = "each test binary uses some of the hooks")]
+
+use std::fmt;
+use std::sync::Arc;
+
+use entidb::io::{Backend, BoxFuture, Clock, Entropy, File, IoResult, LockGuard, OpenMode};
+
+type OpenHook = Box<dyn Fn(&str, OpenMode) + Send + Sync>;
+type FileHook = Box<dyn Fn(Arc<dyn File>) -> Arc<dyn File> + Send + Sync>;
+type RenameHook = Box<dyn Fn(&str, &str) -> Option<BoxFuture<'static, IoResult<()>>> + Send + Sync>;
+
+/// Forwards to `inner`; `on_open` sees every open, `wrap_file` wraps every opened file,
+/// and `on_rename` may replace a rename with a future of its own.
+pub struct Hooked {
+    inner: Arc<dyn Backend>,
+    name: &'static str,
+    on_open: OpenHook,
+    wrap_file: FileHook,
+    on_rename: RenameHook,
+}
+
+impl Hooked {
+    /// Forwards everything to `inner` (until hooks are set), reporting `name`.
+    pub fn new(inner: Arc<dyn Backend>, name: &'static str) -> Hooked {
+        Hooked {
+            inner,
+            name,
+            on_open: Box::new(|_, _| {}),
+            wrap_file: Box::new(|f| f),
+            on_rename: Box::new(|_, _| None),
+        }
+    }
+
+    /// Calls `hook` with the path and mode of every open, before it is forwarded.
+    pub fn on_open(mut self, hook: impl Fn(&str, OpenMode) + Send + Sync + 'static) -> Hooked {
+        self.on_open = Box::new(hook);
+        self
+    }
+
+    /// Wraps every opened file with `hook`.
+    pub fn wrap_file(
+        mut self,
+        hook: impl Fn(Arc<dyn File>) -> Arc<dyn File> + Send + Sync + 'static,
+    ) -> Hooked {
+        self.wrap_file = Box::new(hook);
+        self
+    }
+
+    /// Runs the future `hook` returns instead of a rename (`None`: forward it).
+    pub fn on_rename(
+        mut self,
+        hook: impl Fn(&str, &str) -> Option<BoxFuture<'static, IoResult<()>>> + Send + Sync + 'static,
+    ) -> Hooked {
+        self.on_rename = Box::new(hook);
+        self
+    }
+}
+
+impl fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooked")
+            .field("name", &self.name)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Backend for Hooked {
+    fn open(&self, path: &str, mode: OpenMode) -> BoxFuture<'_, IoResult<Arc<dyn File>>> {
+        (self.on_open)(path, mode);
+        let path = path.to_owned();
+        Box::pin(async move { Ok((self.wrap_file)(self.inner.open(&path, mode).await?)) })
+    }
+    fn remove(&self, path: &str) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.remove(path)
+    }
+    fn rename(&self, from: &str, to: &str) -> BoxFuture<'_, IoResult<()>> {
+        match (self.on_rename)(from, to) {
+            Some(replaced) => replaced,
+            None => self.inner.rename(from, to),
+        }
+    }
+    fn list(&self, dir: &str) -> BoxFuture<'_, IoResult<Vec<String>>> {
+        self.inner.list(dir)
+    }
+    fn exists(&self, path: &str) -> BoxFuture<'_, IoResult<bool>> {
+        self.inner.exists(path)
+    }
+    fn create_dir(&self, path: &str) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.create_dir(path)
+    }
+    fn remove_dir(&self, path: &str) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.remove_dir(path)
+    }
+    fn sync_dir(&self, dir: &str) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.sync_dir(dir)
+    }
+    fn lock(&self, path: &str) -> BoxFuture<'_, IoResult<Box<dyn LockGuard>>> {
+        self.inner.lock(path)
+    }
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock()
+    }
+    fn entropy(&self) -> Arc<dyn Entropy> {
+        self.inner.entropy()
+    }
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn background_threads(&self) -> bool {
+        self.inner.background_threads()
+    }
+}
