@@ -13,7 +13,63 @@ use crate::ids::EntityId;
 pub struct Document {
     pub(crate) id: EntityId,
     pub(crate) version: u64,
-    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) bytes: DocBytes,
+}
+
+/// A document's bytes: an allocation of their own, or (from a scan) a slice of the cached
+/// segment block they were read from, which the document keeps alive. Sharing the block
+/// saves a scan an allocation and a copy per row; the cost is that a document held on to
+/// pins its block (`Options::block_size`, 16 KiB by default) until it is dropped, which is
+/// why only long, dense scan pages share (`read.rs`).
+#[derive(Clone)]
+pub(crate) enum DocBytes {
+    Owned(Arc<[u8]>),
+    Block(crate::segment::BlockSlice),
+}
+
+impl DocBytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            DocBytes::Owned(b) => b,
+            DocBytes::Block(s) => s.as_slice(),
+        }
+    }
+
+    /// Copies bytes read in place out of their block, so that they no longer pin it.
+    pub(crate) fn detach(&mut self) {
+        if let DocBytes::Block(s) = self {
+            *self = DocBytes::Owned(Arc::from(s.as_slice()));
+        }
+    }
+
+    /// The bytes as an `Arc`: shared when they are one, copied out of the block otherwise.
+    fn to_arc(&self) -> Arc<[u8]> {
+        match self {
+            DocBytes::Owned(b) => Arc::clone(b),
+            DocBytes::Block(s) => Arc::from(s.as_slice()),
+        }
+    }
+}
+
+impl std::ops::Deref for DocBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for DocBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for DocBytes {}
+
+impl From<Arc<[u8]>> for DocBytes {
+    fn from(b: Arc<[u8]>) -> Self {
+        DocBytes::Owned(b)
+    }
 }
 
 impl std::fmt::Debug for Document {
@@ -40,9 +96,10 @@ impl Document {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
-    /// The canonical CBOR bytes as a [`Canonical`](cbor::Canonical), shared, not copied.
+    /// The canonical CBOR bytes as a [`Canonical`](cbor::Canonical) (shared, not copied,
+    /// except for a document a scan read in place from a segment block).
     pub fn canonical(&self) -> cbor::Canonical {
-        cbor::Canonical::stored(Arc::clone(&self.bytes))
+        cbor::Canonical::stored(self.bytes.to_arc())
     }
     /// Decode into a dynamic [`Value`].
     pub fn value(&self) -> Result<Value> {

@@ -2,11 +2,13 @@
 //!
 //! Sources yield entries in (key ascending, sequence descending) order; the merge yields
 //! either every version ([`MergeIter::next_raw`], for compaction) or, per key, the newest
-//! version visible at a snapshot ([`MergeIter::next_visible`], for reads).
+//! version visible at a snapshot when it is a put ([`MergeIter::next_live`], for reads; keys
+//! whose newest visible version is a delete are skipped).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::document::DocBytes;
 use crate::error::Result;
 use crate::memtable::{Entry, Memtable, Op};
 use crate::segment::{SegCursor, SegRevCursor, Segment};
@@ -45,9 +47,12 @@ impl MemCursor {
         }
     }
 
-    fn next(&mut self) -> Option<Entry> {
+    /// Copies the next chunk out when the buffer is empty.
+    fn fill(&mut self) {
         if self.buf.is_empty() {
-            let (k, s) = self.next.take()?;
+            let Some((k, s)) = self.next.take() else {
+                return;
+            };
             let want = self.chunk;
             self.chunk = (want * 2).min(MEM_CHUNK);
             let got = if self.reverse {
@@ -67,6 +72,10 @@ impl MemCursor {
             }
             self.buf.extend(got);
         }
+    }
+
+    fn next(&mut self) -> Option<Entry> {
+        self.fill();
         self.buf.pop_front()
     }
 }
@@ -78,12 +87,75 @@ enum Source {
 }
 
 impl Source {
-    async fn next(&mut self) -> Result<Option<Entry>> {
+    /// Makes the current position readable (see [`SegCursor::ready`]).
+    async fn ready(&mut self) -> Result<()> {
         match self {
-            Source::Seg(c) => c.next().await,
-            Source::Mem(m) => Ok(m.next()),
+            Source::Seg(c) => c.ready().await,
+            Source::Mem(m) => {
+                m.fill();
+                Ok(())
+            }
         }
     }
+
+    /// The current key and sequence, borrowed; `None` when exhausted. Valid after `ready`.
+    fn current(&self) -> Option<(&[u8], u64)> {
+        match self {
+            Source::Seg(c) => c.current(),
+            Source::Mem(m) => m.buf.front().map(|e| (&e.key[..], e.seq)),
+        }
+    }
+
+    /// The current value, and the key when the source holds it as an `Arc` already (a
+    /// memtable's entries do; a segment's are read in place).
+    fn current_parts(&self) -> Option<(Option<Arc<[u8]>>, Op)> {
+        match self {
+            Source::Seg(c) => c.current_op().map(|op| (None, op)),
+            Source::Mem(m) => m.buf.front().map(|e| (Some(e.key.clone()), e.op.clone())),
+        }
+    }
+
+    /// The current value in place (`Some(None)` for a delete).
+    fn current_value(&self) -> Option<Option<DocBytes>> {
+        match self {
+            Source::Seg(c) => c.current_value().map(|v| v.map(DocBytes::Block)),
+            Source::Mem(m) => m.buf.front().map(|e| match &e.op {
+                Op::Put(v) => Some(DocBytes::Owned(v.clone())),
+                Op::Delete => None,
+            }),
+        }
+    }
+
+    fn advance(&mut self) {
+        match self {
+            Source::Seg(c) => c.advance(),
+            Source::Mem(m) => {
+                m.buf.pop_front();
+            }
+        }
+    }
+
+    fn take(&mut self) -> Option<Entry> {
+        match self {
+            Source::Seg(c) => c.take(),
+            Source::Mem(m) => m.buf.pop_front(),
+        }
+    }
+}
+
+/// The index of the source whose current position comes first (the smallest key, and for
+/// one key the newest sequence); ties go to the earlier source.
+fn pick_source(sources: &[Source]) -> Option<usize> {
+    let mut best: Option<(usize, &[u8], u64)> = None;
+    for (i, s) in sources.iter().enumerate() {
+        if let Some((k, q)) = s.current()
+            && best
+                .is_none_or(|(_, bk, bq)| Entry::cmp_pos(k, q, bk, bq) == std::cmp::Ordering::Less)
+        {
+            best = Some((i, k, q));
+        }
+    }
+    best.map(|(i, _, _)| i)
 }
 
 /// The position immediately after (key, seq) in entry order.
@@ -112,12 +184,22 @@ fn pick(heads: &[Option<Entry>], first: std::cmp::Ordering) -> Option<usize> {
 }
 
 /// A merged, ordered view of several sources.
+///
+/// The sources' current positions are read in place (a segment's from its cached block), so
+/// skipping an older version or a key another source shadows copies nothing; only what a
+/// caller takes is copied out.
 #[derive(Debug)]
 pub(crate) struct MergeIter {
     sources: Vec<Source>,
-    heads: Vec<Option<Entry>>,
     started: bool,
-    last_key: Option<Arc<[u8]>>,
+    /// A source that stepped and has not been made ready again: its `ready` failed or was
+    /// cancelled (the future dropped at its block read). It is retried before the next pick,
+    /// where it would otherwise look exhausted and its entries would be skipped.
+    unready: Option<usize>,
+    /// The key of the last version the visible reads stopped at, in a buffer reused from
+    /// key to key (valid for the caller only after a read returned `Some`).
+    key: Vec<u8>,
+    has_key: bool,
 }
 
 impl MergeIter {
@@ -140,46 +222,90 @@ impl MergeIter {
                 end.clone(),
             )));
         }
-        let n = sources.len();
         MergeIter {
             sources,
-            heads: vec![None; n],
             started: false,
-            last_key: None,
+            unready: None,
+            key: Vec::new(),
+            has_key: false,
         }
+    }
+
+    /// Makes every source readable before a pick: all of them the first time (`ready` is
+    /// idempotent, so a start cut short is simply run again), afterwards the one that last
+    /// stepped if its `ready` did not finish.
+    async fn start(&mut self) -> Result<()> {
+        if !self.started {
+            for s in &mut self.sources {
+                s.ready().await?;
+            }
+            self.started = true;
+        }
+        if let Some(b) = self.unready {
+            self.sources[b].ready().await?;
+            self.unready = None;
+        }
+        Ok(())
+    }
+
+    /// Makes source `b` readable after it stepped (see `unready`).
+    async fn ready_after_step(&mut self, b: usize) -> Result<()> {
+        self.unready = Some(b);
+        self.sources[b].ready().await?;
+        self.unready = None;
+        Ok(())
     }
 
     /// The next entry of any version, in order. When the same (key, seq) appears in several
     /// sources (it cannot, by construction) the first source wins.
     pub(crate) async fn next_raw(&mut self) -> Result<Option<Entry>> {
-        if !self.started {
-            for i in 0..self.sources.len() {
-                self.heads[i] = self.sources[i].next().await?;
-            }
-            self.started = true;
-        }
-        // The smallest head; ties (impossible by construction) go to the earlier source.
-        let Some(b) = pick(&self.heads, std::cmp::Ordering::Less) else {
+        self.start().await?;
+        let Some(b) = pick_source(&self.sources) else {
             return Ok(None);
         };
-        let out = self.heads[b].take();
-        self.heads[b] = self.sources[b].next().await?;
+        let out = self.sources[b].take();
+        self.ready_after_step(b).await?;
         Ok(out)
     }
 
-    /// For each key in order, the newest version at or below `snapshot` (puts and deletes).
-    pub(crate) async fn next_visible(&mut self, snapshot: u64) -> Result<Option<Entry>> {
-        while let Some(e) = self.next_raw().await? {
-            if e.seq > snapshot {
-                continue;
+    /// Moves to the next key and returns the sequence of its newest version at or below
+    /// `snapshot` (a put or a delete) and what `read` takes from it; the key is then
+    /// [`MergeIter::key`]. Versions that are skipped are never copied out.
+    async fn next_visible_with<T>(
+        &mut self,
+        snapshot: u64,
+        read: impl Fn(&Source) -> T,
+    ) -> Result<Option<(u64, T)>> {
+        self.start().await?;
+        loop {
+            let Some(b) = pick_source(&self.sources) else {
+                return Ok(None);
+            };
+            let src = &self.sources[b];
+            let Some((k, seq)) = src.current() else {
+                return Ok(None);
+            };
+            let found = seq <= snapshot && !(self.has_key && self.key[..] == *k);
+            let out = if found {
+                self.key.clear();
+                self.key.extend_from_slice(k);
+                self.has_key = true;
+                Some(read(src))
+            } else {
+                None
+            };
+            self.sources[b].advance();
+            self.ready_after_step(b).await?;
+            if let Some(out) = out {
+                return Ok(Some((seq, out)));
             }
-            if self.last_key.as_deref() == Some(&*e.key) {
-                continue;
-            }
-            self.last_key = Some(e.key.clone());
-            return Ok(Some(e));
         }
-        Ok(None)
+    }
+
+    /// The key of the entry the last visible read returned; valid only after that read
+    /// returned `Some` (a read that skipped deletes or ran out leaves another key here).
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
     }
 
     /// For each key, the newest visible put (deletes skipped).
@@ -187,9 +313,32 @@ impl MergeIter {
         &mut self,
         snapshot: u64,
     ) -> Result<Option<(Arc<[u8]>, u64, Arc<[u8]>)>> {
-        while let Some(e) = self.next_visible(snapshot).await? {
-            if let Op::Put(v) = e.op {
-                return Ok(Some((e.key, e.seq, v)));
+        while let Some((seq, parts)) = self
+            .next_visible_with(snapshot, Source::current_parts)
+            .await?
+        {
+            if let Some((key, Op::Put(v))) = parts {
+                // A memtable's key is shared; a segment's is copied from the buffer.
+                let key = key.unwrap_or_else(|| Arc::from(self.key()));
+                return Ok(Some((key, seq, v)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Like [`MergeIter::next_live`], for scans: the key is not copied (it is
+    /// [`MergeIter::key`] until the next read) and a value in a segment block is shared, not
+    /// copied.
+    pub(crate) async fn next_live_value(
+        &mut self,
+        snapshot: u64,
+    ) -> Result<Option<(u64, DocBytes)>> {
+        while let Some((seq, v)) = self
+            .next_visible_with(snapshot, Source::current_value)
+            .await?
+        {
+            if let Some(Some(v)) = v {
+                return Ok(Some((seq, v)));
             }
         }
         Ok(None)

@@ -121,24 +121,27 @@ impl Block {
         }
     }
 
-    /// The value of entry `i` (without copying its key).
-    fn op(&self, i: usize) -> Op {
+    /// Where entry `i`'s value lies in the block: (start, length); `None` for a delete.
+    fn value_range(&self, i: usize) -> Option<(usize, usize)> {
         let p = self.offsets[i] as usize;
         let (key, _) = self.key_seq(i);
         let kind_at = p + 2 + key.len() + 8;
-        if self.data[kind_at] == 1 {
+        (self.data[kind_at] == 1).then(|| {
             let l = u32::from_le_bytes(
                 self.data[kind_at + 1..kind_at + 5]
                     .try_into()
                     .unwrap_or([0; 4]),
             ) as usize;
-            if l == 0 {
-                Op::Put(empty_value())
-            } else {
-                Op::Put(Arc::from(&self.data[kind_at + 5..kind_at + 5 + l]))
-            }
-        } else {
-            Op::Delete
+            (kind_at + 5, l)
+        })
+    }
+
+    /// The value of entry `i` (without copying its key).
+    fn op(&self, i: usize) -> Op {
+        match self.value_range(i) {
+            None => Op::Delete,
+            Some((_, 0)) => Op::Put(empty_value()),
+            Some((start, len)) => Op::Put(Arc::from(&self.data[start..start + len])),
         }
     }
 
@@ -704,6 +707,42 @@ impl SegmentWriter {
     }
 }
 
+/// A value read in place: a slice of a decoded block, which it keeps alive. Scans hand these
+/// out instead of copying every value into an allocation of its own.
+#[derive(Clone)]
+pub(crate) struct BlockSlice {
+    block: Arc<Block>,
+    start: u32,
+    len: u32,
+}
+
+impl BlockSlice {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        let start = self.start as usize;
+        &self.block.data[start..start + self.len as usize]
+    }
+
+    /// Whether two slices share one block.
+    pub(crate) fn same_block(&self, other: &BlockSlice) -> bool {
+        Arc::ptr_eq(&self.block, &other.block)
+    }
+
+    /// Bytes of the block this slice keeps alive.
+    pub(crate) fn block_bytes(&self) -> usize {
+        self.block.data.len()
+    }
+}
+
+impl std::fmt::Debug for BlockSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockSlice")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .field("block_bytes", &self.block.data.len())
+            .finish()
+    }
+}
+
 /// A forward cursor over one segment, from a start position to an optional end key.
 #[derive(Debug)]
 pub(crate) struct SegCursor {
@@ -733,22 +772,25 @@ impl SegCursor {
         }
     }
 
-    /// The next entry, or `None` at the end of the range.
-    pub(crate) async fn next(&mut self) -> Result<Option<Entry>> {
+    /// Makes the current position readable by [`SegCursor::current`]: loads its block, and
+    /// moves on to the next block at the end of one. After it, `current` is `None` only at
+    /// the end of the range. Merges call it after every [`SegCursor::advance`] and
+    /// [`SegCursor::take`].
+    pub(crate) async fn ready(&mut self) -> Result<()> {
         loop {
             if self.block_idx >= self.seg.index.len() {
-                return Ok(None);
+                self.block = None;
+                return Ok(());
             }
             let block = match &self.block {
-                Some(b) => b.clone(),
+                Some(b) => b,
                 None => {
                     let b = self.seg.block(self.block_idx).await?;
                     self.pos = match self.seek.take() {
                         Some((k, s)) => b.seek(&k, s),
                         None => 0,
                     };
-                    self.block = Some(b.clone());
-                    b
+                    self.block.insert(b)
                 }
             };
             if self.pos >= block.len() {
@@ -761,12 +803,57 @@ impl SegCursor {
                 && k >= &end[..]
             {
                 self.block_idx = usize::MAX;
-                return Ok(None);
+                self.block = None;
             }
-            let e = block.entry(self.pos);
-            self.pos += 1;
-            return Ok(Some(e));
+            return Ok(());
         }
+    }
+
+    /// The key and sequence at the current position, borrowed from the block (nothing is
+    /// copied); `None` at the end of the range. Valid after [`SegCursor::ready`].
+    pub(crate) fn current(&self) -> Option<(&[u8], u64)> {
+        let b = self.block.as_ref()?;
+        (self.pos < b.len()).then(|| b.key_seq(self.pos))
+    }
+
+    /// The value at the current position (a put's bytes are copied out of the block).
+    pub(crate) fn current_op(&self) -> Option<Op> {
+        let b = self.block.as_ref()?;
+        (self.pos < b.len()).then(|| b.op(self.pos))
+    }
+
+    /// The value at the current position in place (`Some(None)` for a delete).
+    pub(crate) fn current_value(&self) -> Option<Option<BlockSlice>> {
+        let b = self.block.as_ref()?;
+        (self.pos < b.len()).then(|| {
+            b.value_range(self.pos).map(|(start, len)| BlockSlice {
+                block: b.clone(),
+                // Blocks are far smaller than 4 GiB (their length is a u32 on disk).
+                start: start as u32,
+                len: len as u32,
+            })
+        })
+    }
+
+    /// Steps past the current position; call [`SegCursor::ready`] before reading again.
+    pub(crate) fn advance(&mut self) {
+        self.pos += 1;
+    }
+
+    /// The entry at the current position, copied out, and steps past it. Valid after
+    /// [`SegCursor::ready`].
+    pub(crate) fn take(&mut self) -> Option<Entry> {
+        let b = self.block.as_ref()?;
+        let e = (self.pos < b.len()).then(|| b.entry(self.pos))?;
+        self.pos += 1;
+        Some(e)
+    }
+
+    /// The next entry, or `None` at the end of the range.
+    #[cfg(test)]
+    pub(crate) async fn next(&mut self) -> Result<Option<Entry>> {
+        self.ready().await?;
+        Ok(self.take())
     }
 }
 

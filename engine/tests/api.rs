@@ -285,6 +285,83 @@ async fn canonical_documents_pass_through_without_copies() {
     );
 }
 
+/// Scans read documents in place from the segment blocks (long pages share the blocks,
+/// short or filtered ones copy): whichever way, what they return stays right after the
+/// blocks are evicted, the entities rewritten and the segments compacted away.
+#[tokio::test]
+async fn scanned_documents_outlive_their_blocks() {
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Row {
+        n: u32,
+        pad: String,
+    }
+    let row = |n: u32, era: &str| Row {
+        n,
+        pad: format!("{era}-{}", "x".repeat(100)),
+    };
+    let options = Options::default().cache_bytes(8 << 10).block_size(1024);
+    let db = Database::open_with(Arc::new(MemoryBackend::new()), options)
+        .await
+        .unwrap();
+    let c = db.collection("rows");
+    let mut ids = Vec::new();
+    let mut tx = db.begin().await.unwrap();
+    for n in 0..1000 {
+        let id = db.new_id();
+        tx.collection("rows").put(id, &row(n, "old")).unwrap();
+        ids.push(id);
+    }
+    tx.commit().await.unwrap();
+    db.checkpoint().await.unwrap();
+
+    let mut held = Vec::new();
+    let mut opts = ScanOptions::limit(500);
+    loop {
+        let page = c.scan(opts).await.unwrap();
+        held.extend(page.items);
+        match page.next {
+            Some(n) => opts = opts.after(n),
+            None => break,
+        }
+    }
+    let short = c.scan(ScanOptions::limit(3)).await.unwrap().items;
+    let filtered = c
+        .scan_where(ScanOptions::limit(1000), |d| {
+            d.decode::<Row>().is_ok_and(|r| r.n % 10 == 0)
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!((held.len(), short.len(), filtered.len()), (1000, 3, 100));
+
+    let mut tx = db.begin().await.unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        tx.collection("rows")
+            .put(*id, &row(n as u32, "new"))
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    db.checkpoint().await.unwrap();
+    db.compact().await.unwrap();
+
+    for (i, d) in held.iter().enumerate() {
+        assert_eq!(d.id(), ids[i]);
+        assert_eq!(d.decode::<Row>().unwrap(), row(i as u32, "old"));
+        assert_eq!(d.canonical().as_bytes(), d.bytes());
+    }
+    for (d, want) in short.iter().zip(&held) {
+        assert_eq!(d, want);
+    }
+    for d in &filtered {
+        let r = d.decode::<Row>().unwrap();
+        assert_eq!((r.n % 10, d.id()), (0, ids[r.n as usize]));
+        assert_eq!(r, row(r.n, "old"));
+    }
+    // And the database itself holds the new rows.
+    let now = c.scan(ScanOptions::limit(1000)).await.unwrap().items;
+    assert_eq!(now[7].decode::<Row>().unwrap(), row(7, "new"));
+}
+
 fn serde_bytes_like(v: Vec<u8>) -> entidb::cbor::Value {
     entidb::cbor::Value::Bytes(v)
 }
