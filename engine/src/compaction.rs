@@ -3,10 +3,8 @@
 //! Segments form one list, newest first; any may overlap. A compaction merges a contiguous
 //! run of them into one segment that takes the run's place, so recency order is preserved.
 
-use std::sync::Arc;
-
 use crate::keys;
-use crate::memtable::{Entry, Op};
+use crate::memtable::EntryRef;
 use crate::segment::SegmentMeta;
 
 /// What to do.
@@ -67,7 +65,9 @@ pub(crate) struct Retain {
     feed_oldest: u64,
     dropped: Vec<(u32, u64)>,
     dropped_indexes: Vec<(u32, u64)>,
-    cur_key: Option<Arc<[u8]>>,
+    /// The key of the entries being read, in a buffer reused from key to key.
+    cur_key: Vec<u8>,
+    has_key: bool,
     seen_at_horizon: bool,
 }
 
@@ -85,23 +85,26 @@ impl Retain {
             feed_oldest,
             dropped,
             dropped_indexes,
-            cur_key: None,
+            cur_key: Vec::new(),
+            has_key: false,
             seen_at_horizon: false,
         }
     }
 
     /// Entries must be given in order.
-    pub(crate) fn keep(&mut self, e: &Entry) -> bool {
-        if self.cur_key.as_deref() != Some(&*e.key) {
-            self.cur_key = Some(e.key.clone());
+    pub(crate) fn keep(&mut self, e: EntryRef<'_>) -> bool {
+        if !self.has_key || self.cur_key[..] != *e.key {
+            self.cur_key.clear();
+            self.cur_key.extend_from_slice(e.key);
+            self.has_key = true;
             self.seen_at_horizon = false;
         }
-        if let Some(seq) = keys::parse_feed_key(&e.key)
+        if let Some(seq) = keys::parse_feed_key(e.key)
             && seq < self.feed_oldest
         {
             return false;
         }
-        if let Some((coll, _)) = keys::parse_entity_key(&e.key)
+        if let Some((coll, _)) = keys::parse_entity_key(e.key)
             && self
                 .dropped
                 .iter()
@@ -109,7 +112,7 @@ impl Retain {
         {
             return false;
         }
-        if let Some(index) = keys::parse_index_id(&e.key)
+        if let Some(index) = keys::parse_index_id(e.key)
             && self
                 .dropped_indexes
                 .iter()
@@ -124,7 +127,7 @@ impl Retain {
             return false;
         }
         self.seen_at_horizon = true;
-        !(self.bottom && e.op == Op::Delete)
+        !(self.bottom && e.value.is_none())
     }
 }
 
@@ -162,15 +165,11 @@ mod tests {
         assert_eq!(choose_all(&[]), Decision::Nothing);
     }
 
-    fn e(k: &[u8], seq: u64, del: bool) -> Entry {
-        Entry {
-            key: Arc::from(k),
+    fn e(k: &[u8], seq: u64, del: bool) -> EntryRef<'_> {
+        EntryRef {
+            key: k,
             seq,
-            op: if del {
-                Op::Delete
-            } else {
-                Op::Put(Arc::from(&b"v"[..]))
-            },
+            value: (!del).then_some(&b"v"[..]),
         }
     }
 
@@ -178,31 +177,31 @@ mod tests {
     fn retain_keeps_what_snapshots_need() {
         let mut r = Retain::new(10, true, 0, vec![], vec![]);
         // key a: versions 12, 9, 5 -> keep 12 (above horizon) and 9 (newest at horizon)
-        assert!(r.keep(&e(b"a", 12, false)));
-        assert!(r.keep(&e(b"a", 9, false)));
-        assert!(!r.keep(&e(b"a", 5, false)));
+        assert!(r.keep(e(b"a", 12, false)));
+        assert!(r.keep(e(b"a", 9, false)));
+        assert!(!r.keep(e(b"a", 5, false)));
         // key b: delete at 8 on the bottom level disappears with everything older
-        assert!(!r.keep(&e(b"b", 8, true)));
-        assert!(!r.keep(&e(b"b", 3, false)));
+        assert!(!r.keep(e(b"b", 8, true)));
+        assert!(!r.keep(e(b"b", 3, false)));
         // not bottom: the delete must stay to shadow older segments
         let mut r = Retain::new(10, false, 0, vec![], vec![]);
-        assert!(r.keep(&e(b"b", 8, true)));
-        assert!(!r.keep(&e(b"b", 3, false)));
+        assert!(r.keep(e(b"b", 8, true)));
+        assert!(!r.keep(e(b"b", 3, false)));
     }
 
     #[test]
     fn retain_drops_old_feed_and_dropped_collections() {
         let mut r = Retain::new(100, false, 50, vec![(7, 90)], vec![(3, 100), (4, 101)]);
-        assert!(!r.keep(&e(&keys::feed_key(49), 49, false)));
-        assert!(r.keep(&e(&keys::feed_key(50), 50, false)));
+        assert!(!r.keep(e(&keys::feed_key(49), 49, false)));
+        assert!(r.keep(e(&keys::feed_key(50), 50, false)));
         let k = keys::entity_key(7, &crate::EntityId([1; 16]));
-        assert!(!r.keep(&e(&k, 95, false)));
+        assert!(!r.keep(e(&k, 95, false)));
         let k = keys::entity_key(8, &crate::EntityId([1; 16]));
-        assert!(r.keep(&e(&k, 95, false)));
+        assert!(r.keep(e(&k, 95, false)));
         // Entries of an index dropped at the horizon go; one dropped after it stays.
         let k = keys::index_entry_key(3, b"body", &crate::EntityId([1; 16]));
-        assert!(!r.keep(&e(&k, 99, false)));
+        assert!(!r.keep(e(&k, 99, false)));
         let k = keys::index_entry_key(4, b"body", &crate::EntityId([1; 16]));
-        assert!(r.keep(&e(&k, 99, false)));
+        assert!(r.keep(e(&k, 99, false)));
     }
 }

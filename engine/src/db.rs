@@ -26,7 +26,7 @@ use crate::compaction::{self, Decision};
 use crate::error::{Error, Result};
 use crate::ids::IdGenerator;
 use crate::manifest::{self, Manifest};
-use crate::memtable::{Entry as RawEntry, Memtable, Op};
+use crate::memtable::{Entry as RawEntry, EntryRef, Memtable, Op};
 use crate::merge::MergeIter;
 use crate::options::{Durability, Options};
 use crate::segment::{self, BlockCache, SegStats, Segment, SegmentWriter};
@@ -945,7 +945,7 @@ impl Inner {
     async fn write_segment(
         &self,
         mut it: SegmentInput,
-        mut keep: impl FnMut(&RawEntry) -> bool,
+        mut keep: impl FnMut(EntryRef<'_>) -> bool,
     ) -> Result<Option<Arc<Segment>>> {
         let id = self.next_file.fetch_add(1, Ordering::Relaxed);
         let result = async {
@@ -956,9 +956,26 @@ impl Inner {
                 self.options.compression,
             )
             .await?;
-            while let Some(e) = it.next_raw().await? {
-                if keep(&e) {
-                    wr.add(&e).await?;
+            // Entries are read in place and copied once, into the new segment's block.
+            match &mut it {
+                SegmentInput::Merge(m) => {
+                    while let Some(b) = m.pick_raw().await? {
+                        if let Some(e) = m.raw_at(b)
+                            && keep(e)
+                        {
+                            wr.push(e);
+                        }
+                        m.step_raw(b).await?;
+                        wr.write_full().await?;
+                    }
+                }
+                SegmentInput::Sorted(entries) => {
+                    for e in entries {
+                        if keep(e.as_ref()) {
+                            wr.push(e.as_ref());
+                            wr.write_full().await?;
+                        }
+                    }
                 }
             }
             if wr.entries() == 0 {
@@ -1305,15 +1322,6 @@ impl Drop for FailStopOnDrop<'_> {
 enum SegmentInput {
     Merge(MergeIter),
     Sorted(std::vec::IntoIter<RawEntry>),
-}
-
-impl SegmentInput {
-    async fn next_raw(&mut self) -> Result<Option<RawEntry>> {
-        match self {
-            SegmentInput::Merge(m) => m.next_raw().await,
-            SegmentInput::Sorted(it) => Ok(it.next()),
-        }
-    }
 }
 
 /// Create WAL file `no`: header plus `prealloc` zero bytes, synced, directory synced.

@@ -41,12 +41,27 @@ pub(crate) struct Entry {
     pub op: Op,
 }
 
+/// One version of one key, borrowed: from a memtable's [`Entry`] or in place from a segment
+/// block. Flushes and compactions move entries as these, so that rewriting a segment copies
+/// each entry once, into the new block, and allocates nothing per entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryRef<'a> {
+    pub key: &'a [u8],
+    pub seq: u64,
+    /// A put's value; `None` for a delete.
+    pub value: Option<&'a [u8]>,
+}
+
 impl Entry {
-    /// Length of the value, `None` for a delete.
-    pub(crate) fn op_value_len(&self) -> Option<usize> {
-        match &self.op {
-            Op::Put(v) => Some(v.len()),
-            Op::Delete => None,
+    /// The entry, borrowed.
+    pub(crate) fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            key: &self.key,
+            seq: self.seq,
+            value: match &self.op {
+                Op::Put(v) => Some(&v[..]),
+                Op::Delete => None,
+            },
         }
     }
 

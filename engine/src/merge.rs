@@ -1,7 +1,7 @@
 //! Merging reads across memtables and segments.
 //!
 //! Sources yield entries in (key ascending, sequence descending) order; the merge yields
-//! either every version ([`MergeIter::next_raw`], for compaction) or, per key, the newest
+//! either every version ([`MergeIter::pick_raw`], for flushes and compaction) or, per key, the newest
 //! version visible at a snapshot when it is a put ([`MergeIter::next_live`], for reads; keys
 //! whose newest visible version is a delete are skipped).
 
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::document::DocBytes;
 use crate::error::Result;
-use crate::memtable::{Entry, Memtable, Op};
+use crate::memtable::{Entry, EntryRef, Memtable, Op};
 use crate::segment::{SegCursor, SegRevCursor, Segment};
 
 /// Largest number of memtable entries copied out at once. The first copy of a source takes
@@ -135,10 +135,11 @@ impl Source {
         }
     }
 
-    fn take(&mut self) -> Option<Entry> {
+    /// The current entry, borrowed.
+    fn current_ref(&self) -> Option<EntryRef<'_>> {
         match self {
-            Source::Seg(c) => c.take(),
-            Source::Mem(m) => m.buf.pop_front(),
+            Source::Seg(c) => c.current_ref(),
+            Source::Mem(m) => m.buf.front().map(Entry::as_ref),
         }
     }
 }
@@ -256,16 +257,24 @@ impl MergeIter {
         Ok(())
     }
 
-    /// The next entry of any version, in order. When the same (key, seq) appears in several
-    /// sources (it cannot, by construction) the first source wins.
-    pub(crate) async fn next_raw(&mut self) -> Result<Option<Entry>> {
+    /// Every version in order, borrowed (flushes and compactions): `pick_raw` names the
+    /// source holding the next entry, `raw_at` reads it in place, `step_raw` moves past it.
+    /// When the same (key, seq) appears in several sources (it cannot, by construction) the
+    /// first source wins.
+    pub(crate) async fn pick_raw(&mut self) -> Result<Option<usize>> {
         self.start().await?;
-        let Some(b) = pick_source(&self.sources) else {
-            return Ok(None);
-        };
-        let out = self.sources[b].take();
-        self.ready_after_step(b).await?;
-        Ok(out)
+        Ok(pick_source(&self.sources))
+    }
+
+    /// The entry `pick_raw` named, valid until `step_raw`.
+    pub(crate) fn raw_at(&self, source: usize) -> Option<EntryRef<'_>> {
+        self.sources.get(source)?.current_ref()
+    }
+
+    /// Moves past the entry `pick_raw` named.
+    pub(crate) async fn step_raw(&mut self, source: usize) -> Result<()> {
+        self.sources[source].advance();
+        self.ready_after_step(source).await
     }
 
     /// Moves to the next key and returns the sequence of its newest version at or below

@@ -29,7 +29,7 @@ use entidb_io::{Backend, File, OpenMode};
 use crate::bloom::{BloomBuilder, may_contain};
 use crate::error::{Error, Result};
 use crate::heads::KeyHeads;
-use crate::memtable::{Entry, Op, empty_value};
+use crate::memtable::{Entry, EntryRef, Op, empty_value};
 
 pub(crate) const MAGIC: [u8; 8] = *b"ENTISEG\0";
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -134,6 +134,18 @@ impl Block {
             ) as usize;
             (kind_at + 5, l)
         })
+    }
+
+    /// Entry `i`, borrowed from the block.
+    fn entry_ref(&self, i: usize) -> EntryRef<'_> {
+        let (key, seq) = self.key_seq(i);
+        EntryRef {
+            key,
+            seq,
+            value: self
+                .value_range(i)
+                .map(|(start, len)| &self.data[start..start + len]),
+        }
     }
 
     /// The value of entry `i` (without copying its key).
@@ -493,7 +505,7 @@ pub(crate) struct SegmentWriter {
     /// Blocks in a row that did not compress well enough (see [`COMPRESS_GIVE_UP`]).
     incompressible: u32,
     block: Vec<u8>,
-    block_last: Option<(Arc<[u8]>, u64)>,
+
     out: Vec<u8>,
     written: u64,
     index: Vec<u8>,
@@ -502,7 +514,11 @@ pub(crate) struct SegmentWriter {
     entries: u64,
     min_seq: u64,
     max_seq: u64,
-    last: Option<(Arc<[u8]>, u64)>,
+    /// The last entry added (the last of the open block when it is not empty), in a
+    /// buffer reused from entry to entry.
+    last_key: Vec<u8>,
+    last_seq: u64,
+    has_last: bool,
 }
 
 impl SegmentWriter {
@@ -524,7 +540,7 @@ impl SegmentWriter {
             cbuf: Vec::new(),
             incompressible: 0,
             block: Vec::with_capacity(block_size + 1024),
-            block_last: None,
+
             out: Vec::with_capacity(WRITE_BUFFER + block_size),
             written: 0,
             index: Vec::new(),
@@ -533,7 +549,9 @@ impl SegmentWriter {
             entries: 0,
             min_seq: u64::MAX,
             max_seq: 0,
-            last: None,
+            last_key: Vec::new(),
+            last_seq: 0,
+            has_last: false,
         })
     }
 
@@ -542,10 +560,27 @@ impl SegmentWriter {
     }
 
     /// Add the next entry; entries must come in strictly increasing position order.
+    /// Adds an entry and writes the buffered blocks out when they fill the write buffer.
+    #[cfg(test)]
     pub(crate) async fn add(&mut self, e: &Entry) -> Result<()> {
-        if let Some((k, s)) = &self.last {
+        self.push(e.as_ref());
+        self.write_full().await
+    }
+
+    /// Writes the buffered blocks out once they fill the write buffer (call after `push`).
+    pub(crate) async fn write_full(&mut self) -> Result<()> {
+        if self.out.len() >= WRITE_BUFFER {
+            self.flush_out().await?;
+        }
+        Ok(())
+    }
+
+    /// Adds an entry to the buffered blocks (entries must come in position order). Nothing
+    /// is written until [`SegmentWriter::write_full`] or [`SegmentWriter::finish`].
+    pub(crate) fn push(&mut self, e: EntryRef<'_>) {
+        if self.has_last {
             assert!(
-                Entry::cmp_pos(k, *s, &e.key, e.seq).is_lt(),
+                Entry::cmp_pos(&self.last_key, self.last_seq, e.key, e.seq).is_lt(),
                 "segment entries out of order"
             );
         }
@@ -556,54 +591,55 @@ impl SegmentWriter {
         // Close the current block first if this entry would push it past the target size, so
         // a large value gets a block of its own instead of making its neighbours' block
         // expensive to read.
-        let entry_len = 2 + e.key.len() + 8 + 1 + e.op_value_len().map_or(0, |l| 4 + l);
+        let entry_len = 2 + e.key.len() + 8 + 1 + e.value.map_or(0, |v| 4 + v.len());
         if !self.block.is_empty() && self.block.len() + entry_len > self.block_size {
             self.finish_block();
         }
         self.block
             .extend_from_slice(&(e.key.len() as u16).to_le_bytes());
-        self.block.extend_from_slice(&e.key);
+        self.block.extend_from_slice(e.key);
         self.block.extend_from_slice(&e.seq.to_le_bytes());
-        match &e.op {
-            Op::Put(v) => {
+        match e.value {
+            Some(v) => {
                 self.block.push(1);
                 self.block
                     .extend_from_slice(&(v.len() as u32).to_le_bytes());
                 self.block.extend_from_slice(v);
             }
-            Op::Delete => self.block.push(2),
+            None => self.block.push(2),
         }
         // Index entries (`02 index-id body entity-id`) also put their key without the entity
         // id in the filter, so an exact-value index lookup can skip segments without it.
         if e.key.first() == Some(&crate::keys::TAG_INDEX) && e.key.len() >= 5 + 1 + 16 {
             let prefix = &e.key[..e.key.len() - 16];
             let last_prefix = self
-                .last
-                .as_ref()
-                .and_then(|(k, _)| k.len().checked_sub(16).map(|n| &k[..n]));
+                .has_last
+                .then(|| self.last_key.len().checked_sub(16))
+                .flatten()
+                .map(|n| &self.last_key[..n]);
             if last_prefix != Some(prefix) {
                 self.bloom.add(prefix);
             }
         }
-        self.bloom.add(&e.key);
+        self.bloom.add(e.key);
         self.entries += 1;
         self.min_seq = self.min_seq.min(e.seq);
         self.max_seq = self.max_seq.max(e.seq);
-        self.last = Some((e.key.clone(), e.seq));
-        self.block_last = self.last.clone();
+        self.last_key.clear();
+        self.last_key.extend_from_slice(e.key);
+        self.last_seq = e.seq;
+        self.has_last = true;
         if self.block.len() >= self.block_size {
             self.finish_block();
         }
-        if self.out.len() >= WRITE_BUFFER {
-            self.flush_out().await?;
-        }
-        Ok(())
     }
 
     fn finish_block(&mut self) {
-        let Some((last_key, last_seq)) = self.block_last.take() else {
+        // The block's last entry is the last one added.
+        if self.block.is_empty() {
             return;
-        };
+        }
+        let (last_key, last_seq) = (&self.last_key, self.last_seq);
         let raw_len = self.block.len() as u32;
         let start = self.out.len();
         let mut compression = 0u8;
@@ -640,7 +676,7 @@ impl SegmentWriter {
         let offset = self.written + start as u64;
         self.index
             .extend_from_slice(&(last_key.len() as u16).to_le_bytes());
-        self.index.extend_from_slice(&last_key);
+        self.index.extend_from_slice(last_key);
         self.index.extend_from_slice(&last_seq.to_le_bytes());
         self.index.extend_from_slice(&offset.to_le_bytes());
         self.index.extend_from_slice(&len.to_le_bytes());
@@ -840,8 +876,16 @@ impl SegCursor {
         self.pos += 1;
     }
 
+    /// The entry at the current position, borrowed from the block. Valid after
+    /// [`SegCursor::ready`].
+    pub(crate) fn current_ref(&self) -> Option<EntryRef<'_>> {
+        let b = self.block.as_ref()?;
+        (self.pos < b.len()).then(|| b.entry_ref(self.pos))
+    }
+
     /// The entry at the current position, copied out, and steps past it. Valid after
     /// [`SegCursor::ready`].
+    #[cfg(test)]
     pub(crate) fn take(&mut self) -> Option<Entry> {
         let b = self.block.as_ref()?;
         let e = (self.pos < b.len()).then(|| b.entry(self.pos))?;
