@@ -1005,8 +1005,9 @@ impl Inner {
     /// the maintenance lock (it flushes until nothing is frozen; a memtable frozen just after
     /// it checked is picked up by the next commit), so committers never queue behind a flush.
     ///
-    /// The lock is taken per step (a flush, then one compaction step), so that a committer
-    /// held back by too many frozen memtables gets in between two steps. `wait`: wait for the
+    /// The lock is taken per round (every frozen memtable flushed, then one compaction
+    /// step), so that a committer held back by too many frozen memtables gets in between two
+    /// rounds; it waits at most for one round's flushes and one compaction step. `wait`: wait for the
     /// lock (the maintenance thread: a wake-up that arrives while `checkpoint()`, `compact()`
     /// or a committer holds it is not lost); otherwise return when another task holds it.
     pub(crate) async fn maintain(&self, wait: bool) -> Result<()> {

@@ -39,7 +39,7 @@ async def test_two_clients_sync_through_the_server(tmp_path: Path, server: Serve
     assert await a_db.collection("notes").get(nid) == {"text": "edited by bob", "n": 2}
 
     # Live mode: a change reaches the other client without an explicit round.
-    b.start(wait_ms=2_000)
+    b.start(wait_ms=60_000)
     await a_db.collection("notes").put({"text": "live"}, id=nid)
     await a.sync_now()
     for _ in range(100):
@@ -48,6 +48,17 @@ async def test_two_clients_sync_through_the_server(tmp_path: Path, server: Serve
         await asyncio.sleep(0.1)
     assert await b_db.collection("notes").get(nid) == {"text": "live"}
     assert b.status.live
+
+    # And the other way: in live mode, a local write is pushed at once, not when the long
+    # poll runs out (the test server caps polls at 25 s; this waits at most 15 s).
+    await b_db.collection("notes").put({"text": "pushed live"}, id=nid)
+    deadline = asyncio.get_running_loop().time() + 15
+    while asyncio.get_running_loop().time() < deadline:
+        await a.sync_now()
+        if await a_db.collection("notes").get(nid) == {"text": "pushed live"}:
+            break
+        await asyncio.sleep(0.1)
+    assert await a_db.collection("notes").get(nid) == {"text": "pushed live"}
     await b.stop()
     assert not b.status.live
 

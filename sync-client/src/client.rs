@@ -881,7 +881,22 @@ impl Replicator {
             }
             let resp = match prefetched.take() {
                 Some((since, resp)) if since == state.cursor => resp?,
-                _ => self.fetch_page(state.cursor, wait.take()).await?,
+                _ => match wait.take() {
+                    // The long poll gives way to a local write: the round then pushes it at
+                    // once instead of holding it until the wait runs out.
+                    Some(w) => {
+                        let page = std::pin::pin!(self.fetch_page(state.cursor, Some(w)));
+                        let local = std::pin::pin!(self.local_write_after(state.feed_seq));
+                        match futures_util::future::select(page, local).await {
+                            futures_util::future::Either::Left((page, _)) => page?,
+                            futures_util::future::Either::Right((woke, _)) => {
+                                woke?;
+                                break;
+                            }
+                        }
+                    }
+                    None => self.fetch_page(state.cursor, None).await?,
+                },
             };
             let Some(resp) = resp else {
                 // The server no longer retains the cursor: bootstrap again.
@@ -915,6 +930,33 @@ impl Replicator {
             prefetched = Some((resp.cursor, next));
         }
         Ok((applied, bootstrapped))
+    }
+
+    /// Returns once the app commits a change to a synced collection after feed position
+    /// `from` (what capture has not taken yet). The replicator's own records and other
+    /// collections' changes are passed over without reading their values.
+    async fn local_write_after(&self, from: u64) -> SyncResult<()> {
+        let db = &self.shared.db;
+        let mut pos = from;
+        loop {
+            if db.last_sequence() <= pos {
+                db.wait_published(pos + 1).await?;
+                continue;
+            }
+            let page = db
+                .changes_page_filtered(pos, 256, |origin, c| {
+                    origin != Some(ORIGIN) && self.synced(c)
+                })
+                .await?;
+            if page.iter().any(|b| !b.changes.is_empty()) {
+                return Ok(());
+            }
+            match page.last() {
+                Some(b) => pos = b.seq,
+                // Published but not in the feed yet cannot happen; wait rather than spin.
+                None => db.wait_published(pos + 1).await?,
+            }
+        }
     }
 
     /// Requests the page of changes after `since` (with retries). `None`: the server answered

@@ -2,7 +2,9 @@
 //! 127.0.0.1 (a child process, so that client and server memory are measured apart).
 //!
 //! `cargo bench -p entidb-server --bench sync` runs the full sizes; `-- --only S1,S3` picks
-//! workloads; `--s2-ops N`, `--s3-clients N`, `--s4-clients N` scale them. Under `cargo test`
+//! workloads; `--s2-ops N`, `--s3-clients N`, `--s4-clients N` scale them. `S3p` (not in
+//! `WORKLOADS.md`) is S3 below saturation: `--s3p-clients N` live clients each writing
+//! `--s3p-rate R` ops/s for `--s3p-secs S` seconds. Under `cargo test`
 //! (no `--bench` argument) every workload runs once at a tiny size, as a smoke test.
 #![expect(clippy::unwrap_used, reason = "benchmark: a failure aborts the run")]
 
@@ -347,6 +349,78 @@ async fn s3(clients: usize, ops: u64) {
     );
 }
 
+/// S3 below saturation (not a workload of `WORKLOADS.md`): `clients` clients in live mode
+/// (`sync_wait` loops), each writing `rate` ops per second for `secs` seconds, then until all
+/// converge. S3 itself pushes as fast as the clients can, so its latency is the queue of a
+/// saturated machine; this gives the push-to-visible latency at a load the machine carries.
+async fn s3_paced(clients: usize, rate: f64, secs: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    create_db(&server.url, "s3p").await;
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut nodes = Vec::new();
+    for c in 0..clients {
+        let name = format!("p{c}");
+        let (db, r) = replicator(&server.url, &dir.path().join(&name), "s3p", &name, true).await;
+        r.sync_now().await.unwrap();
+        nodes.push((name, db, r));
+    }
+    let mut live = Vec::new();
+    for (_, db, r) in &nodes {
+        let (db, r, latencies) = (db.clone(), r.clone(), latencies.clone());
+        live.push(tokio::spawn(async move {
+            let mut feed_seq = db.last_sequence();
+            loop {
+                r.sync_wait(Duration::from_secs(20)).await.unwrap();
+                feed_seq = record(&db, feed_seq, &latencies).await;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut writers = Vec::new();
+    for (c, (name, db, _)) in nodes.iter().enumerate() {
+        let (db, name) = (db.clone(), name.clone());
+        writers.push(tokio::spawn(async move {
+            // Clients start spread over one period, then each writes on its own ticks.
+            tokio::time::sleep(period.mul_f64(c as f64 / clients as f64)).await;
+            let mut tick = tokio::time::interval(period);
+            let mut n = 0u64;
+            while started.elapsed() < Duration::from_secs(secs) {
+                tick.tick().await;
+                db.collection("items")
+                    .insert(&json!({ "by": name, "n": n, "t": now_micros() }))
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for w in writers {
+        total += w.await.unwrap();
+    }
+    for (_, db, _) in &nodes {
+        while db.collection("items").count().await.unwrap() < total {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let converged = started.elapsed().as_secs_f64();
+    for l in live {
+        l.abort();
+    }
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_unstable();
+    println!(
+        "S3 paced (not a WORKLOADS.md workload): {clients} live clients x {rate} ops/s for {secs} s ({total} ops), converged {converged:.1} s after the start; write-to-visible p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} deliveries",
+        percentile(&l, 0.5) as f64 / 1000.0,
+        percentile(&l, 0.99) as f64 / 1000.0,
+        l.last().copied().unwrap_or(0) as f64 / 1000.0,
+        l.len()
+    );
+}
+
 async fn s4(clients: usize) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("server"));
@@ -450,6 +524,20 @@ fn main() {
             s3(
                 arg("--s3-clients", 100, 3) as usize,
                 arg("--s3-ops", 1_000, 20),
+            )
+            .await;
+        }
+        if run("S3p") {
+            let rate = args
+                .iter()
+                .position(|a| a == "--s3p-rate")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1.0);
+            s3_paced(
+                arg("--s3p-clients", 100, 3) as usize,
+                rate,
+                arg("--s3p-secs", 20, 2),
             )
             .await;
         }

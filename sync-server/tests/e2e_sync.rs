@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-use entidb::EntityId;
-use entidb_sync::{HttpTransport, SyncError};
+use entidb::{Database, EntityId};
+use entidb_sync::{HttpTransport, Replicator, SyncError};
 use serde_json::json;
 use support::*;
 
@@ -407,13 +407,22 @@ async fn client_behind_retention_rebootstraps_and_keeps_its_writes() {
     assert!(got.iter().all(|(id, _)| *id != doomed.to_string()));
 }
 
+/// Clients `a` and `b` of database `app`, syncing `notes`, each after a first round.
+async fn two_synced_clients(
+    server: &Server,
+    dir: &std::path::Path,
+) -> ((Database, Replicator), (Database, Replicator)) {
+    let (a, ra) = client(&server.url, &dir.join("a"), "app", "a", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.join("b"), "app", "b", &["notes"]).await;
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    ((a, ra), (b, rb))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_wakes_on_a_push() {
     let (dir, server) = app_server(None).await;
-    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
-    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
-    ra.sync_now().await.unwrap();
-    rb.sync_now().await.unwrap();
+    let ((a, ra), (b, rb)) = two_synced_clients(&server, dir.path()).await;
     let waiter = tokio::spawn(async move {
         let started = std::time::Instant::now();
         let report = ra.sync_wait(Duration::from_secs(20)).await.unwrap();
@@ -431,6 +440,68 @@ async fn long_poll_wakes_on_a_push() {
     // It returned because of the push, long before the 20 s wait ran out.
     assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
     assert!(a.collection("notes").exists(id).await.unwrap());
+}
+
+/// A live round (`sync_wait`) does not hold the app's writes until its long poll runs out:
+/// a write to a synced collection ends the wait and is pushed in the same round; a write to
+/// another collection does not end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
+    // Long polls of up to 60 s, so that a round that waited them out would miss the 30 s
+    // bound below.
+    let (dir, server) = app_server(Some("max_wait_ms = 60000\nrequest_timeout_ms = 90000\n")).await;
+    let ((a, ra), (b, rb)) = two_synced_clients(&server, dir.path()).await;
+    let waiter = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let report = ra.sync_wait(Duration::from_secs(60)).await.unwrap();
+        (report, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.collection("local_only")
+        .insert(&json!({"not": "synced"}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "a write to an unsynced collection ended the wait"
+    );
+    let id = a
+        .collection("notes")
+        .insert(&json!({"live": "from a"}))
+        .await
+        .unwrap();
+    let (report, elapsed) = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the round ends when the app writes, not when the 60 s wait runs out")
+        .unwrap();
+    assert_eq!((report.captured, report.pushed, report.pulled), (1, 1, 0));
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    rb.sync_now().await.unwrap();
+    assert!(b.collection("notes").exists(id).await.unwrap());
+    // The abandoned long poll does not keep its place on the server until its 60 s are up.
+    let http = reqwest::Client::new();
+    let freed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let m = http
+                .get(format!("{}/metrics", server.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if m.contains("entidb_sync_live_waiters 0") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        freed.is_ok(),
+        "the server still counts the dropped long poll"
+    );
 }
 
 #[test]
