@@ -576,7 +576,10 @@ impl Replicator {
                 state.feed_seq = batch.seq;
                 // The filter left only synced collections' changes, none of our own.
                 for change in batch.changes {
-                    let Some(id) = change.id else { continue };
+                    // What `captured_kind` counts, the wake-up of a live round counts too.
+                    let Some(id) = change.id.filter(|_| captured_kind(&change.op)) else {
+                        continue;
+                    };
                     let (kind, doc) = match change.op {
                         // The stored bytes, shared: not decoded, not copied.
                         entidb::ChangeOp::Put(doc) => (OpKind::Put, Some(doc)),
@@ -859,13 +862,17 @@ impl Replicator {
     /// or the server no longer retains its cursor). Returns the number of changes applied.
     pub async fn pull(&self) -> SyncResult<(u64, bool)> {
         let _run = self.shared.run.lock().await;
-        self.pull_locked(None).await
+        let (applied, bootstrapped, _) = self.pull_locked(None).await?;
+        Ok((applied, bootstrapped))
     }
 
     /// Pulls page after page. While one page is applied (one local transaction), the next one
     /// is already requested, so the server's work and the client's overlap; a page is applied
     /// only after the one before it committed, and only if it starts at the saved cursor.
-    async fn pull_locked(&self, wait: Option<Duration>) -> SyncResult<(u64, bool)> {
+    ///
+    /// With `wait`, the first request long-polls; it gives way to a local write to a synced
+    /// collection, and then the pull returns at once with `woken` set (the third value).
+    async fn pull_locked(&self, wait: Option<Duration>) -> SyncResult<(u64, bool, bool)> {
         let mut applied = 0;
         let mut bootstrapped = false;
         let mut wait = wait;
@@ -891,7 +898,7 @@ impl Replicator {
                             futures_util::future::Either::Left((page, _)) => page?,
                             futures_util::future::Either::Right((woke, _)) => {
                                 woke?;
-                                break;
+                                return Ok((applied, bootstrapped, true));
                             }
                         }
                     }
@@ -929,7 +936,7 @@ impl Replicator {
             applied += page;
             prefetched = Some((resp.cursor, next));
         }
-        Ok((applied, bootstrapped))
+        Ok((applied, bootstrapped, false))
     }
 
     /// Returns once the app commits a change to a synced collection after feed position
@@ -944,18 +951,26 @@ impl Replicator {
                 continue;
             }
             let page = db
-                .changes_page_filtered(pos, 256, |origin, c| {
+                .changes_page_filtered(pos, 64, |origin, c| {
                     origin != Some(ORIGIN) && self.synced(c)
                 })
                 .await?;
-            if page.iter().any(|b| !b.changes.is_empty()) {
+            // Only what capture takes (an entity put or delete) ends the wait: a collection
+            // created or dropped, which capture skips, would end every wait after it.
+            if page.iter().any(|b| {
+                b.changes
+                    .iter()
+                    .any(|c| c.id.is_some() && captured_kind(&c.op))
+            }) {
                 return Ok(());
             }
-            match page.last() {
-                Some(b) => pos = b.seq,
-                // Published but not in the feed yet cannot happen; wait rather than spin.
-                None => db.wait_published(pos + 1).await?,
-            }
+            let Some(last) = page.last() else {
+                return Err(SyncError::Protocol(format!(
+                    "change feed ended at {pos} before the published sequence {}",
+                    db.last_sequence()
+                )));
+            };
+            pos = last.seq;
         }
     }
 
@@ -1234,12 +1249,22 @@ impl Replicator {
         let _run = self.shared.run.lock().await;
         let result = async {
             let before = self.load_state().await?.next_op_id;
-            let (pushed, rejected) = self.push_locked().await?;
-            let (pulled, bootstrapped) = self.pull_locked(wait).await?;
+            let (mut pushed, mut rejected) = self.push_locked().await?;
+            let (mut pulled, mut bootstrapped, woken) = self.pull_locked(wait).await?;
+            if woken {
+                // The long poll gave way to a local write: push it now, then pull without
+                // waiting, so that a client that writes more often than a round trip still
+                // receives the others' changes every round.
+                let (p, r) = self.push_locked().await?;
+                pushed += p;
+                rejected.extend(r);
+                let (applied, b, _) = self.pull_locked(None).await?;
+                pulled += applied;
+                bootstrapped |= b;
+            }
             // A write made during the pull is pushed now rather than at the next round.
             let (pushed2, rejected2) = self.push_locked().await?;
             let after = self.load_state().await?.next_op_id;
-            let mut rejected = rejected;
             rejected.extend(rejected2);
             Ok::<_, SyncError>(SyncReport {
                 captured: after - before,
@@ -1285,6 +1310,12 @@ async fn commit_state(mut tx: WriteTxn, state: &mut State) -> SyncResult<()> {
         "the commit's record is the one stepped over"
     );
     Ok(())
+}
+
+/// Whether capture takes a change of this kind into the outbox (given an entity id): puts and
+/// deletes; collection events and superseded values are not ops.
+fn captured_kind(op: &entidb::ChangeOp) -> bool {
+    matches!(op, entidb::ChangeOp::Put(_) | entidb::ChangeOp::Delete)
 }
 
 async fn read_state(tx: &mut WriteTxn) -> SyncResult<State> {

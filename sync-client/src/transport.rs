@@ -40,6 +40,11 @@ pub struct TransportError(pub String);
 /// Sends requests to a sync server. Implementations add the bearer token and ask for CBOR.
 pub trait Transport: MaybeSend + MaybeSync + std::fmt::Debug + 'static {
     /// Sends one request and returns the server's response.
+    ///
+    /// Dropping the returned future must abandon the request (close or reset its stream, as
+    /// reqwest does and a browser's `fetch` does with an `AbortController`): a live round
+    /// drops its long poll when the app writes, and a poll left open on the server would hold
+    /// one of its `max_live` places until the poll's wait ran out.
     fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>>;
 }
 

@@ -444,7 +444,7 @@ async fn long_poll_wakes_on_a_push() {
 
 /// A live round (`sync_wait`) does not hold the app's writes until its long poll runs out:
 /// a write to a synced collection ends the wait and is pushed in the same round; a write to
-/// another collection does not end it.
+/// another collection, or a collection event, does not end it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
     // Long polls of up to 60 s, so that a round that waited them out would miss the 30 s
@@ -465,6 +465,15 @@ async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
     assert!(
         !waiter.is_finished(),
         "a write to an unsynced collection ended the wait"
+    );
+    // Creating the synced collection is a feed record capture skips (no entity): it must
+    // not end the wait either, or every later wait would end at once on the same record.
+    assert!(!a.collections().iter().any(|c| c == "notes"));
+    a.create_collection("notes").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "creating a synced collection ended the wait"
     );
     let id = a
         .collection("notes")
