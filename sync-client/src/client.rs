@@ -319,6 +319,10 @@ impl Meta {
     }
 }
 
+/// Feed records a capture that took nothing may pass over before it stores its position
+/// anyway (also: stores it once the position is this close to the feed's retention horizon).
+const CAPTURE_LAG: u64 = 1024;
+
 /// The head of a CBOR array of 3.
 const META_ARRAY: u8 = 0x83;
 
@@ -519,11 +523,20 @@ impl Replicator {
     async fn capture_locked(&self) -> SyncResult<(u64, State)> {
         let mut tx = self.begin().await?;
         let mut state = read_state(&mut tx).await?;
+        let stored = state.feed_seq;
         let n = self.capture_into(&mut tx, &mut state).await?;
-        if n == 0 {
-            // Only the replicator's own records passed: advancing past them is left to the
-            // next transaction that commits anyway (committing here would itself add a
-            // record, and the next capture would commit again).
+        // Nothing captured: only records capture passes over (the replicator's own, other
+        // collections', collection events) went by. Advancing past them is left to the next
+        // transaction that commits anyway, unless the stored position fell far behind: then
+        // a capture would page through more and more of them, and once the feed no longer
+        // retains that position every capture would fail (`FeedTruncated`), though none
+        // missed a write. (The commit's own record is stepped over, so the next capture
+        // does not commit again.)
+        let oldest = self.shared.db.oldest_retained_sequence();
+        let lagging = state.feed_seq > stored
+            && (state.feed_seq - stored >= CAPTURE_LAG
+                || (oldest > 1 && stored < oldest + CAPTURE_LAG));
+        if n == 0 && !lagging {
             tx.abort();
         } else {
             commit_state(tx, &mut state).await?;

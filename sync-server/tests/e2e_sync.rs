@@ -513,6 +513,44 @@ async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
     );
 }
 
+/// Captures that find nothing to take (the app writes only to unsynced collections) still
+/// store their feed position before the feed's retention passes it: a later capture does not
+/// fail with a truncated feed, and a synced write after them is pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_that_take_nothing_keep_up_with_feed_retention() {
+    let (dir, server) = app_server(None).await;
+    let options = entidb::Options::default().feed_retention(20);
+    let local = Database::open_path(dir.path().join("a"), options)
+        .await
+        .unwrap();
+    let transport = Arc::new(HttpTransport::new(
+        &server.url,
+        &token("app", "a", &["read", "write"], 3600),
+    ));
+    let cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
+    let r = Replicator::attach(local.clone(), cfg, transport)
+        .await
+        .unwrap();
+    r.sync_now().await.unwrap();
+    for round in 0..10 {
+        for i in 0..10u32 {
+            local.collection("local_only").insert(&i).await.unwrap();
+        }
+        let captured = r
+            .capture()
+            .await
+            .unwrap_or_else(|e| panic!("capture after round {round}: {e}"));
+        assert_eq!(captured, 0);
+    }
+    local
+        .collection("notes")
+        .insert(&json!({"after": "many local-only writes"}))
+        .await
+        .unwrap();
+    let report = r.sync_now().await.unwrap();
+    assert_eq!((report.captured, report.pushed), (1, 1));
+}
+
 #[test]
 fn entity_ids_in_json_are_uuid_strings() {
     let id: EntityId = "0190a5c2-0000-7000-8000-000000000001".parse().unwrap();
