@@ -513,6 +513,45 @@ async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
     );
 }
 
+/// A round whose long poll gave way to a local write still pulls: after the push it pulls
+/// once without waiting, so a client that writes more often than its polls complete keeps
+/// receiving the others' changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_woken_by_a_local_write_still_pulls() {
+    let (dir, server) = app_server(None).await;
+    let slow = Arc::new(SlowPolls {
+        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
+        delay: Duration::from_secs(10),
+    });
+    let (a, ra) = client_with(&dir.path().join("a"), "app", "a", &["notes"], slow).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    ra.sync_now().await.unwrap();
+    let theirs = b
+        .collection("notes")
+        .insert(&json!({"from": "b"}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let report = ra.sync_wait(Duration::from_secs(20)).await.unwrap();
+        (report, started.elapsed())
+    });
+    // The round's poll is held back 10 s by the transport; the local write wins it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.collection("notes")
+        .insert(&json!({"from": "a"}))
+        .await
+        .unwrap();
+    let (report, elapsed) = waiter.await.unwrap();
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "the round waited for its poll: {elapsed:?}"
+    );
+    assert_eq!((report.pushed, report.pulled), (1, 1), "{report:?}");
+    assert!(a.collection("notes").exists(theirs).await.unwrap());
+}
+
 /// Captures that find nothing to take (the app writes only to unsynced collections) still
 /// store their feed position before the feed's retention passes it: a later capture does not
 /// fail with a truncated feed, and a synced write after them is pushed.

@@ -197,6 +197,25 @@ impl Transport for LossyTransport {
     }
 }
 
+/// A transport whose long polls (pulls that wait) reach the server only after `delay`: a
+/// local write made meanwhile wins the race against the poll.
+#[derive(Debug)]
+pub struct SlowPolls {
+    pub inner: HttpTransport,
+    pub delay: std::time::Duration,
+}
+
+impl Transport for SlowPolls {
+    fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
+        Box::pin(async move {
+            if request.path.contains("wait_ms=") {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.inner.send(request).await
+        })
+    }
+}
+
 /// Takes one from `counter` unless it is 0; whether it did.
 fn take_one(counter: &AtomicU32) -> bool {
     counter
