@@ -550,6 +550,12 @@ impl Replicator {
         Ok(tx)
     }
 
+    /// The change-feed records capture reads: the app's (not this replicator's own), in
+    /// synced collections. Filtered before their values are read.
+    fn capturable(&self, origin: Option<&str>, collection: &str) -> bool {
+        origin != Some(ORIGIN) && self.synced(collection)
+    }
+
     fn synced(&self, collection: &str) -> bool {
         self.shared
             .config
@@ -572,9 +578,7 @@ impl Replicator {
             let page = self
                 .shared
                 .db
-                .changes_page_filtered(state.feed_seq, 256, |origin, c| {
-                    origin != Some(ORIGIN) && self.synced(c)
-                })
+                .changes_page_filtered(state.feed_seq, 256, |origin, c| self.capturable(origin, c))
                 .await?;
             if page.is_empty() {
                 return Err(SyncError::Protocol(format!(
@@ -589,10 +593,9 @@ impl Replicator {
                 state.feed_seq = batch.seq;
                 // The filter left only synced collections' changes, none of our own.
                 for change in batch.changes {
-                    // What `captured_kind` counts, the wake-up of a live round counts too.
-                    let Some(id) = change.id.filter(|_| captured_kind(&change.op)) else {
-                        continue;
-                    };
+                    // Collection events carry no id; a live round's wake-up passes over the
+                    // same records (`is_op`).
+                    let Some(id) = change.id else { continue };
                     let (kind, doc) = match change.op {
                         // The stored bytes, shared: not decoded, not copied.
                         entidb::ChangeOp::Put(doc) => (OpKind::Put, Some(doc)),
@@ -964,17 +967,11 @@ impl Replicator {
                 continue;
             }
             let page = db
-                .changes_page_filtered(pos, 64, |origin, c| {
-                    origin != Some(ORIGIN) && self.synced(c)
-                })
+                .changes_page_filtered(pos, 64, |origin, c| self.capturable(origin, c))
                 .await?;
             // Only what capture takes (an entity put or delete) ends the wait: a collection
             // created or dropped, which capture skips, would end every wait after it.
-            if page.iter().any(|b| {
-                b.changes
-                    .iter()
-                    .any(|c| c.id.is_some() && captured_kind(&c.op))
-            }) {
+            if page.iter().any(|b| b.changes.iter().any(is_op)) {
                 return Ok(());
             }
             let Some(last) = page.last() else {
@@ -1325,10 +1322,14 @@ async fn commit_state(mut tx: WriteTxn, state: &mut State) -> SyncResult<()> {
     Ok(())
 }
 
-/// Whether capture takes a change of this kind into the outbox (given an entity id): puts and
-/// deletes; collection events and superseded values are not ops.
-fn captured_kind(op: &entidb::ChangeOp) -> bool {
-    matches!(op, entidb::ChangeOp::Put(_) | entidb::ChangeOp::Delete)
+/// Whether capture takes a change into the outbox: an entity's put or delete (collection
+/// events and superseded values are not ops).
+fn is_op(change: &entidb::Change) -> bool {
+    change.id.is_some()
+        && matches!(
+            change.op,
+            entidb::ChangeOp::Put(_) | entidb::ChangeOp::Delete
+        )
 }
 
 async fn read_state(tx: &mut WriteTxn) -> SyncResult<State> {
