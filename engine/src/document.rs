@@ -105,9 +105,9 @@ impl Document {
     pub fn value(&self) -> Result<Value> {
         Ok(cbor::decode(&self.bytes)?)
     }
-    /// Decode into a typed value.
+    /// Decode into a typed value (without re-validating: the bytes are canonical).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        Ok(cbor::from_slice(&self.bytes)?)
+        Ok(cbor::from_canonical(&self.bytes)?)
     }
 }
 

@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use entidb::cbor::{
-    Canonical, CborError, Int, Simple, Value, canonicalize, decode, encode, from_slice, item_len,
-    to_canonical_vec, try_encode, validate_canonical,
+    Canonical, CborError, Int, Simple, Value, canonicalize, decode, encode, from_canonical,
+    from_slice, item_len, to_canonical_vec, try_encode, validate_canonical,
 };
 use proptest::collection::vec;
 
@@ -172,6 +172,8 @@ proptest! {
         prop_assert_eq!(canonicalize(&bytes), Ok(bytes.clone()));
         prop_assert_eq!(try_encode(&v), Ok(bytes.clone()));
         prop_assert_eq!(item_len(&bytes), Ok(bytes.len()));
+        // The unchecked typed decode of canonical bytes agrees with the checked one.
+        prop_assert_eq!(from_canonical::<Value>(&bytes), from_slice::<Value>(&bytes));
         check_agreement(&bytes);
     }
 
@@ -185,6 +187,7 @@ proptest! {
         prop_assert_eq!(&wire, &encode(&Value::Tag(24, Box::new(Value::Bytes(doc.to_vec())))));
         let back: Canonical = from_slice(&wire).expect("deserialize");
         prop_assert_eq!(&back, &doc);
+        prop_assert_eq!(from_canonical::<Canonical>(&wire), Ok(doc.clone()));
         prop_assert_eq!(Canonical::from_cbor(&encode(&v)), Ok(doc));
     }
 

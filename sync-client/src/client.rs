@@ -297,9 +297,9 @@ impl Meta {
     fn decode(bytes: &[u8]) -> SyncResult<Meta> {
         let from = |e: entidb::cbor::CborError| SyncError::from(entidb::Error::from(e));
         if bytes.first() != Some(&META_ARRAY) {
-            return entidb::cbor::from_slice(bytes).map_err(from);
+            return entidb::cbor::from_canonical(bytes).map_err(from);
         }
-        let (version, pending, epoch) = entidb::cbor::from_slice(bytes).map_err(from)?;
+        let (version, pending, epoch) = entidb::cbor::from_canonical(bytes).map_err(from)?;
         Ok(Meta {
             version,
             pending,

@@ -224,7 +224,7 @@ pub async fn push(
         });
     // Entities this push wrote (true) or refused (false), so that a later op of the same push
     // on the same entity builds on the earlier one instead of conflicting with it.
-    let mut touched: HashMap<(String, EntityId), bool> = HashMap::new();
+    let mut touched: HashMap<(String, EntityId), bool> = HashMap::with_capacity(req.ops.len());
     let mut results = Vec::with_capacity(req.ops.len());
     for op in req.ops {
         let mid = meta_id(&op.collection, &op.id);

@@ -9,10 +9,19 @@
 //!   applied on the server or is in its conflict log as a loser;
 //! - every client's pull cursor only moved forward, across crashes too.
 //!
+//! Clients also run live rounds (`sync_wait`) as tasks of their own, beside the steps that
+//! write, sync, crash and partition: a round's long poll waits on the server while its own
+//! client writes (which ends the wait), other clients push (which ends it too), or the client
+//! crashes (the task is dropped wherever it is, as a killed process would be). The runtime is
+//! single-threaded on a paused clock, and the simulated network yields to other tasks before
+//! and after each request, so the interleavings replay from the seed and a wait that nothing
+//! ends runs out at once in real time.
+//!
 //! `SYNC_SIM_SEEDS=N` runs seeds 0..N (default 200); `SYNC_SIM_SEED=S` replays one seed.
 #![expect(clippy::unwrap_used, reason = "test: a failure is a test failure")]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +37,9 @@ use entidb_sync::wire::{
     BootstrapPosition, Claims, ConflictPolicy, ErrorCode, Format, OpStatus, PushRequest,
     PushResponse,
 };
-use entidb_sync::{Replicator, Request, Response, SyncConfig, Transport, TransportError};
+use entidb_sync::{
+    Replicator, Request, Response, SyncConfig, SyncReport, SyncResult, Transport, TransportError,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -77,6 +88,22 @@ impl Net {
 struct SimTransport {
     net: Arc<Net>,
     claims: Claims,
+    /// Long polls given up before their answer (their future dropped).
+    abandoned: AtomicU64,
+}
+
+/// Counts a long poll as abandoned if it is dropped before it is answered.
+struct Poll<'a> {
+    t: &'a SimTransport,
+    answered: bool,
+}
+
+impl Drop for Poll<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.t.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn tag(v: &Value) -> Option<String> {
@@ -113,6 +140,30 @@ fn params(query: &str) -> BTreeMap<String, String> {
 impl Transport for SimTransport {
     fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
         Box::pin(async move {
+            // (Not `bool::then_some`: a `Poll` made and dropped at once would count.)
+            let mut poll = if request.path.contains("wait_ms=") {
+                Some(Poll {
+                    t: self,
+                    answered: false,
+                })
+            } else {
+                None
+            };
+            let r = self.exchange(request).await;
+            if let Some(p) = &mut poll {
+                p.answered = true;
+            }
+            r
+        })
+    }
+}
+
+impl SimTransport {
+    async fn exchange(&self, request: Request) -> Result<Response, TransportError> {
+        {
+            // The way to the server and back are points where other tasks (live rounds, the
+            // steps of the simulation) run.
+            tokio::task::yield_now().await;
             let net = &self.net;
             let lost = || Err(TransportError("lost (simulated)".into()));
             if net.partitioned.lock().unwrap().contains(&self.claims.sub) {
@@ -159,8 +210,11 @@ impl Transport for SimTransport {
             } else if path.ends_with("/pull") {
                 let since = q.get("since").map_or(0, |s| s.parse().unwrap());
                 let limit = q.get("limit").map_or(100, |s| s.parse().unwrap());
+                let wait = q
+                    .get("wait_ms")
+                    .map(|w| Duration::from_millis(w.parse().unwrap()));
                 let r =
-                    service::pull(&hosted, &self.claims, since, limit, None, &net.shutdown).await;
+                    service::pull(&hosted, &self.claims, since, limit, wait, &net.shutdown).await;
                 if matches!(&r, Err(e) if e.body.code == ErrorCode::Rebootstrap) {
                     net.decisions.lock().unwrap().behind += 1;
                 }
@@ -178,11 +232,12 @@ impl Transport for SimTransport {
             } else {
                 panic!("unexpected request {}", request.path);
             };
+            tokio::task::yield_now().await;
             if net.chance(drop_rate) {
                 return lost();
             }
             Ok(resp)
-        })
+        }
     }
 }
 
@@ -195,7 +250,14 @@ struct Client {
     cursor: u64,
     /// Per (collection, id): the last acknowledged local write (`None`: a delete).
     last_write: HashMap<(String, EntityId), Option<String>>,
+    /// A live round running as its own task: (the task, when it started, its wait, the
+    /// transport's abandoned polls then).
+    live: Option<(LiveRound, tokio::time::Instant, Duration, u64)>,
+    /// The client wrote while its live round ran.
+    wrote_during_live: bool,
 }
+
+type LiveRound = tokio::task::JoinHandle<SyncResult<SyncReport>>;
 
 impl Client {
     async fn open(&mut self) -> Result<(), String> {
@@ -224,11 +286,62 @@ impl Client {
     }
 
     async fn restart(&mut self) -> Result<(), String> {
+        // The process dies: a live round stops wherever it is.
+        if let Some((task, ..)) = self.live.take() {
+            task.abort();
+            let _ = task.await;
+        }
         self.sync = None;
         self.db = None;
         self.sim.crash_now();
         self.sim.restart();
         self.open().await
+    }
+
+    /// Starts a live round that waits up to `wait` on the server.
+    fn start_live(&mut self, wait: Duration) {
+        let sync = self.sync.clone().unwrap();
+        let task = tokio::spawn(async move { sync.sync_wait(wait).await });
+        let abandoned = self.transport.abandoned.load(Ordering::Relaxed);
+        self.live = Some((task, tokio::time::Instant::now(), wait, abandoned));
+        self.wrote_during_live = false;
+    }
+
+    /// Collects the live round if it ended (or waits for it with `finish`) and checks its
+    /// result like a `sync_now`'s: only a network fault or a crash may fail it.
+    async fn reap_live(&mut self, finish: bool, act: &mut Activity) -> Result<(), String> {
+        let Some((task, started, wait, abandoned)) = self.live.take() else {
+            return Ok(());
+        };
+        if !finish && !task.is_finished() {
+            self.live = Some((task, started, wait, abandoned));
+            return Ok(());
+        }
+        let r = task
+            .await
+            .map_err(|e| format!("{}: live round panicked: {e}", self.name))?;
+        match r {
+            Ok(_) => {
+                act.live_ok += 1;
+                if started.elapsed() >= wait {
+                    act.live_waited_out += 1;
+                }
+                // The round gave its long poll up: only a local write made since the round
+                // began (after its capture) may make it, not the replicator's own commits.
+                if self.transport.abandoned.load(Ordering::Relaxed) > abandoned {
+                    if !self.wrote_during_live {
+                        return Err(format!(
+                            "{}: a live round gave up its long poll, but its client did not write during the round",
+                            self.name
+                        ));
+                    }
+                    act.live_woken_by_write += 1;
+                }
+            }
+            Err(e) if e.is_retryable() || self.sim.is_crashed() => act.live_failed += 1,
+            Err(e) => return Err(format!("{} live round failed: {e}", self.name)),
+        }
+        self.check_cursor()
     }
 
     fn check_cursor(&mut self) -> Result<(), String> {
@@ -282,6 +395,13 @@ struct Activity {
     behind: u64,
     applied: u64,
     rejected: u64,
+    live_ok: u64,
+    live_failed: u64,
+    live_waited_out: u64,
+    /// Live rounds that gave their long poll up for a local write.
+    live_woken_by_write: u64,
+    /// Local writes made while the same client had a live round.
+    writes_during_live: u64,
 }
 
 async fn run(seed: u64) -> Result<Activity, String> {
@@ -331,12 +451,15 @@ async fn run(seed: u64) -> Result<Activity, String> {
                     exp: u64::MAX,
                     iat: 0,
                 },
+                abandoned: 0.into(),
             }),
             name,
             db: None,
             sync: None,
             cursor: 0,
             last_write: HashMap::new(),
+            live: None,
+            wrote_during_live: false,
         };
         c.open().await?;
         clients.push(c);
@@ -385,6 +508,8 @@ async fn run(seed: u64) -> Result<Activity, String> {
             match write {
                 Ok(w) => {
                     act.writes += 1;
+                    act.writes_during_live += u64::from(c.live.is_some());
+                    c.wrote_during_live |= c.live.is_some();
                     c.last_write.insert((coll.to_owned(), id), w);
                 }
                 // Only a crash may fail a local write: it may or may not be durable, so
@@ -394,7 +519,10 @@ async fn run(seed: u64) -> Result<Activity, String> {
                 }
                 Err(e) => return Err(format!("step {step}: {} write failed: {e}", c.name)),
             }
+        } else if (62..70).contains(&roll) && c.live.is_none() {
+            c.start_live(Duration::from_millis(rng.random_range(10..5000)));
         } else if roll < 70 {
+            // With a live round running, this waits for it (rounds take turns).
             let r = c.sync.as_ref().unwrap().sync_now().await;
             if let Ok(report) = &r {
                 act.bootstraps += u64::from(report.bootstrapped);
@@ -422,6 +550,15 @@ async fn run(seed: u64) -> Result<Activity, String> {
         } else {
             *net.drop_rate.lock().unwrap() = [0.0, 0.1, 0.3][rng.random_range(0..3)];
         }
+        // Live rounds run while the step's own awaits yield; collect those that ended.
+        tokio::task::yield_now().await;
+        for c in &mut clients {
+            c.reap_live(false, &mut act).await?;
+        }
+    }
+    // Live rounds end (their waits run out) before the faults heal.
+    for c in &mut clients {
+        c.reap_live(true, &mut act).await?;
     }
 
     // Heal everything and let the replicas converge.
@@ -494,6 +631,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
 fn run_seed(seed: u64) -> Activity {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
         .build()
         .unwrap();
     match rt.block_on(run(seed)) {
@@ -529,6 +667,11 @@ fn sync_simulation() {
         total.behind += a.behind;
         total.applied += a.applied;
         total.rejected += a.rejected;
+        total.live_ok += a.live_ok;
+        total.live_failed += a.live_failed;
+        total.live_waited_out += a.live_waited_out;
+        total.live_woken_by_write += a.live_woken_by_write;
+        total.writes_during_live += a.writes_during_live;
     }
     println!("{n} seeds: {total:?}");
     // The faults must actually have happened, and sync must have done real work.
@@ -542,6 +685,16 @@ fn sync_simulation() {
         assert!(total.behind > 0 && total.bootstraps > 0, "{total:?}");
         assert!(
             total.syncs_failed > 0 && total.syncs_ok * 5 > total.syncs_failed,
+            "{total:?}"
+        );
+        // Live rounds ran, sat out their waits, were woken by local writes, failed under
+        // faults, and overlapped local writes.
+        assert!(
+            total.live_ok > 0
+                && total.live_failed > 0
+                && total.live_waited_out > 0
+                && total.live_woken_by_write > 0
+                && total.writes_during_live > 0,
             "{total:?}"
         );
     }

@@ -72,7 +72,7 @@ pub use decode::{decode, item_len};
 pub use encode::{encode, encode_into, try_encode};
 pub use error::CborError;
 pub use item::Canonical;
-pub use serde_helpers::{from_slice, from_value, to_canonical_vec, to_value};
+pub use serde_helpers::{from_canonical, from_slice, from_value, to_canonical_vec, to_value};
 pub use value::{Int, IntOutOfRange, Simple, Value, canonical_cmp};
 
 /// The maximum nesting of arrays, maps and tags: a container nested inside 256 others is

@@ -44,6 +44,19 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
         .map_err(|e| CborError::Deserialize(e.to_string()))
 }
 
+/// Deserializes a `T` from bytes already known to be one canonical CBOR data item: a stored
+/// [`Document`](crate::Document)'s bytes, or a [`Canonical`]'s. It skips the validation pass
+/// of [`from_slice`] (stored documents were validated when written, and their blocks are
+/// checksummed). Other bytes are still safe to give (no panic, no unbounded recursion), but
+/// only [`from_slice`] rejects everything malformed: this may accept a duplicate map key, a
+/// non-canonical length, a two-byte simple value below 32, indefinite strings nested in
+/// indefinite strings, or bytes after the item. Anything it does not accept fails with
+/// [`CborError::Deserialize`].
+pub fn from_canonical<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
+    ciborium::de::from_reader_with_recursion_limit(bytes, 2 * MAX_DEPTH + 2)
+        .map_err(|e| CborError::Deserialize(e.to_string()))
+}
+
 /// Converts a serializable Rust value to a [`Value`] (through its canonical encoding).
 pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, CborError> {
     decode(&to_canonical_vec(value)?)
