@@ -269,6 +269,12 @@ struct OutboxEntry {
     /// [`Canonical`] hold the value in place, which reads the same.
     doc: Option<Canonical>,
     hlc: Hlc,
+    /// The server version the op is based on, `[version or null]`, when capture knew it for
+    /// good: nothing else was pending for the entity, so until this op is acknowledged only
+    /// its own answer changes the entity's metadata (invariant 3). Absent otherwise (and in
+    /// entries written before the field existed): the push reads the metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<(Option<u64>,)>,
     kind: OpKind,
     op_id: u64,
     collection: String,
@@ -607,6 +613,7 @@ impl Replicator {
                     let op_id = state.next_op_id;
                     state.next_op_id += 1;
                     let mid = meta_id(&change.collection, &id);
+                    let mut meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
                     let entry = OutboxEntry {
                         op_id,
                         collection: change.collection,
@@ -614,9 +621,9 @@ impl Replicator {
                         kind,
                         doc,
                         hlc,
+                        base: (meta.pending == 0).then_some((meta.version,)),
                     };
                     tx.collection(OUTBOX).put(op_key(op_id), &entry)?;
-                    let mut meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
                     meta.pending += 1;
                     meta.write(tx, mid)?;
                     captured += 1;
@@ -816,18 +823,24 @@ impl Replicator {
         let mut ops = Vec::with_capacity(page.items.len());
         for doc in &page.items {
             let e: OutboxEntry = doc.decode()?;
-            let meta = Meta::read(
-                snap.collection(META)
-                    .get_document(meta_id(&e.collection, &e.id))
-                    .await?,
-            )?;
+            let base_version = match e.base {
+                Some((v,)) => v,
+                None => {
+                    Meta::read(
+                        snap.collection(META)
+                            .get_document(meta_id(&e.collection, &e.id))
+                            .await?,
+                    )?
+                    .version
+                }
+            };
             ops.push(Op {
                 op_id: e.op_id,
                 collection: e.collection,
                 id: e.id,
                 kind: e.kind,
                 doc: e.doc,
-                base_version: meta.version,
+                base_version,
                 hlc: e.hlc,
             });
         }
@@ -1424,6 +1437,7 @@ mod tests {
                 millis: 1,
                 counter: 2,
             },
+            base: Some((Some(4),)),
             kind: OpKind::Put,
             op_id: 3,
             collection: "c".into(),
@@ -1431,6 +1445,16 @@ mod tests {
         let mut raw = Vec::new();
         ciborium::ser::into_writer(&entry, &mut raw).unwrap();
         assert!(entidb::cbor::is_canonical(&raw));
+        // A known base of "no version" (null) reads back as known, unlike a missing base.
+        for base in [Some((None,)), Some((Some(4),)), None] {
+            let e = OutboxEntry {
+                base,
+                ..entry.clone()
+            };
+            let bytes = entidb::cbor::to_canonical_vec(&e).unwrap();
+            let back: OutboxEntry = entidb::cbor::from_slice(&bytes).unwrap();
+            assert_eq!(back.base, base);
+        }
         let state = State {
             epoch: 1,
             cursor: 2,

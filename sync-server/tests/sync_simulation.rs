@@ -12,10 +12,10 @@
 //! Clients also run live rounds (`sync_wait`) as tasks of their own, beside the steps that
 //! write, sync, crash and partition: a round's long poll waits on the server while its own
 //! client writes (which ends the wait), other clients push (which ends it too), or the client
-//! crashes (the task is dropped wherever it is, as a killed process would be). The runtime is
-//! single-threaded on a paused clock, and the simulated network yields to other tasks before
-//! and after each request, so the interleavings replay from the seed and a wait that nothing
-//! ends runs out at once in real time.
+//! crashes (the restart after it drops the task wherever it is, as a killed process would
+//! be). The runtime is single-threaded on a paused clock, and the simulated network yields to
+//! other tasks before and after each request, so the interleavings replay from the seed and
+//! a wait that nothing ends runs out at once in real time.
 //!
 //! `SYNC_SIM_SEEDS=N` runs seeds 0..N (default 200); `SYNC_SIM_SEED=S` replays one seed.
 #![expect(clippy::unwrap_used, reason = "test: a failure is a test failure")]
@@ -90,6 +90,8 @@ struct SimTransport {
     claims: Claims,
     /// Long polls given up before their answer (their future dropped).
     abandoned: AtomicU64,
+    /// Long polls the server answered empty once their wait ran out.
+    waited_out: AtomicU64,
 }
 
 /// Counts a long poll as abandoned if it is dropped before it is answered.
@@ -213,8 +215,15 @@ impl SimTransport {
                 let wait = q
                     .get("wait_ms")
                     .map(|w| Duration::from_millis(w.parse().unwrap()));
+                let t0 = tokio::time::Instant::now();
                 let r =
                     service::pull(&hosted, &self.claims, since, limit, wait, &net.shutdown).await;
+                if let (Some(w), Ok(page)) = (wait, &r)
+                    && page.changes.is_empty()
+                    && t0.elapsed() >= w
+                {
+                    self.waited_out.fetch_add(1, Ordering::Relaxed);
+                }
                 if matches!(&r, Err(e) if e.body.code == ErrorCode::Rebootstrap) {
                     net.decisions.lock().unwrap().behind += 1;
                 }
@@ -250,9 +259,9 @@ struct Client {
     cursor: u64,
     /// Per (collection, id): the last acknowledged local write (`None`: a delete).
     last_write: HashMap<(String, EntityId), Option<String>>,
-    /// A live round running as its own task: (the task, when it started, its wait, the
-    /// transport's abandoned polls then).
-    live: Option<(LiveRound, tokio::time::Instant, Duration, u64)>,
+    /// A live round running as its own task, and the transport's abandoned polls when it
+    /// started.
+    live: Option<(LiveRound, u64)>,
     /// The client wrote while its live round ran.
     wrote_during_live: bool,
 }
@@ -265,6 +274,8 @@ impl Client {
             .await
             .map_err(|e| format!("{}: open: {e}", self.name))?;
         let mut cfg = SyncConfig::new("app", &self.name, &COLLECTIONS);
+        // One attempt: the retry backoff sleeps on a real-time timer, which would make the
+        // paused clock's runs depend on the machine.
         cfg.max_attempts = 1;
         cfg.pull_limit = 7;
         cfg.push_batch = 5;
@@ -285,11 +296,21 @@ impl Client {
         Ok(())
     }
 
-    async fn restart(&mut self) -> Result<(), String> {
-        // The process dies: a live round stops wherever it is.
-        if let Some((task, ..)) = self.live.take() {
-            task.abort();
-            let _ = task.await;
+    async fn restart(&mut self, act: &mut Activity) -> Result<(), String> {
+        // What a live round saved before the crash counts for the cursor check.
+        self.check_cursor()?;
+        // The process dies: a live round that ended is checked, one still running stops
+        // wherever it is.
+        if let Some((task, abandoned)) = self.live.take() {
+            if task.is_finished() {
+                let r = task
+                    .await
+                    .map_err(|e| format!("{}: live round panicked: {e}", self.name))?;
+                self.check_live(r, abandoned, act)?;
+            } else {
+                task.abort();
+                let _ = task.await;
+            }
         }
         self.sync = None;
         self.db = None;
@@ -303,41 +324,48 @@ impl Client {
         let sync = self.sync.clone().unwrap();
         let task = tokio::spawn(async move { sync.sync_wait(wait).await });
         let abandoned = self.transport.abandoned.load(Ordering::Relaxed);
-        self.live = Some((task, tokio::time::Instant::now(), wait, abandoned));
+        self.live = Some((task, abandoned));
         self.wrote_during_live = false;
     }
 
     /// Collects the live round if it ended (or waits for it with `finish`) and checks its
     /// result like a `sync_now`'s: only a network fault or a crash may fail it.
     async fn reap_live(&mut self, finish: bool, act: &mut Activity) -> Result<(), String> {
-        let Some((task, started, wait, abandoned)) = self.live.take() else {
+        let Some((task, abandoned)) = self.live.take() else {
             return Ok(());
         };
         if !finish && !task.is_finished() {
-            self.live = Some((task, started, wait, abandoned));
+            self.live = Some((task, abandoned));
             return Ok(());
         }
         let r = task
             .await
             .map_err(|e| format!("{}: live round panicked: {e}", self.name))?;
-        match r {
-            Ok(_) => {
-                act.live_ok += 1;
-                if started.elapsed() >= wait {
-                    act.live_waited_out += 1;
-                }
-                // The round gave its long poll up: only a local write made since the round
-                // began (after its capture) may make it, not the replicator's own commits.
-                if self.transport.abandoned.load(Ordering::Relaxed) > abandoned {
-                    if !self.wrote_during_live {
-                        return Err(format!(
-                            "{}: a live round gave up its long poll, but its client did not write during the round",
-                            self.name
-                        ));
-                    }
-                    act.live_woken_by_write += 1;
-                }
+        self.check_live(r, abandoned, act)
+    }
+
+    /// Checks an ended live round; `abandoned`: the transport's abandoned polls when it began.
+    fn check_live(
+        &mut self,
+        r: SyncResult<SyncReport>,
+        abandoned: u64,
+        act: &mut Activity,
+    ) -> Result<(), String> {
+        // The round gave its long poll up: only a local write made since the round began
+        // (after its capture) may make it, not the replicator's own commits. (Whatever the
+        // round's result: the push after the wake-up may fail on the network. Only a crash,
+        // failing the wake-up's feed read, gives the poll up otherwise.)
+        if !self.sim.is_crashed() && self.transport.abandoned.load(Ordering::Relaxed) > abandoned {
+            if !self.wrote_during_live {
+                return Err(format!(
+                    "{}: a live round gave up its long poll, but its client did not write during the round",
+                    self.name
+                ));
             }
+            act.live_woken_by_write += 1;
+        }
+        match r {
+            Ok(_) => act.live_ok += 1,
             Err(e) if e.is_retryable() || self.sim.is_crashed() => act.live_failed += 1,
             Err(e) => return Err(format!("{} live round failed: {e}", self.name)),
         }
@@ -397,6 +425,7 @@ struct Activity {
     rejected: u64,
     live_ok: u64,
     live_failed: u64,
+    /// Long polls that sat out their wait and were answered empty.
     live_waited_out: u64,
     /// Live rounds that gave their long poll up for a local write.
     live_woken_by_write: u64,
@@ -452,6 +481,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
                     iat: 0,
                 },
                 abandoned: 0.into(),
+                waited_out: 0.into(),
             }),
             name,
             db: None,
@@ -478,7 +508,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
         c.sim
             .advance_time(Duration::from_millis(rng.random_range(0..20)));
         if c.sim.is_crashed() {
-            c.restart().await?;
+            c.restart(&mut act).await?;
             act.client_restarts += 1;
         }
         let roll = rng.random_range(0..100);
@@ -559,6 +589,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
     // Live rounds end (their waits run out) before the faults heal.
     for c in &mut clients {
         c.reap_live(true, &mut act).await?;
+        act.live_waited_out += c.transport.waited_out.load(Ordering::Relaxed);
     }
 
     // Heal everything and let the replicas converge.
@@ -573,7 +604,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
     for c in &mut clients {
         c.sim.cancel_scheduled_crash();
         if c.sim.is_crashed() {
-            c.restart().await?;
+            c.restart(&mut act).await?;
         }
     }
     for round in 0..3 {
