@@ -69,6 +69,10 @@ pub struct Stats {
     pub segments: u64,
     /// Bytes in live segments.
     pub segment_bytes: u64,
+    /// Memtables frozen and waiting to be flushed (a gauge). With background maintenance,
+    /// a committer that finds more than two waits for the maintenance thread's current step
+    /// and flushes the excess itself, so writers cannot outrun the flush.
+    pub frozen_memtables: u64,
     /// Highest committed sequence.
     pub last_sequence: u64,
 }

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use entidb::io::{BoxFuture, File, IoResult};
 use entidb::{Database, Options};
 
 #[path = "support/hooked.rs"]
@@ -196,5 +197,163 @@ async fn segments_are_written_on_the_maintenance_thread() {
         threads.iter().all(|t| t == "entidb-maint"),
         "segments written off the maintenance thread: {threads:?}"
     );
+    db.close().await.unwrap();
+}
+
+/// The file backend, recording in `threads` the thread that creates each segment file and
+/// calling `on_maint` when that thread is the maintenance thread.
+fn hooked_segments(
+    dir: &std::path::Path,
+    threads: &Arc<Mutex<Vec<String>>>,
+    on_maint: impl Fn() + Send + Sync + 'static,
+) -> Hooked {
+    let threads = threads.clone();
+    let fs = entidb::io::FsBackend::new(dir).unwrap();
+    Hooked::new(Arc::new(fs), "hooked-fs").on_open(move |path, mode| {
+        if path.ends_with(".sst") && !matches!(mode, entidb::io::OpenMode::Existing) {
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            let maint = name == "entidb-maint";
+            threads.lock().unwrap_or_else(|e| e.into_inner()).push(name);
+            if maint {
+                on_maint();
+            }
+        }
+    })
+}
+
+/// A segment file whose reads on the maintenance thread take 50 ms each.
+#[derive(Debug)]
+struct SlowMaintenanceReads {
+    inner: Arc<dyn File>,
+}
+
+impl File for SlowMaintenanceReads {
+    fn read_at(&self, offset: u64, len: usize) -> BoxFuture<'_, IoResult<Vec<u8>>> {
+        Box::pin(async move {
+            if std::thread::current().name() == Some("entidb-maint") {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.inner.read_at(offset, len).await
+        })
+    }
+    fn write_at(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.write_at(offset, data)
+    }
+    fn sync_data(&self) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.sync_data()
+    }
+    fn len(&self) -> BoxFuture<'_, IoResult<u64>> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.set_len(len)
+    }
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
+}
+
+/// Writers cannot outrun the maintenance thread: with the thread slowed down (its segment
+/// reads take 50 ms each, so each flush, which opens the segment it wrote, and each
+/// compaction step is slow) and two writers whose every commit fills a memtable, frozen
+/// memtables pile up past the bound (`MAX_FROZEN`, 2), and then stop growing: a committer
+/// that finds more than two waits for the thread's current step and flushes the excess.
+/// At most one more per writer can be frozen before its committer waits. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_wait_for_the_flush_when_frozen_memtables_pile_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let threads = Arc::default();
+    let backend = Arc::new(
+        hooked_segments(dir.path(), &threads, || {}).wrap_file(|inner| {
+            if inner.path().ends_with(".sst") {
+                Arc::new(SlowMaintenanceReads { inner })
+            } else {
+                inner
+            }
+        }),
+    );
+    let db = Database::open_with(backend, small()).await.unwrap();
+    let writers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for round in 0..8u32 {
+                    // About 50 KiB: more than a memtable (32 KiB), so each commit freezes one.
+                    let mut tx = db.begin().await.unwrap();
+                    for i in 0..400u32 {
+                        tx.collection("c")
+                            .insert(&serde_json::json!({
+                                "w": w, "r": round, "i": i, "pad": "x".repeat(100)
+                            }))
+                            .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut most = 0;
+    while !writers.iter().all(|w| w.is_finished()) {
+        most = most.max(db.stats().frozen_memtables);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        (3..=4).contains(&most),
+        "at most {most} frozen memtables: the thread did not lag, or writers outran it"
+    );
+    eventually(|| db.stats().frozen_memtables == 0).await;
+    assert_eq!(db.stats().frozen_memtables, 0);
+    assert_eq!(db.collection("c").count().await.unwrap(), 6400);
+    db.close().await.unwrap();
+    let db = Database::open_path(dir.path(), small()).await.unwrap();
+    assert_eq!(db.collection("c").count().await.unwrap(), 6400);
+    db.close().await.unwrap();
+}
+
+/// A panic in a maintenance round is caught and reported, the thread ends, and committers
+/// maintain on their own tasks again: writes go on, segments are still written (off the
+/// thread), and nothing is lost across a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_maintenance_round_hands_maintenance_back_to_committers() {
+    let dir = tempfile::tempdir().unwrap();
+    let threads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = panicked.clone();
+    let backend = Arc::new(hooked_segments(dir.path(), &threads, move || {
+        if !p.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected panic in a maintenance round (expected by this test)");
+        }
+    }));
+    let db = Database::open_with(backend, small()).await.unwrap();
+    let pad = "p".repeat(100);
+    for i in 0..600u32 {
+        db.collection("c")
+            .insert(&serde_json::json!({ "i": i, "pad": pad }))
+            .await
+            .unwrap();
+    }
+    eventually(|| db.stats().maintenance_errors >= 1).await;
+    assert!(panicked.load(std::sync::atomic::Ordering::SeqCst));
+    let error = db.last_maintenance_error().unwrap_or_default();
+    assert!(error.contains("panicked"), "{error:?}");
+    let before = threads.lock().unwrap().len();
+    for i in 600..1200u32 {
+        db.collection("c")
+            .insert(&serde_json::json!({ "i": i, "pad": pad }))
+            .await
+            .unwrap();
+    }
+    let after: Vec<String> = threads.lock().unwrap()[before..].to_vec();
+    assert!(
+        after.len() >= 2 && after.iter().all(|t| t != "entidb-maint"),
+        "segments after the panic: {after:?}"
+    );
+    assert_eq!(db.collection("c").count().await.unwrap(), 1200);
+    db.close().await.unwrap();
+    let db = Database::open_path(dir.path(), small()).await.unwrap();
+    assert_eq!(db.collection("c").count().await.unwrap(), 1200);
     db.close().await.unwrap();
 }
