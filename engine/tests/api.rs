@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use entidb::io::{BoxFuture, File, IoResult, MemoryBackend};
+use entidb::io::MemoryBackend;
 
 use entidb::{ChangeOp, Database, Durability, EntityId, Error, Options, ScanOptions};
 use futures_util::StreamExt;
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 #[path = "support/hooked.rs"]
 mod hooked;
-use hooked::Hooked;
+use hooked::{Hooked, HookedFile};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
@@ -445,50 +445,22 @@ async fn concurrent_commits_share_syncs() {
     assert!(syncs <= 320, "never more than one sync per commit: {syncs}");
 }
 
-/// A file whose `sync_data` takes 5 ms and is counted in `syncs` (not by the engine), so
-/// that commits arriving during a sync must form a group.
-#[derive(Debug)]
-struct SlowFile {
-    inner: Arc<dyn File>,
-    syncs: Arc<AtomicU64>,
-}
-
-/// A memory backend whose files are [`SlowFile`]s counting into `syncs`.
+/// A memory backend whose files' syncs take 5 ms and are counted in `syncs` (not by the
+/// engine), so that commits arriving during a sync must form a group.
 fn slow_sync(syncs: &Arc<AtomicU64>) -> Arc<Hooked> {
     let syncs = syncs.clone();
     Arc::new(
         Hooked::new(Arc::new(MemoryBackend::new()), "slow-sync").wrap_file(move |inner| {
-            Arc::new(SlowFile {
-                inner,
-                syncs: syncs.clone(),
-            })
+            let syncs = syncs.clone();
+            Arc::new(HookedFile::new(inner).before_sync(move || {
+                let syncs = syncs.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    syncs.fetch_add(1, Ordering::SeqCst);
+                })
+            }))
         }),
     )
-}
-
-impl File for SlowFile {
-    fn read_at(&self, offset: u64, len: usize) -> BoxFuture<'_, IoResult<Vec<u8>>> {
-        self.inner.read_at(offset, len)
-    }
-    fn write_at(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.write_at(offset, data)
-    }
-    fn sync_data(&self) -> BoxFuture<'_, IoResult<()>> {
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            self.syncs.fetch_add(1, Ordering::SeqCst);
-            self.inner.sync_data().await
-        })
-    }
-    fn len(&self) -> BoxFuture<'_, IoResult<u64>> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.set_len(len)
-    }
-    fn path(&self) -> &str {
-        self.inner.path()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

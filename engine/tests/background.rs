@@ -6,12 +6,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use entidb::io::{BoxFuture, File, IoResult};
 use entidb::{Database, Options};
 
 #[path = "support/hooked.rs"]
 mod hooked;
-use hooked::Hooked;
+use hooked::{Hooked, HookedFile};
 
 /// Wait, for a bounded time, until `done` holds (a wait for the maintenance thread, not a
 /// timing assertion: the caller asserts afterwards).
@@ -221,38 +220,6 @@ fn hooked_segments(
     })
 }
 
-/// A segment file whose reads on the maintenance thread take 50 ms each.
-#[derive(Debug)]
-struct SlowMaintenanceReads {
-    inner: Arc<dyn File>,
-}
-
-impl File for SlowMaintenanceReads {
-    fn read_at(&self, offset: u64, len: usize) -> BoxFuture<'_, IoResult<Vec<u8>>> {
-        Box::pin(async move {
-            if std::thread::current().name() == Some("entidb-maint") {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            self.inner.read_at(offset, len).await
-        })
-    }
-    fn write_at(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.write_at(offset, data)
-    }
-    fn sync_data(&self) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.sync_data()
-    }
-    fn len(&self) -> BoxFuture<'_, IoResult<u64>> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> BoxFuture<'_, IoResult<()>> {
-        self.inner.set_len(len)
-    }
-    fn path(&self) -> &str {
-        self.inner.path()
-    }
-}
-
 /// Writers cannot outrun the maintenance thread: with the thread slowed down (its segment
 /// reads take 50 ms each, so each flush, which opens the segment it wrote, and each
 /// compaction step is slow) and two writers whose every commit fills a memtable, frozen
@@ -265,11 +232,16 @@ async fn writers_wait_for_the_flush_when_frozen_memtables_pile_up() {
     let threads = Arc::default();
     let backend = Arc::new(
         hooked_segments(dir.path(), &threads, || {}).wrap_file(|inner| {
-            if inner.path().ends_with(".sst") {
-                Arc::new(SlowMaintenanceReads { inner })
-            } else {
-                inner
+            if !inner.path().ends_with(".sst") {
+                return inner;
             }
+            // Segment reads on the maintenance thread take 50 ms each.
+            Arc::new(HookedFile::new(inner).before_read(|| {
+                if std::thread::current().name() == Some("entidb-maint") {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Box::pin(async {})
+            }))
         }),
     );
     let db = Database::open_with(backend, small()).await.unwrap();

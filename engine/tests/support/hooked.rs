@@ -113,3 +113,79 @@ impl Backend for Hooked {
         self.inner.background_threads()
     }
 }
+
+type Before = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A file that runs a hook before every read and every sync (a delay, a counter), then
+/// forwards; everything else is forwarded as it is.
+pub struct HookedFile {
+    inner: Arc<dyn File>,
+    before_read: Before,
+    before_sync: Before,
+}
+
+impl HookedFile {
+    /// Forwards to `inner` (until hooks are set).
+    pub fn new(inner: Arc<dyn File>) -> HookedFile {
+        HookedFile {
+            inner,
+            before_read: Box::new(|| Box::pin(async {})),
+            before_sync: Box::new(|| Box::pin(async {})),
+        }
+    }
+
+    /// Runs the future `hook` returns before each read.
+    pub fn before_read(
+        mut self,
+        hook: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> HookedFile {
+        self.before_read = Box::new(hook);
+        self
+    }
+
+    /// Runs the future `hook` returns before each sync.
+    pub fn before_sync(
+        mut self,
+        hook: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> HookedFile {
+        self.before_sync = Box::new(hook);
+        self
+    }
+}
+
+impl fmt::Debug for HookedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookedFile")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl File for HookedFile {
+    fn read_at(&self, offset: u64, len: usize) -> BoxFuture<'_, IoResult<Vec<u8>>> {
+        let before = (self.before_read)();
+        Box::pin(async move {
+            before.await;
+            self.inner.read_at(offset, len).await
+        })
+    }
+    fn write_at(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.write_at(offset, data)
+    }
+    fn sync_data(&self) -> BoxFuture<'_, IoResult<()>> {
+        let before = (self.before_sync)();
+        Box::pin(async move {
+            before.await;
+            self.inner.sync_data().await
+        })
+    }
+    fn len(&self) -> BoxFuture<'_, IoResult<u64>> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> BoxFuture<'_, IoResult<()>> {
+        self.inner.set_len(len)
+    }
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
+}
