@@ -313,14 +313,20 @@ impl Meta {
         })
     }
 
-    /// The stored form: serde writes a tuple as a CBOR array, canonical as written.
-    fn stored(&self) -> (Option<u64>, u32, u64) {
-        (self.version, self.pending, self.epoch)
+    /// The stored form, encoded by the engine's canonical encoder (no serde pass and no
+    /// re-validation: it is written once per applied change or acknowledged op).
+    fn stored(&self) -> entidb::cbor::Value {
+        use entidb::cbor::Value;
+        Value::Array(vec![
+            self.version.map_or(Value::Null, Value::from),
+            Value::from(self.pending),
+            Value::from(self.epoch),
+        ])
     }
 
     /// Stores it under `mid`.
     fn write(&self, tx: &mut WriteTxn, mid: EntityId) -> SyncResult<()> {
-        tx.collection(META).put(mid, &self.stored())?;
+        tx.collection(META).put_value(mid, &self.stored())?;
         Ok(())
     }
 }
@@ -1491,15 +1497,14 @@ mod tests {
                 epoch: 24,
             },
         ] {
-            let mut bytes = Vec::new();
-            ciborium::ser::into_writer(&meta.stored(), &mut bytes).unwrap();
+            let bytes = encode(&meta.stored());
             entidb::cbor::validate_canonical(&bytes).unwrap();
             assert_eq!(Meta::decode(&bytes).unwrap(), meta);
+            // The same bytes as serde writes for the tuple (the form since 2026-12-06).
+            let tuple = (meta.version, meta.pending, meta.epoch);
+            assert_eq!(entidb::cbor::to_canonical_vec(&tuple).unwrap(), bytes);
         }
-        assert_eq!(
-            entidb::cbor::to_canonical_vec(&Meta::default().stored()).unwrap(),
-            [0x83, 0xf6, 0x00, 0x00]
-        );
+        assert_eq!(encode(&Meta::default().stored()), [0x83, 0xf6, 0x00, 0x00]);
         let old = encode(&Value::map([
             ("version", Value::from(7)),
             ("pending", Value::from(1)),
