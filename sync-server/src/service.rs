@@ -466,8 +466,10 @@ pub async fn pull(
     let mut cursor = since;
     let mut scanned = 0;
     let mut has_more = false;
-    // Read transactions in growing chunks (1, 2, 4, ... 64): a page of a few large
-    // transactions reads little beyond its end, a page of many small ones few times.
+    // Read transactions in chunks: growing (1, 2, 4, ... 64) until a change is found, then
+    // sized to the room left by the transactions read so far, so that a page of a few large
+    // transactions reads little beyond its end (the values of a transaction that does not
+    // fit are read and thrown away), a page of many small ones few times.
     let mut chunk = 1;
     'read: loop {
         // Changes the client cannot see (the server's own bookkeeping, unreadable
@@ -514,6 +516,17 @@ pub async fn pull(
         if !full {
             break;
         }
+        let room = limit.saturating_sub(changes.len());
+        if room == 0 {
+            // Full: whether more follows is known without reading the next transaction.
+            has_more = db.last_sequence() > cursor;
+            break;
+        }
+        chunk = if changes.is_empty() {
+            (chunk * 2).min(64)
+        } else {
+            (room * scanned / changes.len()).clamp(1, 64)
+        };
     }
     Ok(PullResponse {
         changes,

@@ -809,6 +809,15 @@ async fn pull_pages_are_bounded_by_changes_in_whole_transactions() {
         }
     }
     assert_eq!(total, 1800);
+    // Pages filled exactly (500 + 100 against a limit of 600): three of them, and the last
+    // one, ending with the oplog, says so.
+    let mut since = 0;
+    for page in 0..3 {
+        let p = pull(since, 600).await;
+        assert_eq!(p["changes"].as_array().unwrap().len(), 600, "page {page}");
+        assert_eq!(p["has_more"], page < 2, "page {page}");
+        since = p["cursor"].as_u64().unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
