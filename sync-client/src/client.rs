@@ -283,9 +283,10 @@ struct OutboxEntry {
 /// An entity's sync metadata: the server version its copy is based on, its pending ops, the
 /// last bootstrap that saw it.
 ///
-/// Stored as canonical CBOR `[version or null, pending, epoch]` (a tuple: it is written once
-/// per applied change, and serde would write the struct as a map with its fields out of
-/// canonical order). Metadata written before this form is that map, which still reads.
+/// Stored as canonical CBOR `[version or null, pending, epoch]` (an array built as a `Value`
+/// and encoded by the engine: it is written once per applied change or acknowledged op, and
+/// serde would write the struct as a map with its fields out of canonical order). Metadata
+/// written before this form is that map, which still reads.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 struct Meta {
     version: Option<u64>,
@@ -817,7 +818,8 @@ impl Replicator {
     }
 
     /// The next batch of outbox ops after op id `after` (`None` when there are none), with
-    /// base versions from entity metadata.
+    /// base versions from the outbox entry's `base` when capture stored one, from entity
+    /// metadata otherwise.
     async fn prepare_push(&self, after: u64) -> SyncResult<Option<Vec<Op>>> {
         let snap = self.shared.db.snapshot();
         let mut opts = ScanOptions::limit(self.shared.config.push_batch);

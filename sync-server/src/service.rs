@@ -479,7 +479,6 @@ pub async fn pull(
             .await
             .map_err(eng)?;
         let full = batches.len() == chunk;
-        chunk = (chunk * 2).min(64);
         for b in batches {
             let visible: Vec<WireChange> = b
                 .changes

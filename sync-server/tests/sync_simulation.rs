@@ -299,8 +299,8 @@ impl Client {
     async fn restart(&mut self, act: &mut Activity) -> Result<(), String> {
         // What a live round saved before the crash counts for the cursor check.
         self.check_cursor()?;
-        // The process dies: a live round that ended is checked, one still running stops
-        // wherever it is.
+        // The process dies: a live round that ended is collected (the client has crashed, so
+        // only a panic and its cursor are checked), one still running stops wherever it is.
         if let Some((task, abandoned)) = self.live.take() {
             if task.is_finished() {
                 let r = task
