@@ -117,13 +117,15 @@ impl RecordBuilder {
     }
 }
 
-struct Parsed {
+/// A feed record read in place: names are borrowed from the record's bytes, so a change the
+/// reader filters out costs no allocation.
+struct Parsed<'a> {
     timestamp: u64,
-    origin: Option<String>,
-    items: Vec<(u8, String, Option<EntityId>)>,
+    origin: Option<&'a str>,
+    items: Vec<(u8, &'a str, Option<EntityId>)>,
 }
 
-fn parse(b: &[u8]) -> Option<Parsed> {
+fn parse(b: &[u8]) -> Option<Parsed<'_>> {
     let mut p = 0usize;
     let mut take = |n: usize| -> Option<&[u8]> {
         let s = b.get(p..p + n)?;
@@ -135,13 +137,13 @@ fn parse(b: &[u8]) -> Option<Parsed> {
     }
     let timestamp = u64::from_le_bytes(take(8)?.try_into().ok()?);
     let olen = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-    let origin = std::str::from_utf8(take(olen)?).ok()?.to_owned();
+    let origin = std::str::from_utf8(take(olen)?).ok()?;
     let n = u32::from_le_bytes(take(4)?.try_into().ok()?);
     let mut items = Vec::new();
     for _ in 0..n {
         let kind = take(1)?[0];
         let nlen = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-        let name = std::str::from_utf8(take(nlen)?).ok()?.to_owned();
+        let name = std::str::from_utf8(take(nlen)?).ok()?;
         let id = match kind {
             KIND_PUT | KIND_DELETE => Some(EntityId::from_slice(take(16)?)?),
             KIND_DROPPED | KIND_CREATED => None,
@@ -196,12 +198,12 @@ where
         let parsed = parse(&value).ok_or_else(bad)?;
         let mut changes = Vec::with_capacity(parsed.items.len());
         for (kind, name, id) in parsed.items {
-            if !keep(parsed.origin.as_deref(), &name) {
+            if !keep(parsed.origin, name) {
                 continue;
             }
             let op = match (kind, id) {
                 (KIND_PUT, Some(id)) => {
-                    let coll = catalog_id_at(&catalog, &name, seq).ok_or_else(bad)?;
+                    let coll = catalog_id_at(&catalog, name, seq).ok_or_else(bad)?;
                     let key = keys::entity_key(coll, &id);
                     match inner.get_in(&view.version, &key, seq).await? {
                         Some((v, Op::Put(bytes))) if v == seq => {
@@ -219,7 +221,7 @@ where
                 _ => return Err(bad()),
             };
             changes.push(Change {
-                collection: name,
+                collection: name.to_owned(),
                 id,
                 version: seq,
                 op,
@@ -228,7 +230,7 @@ where
         out.push(ChangeBatch {
             seq,
             timestamp_millis: parsed.timestamp,
-            origin: parsed.origin,
+            origin: parsed.origin.map(str::to_owned),
             changes,
         });
     }
@@ -352,14 +354,12 @@ mod tests {
         let mut b = RecordBuilder::new(42, Some("sync"));
         b.add(KIND_PUT, "users", Some(&EntityId([3; 16])));
         b.add(KIND_DROPPED, "old", None);
-        let p = parse(&b.finish()).unwrap();
+        let record = b.finish();
+        let p = parse(&record).unwrap();
         assert_eq!(p.timestamp, 42);
-        assert_eq!(p.origin.as_deref(), Some("sync"));
+        assert_eq!(p.origin, Some("sync"));
         assert_eq!(p.items.len(), 2);
-        assert_eq!(
-            p.items[0],
-            (KIND_PUT, "users".into(), Some(EntityId([3; 16])))
-        );
+        assert_eq!(p.items[0], (KIND_PUT, "users", Some(EntityId([3; 16]))));
         assert!(parse(&[2]).is_none());
     }
 }
