@@ -279,8 +279,9 @@ impl Database {
         s.filter_skips = seg.filter_skips.load(Relaxed);
         s.segments = self.inner.segment_count() as u64;
         s.segment_bytes = self.inner.segment_bytes();
-        s.frozen_memtables = self.inner.view().version.mems.len().saturating_sub(1) as u64;
-        s.last_sequence = self.inner.view().seq;
+        let view = self.inner.view();
+        s.frozen_memtables = view.version.mems.len().saturating_sub(1) as u64;
+        s.last_sequence = view.seq;
         s
     }
 

@@ -1007,9 +1007,10 @@ impl Inner {
     ///
     /// The lock is taken per round (every frozen memtable flushed, then one compaction
     /// step), so that a committer held back by too many frozen memtables gets in between two
-    /// rounds; it waits at most for one round's flushes and one compaction step. `wait`: wait for the
-    /// lock (the maintenance thread: a wake-up that arrives while `checkpoint()`, `compact()`
-    /// or a committer holds it is not lost); otherwise return when another task holds it.
+    /// rounds; it waits at most for one round's flushes and one compaction step. `wait`: wait
+    /// for the lock (the maintenance thread: a wake-up that arrives while `checkpoint()`,
+    /// `compact()` or a committer holds it is not lost); otherwise return when another task
+    /// holds it.
     pub(crate) async fn maintain(&self, wait: bool) -> Result<()> {
         loop {
             let mut manifest = if wait {
