@@ -640,7 +640,7 @@ impl Replicator {
         Ok(captured)
     }
 
-    async fn request<T: serde::de::DeserializeOwned>(&self, req: Request) -> SyncResult<T> {
+    async fn request<T: crate::wire::Message>(&self, req: Request) -> SyncResult<T> {
         let resp = match self.shared.transport.send(req).await {
             Ok(r) => r,
             Err(e) => {
@@ -1142,7 +1142,7 @@ impl Replicator {
     }
 
     /// A GET with retries (see [`Replicator::retry`]).
-    async fn get_retried<T: serde::de::DeserializeOwned>(&self, path: &str) -> SyncResult<T> {
+    async fn get_retried<T: crate::wire::Message>(&self, path: &str) -> SyncResult<T> {
         self.retry(|| {
             self.request(Request {
                 method: Method::Get,

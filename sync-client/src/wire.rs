@@ -20,6 +20,8 @@ use entidb::EntityId;
 use entidb::cbor::Canonical;
 use serde::{Deserialize, Serialize};
 
+mod fast;
+
 /// The protocol version in every path (`/v2/...`).
 ///
 /// Version 2 carries documents as tag 24 over their encoding in CBOR bodies (version 1 had
@@ -489,16 +491,67 @@ impl Format {
         }
     }
 
-    /// Decodes a message; untrusted input gets a [`CodecError`], never a panic.
-    pub fn decode<T: serde::de::DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
+    /// Decodes a message; untrusted input gets a [`CodecError`], never a panic. CBOR goes
+    /// through [`Message::from_cbor`].
+    pub fn decode<T: Message>(self, bytes: &[u8]) -> Result<T, CodecError> {
         match self {
-            Format::Cbor => {
-                entidb::cbor::from_slice(bytes).map_err(|e| CodecError::Cbor(e.to_string()))
-            }
+            Format::Cbor => T::from_cbor(bytes),
             Format::Json => Ok(serde_json::from_slice(bytes)?),
         }
     }
 }
+
+/// A message body: what [`Format::decode`] reads.
+///
+/// The messages that carry bulk data ([`PullResponse`], [`BootstrapResponse`],
+/// [`PushRequest`], [`PushResponse`]) are read from CBOR in one pass when they have the plain
+/// shape that [`Format::encode`] writes, checking each document once; any other body
+/// (indefinite lengths, unknown fields, a malformed one) goes through serde as every other
+/// message does, so the result, or the error, is the same either way.
+pub trait Message: serde::de::DeserializeOwned {
+    /// Decodes one from a CBOR body: exactly one well-formed, valid item of this shape.
+    fn from_cbor(bytes: &[u8]) -> Result<Self, CodecError> {
+        entidb::cbor::from_slice(bytes).map_err(|e| CodecError::Cbor(e.to_string()))
+    }
+}
+
+/// Messages with a one-pass reader: it is tried first, and serde reads what it does not take.
+macro_rules! fast_message {
+    ($($ty:ident => $reader:path,)*) => {$(
+        impl Message for $ty {
+            fn from_cbor(bytes: &[u8]) -> Result<Self, CodecError> {
+                match $reader(bytes) {
+                    Some(message) => Ok(message),
+                    None => entidb::cbor::from_slice(bytes)
+                        .map_err(|e| CodecError::Cbor(e.to_string())),
+                }
+            }
+        }
+    )*};
+}
+
+fast_message! {
+    PullResponse => fast::pull_response,
+    BootstrapResponse => fast::bootstrap_response,
+    PushRequest => fast::push_request,
+    PushResponse => fast::push_response,
+}
+
+// Every other wire type is read by serde alone.
+impl Message for ConflictsResponse {}
+impl Message for ConflictRecord {}
+impl Message for DatabaseInfo {}
+impl Message for DatabaseList {}
+impl Message for CreateDatabase {}
+impl Message for ErrorBody {}
+impl Message for Claims {}
+impl Message for Hlc {}
+impl Message for Op {}
+impl Message for EntityState {}
+impl Message for OpResult {}
+impl Message for WireChange {}
+impl Message for BootstrapEntity {}
+impl Message for BootstrapPosition {}
 
 #[cfg(test)]
 mod tests {

@@ -236,7 +236,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, ApiErro
         .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))
 }
 
-async fn read_body<T: DeserializeOwned>(
+async fn read_body<T: entidb_sync::wire::Message>(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,

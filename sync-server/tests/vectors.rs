@@ -45,7 +45,7 @@ fn request_cbor(kind: &str, json: &Value) -> Vec<u8> {
 /// CBOR -> wire type -> JSON (responses).
 fn response_json(kind: &str, cbor: &[u8]) -> Value {
     use entidb_sync::wire::*;
-    fn dec<T: serde::de::DeserializeOwned + serde::Serialize>(cbor: &[u8]) -> Value {
+    fn dec<T: entidb_sync::wire::Message + serde::Serialize>(cbor: &[u8]) -> Value {
         let typed: T = Format::Cbor.decode(cbor).unwrap();
         serde_json::to_value(&typed).unwrap()
     }
