@@ -21,15 +21,44 @@
 //! * a round waits for the maintenance lock rather than skipping, so a wake-up that arrives
 //!   while `checkpoint()` or `compact()` holds it is not lost;
 //! * a panic in a round is caught, recorded as a maintenance error, and ends the thread;
-//!   committers then maintain on their own task again.
+//!   committers then maintain on their own task again;
+//! * flushed memtables are freed here, not by whichever reader or committer drops the last
+//!   version that held them (`Inner::retired`): after each round the thread frees those
+//!   nobody holds (and after each flush within a round), and while some are still held it
+//!   looks again after a delay that doubles from `LINGER_FIRST` to `LINGER_MAX`, so memory
+//!   held by a finished reader comes back without waiting for the next flush. A flush the
+//!   thread did not run wakes it too. When the thread ends (closed, panicked) the list is
+//!   emptied, and each memtable is freed by its last holder.
 
 use std::sync::{Arc, Condvar, Mutex};
+#[cfg(not(target_arch = "wasm32"))]
+use std::time::{Duration, Instant};
 
 use crate::db::Inner;
 
 /// Frozen memtables allowed to wait for the background thread before committers flush
 /// themselves.
 pub(crate) const MAX_FROZEN: usize = 2;
+
+/// The first delay before the thread looks again at retired memtables that readers still
+/// held; it doubles up to [`LINGER_MAX`] while they stay held.
+#[cfg(not(target_arch = "wasm32"))]
+const LINGER_FIRST: Duration = Duration::from_millis(5);
+/// The longest delay between two looks at held retired memtables.
+#[cfg(not(target_arch = "wasm32"))]
+const LINGER_MAX: Duration = Duration::from_secs(1);
+
+/// Why [`Background::wait`] returned.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    /// A round was asked for.
+    Round,
+    /// The linger delay passed with nothing asked for.
+    Linger,
+    /// The thread must end.
+    Stop,
+}
 
 #[derive(Debug, Default)]
 struct Flags {
@@ -71,15 +100,30 @@ impl Background {
         self.cv.notify_one();
     }
 
-    /// Block until a round is asked for (`true`) or the thread must end (`false`).
+    /// Block until a round is asked for, the thread must end, or (with `linger`) that much
+    /// time passed.
     #[cfg(not(target_arch = "wasm32"))]
-    fn wait(&self) -> bool {
+    fn wait(&self, linger: Option<Duration>) -> Wake {
+        let deadline = linger.map(|d| Instant::now() + d);
         let mut f = self.flags();
         while !f.pending && !f.stop {
-            f = self.cv.wait(f).unwrap_or_else(|e| e.into_inner());
+            match deadline {
+                None => f = self.cv.wait(f).unwrap_or_else(|e| e.into_inner()),
+                Some(at) => {
+                    // A spurious wake-up waits for the rest of the delay, not all of it.
+                    let Some(left) = at.checked_duration_since(Instant::now()) else {
+                        return Wake::Linger;
+                    };
+                    f = self
+                        .cv
+                        .wait_timeout(f, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
         }
         f.pending = false;
-        !f.stop
+        if f.stop { Wake::Stop } else { Wake::Round }
     }
 }
 
@@ -102,25 +146,47 @@ pub(crate) fn start(_inner: &Arc<Inner>, _signal: Arc<Background>) -> bool {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
-    while signal.wait() {
+    // The delay before the next look at held retired memtables (`None`: none are held).
+    let mut linger: Option<Duration> = None;
+    loop {
+        let wake = signal.wait(linger);
+        if wake == Wake::Stop {
+            return;
+        }
         let Some(inner) = weak.upgrade() else {
             return;
         };
         if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            // Nothing is flushed after `close()`: what is retired is freed by its holders.
+            inner.drop_retired();
             return;
         }
         let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            futures_executor::block_on(inner.maintain(true))
+            let result = match wake {
+                Wake::Round => futures_executor::block_on(inner.maintain(true)),
+                _ => Ok(()),
+            };
+            (result, inner.free_retired())
         }));
         match round {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => inner.maintenance_failed(&e),
+            Ok((result, held)) => {
+                if let Err(e) = result {
+                    inner.maintenance_failed(&e);
+                }
+                linger = match (held, linger) {
+                    (0, _) => None,
+                    (_, Some(d)) if wake == Wake::Linger => Some((d * 2).min(LINGER_MAX)),
+                    _ => Some(LINGER_FIRST),
+                };
+            }
             Err(_) => {
                 // A bug, not an I/O error: report it and hand maintenance back to the
                 // committers rather than leave a dead thread that nobody flushes for.
                 signal
                     .dead
                     .store(true, std::sync::atomic::Ordering::Release);
+                // After `dead`: no flush pushes to the list any more (`Inner::retire`).
+                inner.drop_retired();
                 inner.maintenance_failed_with(
                     "the maintenance thread panicked; flush and compaction now run on \
                      committing tasks"

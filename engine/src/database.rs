@@ -281,6 +281,7 @@ impl Database {
         s.segment_bytes = self.inner.segment_bytes();
         let view = self.inner.view();
         s.frozen_memtables = view.version.mems.len().saturating_sub(1) as u64;
+        s.retired_memtables = self.inner.retired_memtables() as u64;
         s.last_sequence = view.seq;
         s
     }

@@ -124,6 +124,16 @@ pub(crate) struct Inner {
     pub last_maintenance_error: Mutex<Option<String>>,
     /// The maintenance thread's signal, once it runs (see `background.rs`).
     background: std::sync::OnceLock<Arc<crate::background::Background>>,
+    /// Flushed memtables that the maintenance thread frees once nobody else holds them.
+    ///
+    /// Invariant: a memtable is here only after it left the current version (its contents
+    /// are in a segment), so no new reader can reach it; it lives on while older versions
+    /// (snapshots, a write transaction's view) hold it. Without this list the last holder
+    /// frees it: usually a committer whose transaction began before the flush, which then
+    /// spends milliseconds freeing a skip list and a hash table of a whole memtable before its
+    /// commit returns. Only filled while a maintenance thread runs, which lingers until the
+    /// list is empty (`background.rs`).
+    retired: Mutex<Vec<Arc<Memtable>>>,
 }
 
 impl Drop for Inner {
@@ -423,6 +433,7 @@ impl Inner {
             closed: AtomicBool::new(false),
             last_maintenance_error: Mutex::new(None),
             background: std::sync::OnceLock::new(),
+            retired: Mutex::new(Vec::new()),
             options,
         });
         let catalog = Catalog::load(&inner).await?;
@@ -813,8 +824,53 @@ impl Inner {
                 }
                 v.version = Arc::new(Version { mems, segments });
             }
+            self.retire(frozen);
             self.remove_wal_files_below(newer_wal).await?;
         }
+    }
+
+    /// Hands a flushed memtable to the maintenance thread to free (see `retired`), and wakes
+    /// it: a flush the thread did not run (`checkpoint`, `compact`, a committer's) would
+    /// otherwise leave it there until the next round. Without a live thread the memtable is
+    /// dropped here, and freed by its last holder.
+    fn retire(&self, memtable: Arc<Memtable>) {
+        let mut retired = lock(&self.retired);
+        // Checked under the list's lock: a thread that dies sets `dead` and then empties
+        // the list under this lock, so nothing is pushed after that.
+        if let Some(bg) = self.live_background() {
+            retired.push(memtable);
+            bg.wake();
+        }
+    }
+
+    /// Empties the retired list without waiting for the holders (when the maintenance
+    /// thread ends): each memtable is then freed by its last holder.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn drop_retired(&self) {
+        let all = std::mem::take(&mut *lock(&self.retired));
+        drop(all);
+    }
+
+    /// Frees the retired memtables that nobody else holds any more (on the maintenance
+    /// thread, which calls this). Returns how many are still held (a count that may include
+    /// one pushed meanwhile).
+    pub(crate) fn free_retired(&self) -> usize {
+        let free: Vec<Arc<Memtable>> = {
+            let mut retired = lock(&self.retired);
+            // A count of 1 is this list's own reference: no version holds the memtable, and
+            // none can take a new one (it is in no version), so it cannot rise again.
+            let (free, held) = retired.drain(..).partition(|m| Arc::strong_count(m) == 1);
+            *retired = held;
+            free
+        };
+        let held = lock(&self.retired).len();
+        drop(free);
+        held
+    }
+
+    /// Retired memtables not yet freed (see [`Inner::free_retired`]).
+    pub(crate) fn retired_memtables(&self) -> usize {
+        lock(&self.retired).len()
     }
 
     async fn remove_wal_files_below(&self, wal_min: u64) -> Result<()> {
@@ -1027,6 +1083,9 @@ impl Inner {
                 return Ok(());
             }
             self.flush_frozen_down_to(&mut manifest, 0).await?;
+            // Freed per step, not once per round: a round lasts as long as writes keep it
+            // busy, and the memtables it flushed meanwhile would wait for its end.
+            self.free_retired();
             if !self.compact_once_locked(&mut manifest, false).await? {
                 return Ok(());
             }

@@ -73,6 +73,10 @@ pub struct Stats {
     /// a committer that finds more than two waits for the maintenance thread's current step
     /// and flushes the excess itself, so writers cannot outrun the flush.
     pub frozen_memtables: u64,
+    /// Flushed memtables that older versions (snapshots, transactions begun before the
+    /// flush) still hold, waiting for the maintenance thread to free them once nobody does
+    /// (a gauge; always 0 without a maintenance thread, where the last holder frees one).
+    pub retired_memtables: u64,
     /// Highest committed sequence.
     pub last_sequence: u64,
 }
