@@ -852,18 +852,18 @@ impl Inner {
     }
 
     /// Frees the retired memtables that nobody else holds any more (on the maintenance
-    /// thread, which calls this). Returns how many are still held (a count that may include
-    /// one pushed meanwhile).
+    /// thread, which calls this). Returns how many are still held.
     pub(crate) fn free_retired(&self) -> usize {
-        let free: Vec<Arc<Memtable>> = {
+        let (free, held) = {
             let mut retired = lock(&self.retired);
             // A count of 1 is this list's own reference: no version holds the memtable, and
             // none can take a new one (it is in no version), so it cannot rise again.
-            let (free, held) = retired.drain(..).partition(|m| Arc::strong_count(m) == 1);
+            let (free, held): (Vec<_>, Vec<_>) =
+                retired.drain(..).partition(|m| Arc::strong_count(m) == 1);
             *retired = held;
-            free
+            (free, retired.len())
         };
-        let held = lock(&self.retired).len();
+        // Outside the lock: freeing a memtable's skip list and hash table takes a while.
         drop(free);
         held
     }

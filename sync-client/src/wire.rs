@@ -511,8 +511,13 @@ impl Format {
 pub trait Message: serde::de::DeserializeOwned {
     /// Decodes one from a CBOR body: exactly one well-formed, valid item of this shape.
     fn from_cbor(bytes: &[u8]) -> Result<Self, CodecError> {
-        entidb::cbor::from_slice(bytes).map_err(|e| CodecError::Cbor(e.to_string()))
+        from_serde(bytes)
     }
+}
+
+/// The serde path: the whole body validated, then read by `ciborium`.
+fn from_serde<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    entidb::cbor::from_slice(bytes).map_err(|e| CodecError::Cbor(e.to_string()))
 }
 
 /// Messages with a one-pass reader: it is tried first, and serde reads what it does not take.
@@ -520,11 +525,7 @@ macro_rules! fast_message {
     ($($ty:ident => $reader:path,)*) => {$(
         impl Message for $ty {
             fn from_cbor(bytes: &[u8]) -> Result<Self, CodecError> {
-                match $reader(bytes) {
-                    Some(message) => Ok(message),
-                    None => entidb::cbor::from_slice(bytes)
-                        .map_err(|e| CodecError::Cbor(e.to_string())),
-                }
+                $reader(bytes).map_or_else(|| from_serde(bytes), Ok)
             }
         }
     )*};

@@ -201,300 +201,136 @@ fn op_status(r: &mut Reader<'_>) -> Option<OpStatus> {
     }
 }
 
+/// Reads a map of text keys into a struct. Each field is `name: required reader` (a value
+/// that must be there) or `name: optional reader` (absent or `null` is `None`, as serde reads
+/// an `Option`); keys are the field names, each at most once, and an unknown one makes the
+/// map unreadable here (see [`Reader::fields`]).
+macro_rules! read_struct {
+    ($r:expr, $ty:ident { $($field:ident: $kind:ident $read:expr),* $(,)? }) => {{
+        $(let mut $field = None;)*
+        $r.fields(|r, key| {
+            let mut index = 0u32;
+            $(
+                if key == stringify!($field) {
+                    $field = Some(read_struct!(@$kind r, $read)?);
+                    return Some(index);
+                }
+                index += 1;
+            )*
+            let _ = index;
+            None
+        })?;
+        $ty { $($field: read_struct!(@finish $kind $field),)* }
+    }};
+    (@required $r:ident, $read:expr) => { $read($r) };
+    (@optional $r:ident, $read:expr) => { $r.nullable($read) };
+    (@finish required $field:ident) => { $field? };
+    (@finish optional $field:ident) => { $field.flatten() };
+}
+
 /// Reads a [`PullResponse`].
 pub(super) fn pull_response(bytes: &[u8]) -> Option<PullResponse> {
     let mut r = Reader::new(bytes);
-    let (mut cursor, mut changes, mut has_more) = (None, None, None);
-    r.fields(|r, key| match key {
-        "cursor" => {
-            cursor = Some(r.uint()?);
-            Some(0)
-        }
-        "changes" => {
-            changes = Some(r.array(wire_change)?);
-            Some(1)
-        }
-        "has_more" => {
-            has_more = Some(r.bool()?);
-            Some(2)
-        }
-        _ => None,
-    })?;
-    r.finish(PullResponse {
-        cursor: cursor?,
-        changes: changes?,
-        has_more: has_more?,
-    })
+    let page = read_struct!(r, PullResponse {
+        cursor: required Reader::uint,
+        changes: required |r: &mut Reader<'_>| r.array(wire_change),
+        has_more: required Reader::bool,
+    });
+    r.finish(page)
 }
 
 fn wire_change(r: &mut Reader<'_>) -> Option<WireChange> {
-    let (mut id, mut doc, mut kind, mut cursor, mut origin, mut collection) =
-        (None, None, None, None, None, None);
-    r.fields(|r, key| match key {
-        "id" => {
-            id = Some(r.id()?);
-            Some(0)
-        }
-        "doc" => {
-            doc = r.nullable(Reader::doc)?;
-            Some(1)
-        }
-        "kind" => {
-            kind = Some(op_kind(r)?);
-            Some(2)
-        }
-        "cursor" => {
-            cursor = Some(r.uint()?);
-            Some(3)
-        }
-        "origin" => {
-            origin = r.nullable(Reader::string)?;
-            Some(4)
-        }
-        "collection" => {
-            collection = Some(r.string()?);
-            Some(5)
-        }
-        _ => None,
-    })?;
-    Some(WireChange {
-        id: id?,
-        doc,
-        kind: kind?,
-        cursor: cursor?,
-        origin,
-        collection: collection?,
-    })
+    Some(read_struct!(r, WireChange {
+        id: required Reader::id,
+        doc: optional Reader::doc,
+        kind: required op_kind,
+        cursor: required Reader::uint,
+        origin: optional Reader::string,
+        collection: required Reader::string,
+    }))
 }
 
 /// Reads a [`BootstrapResponse`].
 pub(super) fn bootstrap_response(bytes: &[u8]) -> Option<BootstrapResponse> {
     let mut r = Reader::new(bytes);
-    let (mut next, mut total, mut cursor, mut entities) = (None, None, None, None);
-    r.fields(|r, key| match key {
-        "next" => {
-            next = r.nullable(bootstrap_position)?;
-            Some(0)
-        }
-        "total" => {
-            total = r.nullable(Reader::uint)?;
-            Some(1)
-        }
-        "cursor" => {
-            cursor = Some(r.uint()?);
-            Some(2)
-        }
-        "entities" => {
-            entities = Some(r.array(bootstrap_entity)?);
-            Some(3)
-        }
-        _ => None,
-    })?;
-    r.finish(BootstrapResponse {
-        next,
-        total,
-        cursor: cursor?,
-        entities: entities?,
-    })
+    let page = read_struct!(r, BootstrapResponse {
+        next: optional bootstrap_position,
+        total: optional Reader::uint,
+        cursor: required Reader::uint,
+        entities: required |r: &mut Reader<'_>| r.array(bootstrap_entity),
+    });
+    r.finish(page)
 }
 
 fn bootstrap_position(r: &mut Reader<'_>) -> Option<BootstrapPosition> {
-    let (mut after, mut collection) = (None, None);
-    r.fields(|r, key| match key {
-        "after" => {
-            after = r.nullable(Reader::id)?;
-            Some(0)
-        }
-        "collection" => {
-            collection = Some(r.string()?);
-            Some(1)
-        }
-        _ => None,
-    })?;
-    Some(BootstrapPosition {
-        after,
-        collection: collection?,
-    })
+    Some(read_struct!(r, BootstrapPosition {
+        after: optional Reader::id,
+        collection: required Reader::string,
+    }))
 }
 
 fn bootstrap_entity(r: &mut Reader<'_>) -> Option<BootstrapEntity> {
-    let (mut id, mut doc, mut version, mut collection) = (None, None, None, None);
-    r.fields(|r, key| match key {
-        "id" => {
-            id = Some(r.id()?);
-            Some(0)
-        }
-        "doc" => {
-            doc = Some(r.doc()?);
-            Some(1)
-        }
-        "version" => {
-            version = Some(r.uint()?);
-            Some(2)
-        }
-        "collection" => {
-            collection = Some(r.string()?);
-            Some(3)
-        }
-        _ => None,
-    })?;
-    Some(BootstrapEntity {
-        id: id?,
-        doc: doc?,
-        version: version?,
-        collection: collection?,
-    })
+    Some(read_struct!(r, BootstrapEntity {
+        id: required Reader::id,
+        doc: required Reader::doc,
+        version: required Reader::uint,
+        collection: required Reader::string,
+    }))
 }
 
 /// Reads a [`PushRequest`].
 pub(super) fn push_request(bytes: &[u8]) -> Option<PushRequest> {
     let mut r = Reader::new(bytes);
-    let (mut ops, mut client_id) = (None, None);
-    r.fields(|r, key| match key {
-        "ops" => {
-            ops = Some(r.array(op)?);
-            Some(0)
-        }
-        "client_id" => {
-            client_id = Some(r.string()?);
-            Some(1)
-        }
-        _ => None,
-    })?;
-    r.finish(PushRequest {
-        ops: ops?,
-        client_id: client_id?,
-    })
+    let request = read_struct!(r, PushRequest {
+        ops: required |r: &mut Reader<'_>| r.array(op),
+        client_id: required Reader::string,
+    });
+    r.finish(request)
 }
 
 fn op(r: &mut Reader<'_>) -> Option<Op> {
-    let (mut id, mut doc, mut hlc, mut kind, mut op_id, mut collection, mut base_version) =
-        (None, None, None, None, None, None, None);
-    r.fields(|r, key| match key {
-        "id" => {
-            id = Some(r.id()?);
-            Some(0)
-        }
-        "doc" => {
-            doc = r.nullable(Reader::doc)?;
-            Some(1)
-        }
-        "hlc" => {
-            hlc = Some(hlc_stamp(r)?);
-            Some(2)
-        }
-        "kind" => {
-            kind = Some(op_kind(r)?);
-            Some(3)
-        }
-        "op_id" => {
-            op_id = Some(r.uint()?);
-            Some(4)
-        }
-        "collection" => {
-            collection = Some(r.string()?);
-            Some(5)
-        }
-        "base_version" => {
-            base_version = r.nullable(Reader::uint)?;
-            Some(6)
-        }
-        _ => None,
-    })?;
-    Some(Op {
-        id: id?,
-        doc,
-        hlc: hlc?,
-        kind: kind?,
-        op_id: op_id?,
-        collection: collection?,
-        base_version,
-    })
+    Some(read_struct!(r, Op {
+        id: required Reader::id,
+        doc: optional Reader::doc,
+        hlc: required hlc_stamp,
+        kind: required op_kind,
+        op_id: required Reader::uint,
+        collection: required Reader::string,
+        base_version: optional Reader::uint,
+    }))
 }
 
 fn hlc_stamp(r: &mut Reader<'_>) -> Option<Hlc> {
-    let (mut node, mut millis, mut counter) = (None, None, None);
-    r.fields(|r, key| match key {
-        "node" => {
-            node = Some(r.string()?);
-            Some(0)
-        }
-        "millis" => {
-            millis = Some(r.uint()?);
-            Some(1)
-        }
-        "counter" => {
-            counter = Some(u32::try_from(r.uint()?).ok()?);
-            Some(2)
-        }
-        _ => None,
-    })?;
-    Some(Hlc {
-        node: node?,
-        millis: millis?,
-        counter: counter?,
-    })
+    Some(read_struct!(r, Hlc {
+        node: required Reader::string,
+        millis: required Reader::uint,
+        counter: required |r: &mut Reader<'_>| u32::try_from(r.uint()?).ok(),
+    }))
 }
 
 /// Reads a [`PushResponse`].
 pub(super) fn push_response(bytes: &[u8]) -> Option<PushResponse> {
     let mut r = Reader::new(bytes);
-    let (mut cursor, mut results) = (None, None);
-    r.fields(|r, key| match key {
-        "cursor" => {
-            cursor = Some(r.uint()?);
-            Some(0)
-        }
-        "results" => {
-            results = Some(r.array(op_result)?);
-            Some(1)
-        }
-        _ => None,
-    })?;
-    r.finish(PushResponse {
-        cursor: cursor?,
-        results: results?,
-    })
+    let answer = read_struct!(r, PushResponse {
+        cursor: required Reader::uint,
+        results: required |r: &mut Reader<'_>| r.array(op_result),
+    });
+    r.finish(answer)
 }
 
 fn op_result(r: &mut Reader<'_>) -> Option<OpResult> {
-    let (mut op_id, mut state, mut status) = (None, None, None);
-    r.fields(|r, key| match key {
-        "op_id" => {
-            op_id = Some(r.uint()?);
-            Some(0)
-        }
-        "state" => {
-            state = Some(entity_state(r)?);
-            Some(1)
-        }
-        "status" => {
-            status = Some(op_status(r)?);
-            Some(2)
-        }
-        _ => None,
-    })?;
-    Some(OpResult {
-        op_id: op_id?,
-        state: state?,
-        status: status?,
-    })
+    Some(read_struct!(r, OpResult {
+        op_id: required Reader::uint,
+        state: required entity_state,
+        status: required op_status,
+    }))
 }
 
 fn entity_state(r: &mut Reader<'_>) -> Option<EntityState> {
-    let (mut doc, mut version) = (None, None);
-    r.fields(|r, key| match key {
-        "doc" => {
-            doc = r.nullable(Reader::doc)?;
-            Some(0)
-        }
-        "version" => {
-            version = r.nullable(Reader::uint)?;
-            Some(1)
-        }
-        _ => None,
-    })?;
-    Some(EntityState { doc, version })
+    Some(read_struct!(r, EntityState {
+        doc: optional Reader::doc,
+        version: optional Reader::uint,
+    }))
 }
 
 #[cfg(test)]
