@@ -139,6 +139,37 @@ if ! "$mypy39/bin/python" -m mypy --version 2>/dev/null | grep -q '^mypy 1\.'; t
 fi
 "$mypy39/bin/python" -m mypy --strict --python-version 3.9 --no-site-packages sdk-python/python/entidb
 
+step "browser: the sync client in headless Chromium against a live server"
+# The scenarios of sync-client/browser-test, built for wasm32 and passed through the
+# wasm-bindgen CLI of exactly the version Cargo.lock pins (built from crates.io the first
+# time, about 3 minutes), run in Debian's Chromium driven by playwright-core (npm).
+cargo clippy -q -p entidb-sync-browser-test --target wasm32-unknown-unknown -- -D warnings \
+  -A clippy::arc_with_non_send_sync  # Arc of a non-Send value is the norm on one thread
+wb_version=$(sed -n '/^name = "wasm-bindgen"$/{n;s/^version = "\(.*\)"$/\1/p;}' Cargo.lock)
+wb_tools="$target_dir/wasm-tools"
+if [ "$("$wb_tools/bin/wasm-bindgen" --version 2>/dev/null)" != "wasm-bindgen $wb_version" ]; then
+  cargo install -q --root "$wb_tools" --version "$wb_version" --bin wasm-bindgen wasm-bindgen-cli
+fi
+if [ ! -x /usr/bin/chromium ]; then
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  # A fresh machine may have no package lists yet.
+  as_root apt-get install -y -q chromium >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q chromium >/dev/null; }
+fi
+browser_tools="$target_dir/browser-tools"
+if [ ! -d "$browser_tools/node_modules/playwright-core" ]; then
+  mkdir -p "$browser_tools"
+  echo '{"private": true}' > "$browser_tools/package.json"
+  (cd "$browser_tools" && npm install -q --no-audit --no-fund playwright-core@1.64.1 >/dev/null)
+fi
+cargo build -q -p entidb-sync-browser-test --target wasm32-unknown-unknown
+pkg=$(mktemp -d)
+"$wb_tools/bin/wasm-bindgen" --target web --out-dir "$pkg" \
+  "$target_dir/wasm32-unknown-unknown/debug/entidb_sync_browser_test.wasm"
+ENTIDB_BROWSER_TOOLS="$browser_tools" node sync-client/browser-test/run.mjs \
+  "$target_dir/debug/entidb" "$pkg"
+rm -rf "$pkg"
+
 step "example"
 tmp=$(mktemp -d)
 cargo run -q -p entidb --example quickstart -- "$tmp/db" | tee "$tmp/out"

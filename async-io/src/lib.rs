@@ -39,6 +39,7 @@ pub mod encrypted;
 mod gcm;
 mod memory;
 pub mod sim;
+mod system;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod fs;
@@ -48,6 +49,7 @@ pub use encrypted::{EncryptedBackend, KdfParams, KeySource};
 pub use fs::FsBackend;
 pub use memory::MemoryBackend;
 pub use sim::{SimBackend, SimConfig};
+pub use system::{OsEntropy, SystemClock};
 
 /// `Send` on native targets, nothing on `wasm32` (where the engine runs on one thread).
 #[cfg(not(target_arch = "wasm32"))]
@@ -347,52 +349,6 @@ pub fn parent_dir(path: &str) -> &str {
     match path.rfind('/') {
         Some(i) => &path[..i],
         None => "",
-    }
-}
-
-/// A clock that reads the system clock (native only).
-#[cfg(not(target_arch = "wasm32"))]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-#[cfg(not(target_arch = "wasm32"))]
-impl Clock for SystemClock {
-    fn now_millis(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-    fn monotonic_nanos(&self) -> u64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_nanos() as u64
-    }
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        Box::pin(futures_timer::Delay::new(duration))
-    }
-}
-
-/// Entropy from the operating system (native only).
-#[cfg(not(target_arch = "wasm32"))]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct OsEntropy;
-
-#[cfg(not(target_arch = "wasm32"))]
-impl Entropy for OsEntropy {
-    fn fill(&self, buf: &mut [u8]) {
-        if getrandom::fill(buf).is_err() {
-            // The OS source is unavailable: fall back to a time-seeded generator rather than
-            // panicking. Ids stay unique through the engine's monotonic counter.
-            SeededEntropy::new(SystemClock.monotonic_nanos() ^ SystemClock.now_millis()).fill(buf);
-        }
-    }
-    fn try_fill(&self, buf: &mut [u8]) -> IoResult<()> {
-        getrandom::fill(buf).map_err(|e| IoError::NoEntropy {
-            detail: e.to_string(),
-        })
     }
 }
 

@@ -33,20 +33,10 @@ impl Default for MemoryBackend {
 }
 
 impl MemoryBackend {
-    /// A new empty tree, with the system clock and OS entropy on native targets, and a manual
-    /// clock and fixed seed on `wasm32` (use [`MemoryBackend::with_world`] there).
+    /// A new empty tree with the host's clock and entropy ([`crate::SystemClock`],
+    /// [`crate::OsEntropy`]; JavaScript's on `wasm32`).
     pub fn new() -> Self {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            Self::with_world(Arc::new(crate::SystemClock), Arc::new(crate::OsEntropy))
-        }
-        #[cfg(target_arch = "wasm32")]
-        {
-            Self::with_world(
-                Arc::new(crate::ManualClock::new(0)),
-                Arc::new(crate::SeededEntropy::new(0)),
-            )
-        }
+        Self::with_world(Arc::new(crate::SystemClock), Arc::new(crate::OsEntropy))
     }
 
     /// A new empty tree with the given clock and entropy.

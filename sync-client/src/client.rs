@@ -686,8 +686,11 @@ impl Replicator {
                         .retry_base
                         .saturating_mul(1 << attempt.min(16))
                         .min(Duration::from_secs(30));
-                    let jitter = jitter_fraction();
-                    futures_timer::Delay::new(cap.mul_f64(jitter)).await;
+                    // The backend's entropy and clock: the host's (a browser's setTimeout on
+                    // wasm32), or simulated time that replays from a seed.
+                    let backend = self.shared.db.backend();
+                    let jitter = jitter_fraction(backend.entropy().next_u64());
+                    backend.clock().sleep(cap.mul_f64(jitter)).await;
                     attempt += 1;
                 }
                 other => return other,
@@ -1375,13 +1378,9 @@ async fn apply(
     Ok(())
 }
 
-/// A uniformly random fraction in [0, 1) for retry jitter (std's per-process random hasher
-/// keys; no cryptographic quality needed).
-fn jitter_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+/// A uniformly random fraction in [0, 1) for retry jitter, from 53 of `random`'s bits.
+fn jitter_fraction(random: u64) -> f64 {
+    (random >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Advances the hybrid logical clock to at least `physical` and returns a new stamp.

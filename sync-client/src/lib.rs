@@ -27,6 +27,4 @@ pub mod wire;
 pub use client::{
     ORIGIN, Progress, Replicator, Status, SyncConfig, SyncError, SyncReport, SyncResult,
 };
-#[cfg(not(target_arch = "wasm32"))]
-pub use transport::HttpTransport;
-pub use transport::{Method, Request, Response, Transport, TransportError};
+pub use transport::{HttpTransport, Method, Request, Response, Transport, TransportError};

@@ -48,8 +48,9 @@ pub trait Transport: MaybeSend + MaybeSync + std::fmt::Debug + 'static {
     fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>>;
 }
 
-/// The HTTP transport (reqwest; native only for now).
-#[cfg(not(target_arch = "wasm32"))]
+/// The HTTP transport: reqwest, which is hyper with rustls on native targets and the
+/// browser's `fetch` on `wasm32`. In a browser the server must allow the page's origin
+/// (`cors_origins`, see docs/operations.md).
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
     client: reqwest::Client,
@@ -57,7 +58,6 @@ pub struct HttpTransport {
     token: String,
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 impl HttpTransport {
     /// A transport to the server at `base_url` (for example `http://127.0.0.1:7420`) that
     /// authenticates with `token`.
@@ -70,7 +70,6 @@ impl HttpTransport {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 impl Transport for HttpTransport {
     fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
         Box::pin(async move {

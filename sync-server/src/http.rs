@@ -165,7 +165,7 @@ pub fn router(state: AppState) -> Router {
                 ),
         );
     if !config.cors_origins.is_empty() {
-        use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+        use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
         let origins = if config.cors_origins.iter().any(|o| o == "*") {
             AllowOrigin::any()
         } else {
@@ -176,11 +176,19 @@ pub fn router(state: AppState) -> Router {
                     .filter_map(|o| HeaderValue::from_str(o).ok()),
             )
         };
+        // A browser's requests carry `Authorization`, which the Fetch standard leaves out
+        // of a wildcard `Access-Control-Allow-Headers: *` (Chromium 156 still accepts the
+        // wildcard; a browser that follows the standard refuses the request), so the
+        // preflight answer names the headers the page asked for. The origin
+        // list is the gate; every request still needs a valid token. Preflights are cached
+        // for an hour (browsers cap it lower), or every push and pull would cost two round
+        // trips.
         app = app.layer(
             CorsLayer::new()
                 .allow_origin(origins)
                 .allow_methods(Any)
-                .allow_headers(Any),
+                .allow_headers(AllowHeaders::mirror_request())
+                .max_age(std::time::Duration::from_secs(3600)),
         );
     }
     app

@@ -516,6 +516,71 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
     }
 }
 
+/// A browser sends a preflight before a push (its `Authorization` and `Content-Type` are not
+/// "simple" headers). An allowed origin gets an answer that names `authorization`: the
+/// Fetch standard leaves it out of a wildcard `Access-Control-Allow-Headers: *`, so a
+/// browser that follows it would refuse the push (Chromium 156 still accepts the wildcard). Another origin gets no CORS headers at all. The browser test
+/// (sync-client/browser-test) runs the same through Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_allows_the_listed_origin_with_its_authorization_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        None,
+        &["--cors-origins", "http://app.test:8080"],
+    );
+    server.create_db("app").await;
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/v2/db/app/push", server.url),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,accept",
+            )
+            .send()
+    };
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+    };
+    let ok = preflight("http://app.test:8080").await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(
+        header(&ok, "access-control-allow-origin").as_deref(),
+        Some("http://app.test:8080")
+    );
+    let allowed = header(&ok, "access-control-allow-headers").unwrap_or_default();
+    for h in ["authorization", "content-type", "accept"] {
+        assert!(
+            allowed.split(',').any(|a| a.trim() == h),
+            "{h} missing from {allowed:?}"
+        );
+    }
+    assert!(header(&ok, "access-control-max-age").is_some());
+    let other = preflight("http://evil.test").await.unwrap();
+    assert_eq!(header(&other, "access-control-allow-origin"), None);
+    // The actual request from the allowed origin carries the origin back.
+    let token = token("app", "web", &["read"], 60);
+    let pull = reqwest::Client::new()
+        .get(format!("{}/v2/db/app/pull?since=0", server.url))
+        .bearer_auth(token)
+        .header("origin", "http://app.test:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pull.status(), 200, "{}", pull.text().await.unwrap());
+    assert_eq!(
+        header(&pull, "access-control-allow-origin").as_deref(),
+        Some("http://app.test:8080")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_creates_lists_and_deletes_databases() {
     let dir = tempfile::tempdir().unwrap();

@@ -274,9 +274,11 @@ impl Client {
             .await
             .map_err(|e| format!("{}: open: {e}", self.name))?;
         let mut cfg = SyncConfig::new("app", &self.name, &COLLECTIONS);
-        // One attempt: the retry backoff sleeps on a real-time timer, which would make the
-        // paused clock's runs depend on the machine.
-        cfg.max_attempts = 1;
+        // Retries: the backoff sleeps on this client's simulated clock and draws its jitter
+        // from its seeded entropy (the backend's), so a run still replays from its seed. A
+        // retried request may be one whose answer was lost: the server's dedupe must absorb
+        // it.
+        cfg.max_attempts = 3;
         cfg.pull_limit = 7;
         cfg.push_batch = 5;
         cfg.bootstrap_limit = 4;

@@ -1,0 +1,116 @@
+//! The host's clock and entropy: what real (not simulated) backends use.
+//!
+//! Native targets read std's clocks and the operating system's random source. On `wasm32`
+//! EntiDB runs under a JavaScript host (a browser tab, a worker, Node.js): the wall clock is
+//! `Date.now()`, the monotonic clock `performance.now()`, sleeping is a `setTimeout`, and
+//! entropy is `crypto.getRandomValues`. std's clocks and random source do not exist on
+//! `wasm32-unknown-unknown` (`SystemTime::now` panics there), so nothing else may read them.
+
+use std::time::Duration;
+
+use crate::{BoxFuture, Clock, Entropy, IoError, IoResult, SeededEntropy};
+
+/// The host's clock: std's on native targets, JavaScript's on `wasm32`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Clock for SystemClock {
+    fn now_millis(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+    fn monotonic_nanos(&self) -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+    }
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(futures_timer::Delay::new(duration))
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Clock for SystemClock {
+    fn now_millis(&self) -> u64 {
+        // Milliseconds since the epoch as a double; never negative on a sane host.
+        js_sys::Date::now().max(0.0) as u64
+    }
+    fn monotonic_nanos(&self) -> u64 {
+        js::monotonic_nanos()
+    }
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        // futures-timer's `wasm-bindgen` backend: a `setTimeout`, cleared when dropped.
+        Box::pin(futures_timer::Delay::new(duration))
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod js {
+    use std::cell::{Cell, RefCell};
+
+    use wasm_bindgen::{JsCast, JsValue};
+
+    thread_local! {
+        /// `performance` and its `now`, looked up once (absent on a few embedded hosts).
+        static PERFORMANCE: RefCell<Option<Option<(JsValue, js_sys::Function)>>> =
+            const { RefCell::new(None) };
+        /// The last reading returned, so that readings never go backwards even where only
+        /// `Date.now()` (which can) is available.
+        static LAST: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn performance() -> Option<(JsValue, js_sys::Function)> {
+        let perf = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("performance"))
+            .ok()
+            .filter(|p| p.is_object())?;
+        let now = js_sys::Reflect::get(&perf, &JsValue::from_str("now"))
+            .ok()?
+            .dyn_into::<js_sys::Function>()
+            .ok()?;
+        Some((perf, now))
+    }
+
+    pub(super) fn monotonic_nanos() -> u64 {
+        let millis = PERFORMANCE
+            .with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let entry = cell.get_or_insert_with(performance);
+                entry
+                    .as_ref()
+                    .and_then(|(perf, now)| now.call0(perf).ok())
+                    .and_then(|v| v.as_f64())
+            })
+            .unwrap_or_else(js_sys::Date::now);
+        let nanos = (millis.max(0.0) * 1e6) as u64;
+        LAST.with(|last| {
+            let n = nanos.max(last.get());
+            last.set(n);
+            n
+        })
+    }
+}
+
+/// Entropy from the host: the operating system on native targets, `crypto.getRandomValues`
+/// on `wasm32`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsEntropy;
+
+impl Entropy for OsEntropy {
+    fn fill(&self, buf: &mut [u8]) {
+        if getrandom::fill(buf).is_err() {
+            // The host's source is unavailable: fall back to a time-seeded generator rather
+            // than panicking. Ids stay unique through the engine's monotonic counter.
+            SeededEntropy::new(SystemClock.monotonic_nanos() ^ SystemClock.now_millis()).fill(buf);
+        }
+    }
+    fn try_fill(&self, buf: &mut [u8]) -> IoResult<()> {
+        getrandom::fill(buf).map_err(|e| IoError::NoEntropy {
+            detail: e.to_string(),
+        })
+    }
+}
