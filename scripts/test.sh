@@ -148,10 +148,15 @@ cargo clippy -q -p entidb-sync-browser-test --target wasm32-unknown-unknown -- -
 wb_version=$(sed -n '/^name = "wasm-bindgen"$/{n;s/^version = "\(.*\)"$/\1/p;}' Cargo.lock)
 wb_tools="$target_dir/wasm-tools"
 if [ "$("$wb_tools/bin/wasm-bindgen" --version 2>/dev/null)" != "wasm-bindgen $wb_version" ]; then
+  # Not --locked: the CLI's own lock file does not build here (TOOLCHAIN.md).
   cargo install -q --root "$wb_tools" --version "$wb_version" --bin wasm-bindgen wasm-bindgen-cli
 fi
-if [ ! -x /usr/bin/chromium ]; then
-  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$CHROMIUM" ]; then
+  as_root() {
+    if [ "$(id -u)" = 0 ]; then env DEBIAN_FRONTEND=noninteractive "$@"
+    else sudo env DEBIAN_FRONTEND=noninteractive "$@"; fi
+  }
   # A fresh machine may have no package lists yet.
   as_root apt-get install -y -q chromium >/dev/null \
     || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q chromium >/dev/null; }

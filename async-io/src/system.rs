@@ -76,19 +76,21 @@ mod js {
     }
 
     pub(super) fn monotonic_nanos() -> u64 {
-        let millis = PERFORMANCE
-            .with(|cell| {
-                let mut cell = cell.borrow_mut();
-                let entry = cell.get_or_insert_with(performance);
-                entry
-                    .as_ref()
-                    .and_then(|(perf, now)| now.call0(perf).ok())
-                    .and_then(|v| v.as_f64())
-            })
-            .unwrap_or_else(js_sys::Date::now);
-        let nanos = (millis.max(0.0) * 1e6) as u64;
+        // The source is chosen once: `performance.now()` where the host has it, else
+        // `Date.now()`. Mixing the two would jump between their origins. A reading that
+        // fails repeats the last one.
+        let millis = PERFORMANCE.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            match cell.get_or_insert_with(performance) {
+                Some((perf, now)) => now.call0(perf).ok().and_then(|v| v.as_f64()),
+                None => Some(js_sys::Date::now()),
+            }
+        });
         LAST.with(|last| {
-            let n = nanos.max(last.get());
+            let n = millis
+                .map(|m| (m.max(0.0) * 1e6) as u64)
+                .unwrap_or(0)
+                .max(last.get());
             last.set(n);
             n
         })

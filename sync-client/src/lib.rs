@@ -27,4 +27,6 @@ pub mod wire;
 pub use client::{
     ORIGIN, Progress, Replicator, Status, SyncConfig, SyncError, SyncReport, SyncResult,
 };
+/// The HTTP client [`HttpTransport`] is built on, for [`HttpTransport::with_client`].
+pub use reqwest;
 pub use transport::{HttpTransport, Method, Request, Response, Transport, TransportError};

@@ -68,6 +68,28 @@ impl HttpTransport {
             token: token.to_owned(),
         }
     }
+
+    /// Like [`HttpTransport::new`], over a client you configured: the roots a server's
+    /// certificate must chain to (a private CA), a proxy, timeouts. `reqwest` is
+    /// re-exported as [`crate::reqwest`], so the versions match.
+    ///
+    /// ```no_run
+    /// # fn demo(ca_pem: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    /// use entidb_sync::{HttpTransport, reqwest};
+    ///
+    /// let client = reqwest::Client::builder()
+    ///     .tls_certs_only([reqwest::Certificate::from_pem(ca_pem)?])
+    ///     .build()?;
+    /// let transport = HttpTransport::with_client(client, "https://sync.internal", "TOKEN");
+    /// # Ok(()) }
+    /// ```
+    pub fn with_client(client: reqwest::Client, base_url: &str, token: &str) -> HttpTransport {
+        HttpTransport {
+            client,
+            base: base_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
 }
 
 impl Transport for HttpTransport {
@@ -84,19 +106,32 @@ impl Transport for HttpTransport {
             if let Some(body) = request.body {
                 builder = builder.header("content-type", crate::wire::CBOR).body(body);
             }
-            let resp = builder
-                .send()
-                .await
-                .map_err(|e| TransportError(e.to_string()))?;
+            let resp = builder.send().await.map_err(describe)?;
             let status = resp.status().as_u16();
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| TransportError(e.to_string()))?;
+            let body = resp.bytes().await.map_err(describe)?;
             Ok(Response {
                 status,
                 body: body.to_vec(),
             })
         })
     }
+}
+
+/// A reqwest error with its causes: reqwest's own message ("error sending request for url
+/// ...") hides what went wrong (refused, timed out, a certificate the client does not trust).
+fn describe(e: reqwest::Error) -> TransportError {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        // One line each: in a browser a cause is a JavaScript error with its whole stack.
+        let cause_text = cause.to_string();
+        let cause_text = cause_text.lines().next().unwrap_or_default().trim_end();
+        // Layers often repeat their inner error's message.
+        if !text.ends_with(cause_text) {
+            text.push_str(": ");
+            text.push_str(cause_text);
+        }
+        source = cause.source();
+    }
+    TransportError(text)
 }

@@ -180,9 +180,9 @@ pub fn router(state: AppState) -> Router {
         // of a wildcard `Access-Control-Allow-Headers: *` (Chromium 156 still accepts the
         // wildcard; a browser that follows the standard refuses the request), so the
         // preflight answer names the headers the page asked for. The origin
-        // list is the gate; every request still needs a valid token. Preflights are cached
-        // for an hour (browsers cap it lower), or every push and pull would cost two round
-        // trips.
+        // list is the gate; every request still needs a valid token. Browsers may cache a
+        // preflight for an hour (Safari caps it at minutes), or every push and pull would
+        // cost two round trips.
         app = app.layer(
             CorsLayer::new()
                 .allow_origin(origins)

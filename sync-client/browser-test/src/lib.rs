@@ -27,11 +27,15 @@
 )]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use entidb::{Database, EntityId, ScanOptions};
-use entidb_io::{Clock, SystemClock};
-use entidb_sync::{HttpTransport, Replicator, SyncConfig, SyncError};
+
+use entidb_io::{BoxFuture, Clock, SystemClock};
+use entidb_sync::{
+    HttpTransport, Replicator, Request, Response, SyncConfig, SyncError, Transport, TransportError,
+};
 use futures_util::future::join;
 use serde_json::{Value, json};
 use wasm_bindgen::prelude::*;
@@ -69,15 +73,37 @@ async fn replicator(
     client_id: &str,
     tune: impl FnOnce(&mut SyncConfig),
 ) -> Result<Replicator, JsValue> {
+    let transport = Arc::new(HttpTransport::new(url, token));
+    replicator_over(transport, client_id, tune).await
+}
+
+async fn replicator_over(
+    transport: Arc<dyn Transport>,
+    client_id: &str,
+    tune: impl FnOnce(&mut SyncConfig),
+) -> Result<Replicator, JsValue> {
     let db = step("open a database in memory", Database::memory().await)?;
     let mut config = SyncConfig::new("app", client_id, &[COLLECTION]);
     config.retry_base = Duration::from_millis(20);
     tune(&mut config);
-    let transport = Arc::new(HttpTransport::new(url, token));
     step(
         "attach the replicator",
         Replicator::attach(db, config, transport).await,
     )
+}
+
+/// `HttpTransport`, counting the requests it sends.
+#[derive(Debug)]
+struct Counting {
+    inner: HttpTransport,
+    sent: AtomicU32,
+}
+
+impl Transport for Counting {
+    fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.inner.send(request)
+    }
 }
 
 async fn contents(db: &Database) -> Result<Vec<(EntityId, Value)>, JsValue> {
@@ -291,11 +317,16 @@ pub async fn a_local_write_ends_the_long_poll(
     ))
 }
 
-/// A server that cannot be reached: the replicator retries with backoff (sleeping on the
-/// browser's timers), then reports a network error and stays usable.
+/// A server that cannot be reached: the replicator tries `max_attempts` times with backoff
+/// between them (sleeping on the browser's timers), then reports a network error, with the
+/// write still pending.
 #[wasm_bindgen]
 pub async fn an_unreachable_server_is_a_network_error(url: String) -> Result<String, JsValue> {
-    let a = replicator(&url, "not-a-token", "offline", |c| c.max_attempts = 3).await?;
+    let transport = Arc::new(Counting {
+        inner: HttpTransport::new(&url, "not-a-token"),
+        sent: AtomicU32::new(0),
+    });
+    let a = replicator_over(transport.clone(), "offline", |c| c.max_attempts = 3).await?;
     step(
         "write offline",
         a.database()
@@ -318,7 +349,9 @@ pub async fn an_unreachable_server_is_a_network_error(url: String) -> Result<Str
     );
     let pending = step("pending ops", a.pending_ops().await)?;
     check!(pending == 1, "{pending} ops pending, not the one written");
-    Ok(format!("{err}"))
+    let sent = transport.sent.load(Ordering::Relaxed);
+    check!(sent == 3, "{sent} requests for 3 attempts");
+    Ok(format!("3 attempts, then: {err}"))
 }
 
 /// The page's origin is not in the server's `cors_origins`: the browser refuses the
