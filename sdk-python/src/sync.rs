@@ -54,7 +54,7 @@ impl PyReplicator {
     /// Attach to `db` and sync `collections` with the server at `url`. The database name and
     /// client id default to the token's `db` and `sub` claims.
     #[staticmethod]
-    #[pyo3(signature = (db, url, token, collections, database=None, client_id=None, push_batch=None, pull_limit=None, initial_bootstrap=true, bootstrap_limit=None, max_attempts=None, retry_base_ms=None))]
+    #[pyo3(signature = (db, url, token, collections, database=None, client_id=None, push_batch=None, pull_limit=None, initial_bootstrap=true, bootstrap_limit=None, max_attempts=None, retry_base_ms=None, durable_pulls=false))]
     #[expect(
         clippy::too_many_arguments,
         reason = "mirrors the Python keyword arguments"
@@ -73,6 +73,7 @@ impl PyReplicator {
         bootstrap_limit: Option<usize>,
         max_attempts: Option<u32>,
         retry_base_ms: Option<u64>,
+        durable_pulls: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (sub, tdb) = claims(&token);
         let database = database.or(tdb).ok_or_else(|| {
@@ -102,6 +103,9 @@ impl PyReplicator {
         }
         if let Some(ms) = retry_base_ms {
             config.retry_base = Duration::from_millis(ms);
+        }
+        if durable_pulls {
+            config.pull_durability = entidb::Durability::Durable;
         }
         let transport = Arc::new(HttpTransport::new(&url, &token));
         let db = db.db.clone();

@@ -68,6 +68,44 @@ async def test_two_clients_sync_through_the_server(tmp_path: Path, server: Serve
     await b_db.close()
 
 
+async def test_pulled_pages_skip_the_disk_sync_unless_durable_pulls(
+    tmp_path: Path, server: Server
+) -> None:
+    # Ten server transactions, pulled three per page: four pages.
+    w_db = await entidb.open(tmp_path / "w")
+    w = await entidb.sync.connect(
+        w_db, server.url, token=server.mint("writer"), collections=["pages"]
+    )
+    for n in range(10):
+        await w_db.collection("pages").put({"n": n})
+        await w.sync_now()
+
+    async def syncs_to_pull(name: str, durable: bool) -> int:
+        db = await entidb.open(tmp_path / name)
+        s = await entidb.sync.connect(
+            db,
+            server.url,
+            token=server.mint(name),
+            collections=["pages"],
+            initial_bootstrap=False,
+            pull_limit=3,
+            durable_pulls=durable,
+        )
+        before = db.stats()["syncs"]
+        report = await s.sync_now()
+        assert report.pulled == 10
+        assert await db.collection("pages").count() == 10
+        n = int(db.stats()["syncs"] - before)
+        await db.close()
+        return n
+
+    durable = await syncs_to_pull("durable", True)
+    relaxed = await syncs_to_pull("relaxed", False)
+    assert durable >= 4, durable
+    assert relaxed < durable, (relaxed, durable)
+    await w_db.close()
+
+
 async def test_bad_token_raises_auth_error(tmp_path: Path, server: Server) -> None:
     db = await entidb.open(tmp_path / "c")
     s = await entidb.sync.connect(

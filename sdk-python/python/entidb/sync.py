@@ -223,6 +223,7 @@ async def connect(
     bootstrap_limit: Optional[int] = None,
     max_attempts: Optional[int] = None,
     retry_base_ms: Optional[int] = None,
+    durable_pulls: bool = False,
 ) -> Sync:
     """Attach a replicator to `db` for `collections` on the server at `url`. The server
     database and the client id default to the token's `db` and `sub` claims.
@@ -232,6 +233,9 @@ async def connect(
     changes per pull page (500), `bootstrap_limit` entities per bootstrap page (1000),
     `max_attempts` per request in `sync_now` before it raises (6; network errors, 408 and
     5xx only), `retry_base_ms` first retry delay, doubled per attempt with full jitter (100).
+    Pulled pages are committed without waiting for a disk sync: a power loss may lose the
+    last ones, with their cursor, and they are pulled again (an application crash loses
+    nothing); `durable_pulls=True` syncs every page.
     A `SyncError` says in `e.retryable` whether trying again later may succeed."""
     if isinstance(collections, str):
         raise TypeError("collections is a list of names, not one string")
@@ -248,6 +252,7 @@ async def connect(
         bootstrap_limit=bootstrap_limit,
         max_attempts=max_attempts,
         retry_base_ms=retry_base_ms,
+        durable_pulls=durable_pulls,
     )
     s = Sync(db, native)
     if live:
