@@ -115,16 +115,19 @@ pub struct SyncConfig {
     /// order; falls back to a bootstrap if the server no longer retains the start).
     pub initial_bootstrap: bool,
     /// How pulled and bootstrap pages are committed (each page with its cursor, in one
-    /// transaction). [`Durability::Relaxed`], the default: a page is written before the
-    /// round goes on but not synced, so a sync per page is not paid for data the server
+    /// transaction). [`Durability::Relaxed`], the default: a page is written before the next
+    /// one is applied but not synced, so a sync per page is not paid for data the server
     /// still holds. An application crash loses nothing (the bytes are with the operating
     /// system); a power loss or OS crash may lose the pages applied since the last sync,
-    /// together with their cursor, and they are pulled again: the local state is always a
-    /// prefix of what was applied, and the cursor matches it. Local writes, their capture
-    /// into the outbox after the page's, and acknowledgements stay as durable as the app
-    /// made them (a later durable commit syncs every earlier relaxed one).
-    /// [`Durability::Durable`]: every page is synced before the next is requested, and
-    /// the cursor never goes back, even across a power loss.
+    /// together with their cursor, and they are pulled again (or, if the server no longer
+    /// retains that cursor, the client bootstraps again): the local state is always a
+    /// prefix of what was applied, and the cursor matches it. Captures into the outbox and
+    /// push acknowledgements are always durable, and so is a page that captured; any durable
+    /// commit syncs every relaxed one before it. Pages are in the change feed at once, so a
+    /// feed consumer that keeps its position outside this database can see sequence numbers
+    /// reused after a power loss (as with any relaxed commit).
+    /// [`Durability::Durable`]: every page is synced before the next one is applied, and the
+    /// cursor never goes back, even across a power loss.
     pub pull_durability: Durability,
 }
 
@@ -1344,11 +1347,11 @@ impl Replicator {
 
 /// The durability of a page's transaction. A page that also captured local writes into the
 /// outbox is durable whatever the configuration, so that an op id never leaves this client
-/// before its outbox entry is durable. (A capture lost in a crash would be redone the same
-/// way, as capture is a function of the durable feed and state, so the server's dedupe
-/// would absorb a re-sent op; the sync simulation found no case without this rule either.
-/// It keeps that argument out of the picture for the price of a sync on the rare pages
-/// that capture.)
+/// before its outbox entry is durable. Without that, an app write committed `Relaxed` and
+/// captured by a relaxed page as op k could be pushed and applied, then lost with the page
+/// in a power loss before the acknowledgement; the app's next write would be captured as
+/// op k again and the server would answer `duplicate`, dropping it silently. Regression
+/// test: `e2e_sync::a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss`.
 fn page_durability(config: &SyncConfig, captured: u64) -> Durability {
     if captured > 0 {
         Durability::Durable

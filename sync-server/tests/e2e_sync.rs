@@ -1332,3 +1332,108 @@ async fn a_pull_shows_only_the_collections_the_token_may_read() {
     assert_eq!(page["cursor"], all["cursor"]);
     assert_eq!(all["changes"].as_array().unwrap().len(), 2);
 }
+
+/// An app write committed `Relaxed` and captured into the outbox by a pulled page must not
+/// be lost with that page in a power loss after its push reached the server: the page is
+/// committed durably because it captured. Otherwise the op id would be handed out again
+/// after the crash, to the app's next write, which the server would take for a duplicate
+/// of the first and drop without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss() {
+    use entidb::io::{SimBackend, SimConfig};
+    let (dir, server) = app_server(None).await;
+    let (other, r_other) = client(
+        &server.url,
+        &dir.path().join("o"),
+        "app",
+        "other",
+        &["notes"],
+    )
+    .await;
+    r_other.sync_now().await.unwrap();
+
+    // The phone's database is on the simulated backend, whose crash drops what was not
+    // synced; the server is real.
+    let sim = SimBackend::new(7, SimConfig::default());
+    let transport = Arc::new(LossyTransport {
+        inner: HttpTransport::new(
+            &server.url,
+            &token("app", "phone", &["read", "write"], 3600),
+        ),
+        drop_responses: AtomicU32::new(0),
+    });
+    let mut cfg = entidb_sync::SyncConfig::new("app", "phone", &["notes"]);
+    cfg.max_attempts = 1;
+    let open = || async {
+        Database::open_with(Arc::new(sim.clone()), entidb::Options::default())
+            .await
+            .unwrap()
+    };
+    let db = open().await;
+    let r = Replicator::attach(db.clone(), cfg.clone(), transport.clone())
+        .await
+        .unwrap();
+    r.sync_now().await.unwrap();
+
+    // The app writes without waiting for the disk.
+    let mut tx = db.begin().await.unwrap();
+    tx.set_durability(entidb::Durability::Relaxed);
+    let first = tx
+        .collection("notes")
+        .insert(&json!({"v": "first"}))
+        .unwrap();
+    tx.commit().await.unwrap();
+    // A change from the other client, so that the next pull applies a page, which captures
+    // the app's write first (op 1).
+    other
+        .collection("notes")
+        .insert(&json!({"from": "other"}))
+        .await
+        .unwrap();
+    r_other.sync_now().await.unwrap();
+    let (applied, _) = r.pull().await.unwrap();
+    assert_eq!(applied, 1);
+    assert_eq!(r.pending_ops().await.unwrap(), 1);
+    // The push reaches the server and is applied; its answer is lost.
+    transport
+        .drop_responses
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    assert!(r.push().await.is_err());
+
+    // Power loss: whatever was not synced is gone.
+    drop(r);
+    drop(db);
+    sim.crash_now();
+    sim.restart();
+    let db = open().await;
+    let r = Replicator::attach(db.clone(), cfg, transport.clone())
+        .await
+        .unwrap();
+    let second = db
+        .collection("notes")
+        .insert(&json!({"v": "second"}))
+        .await
+        .unwrap();
+    r.sync_now().await.unwrap();
+    r.sync_now().await.unwrap();
+    r_other.sync_now().await.unwrap();
+    assert_eq!(
+        other
+            .collection("notes")
+            .get::<serde_json::Value>(second)
+            .await
+            .unwrap(),
+        Some(json!({"v": "second"})),
+        "the write after the power loss never reached the server"
+    );
+    for db in [&db, &other] {
+        assert_eq!(
+            db.collection("notes")
+                .get::<serde_json::Value>(first)
+                .await
+                .unwrap(),
+            Some(json!({"v": "first"}))
+        );
+    }
+    assert_eq!(r.pending_ops().await.unwrap(), 0);
+}

@@ -270,6 +270,9 @@ struct Client {
     relaxed: bool,
     /// Restarts after which a relaxed client's cursor had gone back.
     cursor_went_back: u64,
+    /// A cursor known to be durable (see the `sync_now` step): a relaxed client's cursor
+    /// never goes back below it.
+    durable_floor: u64,
 }
 
 type LiveRound = tokio::task::JoinHandle<SyncResult<SyncReport>>;
@@ -295,7 +298,12 @@ impl Client {
             .await
             .map_err(|e| format!("{}: attach: {e}", self.name))?;
         let c = sync.status().cursor;
-        if c < self.cursor && self.relaxed {
+        if c < self.durable_floor {
+            return Err(format!(
+                "{}: cursor went back from {} to {c} across a restart, below {} which a durable acknowledgement had synced",
+                self.name, self.cursor, self.durable_floor
+            ));
+        } else if c < self.cursor && self.relaxed {
             // The pages lost with it are pulled again; the end state must still equal the
             // server's, with nothing applied twice on the server.
             self.cursor_went_back += 1;
@@ -510,6 +518,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
             wrote_during_live: false,
             relaxed: i % 2 == 0,
             cursor_went_back: 0,
+            durable_floor: 0,
         };
         c.open().await?;
         clients.push(c);
@@ -573,10 +582,16 @@ async fn run(seed: u64) -> Result<Activity, String> {
             c.start_live(Duration::from_millis(rng.random_range(10..5000)));
         } else if roll < 70 {
             // With a live round running, this waits for it (rounds take turns).
+            let before = c.sync.as_ref().unwrap().status().cursor;
             let r = c.sync.as_ref().unwrap().sync_now().await;
             if let Ok(report) = &r {
                 act.bootstraps += u64::from(report.bootstrapped);
                 act.syncs_ok += 1;
+                if report.pushed > 0 {
+                    // The acknowledgement was a durable commit, so every page applied before
+                    // this round is on disk: the cursor never goes below this again.
+                    c.durable_floor = c.durable_floor.max(before);
+                }
             } else {
                 act.syncs_failed += 1;
             }

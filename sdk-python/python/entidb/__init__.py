@@ -810,7 +810,11 @@ class Database:
 
     async def changes(self, since: int = 0) -> AsyncIterator[Change]:
         """The durable change feed after sequence `since`, then every new commit as it
-        happens (the iterator waits; it ends when the database closes)."""
+        happens (the iterator waits; it ends when the database closes). A relaxed commit is
+        in the feed at once; a power loss may take it back, and its sequence numbers then go
+        to later commits. Pages pulled by `entidb.sync` are relaxed unless
+        `durable_pulls=True`, so a consumer that keeps its position outside this database
+        should use that."""
         stream = self._native.changes(since)
         while True:
             batch = await stream.next_batch()
