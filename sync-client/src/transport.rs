@@ -53,17 +53,23 @@ pub trait Transport: MaybeSend + MaybeSync + std::fmt::Debug + 'static {
 /// (`cors_origins`, see docs/operations.md).
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
-    client: reqwest::Client,
+    /// The client, or why it could not be built (reported by every request).
+    client: Result<reqwest::Client, String>,
     base: String,
     token: String,
 }
 
 impl HttpTransport {
     /// A transport to the server at `base_url` (for example `http://127.0.0.1:7420`) that
-    /// authenticates with `token`.
+    /// authenticates with `token`. Never panics: if the HTTP client cannot be built (no TLS
+    /// roots could be loaded, say), every request fails with a [`TransportError`] that says
+    /// why.
     pub fn new(base_url: &str, token: &str) -> HttpTransport {
         HttpTransport {
-            client: reqwest::Client::new(),
+            // Not `Client::new()`, which panics on such a failure.
+            client: reqwest::Client::builder()
+                .build()
+                .map_err(|e| describe(e).0),
             base: base_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         }
@@ -85,7 +91,7 @@ impl HttpTransport {
     /// ```
     pub fn with_client(client: reqwest::Client, base_url: &str, token: &str) -> HttpTransport {
         HttpTransport {
-            client,
+            client: Ok(client),
             base: base_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         }
@@ -95,10 +101,14 @@ impl HttpTransport {
 impl Transport for HttpTransport {
     fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
         Box::pin(async move {
+            let client = self
+                .client
+                .as_ref()
+                .map_err(|e| TransportError(format!("the HTTP client could not be built: {e}")))?;
             let url = format!("{}{}", self.base, request.path);
             let builder = match request.method {
-                Method::Get => self.client.get(url),
-                Method::Post => self.client.post(url),
+                Method::Get => client.get(url),
+                Method::Post => client.post(url),
             };
             let mut builder = builder
                 .bearer_auth(&self.token)
