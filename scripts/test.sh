@@ -168,12 +168,12 @@ if [ ! -d "$browser_tools/node_modules/playwright-core" ]; then
   (cd "$browser_tools" && npm install -q --no-audit --no-fund playwright-core@1.64.1 >/dev/null)
 fi
 cargo build -q -p entidb-sync-browser-test --target wasm32-unknown-unknown
-pkg=$(mktemp -d)
+pkg="$target_dir/browser-pkg"
+rm -rf "$pkg"
 "$wb_tools/bin/wasm-bindgen" --target web --out-dir "$pkg" \
   "$target_dir/wasm32-unknown-unknown/debug/entidb_sync_browser_test.wasm"
 ENTIDB_BROWSER_TOOLS="$browser_tools" node sync-client/browser-test/run.mjs \
   "$target_dir/debug/entidb" "$pkg"
-rm -rf "$pkg"
 
 step "example"
 tmp=$(mktemp -d)

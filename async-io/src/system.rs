@@ -51,14 +51,14 @@ impl Clock for SystemClock {
 
 #[cfg(target_arch = "wasm32")]
 mod js {
-    use std::cell::{Cell, RefCell};
+    use std::cell::{Cell, OnceCell};
 
     use wasm_bindgen::{JsCast, JsValue};
 
     thread_local! {
         /// `performance` and its `now`, looked up once (absent on a few embedded hosts).
-        static PERFORMANCE: RefCell<Option<Option<(JsValue, js_sys::Function)>>> =
-            const { RefCell::new(None) };
+        static PERFORMANCE: OnceCell<Option<(JsValue, js_sys::Function)>> =
+            const { OnceCell::new() };
         /// The last reading returned, so that readings never go backwards even where only
         /// `Date.now()` (which can) is available.
         static LAST: Cell<u64> = const { Cell::new(0) };
@@ -79,12 +79,9 @@ mod js {
         // The source is chosen once: `performance.now()` where the host has it, else
         // `Date.now()`. Mixing the two would jump between their origins. A reading that
         // fails repeats the last one.
-        let millis = PERFORMANCE.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            match cell.get_or_insert_with(performance) {
-                Some((perf, now)) => now.call0(perf).ok().and_then(|v| v.as_f64()),
-                None => Some(js_sys::Date::now()),
-            }
+        let millis = PERFORMANCE.with(|cell| match cell.get_or_init(performance) {
+            Some((perf, now)) => now.call0(perf).ok().and_then(|v| v.as_f64()),
+            None => Some(js_sys::Date::now()),
         });
         LAST.with(|last| {
             let n = millis

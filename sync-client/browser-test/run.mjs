@@ -177,8 +177,9 @@ try {
     origin,
     'a_local_write_ends_the_long_poll',
     [url, token(dataDir, 'live-a'), token(dataDir, 'live-b')],
-    // The poll the page abandoned must not keep its place on the server until its 60 s
-    // are up: the browser aborted the fetch, and the server saw the connection go.
+    // The poll of the round the page dropped last must not keep its place on the server
+    // until its 60 s are up: the browser aborted the fetch, and the server saw the
+    // connection go (nothing was committed that would have answered the poll).
     async () => {
       const deadline = Date.now() + 30_000;
       let n = await liveWaiters(url);

@@ -65,14 +65,11 @@ impl HttpTransport {
     /// roots could be loaded, say), every request fails with a [`TransportError`] that says
     /// why.
     pub fn new(base_url: &str, token: &str) -> HttpTransport {
-        HttpTransport {
-            // Not `Client::new()`, which panics on such a failure.
-            client: reqwest::Client::builder()
-                .build()
-                .map_err(|e| describe(e).0),
-            base: base_url.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-        }
+        // Not `Client::new()`, which panics on such a failure.
+        let client = reqwest::Client::builder()
+            .build()
+            .map_err(|e| describe(e).0);
+        Self::over(client, base_url, token)
     }
 
     /// Like [`HttpTransport::new`], over a client you configured: the roots a server's
@@ -90,8 +87,12 @@ impl HttpTransport {
     /// # Ok(()) }
     /// ```
     pub fn with_client(client: reqwest::Client, base_url: &str, token: &str) -> HttpTransport {
+        Self::over(Ok(client), base_url, token)
+    }
+
+    fn over(client: Result<reqwest::Client, String>, base_url: &str, token: &str) -> Self {
         HttpTransport {
-            client: Ok(client),
+            client,
             base: base_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         }

@@ -538,6 +538,14 @@ fast_message! {
     PushResponse => fast::push_response,
 }
 
+/// The one-pass readers alone, for the fuzz target (`fuzz/fuzz_targets/wire_decode.rs`) to
+/// hold against serde: `None` means the body is not in the plain shape they take (and
+/// [`Message::from_cbor`] then asks serde). Not part of the API.
+#[doc(hidden)]
+pub mod fast_readers {
+    pub use super::fast::{bootstrap_response, pull_response, push_request, push_response};
+}
+
 // Every other wire type is read by serde alone.
 impl Message for ConflictsResponse {}
 impl Message for ConflictRecord {}

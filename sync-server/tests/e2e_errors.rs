@@ -523,13 +523,7 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
 /// (sync-client/browser-test) runs the same through Chromium.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_preflight_allows_the_listed_origin_with_its_authorization_header() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        None,
-        &["--cors-origins", "http://app.test:8080"],
-    );
-    server.create_db("app").await;
+    let (_dir, server) = app_server(Some(r#"cors_origins = ["http://app.test:8080"]"#)).await;
     let preflight = |origin: &'static str| {
         reqwest::Client::new()
             .request(

@@ -451,6 +451,7 @@ async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
     // bound below.
     let (dir, server) = app_server(Some("max_wait_ms = 60000\nrequest_timeout_ms = 90000\n")).await;
     let ((a, ra), (b, rb)) = two_synced_clients(&server, dir.path()).await;
+    let ra_later = ra.clone();
     let waiter = tokio::spawn(async move {
         let started = std::time::Instant::now();
         let report = ra.sync_wait(Duration::from_secs(60)).await.unwrap();
@@ -488,21 +489,25 @@ async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
     assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
     rb.sync_now().await.unwrap();
     assert!(b.collection("notes").exists(id).await.unwrap());
+    // A round dropped while its poll waits with nothing to pull: the server has no reason
+    // to answer it (the push above woke the first poll anyway), so only the transport
+    // closing the request frees its place before its 60 s are up.
+    let round = tokio::spawn(async move { ra_later.sync_wait(Duration::from_secs(60)).await });
+    let waiting = tokio::time::timeout(Duration::from_secs(10), async {
+        while live_waiters(&server.url).await != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        waiting.is_ok(),
+        "the server never counted the live round's poll"
+    );
+    assert!(!round.is_finished(), "a round with nothing to pull ended");
+    round.abort();
     // The abandoned long poll does not keep its place on the server until its 60 s are up.
-    let http = reqwest::Client::new();
     let freed = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let m = http
-                .get(format!("{}/metrics", server.url))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            if m.contains("entidb_sync_live_waiters 0") {
-                return;
-            }
+        while live_waiters(&server.url).await != 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
@@ -511,6 +516,20 @@ async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
         freed.is_ok(),
         "the server still counts the dropped long poll"
     );
+}
+
+/// The server's count of long polls and event streams waiting (`/metrics`).
+async fn live_waiters(url: &str) -> u64 {
+    let m = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("entidb_sync_live_waiters "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
 }
 
 /// A round whose long poll gave way to a local write still pulls: after the push it pulls

@@ -10,9 +10,8 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use entidb_sync::{HttpTransport, SyncConfig, SyncError, reqwest};
+use entidb_sync::{HttpTransport, SyncError, reqwest};
 use serde_json::json;
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
@@ -64,13 +63,6 @@ async fn tls_proxy(upstream: String) -> u16 {
     port
 }
 
-fn config(name: &str) -> SyncConfig {
-    let mut cfg = SyncConfig::new("app", name, &["notes"]);
-    cfg.retry_base = Duration::from_millis(20);
-    cfg.max_attempts = 2;
-    cfg
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicators_sync_over_https_with_a_trusted_ca_and_refuse_an_unknown_one() {
     let (dir, server) = app_server(None).await;
@@ -83,9 +75,11 @@ async fn replicators_sync_over_https_with_a_trusted_ca_and_refuse_an_unknown_one
         .build()
         .unwrap();
     let a_token = token("app", "tls-a", &["read", "write"], 600);
-    let (a, ra) = client_with_config(
+    let (a, ra) = client_with(
         &dir.path().join("a"),
-        config("tls-a"),
+        "app",
+        "tls-a",
+        &["notes"],
         Arc::new(HttpTransport::with_client(trusting, &https, &a_token)),
     )
     .await;
@@ -118,9 +112,11 @@ async fn replicators_sync_over_https_with_a_trusted_ca_and_refuse_an_unknown_one
     // The default client trusts the system's roots, not the test CA: the handshake fails,
     // the replicator reports a network error (no panic), and nothing reaches the server.
     let c_token = token("app", "tls-c", &["read", "write"], 600);
-    let (c, rc) = client_with_config(
+    let (c, rc) = client_with(
         &dir.path().join("c"),
-        config("tls-c"),
+        "app",
+        "tls-c",
+        &["notes"],
         Arc::new(HttpTransport::new(&https, &c_token)),
     )
     .await;

@@ -298,20 +298,17 @@ impl Client {
             .await
             .map_err(|e| format!("{}: attach: {e}", self.name))?;
         let c = sync.status().cursor;
-        if c < self.durable_floor {
-            return Err(format!(
-                "{}: cursor went back from {} to {c} across a restart, below {} which a durable acknowledgement had synced",
-                self.name, self.cursor, self.durable_floor
-            ));
-        } else if c < self.cursor && self.relaxed {
-            // The pages lost with it are pulled again; the end state must still equal the
-            // server's, with nothing applied twice on the server.
+        if c < self.cursor {
+            // A relaxed client's lost pages are pulled again (the end state must still equal
+            // the server's, with nothing applied twice), but never those a durable
+            // acknowledgement had synced.
+            if !self.relaxed || c < self.durable_floor {
+                return Err(format!(
+                    "{}: cursor went back from {} to {c} across a restart (relaxed: {}, durable floor {})",
+                    self.name, self.cursor, self.relaxed, self.durable_floor
+                ));
+            }
             self.cursor_went_back += 1;
-        } else if c < self.cursor {
-            return Err(format!(
-                "{}: cursor went back from {} to {c} across a restart",
-                self.name, self.cursor
-            ));
         }
         self.cursor = c;
         self.db = Some(db);

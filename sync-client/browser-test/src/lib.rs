@@ -36,7 +36,7 @@ use entidb_io::{BoxFuture, Clock, SystemClock};
 use entidb_sync::{
     HttpTransport, Replicator, Request, Response, SyncConfig, SyncError, Transport, TransportError,
 };
-use futures_util::future::join;
+use futures_util::future::{Either, join, select};
 use serde_json::{Value, json};
 use wasm_bindgen::prelude::*;
 
@@ -119,6 +119,20 @@ async fn contents(db: &Database) -> Result<Vec<(EntityId, Value)>, JsValue> {
             None => return Ok(out),
         }
     }
+}
+
+/// The server's count of long polls and event streams waiting (`/metrics`, which the
+/// server's CORS layer covers too).
+async fn live_waiters(url: &str) -> Result<u64, JsValue> {
+    let resp = step(
+        "GET /metrics",
+        entidb_sync::reqwest::get(format!("{url}/metrics")).await,
+    )?;
+    let text = step("read /metrics", resp.text().await)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("entidb_sync_live_waiters "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| fail("no entidb_sync_live_waiters in /metrics".into()))
 }
 
 fn millis_of(id: EntityId) -> u64 {
@@ -240,9 +254,12 @@ pub async fn offline_writes_meet_through_the_server(
     ))
 }
 
-/// A live round (`sync_wait`) ends when the app writes, not when its long poll runs out:
-/// the round drops the poll's `fetch`, which must abort it (run.mjs then checks that the
-/// server no longer counts it). The next live round receives the other tab's write.
+/// A live round (`sync_wait`) ends when the app writes, not when its long poll runs out.
+/// The next live round receives the other tab's write. Last, a live round the page drops
+/// (nothing written anywhere, so the server has no reason to answer its poll) must abort
+/// its `fetch`: run.mjs then checks that the server no longer counts the poll, long before
+/// its 60 s are up. (The polls the writes ended cannot show this: the push that follows
+/// them wakes them on the server anyway.)
 #[wasm_bindgen]
 pub async fn a_local_write_ends_the_long_poll(
     url: String,
@@ -312,6 +329,28 @@ pub async fn a_local_write_ends_the_long_poll(
         )?,
         "a's live write did not reach b"
     );
+    // Dropped once the server counts its poll (and before 10 s, or the scenario fails).
+    let round = std::pin::pin!(a.sync_wait(wait));
+    let counted = std::pin::pin!(async {
+        let give_up = clock.monotonic_nanos() + 10_000_000_000;
+        while clock.monotonic_nanos() < give_up {
+            if live_waiters(&url).await? == 1 {
+                return Ok(());
+            }
+            clock.sleep(Duration::from_millis(20)).await;
+        }
+        Err(fail(
+            "the server never counted the live round's poll".into(),
+        ))
+    });
+    match select(round, counted).await {
+        Either::Left((r, _)) => {
+            return Err(fail(format!(
+                "a live round with nothing to pull ended: {r:?}"
+            )));
+        }
+        Either::Right((counted, _)) => counted?,
+    }
     Ok(format!(
         "a local write ended a 60 s poll; the next round received b's write in {took:?}"
     ))

@@ -229,7 +229,7 @@ macro_rules! read_struct {
 }
 
 /// Reads a [`PullResponse`].
-pub(super) fn pull_response(bytes: &[u8]) -> Option<PullResponse> {
+pub fn pull_response(bytes: &[u8]) -> Option<PullResponse> {
     let mut r = Reader::new(bytes);
     let page = read_struct!(r, PullResponse {
         cursor: required Reader::uint,
@@ -251,7 +251,7 @@ fn wire_change(r: &mut Reader<'_>) -> Option<WireChange> {
 }
 
 /// Reads a [`BootstrapResponse`].
-pub(super) fn bootstrap_response(bytes: &[u8]) -> Option<BootstrapResponse> {
+pub fn bootstrap_response(bytes: &[u8]) -> Option<BootstrapResponse> {
     let mut r = Reader::new(bytes);
     let page = read_struct!(r, BootstrapResponse {
         next: optional bootstrap_position,
@@ -279,7 +279,7 @@ fn bootstrap_entity(r: &mut Reader<'_>) -> Option<BootstrapEntity> {
 }
 
 /// Reads a [`PushRequest`].
-pub(super) fn push_request(bytes: &[u8]) -> Option<PushRequest> {
+pub fn push_request(bytes: &[u8]) -> Option<PushRequest> {
     let mut r = Reader::new(bytes);
     let request = read_struct!(r, PushRequest {
         ops: required |r: &mut Reader<'_>| r.array(op),
@@ -309,7 +309,7 @@ fn hlc_stamp(r: &mut Reader<'_>) -> Option<Hlc> {
 }
 
 /// Reads a [`PushResponse`].
-pub(super) fn push_response(bytes: &[u8]) -> Option<PushResponse> {
+pub fn push_response(bytes: &[u8]) -> Option<PushResponse> {
     let mut r = Reader::new(bytes);
     let answer = read_struct!(r, PushResponse {
         cursor: required Reader::uint,
@@ -583,10 +583,17 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_read_as_serde_reads_them(
-            head in 0xa0u8..0xa5, tail in prop::collection::vec(any::<u8>(), 0..48),
+            head in 0xa1u8..0xa5,
+            key in prop::sample::select(vec![
+                "cursor", "changes", "has_more", "next", "total", "entities", "ops",
+                "client_id", "results",
+            ]),
+            tail in prop::collection::vec(any::<u8>(), 0..48),
         ) {
-            // Behind a small map head, so that the readers get past the first byte.
-            let mut bytes = vec![head];
+            // Behind a small map head and a key one of the messages has, so that the
+            // readers get past the first entry's key and read arbitrary bytes as its value.
+            let mut bytes = vec![head, 0x60 + key.len() as u8];
+            bytes.extend(key.as_bytes());
             bytes.extend(tail);
             agree::<PullResponse>(&bytes, pull_response)?;
             agree::<BootstrapResponse>(&bytes, bootstrap_response)?;
