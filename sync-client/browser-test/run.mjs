@@ -154,19 +154,29 @@ async function scenario(pageOrigin, name, args, after) {
 }
 
 try {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  // Chromium occasionally dies while starting on this shared machine (SIGSEGV before the
+  // first page): try the launch three times. A scenario is never retried.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      browser = await chromium.launch({
+        executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+        headless: true,
+        args: [
+          '--no-sandbox',
+          '--disable-gpu',
+          '--disable-quic',
+          '--no-first-run',
+          '--disable-background-networking',
+          '--disable-component-update',
+          '--disable-sync',
+        ],
+      });
+      break;
+    } catch (e) {
+      if (attempt === 3) throw e;
+      console.log(`chromium did not start (attempt ${attempt}): ${String(e.message).split('\n')[0]}`);
+    }
+  }
   await scenario(origin, 'host_clock_and_entropy', []);
   await scenario(origin, 'offline_writes_meet_through_the_server', [
     url,
