@@ -6,8 +6,10 @@
 //!   captured, the next op id, the clock, and bootstrap progress.
 //! - `_sync.outbox`: one entity per local write not yet acknowledged, keyed by op id (so a
 //!   scan returns them in order).
-//! - `_sync.meta`: per synced entity, the server version the local copy is based on and the
-//!   number of outbox ops that are pending for it.
+//! - `_sync.meta/<collection>`: per synced entity, keyed by its id, the server version the
+//!   local copy is based on and the number of outbox ops that are pending for it. Databases
+//!   first attached before this layout keep theirs: one `_sync.meta` collection keyed by a
+//!   hash of (collection, id) (`MetaLayout`).
 //!
 //! ## Invariants (each relied on below)
 //!
@@ -25,6 +27,7 @@
 //! 4. Op ids increase by one per captured write; the server acknowledges them in order and
 //!    recognises a retried op by (client id, op id).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,6 +216,11 @@ struct State {
     #[serde(default)]
     acked_op_id: u64,
     hlc_counter: u32,
+    /// Where entity metadata lives (`MetaLayout`): 0 (absent in state written before the
+    /// field existed) for one `_sync.meta` collection keyed by hashes, 1 for a collection per
+    /// synced collection keyed by entity id. Set when the state is created, never changed.
+    #[serde(default)]
+    meta_layout: u8,
     bootstrapped: bool,
     /// No entity metadata holds a server version above this one that it got from a push
     /// answer or a bootstrap page; versions from pulled changes are at most `cursor`. So a
@@ -341,10 +349,15 @@ impl Meta {
         ])
     }
 
-    /// Stores it under `mid`.
-    fn write(&self, tx: &mut WriteTxn, mid: EntityId) -> SyncResult<()> {
-        tx.collection(META).put_value(mid, &self.stored())?;
+    /// Stores it at `at` (from `MetaLayout::locate`).
+    fn write(&self, tx: &mut WriteTxn, at: &MetaAt<'_>) -> SyncResult<()> {
+        tx.collection(&at.0).put_value(at.1, &self.stored())?;
         Ok(())
+    }
+
+    /// The metadata stored at `at` (the default when none is).
+    async fn load(tx: &mut WriteTxn, at: &MetaAt<'_>) -> SyncResult<Meta> {
+        Meta::read(tx.collection(&at.0).get_document(at.1).await?)
     }
 }
 
@@ -365,6 +378,7 @@ pub struct Replicator {
 #[derive(Debug)]
 struct Shared {
     db: Database,
+    meta: MetaLayout,
     transport: Arc<dyn Transport>,
     config: SyncConfig,
     run: async_lock::Mutex<()>,
@@ -373,7 +387,78 @@ struct Shared {
     status_changed: event_listener::Event,
 }
 
-fn meta_id(collection: &str, id: &EntityId) -> EntityId {
+/// Where an entity's sync metadata is stored.
+///
+/// `PerCollection` (every database attached since this layout existed): collection
+/// `_sync.meta/<name>` for synced collection `<name>` (`_sync.meta#<hash of name>` when that
+/// would exceed the engine's 255-byte name limit), keyed by the entity's own id. Ids of one
+/// collection keep their order and locality there: a page of time-ordered ids writes its
+/// metadata next to each other, instead of at one random place per change in a single
+/// collection keyed by hashes (`Hashed`, the first layout, kept by databases that have it:
+/// the hash cannot be inverted to move their metadata).
+#[derive(Debug)]
+enum MetaLayout {
+    Hashed,
+    /// Synced collection name -> its metadata collection name (for the configured ones;
+    /// others, named by outbox ops captured under an older configuration, are computed).
+    PerCollection(HashMap<String, String>),
+}
+
+/// Where one entity's metadata is: its collection and key.
+type MetaAt<'a> = (Cow<'a, str>, EntityId);
+
+/// `MetaLayout` values stored in `State::meta_layout`.
+const META_LAYOUT_HASHED: u8 = 0;
+const META_LAYOUT_PER_COLLECTION: u8 = 1;
+
+/// The engine's limit on a collection name, in bytes.
+const MAX_COLLECTION_NAME: usize = 255;
+
+impl MetaLayout {
+    fn new(stored: u8, collections: &[String]) -> SyncResult<MetaLayout> {
+        match stored {
+            META_LAYOUT_HASHED => Ok(MetaLayout::Hashed),
+            META_LAYOUT_PER_COLLECTION => Ok(MetaLayout::PerCollection(
+                collections
+                    .iter()
+                    .map(|c| (c.clone(), meta_collection(c)))
+                    .collect(),
+            )),
+            other => Err(SyncError::Protocol(format!(
+                "sync state names metadata layout {other}, which this build does not know \
+                 (written by a newer build?)"
+            ))),
+        }
+    }
+
+    /// The collection and key of the metadata of `collection`'s entity `id`.
+    fn locate(&self, collection: &str, id: &EntityId) -> MetaAt<'_> {
+        match self {
+            MetaLayout::Hashed => (Cow::Borrowed(META), hashed_meta_id(collection, id)),
+            MetaLayout::PerCollection(names) => (
+                names.get(collection).map_or_else(
+                    || Cow::Owned(meta_collection(collection)),
+                    |n| Cow::Borrowed(n.as_str()),
+                ),
+                *id,
+            ),
+        }
+    }
+}
+
+/// The metadata collection of synced collection `collection` (`MetaLayout::PerCollection`).
+fn meta_collection(collection: &str) -> String {
+    let name = format!("{META}/{collection}");
+    if name.len() <= MAX_COLLECTION_NAME {
+        return name;
+    }
+    let d = Sha256::digest(collection.as_bytes());
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{META}#{hex}")
+}
+
+/// The key of an entity's metadata in the `MetaLayout::Hashed` layout.
+fn hashed_meta_id(collection: &str, id: &EntityId) -> EntityId {
     let mut h = Sha256::new();
     h.update(collection.as_bytes());
     h.update([0]);
@@ -415,6 +500,10 @@ impl Replicator {
         let mut tx = db.begin().await?;
         tx.set_origin(ORIGIN)?;
         let state: Option<State> = tx.collection(STATE).get(EntityId::MIN).await?;
+        let layout = state
+            .as_ref()
+            .map_or(META_LAYOUT_PER_COLLECTION, |s| s.meta_layout);
+        let meta = MetaLayout::new(layout, &config.collections)?;
         match state {
             Some(s) if s.client_id != config.client_id => {
                 return Err(SyncError::Config(format!(
@@ -431,6 +520,7 @@ impl Replicator {
                     bootstrapped: !config.initial_bootstrap,
                     // No metadata yet.
                     versions_upto: Some(0),
+                    meta_layout: META_LAYOUT_PER_COLLECTION,
                     ..State::default()
                 };
                 tx.collection(STATE).put(EntityId::MIN, &state)?;
@@ -440,6 +530,7 @@ impl Replicator {
         let r = Replicator {
             shared: Arc::new(Shared {
                 db,
+                meta,
                 transport,
                 config,
                 run: async_lock::Mutex::new(()),
@@ -635,8 +726,8 @@ impl Replicator {
                     let hlc = tick(state, batch.timestamp_millis);
                     let op_id = state.next_op_id;
                     state.next_op_id += 1;
-                    let mid = meta_id(&change.collection, &id);
-                    let mut meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
+                    let at = self.shared.meta.locate(&change.collection, &id);
+                    let mut meta = Meta::load(tx, &at).await?;
                     let entry = OutboxEntry {
                         op_id,
                         collection: change.collection,
@@ -648,7 +739,7 @@ impl Replicator {
                     };
                     tx.collection(OUTBOX).put(op_key(op_id), &entry)?;
                     meta.pending += 1;
-                    meta.write(tx, mid)?;
+                    meta.write(tx, &at)?;
                     captured += 1;
                 }
             }
@@ -853,12 +944,8 @@ impl Replicator {
             let base_version = match e.base {
                 Some((v,)) => v,
                 None => {
-                    Meta::read(
-                        snap.collection(META)
-                            .get_document(meta_id(&e.collection, &e.id))
-                            .await?,
-                    )?
-                    .version
+                    let (coll, key) = self.shared.meta.locate(&e.collection, &e.id);
+                    Meta::read(snap.collection(&coll).get_document(key).await?)?.version
                 }
             };
             ops.push(Op {
@@ -891,8 +978,8 @@ impl Replicator {
             // The op is in the outbox (only this replicator, holding `run`, removes it).
             tx.collection(OUTBOX).remove(op_key(op.op_id))?;
             state.acked_op_id = op.op_id;
-            let mid = meta_id(&op.collection, &op.id);
-            let mut meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
+            let at = self.shared.meta.locate(&op.collection, &op.id);
+            let mut meta = Meta::load(&mut tx, &at).await?;
             meta.pending = meta.pending.saturating_sub(1);
             meta.version = result.state.version;
             if meta.pending == 0 && result.status != OpStatus::Applied {
@@ -900,7 +987,7 @@ impl Replicator {
                 // what the server holds now, or the server merged the op.
                 apply(&mut tx, &op.collection, op.id, result.state.doc.as_ref()).await?;
             }
-            meta.write(&mut tx, mid)?;
+            meta.write(&mut tx, &at)?;
             if result.status == OpStatus::Rejected {
                 self.set_status(|s| s.rejected_ops += 1);
                 rejected.push((op.collection.clone(), op.id));
@@ -1056,7 +1143,7 @@ impl Replicator {
             if !self.synced(&c.collection) || c.cursor <= state.cursor {
                 continue;
             }
-            let mid = meta_id(&c.collection, &c.id);
+            let at = self.shared.meta.locate(&c.collection, &c.id);
             let mut meta = if state.blind_pull(c.cursor) {
                 // Nothing to read (see `State::versions_upto`): the common case of a
                 // client catching up with other clients' writes.
@@ -1065,7 +1152,7 @@ impl Replicator {
                     ..Meta::default()
                 }
             } else {
-                let meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
+                let meta = Meta::load(&mut tx, &at).await?;
                 // Pending local writes win locally until the server decides; a change at
                 // or below the known version (the client's own push, adopted from its
                 // result, or a newer state from a bootstrap page) is already applied.
@@ -1082,7 +1169,7 @@ impl Replicator {
             };
             apply(&mut tx, &c.collection, c.id, doc).await?;
             meta.version = Some(c.cursor);
-            meta.write(&mut tx, mid)?;
+            meta.write(&mut tx, &at)?;
             applied += 1;
         }
         // `pull_locked` checked that the server's cursor does not go back.
@@ -1191,11 +1278,11 @@ impl Replicator {
             if !self.synced(&e.collection) {
                 continue;
             }
-            let mid = meta_id(&e.collection, &e.id);
+            let at = self.shared.meta.locate(&e.collection, &e.id);
             let mut meta: Meta = if fresh && state.blind_bootstrap() {
                 Meta::default()
             } else {
-                Meta::read(tx.collection(META).get_document(mid).await?)?
+                Meta::load(&mut tx, &at).await?
             };
             meta.epoch = epoch;
             if meta.pending == 0 && meta.version.is_none_or(|v| v < e.version) {
@@ -1203,7 +1290,7 @@ impl Replicator {
                 meta.version = Some(e.version);
                 applied += 1;
             }
-            meta.write(&mut tx, mid)?;
+            meta.write(&mut tx, &at)?;
         }
         // The page's versions are at most its cursor.
         state.raise_versions_upto(resp.cursor);
@@ -1268,11 +1355,11 @@ impl Replicator {
                 opts.after = after;
                 let page = tx.collection(&coll).scan(opts).await?;
                 for doc in &page.items {
-                    let mid = meta_id(&coll, &doc.id());
-                    let meta = Meta::read(tx.collection(META).get_document(mid).await?)?;
+                    let at = self.shared.meta.locate(&coll, &doc.id());
+                    let meta = Meta::load(tx, &at).await?;
                     if meta.epoch != epoch && meta.pending == 0 {
                         tx.collection(&coll).delete(doc.id()).await?;
-                        tx.collection(META).delete(mid).await?;
+                        tx.collection(&at.0).delete(at.1).await?;
                     }
                 }
                 match page.next {
@@ -1513,6 +1600,7 @@ mod tests {
             next_op_id: 6,
             acked_op_id: 8,
             hlc_counter: 9,
+            meta_layout: META_LAYOUT_PER_COLLECTION,
             bootstrapped: true,
             versions_upto: Some(10),
         };
@@ -1551,6 +1639,29 @@ mod tests {
         };
         assert_eq!(Meta::decode(&old).unwrap(), expected);
         assert!(Meta::decode(&[0x83, 0x01]).is_err());
+    }
+
+    #[tokio::test]
+    async fn metadata_collections_fit_the_engines_name_limit() {
+        assert_eq!(meta_collection("notes"), "_sync.meta/notes");
+        let fits = "n".repeat(MAX_COLLECTION_NAME - META.len() - 1);
+        assert_eq!(meta_collection(&fits), format!("{META}/{fits}"));
+        let long = "n".repeat(MAX_COLLECTION_NAME);
+        let longer = format!("{long}x");
+        let (a, b) = (meta_collection(&long), meta_collection(&longer));
+        assert!(
+            a.starts_with("_sync.meta#") && a.len() == META.len() + 1 + 32,
+            "{a}"
+        );
+        assert_ne!(a, b);
+        // The engine takes each of them as a collection name.
+        let db = Database::memory().await.unwrap();
+        for name in [meta_collection(&fits), a] {
+            db.collection(&name)
+                .put_value(EntityId::MIN, &entidb::cbor::Value::from(1u64))
+                .await
+                .unwrap();
+        }
     }
 
     #[test]

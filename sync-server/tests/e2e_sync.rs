@@ -1456,3 +1456,84 @@ async fn a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss() {
     }
     assert_eq!(r.pending_ops().await.unwrap(), 0);
 }
+
+/// A database first attached by a build that kept all entity metadata in one `_sync.meta`
+/// collection keyed by hashes keeps that layout: its metadata (here, the server version an
+/// offline edit is based on) is found after a restart, so the edit is not taken for a
+/// conflict. New databases keep metadata per synced collection, keyed by entity id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_with_the_hashed_metadata_layout_keeps_it() {
+    let (dir, server) = app_server(None).await;
+    let adir = dir.path().join("a");
+    {
+        // Attach, then make the stored state one written before `meta_layout` existed.
+        let (local, r) = client(&server.url, &adir, "app", "a", &["notes"]).await;
+        drop(r);
+        let mut state: serde_json::Value = local
+            .collection("_sync.state")
+            .get(EntityId::MIN)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state["meta_layout"], json!(1), "{state}");
+        state.as_object_mut().unwrap().remove("meta_layout");
+        local
+            .collection("_sync.state")
+            .put(EntityId::MIN, &state)
+            .await
+            .unwrap();
+        local.close().await.unwrap();
+    }
+    let id = {
+        let (a, ra) = client(&server.url, &adir, "app", "a", &["notes"]).await;
+        let id = a
+            .collection("notes")
+            .insert(&json!({"v": 1}))
+            .await
+            .unwrap();
+        assert_eq!(ra.sync_now().await.unwrap().pushed, 1);
+        drop(ra);
+        a.close().await.unwrap();
+        id
+    };
+    // After a restart, an offline edit is pushed with the version the metadata holds.
+    let (a, ra) = client(&server.url, &adir, "app", "a", &["notes"]).await;
+    a.collection("notes")
+        .put(id, &json!({"v": 2}))
+        .await
+        .unwrap();
+    let report = ra.sync_now().await.unwrap();
+    assert_eq!(report.pushed, 1, "{report:?}");
+    assert!(
+        report.rejected.is_empty(),
+        "taken for a conflict: {report:?}"
+    );
+    let names = a.collections();
+    assert!(names.contains(&"_sync.meta".to_string()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("_sync.meta/")),
+        "{names:?}"
+    );
+
+    // A new client keeps it per collection, and the two converge.
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    rb.sync_now().await.unwrap();
+    b.collection("notes")
+        .put(id, &json!({"v": 3}))
+        .await
+        .unwrap();
+    let report = rb.sync_now().await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    let names = b.collections();
+    assert!(names.contains(&"_sync.meta/notes".to_string()), "{names:?}");
+    assert!(!names.contains(&"_sync.meta".to_string()), "{names:?}");
+    let meta = b
+        .collection("_sync.meta/notes")
+        .get_document(id)
+        .await
+        .unwrap();
+    assert!(meta.is_some(), "the metadata is keyed by the entity's id");
+    ra.sync_now().await.unwrap();
+    assert_eq!(contents(&a, "notes").await, contents(&b, "notes").await);
+    assert_eq!(contents(&a, "notes").await[0].1, json!({"v": 3}));
+}

@@ -270,6 +270,9 @@ struct Client {
     relaxed: bool,
     /// Restarts after which a relaxed client's cursor had gone back.
     cursor_went_back: u64,
+    /// The client's database keeps the first metadata layout (one `_sync.meta` collection
+    /// keyed by hashes), as one first attached by an older build does; every third client.
+    hashed_meta: bool,
     /// A cursor known to be durable (see the `sync_now` step): a relaxed client's cursor
     /// never goes back below it.
     durable_floor: u64,
@@ -294,9 +297,34 @@ impl Client {
         if !self.relaxed {
             cfg.pull_durability = entidb::Durability::Durable;
         }
-        let sync = Replicator::attach(db.clone(), cfg, self.transport.clone())
+        let mut sync = Replicator::attach(db.clone(), cfg.clone(), self.transport.clone())
             .await
             .map_err(|e| format!("{}: attach: {e}", self.name))?;
+        if self.hashed_meta {
+            let err = |e: entidb::Error| format!("{}: state: {e}", self.name);
+            let doc = db
+                .collection("_sync.state")
+                .get_document(EntityId::MIN)
+                .await
+                .map_err(err)?
+                .ok_or_else(|| format!("{}: no sync state", self.name))?;
+            let Value::Map(mut fields) = doc.value().map_err(err)? else {
+                return Err(format!("{}: the sync state is not a map", self.name));
+            };
+            let before = fields.len();
+            fields.retain(|(k, _)| *k != Value::Text("meta_layout".into()));
+            if fields.len() < before {
+                // The first open: make it state written before the field existed.
+                drop(sync);
+                db.collection("_sync.state")
+                    .put_value(EntityId::MIN, &Value::Map(fields))
+                    .await
+                    .map_err(err)?;
+                sync = Replicator::attach(db.clone(), cfg, self.transport.clone())
+                    .await
+                    .map_err(|e| format!("{}: attach: {e}", self.name))?;
+            }
+        }
         let c = sync.status().cursor;
         if c < self.cursor {
             // A relaxed client's lost pages are pulled again (the end state must still equal
@@ -515,6 +543,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
             wrote_during_live: false,
             relaxed: i % 2 == 0,
             cursor_went_back: 0,
+            hashed_meta: i % 3 == 1,
             durable_floor: 0,
         };
         c.open().await?;
@@ -665,6 +694,18 @@ async fn run(seed: u64) -> Result<Activity, String> {
             if c.sync.as_ref().unwrap().pending_ops().await.unwrap() != 0 {
                 return Err(format!("{} still has pending ops", c.name));
             }
+        }
+    }
+    for c in &clients {
+        // Each client kept the metadata layout it started with, across its restarts.
+        let names = c.db.as_ref().unwrap().collections();
+        let hashed = names.iter().any(|n| n == "_sync.meta");
+        let per_collection = names.iter().any(|n| n.starts_with("_sync.meta/"));
+        if hashed != c.hashed_meta || per_collection == c.hashed_meta {
+            return Err(format!(
+                "{} (hashed metadata: {}) has collections {names:?}",
+                c.name, c.hashed_meta
+            ));
         }
     }
     let d = net.decisions.lock().unwrap();
