@@ -1641,6 +1641,16 @@ mod tests {
         assert!(Meta::decode(&[0x83, 0x01]).is_err());
     }
 
+    /// Databases with the first layout hold metadata under this formula: it must not change.
+    #[test]
+    fn the_hashed_layout_keeps_its_formula() {
+        let key = hashed_meta_id("notes", &EntityId::from_bytes([1; 16]));
+        assert_eq!(
+            key.as_bytes().map(|b| format!("{b:02x}")).concat(),
+            "7b8e44e76807ba575f11d92bc3900101"
+        );
+    }
+
     #[tokio::test]
     async fn metadata_collections_fit_the_engines_name_limit() {
         assert_eq!(meta_collection("notes"), "_sync.meta/notes");

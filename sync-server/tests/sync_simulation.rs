@@ -273,6 +273,8 @@ struct Client {
     /// The client's database keeps the first metadata layout (one `_sync.meta` collection
     /// keyed by hashes), as one first attached by an older build does; every third client.
     hashed_meta: bool,
+    /// The first open of a `hashed_meta` client removed the layout from its state.
+    layout_stripped: bool,
     /// A cursor known to be durable (see the `sync_now` step): a relaxed client's cursor
     /// never goes back below it.
     durable_floor: u64,
@@ -311,10 +313,23 @@ impl Client {
             let Value::Map(mut fields) = doc.value().map_err(err)? else {
                 return Err(format!("{}: the sync state is not a map", self.name));
             };
-            let before = fields.len();
-            fields.retain(|(k, _)| *k != Value::Text("meta_layout".into()));
-            if fields.len() < before {
+            let key = Value::Text("meta_layout".into());
+            let layout = fields
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone());
+            if self.layout_stripped {
+                // State written since then stores the layout it keeps: 0.
+                if layout.as_ref().is_some_and(|v| *v != Value::from(0u64)) {
+                    return Err(format!(
+                        "{}: the stored metadata layout became {layout:?}",
+                        self.name
+                    ));
+                }
+            } else {
                 // The first open: make it state written before the field existed.
+                self.layout_stripped = true;
+                fields.retain(|(k, _)| *k != key);
                 drop(sync);
                 db.collection("_sync.state")
                     .put_value(EntityId::MIN, &Value::Map(fields))
@@ -544,6 +559,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
             relaxed: i % 2 == 0,
             cursor_went_back: 0,
             hashed_meta: i % 3 == 1,
+            layout_stripped: false,
             durable_floor: 0,
         };
         c.open().await?;
