@@ -8,11 +8,24 @@
 //!
 //! ## Record layout (value of `03 | seq`)
 //!
+//! Written in format 2, where consecutive changes to one collection share its name:
+//!
 //! ```text
-//! format u8 (1) | commit time (ms since epoch) u64 LE | origin_len u16 LE | origin (UTF-8) |
-//! count u32 LE | per change: kind u8 (1 put, 2 delete, 3 collection dropped,
-//!                            4 collection created) | name_len u16 LE | name | id (16 bytes, kinds 1-2)
+//! format u8 (2) | commit time (ms since epoch) u64 LE | origin_len u16 LE | origin (UTF-8) |
+//! group count u32 LE | per group: name_len u16 LE | name | change count u32 LE (>= 1) |
+//!     per change: kind u8 (1 put, 2 delete, 3 collection dropped, 4 collection created) |
+//!                 id (16 bytes, kinds 1-2)
 //! ```
+//!
+//! Format 1 (written before 2026-12-06, still read) names the collection in every change:
+//!
+//! ```text
+//! format u8 (1) | commit time u64 LE | origin_len u16 LE | origin | count u32 LE |
+//! per change: kind u8 | name_len u16 LE | name | id (16 bytes, kinds 1-2)
+//! ```
+//!
+//! A change costs 17 bytes in format 2 (kind and id) against 19 plus the name's length in
+//! format 1; a transaction that writes entities of one collection writes its name once.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -81,77 +94,170 @@ pub(crate) const KIND_DELETE: u8 = 2;
 pub(crate) const KIND_DROPPED: u8 = 3;
 pub(crate) const KIND_CREATED: u8 = 4;
 
-/// Encodes the feed record of a transaction.
+/// The record format [`RecordBuilder`] writes.
+const FORMAT: u8 = 2;
+/// The first format, still read.
+const FORMAT_PER_CHANGE_NAMES: u8 = 1;
+
+/// Encodes the feed record of a transaction (format 2: a group per run of changes to one
+/// collection).
 #[derive(Debug, Default)]
 pub(crate) struct RecordBuilder {
     out: Vec<u8>,
-    count: u32,
+    groups: u32,
+    /// The open group: where its name starts in `out`, and where its change count is.
+    group: Option<(usize, usize)>,
+    group_changes: u32,
 }
 
 impl RecordBuilder {
     pub(crate) fn new(timestamp: u64, origin: Option<&str>) -> Self {
-        let mut out = vec![1u8];
+        let mut out = vec![FORMAT];
         out.extend_from_slice(&timestamp.to_le_bytes());
         let o = origin.unwrap_or("").as_bytes();
         out.extend_from_slice(&(o.len() as u16).to_le_bytes());
         out.extend_from_slice(o);
         out.extend_from_slice(&0u32.to_le_bytes());
-        RecordBuilder { out, count: 0 }
+        RecordBuilder {
+            out,
+            ..RecordBuilder::default()
+        }
     }
 
     pub(crate) fn add(&mut self, kind: u8, name: &str, id: Option<&EntityId>) {
+        let same = self
+            .group
+            .is_some_and(|(at, count_at)| self.out.get(at..count_at) == Some(name.as_bytes()));
+        if !same {
+            self.close_group();
+            self.out
+                .extend_from_slice(&(name.len() as u16).to_le_bytes());
+            let at = self.out.len();
+            self.out.extend_from_slice(name.as_bytes());
+            self.group = Some((at, self.out.len()));
+            self.out.extend_from_slice(&0u32.to_le_bytes());
+            self.groups += 1;
+        }
         self.out.push(kind);
-        self.out
-            .extend_from_slice(&(name.len() as u16).to_le_bytes());
-        self.out.extend_from_slice(name.as_bytes());
         if let Some(id) = id {
             self.out.extend_from_slice(id.as_bytes());
         }
-        self.count += 1;
+        self.group_changes += 1;
+    }
+
+    fn close_group(&mut self) {
+        if let Some((_, count_at)) = self.group.take() {
+            self.out[count_at..count_at + 4].copy_from_slice(&self.group_changes.to_le_bytes());
+            self.group_changes = 0;
+        }
     }
 
     pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.close_group();
         let at = 1 + 8 + 2 + u16::from_le_bytes([self.out[9], self.out[10]]) as usize;
-        self.out[at..at + 4].copy_from_slice(&self.count.to_le_bytes());
+        self.out[at..at + 4].copy_from_slice(&self.groups.to_le_bytes());
         self.out
     }
 }
 
 /// A feed record read in place: names are borrowed from the record's bytes, so a change the
-/// reader filters out costs no allocation.
+/// reader filters out costs no allocation (in format 2 the changes of a group borrow the same
+/// name: `read_page` asks its filter once per group).
 struct Parsed<'a> {
     timestamp: u64,
     origin: Option<&'a str>,
     items: Vec<(u8, &'a str, Option<EntityId>)>,
 }
 
-fn parse(b: &[u8]) -> Option<Parsed<'_>> {
-    let mut p = 0usize;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let s = b.get(p..p + n)?;
-        p += n;
-        Some(s)
-    };
-    if take(1)? != [1] {
-        return None;
+/// Why a record could not be read.
+#[derive(Debug, PartialEq, Eq)]
+enum ParseError {
+    Malformed,
+    /// A format this build does not know (a newer build wrote it).
+    UnknownFormat(u8),
+}
+
+/// Reads a record's fields in order.
+struct Cursor<'a> {
+    b: &'a [u8],
+    p: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], ParseError> {
+        let s = self
+            .b
+            .get(self.p..self.p.saturating_add(n))
+            .ok_or(ParseError::Malformed)?;
+        self.p += n;
+        Ok(s)
     }
-    let timestamp = u64::from_le_bytes(take(8)?.try_into().ok()?);
-    let olen = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-    let origin = std::str::from_utf8(take(olen)?).ok()?;
-    let n = u32::from_le_bytes(take(4)?.try_into().ok()?);
+
+    fn u8(&mut self) -> std::result::Result<u8, ParseError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> std::result::Result<usize, ParseError> {
+        let s = self.take(2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]) as usize)
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, ParseError> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
+    fn str(&mut self, n: usize) -> std::result::Result<&'a str, ParseError> {
+        std::str::from_utf8(self.take(n)?).map_err(|_| ParseError::Malformed)
+    }
+
+    /// The id a change of `kind` carries (none for collection events).
+    fn id_of(&mut self, kind: u8) -> std::result::Result<Option<EntityId>, ParseError> {
+        match kind {
+            KIND_PUT | KIND_DELETE => EntityId::from_slice(self.take(16)?)
+                .map(Some)
+                .ok_or(ParseError::Malformed),
+            KIND_DROPPED | KIND_CREATED => Ok(None),
+            _ => Err(ParseError::Malformed),
+        }
+    }
+}
+
+fn parse(b: &[u8]) -> std::result::Result<Parsed<'_>, ParseError> {
+    let mut c = Cursor { b, p: 0 };
+    let format = c.u8()?;
+    if format != FORMAT && format != FORMAT_PER_CHANGE_NAMES {
+        return Err(ParseError::UnknownFormat(format));
+    }
+    let t = c.take(8)?;
+    let timestamp = u64::from_le_bytes([t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]]);
+    let olen = c.u16()?;
+    let origin = c.str(olen)?;
+    let n = c.u32()?;
     let mut items = Vec::new();
     for _ in 0..n {
-        let kind = take(1)?[0];
-        let nlen = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-        let name = std::str::from_utf8(take(nlen)?).ok()?;
-        let id = match kind {
-            KIND_PUT | KIND_DELETE => Some(EntityId::from_slice(take(16)?)?),
-            KIND_DROPPED | KIND_CREATED => None,
-            _ => return None,
-        };
-        items.push((kind, name, id));
+        if format == FORMAT_PER_CHANGE_NAMES {
+            let kind = c.u8()?;
+            let nlen = c.u16()?;
+            let name = c.str(nlen)?;
+            items.push((kind, name, c.id_of(kind)?));
+        } else {
+            let nlen = c.u16()?;
+            let name = c.str(nlen)?;
+            let count = c.u32()?;
+            if count == 0 {
+                return Err(ParseError::Malformed);
+            }
+            for _ in 0..count {
+                let kind = c.u8()?;
+                items.push((kind, name, c.id_of(kind)?));
+            }
+        }
     }
-    Some(Parsed {
+    if c.p != b.len() {
+        return Err(ParseError::Malformed);
+    }
+    Ok(Parsed {
         timestamp,
         origin: (!origin.is_empty()).then_some(origin),
         items,
@@ -195,10 +301,28 @@ where
         if keys::parse_feed_key(&key) != Some(seq) {
             return Err(bad());
         }
-        let parsed = parse(&value).ok_or_else(bad)?;
+        let parsed = parse(&value).map_err(|e| match e {
+            ParseError::Malformed => bad(),
+            ParseError::UnknownFormat(f) => Error::UnsupportedFormat {
+                file: "change feed".into(),
+                detail: format!(
+                    "record format {f} at sequence {seq}; this build reads formats {FORMAT_PER_CHANGE_NAMES} and {FORMAT}"
+                ),
+            },
+        })?;
         let mut changes = Vec::with_capacity(parsed.items.len());
+        // The filter's answer for the last name (a group's changes borrow one name).
+        let mut last: Option<(&str, bool)> = None;
         for (kind, name, id) in parsed.items {
-            if !keep(parsed.origin, name) {
+            let kept = match last {
+                Some((n, k)) if std::ptr::eq(n, name) => k,
+                _ => {
+                    let k = keep(parsed.origin, name);
+                    last = Some((name, k));
+                    k
+                }
+            };
+            if !kept {
                 continue;
             }
             let op = match (kind, id) {
@@ -352,14 +476,125 @@ mod tests {
     #[test]
     fn record_roundtrip() {
         let mut b = RecordBuilder::new(42, Some("sync"));
-        b.add(KIND_PUT, "users", Some(&EntityId([3; 16])));
+        b.add(KIND_CREATED, "users", None);
         b.add(KIND_DROPPED, "old", None);
+        b.add(KIND_PUT, "users", Some(&EntityId([3; 16])));
+        b.add(KIND_DELETE, "users", Some(&EntityId([4; 16])));
+        b.add(KIND_PUT, "z", Some(&EntityId([5; 16])));
         let record = b.finish();
+        // Four groups: "users" (created), "old", "users" (two writes), "z".
+        let head = 1 + 8 + 2 + 4 + 4;
+        let groups = (2 + 5 + 4) * 2 + (2 + 3 + 4) + (2 + 1 + 4);
+        assert_eq!(record.len(), head + groups + 1 + 1 + 17 * 3);
+        assert_eq!(record[0], 2);
+        assert_eq!(record[15..19], 4u32.to_le_bytes());
         let p = parse(&record).unwrap();
         assert_eq!(p.timestamp, 42);
         assert_eq!(p.origin, Some("sync"));
-        assert_eq!(p.items.len(), 2);
-        assert_eq!(p.items[0], (KIND_PUT, "users", Some(EntityId([3; 16]))));
-        assert!(parse(&[2]).is_none());
+        assert_eq!(
+            p.items,
+            vec![
+                (KIND_CREATED, "users", None),
+                (KIND_DROPPED, "old", None),
+                (KIND_PUT, "users", Some(EntityId([3; 16]))),
+                (KIND_DELETE, "users", Some(EntityId([4; 16]))),
+                (KIND_PUT, "z", Some(EntityId([5; 16]))),
+            ]
+        );
+        // The changes of a group borrow one name.
+        assert!(std::ptr::eq(p.items[2].1, p.items[3].1));
+        let empty = RecordBuilder::new(7, None).finish();
+        let p = parse(&empty).unwrap();
+        assert_eq!((p.timestamp, p.origin, p.items.len()), (7, None, 0));
+    }
+
+    /// Records written before format 2 (the collection named in every change) still read.
+    #[test]
+    fn format_1_records_still_read() {
+        let mut r = vec![1u8];
+        r.extend_from_slice(&9u64.to_le_bytes());
+        r.extend_from_slice(&0u16.to_le_bytes());
+        r.extend_from_slice(&2u32.to_le_bytes());
+        for (kind, name, id) in [(KIND_PUT, "a", Some([1u8; 16])), (KIND_CREATED, "bb", None)] {
+            r.push(kind);
+            r.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            r.extend_from_slice(name.as_bytes());
+            if let Some(id) = id {
+                r.extend_from_slice(&id);
+            }
+        }
+        let p = parse(&r).unwrap();
+        assert_eq!((p.timestamp, p.origin), (9, None));
+        assert_eq!(
+            p.items,
+            vec![
+                (KIND_PUT, "a", Some(EntityId([1; 16]))),
+                (KIND_CREATED, "bb", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_records_are_refused() {
+        let mut b = RecordBuilder::new(1, Some("o"));
+        b.add(KIND_PUT, "c", Some(&EntityId([1; 16])));
+        let good = b.finish();
+        assert!(parse(&good).is_ok());
+        // Every strict prefix, and any trailing byte.
+        for n in 0..good.len() {
+            assert_eq!(
+                parse(&good[..n]).err(),
+                Some(ParseError::Malformed),
+                "prefix {n}"
+            );
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(parse(&long).err(), Some(ParseError::Malformed));
+        // A group of no changes, and an unknown change kind.
+        let mut zero = good[..1 + 8 + 2 + 1].to_vec();
+        zero.extend_from_slice(&1u32.to_le_bytes());
+        zero.extend_from_slice(&1u16.to_le_bytes());
+        zero.push(b'c');
+        zero.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(parse(&zero).err(), Some(ParseError::Malformed));
+        let mut kind = good.clone();
+        let at = good.len() - 17;
+        kind[at] = 9;
+        assert_eq!(parse(&kind).err(), Some(ParseError::Malformed));
+        // A format from a newer build is named as such.
+        let mut newer = good;
+        newer[0] = 3;
+        assert_eq!(parse(&newer).err(), Some(ParseError::UnknownFormat(3)));
+    }
+
+    proptest::proptest! {
+        /// Any sequence of changes reads back as written, and any bytes are read without a
+        /// panic (a corrupt record is an error, never a crash).
+        #[test]
+        fn records_roundtrip_and_arbitrary_bytes_never_panic(
+            changes in proptest::collection::vec(
+                (1u8..=4, proptest::sample::select(vec!["a", "bb", "items", ""]), proptest::array::uniform16(0u8..)),
+                0..40,
+            ),
+            origin in proptest::option::of("[a-z]{0,8}"),
+            noise in proptest::collection::vec(0u8.., 0..200),
+        ) {
+            let mut b = RecordBuilder::new(5, origin.as_deref());
+            let mut want = Vec::new();
+            for (kind, name, id) in &changes {
+                let id = matches!(*kind, KIND_PUT | KIND_DELETE).then_some(EntityId(*id));
+                b.add(*kind, name, id.as_ref());
+                want.push((*kind, *name, id));
+            }
+            let record = b.finish();
+            let p = parse(&record).unwrap();
+            proptest::prop_assert_eq!(p.items, want);
+            proptest::prop_assert_eq!(p.origin, origin.as_deref().filter(|o| !o.is_empty()));
+            let _ = parse(&noise);
+            let mut framed = vec![FORMAT];
+            framed.extend_from_slice(&noise);
+            let _ = parse(&framed);
+        }
     }
 }
