@@ -338,20 +338,31 @@ impl Meta {
         })
     }
 
-    /// The stored form, encoded by the engine's canonical encoder (no serde pass and no
-    /// re-validation: it is written once per applied change or acknowledged op).
-    fn stored(&self) -> entidb::cbor::Value {
-        use entidb::cbor::Value;
-        Value::Array(vec![
-            self.version.map_or(Value::Null, Value::from),
-            Value::from(self.pending),
-            Value::from(self.epoch),
-        ])
+    /// The stored form: canonical CBOR `[version or null, pending, epoch]`, written into a
+    /// stack buffer (it is written once per applied change or acknowledged op; no `Value`
+    /// and no encoder pass).
+    fn stored(&self) -> ([u8; META_MAX_BYTES], usize) {
+        let mut out = [0u8; META_MAX_BYTES];
+        out[0] = META_ARRAY;
+        let mut n = 1;
+        match self.version {
+            Some(v) => n += cbor_uint(v, &mut out[n..]),
+            None => {
+                out[n] = 0xf6;
+                n += 1;
+            }
+        }
+        n += cbor_uint(u64::from(self.pending), &mut out[n..]);
+        n += cbor_uint(self.epoch, &mut out[n..]);
+        (out, n)
     }
 
     /// Stores it at `at` (from `MetaLayout::locate`).
     fn write(&self, tx: &mut WriteTxn, at: &MetaAt<'_>) -> SyncResult<()> {
-        tx.collection(&at.0).put_value(at.1, &self.stored())?;
+        let (bytes, n) = self.stored();
+        // Canonical as written: checked and copied once, not re-encoded.
+        let doc = Canonical::from_cbor(&bytes[..n]).map_err(entidb::Error::from)?;
+        tx.collection(&at.0).put_canonical(at.1, &doc)?;
         Ok(())
     }
 
@@ -367,6 +378,33 @@ const CAPTURE_LAG: u64 = 1024;
 
 /// The head of a CBOR array of 3.
 const META_ARRAY: u8 = 0x83;
+
+/// The longest stored metadata: the array head, then three 9-byte integers.
+const META_MAX_BYTES: usize = 1 + 3 * 9;
+
+/// Writes `v` as a canonical (shortest) CBOR unsigned integer at the start of `out`;
+/// returns the bytes written (1, 2, 3, 5 or 9).
+fn cbor_uint(v: u64, out: &mut [u8]) -> usize {
+    if v < 24 {
+        out[0] = v as u8;
+        1
+    } else if let Ok(b) = u8::try_from(v) {
+        out[..2].copy_from_slice(&[0x18, b]);
+        2
+    } else if let Ok(b) = u16::try_from(v) {
+        out[0] = 0x19;
+        out[1..3].copy_from_slice(&b.to_be_bytes());
+        3
+    } else if let Ok(b) = u32::try_from(v) {
+        out[0] = 0x1a;
+        out[1..5].copy_from_slice(&b.to_be_bytes());
+        5
+    } else {
+        out[0] = 0x1b;
+        out[1..9].copy_from_slice(&v.to_be_bytes());
+        9
+    }
+}
 
 /// Keeps a local database in sync with a server. Cheap to clone; one replicator per local
 /// database (its operations serialize on an internal lock).
@@ -446,8 +484,12 @@ impl MetaLayout {
     }
 }
 
-/// The metadata collection of synced collection `collection` (`MetaLayout::PerCollection`).
-fn meta_collection(collection: &str) -> String {
+/// The reserved collection that holds the sync metadata of `collection`'s entities, keyed by
+/// entity id: `_sync.meta/<collection>`, or `_sync.meta#` and 32 hex digits of SHA-256 of
+/// the name when that would pass the engine's 255-byte limit on names. The client and the
+/// server both use it (each in its own database); databases from before it keep one
+/// `_sync.meta` collection keyed by hashes.
+pub fn meta_collection(collection: &str) -> String {
     let name = format!("{META}/{collection}");
     if name.len() <= MAX_COLLECTION_NAME {
         return name;
@@ -1611,22 +1653,38 @@ mod tests {
 
     #[test]
     fn metadata_is_a_canonical_array_and_the_old_map_still_reads() {
-        for meta in [
-            Meta::default(),
-            Meta {
-                version: Some(1 << 40),
-                pending: 3,
-                epoch: 24,
-            },
-        ] {
-            let bytes = encode(&meta.stored());
+        // Every width of CBOR integer, at both ends.
+        let widths = [
+            0,
+            23,
+            24,
+            255,
+            256,
+            65_535,
+            65_536,
+            u64::from(u32::MAX),
+            1 << 32,
+            u64::MAX,
+        ];
+        let mut metas = vec![Meta::default()];
+        for (i, &v) in widths.iter().enumerate() {
+            metas.push(Meta {
+                version: Some(v),
+                pending: u32::try_from(widths[(i + 3) % widths.len()]).unwrap_or(u32::MAX),
+                epoch: widths[(i + 7) % widths.len()],
+            });
+        }
+        for meta in metas {
+            let (buf, n) = meta.stored();
+            let bytes = buf[..n].to_vec();
             entidb::cbor::validate_canonical(&bytes).unwrap();
             assert_eq!(Meta::decode(&bytes).unwrap(), meta);
             // The same bytes as serde writes for the tuple (the form since 2026-12-06).
             let tuple = (meta.version, meta.pending, meta.epoch);
             assert_eq!(entidb::cbor::to_canonical_vec(&tuple).unwrap(), bytes);
         }
-        assert_eq!(encode(&Meta::default().stored()), [0x83, 0xf6, 0x00, 0x00]);
+        let (buf, n) = Meta::default().stored();
+        assert_eq!(buf[..n], [0x83, 0xf6, 0x00, 0x00]);
         let old = encode(&Value::map([
             ("version", Value::from(7)),
             ("pending", Value::from(1)),

@@ -26,6 +26,7 @@ pub mod wire;
 
 pub use client::{
     ORIGIN, Progress, Replicator, Status, SyncConfig, SyncError, SyncReport, SyncResult,
+    meta_collection,
 };
 /// The HTTP client [`HttpTransport`] is built on, for [`HttpTransport::with_client`].
 pub use reqwest;

@@ -20,9 +20,44 @@ pub struct Hosted {
     pub db: Database,
     /// The latest committed cursor; long polls wait on it.
     pub changed: watch::Sender<u64>,
+    /// Where entity metadata is kept in `db`.
+    pub(crate) meta: MetaLayout,
 }
 
+/// Where a hosted database keeps its entity metadata (`crate::service`).
+///
+/// `PerCollection`: collection [`entidb_sync::meta_collection`]`(c)` for app collection `c`,
+/// keyed by the entity's id, so that a push of nearby ids reads and writes nearby keys.
+/// `Hashed`: one `_sync.meta` collection keyed by a hash of (collection, id), the first
+/// layout, which a database that has that collection keeps (a hash cannot be inverted to
+/// move its metadata). Only the hashed layout ever creates `_sync.meta` (clients cannot write
+/// reserved collections), so its presence tells the two apart without a record of its own,
+/// and a database without it, new or old, takes the per-collection layout for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetaLayout {
+    Hashed,
+    PerCollection,
+}
+
+/// The collection of the hashed layout.
+pub(crate) const HASHED_META: &str = "_sync.meta";
+
 impl Hosted {
+    /// Hosts `db` as database `name` (and sees which metadata layout it has).
+    pub fn new(name: &str, db: Database) -> Hosted {
+        let meta = if db.collections().iter().any(|c| c == HASHED_META) {
+            MetaLayout::Hashed
+        } else {
+            MetaLayout::PerCollection
+        };
+        Hosted {
+            name: name.to_owned(),
+            changed: watch::channel(db.last_sequence()).0,
+            db,
+            meta,
+        }
+    }
+
     /// Tells waiters that the oplog advanced to `cursor`.
     pub fn publish(&self, cursor: u64) {
         self.changed.send_if_modified(|c| {
@@ -175,11 +210,7 @@ impl Hosts {
 
 /// Registers an opened database.
 fn host(open: &mut BTreeMap<String, Arc<Hosted>>, name: &str, db: Database) -> Arc<Hosted> {
-    let h = Arc::new(Hosted {
-        name: name.to_owned(),
-        changed: watch::channel(db.last_sequence()).0,
-        db,
-    });
+    let h = Arc::new(Hosted::new(name, db));
     open.insert(name.to_owned(), h.clone());
     h
 }

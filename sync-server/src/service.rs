@@ -9,8 +9,10 @@
 //!   wrote. Cursors are gapless; records the client may not read are skipped in pull pages;
 //! - `_sync.clients`: per client id, the highest op id applied (dedupe: op ids increase per
 //!   client, so an op id at or below it is a retry);
-//! - `_sync.meta`: per entity, the cursor of its last write (also for deletes, so a delete
-//!   has a version), the HLC stamp of that write and the client that made it;
+//! - entity metadata: per entity, the cursor of its last write (also for deletes, so a delete
+//!   has a version), the HLC stamp of that write and the client that made it; in
+//!   `_sync.meta/<collection>` keyed by entity id, or in databases hosted before that layout,
+//!   one `_sync.meta` keyed by a hash of (collection, id) (`MetaLayout`);
 //! - `_sync.conflicts`: the conflict log, keyed by time-ordered ids.
 
 use std::collections::HashMap;
@@ -28,10 +30,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::hosted::Hosted;
+use crate::hosted::{HASHED_META, Hosted, MetaLayout};
 
 const CLIENTS: &str = "_sync.clients";
-const META: &str = "_sync.meta";
 const CONFLICTS: &str = "_sync.conflicts";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -119,8 +120,15 @@ fn hash_id(parts: &[&[u8]]) -> EntityId {
     EntityId::from_bytes(b)
 }
 
-fn meta_id(collection: &str, id: &EntityId) -> EntityId {
-    hash_id(&[collection.as_bytes(), id.as_bytes()])
+/// The collection and key of the metadata of `collection`'s entity `id` in `layout`.
+fn meta_at(layout: MetaLayout, collection: &str, id: &EntityId) -> (String, EntityId) {
+    match layout {
+        MetaLayout::Hashed => (
+            HASHED_META.to_owned(),
+            hash_id(&[collection.as_bytes(), id.as_bytes()]),
+        ),
+        MetaLayout::PerCollection => (entidb_sync::meta_collection(collection), *id),
+    }
 }
 
 fn forbidden(message: String) -> ApiError {
@@ -227,8 +235,8 @@ pub async fn push(
     let mut touched: HashMap<(String, EntityId), bool> = HashMap::with_capacity(req.ops.len());
     let mut results = Vec::with_capacity(req.ops.len());
     for op in req.ops {
-        let mid = meta_id(&op.collection, &op.id);
-        let meta: Option<EntityMeta> = tx.collection(META).get(mid).await.map_err(eng)?;
+        let (meta_coll, mid) = meta_at(hosted.meta, &op.collection, &op.id);
+        let meta: Option<EntityMeta> = tx.collection(&meta_coll).get(mid).await.map_err(eng)?;
         let key = (op.collection.clone(), op.id);
         // The stored document is read only when something needs it: its version when no
         // metadata exists (an entity written outside sync), its value for a retry's or a
@@ -379,7 +387,7 @@ pub async fn push(
             client: Some(req.client_id.clone()),
             history,
         };
-        tx.collection(META).put(mid, &new_meta).map_err(eng)?;
+        tx.collection(&meta_coll).put(mid, &new_meta).map_err(eng)?;
         // An op applied as pushed is answered without its document (the client has it).
         results.push(OpResult {
             op_id: op.op_id,
@@ -674,6 +682,20 @@ fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Databases with the first layout hold metadata under this formula: it must not change.
+    #[test]
+    fn the_hashed_layout_keeps_its_formula() {
+        let id = EntityId::from_bytes([1; 16]);
+        let (coll, key) = meta_at(MetaLayout::Hashed, "notes", &id);
+        assert_eq!(coll, "_sync.meta");
+        let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "98f86cdc86f6486bece2d47b8eab2e19");
+        assert_eq!(
+            meta_at(MetaLayout::PerCollection, "notes", &id),
+            ("_sync.meta/notes".to_owned(), id)
+        );
+    }
 
     /// Written once per op: serde's output must be canonical as written (fields declared in
     /// canonical key order), so that storing it needs no reordering pass.

@@ -852,8 +852,10 @@ async fn waiting_clients_never_take_the_slots_of_pushes() {
     ra.sync_now().await.unwrap();
     let http = reqwest::Client::new();
     let reader = token("app", "r", &["read"], 60);
-    let poll = |http: reqwest::Client| {
-        let url = format!("{}/v2/db/app/pull?since=1&wait_ms=20000", server.url);
+    // Polls from a given cursor (the one after the first push: the server's own records take
+    // cursors too).
+    let poll = |http: reqwest::Client, since: u64| {
+        let url = format!("{}/v2/db/app/pull?since={since}&wait_ms=20000", server.url);
         let reader = reader.clone();
         tokio::spawn(async move { http.get(url).bearer_auth(reader).send().await.unwrap() })
     };
@@ -863,13 +865,14 @@ async fn waiting_clients_never_take_the_slots_of_pushes() {
         .await
         .unwrap();
     ra.sync_now().await.unwrap();
-    let p1 = poll(http.clone());
-    let p2 = poll(http.clone());
+    let since = ra.status().cursor;
+    let p1 = poll(http.clone(), since);
+    let p2 = poll(http.clone(), since);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A third waiter is refused at once...
     let third = http
         .get(format!(
-            "{}/v2/db/app/pull?since=1&wait_ms=20000",
+            "{}/v2/db/app/pull?since={since}&wait_ms=20000",
             server.url
         ))
         .bearer_auth(&reader)
@@ -1536,4 +1539,63 @@ async fn a_database_with_the_hashed_metadata_layout_keeps_it() {
     ra.sync_now().await.unwrap();
     assert_eq!(contents(&a, "notes").await, contents(&b, "notes").await);
     assert_eq!(contents(&a, "notes").await[0].1, json!({"v": 3}));
+}
+
+/// A server database keeps entity metadata per collection, keyed by entity id; one that has
+/// the first layout's `_sync.meta` collection keeps that, keyed by hashes. Each keeps its
+/// layout across restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_databases_keep_the_metadata_layout_they_started_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        // "old": written by a build with the first layout (which created `_sync.meta`).
+        let db = Database::open(data.join("old")).await.unwrap();
+        db.collection("notes")
+            .insert(&json!({"n": 0}))
+            .await
+            .unwrap();
+        db.create_collection("_sync.meta").await.unwrap();
+        db.close().await.unwrap();
+    }
+    let mut server = Server::start(&data, None, &[]);
+    server.create_db("new").await;
+    let addr = server.addr();
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "old", "a", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "new", "b", &["notes"]).await;
+    for round in 1..=2 {
+        if round == 2 {
+            // Restarted: the layout is seen again.
+            server = Server::start_at(&data, None, &addr, &[]);
+        }
+        for (local, r) in [(&a, &ra), (&b, &rb)] {
+            local
+                .collection("notes")
+                .insert(&json!({ "n": round }))
+                .await
+                .unwrap();
+            assert_eq!(r.sync_now().await.unwrap().pushed, 1);
+        }
+        assert!(server.stop());
+    }
+    let old = Database::open(data.join("old")).await.unwrap();
+    let names = old.collections();
+    assert_eq!(
+        old.collection("_sync.meta").count().await.unwrap(),
+        2,
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("_sync.meta/")),
+        "{names:?}"
+    );
+    let new = Database::open(data.join("new")).await.unwrap();
+    let names = new.collections();
+    assert_eq!(
+        new.collection("_sync.meta/notes").count().await.unwrap(),
+        2,
+        "{names:?}"
+    );
+    assert!(!names.contains(&"_sync.meta".to_string()), "{names:?}");
+    assert_eq!(contents(&a, "notes").await.len(), 3);
 }

@@ -454,11 +454,7 @@ async fn open_server(sim: &SimBackend, retention: u64) -> Result<Arc<Hosted>, St
     let db = Database::open_with(Arc::new(sim.clone()), options().feed_retention(retention))
         .await
         .map_err(|e| format!("server open: {e}"))?;
-    Ok(Arc::new(Hosted {
-        name: "app".into(),
-        changed: tokio::sync::watch::channel(db.last_sequence()).0,
-        db,
-    }))
+    Ok(Arc::new(Hosted::new("app", db)))
 }
 
 async fn contents(db: &Database, coll: &str) -> Vec<(EntityId, Vec<u8>)> {
@@ -515,6 +511,18 @@ async fn run(seed: u64) -> Result<Activity, String> {
     config
         .policies
         .insert("lww".into(), ConflictPolicy::LastWriterWins);
+    // Odd seeds: a server database from before the per-collection metadata layout (it has a
+    // `_sync.meta` collection), which keeps one `_sync.meta` keyed by hashes.
+    let legacy_server = seed % 2 == 1;
+    if legacy_server {
+        let db = Database::open_with(Arc::new(server_sim.clone()), options())
+            .await
+            .map_err(|e| format!("server open: {e}"))?;
+        db.create_collection("_sync.meta")
+            .await
+            .map_err(|e| format!("server: {e}"))?;
+        db.close().await.map_err(|e| format!("server close: {e}"))?;
+    }
     let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let net = Arc::new(Net {
         rng: Mutex::new(SmallRng::seed_from_u64(seed ^ 0xABCD)),
@@ -711,6 +719,20 @@ async fn run(seed: u64) -> Result<Activity, String> {
                 return Err(format!("{} still has pending ops", c.name));
             }
         }
+    }
+    // The server kept its layout across its restarts.
+    let names = server.db.collections();
+    let per_collection = names.iter().any(|n| n.starts_with("_sync.meta/"));
+    let hashed_entries = server
+        .db
+        .collection("_sync.meta")
+        .count()
+        .await
+        .unwrap_or(0);
+    if per_collection == legacy_server || (legacy_server && hashed_entries == 0) {
+        return Err(format!(
+            "server (legacy layout: {legacy_server}) has collections {names:?} and {hashed_entries} hashed entries"
+        ));
     }
     for c in &clients {
         // Each client kept the metadata layout it started with, across its restarts.
