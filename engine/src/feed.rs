@@ -24,7 +24,7 @@
 //! per change: kind u8 | name_len u16 LE | name | id (16 bytes, kinds 1-2)
 //! ```
 //!
-//! A change costs 17 bytes in format 2 (kind and id) against 19 plus the name's length in
+//! A put or delete costs 17 bytes in format 2 (kind and id) against 19 plus the name's length in
 //! format 1; a transaction that writes entities of one collection writes its name once.
 
 use std::collections::VecDeque;

@@ -307,9 +307,10 @@ struct OutboxEntry {
 /// An entity's sync metadata: the server version its copy is based on, its pending ops, the
 /// last bootstrap that saw it.
 ///
-/// Stored as canonical CBOR `[version or null, pending, epoch]` (an array built as a `Value`
-/// and encoded by the engine: it is written once per applied change or acknowledged op, and
-/// serde would write the struct as a map with its fields out of canonical order). Metadata
+/// Stored as canonical CBOR `[version or null, pending, epoch]` (an array written by
+/// [`Meta::stored`] into a stack buffer: it is written once per applied change or
+/// acknowledged op, and serde would write the struct as a map with its fields out of
+/// canonical order). Metadata
 /// written before this form is that map, which still reads.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 struct Meta {

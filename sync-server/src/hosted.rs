@@ -43,19 +43,36 @@ pub(crate) enum MetaLayout {
 pub(crate) const HASHED_META: &str = "_sync.meta";
 
 impl Hosted {
-    /// Hosts `db` as database `name` (and sees which metadata layout it has).
-    pub fn new(name: &str, db: Database) -> Hosted {
-        let meta = if db.collections().iter().any(|c| c == HASHED_META) {
+    /// Hosts `db` as database `name` (and sees which metadata layout it has). A database
+    /// with metadata in both layouts is refused: a server build from before the
+    /// per-collection layout wrote to it after a newer one, and serving it would leave one
+    /// half of its metadata out of sight.
+    pub fn new(name: &str, db: Database) -> Result<Hosted, ApiError> {
+        let names = db.collections();
+        let hashed = names.iter().any(|c| c == HASHED_META);
+        if hashed
+            && names
+                .iter()
+                .any(|c| c.starts_with("_sync.meta/") || c.starts_with("_sync.meta#"))
+        {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "database {name:?} holds entity metadata in both layouts ({HASHED_META} and {HASHED_META}/<collection>): a server build older than the per-collection layout wrote to it after a newer one; restore it from a backup taken before that"
+                ),
+            ));
+        }
+        let meta = if hashed {
             MetaLayout::Hashed
         } else {
             MetaLayout::PerCollection
         };
-        Hosted {
+        Ok(Hosted {
             name: name.to_owned(),
             changed: watch::channel(db.last_sequence()).0,
             db,
             meta,
-        }
+        })
     }
 
     /// Tells waiters that the oplog advanced to `cursor`.
@@ -134,7 +151,7 @@ impl Hosts {
         let db = Database::open_path(&path, self.options.clone().create_if_missing(false))
             .await
             .map_err(|e| ApiError::engine(&e))?;
-        Ok(host(&mut open, name, db))
+        host(&mut open, name, db)
     }
 
     /// Creates database `name`.
@@ -151,7 +168,7 @@ impl Hosts {
         let db = Database::open_path(&path, self.options.clone())
             .await
             .map_err(|e| ApiError::engine(&e))?;
-        Ok(host(&mut open, name, db))
+        host(&mut open, name, db)
     }
 
     /// Deletes database `name` and its files.
@@ -209,10 +226,14 @@ impl Hosts {
 }
 
 /// Registers an opened database.
-fn host(open: &mut BTreeMap<String, Arc<Hosted>>, name: &str, db: Database) -> Arc<Hosted> {
-    let h = Arc::new(Hosted::new(name, db));
+fn host(
+    open: &mut BTreeMap<String, Arc<Hosted>>,
+    name: &str,
+    db: Database,
+) -> Result<Arc<Hosted>, ApiError> {
+    let h = Arc::new(Hosted::new(name, db)?);
     open.insert(name.to_owned(), h.clone());
-    h
+    Ok(h)
 }
 
 fn not_found(name: &str) -> ApiError {

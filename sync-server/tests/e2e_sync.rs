@@ -1557,9 +1557,23 @@ async fn server_databases_keep_the_metadata_layout_they_started_with() {
             .unwrap();
         db.create_collection("_sync.meta").await.unwrap();
         db.close().await.unwrap();
+        // "mixed": an older server build wrote to it after a newer one.
+        let db = Database::open(data.join("mixed")).await.unwrap();
+        db.create_collection("_sync.meta/notes").await.unwrap();
+        db.create_collection("_sync.meta").await.unwrap();
+        db.close().await.unwrap();
     }
     let mut server = Server::start(&data, None, &[]);
     server.create_db("new").await;
+    let mixed = reqwest::Client::new()
+        .get(format!("{}/v2/db/mixed/pull?since=0", server.url))
+        .bearer_auth(token("mixed", "m", &["read"], 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mixed.status(), 500);
+    let body = mixed.text().await.unwrap();
+    assert!(body.contains("both layouts"), "{body}");
     let addr = server.addr();
     let (a, ra) = client(&server.url, &dir.path().join("a"), "old", "a", &["notes"]).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "new", "b", &["notes"]).await;

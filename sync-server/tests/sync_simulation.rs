@@ -454,7 +454,9 @@ async fn open_server(sim: &SimBackend, retention: u64) -> Result<Arc<Hosted>, St
     let db = Database::open_with(Arc::new(sim.clone()), options().feed_retention(retention))
         .await
         .map_err(|e| format!("server open: {e}"))?;
-    Ok(Arc::new(Hosted::new("app", db)))
+    Ok(Arc::new(
+        Hosted::new("app", db).map_err(|e| format!("server host: {e:?}"))?,
+    ))
 }
 
 async fn contents(db: &Database, coll: &str) -> Vec<(EntityId, Vec<u8>)> {
