@@ -34,6 +34,9 @@ pub(crate) struct Catalog {
     max_index_id: u32,
 }
 
+/// Longest collection name accepted, in bytes of UTF-8.
+pub const MAX_COLLECTION_NAME_BYTES: usize = 255;
+
 /// Check a collection name: 1 to 255 bytes of UTF-8 without control characters.
 pub(crate) fn check_name(name: &str) -> Result<()> {
     let bad = |reason| {
@@ -45,7 +48,7 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return bad("a collection name cannot be empty");
     }
-    if name.len() > 255 {
+    if name.len() > MAX_COLLECTION_NAME_BYTES {
         return bad("a collection name is at most 255 bytes");
     }
     if name.chars().any(char::is_control) {

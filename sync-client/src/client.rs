@@ -346,15 +346,21 @@ impl Meta {
         let mut out = [0u8; META_MAX_BYTES];
         out[0] = META_ARRAY;
         let mut n = 1;
+        let uint = |v: u64, out: &mut [u8; META_MAX_BYTES], n: &mut usize| {
+            let mut head = [0u8; 9];
+            let len = entidb::cbor::encode_head(0, v, &mut head);
+            out[*n..*n + len].copy_from_slice(&head[..len]);
+            *n += len;
+        };
         match self.version {
-            Some(v) => n += cbor_uint(v, &mut out[n..]),
+            Some(v) => uint(v, &mut out, &mut n),
             None => {
                 out[n] = 0xf6;
                 n += 1;
             }
         }
-        n += cbor_uint(u64::from(self.pending), &mut out[n..]);
-        n += cbor_uint(self.epoch, &mut out[n..]);
+        uint(u64::from(self.pending), &mut out, &mut n);
+        uint(self.epoch, &mut out, &mut n);
         (out, n)
     }
 
@@ -382,30 +388,6 @@ const META_ARRAY: u8 = 0x83;
 
 /// The longest stored metadata: the array head, then three 9-byte integers.
 const META_MAX_BYTES: usize = 1 + 3 * 9;
-
-/// Writes `v` as a canonical (shortest) CBOR unsigned integer at the start of `out`;
-/// returns the bytes written (1, 2, 3, 5 or 9).
-fn cbor_uint(v: u64, out: &mut [u8]) -> usize {
-    if v < 24 {
-        out[0] = v as u8;
-        1
-    } else if let Ok(b) = u8::try_from(v) {
-        out[..2].copy_from_slice(&[0x18, b]);
-        2
-    } else if let Ok(b) = u16::try_from(v) {
-        out[0] = 0x19;
-        out[1..3].copy_from_slice(&b.to_be_bytes());
-        3
-    } else if let Ok(b) = u32::try_from(v) {
-        out[0] = 0x1a;
-        out[1..5].copy_from_slice(&b.to_be_bytes());
-        5
-    } else {
-        out[0] = 0x1b;
-        out[1..9].copy_from_slice(&v.to_be_bytes());
-        9
-    }
-}
 
 /// Keeps a local database in sync with a server. Cheap to clone; one replicator per local
 /// database (its operations serialize on an internal lock).
@@ -450,9 +432,6 @@ type MetaAt<'a> = (Cow<'a, str>, EntityId);
 const META_LAYOUT_HASHED: u8 = 0;
 const META_LAYOUT_PER_COLLECTION: u8 = 1;
 
-/// The engine's limit on a collection name, in bytes.
-const MAX_COLLECTION_NAME: usize = 255;
-
 impl MetaLayout {
     fn new(stored: u8, collections: &[String]) -> SyncResult<MetaLayout> {
         match stored {
@@ -492,7 +471,7 @@ impl MetaLayout {
 /// `_sync.meta` collection keyed by hashes.
 pub fn meta_collection(collection: &str) -> String {
     let name = format!("{META}/{collection}");
-    if name.len() <= MAX_COLLECTION_NAME {
+    if name.len() <= entidb::MAX_COLLECTION_NAME_BYTES {
         return name;
     }
     let d = Sha256::digest(collection.as_bytes());
@@ -1713,9 +1692,9 @@ mod tests {
     #[tokio::test]
     async fn metadata_collections_fit_the_engines_name_limit() {
         assert_eq!(meta_collection("notes"), "_sync.meta/notes");
-        let fits = "n".repeat(MAX_COLLECTION_NAME - META.len() - 1);
+        let fits = "n".repeat(entidb::MAX_COLLECTION_NAME_BYTES - META.len() - 1);
         assert_eq!(meta_collection(&fits), format!("{META}/{fits}"));
-        let long = "n".repeat(MAX_COLLECTION_NAME);
+        let long = "n".repeat(entidb::MAX_COLLECTION_NAME_BYTES);
         let longer = format!("{long}x");
         let (a, b) = (meta_collection(&long), meta_collection(&longer));
         assert!(

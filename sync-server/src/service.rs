@@ -120,14 +120,19 @@ fn hash_id(parts: &[&[u8]]) -> EntityId {
     EntityId::from_bytes(b)
 }
 
-/// The collection and key of the metadata of `collection`'s entity `id` in `layout`.
-fn meta_at(layout: MetaLayout, collection: &str, id: &EntityId) -> (String, EntityId) {
+/// The collection that holds the metadata of `collection`'s entities in `layout`.
+fn meta_collection_of(layout: MetaLayout, collection: &str) -> String {
     match layout {
-        MetaLayout::Hashed => (
-            HASHED_META.to_owned(),
-            hash_id(&[collection.as_bytes(), id.as_bytes()]),
-        ),
-        MetaLayout::PerCollection => (entidb_sync::meta_collection(collection), *id),
+        MetaLayout::Hashed => HASHED_META.to_owned(),
+        MetaLayout::PerCollection => entidb_sync::meta_collection(collection),
+    }
+}
+
+/// The key of the metadata of `collection`'s entity `id` in `layout`.
+fn meta_key(layout: MetaLayout, collection: &str, id: &EntityId) -> EntityId {
+    match layout {
+        MetaLayout::Hashed => hash_id(&[collection.as_bytes(), id.as_bytes()]),
+        MetaLayout::PerCollection => *id,
     }
 }
 
@@ -234,8 +239,20 @@ pub async fn push(
     // on the same entity builds on the earlier one instead of conflicting with it.
     let mut touched: HashMap<(String, EntityId), bool> = HashMap::with_capacity(req.ops.len());
     let mut results = Vec::with_capacity(req.ops.len());
+    // Metadata collection names, once per collection of the push (not one string per op).
+    let mut meta_names: HashMap<String, String> = HashMap::new();
+    for op in &req.ops {
+        if !meta_names.contains_key(&op.collection) {
+            let name = meta_collection_of(hosted.meta, &op.collection);
+            meta_names.insert(op.collection.clone(), name);
+        }
+    }
     for op in req.ops {
-        let (meta_coll, mid) = meta_at(hosted.meta, &op.collection, &op.id);
+        let meta_coll: std::borrow::Cow<'_, str> = match meta_names.get(&op.collection) {
+            Some(name) => name.into(),
+            None => meta_collection_of(hosted.meta, &op.collection).into(),
+        };
+        let mid = meta_key(hosted.meta, &op.collection, &op.id);
         let meta: Option<EntityMeta> = tx.collection(&meta_coll).get(mid).await.map_err(eng)?;
         let key = (op.collection.clone(), op.id);
         // The stored document is read only when something needs it: its version when no
@@ -687,12 +704,18 @@ mod tests {
     #[test]
     fn the_hashed_layout_keeps_its_formula() {
         let id = EntityId::from_bytes([1; 16]);
-        let (coll, key) = meta_at(MetaLayout::Hashed, "notes", &id);
+        let (coll, key) = (
+            meta_collection_of(MetaLayout::Hashed, "notes"),
+            meta_key(MetaLayout::Hashed, "notes", &id),
+        );
         assert_eq!(coll, "_sync.meta");
         let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "98f86cdc86f6486bece2d47b8eab2e19");
         assert_eq!(
-            meta_at(MetaLayout::PerCollection, "notes", &id),
+            (
+                meta_collection_of(MetaLayout::PerCollection, "notes"),
+                meta_key(MetaLayout::PerCollection, "notes", &id)
+            ),
             ("_sync.meta/notes".to_owned(), id)
         );
     }

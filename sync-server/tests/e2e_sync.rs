@@ -493,27 +493,15 @@ async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
     // to answer it (the push above woke the first poll anyway), so only the transport
     // closing the request frees its place before its 60 s are up.
     let round = tokio::spawn(async move { ra_later.sync_wait(Duration::from_secs(60)).await });
-    let waiting = tokio::time::timeout(Duration::from_secs(10), async {
-        while live_waiters(&server.url).await != 1 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
     assert!(
-        waiting.is_ok(),
+        live_waiters_reach(&server.url, 1, Duration::from_secs(10)).await,
         "the server never counted the live round's poll"
     );
     assert!(!round.is_finished(), "a round with nothing to pull ended");
     round.abort();
     // The abandoned long poll does not keep its place on the server until its 60 s are up.
-    let freed = tokio::time::timeout(Duration::from_secs(30), async {
-        while live_waiters(&server.url).await != 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
     assert!(
-        freed.is_ok(),
+        live_waiters_reach(&server.url, 0, Duration::from_secs(30)).await,
         "the server still counts the dropped long poll"
     );
 }
@@ -530,6 +518,17 @@ async fn live_waiters(url: &str) -> u64 {
         .find_map(|l| l.strip_prefix("entidb_sync_live_waiters "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap()
+}
+
+/// Whether the server's count of waiters reaches `n` within `limit` (polled every 20 ms).
+async fn live_waiters_reach(url: &str, n: u64, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while live_waiters(url).await != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// A round whose long poll gave way to a local write still pulls: after the push it pulls

@@ -7,8 +7,16 @@ use super::error::CborError;
 use super::float::write_f64;
 use super::value::Value;
 
-/// Writes the shortest head for `major` and `arg` into `buf`; returns its length.
-fn head_bytes(major: u8, arg: u64, buf: &mut [u8; 9]) -> usize {
+/// Writes the shortest (canonical) head of an item of major type `major` (0-7) with argument
+/// `arg` into `buf`; returns its length (1, 2, 3, 5 or 9). For major type 0 this is the whole
+/// encoding of the unsigned integer `arg`.
+///
+/// ```
+/// let mut buf = [0u8; 9];
+/// let n = entidb::cbor::encode_head(0, 500, &mut buf);
+/// assert_eq!(buf[..n], [0x19, 0x01, 0xf4]);
+/// ```
+pub fn encode_head(major: u8, arg: u64, buf: &mut [u8; 9]) -> usize {
     let m = major << 5;
     if arg < 24 {
         buf[0] = m | arg as u8;
@@ -35,14 +43,14 @@ fn head_bytes(major: u8, arg: u64, buf: &mut [u8; 9]) -> usize {
 /// Appends the shortest head for `major` and `arg`.
 pub(crate) fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
     let mut buf = [0u8; 9];
-    let n = head_bytes(major, arg, &mut buf);
+    let n = encode_head(major, arg, &mut buf);
     out.extend_from_slice(&buf[..n]);
 }
 
 /// Inserts the shortest head for `major` and `arg` at position `at` of `out`.
 pub(crate) fn insert_head(out: &mut Vec<u8>, at: usize, major: u8, arg: u64) {
     let mut buf = [0u8; 9];
-    let n = head_bytes(major, arg, &mut buf);
+    let n = encode_head(major, arg, &mut buf);
     out.splice(at..at, buf[..n].iter().copied());
 }
 

@@ -69,7 +69,7 @@ mod value;
 
 pub use canonical::{canonicalize, canonicalize_cow, is_canonical, validate, validate_canonical};
 pub use decode::{decode, item_len};
-pub use encode::{encode, encode_into, try_encode};
+pub use encode::{encode, encode_head, encode_into, try_encode};
 pub use error::CborError;
 pub use item::Canonical;
 pub use serde_helpers::{from_canonical, from_slice, from_value, to_canonical_vec, to_value};
