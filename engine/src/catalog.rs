@@ -25,36 +25,69 @@ pub(crate) struct IndexIncarnation {
     pub dropped: Option<u64>,
 }
 
-/// Names to incarnations (oldest first), and the indexes.
+/// Names to incarnations (oldest first), the indexes, and the change-feed holds.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Catalog {
     by_name: BTreeMap<String, Vec<Incarnation>>,
     max_id: u32,
     indexes: Vec<IndexIncarnation>,
     max_index_id: u32,
+    holds: BTreeMap<String, Vec<HoldChange>>,
+}
+
+/// One committed setting of a change-feed hold: at commit sequence `seq`, the hold moved to
+/// `position` (`None`: released).
+///
+/// A hold keeps the history of settings that may not be durable yet (the newest durable one
+/// first), because compaction must not act on a hold that a crash could undo: a hold moved
+/// forward by a relaxed (or not yet synced) commit would let compaction drop records that
+/// the hold, as recovered, still needs. [`Catalog::hold_floor`] takes the lowest position
+/// among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HoldChange {
+    seq: u64,
+    position: Option<u64>,
 }
 
 /// Longest collection name accepted, in bytes of UTF-8.
 pub const MAX_COLLECTION_NAME_BYTES: usize = 255;
 
+/// Longest change-feed hold name, in bytes of UTF-8.
+pub const MAX_HOLD_NAME_BYTES: usize = 255;
+
+/// What is wrong with `name` as a collection or hold name, if anything: names are 1 to 255
+/// bytes of UTF-8 without control characters.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("the name cannot be empty")
+    } else if name.len() > MAX_COLLECTION_NAME_BYTES {
+        Some("the name is longer than 255 bytes")
+    } else if name.chars().any(char::is_control) {
+        Some("the name cannot contain control characters")
+    } else {
+        None
+    }
+}
+
 /// Check a collection name: 1 to 255 bytes of UTF-8 without control characters.
 pub(crate) fn check_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(Error::InvalidCollectionName {
+    match name_problem(name) {
+        Some(reason) => Err(Error::InvalidCollectionName {
             name: name.to_owned(),
             reason,
-        })
-    };
-    if name.is_empty() {
-        return bad("a collection name cannot be empty");
+        }),
+        None => Ok(()),
     }
-    if name.len() > MAX_COLLECTION_NAME_BYTES {
-        return bad("a collection name is at most 255 bytes");
+}
+
+/// Check a change-feed hold name: the same rules as a collection name.
+pub(crate) fn check_hold_name(name: &str) -> Result<()> {
+    match name_problem(name) {
+        Some(reason) => Err(Error::InvalidArgument(format!(
+            "feed hold {name:?}: {reason}"
+        ))),
+        None => Ok(()),
     }
-    if name.chars().any(char::is_control) {
-        return bad("a collection name cannot contain control characters");
-    }
-    Ok(())
 }
 
 impl Catalog {
@@ -146,6 +179,48 @@ impl Catalog {
         }
     }
 
+    /// Record that the commit at `seq` set hold `name` to `position` (`None`: released).
+    /// Settings older than the newest one at or below `durable_seq` are forgotten.
+    pub(crate) fn set_hold(
+        &mut self,
+        name: &str,
+        seq: u64,
+        position: Option<u64>,
+        durable_seq: u64,
+    ) {
+        let changes = self.holds.entry(name.to_owned()).or_default();
+        changes.push(HoldChange { seq, position });
+        if let Some(newest_durable) = changes.iter().rposition(|c| c.seq <= durable_seq) {
+            changes.drain(..newest_durable);
+        }
+        if changes.iter().all(|c| c.position.is_none()) {
+            self.holds.remove(name);
+        }
+    }
+
+    /// The current position of every hold, by name (the newest setting of each).
+    pub(crate) fn holds(&self) -> BTreeMap<String, u64> {
+        self.holds
+            .iter()
+            .filter_map(|(n, c)| Some((n.clone(), c.last()?.position?)))
+            .collect()
+    }
+
+    /// The lowest position any hold keeps, counting every setting newer than the newest one
+    /// that is durable at `durable_seq` (see [`HoldChange`]); `None` without holds.
+    pub(crate) fn hold_floor(&self, durable_seq: u64) -> Option<u64> {
+        self.holds
+            .values()
+            .flat_map(|changes| {
+                let from = changes
+                    .iter()
+                    .rposition(|c| c.seq <= durable_seq)
+                    .unwrap_or(0);
+                changes[from..].iter().filter_map(|c| c.position)
+            })
+            .min()
+    }
+
     /// Indexes dropped at or before `horizon`: (index id, drop sequence).
     pub(crate) fn indexes_dropped_before(&self, horizon: u64) -> Vec<(u32, u64)> {
         self.indexes
@@ -200,6 +275,11 @@ impl Catalog {
                     let coll = u32::from_be_bytes(coll_bytes.try_into().map_err(|_| bad())?);
                     let name = std::str::from_utf8(&value[4..]).map_err(|_| bad())?;
                     dropped_indexes.push((coll, name.to_owned(), id, seq));
+                }
+                Some(b'H') => {
+                    let name = std::str::from_utf8(&key[2..]).map_err(|_| bad())?;
+                    let position = u64::from_be_bytes(value[..].try_into().map_err(|_| bad())?);
+                    cat.set_hold(name, seq, Some(position), u64::MAX);
                 }
                 Some(b'V') => {} // the schema version, read where it is needed
                 _ => return Err(bad()),

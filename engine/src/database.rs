@@ -229,9 +229,35 @@ impl Database {
         crate::feed::read_page(&self.inner, &snap.view, since, limit, &keep).await
     }
 
-    /// The oldest sequence the change feed still retains.
+    /// The oldest sequence the change feed still retains: the last
+    /// [`Options::feed_retention`] transactions, and everything after the lowest
+    /// [hold](WriteTxn::hold_feed).
     pub fn oldest_retained_sequence(&self) -> u64 {
         self.inner.feed_oldest(self.inner.view().seq)
+    }
+
+    /// Set the change-feed hold `name` to `position` in a transaction of its own (see
+    /// [`WriteTxn::hold_feed`], which a consumer uses to move its hold together with its
+    /// stored position).
+    pub async fn hold_feed(&self, name: &str, position: u64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        tx.hold_feed(name, position)?;
+        tx.commit().await.map(|_| ())
+    }
+
+    /// Release the change-feed hold `name` in a transaction of its own (see
+    /// [`WriteTxn::release_feed_hold`]). Returns whether it existed; releasing a hold that
+    /// does not exist commits nothing.
+    pub async fn release_feed_hold(&self, name: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let held = tx.release_feed_hold(name)?;
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// The change-feed holds and the position each one keeps the feed after, by name.
+    pub fn feed_holds(&self) -> std::collections::BTreeMap<String, u64> {
+        crate::db::read(&self.inner.catalog).holds()
     }
 
     /// The highest committed (published) sequence.

@@ -904,11 +904,26 @@ impl Inner {
         oldest_snapshot.min(last_seq)
     }
 
-    /// The oldest change-feed sequence retained.
+    /// The oldest change-feed sequence retained: the last `feed_retention` sequences up to
+    /// `last_seq`, and everything after the lowest hold (counting hold moves that are not
+    /// durable yet at their old position too; see `catalog::HoldChange`).
+    ///
+    /// Never goes back: `last_seq` only grows, and a hold is only set at or after the
+    /// current value (`WriteTxn::hold_feed` checks), so the minimum cannot fall below it.
     pub(crate) fn feed_oldest(&self, last_seq: u64) -> u64 {
-        last_seq
+        let by_count = last_seq
             .saturating_sub(self.options.feed_retention)
-            .saturating_add(1)
+            .saturating_add(1);
+        let durable_seq = self.durable_seq();
+        match read(&self.catalog).hold_floor(durable_seq) {
+            Some(position) => by_count.min(position.saturating_add(1)),
+            None => by_count,
+        }
+    }
+
+    /// The highest sequence known durable (on disk; recovered after a crash).
+    pub(crate) fn durable_seq(&self) -> u64 {
+        lock(&self.sync).durable_seq
     }
 
     /// Run one compaction if the decision function asks for one (or `force`: merge all).

@@ -86,6 +86,13 @@ pub(crate) fn schema_version_key() -> Vec<u8> {
     vec![TAG_CATALOG, b'V']
 }
 
+/// The catalog key of the change-feed hold `name` (value: the held position, u64 BE).
+pub(crate) fn feed_hold_key(name: &str) -> Vec<u8> {
+    let mut k = vec![TAG_CATALOG, b'H'];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
 /// The catalog key of index `name` on collection `coll`.
 pub(crate) fn index_def_key(coll: u32, name: &str) -> Vec<u8> {
     let mut k = vec![TAG_CATALOG, b'I'];

@@ -208,6 +208,8 @@ pub struct WriteTxn {
     pub(crate) ix: TxIndexes,
     origin: Option<String>,
     durability: Durability,
+    /// Change-feed holds this transaction sets (`None`: releases), in call order.
+    holds: Vec<(String, Option<u64>)>,
 }
 
 impl std::fmt::Debug for WriteTxn {
@@ -241,6 +243,7 @@ impl WriteTxn {
             ix: TxIndexes::default(),
             origin: None,
             durability: Durability::Durable,
+            holds: Vec::new(),
         })
     }
 
@@ -268,6 +271,89 @@ impl WriteTxn {
     /// The sequence this transaction reads at (its commit will get the next one).
     pub fn read_sequence(&self) -> u64 {
         self.read_seq
+    }
+
+    /// Hold the change feed after `position` under `name`: from this transaction's commit
+    /// on, the records after `position` stay retained, whatever
+    /// [`Options::feed_retention`](crate::Options::feed_retention) says, until the hold is
+    /// moved or released. A consumer of the feed that must never miss a record (a
+    /// replicator's capture) stores its position and its hold in the same transaction, so
+    /// that the two cannot disagree after a crash. `position` is the last sequence the
+    /// holder has processed; it may be this transaction's own sequence
+    /// ([`read_sequence`](WriteTxn::read_sequence) + 1) and no later. Setting a hold below
+    /// what the feed still retains fails with [`Error::FeedTruncated`]: a hold cannot bring
+    /// records back.
+    ///
+    /// A hold that is never released keeps every later record: release the holds of
+    /// consumers that are gone ([`Database::feed_holds`](crate::Database::feed_holds) lists
+    /// them).
+    ///
+    /// ```
+    /// # futures_executor::block_on(async {
+    /// use std::sync::Arc;
+    /// use entidb::{Database, Options};
+    /// let backend = Arc::new(entidb::io::MemoryBackend::new());
+    /// let db = Database::open_with(backend, Options::default().feed_retention(2)).await?;
+    /// let mut tx = db.begin().await?;
+    /// tx.hold_feed("exporter", 0)?;
+    /// tx.commit().await?;
+    /// for i in 0..5 {
+    ///     db.collection("notes").insert(&i).await?;
+    /// }
+    /// // Retention alone would keep the last 2 records; the hold keeps them all.
+    /// assert_eq!(db.oldest_retained_sequence(), 1);
+    /// assert_eq!(db.changes_page(0, 100).await?.len(), 6);
+    /// db.release_feed_hold("exporter").await?;
+    /// assert_eq!(db.oldest_retained_sequence(), db.last_sequence() - 1);
+    /// # Ok::<(), entidb::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn hold_feed(&mut self, name: &str, position: u64) -> Result<()> {
+        crate::catalog::check_hold_name(name)?;
+        if position > self.read_seq + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "feed hold {name:?} at {position}: this transaction commits sequence {} \
+                 at most",
+                self.read_seq + 1
+            )));
+        }
+        let oldest = self.inner.feed_oldest(self.read_seq);
+        if position.saturating_add(1) < oldest {
+            return Err(Error::FeedTruncated {
+                requested: position + 1,
+                oldest,
+            });
+        }
+        self.writes.insert(
+            Arc::from(keys::feed_hold_key(name)),
+            Some(Arc::from(&position.to_be_bytes()[..])),
+        );
+        self.holds.push((name.to_owned(), Some(position)));
+        Ok(())
+    }
+
+    /// The position of change-feed hold `name` as this transaction sees it (its own
+    /// [`hold_feed`](WriteTxn::hold_feed) and release calls included); `None` if there is none.
+    pub fn feed_hold(&self, name: &str) -> Option<u64> {
+        match self.holds.iter().rev().find(|(n, _)| n == name) {
+            Some((_, position)) => *position,
+            None => read(&self.inner.catalog).holds().get(name).copied(),
+        }
+    }
+
+    /// Release the change-feed hold `name` (see [`WriteTxn::hold_feed`]) when this
+    /// transaction commits: the records it kept fall back to
+    /// [`Options::feed_retention`](crate::Options::feed_retention). Returns whether the hold
+    /// existed.
+    pub fn release_feed_hold(&mut self, name: &str) -> Result<bool> {
+        crate::catalog::check_hold_name(name)?;
+        let held = self.feed_hold(name).is_some();
+        if held {
+            self.writes
+                .insert(Arc::from(keys::feed_hold_key(name)), None);
+            self.holds.push((name.to_owned(), None));
+        }
+        Ok(held)
     }
 
     pub(crate) fn ctx(&self) -> ReadCtx<'_> {
@@ -471,10 +557,15 @@ impl WriteTxn {
         let created = std::mem::take(&mut self.created);
         let dropped = std::mem::take(&mut self.dropped);
         let ix = std::mem::take(&mut self.ix);
+        let holds = std::mem::take(&mut self.holds);
         let inner = self.inner.clone();
         let seq = inner
             .commit_locked(guard, Batch { ops }, self.durability, |seq| {
+                let durable_seq = inner.durable_seq();
                 let mut cat = write(&inner.catalog);
+                for (name, position) in &holds {
+                    cat.set_hold(name, seq, *position, durable_seq);
+                }
                 for (name, id) in &created {
                     cat.create(name, *id, seq);
                 }

@@ -598,6 +598,130 @@ async fn a_truncated_feed_is_reported_never_skipped() {
     );
 }
 
+/// A feed hold keeps every record after its position past `feed_retention`, through
+/// compaction and a reopen; moving it forward lets the records before it go, and releasing it
+/// brings retention back.
+#[tokio::test]
+async fn feed_holds_keep_records_past_retention_until_released() {
+    let backend = Arc::new(MemoryBackend::new());
+    let options = Options::default().feed_retention(5);
+    let db = Database::open_with(backend.clone(), options.clone())
+        .await
+        .unwrap();
+    db.hold_feed("exporter", 0).await.unwrap();
+    for i in 0..20u32 {
+        db.collection("c").insert(&i).await.unwrap();
+    }
+    db.compact().await.unwrap();
+    assert_eq!(db.oldest_retained_sequence(), 1);
+    assert_eq!(db.changes_page(0, 100).await.unwrap().len(), 21);
+    db.close().await.unwrap();
+
+    let db = Database::open_with(backend, options).await.unwrap();
+    assert_eq!(
+        db.feed_holds().into_iter().collect::<Vec<_>>(),
+        vec![("exporter".to_owned(), 0)]
+    );
+    let page = db.changes_page(0, 100).await.unwrap();
+    assert_eq!(
+        page.iter().map(|b| b.seq).collect::<Vec<_>>(),
+        (1..=21).collect::<Vec<_>>()
+    );
+    // Moved forward in a transaction (with the consumer's own writes): records up to the
+    // position go, the rest stay.
+    let mut tx = db.begin().await.unwrap();
+    tx.collection("exports")
+        .put(EntityId::MIN, &"done up to 10")
+        .unwrap();
+    tx.hold_feed("exporter", 10).unwrap();
+    assert_eq!(tx.feed_hold("exporter"), Some(10));
+    tx.commit().await.unwrap();
+    db.compact().await.unwrap();
+    assert_eq!(db.oldest_retained_sequence(), 11);
+    assert!(matches!(
+        db.changes_page(9, 100).await,
+        Err(Error::FeedTruncated {
+            requested: 10,
+            oldest: 11
+        })
+    ));
+    assert_eq!(db.changes_page(10, 100).await.unwrap()[0].seq, 11);
+    // A hold cannot bring dropped records back.
+    let mut tx = db.begin().await.unwrap();
+    assert!(matches!(
+        tx.hold_feed("other", 3),
+        Err(Error::FeedTruncated {
+            requested: 4,
+            oldest: 11
+        })
+    ));
+    drop(tx);
+
+    assert!(db.release_feed_hold("exporter").await.unwrap());
+    assert!(db.feed_holds().is_empty());
+    let last = db.last_sequence();
+    assert_eq!(db.oldest_retained_sequence(), last - 4);
+    // Releasing a hold that does not exist commits nothing.
+    assert!(!db.release_feed_hold("exporter").await.unwrap());
+    assert_eq!(db.last_sequence(), last);
+}
+
+#[tokio::test]
+async fn feed_holds_reject_bad_names_and_positions() {
+    let db = Database::memory().await.unwrap();
+    db.collection("c").insert(&1u32).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for name in ["", "a\nb", &"x".repeat(256)] {
+        assert!(
+            matches!(tx.hold_feed(name, 0), Err(Error::InvalidArgument(_))),
+            "{name:?}"
+        );
+    }
+    assert!(tx.hold_feed(&"x".repeat(255), 0).is_ok());
+    // At most the transaction's own sequence.
+    assert_eq!(tx.read_sequence(), 1);
+    assert!(matches!(
+        tx.hold_feed("h", 3),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(tx.hold_feed("h", 2).is_ok());
+    assert_eq!(tx.commit().await.unwrap(), 2);
+    assert_eq!(db.feed_holds().len(), 2);
+}
+
+/// A hold moved forward by a commit that is not durable yet still keeps the records from its
+/// old position: a crash could undo the move, and the recovered hold would need them.
+#[tokio::test]
+async fn a_hold_moves_forward_only_once_the_move_is_durable() {
+    let db = Database::open_with(
+        Arc::new(MemoryBackend::new()),
+        Options::default().feed_retention(2),
+    )
+    .await
+    .unwrap();
+    db.hold_feed("h", 0).await.unwrap();
+    for i in 0..10u32 {
+        db.collection("c").insert(&i).await.unwrap();
+    }
+    let mut tx = db.begin().await.unwrap();
+    tx.set_durability(Durability::Relaxed);
+    tx.hold_feed("h", 8).unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(db.feed_holds()["h"], 8);
+    // Compaction computes what it drops with the same function: it would keep these too.
+    assert_eq!(db.oldest_retained_sequence(), 1);
+    assert_eq!(db.changes_page(0, 100).await.unwrap().len(), 12);
+    // A durable commit makes the move durable too.
+    db.collection("c").insert(&10u32).await.unwrap();
+    assert_eq!(db.oldest_retained_sequence(), 9);
+    db.compact().await.unwrap();
+    assert_eq!(db.changes_page(8, 100).await.unwrap()[0].seq, 9);
+    assert!(matches!(
+        db.changes_page(7, 100).await,
+        Err(Error::FeedTruncated { oldest: 9, .. })
+    ));
+}
+
 #[tokio::test]
 async fn overwritten_values_in_the_feed_are_superseded_after_compaction() {
     let db = Database::memory().await.unwrap();

@@ -747,6 +747,32 @@ impl PyTransaction {
         })
     }
 
+    /// Hold the change feed after `position` under `name` from this commit on (see
+    /// `WriteTxn::hold_feed`).
+    fn hold_feed<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        position: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        run(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.hold_feed(&name, position).map_err(engine)
+        })
+    }
+
+    /// Release the change-feed hold `name` when this transaction commits; whether it existed.
+    fn release_feed_hold<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        let tx = self.tx.clone();
+        run(py, async move {
+            let mut g = tx.lock().await;
+            let tx = g.as_mut().ok_or_else(finished)?;
+            tx.release_feed_hold(&name).map_err(engine)
+        })
+    }
+
     /// The sequence this transaction reads at.
     fn read_sequence<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let tx = self.tx.clone();
@@ -1127,6 +1153,32 @@ impl PyDatabase {
     /// The oldest sequence the change feed still holds.
     fn oldest_retained_sequence(&self, py: Python<'_>) -> u64 {
         py.detach(|| self.db.oldest_retained_sequence())
+    }
+
+    /// Set the change-feed hold `name` to `position`, in a transaction of its own.
+    fn hold_feed<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        position: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            db.hold_feed(&name, position).await.map_err(engine)
+        })
+    }
+
+    /// Release the change-feed hold `name`, in a transaction of its own; whether it existed.
+    fn release_feed_hold<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        let db = self.db.clone();
+        future_into_py(py, async move {
+            db.release_feed_hold(&name).await.map_err(engine)
+        })
+    }
+
+    /// The change-feed holds: name to the position each keeps the feed after.
+    fn feed_holds(&self, py: Python<'_>) -> std::collections::BTreeMap<String, u64> {
+        py.detach(|| self.db.feed_holds())
     }
 
     /// The last flush or compaction error after a commit (the commit itself succeeded).

@@ -138,6 +138,37 @@ async def test_origin_tags_collections_and_indexes_inside_a_transaction(
     assert db.last_maintenance_error() is None
 
 
+async def test_feed_holds_keep_records_past_retention(tmp_path: Path) -> None:
+    db = await entidb.open(tmp_path / "held", feed_retention=3)
+    try:
+        await db.hold_feed("exporter", 0)
+        notes = db.collection("notes")
+        for i in range(10):
+            await notes.put({"n": i})
+        await db.compact()
+        assert db.feed_holds() == {"exporter": 0}
+        assert db.oldest_retained_sequence == 1
+        assert len(await db.changes_page(0, 100)) == 11
+        # The consumer moves its hold with its own bookkeeping, in one transaction.
+        async with db.transaction() as tx:
+            await tx.collection("exports").put({"upto": 6})
+            await tx.hold_feed("exporter", 6)
+        assert db.oldest_retained_sequence == 7
+        with pytest.raises(entidb.FeedTruncated):
+            await db.changes_page(5, 100)
+        async with db.transaction() as tx:
+            with pytest.raises(entidb.FeedTruncated):
+                await tx.hold_feed("late", 2)
+            with pytest.raises(entidb.InvalidArgument):
+                await tx.hold_feed("", 7)
+            assert await tx.release_feed_hold("exporter") is True
+        assert db.feed_holds() == {}
+        assert db.oldest_retained_sequence == db.last_sequence - 2
+        assert await db.release_feed_hold("exporter") is False
+    finally:
+        await db.close()
+
+
 async def test_filtered_change_pages_keep_every_transaction(db: entidb.Database) -> None:
     async with db.transaction() as tx:
         note = await tx.collection("notes").put({"n": 1})

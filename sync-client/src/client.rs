@@ -533,7 +533,15 @@ impl Replicator {
                     s.client_id, config.client_id
                 )));
             }
-            Some(_) => tx.abort(),
+            Some(s) => {
+                // A database attached by a build without feed holds gets one at its stored
+                // position, if the feed still retains it (if not, capture reports it).
+                if tx.feed_hold(ORIGIN).is_none() && hold_capture_position(&mut tx, &s)? {
+                    tx.commit().await?;
+                } else {
+                    tx.abort();
+                }
+            }
             None => {
                 let state = State {
                     client_id: config.client_id.clone(),
@@ -546,6 +554,7 @@ impl Replicator {
                     ..State::default()
                 };
                 tx.collection(STATE).put(EntityId::MIN, &state)?;
+                hold_capture_position(&mut tx, &state)?;
                 tx.commit().await?;
             }
         }
@@ -1480,12 +1489,29 @@ async fn commit_state(mut tx: WriteTxn, state: &mut State) -> SyncResult<()> {
         state.feed_seq = read + 1;
     }
     tx.collection(STATE).put(EntityId::MIN, &*state)?;
+    if tx.feed_hold(ORIGIN) != Some(state.feed_seq) {
+        hold_capture_position(&mut tx, state)?;
+    }
     let seq = tx.commit().await?;
     debug_assert!(
         state.feed_seq != read + 1 || seq == read + 1,
         "the commit's record is the one stepped over"
     );
     Ok(())
+}
+
+/// Moves the replicator's change-feed hold (named [`ORIGIN`]) to the stored capture position,
+/// in the transaction that stores it: the local database then retains every record capture
+/// has not taken yet, however long the replicator is away and whatever the database's
+/// `feed_retention` says, so no local write is ever left out of the outbox. Returns whether
+/// the hold was set: not if the feed already dropped the position (a database from a build
+/// without holds that fell behind its retention; capture reports that).
+fn hold_capture_position(tx: &mut WriteTxn, state: &State) -> SyncResult<bool> {
+    match tx.hold_feed(ORIGIN, state.feed_seq) {
+        Ok(()) => Ok(true),
+        Err(entidb::Error::FeedTruncated { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether capture takes a change into the outbox: an entity's put or delete (collection

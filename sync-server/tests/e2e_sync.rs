@@ -608,6 +608,78 @@ async fn captures_that_take_nothing_keep_up_with_feed_retention() {
     assert_eq!((report.captured, report.pushed), (1, 1));
 }
 
+/// Local writes made while no replicator is attached outlive the feed's retention: the
+/// replicator's change-feed hold keeps every record its capture has not taken, through
+/// compaction and a restart, and they are all pushed when it attaches again. Without the
+/// hold, retention (20 transactions here) drops them and capture fails with a truncated feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_while_the_replicator_is_away_outlive_feed_retention() {
+    let (dir, server) = app_server(None).await;
+    let options = entidb::Options::default().feed_retention(20);
+    let path = dir.path().join("a");
+    let transport = Arc::new(HttpTransport::new(
+        &server.url,
+        &token("app", "a", &["read", "write"], 3600),
+    ));
+    let cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
+    let local = Database::open_path(&path, options.clone()).await.unwrap();
+    let r = Replicator::attach(local.clone(), cfg.clone(), transport.clone())
+        .await
+        .unwrap();
+    let gone = local
+        .collection("notes")
+        .insert(&json!({"n": "deleted while away"}))
+        .await
+        .unwrap();
+    r.sync_now().await.unwrap();
+    let held = local.feed_holds()[entidb_sync::ORIGIN];
+    drop(r);
+
+    // The app goes on without the replicator: 100 transactions, one of them a delete, and
+    // writes to a collection that is not synced in between.
+    let mut written = Vec::new();
+    for i in 0..99u32 {
+        written.push(
+            local
+                .collection("notes")
+                .insert(&json!({ "n": i }))
+                .await
+                .unwrap(),
+        );
+        if i % 10 == 0 {
+            local.collection("local_only").insert(&i).await.unwrap();
+        }
+    }
+    local.collection("notes").delete(gone).await.unwrap();
+    local.compact().await.unwrap();
+    assert_eq!(local.feed_holds()[entidb_sync::ORIGIN], held);
+    assert_eq!(local.oldest_retained_sequence(), held + 1);
+    assert!(local.last_sequence() > held + 100);
+    local.close().await.unwrap();
+
+    let local = Database::open_path(&path, options).await.unwrap();
+    assert_eq!(local.oldest_retained_sequence(), held + 1);
+    let r = Replicator::attach(local.clone(), cfg, transport)
+        .await
+        .unwrap();
+    let report = r.sync_now().await.unwrap();
+    assert_eq!((report.captured, report.pushed), (100, 100), "{report:?}");
+    assert_eq!(r.pending_ops().await.unwrap(), 0);
+    // The hold moved with the capture: retention applies again.
+    assert!(local.feed_holds()[entidb_sync::ORIGIN] > held + 100);
+    assert!(local.oldest_retained_sequence() > held + 1);
+
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    rb.sync_now().await.unwrap();
+    let got = contents(&b, "notes").await;
+    assert_eq!(got.len(), 99);
+    assert_eq!(got, contents(&local, "notes").await);
+    for id in written {
+        assert!(b.collection("notes").exists(id).await.unwrap());
+    }
+    assert!(!b.collection("notes").exists(gone).await.unwrap());
+}
+
 #[test]
 fn entity_ids_in_json_are_uuid_strings() {
     let id: EntityId = "0190a5c2-0000-7000-8000-000000000001".parse().unwrap();

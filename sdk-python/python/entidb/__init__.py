@@ -646,6 +646,19 @@ class Transaction:
         that a reader of the feed can tell (and skip) its own writes."""
         await self._native().set_origin(origin)
 
+    async def hold_feed(self, name: str, position: int) -> None:
+        """From this commit on, keep every change-feed record after `position` (the last
+        sequence the holder has processed; at most this transaction's own, `read_sequence()
+        + 1`) under hold `name`, whatever `feed_retention` says, until the hold is moved or
+        released. A feed consumer stores its position and moves its hold in one transaction.
+        Raises `FeedTruncated` if the feed no longer has `position + 1`, `InvalidArgument` for
+        an empty, control-character or over-255-byte name."""
+        await self._native().hold_feed(name, position)
+
+    async def release_feed_hold(self, name: str) -> bool:
+        """Release hold `name` when this transaction commits; returns whether it existed."""
+        return await self._native().release_feed_hold(name)
+
     async def read_sequence(self) -> int:
         """The sequence this transaction reads at."""
         return await self._native().read_sequence()
@@ -802,6 +815,22 @@ class Database:
         """The oldest sequence the change feed still holds (`changes(since)` below it
         raises `FeedTruncated`)."""
         return self._native.oldest_retained_sequence()
+
+    async def hold_feed(self, name: str, position: int) -> None:
+        """Set change-feed hold `name` to `position` in a transaction of its own (see
+        `Transaction.hold_feed`). A hold that is never released keeps every later record:
+        release the holds of consumers that are gone."""
+        await self._native.hold_feed(name, position)
+
+    async def release_feed_hold(self, name: str) -> bool:
+        """Release change-feed hold `name` in a transaction of its own; returns whether it
+        existed (releasing a missing hold commits nothing)."""
+        return await self._native.release_feed_hold(name)
+
+    def feed_holds(self) -> dict[str, int]:
+        """The change-feed holds: each name and the position it keeps the feed after. A
+        database with sync attached has one named `entidb-sync`."""
+        return dict(self._native.feed_holds())
 
     def last_maintenance_error(self) -> Optional[str]:
         """The last flush or compaction error after a commit (the commit had succeeded; the
