@@ -28,7 +28,10 @@
 //!   looks again after a delay that doubles from `LINGER_FIRST` to `LINGER_MAX`, so memory
 //!   held by a finished reader comes back without waiting for the next flush. A flush the
 //!   thread did not run wakes it too. When the thread ends (closed, panicked) the list is
-//!   emptied, and each memtable is freed by its last holder.
+//!   emptied, and each memtable is freed by its last holder;
+//! * an ingested transaction's batch (`Inner::discard`) is freed at the start of the next
+//!   round, under the maintenance lock; at most one waits, and `close()` frees it if the
+//!   thread has not.
 
 use std::sync::{Arc, Condvar, Mutex};
 #[cfg(not(target_arch = "wasm32"))]
@@ -163,7 +166,10 @@ fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
         }
         let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let result = match wake {
-                Wake::Round => futures_executor::block_on(inner.maintain(true)),
+                Wake::Round => futures_executor::block_on(async {
+                    inner.free_discarded().await;
+                    inner.maintain(true).await
+                }),
                 _ => Ok(()),
             };
             (result, inner.free_retired())

@@ -281,8 +281,9 @@ impl WriteTxn {
     /// that the two cannot disagree after a crash. `position` is the last sequence the
     /// holder has processed; it may be this transaction's own sequence
     /// ([`read_sequence`](WriteTxn::read_sequence) + 1) and no later. Setting a hold below
-    /// what the feed still retains fails with [`Error::FeedTruncated`]: a hold cannot bring
-    /// records back.
+    /// what the feed is sure to retain when this transaction commits (retention counted at
+    /// its sequence, other holds at their newest positions) fails with
+    /// [`Error::FeedTruncated`]: a hold cannot bring records back.
     ///
     /// A hold that is never released keeps every later record: release the holds of
     /// consumers that are gone ([`Database::feed_holds`](crate::Database::feed_holds) lists
@@ -317,7 +318,9 @@ impl WriteTxn {
                 self.read_seq + 1
             )));
         }
-        let oldest = self.inner.feed_oldest(self.read_seq);
+        // Against the highest value retention may reach before this commit, not today's:
+        // a sync of an earlier commit may make another hold's move count meanwhile.
+        let oldest = self.inner.feed_oldest_bound(self.read_seq);
         if position.saturating_add(1) < oldest {
             return Err(Error::FeedTruncated {
                 requested: position + 1,
@@ -479,7 +482,7 @@ impl WriteTxn {
             });
         }
         let coll = self.resolve_or_create(name)?;
-        let key: Arc<[u8]> = Arc::from(keys::entity_key(coll, &id));
+        let key: Arc<[u8]> = Arc::from(&keys::entity_key_array(coll, &id)[..]);
         self.note_entity_write(coll, &key);
         self.writes.insert(key, Some(bytes));
         Ok(())
@@ -519,12 +522,12 @@ impl WriteTxn {
         let mut entity_writes = 0u64;
         {
             let catalog = read(&self.inner.catalog);
-            let name_of = |coll: u32| -> Option<String> {
+            let name_of = |coll: u32| -> Option<&str> {
                 self.created
                     .iter()
                     .find(|(_, i)| **i == coll)
-                    .map(|(n, _)| n.clone())
-                    .or_else(|| catalog.name_of(coll).map(str::to_owned))
+                    .map(|(n, _)| n.as_str())
+                    .or_else(|| catalog.name_of(coll))
             };
             for name in self.created.keys() {
                 feed.add(feed::KIND_CREATED, name, None);
@@ -532,17 +535,29 @@ impl WriteTxn {
             for (name, _) in &self.dropped {
                 feed.add(feed::KIND_DROPPED, name, None);
             }
+            // Writes come in key order, so a collection's entities are one run: its name is
+            // looked up once per run, not per write.
+            let mut named: Option<(u32, &str)> = None;
             for (k, v) in writes.iter() {
                 if let Some((coll, id)) = keys::parse_entity_key(k) {
-                    let name = name_of(coll).ok_or_else(|| {
-                        Error::InvalidArgument(format!("write to unknown collection id {coll}"))
-                    })?;
+                    let name = match named {
+                        Some((c, name)) if c == coll => name,
+                        _ => {
+                            let name = name_of(coll).ok_or_else(|| {
+                                Error::InvalidArgument(format!(
+                                    "write to unknown collection id {coll}"
+                                ))
+                            })?;
+                            named = Some((coll, name));
+                            name
+                        }
+                    };
                     let kind = if v.is_some() {
                         feed::KIND_PUT
                     } else {
                         feed::KIND_DELETE
                     };
-                    feed.add(kind, &name, Some(&id));
+                    feed.add(kind, name, Some(&id));
                     entity_writes += 1;
                 }
             }
@@ -672,7 +687,7 @@ impl TxCollection<'_> {
         let Some(coll) = self.tx.resolve(self.name) else {
             return Ok(());
         };
-        let key: Arc<[u8]> = Arc::from(keys::entity_key(coll, &id));
+        let key: Arc<[u8]> = Arc::from(&keys::entity_key_array(coll, &id)[..]);
         self.tx.note_entity_write(coll, &key);
         self.tx.writes.insert(key, None);
         Ok(())
@@ -681,7 +696,7 @@ impl TxCollection<'_> {
     pub async fn delete(&mut self, id: EntityId) -> Result<bool> {
         let existed = self.get_document(id).await?.is_some();
         if let Some(coll) = self.tx.resolve(self.name) {
-            let key: Arc<[u8]> = Arc::from(keys::entity_key(coll, &id));
+            let key: Arc<[u8]> = Arc::from(&keys::entity_key_array(coll, &id)[..]);
             // A tombstone is needed only if a committed version exists; otherwise dropping
             // the pending write is enough. (Regression: deleting twice in one transaction
             // must not drop the first delete's tombstone; found by the crash simulation.)

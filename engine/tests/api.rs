@@ -711,6 +711,19 @@ async fn a_hold_moves_forward_only_once_the_move_is_durable() {
     // Compaction computes what it drops with the same function: it would keep these too.
     assert_eq!(db.oldest_retained_sequence(), 1);
     assert_eq!(db.changes_page(0, 100).await.unwrap().len(), 12);
+    // But a new hold is checked against the move as if it were durable already (a sync of
+    // the move could come before this commit, and a compaction after it), so it cannot be
+    // set below it.
+    let mut tx = db.begin().await.unwrap();
+    assert!(matches!(
+        tx.hold_feed("late", 3),
+        Err(Error::FeedTruncated {
+            requested: 4,
+            oldest: 9
+        })
+    ));
+    assert!(tx.hold_feed("late", 8).is_ok());
+    drop(tx);
     // A durable commit makes the move durable too.
     db.collection("c").insert(&10u32).await.unwrap();
     assert_eq!(db.oldest_retained_sequence(), 9);

@@ -380,7 +380,7 @@ impl Meta {
 }
 
 /// Feed records a capture that took nothing may pass over before it stores its position
-/// anyway (also: stores it once the position is this close to the feed's retention horizon).
+/// (and so moves the replicator's feed hold) anyway.
 const CAPTURE_LAG: u64 = 1024;
 
 /// The head of a CBOR array of 3.
@@ -679,14 +679,10 @@ impl Replicator {
         // Nothing captured: only records capture passes over (the replicator's own, other
         // collections', collection events) went by. Advancing past them is left to the next
         // transaction that commits anyway, unless the stored position fell far behind: then
-        // a capture would page through more and more of them, and once the feed no longer
-        // retains that position every capture would fail (`FeedTruncated`), though none
-        // missed a write. (The commit's own record is stepped over, so the next capture
-        // does not commit again.)
-        let oldest = self.shared.db.oldest_retained_sequence();
-        let lagging = state.feed_seq > stored
-            && (state.feed_seq - stored >= CAPTURE_LAG
-                || (oldest > 1 && stored < oldest + CAPTURE_LAG));
+        // a capture would page through more and more of them, and the replicator's feed
+        // hold (which moves with the stored position) would keep them all. (The commit's own
+        // record is stepped over, so the next capture does not commit again.)
+        let lagging = state.feed_seq > stored && state.feed_seq - stored >= CAPTURE_LAG;
         if n == 0 && !lagging {
             tx.abort();
         } else {

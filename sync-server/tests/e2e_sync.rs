@@ -570,11 +570,12 @@ async fn a_round_woken_by_a_local_write_still_pulls() {
     assert!(a.collection("notes").exists(theirs).await.unwrap());
 }
 
-/// Captures that find nothing to take (the app writes only to unsynced collections) still
-/// store their feed position before the feed's retention passes it: a later capture does not
-/// fail with a truncated feed, and a synced write after them is pushed.
+/// Captures that find nothing to take (the app writes only to unsynced collections) commit
+/// nothing: the replicator's feed hold keeps the records they passed over, past the feed's
+/// retention. Once 1,024 such records went by, a capture stores its position anyway, so the
+/// hold moves and retention applies again; a synced write after them is pushed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn captures_that_take_nothing_keep_up_with_feed_retention() {
+async fn captures_that_take_nothing_store_their_position_only_far_behind() {
     let (dir, server) = app_server(None).await;
     let options = entidb::Options::default().feed_retention(20);
     let local = Database::open_path(dir.path().join("a"), options)
@@ -589,16 +590,30 @@ async fn captures_that_take_nothing_keep_up_with_feed_retention() {
         .await
         .unwrap();
     r.sync_now().await.unwrap();
+    let held = local.feed_holds()[entidb_sync::ORIGIN];
     for round in 0..10 {
         for i in 0..10u32 {
             local.collection("local_only").insert(&i).await.unwrap();
         }
+        let before = local.last_sequence();
         let captured = r
             .capture()
             .await
             .unwrap_or_else(|e| panic!("capture after round {round}: {e}"));
         assert_eq!(captured, 0);
+        assert_eq!(local.last_sequence(), before, "round {round} committed");
     }
+    assert_eq!(local.feed_holds()[entidb_sync::ORIGIN], held);
+    assert_eq!(local.oldest_retained_sequence(), held + 1);
+    for i in 0..1024u32 {
+        let mut tx = local.begin().await.unwrap();
+        tx.set_durability(entidb::Durability::Relaxed);
+        tx.collection("local_only").insert(&i).unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(r.capture().await.unwrap(), 0);
+    assert!(local.feed_holds()[entidb_sync::ORIGIN] > held + 1024);
+    assert!(local.oldest_retained_sequence() > held + 1024);
     local
         .collection("notes")
         .insert(&json!({"after": "many local-only writes"}))
