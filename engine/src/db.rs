@@ -856,8 +856,11 @@ impl Inner {
     fn discard(&self, batch: Batch) {
         let mut slot = lock(&self.discarded);
         // Checked under the slot's lock, like `retire`: a thread that dies empties the slot
-        // under it, so nothing waits there for a thread that is gone.
+        // under it, so nothing waits there for a thread that is gone; and `close()` sets
+        // `closed` before it empties the slot and stops the thread, so a batch that comes
+        // after that (its commit ran beside the close) is freed here.
         if slot.is_none()
+            && !self.closed.load(Ordering::Acquire)
             && let Some(bg) = self.live_background()
         {
             *slot = Some(batch);
@@ -900,6 +903,7 @@ impl Inner {
     /// a round). Under the maintenance lock, so that `close()` (which takes it) returns only
     /// once the batch is freed, and the next ingest (which waits for it) does not add to
     /// the work of one still being freed.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) async fn free_discarded(&self) {
         if lock(&self.discarded).is_none() {
             return;

@@ -682,7 +682,10 @@ impl Replicator {
         // a capture would page through more and more of them, and the replicator's feed
         // hold (which moves with the stored position) would keep them all. (The commit's own
         // record is stepped over, so the next capture does not commit again.)
-        let lagging = state.feed_seq > stored && state.feed_seq - stored >= CAPTURE_LAG;
+        // Also commit if the hold is gone (the app released it): storing the position sets
+        // it again, before retention can pass the position.
+        let lagging = state.feed_seq > stored
+            && (state.feed_seq - stored >= CAPTURE_LAG || tx.feed_hold(ORIGIN).is_none());
         if n == 0 && !lagging {
             tx.abort();
         } else {

@@ -605,6 +605,9 @@ async fn captures_that_take_nothing_store_their_position_only_far_behind() {
     }
     assert_eq!(local.feed_holds()[entidb_sync::ORIGIN], held);
     assert_eq!(local.oldest_retained_sequence(), held + 1);
+    local.compact().await.unwrap();
+    let kept = local.changes_page(held, 1000).await.unwrap();
+    assert_eq!(kept.len() as u64, local.last_sequence() - held);
     for i in 0..1024u32 {
         let mut tx = local.begin().await.unwrap();
         tx.set_durability(entidb::Durability::Relaxed);
@@ -614,6 +617,16 @@ async fn captures_that_take_nothing_store_their_position_only_far_behind() {
     assert_eq!(r.capture().await.unwrap(), 0);
     assert!(local.feed_holds()[entidb_sync::ORIGIN] > held + 1024);
     assert!(local.oldest_retained_sequence() > held + 1024);
+    // An app that releases the hold (while retention still has the stored position) gets
+    // it back at the next capture that passes records.
+    assert!(local.release_feed_hold(entidb_sync::ORIGIN).await.unwrap());
+    local.collection("local_only").insert(&0u32).await.unwrap();
+    assert_eq!(r.capture().await.unwrap(), 0);
+    assert_eq!(
+        local.feed_holds()[entidb_sync::ORIGIN],
+        local.last_sequence(),
+        "held at the capture's own record, which it steps over"
+    );
     local
         .collection("notes")
         .insert(&json!({"after": "many local-only writes"}))
