@@ -9,6 +9,9 @@
 //!   applied on the server or is in its conflict log as a loser;
 //! - every client's pull cursor only moved forward, across crashes too.
 //!
+//! One client per seed keeps only 2 transactions of its change feed by retention, so its
+//! local writes reach the outbox only because the replicator's feed hold keeps them.
+//!
 //! Clients also run live rounds (`sync_wait`) as tasks of their own, beside the steps that
 //! write, sync, crash and partition: a round's long poll waits on the server while its own
 //! client writes (which ends the wait), other clients push (which ends it too), or the client
@@ -278,15 +281,22 @@ struct Client {
     /// A cursor known to be durable (see the `sync_now` step): a relaxed client's cursor
     /// never goes back below it.
     durable_floor: u64,
+    /// The client's database keeps this many transactions of change feed by retention (the
+    /// engine's default for most): with 2, a few local writes between two replicator
+    /// transactions pass it, and only the replicator's feed hold keeps them for capture.
+    feed_retention: u64,
 }
 
 type LiveRound = tokio::task::JoinHandle<SyncResult<SyncReport>>;
 
 impl Client {
     async fn open(&mut self) -> Result<(), String> {
-        let db = Database::open_with(Arc::new(self.sim.clone()), options())
-            .await
-            .map_err(|e| format!("{}: open: {e}", self.name))?;
+        let db = Database::open_with(
+            Arc::new(self.sim.clone()),
+            options().feed_retention(self.feed_retention),
+        )
+        .await
+        .map_err(|e| format!("{}: open: {e}", self.name))?;
         let mut cfg = SyncConfig::new("app", &self.name, &COLLECTIONS);
         // Retries: the backoff sleeps on this client's simulated clock and draws its jitter
         // from its seeded entropy (the backend's), so a run still replays from its seed. A
@@ -571,6 +581,12 @@ async fn run(seed: u64) -> Result<Activity, String> {
             hashed_meta: i % 3 == 1,
             layout_stripped: false,
             durable_floor: 0,
+            // One client per seed, a different one each seed.
+            feed_retention: if i == seed as usize % CLIENTS {
+                2
+            } else {
+                Options::default().feed_retention
+            },
         };
         c.open().await?;
         clients.push(c);
