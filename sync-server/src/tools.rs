@@ -219,6 +219,7 @@ pub async fn inspect(path: &Path, as_json: bool) -> Outcome {
         "segments": stats.segments,
         "segment_bytes": stats.segment_bytes,
         "oldest_feed_sequence": db.oldest_retained_sequence(),
+        "feed_holds": db.feed_holds(),
         "collections": colls,
     });
     if as_json {
@@ -232,6 +233,11 @@ pub async fn inspect(path: &Path, as_json: bool) -> Outcome {
             stats.segment_bytes,
             db.oldest_retained_sequence()
         );
+        // A hold keeps the feed from growing shorter: one left by a consumer that is gone
+        // keeps every later record (release it with `Database::release_feed_hold`).
+        for (name, position) in db.feed_holds() {
+            println!("  feed hold {name}: keeps records after {position}");
+        }
         for c in &colls {
             println!(
                 "  collection {}: {} entities, {} bytes of documents",

@@ -107,6 +107,8 @@ async fn populate(path: &Path) {
         .put_value(db.new_id(), &odd)
         .await
         .expect("odd");
+    // A feed consumer that has read up to sequence 3 (inspect lists its hold).
+    db.hold_feed("exporter", 3).await.expect("hold");
     db.close().await.expect("close");
 }
 
@@ -146,7 +148,16 @@ async fn inspect_verify_backup_restore_dump_load() {
         .expect("users");
     assert_eq!(users["entities"], 50);
     assert_eq!(users["indexes"].as_array().map(Vec::len), Some(2));
-    assert!(text(&entidb(&["inspect", dbs])).contains("index email (equality, unique)"));
+    assert_eq!(report["feed_holds"], serde_json::json!({"exporter": 3}));
+    let listing = text(&entidb(&["inspect", dbs]));
+    assert!(
+        listing.contains("index email (equality, unique)"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("feed hold exporter: keeps records after 3"),
+        "{listing}"
+    );
 
     let o = entidb(&["verify", dbs]);
     assert_eq!(code(&o), 0, "{}", text(&o));
