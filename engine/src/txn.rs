@@ -517,7 +517,9 @@ impl WriteTxn {
         self.inner.check_open()?;
         let seq = guard.last_seq + 1;
         let mut feed = RecordBuilder::new(self.inner.clock.now_millis(), self.origin.as_deref());
-        let writes = std::mem::take(&mut self.writes);
+        let mut writes = std::mem::take(&mut self.writes);
+        // One sort of the pending writes (see `Overlay`), before they are read twice.
+        writes.settle();
         let mut ops = Vec::with_capacity(writes.len() + 1);
         let mut entity_writes = 0u64;
         {

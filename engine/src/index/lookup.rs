@@ -77,11 +77,9 @@ impl<'a> MergedRange<'a> {
         let mut ov: VecDeque<Pending> = VecDeque::new();
         // (`Overlay::range` is empty when end <= from.)
         if let Some(o) = ctx.overlay {
-            let items = o.range(from, end).map(|(k, v)| (k.clone(), v.clone()));
+            ov.extend(o.range(from, end).map(|(k, v)| (k.clone(), v.clone())));
             if reverse {
-                ov.extend(items.rev());
-            } else {
-                ov.extend(items);
+                ov.make_contiguous().reverse();
             }
         }
         let db = if reverse {
