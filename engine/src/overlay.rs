@@ -86,11 +86,47 @@ impl Borrow<[u8]> for HeadKey {
 pub(crate) struct Overlay {
     map: BTreeMap<HeadKey, Option<Arc<[u8]>>>,
     tail: Vec<(HeadKey, Option<Arc<[u8]>>)>,
+    /// Bytes of the tail's keys and values.
+    tail_bytes: usize,
     sorted: OnceLock<Vec<u32>>,
 }
 
 /// Tails up to this long are searched by `get` without sorting them.
 const LINEAR_TAIL: usize = 16;
+
+/// A tail holding this many bytes of keys and values is moved into the map before the next
+/// write (a bulk load of 1 GiB settles 16 times, each a merge that is linear in the map).
+const SETTLE_BYTES: usize = 64 << 20;
+
+/// Two sorted sequences of owned pending writes without duplicates, merged; on equal keys
+/// the second's (newer) value wins.
+struct MergeOwned<A: Iterator, B: Iterator> {
+    old: std::iter::Peekable<A>,
+    new: std::iter::Peekable<B>,
+}
+
+type Owned = (HeadKey, Option<Arc<[u8]>>);
+
+impl<A: Iterator<Item = Owned>, B: Iterator<Item = Owned>> Iterator for MergeOwned<A, B> {
+    type Item = Owned;
+
+    fn next(&mut self) -> Option<Owned> {
+        let order = match (self.old.peek(), self.new.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(o), Some(n)) => o.0.cmp(&n.0),
+        };
+        match order {
+            Ordering::Less => self.old.next(),
+            Ordering::Greater => self.new.next(),
+            Ordering::Equal => {
+                self.old.next();
+                self.new.next()
+            }
+        }
+    }
+}
 
 /// One pending write: the key and its new value (`None`: delete).
 pub(crate) type PendingRef<'a> = (&'a Arc<[u8]>, &'a Option<Arc<[u8]>>);
@@ -100,18 +136,52 @@ impl Overlay {
         Self::default()
     }
 
-    /// Moves the tail into the map (writes that follow a read, and the commit, call this).
+    /// Moves the tail into the map (writes that follow a read, a tail past `SETTLE_BYTES`,
+    /// and the commit call this).
     pub(crate) fn settle(&mut self) {
+        let sorted = std::mem::take(&mut self.sorted).into_inner();
+        self.tail_bytes = 0;
         if self.tail.is_empty() {
             return;
         }
-        self.sorted = OnceLock::new();
-        let tail = std::mem::take(&mut self.tail);
+        let mut tail = std::mem::take(&mut self.tail);
+        let unique: Vec<Owned> = match sorted {
+            // A read sorted the tail already (each key's last write, in key order).
+            Some(idx) => {
+                let mut slots: Vec<Option<Owned>> = tail.into_iter().map(Some).collect();
+                idx.iter()
+                    .filter_map(|&i| slots[i as usize].take())
+                    .collect()
+            }
+            None => {
+                // Stable: equal keys stay in write order, so the last of each run is the
+                // newest write, the one kept (explicitly: `BTreeMap::from_iter` does not
+                // promise which).
+                tail.sort_by(|a, b| a.0.cmp(&b.0));
+                // In place: a later write of the same key hands its value to the entry kept.
+                tail.dedup_by(|later, kept| {
+                    let same = later.0 == kept.0;
+                    if same {
+                        std::mem::swap(&mut later.1, &mut kept.1);
+                    }
+                    same
+                });
+                tail
+            }
+        };
         if self.map.is_empty() {
-            // Sorts stably and keeps the last value of equal keys: the tail's newest write.
-            self.map = tail.into_iter().collect();
+            // Sorted and without duplicates: `from_iter` only checks the order, then builds
+            // the tree bottom-up.
+            self.map = unique.into_iter().collect();
+        } else if unique.len() < self.map.len() / 16 {
+            // A few writes into a large map: one insert each.
+            self.map.extend(unique);
         } else {
-            self.map.extend(tail);
+            // Many: merge the two sorted sequences (the tail winning on equal keys) and
+            // build the tree once, instead of a descent per write.
+            let old = std::mem::take(&mut self.map).into_iter().peekable();
+            let new = unique.into_iter().peekable();
+            self.map = MergeOwned { old, new }.collect();
         }
     }
 
@@ -144,13 +214,16 @@ impl Overlay {
     }
 
     pub(crate) fn insert(&mut self, key: Arc<[u8]>, value: Option<Arc<[u8]>>) {
-        if self.sorted.get().is_some() {
-            // Something read since the last write: keep the sorted part in the map.
+        // Settled if something read since the last write (keep the sorted part in the map),
+        // and when the tail holds `SETTLE_BYTES`: a transaction that overwrites a few keys
+        // many times would otherwise keep every overwritten value until it commits.
+        if self.sorted.get().is_some()
+            || self.tail_bytes >= SETTLE_BYTES
+            || self.tail.len() >= u32::MAX as usize
+        {
             self.settle();
         }
-        if self.tail.len() >= u32::MAX as usize {
-            self.settle();
-        }
+        self.tail_bytes += key.len() + value.as_ref().map_or(0, |v| v.len());
         self.tail.push((HeadKey::new(key), value));
     }
 
@@ -289,6 +362,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Overwriting a few keys many times keeps a bounded tail: it is settled into the map
+    /// once it holds `SETTLE_BYTES`, so the overwritten values are freed before the commit.
+    #[test]
+    fn overwrites_do_not_pile_up_in_the_tail() {
+        let mut o = Overlay::new();
+        let value = Arc::<[u8]>::from(vec![7u8; 1 << 20]);
+        for i in 0..200u32 {
+            let key: Arc<[u8]> = Arc::from(&[(i % 2) as u8][..]);
+            o.insert(key, Some(value.clone()));
+        }
+        assert!(o.tail.len() <= (SETTLE_BYTES >> 20) + 1, "{}", o.tail.len());
+        // The values themselves are shared here: count the references the overlay holds.
+        assert!(Arc::strong_count(&value) <= (SETTLE_BYTES >> 20) + 3);
+        o.settle();
+        assert_eq!(o.len(), 2);
+    }
+
     proptest! {
         /// The order the map keeps is byte order, including keys shorter than the head,
         /// keys that differ only past it, and zero bytes (the padding's value).
@@ -310,7 +400,7 @@ mod tests {
         #[test]
         fn agrees_with_a_byte_keyed_map(
             ops in proptest::collection::vec(
-                (proptest::collection::vec(0u8..3, 0..20), 0u8..10, any::<bool>()), 0..64),
+                (proptest::collection::vec(0u8..3, 0..6), 0u8..10, any::<bool>()), 0..300),
             from in proptest::collection::vec(0u8..3, 0..20),
             end in proptest::collection::vec(0u8..3, 0..20),
         ) {
@@ -335,6 +425,13 @@ mod tests {
                     model.iter().map(|(k, v)| (k.clone(), *v)).collect();
                 prop_assert_eq!(all, want);
                 Ok(())
+            };
+            let keys: Vec<Vec<u8>> = ops.iter().map(|(k, _, _)| k.clone()).collect();
+            let check = |o: &Overlay, model: &BTreeMap<Vec<u8>, Option<u8>>| {
+                for k in keys.iter().filter(|k| !model.contains_key(*k)) {
+                    prop_assert!(o.get(k).is_none(), "{:?} is not pending", k);
+                }
+                check(o, model)
             };
             for (k, what, read) in &ops {
                 match what {
