@@ -344,3 +344,34 @@ async fn a_large_commit_cancelled_at_its_commit_point_stops_writes() {
         .await
         .expect("writes after reopen");
 }
+
+/// An ingested transaction's batch (here: 200 references to one document) is freed off the
+/// committing task, by the maintenance thread or by `close()` at the latest, even while
+/// another handle keeps the database's state alive.
+#[tokio::test]
+async fn an_ingested_batch_is_freed_by_close_at_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_path(dir.path(), Options::default().ingest_bytes(4096))
+        .await
+        .unwrap();
+    let doc = entidb::cbor::Canonical::from_value(&entidb::cbor::Value::map([(
+        "pad",
+        entidb::cbor::Value::Bytes(vec![7; 100]),
+    )]))
+    .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for _ in 0..200 {
+        let id = db.new_id();
+        tx.collection("c").put_canonical(id, &doc).unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(db.stats().ingests, 1, "the transaction was not ingested");
+    let other = db.clone();
+    db.close().await.unwrap();
+    assert_eq!(
+        std::sync::Arc::strong_count(doc.shared()),
+        1,
+        "the ingested batch still holds the documents"
+    );
+    drop(other);
+}
