@@ -46,6 +46,16 @@ enum Command {
         /// The database directory.
         path: PathBuf,
     },
+    /// Release a change-feed hold of a database (`inspect` lists them), so that its feed
+    /// retention applies again to the records the hold kept. A sync client's hold is
+    /// `entidb-sync`: release it only for a database that stops syncing (a replicator
+    /// still attached sets it again at its next capture). Exit 1 if there is no such hold.
+    ReleaseHold {
+        /// The database directory.
+        path: PathBuf,
+        /// The hold's name.
+        name: String,
+    },
     /// Back up a consistent snapshot of a database to a file (streaming; the database is
     /// not written to).
     Backup {
@@ -296,6 +306,9 @@ fn main() -> ExitCode {
         Command::Inspect { path, json } => tool("inspect", tools::inspect(&path, json)),
         Command::Verify { path, json } => tool("verify", tools::verify(&path, json)),
         Command::Compact { path } => tool("compact", tools::compact(&path)),
+        Command::ReleaseHold { path, name } => {
+            tool("release-hold", tools::release_hold(&path, &name))
+        }
         Command::Backup { path, file } => tool("backup", tools::backup(&path, &file)),
         Command::Restore { file, path, force } => {
             tool("restore", tools::restore(&file, &path, force))

@@ -387,6 +387,40 @@ pub async fn compact(path: &Path) -> Outcome {
     close(db).await
 }
 
+/// Releases change-feed hold `name` of the database in `path` (see `inspect`). Exit 1 if
+/// there is no such hold.
+pub async fn release_hold(path: &Path, name: &str) -> Outcome {
+    let db = match open_existing(path).await {
+        Ok(db) => db,
+        Err(o) => return o,
+    };
+    match db.release_feed_hold(name).await {
+        Ok(true) => println!(
+            "released feed hold {name} of {}; the change feed now retains from sequence {}",
+            path.display(),
+            db.oldest_retained_sequence()
+        ),
+        Ok(false) => {
+            let held: Vec<String> = db.feed_holds().into_keys().collect();
+            println!(
+                "{} has no feed hold {name:?} (holds: {})",
+                path.display(),
+                if held.is_empty() {
+                    "none".to_owned()
+                } else {
+                    held.join(", ")
+                }
+            );
+            return match close(db).await {
+                Outcome::Ok => Outcome::Problems,
+                other => other,
+            };
+        }
+        Err(e) => return failed("release-hold")(e),
+    }
+    close(db).await
+}
+
 /// A backup file to read, with a progress bar over its bytes (returned to finish it).
 type BackupFile = ReadSource<ProgressBarIter<std::fs::File>>;
 fn open_backup(path: &Path) -> Result<(BackupFile, ProgressBar), Outcome> {

@@ -118,7 +118,16 @@ fn help_lists_every_command() {
     assert_eq!(code(&o), 0);
     let help = text(&o);
     for cmd in [
-        "serve", "token", "inspect", "verify", "compact", "backup", "restore", "dump", "load",
+        "serve",
+        "token",
+        "inspect",
+        "verify",
+        "compact",
+        "release-hold",
+        "backup",
+        "restore",
+        "dump",
+        "load",
         "bench",
     ] {
         assert!(help.contains(cmd), "--help lacks {cmd}:\n{help}");
@@ -158,6 +167,18 @@ async fn inspect_verify_backup_restore_dump_load() {
         listing.contains("feed hold exporter: keeps records after 3"),
         "{listing}"
     );
+    let o = entidb(&["release-hold", dbs, "nobody"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("no feed hold \"nobody\" (holds: exporter)"),
+        "{}",
+        text(&o)
+    );
+    let o = entidb(&["release-hold", dbs, "exporter"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&entidb(&["inspect", dbs, "--json"]).stdout).expect("json");
+    assert_eq!(report["feed_holds"], serde_json::json!({}));
 
     let o = entidb(&["verify", dbs]);
     assert_eq!(code(&o), 0, "{}", text(&o));
@@ -267,7 +288,11 @@ async fn commands_refuse_a_database_open_elsewhere() {
     let p = path.to_str().expect("utf-8");
     let bak = dir.path().join("x.bak");
     // Commands that write refuse a database another process has open.
-    for args in [vec!["compact", p], vec!["load", p, "-"]] {
+    for args in [
+        vec!["compact", p],
+        vec!["load", p, "-"],
+        vec!["release-hold", p, "exporter"],
+    ] {
         let o = entidb(&args);
         assert_eq!(code(&o), 3, "{args:?}: {}", text(&o));
         assert!(text(&o).contains("open in another process"), "{}", text(&o));
