@@ -53,7 +53,7 @@ struct HoldChange {
 pub const MAX_COLLECTION_NAME_BYTES: usize = 255;
 
 /// Longest change-feed hold name, in bytes of UTF-8.
-pub const MAX_HOLD_NAME_BYTES: usize = 255;
+pub const MAX_HOLD_NAME_BYTES: usize = MAX_COLLECTION_NAME_BYTES;
 
 /// What is wrong with `name` as a collection or hold name, if anything: names are 1 to 255
 /// bytes of UTF-8 without control characters.
@@ -204,6 +204,11 @@ impl Catalog {
             .iter()
             .filter_map(|(n, c)| Some((n.clone(), c.last()?.position?)))
             .collect()
+    }
+
+    /// The current position of hold `name` (its newest setting), if it holds one.
+    pub(crate) fn hold(&self, name: &str) -> Option<u64> {
+        self.holds.get(name)?.last()?.position
     }
 
     /// The lowest position any hold keeps, counting every setting newer than the newest one

@@ -340,7 +340,8 @@ impl WriteTxn {
     pub fn feed_hold(&self, name: &str) -> Option<u64> {
         match self.holds.iter().rev().find(|(n, _)| n == name) {
             Some((_, position)) => *position,
-            None => read(&self.inner.catalog).holds().get(name).copied(),
+            // One lookup, not a copy of every hold: the sync client asks on each commit.
+            None => read(&self.inner.catalog).hold(name),
         }
     }
 
