@@ -806,6 +806,9 @@ impl Inner {
                         None,
                     )),
                     |_| true,
+                    // Flushes and compactions run beside the writers: they take no second
+                    // thread.
+                    false,
                 )
                 .await?;
             if new_seg.is_some() {
@@ -1020,6 +1023,7 @@ impl Inner {
             .write_segment(
                 SegmentInput::Merge(MergeIter::new(&[], &inputs, &[], None)),
                 |e| filter.keep(e),
+                false,
             )
             .await?;
         let input_ids: Vec<u64> = inputs.iter().map(|s| s.meta.id).collect();
@@ -1075,6 +1079,7 @@ impl Inner {
         &self,
         mut it: SegmentInput,
         mut keep: impl FnMut(EntryRef<'_>) -> bool,
+        pipelined: bool,
     ) -> Result<Option<Arc<Segment>>> {
         let id = self.next_file.fetch_add(1, Ordering::Relaxed);
         let result = async {
@@ -1085,6 +1090,9 @@ impl Inner {
                 self.options.compression,
             )
             .await?;
+            if pipelined {
+                wr = wr.pipelined();
+            }
             // Entries are read in place and copied once, into the new segment's block.
             match &mut it {
                 SegmentInput::Merge(m) => {
@@ -1333,7 +1341,9 @@ impl Inner {
             })
             .collect();
         let seg = match self
-            .write_segment(SegmentInput::Sorted(entries.into_iter()), |_| true)
+            // The committing thread fills blocks while a helper compresses the previous
+            // ones (a bulk load's segment is tens of megabytes).
+            .write_segment(SegmentInput::Sorted(entries.into_iter()), |_| true, true)
             .await
         {
             Ok(Some(seg)) => seg,

@@ -12,6 +12,7 @@ mod background;
 pub mod backup;
 pub mod cbor;
 
+mod block_encode;
 mod bloom;
 mod catalog;
 mod compaction;

@@ -2,7 +2,7 @@
 //! delete), read through by the transaction's own gets, scans and index lookups.
 //!
 //! A bulk load puts hundreds of thousands of random keys here, so the map's key is a
-//! [`HeadKey`]: the key with its first 16 bytes held inline as an integer. An insert then
+//! [`HeadKey`]: the key with its first 24 bytes held inline as integers. An insert then
 //! compares integers inside the tree's nodes and follows a key's pointer only when two heads
 //! are equal, instead of calling `memcmp` through a pointer at every level (that cost half
 //! of W3's time).
@@ -13,30 +13,52 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, OnceLock};
 
-/// A key with its first 16 bytes (zero-padded) as a big-endian integer.
+/// A key with its first 24 bytes (zero-padded) held inline as three big-endian integers.
 ///
 /// Invariant: the order of `HeadKey`s is exactly the byte order of their keys, so that
 /// `Borrow<[u8]>` is sound (lookups by `&[u8]` and inserts by `HeadKey` agree). Unequal heads
-/// order keys by their first difference within 16 bytes: where both keys have bytes there,
+/// order keys by their first difference within 24 bytes: where both keys have bytes there,
 /// that is the byte order; where one key has ended, the shorter key is a prefix of the other
 /// up to that point (its padding equals the other's zero bytes) and the other has a non-zero
 /// byte there, so the shorter key is smaller in both orders. Equal heads fall back to the
 /// full keys.
+///
+/// 24 bytes hold a whole entity key (21 bytes): the commit reads each written entity's
+/// collection and id from the head ([`HeadKey::entity`]) instead of following the key's
+/// pointer, which after the commit's sort is a cache miss per write (6 % of a bulk load).
 #[derive(Debug, Clone)]
 pub(crate) struct HeadKey {
-    head: u128,
+    head: [u64; 3],
     key: Arc<[u8]>,
 }
 
 impl HeadKey {
     pub(crate) fn new(key: Arc<[u8]>) -> Self {
-        let mut b = [0u8; 16];
-        let n = key.len().min(16);
+        let mut b = [0u8; 24];
+        let n = key.len().min(24);
         b[..n].copy_from_slice(&key[..n]);
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(w)
+        };
         HeadKey {
-            head: u128::from_be_bytes(b),
+            head: [word(0), word(1), word(2)],
             key,
         }
+    }
+
+    /// The collection and id of an entity key, read from the head (the key's bytes are not
+    /// touched); `None` for other keys.
+    pub(crate) fn entity(&self) -> Option<(u32, crate::EntityId)> {
+        if self.key.len() != crate::keys::ENTITY_KEY_LEN {
+            return None;
+        }
+        let mut b = [0u8; 24];
+        for (chunk, word) in b.chunks_exact_mut(8).zip(self.head) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        crate::keys::parse_entity_key(&b[..crate::keys::ENTITY_KEY_LEN])
     }
 }
 
@@ -272,7 +294,18 @@ impl Overlay {
         self.merged(Some(map), tail)
     }
 
+    /// Every pending write of a settled overlay (see [`Overlay::settle`]), in key order,
+    /// with keys as [`HeadKey`]s.
+    pub(crate) fn iter_settled(&self) -> impl Iterator<Item = (&HeadKey, &Option<Arc<[u8]>>)> {
+        assert!(
+            self.tail.is_empty(),
+            "iter_settled on an overlay with a tail"
+        );
+        self.map.iter()
+    }
+
     /// Every pending write, in key order.
+    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = PendingRef<'_>> {
         let tail: &[u32] = if self.tail.is_empty() {
             &[]
@@ -384,12 +417,29 @@ mod tests {
         /// keys that differ only past it, and zero bytes (the padding's value).
         #[test]
         fn head_order_is_byte_order(
-            a in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..24),
-            b in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..24),
+            a in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..32),
+            b in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..32),
         ) {
             let (ka, kb) = (HeadKey::new(Arc::from(&a[..])), HeadKey::new(Arc::from(&b[..])));
             prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
             prop_assert_eq!(ka == kb, a == b);
+        }
+
+        /// The collection and id read from the head are those of the key, and only entity
+        /// keys have them.
+        #[test]
+        fn head_entity_is_the_keys(
+            coll in any::<u32>(),
+            id in any::<[u8; 16]>(),
+            other in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let id = crate::EntityId::from_bytes(id);
+            let key = crate::keys::entity_key_array(coll, &id);
+            prop_assert_eq!(HeadKey::new(Arc::from(&key[..])).entity(), Some((coll, id)));
+            prop_assert_eq!(
+                HeadKey::new(Arc::from(&other[..])).entity(),
+                crate::keys::parse_entity_key(&other)
+            );
         }
 
         /// Inserts by `HeadKey` and lookups and ranges by `&[u8]` agree with a plain map,

@@ -34,13 +34,8 @@ use crate::memtable::{Entry, EntryRef, Op, empty_value};
 pub(crate) const MAGIC: [u8; 8] = *b"ENTISEG\0";
 pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) const FOOTER_LEN: usize = 64;
-const TRAILER_LEN: usize = 9;
-const WRITE_BUFFER: usize = 1 << 20;
-
-/// A segment writer stops trying to compress after this many blocks in a row that did not
-/// shrink by 1/8, and then tries only every [`COMPRESS_RETRY`]-th block until one does.
-const COMPRESS_GIVE_UP: u32 = 4;
-const COMPRESS_RETRY: u32 = 16;
+use crate::block_encode::{BlockEncoder, EncodePipe, Encoded, RawBlock, TRAILER_LEN};
+pub(crate) const WRITE_BUFFER: usize = 1 << 20;
 
 const _: () = assert!(FOOTER_LEN == 60 + 4);
 
@@ -499,11 +494,13 @@ pub(crate) struct SegmentWriter {
     file: Arc<dyn File>,
     id: u64,
     block_size: usize,
-    compress: bool,
-    /// Compressed output of the last block (reused: one allocation per segment).
-    cbuf: Vec<u8>,
-    /// Blocks in a row that did not compress well enough (see [`COMPRESS_GIVE_UP`]).
-    incompressible: u32,
+    /// Encodes blocks inline (when there is no `pipe`).
+    encoder: BlockEncoder,
+    /// Encodes blocks on a helper thread ([`SegmentWriter::pipelined`]).
+    pipe: Option<EncodePipe>,
+    /// Raw blocks not yet handed to the pipe, and their bytes.
+    batch: Vec<RawBlock>,
+    batch_bytes: usize,
     block: Vec<u8>,
 
     out: Vec<u8>,
@@ -536,9 +533,10 @@ impl SegmentWriter {
             file,
             id,
             block_size,
-            compress,
-            cbuf: Vec::new(),
-            incompressible: 0,
+            encoder: BlockEncoder::new(compress),
+            pipe: None,
+            batch: Vec::new(),
+            batch_bytes: 0,
             block: Vec::with_capacity(block_size + 1024),
 
             out: Vec::with_capacity(WRITE_BUFFER + block_size),
@@ -555,6 +553,61 @@ impl SegmentWriter {
         })
     }
 
+    /// Compresses and checksums blocks on a helper thread while the caller adds entries
+    /// (see `block_encode.rs`); the file's bytes are the same. Where no thread can be
+    /// started (`wasm32`), blocks are encoded inline.
+    pub(crate) fn pipelined(mut self) -> Self {
+        self.pipe = EncodePipe::start(self.encoder.compresses());
+        self
+    }
+
+    fn has_pipe(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// Hands the batch of raw blocks to the pipe and takes in the previous batch's
+    /// encoding (with `last`, also waits for this batch's).
+    fn swap_batch(&mut self, last: bool) {
+        if let Some(pipe) = self.pipe.as_mut() {
+            let batch = std::mem::take(&mut self.batch);
+            self.batch_bytes = 0;
+            let mut done = Vec::with_capacity(2);
+            if !batch.is_empty() {
+                done.extend(pipe.swap(batch));
+            }
+            if last {
+                done.extend(pipe.take());
+            }
+            for d in done {
+                self.append_encoded(d);
+            }
+        }
+    }
+
+    /// Appends encoded blocks to the output and indexes them.
+    fn append_encoded(&mut self, done: Encoded) {
+        let mut offset = self.written + self.out.len() as u64;
+        for (len, last_key, last_seq) in &done.blocks {
+            self.index_block(offset, *len, last_key, *last_seq);
+            offset += u64::from(*len);
+        }
+        if self.out.is_empty() {
+            self.out = done.bytes;
+        } else {
+            self.out.extend_from_slice(&done.bytes);
+        }
+    }
+
+    fn index_block(&mut self, offset: u64, len: u32, last_key: &[u8], last_seq: u64) {
+        self.index
+            .extend_from_slice(&(last_key.len() as u16).to_le_bytes());
+        self.index.extend_from_slice(last_key);
+        self.index.extend_from_slice(&last_seq.to_le_bytes());
+        self.index.extend_from_slice(&offset.to_le_bytes());
+        self.index.extend_from_slice(&len.to_le_bytes());
+        self.blocks += 1;
+    }
+
     pub(crate) fn entries(&self) -> u64 {
         self.entries
     }
@@ -569,6 +622,9 @@ impl SegmentWriter {
 
     /// Writes the buffered blocks out once they fill the write buffer (call after `push`).
     pub(crate) async fn write_full(&mut self) -> Result<()> {
+        if self.batch_bytes >= WRITE_BUFFER {
+            self.swap_batch(false);
+        }
         if self.out.len() >= WRITE_BUFFER {
             self.flush_out().await?;
         }
@@ -639,48 +695,22 @@ impl SegmentWriter {
         if self.block.is_empty() {
             return;
         }
-        let (last_key, last_seq) = (&self.last_key, self.last_seq);
-        let raw_len = self.block.len() as u32;
-        let start = self.out.len();
-        let mut compression = 0u8;
-        // After COMPRESS_GIVE_UP blocks in a row that did not compress (random or already
-        // compressed values), only every COMPRESS_RETRY-th block tries again.
-        if self.compress
-            && (self.incompressible < COMPRESS_GIVE_UP
-                || self.blocks.is_multiple_of(COMPRESS_RETRY))
-        {
-            let max = lz4_flex::block::get_maximum_output_size(self.block.len());
-            if self.cbuf.len() < max {
-                self.cbuf.resize(max, 0);
-            }
-            // Keep compression only when it saves at least 1/8.
-            match lz4_flex::block::compress_into(&self.block, &mut self.cbuf) {
-                Ok(n) if n < self.block.len() - self.block.len() / 8 => {
-                    self.out.extend_from_slice(&self.cbuf[..n]);
-                    compression = 1;
-                    self.incompressible = 0;
-                }
-                _ => self.incompressible += 1,
-            }
+        if self.has_pipe() {
+            let data =
+                std::mem::replace(&mut self.block, Vec::with_capacity(self.block_size + 1024));
+            self.batch_bytes += data.len();
+            self.batch.push(RawBlock {
+                data,
+                last_key: self.last_key.clone(),
+                last_seq: self.last_seq,
+            });
+            return;
         }
-        if compression == 0 {
-            self.out.extend_from_slice(&self.block);
-        }
-        let mut tr = [0u8; TRAILER_LEN];
-        tr[0] = compression;
-        tr[1..5].copy_from_slice(&raw_len.to_le_bytes());
-        let h = crc32c::crc32c_append(crc32c::crc32c(&self.out[start..]), &tr[0..5]);
-        tr[5..9].copy_from_slice(&h.to_le_bytes());
-        self.out.extend_from_slice(&tr);
-        let len = (self.out.len() - start) as u32;
-        let offset = self.written + start as u64;
-        self.index
-            .extend_from_slice(&(last_key.len() as u16).to_le_bytes());
-        self.index.extend_from_slice(last_key);
-        self.index.extend_from_slice(&last_seq.to_le_bytes());
-        self.index.extend_from_slice(&offset.to_le_bytes());
-        self.index.extend_from_slice(&len.to_le_bytes());
-        self.blocks += 1;
+        let offset = self.written + self.out.len() as u64;
+        let len = self.encoder.encode(&self.block, &mut self.out);
+        let last_key = std::mem::take(&mut self.last_key);
+        self.index_block(offset, len, &last_key, self.last_seq);
+        self.last_key = last_key;
         self.block.clear();
     }
 
@@ -705,6 +735,7 @@ impl SegmentWriter {
     /// manifest afterwards (and syncs the directory).
     pub(crate) async fn finish(mut self) -> Result<SegmentMeta> {
         self.finish_block();
+        self.swap_batch(true);
         let index_off = self.written + self.out.len() as u64;
         let mut index = std::mem::take(&mut self.index);
         let icrc = crc32c::crc32c(&index);
@@ -1033,6 +1064,74 @@ mod tests {
             }
             assert_eq!(n, (100 - 77) * 2);
             assert_eq!(seg.verify_blocks().await.unwrap(), 4000);
+        });
+    }
+
+    /// A writer that encodes its blocks on a helper thread writes the same file as one that
+    /// encodes inline: several batches of blocks, compressible and random data in runs (so
+    /// the give-up state carries from batch to batch), a large value, a delete.
+    #[test]
+    fn a_pipelined_writer_writes_the_same_bytes() {
+        block_on(async {
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let mut all = vec![];
+            for i in 0u32..30_000 {
+                let v: Option<Vec<u8>> = match (i / 3000) % 3 {
+                    _ if i == 12_345 => None,
+                    _ if i == 20_000 => Some(vec![3u8; 3 << 20]),
+                    0 => Some(
+                        (0..150)
+                            .map(|_| {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                x as u8
+                            })
+                            .collect(),
+                    ),
+                    _ => Some(format!("value {i} of a compressible run").into_bytes()),
+                };
+                all.push(e(&i.to_be_bytes(), 5, v.as_deref()));
+            }
+            let mut files = vec![];
+            for pipelined in [false, true] {
+                let b = MemoryBackend::new();
+                let mut w = SegmentWriter::create(&b, 1, 4096, true).await.unwrap();
+                if pipelined {
+                    w = w.pipelined();
+                    assert!(w.has_pipe());
+                }
+                for x in &all {
+                    w.add(x).await.unwrap();
+                }
+                let meta = w.finish().await.unwrap();
+                assert!(meta.size > 3 * WRITE_BUFFER as u64, "{}", meta.size);
+                let f = b.open(&file_name(1), OpenMode::Existing).await.unwrap();
+                files.push(f.read_at(0, meta.size as usize).await.unwrap());
+                let seg = Arc::new(
+                    Segment::open(&b, 1, Arc::new(BlockCache::new(1 << 20)), Arc::default())
+                        .await
+                        .unwrap(),
+                );
+                let mut c = SegCursor::new(seg, &[], u64::MAX, None);
+                let mut n = 0;
+                while let Some(got) = c.next().await.unwrap() {
+                    assert_eq!(got, all[n]);
+                    n += 1;
+                }
+                assert_eq!(n, all.len());
+            }
+            assert!(files[0] == files[1], "pipelined and inline files differ");
+            // A writer dropped half way (an error elsewhere) stops its helper.
+            let b = MemoryBackend::new();
+            let mut w = SegmentWriter::create(&b, 2, 4096, true)
+                .await
+                .unwrap()
+                .pipelined();
+            for x in &all[..10_000] {
+                w.add(x).await.unwrap();
+            }
+            drop(w);
         });
     }
 

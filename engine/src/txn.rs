@@ -541,8 +541,8 @@ impl WriteTxn {
             // Writes come in key order, so a collection's entities are one run: its name is
             // looked up once per run, not per write.
             let mut named: Option<(u32, &str)> = None;
-            for (k, v) in writes.iter() {
-                if let Some((coll, id)) = keys::parse_entity_key(k) {
+            for (k, v) in writes.iter_settled() {
+                if let Some((coll, id)) = k.entity() {
                     let name = match named {
                         Some((c, name)) if c == coll => name,
                         _ => {

@@ -45,10 +45,10 @@ impl Sink for CanonSink {
         self.w.out.extend_from_slice(data);
         start
     }
-    fn text(&mut self, data: &str) -> usize {
+    fn text(&mut self, data: &[u8]) -> usize {
         let start = self.w.out.len();
         write_head(&mut self.w.out, 3, data.len() as u64);
-        self.w.out.extend_from_slice(data.as_bytes());
+        self.w.out.extend_from_slice(data);
         start
     }
     fn str_begin(&mut self, text: bool) -> (usize, u8) {

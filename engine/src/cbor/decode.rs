@@ -66,6 +66,36 @@ fn is_shortest(head: Head) -> bool {
     }
 }
 
+/// Checks that the text string data at `offset` is valid UTF-8 (ASCII, the common case,
+/// without calling the general validator: most text in documents is short field names and
+/// values, where the call cost more than the check).
+#[inline]
+fn check_utf8(data: &[u8], offset: usize) -> Result<(), CborError> {
+    if data.is_ascii() {
+        return Ok(());
+    }
+    std::str::from_utf8(data)
+        .map(drop)
+        .map_err(|e| CborError::InvalidUtf8 {
+            offset: offset + e.valid_up_to(),
+        })
+}
+
+/// Bytewise lexicographic order of two encoded map keys. Keys are mostly a few bytes long
+/// and usually differ in their first (head) byte: a loop beats a call to `memcmp` there.
+#[inline]
+pub(super) fn cmp_short(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    if a.len() > 16 && b.len() > 16 {
+        return a.cmp(b);
+    }
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
 fn not_canonical(offset: usize, reason: &'static str) -> CborError {
     CborError::NotCanonical { offset, reason }
 }
@@ -91,7 +121,8 @@ pub(crate) trait Sink {
     /// A valid simple value: 0..=23 or 32..=255.
     fn simple(&mut self, v: u8) -> Self::Out;
     fn bytes(&mut self, data: &[u8]) -> Self::Out;
-    fn text(&mut self, data: &str) -> Self::Out;
+    /// A definite-length text string; `data` is valid UTF-8 (checked by the walker).
+    fn text(&mut self, data: &[u8]) -> Self::Out;
     fn str_begin(&mut self, text: bool) -> Self::Str;
     /// A chunk; for text it is valid UTF-8 on its own.
     fn str_chunk(&mut self, acc: &mut Self::Str, data: &[u8]);
@@ -200,10 +231,8 @@ impl<'a, S: Sink> Walker<'a, S> {
             let data_offset = self.pos;
             let data = self.take(head.arg, start)?;
             return if text {
-                let s = std::str::from_utf8(data).map_err(|e| CborError::InvalidUtf8 {
-                    offset: data_offset + e.valid_up_to(),
-                })?;
-                Ok(self.sink.text(s))
+                check_utf8(data, data_offset)?;
+                Ok(self.sink.text(data))
             } else {
                 Ok(self.sink.bytes(data))
             };
@@ -223,9 +252,7 @@ impl<'a, S: Sink> Walker<'a, S> {
             let data_offset = self.pos;
             let data = self.take(chunk.arg, chunk_start)?;
             if text {
-                std::str::from_utf8(data).map_err(|e| CborError::InvalidUtf8 {
-                    offset: data_offset + e.valid_up_to(),
-                })?;
+                check_utf8(data, data_offset)?;
             }
             self.sink.str_chunk(&mut acc, data);
         }
@@ -288,10 +315,10 @@ impl<'a, S: Sink> Walker<'a, S> {
             let key = self.item(depth + 1)?;
             if S::STRICT {
                 let bytes = self.bytes;
-                let raw = |r: (usize, usize)| bytes.get(r.0..r.1);
+                let raw = |r: (usize, usize)| bytes.get(r.0..r.1).unwrap_or_default();
                 let cur = (key_offset, self.pos);
                 if let Some(prev) = prev_key {
-                    match raw(prev).cmp(&raw(cur)) {
+                    match cmp_short(raw(prev), raw(cur)) {
                         std::cmp::Ordering::Less => {}
                         std::cmp::Ordering::Equal => {
                             return Err(CborError::DuplicateMapKey { offset: key_offset });
@@ -394,7 +421,7 @@ impl<const STRICT: bool> Sink for CheckSink<STRICT> {
     fn float(&mut self, _: f64) {}
     fn simple(&mut self, _: u8) {}
     fn bytes(&mut self, _: &[u8]) {}
-    fn text(&mut self, _: &str) {}
+    fn text(&mut self, _: &[u8]) {}
     fn str_begin(&mut self, _: bool) {}
     fn str_chunk(&mut self, _: &mut (), _: &[u8]) {}
     fn str_end(&mut self, _: (), _: usize) -> Result<(), CborError> {
@@ -455,8 +482,9 @@ impl Sink for ValueSink {
     fn bytes(&mut self, data: &[u8]) -> Value {
         Value::Bytes(data.to_vec())
     }
-    fn text(&mut self, data: &str) -> Value {
-        Value::Text(data.to_owned())
+    fn text(&mut self, data: &[u8]) -> Value {
+        // Valid UTF-8 (the walker checked it), so this copies without replacing anything.
+        Value::Text(String::from_utf8_lossy(data).into_owned())
     }
     fn str_begin(&mut self, text: bool) -> (Vec<u8>, bool) {
         (Vec::new(), text)

@@ -443,3 +443,48 @@ fn errors_read_well() {
         "malformed CBOR at byte 0: unexpected end of input"
     );
 }
+
+mod key_order {
+    use proptest::prelude::*;
+
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just(0u8), 0u8..4, any::<u8>()], 0..40)
+    }
+
+    proptest! {
+        /// The walker's short-key comparison is bytewise order, for keys on both sides of
+        /// its 16-byte switch to `memcmp`, prefixes of each other and zero bytes included.
+        #[test]
+        fn is_bytewise(a in key(), b in key()) {
+            prop_assert_eq!(super::super::decode::cmp_short(&a, &b), a.cmp(&b));
+            let prefix = &a[..a.len() / 2];
+            prop_assert_eq!(super::super::decode::cmp_short(prefix, &a), prefix.cmp(&a[..]));
+            prop_assert_eq!(super::super::decode::cmp_short(&a, prefix), a[..].cmp(prefix));
+        }
+    }
+}
+
+/// Text checked by the ASCII shortcut and by the full validator: multi-byte characters at
+/// every position are accepted, a bad byte after an ASCII run is reported where it is.
+#[test]
+fn text_validation_beyond_ascii() {
+    for text in [
+        "",
+        "a",
+        "é",
+        "aé",
+        "éa",
+        "caf\u{e9} au lait",
+        "\u{1f600}xyz",
+        "abcdefghijklmnop\u{7ff}",
+    ] {
+        let bytes = encode(&Value::from(text));
+        assert_eq!(decode(&bytes).expect("valid"), Value::from(text));
+        validate_canonical(&bytes).expect("canonical");
+    }
+    // "abcdefgh" then a lone continuation byte: 0x69 = text(9).
+    let e = decode(&h("696162636465666768 80".replace(' ', "").as_str())).expect_err("bad utf-8");
+    assert_eq!(e.offset(), Some(9));
+    let e = validate(&h("6261ff")).expect_err("bad utf-8");
+    assert_eq!(e.offset(), Some(2));
+}
