@@ -1007,6 +1007,18 @@ mod tests {
     use entidb_io::MemoryBackend;
     use futures_executor::block_on;
 
+    /// `n` incompressible bytes from a xorshift state.
+    fn noise(x: &mut u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                *x as u8
+            })
+            .collect()
+    }
+
     fn e(k: &[u8], seq: u64, v: Option<&[u8]>) -> Entry {
         Entry {
             key: Arc::from(k),
@@ -1079,16 +1091,7 @@ mod tests {
                 let v: Option<Vec<u8>> = match (i / 3000) % 3 {
                     _ if i == 12_345 => None,
                     _ if i == 20_000 => Some(vec![3u8; 3 << 20]),
-                    0 => Some(
-                        (0..150)
-                            .map(|_| {
-                                x ^= x << 13;
-                                x ^= x >> 7;
-                                x ^= x << 17;
-                                x as u8
-                            })
-                            .collect(),
-                    ),
+                    0 => Some(noise(&mut x, 150)),
                     _ => Some(format!("value {i} of a compressible run").into_bytes()),
                 };
                 all.push(e(&i.to_be_bytes(), 5, v.as_deref()));
@@ -1175,14 +1178,7 @@ mod tests {
             let mut all = vec![];
             for i in 0u32..1000 {
                 let v: Vec<u8> = if i < 400 {
-                    (0..100)
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            x as u8
-                        })
-                        .collect()
+                    noise(&mut x, 100)
                 } else {
                     vec![7u8; 100]
                 };
