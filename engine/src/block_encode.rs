@@ -9,9 +9,11 @@
 //! order with the same [`BlockEncoder`] state machine as the inline path, so both produce
 //! the same bytes.
 //!
-//! Bounds: at most one batch is with the helper and one is being filled, each about
-//! [`WRITE_BUFFER`](crate::segment) bytes; the writer waits for the helper's batch before
-//! handing it the next.
+//! Bounds: at most one batch is with the helper, one is being filled and one encoded batch
+//! waits to be written, each about [`WRITE_BUFFER`](crate::segment) bytes; the writer waits
+//! for the helper's batch before handing it the next. That wait blocks the writer's thread
+//! (an executor's worker, under tokio) for at most the encoding of one batch, about a
+//! millisecond: the same CPU work the inline path does on that thread.
 
 /// Trailer of a data block: compression u8, raw length u32, crc32c u32.
 pub(crate) const TRAILER_LEN: usize = 9;

@@ -718,10 +718,13 @@ impl SegmentWriter {
         if self.out.is_empty() {
             return Ok(());
         }
-        let buf = std::mem::replace(
-            &mut self.out,
-            Vec::with_capacity(WRITE_BUFFER + self.block_size),
-        );
+        // With a pipe, the next output is a batch the helper encoded: no buffer to reserve.
+        let next = if self.has_pipe() {
+            Vec::new()
+        } else {
+            Vec::with_capacity(WRITE_BUFFER + self.block_size)
+        };
+        let buf = std::mem::replace(&mut self.out, next);
         let n = buf.len() as u64;
         self.file
             .write_at(self.written, buf)
