@@ -497,6 +497,17 @@ struct EncFile {
 }
 
 impl EncFile {
+    /// From now on every chunk written so far may be durable (called before a sync).
+    async fn mark_synced(&self) {
+        let mut st = self.state.lock().await;
+        let dirty = std::mem::take(&mut st.dirty);
+        for i in dirty {
+            if let Some(s) = st.slots.get_mut(&i) {
+                s.dirty = false;
+            }
+        }
+    }
+
     async fn open(
         inner: Arc<dyn File>,
         keys: Arc<Keys>,
@@ -937,17 +948,15 @@ impl File for EncFile {
 
     fn sync_data(&self) -> BoxFuture<'_, IoResult<()>> {
         Box::pin(async move {
-            {
-                // From now on every chunk written so far may be durable.
-                let mut st = self.state.lock().await;
-                let dirty = std::mem::take(&mut st.dirty);
-                for i in dirty {
-                    if let Some(s) = st.slots.get_mut(&i) {
-                        s.dirty = false;
-                    }
-                }
-            }
+            self.mark_synced().await;
             self.inner.sync_data().await
+        })
+    }
+
+    fn sync_data_inline(&self) -> BoxFuture<'_, IoResult<()>> {
+        Box::pin(async move {
+            self.mark_synced().await;
+            self.inner.sync_data_inline().await
         })
     }
 

@@ -282,6 +282,14 @@ impl File for FsFile {
         }))
     }
 
+    fn sync_data_inline(&self) -> BoxFuture<'_, IoResult<()>> {
+        let r = self
+            .file
+            .sync_data()
+            .map_err(|e| os_err("sync_data", &self.path, e));
+        Box::pin(std::future::ready(r))
+    }
+
     fn len(&self) -> BoxFuture<'_, IoResult<u64>> {
         let r = self
             .file
@@ -318,6 +326,7 @@ mod tests {
             f.write_at(0, b"hello".to_vec()).await.unwrap();
             f.write_at(10, b"x".to_vec()).await.unwrap();
             f.sync_data().await.unwrap();
+            f.sync_data_inline().await.unwrap();
             assert_eq!(f.len().await.unwrap(), 11);
             assert_eq!(f.read_at(0, 11).await.unwrap(), b"hello\0\0\0\0\0x");
             assert!(matches!(

@@ -47,7 +47,9 @@ fn files_behave_like_plain_files() {
                         f.set_len(n).await.expect("set_len");
                         model.resize(n as usize, 0);
                     }
-                    7 => f.sync_data().await.expect("sync"),
+                    // Both forms of sync: the same effect, on this thread or another.
+                    7 if rng.random_bool(0.5) => f.sync_data().await.expect("sync"),
+                    7 => f.sync_data_inline().await.expect("sync inline"),
                     _ => {
                         if model.is_empty() {
                             continue;

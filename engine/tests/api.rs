@@ -483,6 +483,68 @@ async fn group_commit_shares_one_sync_among_waiting_committers() {
     assert!(syncs >= 10, "each task waited for its own commits: {syncs}");
 }
 
+/// A durable commit with nobody behind it syncs on its own thread (`sync_data_inline`: no
+/// hand-off to an I/O thread and back); a commit with another writer queued behind it hands
+/// its sync off, so that the tasks sharing its thread can go on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_durable_commit_syncs_on_its_own_thread() {
+    let (all, inline) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (a, i) = (all.clone(), inline.clone());
+    let backend = Hooked::new(Arc::new(MemoryBackend::new()), "counted").wrap_file(move |f| {
+        let (a, i) = (a.clone(), i.clone());
+        Arc::new(
+            HookedFile::new(f)
+                .before_sync(move || {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    Box::pin(async {})
+                })
+                .on_sync_inline(move || {
+                    i.fetch_add(1, Ordering::SeqCst);
+                }),
+        )
+    });
+    let db = Database::open_with(Arc::new(backend), Options::default())
+        .await
+        .unwrap();
+    let counts = || (all.load(Ordering::SeqCst), inline.load(Ordering::SeqCst));
+    let (a0, i0) = counts();
+    for k in 0..5u32 {
+        db.collection("c").insert(&k).await.unwrap();
+    }
+    let (a1, i1) = counts();
+    assert_eq!(
+        (a1 - a0, i1 - i0),
+        (5, 5),
+        "one inline sync per lone commit"
+    );
+
+    let mut tx = db.begin().await.unwrap();
+    tx.collection("c").insert(&99u32).unwrap();
+    let db2 = db.clone();
+    let queued = tokio::spawn(async move {
+        let mut tx = db2.begin().await.unwrap();
+        tx.collection("c").insert(&100u32).unwrap();
+        tx.commit().await.unwrap();
+    });
+    // The spawned task runs until it waits for the writer lock.
+    tokio::task::yield_now().await;
+    tx.commit().await.unwrap();
+    let (a2, i2) = counts();
+    assert_eq!(
+        (a2 - a1, i2 - i1),
+        (1, 0),
+        "a writer was queued: the sync is handed off"
+    );
+    queued.await.unwrap();
+    let (a3, i3) = counts();
+    assert_eq!(
+        (a3 - a2, i3 - i2),
+        (1, 1),
+        "the queued writer commits alone"
+    );
+    assert_eq!(db.collection("c").count().await.unwrap(), 7);
+}
+
 #[tokio::test]
 async fn delete_then_put_in_one_transaction() {
     let db = Database::memory().await.unwrap();

@@ -122,6 +122,7 @@ pub struct HookedFile {
     inner: Arc<dyn File>,
     before_read: Before,
     before_sync: Before,
+    on_sync_inline: Box<dyn Fn() + Send + Sync>,
 }
 
 impl HookedFile {
@@ -131,7 +132,16 @@ impl HookedFile {
             inner,
             before_read: Box::new(|| Box::pin(async {})),
             before_sync: Box::new(|| Box::pin(async {})),
+            on_sync_inline: Box::new(|| {}),
         }
+    }
+
+    /// Calls `hook` when a sync is asked for on the caller's thread
+    /// (`File::sync_data_inline`), before the `before_sync` hook runs and the sync is
+    /// forwarded (as `sync_data_inline`).
+    pub fn on_sync_inline(mut self, hook: impl Fn() + Send + Sync + 'static) -> HookedFile {
+        self.on_sync_inline = Box::new(hook);
+        self
     }
 
     /// Runs the future `hook` returns before each read.
@@ -177,6 +187,14 @@ impl File for HookedFile {
         Box::pin(async move {
             before.await;
             self.inner.sync_data().await
+        })
+    }
+    fn sync_data_inline(&self) -> BoxFuture<'_, IoResult<()>> {
+        (self.on_sync_inline)();
+        let before = (self.before_sync)();
+        Box::pin(async move {
+            before.await;
+            self.inner.sync_data_inline().await
         })
     }
     fn len(&self) -> BoxFuture<'_, IoResult<u64>> {
