@@ -714,7 +714,8 @@ impl Inner {
             offset: s.appended_offset,
             file: s.wal_file.clone(),
             no: s.wal_no,
-            alone: s.waiting == 0
+            alone: self.options.inline_sync
+                && s.waiting == 0
                 && s.appended_seq == seq
                 && self.writers_queued.load(Ordering::Relaxed) == 0,
         })

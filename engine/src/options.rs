@@ -71,6 +71,16 @@ pub struct Options {
     /// or compaction runs, or if writing the segment fails. Each ingest adds a segment and
     /// two manifest stores, so a small value is only for tests.
     pub ingest_bytes: u64,
+    /// A durable commit with no company (no other committer waiting for the sync or queued
+    /// for the writer lock, nothing appended after it) runs its `fdatasync` on the thread
+    /// that polls the commit (through
+    /// [`File::sync_data_inline`](entidb_io::File::sync_data_inline)), instead of handing
+    /// it to an I/O thread and being woken back: that hand-off was a quarter of such a
+    /// commit's time. The thread is blocked for the sync. On by default, which suits
+    /// executors with several worker threads (tokio's multi-threaded runtime); turn it off
+    /// when commits are polled on a thread that must not block for a disk sync, such as an
+    /// event loop's (the Python SDK does). Commits with company always hand the sync off.
+    pub inline_sync: bool,
 }
 
 impl Default for Options {
@@ -90,6 +100,7 @@ impl Default for Options {
             forbid_full_scans: false,
             read_only: false,
             ingest_bytes: 32 << 20,
+            inline_sync: true,
         }
     }
 }
@@ -157,6 +168,11 @@ impl Options {
     /// Set [`Options::read_only`].
     pub fn read_only(mut self, v: bool) -> Self {
         self.read_only = v;
+        self
+    }
+    /// Set [`Options::inline_sync`].
+    pub fn inline_sync(mut self, v: bool) -> Self {
+        self.inline_sync = v;
         self
     }
     /// Set [`Options::ingest_bytes`].

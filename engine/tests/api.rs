@@ -483,11 +483,9 @@ async fn group_commit_shares_one_sync_among_waiting_committers() {
     assert!(syncs >= 10, "each task waited for its own commits: {syncs}");
 }
 
-/// A durable commit with nobody behind it syncs on its own thread (`sync_data_inline`: no
-/// hand-off to an I/O thread and back); a commit with another writer queued behind it hands
-/// its sync off, so that the tasks sharing its thread can go on.
-#[tokio::test(flavor = "current_thread")]
-async fn a_lone_durable_commit_syncs_on_its_own_thread() {
+/// A memory backend that counts its files' syncs: all of them, and those asked for on the
+/// caller's thread (`sync_data_inline`).
+fn counted_syncs() -> (Hooked, Arc<AtomicU64>, Arc<AtomicU64>) {
     let (all, inline) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (a, i) = (all.clone(), inline.clone());
     let backend = Hooked::new(Arc::new(MemoryBackend::new()), "counted").wrap_file(move |f| {
@@ -503,6 +501,30 @@ async fn a_lone_durable_commit_syncs_on_its_own_thread() {
                 }),
         )
     });
+    (backend, all, inline)
+}
+
+/// With `Options::inline_sync` off, even a lone commit hands its sync off.
+#[tokio::test(flavor = "current_thread")]
+async fn inline_sync_can_be_turned_off() {
+    let (backend, all, inline) = counted_syncs();
+    let db = Database::open_with(Arc::new(backend), Options::default().inline_sync(false))
+        .await
+        .unwrap();
+    let (a0, i0) = (all.load(Ordering::SeqCst), inline.load(Ordering::SeqCst));
+    for k in 0..3u32 {
+        db.collection("c").insert(&k).await.unwrap();
+    }
+    assert_eq!(all.load(Ordering::SeqCst) - a0, 3);
+    assert_eq!(inline.load(Ordering::SeqCst) - i0, 0);
+}
+
+/// A durable commit with nobody behind it syncs on its own thread (`sync_data_inline`: no
+/// hand-off to an I/O thread and back); a commit with another writer queued behind it hands
+/// its sync off, so that the tasks sharing its thread can go on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_durable_commit_syncs_on_its_own_thread() {
+    let (backend, all, inline) = counted_syncs();
     let db = Database::open_with(Arc::new(backend), Options::default())
         .await
         .unwrap();

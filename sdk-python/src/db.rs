@@ -218,6 +218,10 @@ struct Tuning {
 
 impl Tuning {
     fn apply(self, mut o: Options) -> Options {
+        // Calls are polled once on the event loop's thread before they go to the runtime
+        // (`fast::run`): a commit must not run its disk sync there, or every durable write
+        // would hold the loop for a sync, and concurrent coroutines would stop sharing them.
+        o = o.inline_sync(false);
         if let Some(v) = self.memtable_bytes {
             o = o.memtable_bytes(v);
         }
