@@ -4,7 +4,8 @@
 //!   them: many readers run in parallel with the writer. Small reads and writes hit the page
 //!   cache and complete inline; large ones (over [`INLINE_LIMIT`]) run on the `blocking` thread
 //!   pool so they never stall the caller's executor.
-//! * `sync_data` is a real `fdatasync` (`File::sync_data`), run on the `blocking` pool.
+//! * `sync_data` is a real `fdatasync` (`File::sync_data`), run on the `blocking` pool;
+//!   `sync_data_inline` runs the same `fdatasync` on the caller's thread.
 //! * `sync_dir` opens the directory and calls `fsync` on it, so that creates, renames and
 //!   removes inside it are durable.
 //! * `lock` takes an exclusive advisory lock (`flock`) on a lock file; a second process gets

@@ -238,11 +238,12 @@ pub trait File: MaybeSend + MaybeSync + fmt::Debug {
     fn write_at(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, IoResult<()>>;
     /// Make every write so far, and the file length, durable (`fdatasync`).
     fn sync_data(&self) -> BoxFuture<'_, IoResult<()>>;
-    /// [`File::sync_data`], done on the calling thread where the backend would otherwise
-    /// hand it to another one: the returned future is ready when the call returns, which
-    /// blocked the thread for the length of the sync. For a caller that knows that nothing
-    /// else waits for its thread (a commit with nobody queued behind it) and would rather
-    /// not pay two thread hand-offs. The default is [`File::sync_data`].
+    /// [`File::sync_data`], done on the thread that polls the future where the backend
+    /// would otherwise hand it to another thread (the file backend: its future is ready when
+    /// the call returns, after blocking the calling thread for the length of the sync). For
+    /// a caller that knows that nothing else waits for its thread (a commit with nobody
+    /// queued behind it) and would rather not pay two thread hand-offs. The default is
+    /// [`File::sync_data`], for backends that hand nothing off.
     fn sync_data_inline(&self) -> BoxFuture<'_, IoResult<()>> {
         self.sync_data()
     }

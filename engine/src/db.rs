@@ -98,6 +98,7 @@ struct Waiting<'a>(&'a Inner);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut s = lock(&self.0.sync);
+        debug_assert!(s.waiting > 0, "a waiter was not counted");
         s.waiting = s.waiting.saturating_sub(1);
     }
 }

@@ -79,7 +79,8 @@ pub struct Options {
     /// commit's time. The thread is blocked for the sync. On by default, which suits
     /// executors with several worker threads (tokio's multi-threaded runtime); turn it off
     /// when commits are polled on a thread that must not block for a disk sync, such as an
-    /// event loop's (the Python SDK does). Commits with company always hand the sync off.
+    /// event loop's (the Python SDK does), or whose executor serves much else (`entidb serve`
+    /// does). Commits with company always hand the sync off.
     pub inline_sync: bool,
 }
 

@@ -965,21 +965,27 @@ async fn remove_deletes_without_reading() {
 /// returned is visible at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_cancelled_during_its_sync_does_not_block_later_ones() {
-    let db = Database::open_with(slow_sync(&Arc::default()), Options::default())
+    // A lone leader syncs through `sync_data_inline` unless `inline_sync` is off: both paths.
+    for inline in [true, false] {
+        let db = Database::open_with(
+            slow_sync(&Arc::default()),
+            Options::default().inline_sync(inline),
+        )
         .await
         .unwrap();
-    let c = db.collection("c");
-    // Each sync takes 5 ms: a 1 ms timeout drops the commit while it leads the sync.
-    for _ in 0..5 {
-        let r = tokio::time::timeout(Duration::from_millis(1), c.insert(&1u32)).await;
-        assert!(r.is_err(), "the commit was still syncing");
+        let c = db.collection("c");
+        // Each sync takes 5 ms: a 1 ms timeout drops the commit while it leads the sync.
+        for _ in 0..5 {
+            let r = tokio::time::timeout(Duration::from_millis(1), c.insert(&1u32)).await;
+            assert!(r.is_err(), "the commit was still syncing (inline {inline})");
+        }
+        let id = tokio::time::timeout(Duration::from_secs(10), c.insert(&2u32))
+            .await
+            .expect("a later durable commit is not stuck behind a dropped leader")
+            .unwrap();
+        assert_eq!(c.get::<u32>(id).await.unwrap(), Some(2));
+        assert!(db.snapshot().sequence() >= db.last_sequence());
     }
-    let id = tokio::time::timeout(Duration::from_secs(10), c.insert(&2u32))
-        .await
-        .expect("a later durable commit is not stuck behind a dropped leader")
-        .unwrap();
-    assert_eq!(c.get::<u32>(id).await.unwrap(), Some(2));
-    assert!(db.snapshot().sequence() >= db.last_sequence());
 }
 
 #[tokio::test]

@@ -162,10 +162,14 @@ pub async fn serve(
     if dev {
         config.keys.push(dev_key(&config.data_dir)?);
     }
+    // Commits run on the request workers, one database per host among many: a lone push's
+    // disk sync is handed to an I/O thread rather than run on the worker, so a sync never
+    // holds up the other requests that worker serves (`Options::inline_sync`).
     let options = Options::default()
         .memtable_bytes(config.memtable_mib << 20)
         .cache_bytes(config.cache_mib << 20)
-        .feed_retention(config.retention);
+        .feed_retention(config.retention)
+        .inline_sync(false);
     let hosts = Arc::new(
         Hosts::new(config.data_dir.clone(), options)
             .map_err(io(format!("creating {}", config.data_dir.display())))?,
