@@ -24,7 +24,10 @@ fuzz_target!(|bytes: &[u8]| {
         match (&verified, &restored) {
             (Ok(v), Ok((_, r))) => assert_eq!(v.entities, r.entities),
             (Err(_), Err(Error::InvalidBackup(_))) => {}
-            (v, r) => panic!("verify and restore disagree: {v:?} vs {:?}", r.as_ref().map(|x| &x.1)),
+            (v, r) => panic!(
+                "verify and restore disagree: {v:?} vs {:?}",
+                r.as_ref().map(|x| &x.1)
+            ),
         }
     });
 });
