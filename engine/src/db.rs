@@ -64,6 +64,8 @@ struct SyncState {
 enum SyncStep {
     Done,
     Wait(event_listener::EventListener),
+    /// Would lead alone: yield to the executor once, then ask again.
+    YieldFirst,
     Lead {
         target: u64,
         offset: u64,
@@ -73,6 +75,26 @@ enum SyncStep {
         /// leader's own record: the leader syncs on its own thread (`File::sync_data_inline`).
         alone: bool,
     },
+}
+
+/// Returns `Pending` once, after waking its task, so that the executor polls the other
+/// ready tasks before this one goes on (any executor: it needs nothing but the waker).
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 /// Counts a task in [`Inner::writers_queued`] while it waits for the writer lock.
@@ -648,8 +670,9 @@ impl Inner {
 
     /// Make `seq` durable (joining or leading a sync group) and published.
     pub(crate) async fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mut yielded = false;
         loop {
-            match self.sync_step(seq)? {
+            match self.sync_step(seq, yielded)? {
                 SyncStep::Done => {
                     // The leader raises `durable_seq` before it publishes: make sure `seq` is
                     // visible before `commit()` returns, as it promises.
@@ -661,6 +684,15 @@ impl Inner {
                     // (counted by `sync_step`, under the lock that registered the listener)
                     let _waiting = Waiting(self);
                     listener.await;
+                }
+                SyncStep::YieldFirst => {
+                    // Alone so far: let the executor run the other tasks that are ready
+                    // first. On a single-threaded executor, writers spawned but not yet
+                    // polled would otherwise each find themselves alone after this sync,
+                    // and sync one by one instead of as a group (64 tasks on a
+                    // current-thread runtime: 6,900 commits/s against 130,000).
+                    yielded = true;
+                    YieldOnce(false).await;
                 }
                 SyncStep::Lead {
                     target,
@@ -696,7 +728,11 @@ impl Inner {
 
     /// One decision of the group-commit protocol, taken under the sync lock (never held
     /// across an await).
-    fn sync_step(&self, seq: u64) -> Result<SyncStep> {
+    ///
+    /// A would-be leader that is alone and has not `yielded` yet gets
+    /// [`SyncStep::YieldFirst`] instead of the leadership (nothing is set: another committer
+    /// may lead meanwhile, and this one then waits for its group).
+    fn sync_step(&self, seq: u64, yielded: bool) -> Result<SyncStep> {
         let mut s = lock(&self.sync);
         if let Some(f) = &s.failed {
             return Err(Error::FailStopped { cause: f.clone() });
@@ -709,16 +745,20 @@ impl Inner {
             s.waiting += 1;
             return Ok(SyncStep::Wait(self.sync_event.listen()));
         }
+        let alone = self.options.inline_sync
+            && s.waiting == 0
+            && s.appended_seq == seq
+            && self.writers_queued.load(Ordering::Relaxed) == 0;
+        if alone && !yielded {
+            return Ok(SyncStep::YieldFirst);
+        }
         s.syncing = true;
         Ok(SyncStep::Lead {
             target: s.appended_seq,
             offset: s.appended_offset,
             file: s.wal_file.clone(),
             no: s.wal_no,
-            alone: self.options.inline_sync
-                && s.waiting == 0
-                && s.appended_seq == seq
-                && self.writers_queued.load(Ordering::Relaxed) == 0,
+            alone,
         })
     }
 

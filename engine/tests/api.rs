@@ -504,6 +504,25 @@ fn counted_syncs() -> (Hooked, Arc<AtomicU64>, Arc<AtomicU64>) {
     (backend, all, inline)
 }
 
+/// On a single-threaded executor, concurrent writers still share syncs with `inline_sync`
+/// on: a leader that looks alone yields once before it syncs on its thread, so the writers
+/// spawned but not yet polled append and join its group instead of each syncing alone.
+#[tokio::test(flavor = "current_thread")]
+async fn writers_on_one_thread_still_share_syncs() {
+    let (backend, all, _) = counted_syncs();
+    let db = Database::open_with(Arc::new(backend), Options::default())
+        .await
+        .unwrap();
+    let before = all.load(Ordering::SeqCst);
+    insert_concurrently(&db, 32, 10).await;
+    let syncs = all.load(Ordering::SeqCst) - before;
+    assert_eq!(db.collection("c").count().await.unwrap(), 320);
+    assert!(
+        syncs <= 320 / 4,
+        "{syncs} syncs for 320 commits from 32 tasks"
+    );
+}
+
 /// With `Options::inline_sync` off, even a lone commit hands its sync off.
 #[tokio::test(flavor = "current_thread")]
 async fn inline_sync_can_be_turned_off() {
