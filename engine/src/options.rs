@@ -80,7 +80,8 @@ pub struct Options {
     /// executors with several worker threads (tokio's multi-threaded runtime); turn it off
     /// when commits are polled on a thread that must not block for a disk sync, such as an
     /// event loop's (the Python SDK does), or whose executor serves much else (`entidb serve`
-    /// does). Commits with company always hand the sync off.
+    /// does). Commits with company always hand the sync off, and a commit that looks alone
+    /// first yields to its executor once, so that writers ready to run join its group.
     pub inline_sync: bool,
 }
 
