@@ -162,8 +162,9 @@ pub(crate) struct Inner {
     /// The directory lock; released by `close()` (or when the last handle is dropped).
     lock_guard: Mutex<Option<Box<dyn LockGuard>>>,
     pub writer: Arc<async_lock::Mutex<WriterState>>,
-    /// Tasks waiting for the writer lock in `WriteTxn::begin` (see [`QueuedWriter`]): a
-    /// commit leader with any of these behind it does not sync on its own thread.
+    /// Tasks waiting for the writer lock (`WriteTxn::begin`, `checkpoint`, `close`; see
+    /// [`QueuedWriter`]): a commit leader with any of these behind it does not sync on its
+    /// own thread.
     pub writers_queued: AtomicUsize,
     view: RwLock<View>,
     sync: Mutex<SyncState>,
@@ -531,7 +532,10 @@ impl Inner {
     /// of the directory so that another process (or handle) can open it at once. A write
     /// transaction still open keeps it until that transaction ends (it can no longer commit).
     pub(crate) async fn release(&self) {
-        let _writer = self.writer.lock().await;
+        let _writer = {
+            let _queued = QueuedWriter::new(&self.writers_queued);
+            self.writer.lock().await
+        };
         let _maintenance = self.maintenance.lock().await;
         if let Some(b) = self.background.get() {
             b.stop();
