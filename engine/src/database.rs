@@ -279,10 +279,7 @@ impl Database {
     pub async fn checkpoint(&self) -> Result<()> {
         self.inner.check_writable()?;
         {
-            let mut w = {
-                let _queued = crate::db::QueuedWriter::new(&self.inner.writers_queued);
-                self.inner.writer.lock().await
-            };
+            let mut w = self.inner.lock_writer().await;
             self.inner.rotate(&mut w).await?;
         }
         self.inner.flush_frozen().await

@@ -57,8 +57,6 @@ struct SyncState {
     appended_offset: u64,
     durable_offset: u64,
     failed: Option<String>,
-    /// Committers waiting for a leader's sync (see [`Waiting`]).
-    waiting: usize,
 }
 
 enum SyncStep {
@@ -97,11 +95,12 @@ impl std::future::Future for YieldOnce {
     }
 }
 
-/// Counts a task in [`Inner::writers_queued`] while it waits for the writer lock.
-pub(crate) struct QueuedWriter<'a>(&'a AtomicUsize);
+/// Counts a task in [`Inner::writers_queued`] while it waits for the writer lock (see
+/// [`Inner::lock_writer`]).
+struct QueuedWriter<'a>(&'a AtomicUsize);
 
 impl<'a> QueuedWriter<'a> {
-    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
+    fn new(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         QueuedWriter(count)
     }
@@ -110,18 +109,6 @@ impl<'a> QueuedWriter<'a> {
 impl Drop for QueuedWriter<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a committer in [`SyncState::waiting`] while it waits for a leader's sync; the
-/// count drops when the wait ends or its future is dropped.
-struct Waiting<'a>(&'a Inner);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let mut s = lock(&self.0.sync);
-        debug_assert!(s.waiting > 0, "a waiter was not counted");
-        s.waiting = s.waiting.saturating_sub(1);
     }
 }
 
@@ -161,11 +148,12 @@ pub(crate) struct Inner {
     pub entropy: Arc<dyn Entropy>,
     /// The directory lock; released by `close()` (or when the last handle is dropped).
     lock_guard: Mutex<Option<Box<dyn LockGuard>>>,
-    pub writer: Arc<async_lock::Mutex<WriterState>>,
+    /// Taken through [`Inner::lock_writer`] / [`Inner::lock_writer_arc`] only.
+    writer: Arc<async_lock::Mutex<WriterState>>,
     /// Tasks waiting for the writer lock (`WriteTxn::begin`, `checkpoint`, `close`; see
-    /// [`QueuedWriter`]): a commit leader with any of these behind it does not sync on its
-    /// own thread.
-    pub writers_queued: AtomicUsize,
+    /// [`Inner::lock_writer`]): a commit leader with any of these behind it does not
+    /// sync on its own thread.
+    writers_queued: AtomicUsize,
     view: RwLock<View>,
     sync: Mutex<SyncState>,
     sync_event: Event,
@@ -483,7 +471,6 @@ impl Inner {
                 appended_offset: wal_offset,
                 durable_offset: wal_offset,
                 failed: None,
-                waiting: 0,
             }),
             writers_queued: AtomicUsize::new(0),
             sync_event: Event::new(),
@@ -532,10 +519,7 @@ impl Inner {
     /// of the directory so that another process (or handle) can open it at once. A write
     /// transaction still open keeps it until that transaction ends (it can no longer commit).
     pub(crate) async fn release(&self) {
-        let _writer = {
-            let _queued = QueuedWriter::new(&self.writers_queued);
-            self.writer.lock().await
-        };
+        let _writer = self.lock_writer().await;
         let _maintenance = self.maintenance.lock().await;
         if let Some(b) = self.background.get() {
             b.stop();
@@ -672,6 +656,19 @@ impl Inner {
         self.commit_event.notify(usize::MAX);
     }
 
+    /// The writer lock. Every wait for it goes through here (or [`Inner::lock_writer_arc`])
+    /// and is counted in `writers_queued` meanwhile (also if the wait is dropped).
+    pub(crate) async fn lock_writer(&self) -> async_lock::MutexGuard<'_, WriterState> {
+        let _queued = QueuedWriter::new(&self.writers_queued);
+        self.writer.lock().await
+    }
+
+    /// [`Inner::lock_writer`], with a guard that owns its reference to the lock.
+    pub(crate) async fn lock_writer_arc(&self) -> async_lock::MutexGuardArc<WriterState> {
+        let _queued = QueuedWriter::new(&self.writers_queued);
+        self.writer.lock_arc().await
+    }
+
     /// Make `seq` durable (joining or leading a sync group) and published.
     pub(crate) async fn wait_durable(&self, seq: u64) -> Result<()> {
         let mut yielded = false;
@@ -684,11 +681,7 @@ impl Inner {
                     self.publish(durable);
                     return Ok(());
                 }
-                SyncStep::Wait(listener) => {
-                    // (counted by `sync_step`, under the lock that registered the listener)
-                    let _waiting = Waiting(self);
-                    listener.await;
-                }
+                SyncStep::Wait(listener) => listener.await,
                 SyncStep::YieldFirst => {
                     // Alone so far: let the executor run the other tasks that are ready
                     // first. On a single-threaded executor, writers spawned but not yet
@@ -746,11 +739,12 @@ impl Inner {
         }
         if s.syncing {
             // Register before releasing the lock so the leader's notify is not missed.
-            s.waiting += 1;
             return Ok(SyncStep::Wait(self.sync_event.listen()));
         }
+        // Committers waiting for a sync are the event's listeners (each registered under
+        // this lock, counted until its wait ends or is dropped).
         let alone = self.options.inline_sync
-            && s.waiting == 0
+            && self.sync_event.total_listeners() == 0
             && s.appended_seq == seq
             && self.writers_queued.load(Ordering::Relaxed) == 0;
         if alone && !yielded {

@@ -432,6 +432,8 @@ mod tests {
             coll in any::<u32>(),
             id in any::<[u8; 16]>(),
             other in proptest::collection::vec(any::<u8>(), 0..32),
+            tag in any::<u8>(),
+            cut in 0usize..2,
         ) {
             let id = crate::EntityId::from_bytes(id);
             let key = crate::keys::entity_key_array(coll, &id);
@@ -440,6 +442,19 @@ mod tests {
                 HeadKey::new(Arc::from(&other[..])).entity(),
                 crate::keys::parse_entity_key(&other)
             );
+            // Near misses: another tag, a byte short or a byte over.
+            let mut near = key.to_vec();
+            near[0] = tag;
+            match cut {
+                0 => { near.pop(); }
+                _ => near.push(0),
+            }
+            for k in [&near[..], &[&[tag][..], &key[1..]].concat()[..]] {
+                prop_assert_eq!(
+                    HeadKey::new(Arc::from(k)).entity(),
+                    crate::keys::parse_entity_key(k)
+                );
+            }
         }
 
         /// Inserts by `HeadKey` and lookups and ranges by `&[u8]` agree with a plain map,

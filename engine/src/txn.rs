@@ -225,10 +225,7 @@ impl std::fmt::Debug for WriteTxn {
 impl WriteTxn {
     pub(crate) async fn begin(inner: &Arc<Inner>) -> Result<WriteTxn> {
         inner.check_writable()?;
-        let guard = {
-            let _queued = crate::db::QueuedWriter::new(&inner.writers_queued);
-            inner.writer.lock_arc().await
-        };
+        let guard = inner.lock_writer_arc().await;
         inner.check_open()?;
         let read_seq = guard.last_seq;
         let view = View {

@@ -445,33 +445,13 @@ async fn concurrent_commits_share_syncs() {
     assert!(syncs <= 320, "never more than one sync per commit: {syncs}");
 }
 
-/// A memory backend whose files' syncs take 5 ms and are counted in `syncs` (not by the
-/// engine), so that commits arriving during a sync must form a group.
-fn slow_sync(syncs: &Arc<AtomicU64>) -> Arc<Hooked> {
-    let syncs = syncs.clone();
-    Arc::new(
-        Hooked::new(Arc::new(MemoryBackend::new()), "slow-sync").wrap_file(move |inner| {
-            let syncs = syncs.clone();
-            Arc::new(HookedFile::new(inner).before_sync(move || {
-                let syncs = syncs.clone();
-                Box::pin(async move {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    syncs.fetch_add(1, Ordering::SeqCst);
-                })
-            }))
-        }),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_shares_one_sync_among_waiting_committers() {
-    let counted = Arc::new(AtomicU64::new(0));
-    let db = Database::open_with(slow_sync(&counted), Options::default())
-        .await
-        .unwrap();
-    let before = counted.load(Ordering::SeqCst);
+    // Syncs take 5 ms, so commits arriving during one must form a group.
+    let (db, counts) = counted_db(Options::default(), SLOW_SYNC).await;
+    let before = counts.get().0;
     insert_concurrently(&db, 32, 10).await;
-    let syncs = counted.load(Ordering::SeqCst) - before;
+    let syncs = counts.get().0 - before;
     assert_eq!(db.collection("c").count().await.unwrap(), 320);
     assert_eq!(db.stats().commits, 320);
     // One sync per commit would be 320. While a 5 ms sync runs, the other committers append
@@ -483,9 +463,22 @@ async fn group_commit_shares_one_sync_among_waiting_committers() {
     assert!(syncs >= 10, "each task waited for its own commits: {syncs}");
 }
 
-/// A memory backend that counts its files' syncs: all of them, and those asked for on the
+/// How long a slow backend's syncs take (see [`counted_db`]).
+const SLOW_SYNC: Duration = Duration::from_millis(5);
+
+/// Syncs counted by a [`counted_db`]'s files: `.0` all of them, `.1` those asked for on the
 /// caller's thread (`sync_data_inline`).
-fn counted_syncs() -> (Hooked, Arc<AtomicU64>, Arc<AtomicU64>) {
+struct SyncCounts(Arc<AtomicU64>, Arc<AtomicU64>);
+
+impl SyncCounts {
+    fn get(&self) -> (u64, u64) {
+        (self.0.load(Ordering::SeqCst), self.1.load(Ordering::SeqCst))
+    }
+}
+
+/// A database on a memory backend whose files count their syncs (not by the engine) and
+/// make each take `sync_delay`.
+async fn counted_db(options: Options, sync_delay: Duration) -> (Database, SyncCounts) {
     let (all, inline) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (a, i) = (all.clone(), inline.clone());
     let backend = Hooked::new(Arc::new(MemoryBackend::new()), "counted").wrap_file(move |f| {
@@ -494,14 +487,21 @@ fn counted_syncs() -> (Hooked, Arc<AtomicU64>, Arc<AtomicU64>) {
             HookedFile::new(f)
                 .before_sync(move || {
                     a.fetch_add(1, Ordering::SeqCst);
-                    Box::pin(async {})
+                    Box::pin(async move {
+                        if !sync_delay.is_zero() {
+                            tokio::time::sleep(sync_delay).await;
+                        }
+                    })
                 })
                 .on_sync_inline(move || {
                     i.fetch_add(1, Ordering::SeqCst);
                 }),
         )
     });
-    (backend, all, inline)
+    let db = Database::open_with(Arc::new(backend), options)
+        .await
+        .expect("open the counted database");
+    (db, SyncCounts(all, inline))
 }
 
 /// On a single-threaded executor, concurrent writers still share syncs with `inline_sync`
@@ -509,13 +509,10 @@ fn counted_syncs() -> (Hooked, Arc<AtomicU64>, Arc<AtomicU64>) {
 /// spawned but not yet polled append and join its group instead of each syncing alone.
 #[tokio::test(flavor = "current_thread")]
 async fn writers_on_one_thread_still_share_syncs() {
-    let (backend, all, _) = counted_syncs();
-    let db = Database::open_with(Arc::new(backend), Options::default())
-        .await
-        .unwrap();
-    let before = all.load(Ordering::SeqCst);
+    let (db, counts) = counted_db(Options::default().inline_sync(true), Duration::ZERO).await;
+    let before = counts.get().0;
     insert_concurrently(&db, 32, 10).await;
-    let syncs = all.load(Ordering::SeqCst) - before;
+    let syncs = counts.get().0 - before;
     assert_eq!(db.collection("c").count().await.unwrap(), 320);
     assert!(
         syncs <= 320 / 4,
@@ -526,16 +523,14 @@ async fn writers_on_one_thread_still_share_syncs() {
 /// With `Options::inline_sync` off, even a lone commit hands its sync off.
 #[tokio::test(flavor = "current_thread")]
 async fn inline_sync_can_be_turned_off() {
-    let (backend, all, inline) = counted_syncs();
-    let db = Database::open_with(Arc::new(backend), Options::default().inline_sync(false))
-        .await
-        .unwrap();
-    let (a0, i0) = (all.load(Ordering::SeqCst), inline.load(Ordering::SeqCst));
+    let (db, counts) = counted_db(Options::default().inline_sync(false), Duration::ZERO).await;
+    let (a0, i0) = counts.get();
     for k in 0..3u32 {
         db.collection("c").insert(&k).await.unwrap();
     }
-    assert_eq!(all.load(Ordering::SeqCst) - a0, 3);
-    assert_eq!(inline.load(Ordering::SeqCst) - i0, 0);
+    let (a1, i1) = counts.get();
+    assert_eq!(a1 - a0, 3);
+    assert_eq!(i1 - i0, 0);
 }
 
 /// A durable commit with nobody behind it syncs on its own thread (`sync_data_inline`: no
@@ -543,16 +538,12 @@ async fn inline_sync_can_be_turned_off() {
 /// its sync off, so that the tasks sharing its thread can go on.
 #[tokio::test(flavor = "current_thread")]
 async fn a_lone_durable_commit_syncs_on_its_own_thread() {
-    let (backend, all, inline) = counted_syncs();
-    let db = Database::open_with(Arc::new(backend), Options::default())
-        .await
-        .unwrap();
-    let counts = || (all.load(Ordering::SeqCst), inline.load(Ordering::SeqCst));
-    let (a0, i0) = counts();
+    let (db, syncs) = counted_db(Options::default().inline_sync(true), Duration::ZERO).await;
+    let (a0, i0) = syncs.get();
     for k in 0..5u32 {
         db.collection("c").insert(&k).await.unwrap();
     }
-    let (a1, i1) = counts();
+    let (a1, i1) = syncs.get();
     assert_eq!(
         (a1 - a0, i1 - i0),
         (5, 5),
@@ -570,14 +561,14 @@ async fn a_lone_durable_commit_syncs_on_its_own_thread() {
     // The spawned task runs until it waits for the writer lock.
     tokio::task::yield_now().await;
     tx.commit().await.unwrap();
-    let (a2, i2) = counts();
+    let (a2, i2) = syncs.get();
     assert_eq!(
         (a2 - a1, i2 - i1),
         (1, 0),
         "a writer was queued: the sync is handed off"
     );
     queued.await.unwrap();
-    let (a3, i3) = counts();
+    let (a3, i3) = syncs.get();
     assert_eq!(
         (a3 - a2, i3 - i2),
         (1, 1),
@@ -986,12 +977,7 @@ async fn remove_deletes_without_reading() {
 async fn a_commit_cancelled_during_its_sync_does_not_block_later_ones() {
     // A lone leader syncs through `sync_data_inline` unless `inline_sync` is off: both paths.
     for inline in [true, false] {
-        let db = Database::open_with(
-            slow_sync(&Arc::default()),
-            Options::default().inline_sync(inline),
-        )
-        .await
-        .unwrap();
+        let (db, counts) = counted_db(Options::default().inline_sync(inline), SLOW_SYNC).await;
         let c = db.collection("c");
         // Each sync takes 5 ms: a 1 ms timeout drops the commit while it leads the sync.
         for _ in 0..5 {
@@ -1004,6 +990,13 @@ async fn a_commit_cancelled_during_its_sync_does_not_block_later_ones() {
             .unwrap();
         assert_eq!(c.get::<u32>(id).await.unwrap(), Some(2));
         assert!(db.snapshot().sequence() >= db.last_sequence());
+        // The path named was the path taken.
+        assert_eq!(
+            counts.get().1 > 0,
+            inline,
+            "inline syncs: {:?}",
+            counts.get()
+        );
     }
 }
 

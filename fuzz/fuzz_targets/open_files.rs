@@ -1,7 +1,8 @@
 //! Fuzzes every on-disk decoder at once (manifest, WAL records, segment footer, index, filter
 //! and blocks, change-feed and catalog records): arbitrary bytes become the files of a
 //! database directory on the memory backend, which is then opened and read in full. Nothing
-//! may panic; a refusal is `Corruption` or `UnsupportedFormat`.
+//! may panic; a refusal is `Corruption`, `UnsupportedFormat`, `Io` with `NotFound` (a file
+//! the manifest names is missing) or, for the change feed, `FeedTruncated`.
 //!
 //! Input: a sequence of `kind u8 | number u8 | len u16 LE | bytes`; `kind % 3` picks
 //! `MANIFEST`, `wal-<number>.log` or `seg-<number>.sst` (numbers as 16 hex digits), a later

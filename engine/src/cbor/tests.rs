@@ -487,4 +487,14 @@ fn text_validation_beyond_ascii() {
     assert_eq!(e.offset(), Some(9));
     let e = validate(&h("6261ff")).expect_err("bad utf-8");
     assert_eq!(e.offset(), Some(2));
+    // Bad bytes after a multi-byte character, and a character cut at the end, also through
+    // the canonical check: the ASCII shortcut does not let them through.
+    for (bad, at) in [("63c3a9ff", 3), ("63 61 e2 82", 2), ("62e282", 1)] {
+        for e in [
+            decode(&h(bad)).expect_err(bad),
+            validate_canonical(&h(bad)).expect_err(bad),
+        ] {
+            assert_eq!(e.offset(), Some(at), "{bad}: {e}");
+        }
+    }
 }
