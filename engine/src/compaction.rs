@@ -3,6 +3,9 @@
 //! Segments form one list, newest first; any may overlap. A compaction merges a contiguous
 //! run of them into one segment that takes the run's place, so recency order is preserved.
 
+use crate::catalog::Catalog;
+use crate::feed;
+use crate::ids::EntityId;
 use crate::keys;
 use crate::memtable::EntryRef;
 use crate::segment::SegmentMeta;
@@ -58,6 +61,19 @@ pub(crate) fn choose_all(segments: &[SegmentMeta]) -> Decision {
 /// dropped. That newest version is dropped too when it is a delete and the merge includes the
 /// oldest segment (nothing older can resurface). Change-feed records older than the feed's
 /// retention, and entities of collections dropped at or before the horizon, are dropped.
+///
+/// **Superseded changes leave their feed records.** An entity version dropped because a newer
+/// one at or below the horizon replaces it (the "older ones" above) is remembered, and when
+/// the merge reaches the feed record of its transaction (`03` keys sort after every entity
+/// key), that change is left out of the record, which is rewritten ([`Keep::Rewritten`]). The
+/// record itself stays, so the feed still holds every committed transaction once; what goes is
+/// a change no reader could get a value for any more, whose entity's newer state a later
+/// record (retained too: it is younger) carries. Every version of a transaction lies in the
+/// same segment as its record (a memtable flush and an ingest write both; merges keep runs
+/// together), so one compaction sees both. A bottom compaction's dropped delete is *not*
+/// superseded: its record is then the only trace of the delete. At most
+/// [`SUPERSEDED_TRACKED`] versions are remembered per compaction; beyond that, records keep
+/// their changes, which read as [`ChangeOp::Superseded`](crate::ChangeOp::Superseded) as before.
 #[derive(Debug)]
 pub(crate) struct Retain {
     horizon: u64,
@@ -69,6 +85,28 @@ pub(crate) struct Retain {
     cur_key: Vec<u8>,
     has_key: bool,
     seen_at_horizon: bool,
+    /// Names the feed records' collections as of their sequence; `None`: records are never
+    /// rewritten.
+    catalog: Option<Catalog>,
+    /// `(seq, collection, id)` of the superseded versions dropped so far whose records are
+    /// retained; sorted once the merge reaches the feed.
+    superseded: Vec<(u64, u32, EntityId)>,
+    sorted: bool,
+}
+
+/// The most superseded versions one compaction remembers (32 bytes each: 16 MiB).
+pub(crate) const SUPERSEDED_TRACKED: usize = 1 << 19;
+
+/// What [`Retain::keep`] decided for an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Leave it out of the output.
+    Drop,
+    /// Write it as it is.
+    Entry,
+    /// Write it with the value left in the caller's buffer (a feed record without its
+    /// superseded changes).
+    Rewritten,
 }
 
 impl Retain {
@@ -88,11 +126,37 @@ impl Retain {
             cur_key: Vec::new(),
             has_key: false,
             seen_at_horizon: false,
+            catalog: None,
+            superseded: Vec::new(),
+            sorted: false,
         }
     }
 
-    /// Entries must be given in order.
-    pub(crate) fn keep(&mut self, e: EntryRef<'_>) -> bool {
+    /// Leave superseded changes out of the feed records (see the type's notes); `catalog`
+    /// resolves the records' collection names.
+    pub(crate) fn strip_feed(mut self, catalog: Catalog) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Entries must be given in order. On [`Keep::Rewritten`] the value to write is in
+    /// `rewritten`.
+    pub(crate) fn keep(&mut self, e: EntryRef<'_>, rewritten: &mut Vec<u8>) -> Keep {
+        if !self.keep_version(e) {
+            return Keep::Drop;
+        }
+        if self.catalog.is_some()
+            && !self.superseded.is_empty()
+            && let Some(seq) = keys::parse_feed_key(e.key)
+            && let Some(record) = e.value
+            && self.strip(seq, record, rewritten)
+        {
+            return Keep::Rewritten;
+        }
+        Keep::Entry
+    }
+
+    fn keep_version(&mut self, e: EntryRef<'_>) -> bool {
         if !self.has_key || self.cur_key[..] != *e.key {
             self.cur_key.clear();
             self.cur_key.extend_from_slice(e.key);
@@ -124,10 +188,49 @@ impl Retain {
             return true;
         }
         if self.seen_at_horizon {
+            // Superseded by the newer version at or below the horizon, just kept (or, on the
+            // bottom, dropped as a delete: still newer, and in the feed).
+            if self.catalog.is_some()
+                && e.seq >= self.feed_oldest
+                && self.superseded.len() < SUPERSEDED_TRACKED
+                && let Some((coll, id)) = keys::parse_entity_key(e.key)
+            {
+                debug_assert!(!self.sorted, "entity keys sort before feed keys");
+                self.superseded.push((e.seq, coll, id));
+            }
             return false;
         }
         self.seen_at_horizon = true;
         !(self.bottom && e.value.is_none())
+    }
+
+    /// Rewrites the record of transaction `seq` without its superseded changes; false when
+    /// it has none.
+    fn strip(&mut self, seq: u64, record: &[u8], out: &mut Vec<u8>) -> bool {
+        if !self.sorted {
+            self.superseded.sort_unstable();
+            self.sorted = true;
+        }
+        let from = self.superseded.partition_point(|s| s.0 < seq);
+        let to = self.superseded.partition_point(|s| s.0 <= seq);
+        let gone = &self.superseded[from..to];
+        let Some(catalog) = &self.catalog else {
+            return false;
+        };
+        if gone.is_empty() {
+            return false;
+        }
+        feed::strip_changes(
+            record,
+            |kind, name, id| {
+                matches!(kind, feed::KIND_PUT | feed::KIND_DELETE)
+                    && catalog.resolve(name, seq).is_some_and(|coll| {
+                        gone.binary_search_by(|s| (s.1, &s.2).cmp(&(coll, id)))
+                            .is_ok()
+                    })
+            },
+            out,
+        )
     }
 }
 
@@ -165,6 +268,12 @@ mod tests {
         assert_eq!(choose_all(&[]), Decision::Nothing);
     }
 
+    fn kept(r: &mut Retain, e: EntryRef<'_>) -> bool {
+        let kept = r.keep(e, &mut Vec::new());
+        assert_ne!(kept, Keep::Rewritten, "no feed record here is rewritten");
+        kept == Keep::Entry
+    }
+
     fn e(k: &[u8], seq: u64, del: bool) -> EntryRef<'_> {
         EntryRef {
             key: k,
@@ -177,31 +286,95 @@ mod tests {
     fn retain_keeps_what_snapshots_need() {
         let mut r = Retain::new(10, true, 0, vec![], vec![]);
         // key a: versions 12, 9, 5 -> keep 12 (above horizon) and 9 (newest at horizon)
-        assert!(r.keep(e(b"a", 12, false)));
-        assert!(r.keep(e(b"a", 9, false)));
-        assert!(!r.keep(e(b"a", 5, false)));
+        assert!(kept(&mut r, e(b"a", 12, false)));
+        assert!(kept(&mut r, e(b"a", 9, false)));
+        assert!(!kept(&mut r, e(b"a", 5, false)));
         // key b: delete at 8 on the bottom level disappears with everything older
-        assert!(!r.keep(e(b"b", 8, true)));
-        assert!(!r.keep(e(b"b", 3, false)));
+        assert!(!kept(&mut r, e(b"b", 8, true)));
+        assert!(!kept(&mut r, e(b"b", 3, false)));
         // not bottom: the delete must stay to shadow older segments
         let mut r = Retain::new(10, false, 0, vec![], vec![]);
-        assert!(r.keep(e(b"b", 8, true)));
-        assert!(!r.keep(e(b"b", 3, false)));
+        assert!(kept(&mut r, e(b"b", 8, true)));
+        assert!(!kept(&mut r, e(b"b", 3, false)));
     }
 
     #[test]
     fn retain_drops_old_feed_and_dropped_collections() {
         let mut r = Retain::new(100, false, 50, vec![(7, 90)], vec![(3, 100), (4, 101)]);
-        assert!(!r.keep(e(&keys::feed_key(49), 49, false)));
-        assert!(r.keep(e(&keys::feed_key(50), 50, false)));
+        assert!(!kept(&mut r, e(&keys::feed_key(49), 49, false)));
+        assert!(kept(&mut r, e(&keys::feed_key(50), 50, false)));
         let k = keys::entity_key(7, &crate::EntityId([1; 16]));
-        assert!(!r.keep(e(&k, 95, false)));
+        assert!(!kept(&mut r, e(&k, 95, false)));
         let k = keys::entity_key(8, &crate::EntityId([1; 16]));
-        assert!(r.keep(e(&k, 95, false)));
+        assert!(kept(&mut r, e(&k, 95, false)));
         // Entries of an index dropped at the horizon go; one dropped after it stays.
         let k = keys::index_entry_key(3, b"body", &crate::EntityId([1; 16]));
-        assert!(!r.keep(e(&k, 99, false)));
+        assert!(!kept(&mut r, e(&k, 99, false)));
         let k = keys::index_entry_key(4, b"body", &crate::EntityId([1; 16]));
-        assert!(r.keep(e(&k, 99, false)));
+        assert!(kept(&mut r, e(&k, 99, false)));
+    }
+
+    fn record(changes: &[(u8, EntityId)]) -> Vec<u8> {
+        let mut b = feed::RecordBuilder::new(7, Some("o"));
+        for (kind, id) in changes {
+            b.add(*kind, "c", Some(id));
+        }
+        b.finish()
+    }
+
+    /// One entry through `r`; a rewritten value lands in `out`.
+    fn step(r: &mut Retain, key: &[u8], seq: u64, value: Option<&[u8]>, out: &mut Vec<u8>) -> Keep {
+        r.keep(EntryRef { key, seq, value }, out)
+    }
+
+    #[test]
+    fn superseded_changes_leave_their_feed_records() {
+        let mut catalog = Catalog::default();
+        catalog.create("c", 1, 1);
+        let (a, b, c) = (EntityId([1; 16]), EntityId([2; 16]), EntityId([3; 16]));
+        let (ka, kb, kc) = (
+            keys::entity_key(1, &a),
+            keys::entity_key(1, &b),
+            keys::entity_key(1, &c),
+        );
+        let (f2, f3) = (keys::feed_key(2), keys::feed_key(3));
+        let (put, del) = (feed::KIND_PUT, feed::KIND_DELETE);
+        let r2 = record(&[(put, a), (put, b), (put, c)]);
+        let r3 = record(&[(put, a), (del, c)]);
+        let v = Some(&b"v"[..]);
+        let mut out = Vec::new();
+        for bottom in [false, true] {
+            let mut r = Retain::new(10, bottom, 1, vec![], vec![]).strip_feed(catalog.clone());
+            // a: 3 replaces 2. b: only 2. c: deleted at 3 (on the bottom the delete goes too,
+            // and its record is all that is left of it).
+            assert_eq!(step(&mut r, &ka, 3, v, &mut out), Keep::Entry);
+            assert_eq!(step(&mut r, &ka, 2, v, &mut out), Keep::Drop);
+            assert_eq!(step(&mut r, &kb, 2, v, &mut out), Keep::Entry);
+            let deleted = if bottom { Keep::Drop } else { Keep::Entry };
+            assert_eq!(step(&mut r, &kc, 3, None, &mut out), deleted);
+            assert_eq!(step(&mut r, &kc, 2, v, &mut out), Keep::Drop);
+            assert_eq!(step(&mut r, &f2, 2, Some(&r2), &mut out), Keep::Rewritten);
+            assert_eq!(out, record(&[(put, b)]), "bottom {bottom}");
+            assert_eq!(step(&mut r, &f3, 3, Some(&r3), &mut out), Keep::Entry);
+        }
+        // Without the catalog (flushes), or with the older version above the horizon (a
+        // snapshot reads it), records stay whole.
+        for (mut r, older) in [
+            (Retain::new(10, false, 1, vec![], vec![]), Keep::Drop),
+            (
+                Retain::new(2, false, 1, vec![], vec![]).strip_feed(catalog.clone()),
+                Keep::Entry,
+            ),
+        ] {
+            assert_eq!(step(&mut r, &ka, 3, v, &mut out), Keep::Entry);
+            assert_eq!(step(&mut r, &ka, 2, v, &mut out), older);
+            assert_eq!(step(&mut r, &f2, 2, Some(&r2), &mut out), Keep::Entry);
+        }
+        // A record older than the feed's retention is dropped, not rewritten.
+        let mut r = Retain::new(10, false, 3, vec![], vec![]).strip_feed(catalog);
+        assert_eq!(step(&mut r, &ka, 3, v, &mut out), Keep::Entry);
+        assert_eq!(step(&mut r, &ka, 2, v, &mut out), Keep::Drop);
+        assert!(r.superseded.is_empty(), "its record is not retained");
+        assert_eq!(step(&mut r, &f2, 2, Some(&r2), &mut out), Keep::Drop);
     }
 }

@@ -22,7 +22,7 @@ use entidb_io::{Backend, Clock, Entropy, File, LockGuard, OpenMode};
 use event_listener::Event;
 
 use crate::catalog::Catalog;
-use crate::compaction::{self, Decision};
+use crate::compaction::{self, Decision, Keep};
 use crate::error::{Error, Result};
 use crate::ids::IdGenerator;
 use crate::manifest::{self, Manifest};
@@ -900,7 +900,7 @@ impl Inner {
                         &[],
                         None,
                     )),
-                    |_| true,
+                    |_, _| Keep::Entry,
                     // Flushes and compactions run beside the writers: they take no second
                     // thread.
                     false,
@@ -1037,7 +1037,8 @@ impl Inner {
 
     /// The oldest sequence any reader may still need: the oldest live snapshot. Older entity
     /// versions that a newer version (at or below the horizon) shadows are discarded by
-    /// compaction; the change feed then reports them as [`ChangeOp::Superseded`](crate::ChangeOp::Superseded), so feed retention never multiplies storage.
+    /// compaction, and their changes left out of the feed records (`compaction::Retain`), so
+    /// feed retention never multiplies storage.
     pub(crate) fn horizon(&self, last_seq: u64) -> u64 {
         let oldest_snapshot = lock(&self.snapshots)
             .keys()
@@ -1105,19 +1106,21 @@ impl Inner {
         let last_seq = self.view().seq;
         let horizon = self.horizon(last_seq);
         let feed_oldest = self.feed_oldest(last_seq);
-        let (dropped, dropped_indexes) = {
+        let (dropped, dropped_indexes, catalog) = {
             let cat = read(&self.catalog);
             (
                 cat.dropped_before(horizon),
                 cat.indexes_dropped_before(horizon),
+                cat.clone(),
             )
         };
         let mut filter =
-            compaction::Retain::new(horizon, bottom, feed_oldest, dropped, dropped_indexes);
+            compaction::Retain::new(horizon, bottom, feed_oldest, dropped, dropped_indexes)
+                .strip_feed(catalog);
         let new_seg = self
             .write_segment(
                 SegmentInput::Merge(MergeIter::new(&[], &inputs, &[], None)),
-                |e| filter.keep(e),
+                |e, rewritten| filter.keep(e, rewritten),
                 false,
             )
             .await?;
@@ -1167,13 +1170,14 @@ impl Inner {
         Ok(true)
     }
 
-    /// Write the entries of `it` that `keep` accepts to a new segment, sync it and open it.
-    /// `None` when nothing was kept. On any error the partial file is removed (best effort;
+    /// Write the entries of `it` that `keep` accepts to a new segment, sync it and open it
+    /// (an entry `keep` rewrote gets the value it left in its buffer). `None` when nothing
+    /// was kept. On any error the partial file is removed (best effort;
     /// a file left behind is an orphan that the next open deletes).
     async fn write_segment(
         &self,
         mut it: SegmentInput,
-        mut keep: impl FnMut(EntryRef<'_>) -> bool,
+        mut keep: impl FnMut(EntryRef<'_>, &mut Vec<u8>) -> Keep,
         pipelined: bool,
     ) -> Result<Option<Arc<Segment>>> {
         let id = self.next_file.fetch_add(1, Ordering::Relaxed);
@@ -1189,13 +1193,23 @@ impl Inner {
                 wr = wr.pipelined();
             }
             // Entries are read in place and copied once, into the new segment's block.
+            let mut rewritten = Vec::new();
+            let mut put = |wr: &mut SegmentWriter, e: EntryRef<'_>| -> bool {
+                match keep(e, &mut rewritten) {
+                    Keep::Drop => return false,
+                    Keep::Entry => wr.push(e),
+                    Keep::Rewritten => wr.push(EntryRef {
+                        value: Some(&rewritten),
+                        ..e
+                    }),
+                }
+                true
+            };
             match &mut it {
                 SegmentInput::Merge(m) => {
                     while let Some(b) = m.pick_raw().await? {
-                        if let Some(e) = m.raw_at(b)
-                            && keep(e)
-                        {
-                            wr.push(e);
+                        if let Some(e) = m.raw_at(b) {
+                            put(&mut wr, e);
                         }
                         m.step_raw(b).await?;
                         wr.write_full().await?;
@@ -1203,8 +1217,7 @@ impl Inner {
                 }
                 SegmentInput::Sorted(entries) => {
                     for e in entries {
-                        if keep(e.as_ref()) {
-                            wr.push(e.as_ref());
+                        if put(&mut wr, e.as_ref()) {
                             wr.write_full().await?;
                         }
                     }
@@ -1438,7 +1451,11 @@ impl Inner {
         let seg = match self
             // The committing thread fills blocks while a helper compresses the previous
             // ones (a bulk load's segment is tens of megabytes).
-            .write_segment(SegmentInput::Sorted(entries.into_iter()), |_| true, true)
+            .write_segment(
+                SegmentInput::Sorted(entries.into_iter()),
+                |_, _| Keep::Entry,
+                true,
+            )
             .await
         {
             Ok(Some(seg)) => seg,

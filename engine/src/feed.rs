@@ -4,7 +4,10 @@
 //! describes, under key `03 | seq`. It names what changed; the values are read from the entity
 //! versions written at that sequence, so a document is stored once. Records are retained for
 //! `Options::feed_retention` transactions; entity versions only as long as a snapshot needs
-//! them, so an overwritten value in an old record reads as [`ChangeOp::Superseded`].
+//! them. When compaction discards a version because a later one replaces it, it also leaves
+//! that change out of its record (`compaction::Retain`): the record stays, with the changes
+//! that are still the latest, and the later record carries the newer state. A put whose
+//! collection was dropped reads as [`ChangeOp::Superseded`].
 //!
 //! ## Record layout (value of `03 | seq`)
 //!
@@ -49,10 +52,13 @@ pub enum ChangeOp {
     Put(Canonical),
     /// The entity was deleted.
     Delete,
-    /// The entity was written by this transaction, but a later transaction (also in the feed,
-    /// after this record) overwrote or deleted it and compaction has discarded this version.
-    /// A consumer that follows the feed gets the entity's newer state from that later record.
-    /// Hold a [`Snapshot`](crate::Snapshot) to keep every intermediate value readable.
+    /// The entity was written by this transaction, but its value is gone: its collection was
+    /// dropped later (the feed reports the drop after this record), or a later transaction
+    /// overwrote or deleted it and compaction discarded this version without rewriting the
+    /// record (it leaves such a change out of the record altogether, up to 524,288 of them
+    /// per compaction). A consumer that follows the feed gets the entity's
+    /// newer state from the later record. Hold a [`Snapshot`](crate::Snapshot) to keep every
+    /// intermediate value readable.
     Superseded,
     /// The collection was created.
     CollectionCreated,
@@ -158,6 +164,40 @@ impl RecordBuilder {
         self.out[at..at + 4].copy_from_slice(&self.groups.to_le_bytes());
         self.out
     }
+}
+
+/// Re-encodes `record` (format 1 or 2) without the entity changes for which `drop(kind, name,
+/// id)` is true, in format 2, into `out`. Returns false, and leaves `out` alone, when nothing
+/// is dropped or the record does not parse (compaction then keeps it as it is: a reader
+/// reports a malformed record, compaction does not hide it).
+///
+/// Compaction calls it for the changes whose versions it discards because a later version
+/// replaces them (see `compaction::Retain`); the record itself stays, so the feed still
+/// holds every committed transaction once.
+pub(crate) fn strip_changes(
+    record: &[u8],
+    mut drop: impl FnMut(u8, &str, &EntityId) -> bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Ok(parsed) = parse(record) else {
+        return false;
+    };
+    let gone: Vec<bool> = parsed
+        .items
+        .iter()
+        .map(|(kind, name, id)| id.as_ref().is_some_and(|id| drop(*kind, name, id)))
+        .collect();
+    if !gone.contains(&true) {
+        return false;
+    }
+    let mut b = RecordBuilder::new(parsed.timestamp, parsed.origin);
+    for ((kind, name, id), gone) in parsed.items.iter().zip(gone) {
+        if !gone {
+            b.add(*kind, name, id.as_ref());
+        }
+    }
+    *out = b.finish();
+    true
 }
 
 /// A feed record read in place: names are borrowed from the record's bytes, so a change the
@@ -532,6 +572,15 @@ mod tests {
                 (KIND_CREATED, "bb", None)
             ]
         );
+        // Compaction rewrites one without a superseded change in the current format.
+        let mut out = Vec::new();
+        assert!(strip_changes(&r, |_, _, _| true, &mut out));
+        assert_eq!(out[0], FORMAT);
+        let p = parse(&out).unwrap();
+        assert_eq!(
+            (p.timestamp, p.items),
+            (9, vec![(KIND_CREATED, "bb", None)])
+        );
     }
 
     #[test]
@@ -589,12 +638,31 @@ mod tests {
             }
             let record = b.finish();
             let p = parse(&record).unwrap();
-            proptest::prop_assert_eq!(p.items, want);
+            proptest::prop_assert_eq!(&p.items, &want);
             proptest::prop_assert_eq!(p.origin, origin.as_deref().filter(|o| !o.is_empty()));
+            // Compaction's rewrite leaves out exactly the changes asked for, in order, and
+            // never touches a record it cannot parse.
+            let mut out = vec![0xEE];
+            let drop_odd = |_: u8, _: &str, id: &EntityId| id.0[0] % 2 == 1;
+            let kept: Vec<_> = p
+                .items
+                .iter()
+                .filter(|(kind, name, id)| !id.as_ref().is_some_and(|id| drop_odd(*kind, name, id)))
+                .cloned()
+                .collect();
+            let stripped = strip_changes(&record, drop_odd, &mut out);
+            proptest::prop_assert_eq!(stripped, kept.len() < p.items.len());
+            if stripped {
+                let q = parse(&out).unwrap();
+                proptest::prop_assert_eq!((q.timestamp, q.origin, q.items), (p.timestamp, p.origin, kept));
+            } else {
+                proptest::prop_assert_eq!(&out, &vec![0xEE]);
+            }
             let _ = parse(&noise);
             let mut framed = vec![FORMAT];
             framed.extend_from_slice(&noise);
             let _ = parse(&framed);
+            proptest::prop_assert!(!strip_changes(&framed[..framed.len().min(9)], |_, _, _| true, &mut out));
         }
     }
 }

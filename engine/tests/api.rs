@@ -830,12 +830,16 @@ async fn a_hold_moves_forward_only_once_the_move_is_durable() {
 }
 
 #[tokio::test]
-async fn overwritten_values_in_the_feed_are_superseded_after_compaction() {
+async fn overwritten_changes_leave_the_feed_after_compaction() {
     let db = Database::memory().await.unwrap();
     let c = db.collection("c");
     let id = c.insert(&1u32).await.unwrap();
+    let other = c.insert(&5u32).await.unwrap();
     let held = db.snapshot();
-    c.put(id, &2u32).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.collection("c").put(id, &2u32).unwrap();
+    tx.collection("c").delete(other).await.unwrap();
+    tx.commit().await.unwrap();
     db.compact().await.unwrap();
     // A snapshot older than the overwrite keeps the first value readable in the feed.
     let feed = db.changes_page(0, 10).await.unwrap();
@@ -846,10 +850,44 @@ async fn overwritten_values_in_the_feed_are_superseded_after_compaction() {
     drop(held);
     db.compact().await.unwrap();
     let feed = db.changes_page(0, 10).await.unwrap();
-    assert_eq!(feed.len(), 2, "records are retained");
-    assert_eq!(feed[0].changes[1].op, ChangeOp::Superseded);
-    assert_eq!(feed[1].changes[0].id, Some(id));
-    assert!(matches!(&feed[1].changes[0].op, ChangeOp::Put(_)));
+    assert_eq!(feed.len(), 3, "every transaction is still there");
+    // The first put of `id` is gone from its record; the creation stays.
+    assert_eq!(feed[0].changes.len(), 1);
+    assert_eq!(feed[0].changes[0].op, ChangeOp::CollectionCreated);
+    // The delete replaced `other`'s put too: its record is left with no changes, but it is
+    // still there, in its place.
+    assert_eq!((feed[1].seq, feed[1].changes.len()), (2, 0));
+    // The delete is the last trace of `other` (the tombstone itself is gone): it stays.
+    let last: Vec<_> = feed[2]
+        .changes
+        .iter()
+        .map(|c| (c.id, c.op.clone()))
+        .collect();
+    assert_eq!(
+        last,
+        vec![
+            (
+                Some(id),
+                ChangeOp::Put(entidb::cbor::Canonical::encode(&2u32).unwrap())
+            ),
+            (Some(other), ChangeOp::Delete),
+        ]
+    );
+    // A dropped collection's puts read as Superseded: their versions are purged, and the
+    // drop, later in the feed, says why.
+    let d = db.collection("d");
+    let gone = d.insert(&9u32).await.unwrap();
+    db.drop_collection("d").await.unwrap();
+    db.compact().await.unwrap();
+    let feed = db.changes_page(3, 10).await.unwrap();
+    let put = feed[0].changes.iter().find(|c| c.id == Some(gone)).unwrap();
+    assert_eq!(put.op, ChangeOp::Superseded);
+    assert_eq!(
+        feed[1].changes[0].op,
+        ChangeOp::CollectionDropped,
+        "{:?}",
+        feed[1]
+    );
 }
 
 #[tokio::test]

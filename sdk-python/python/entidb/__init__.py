@@ -147,9 +147,11 @@ class SearchHit:
 class Change:
     """One change of a committed transaction, from `Database.changes()`.
 
-    `op` is "put", "delete", "superseded" (a later commit overwrote this version and
-    compaction discarded it; that later change follows), "collection_created" or
-    "collection_dropped". `document` is the new value of a put.
+    `op` is "put", "delete", "superseded" (the put's value is gone: its collection was
+    dropped later, which the feed reports too), "collection_created" or
+    "collection_dropped". `document` is the new value of a put. A change that a later
+    commit overwrote is left out of its transaction once compaction discards its version
+    (the later change carries the newer state); the transaction itself stays in the feed.
     """
 
     sequence: int
