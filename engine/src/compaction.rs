@@ -62,16 +62,16 @@ pub(crate) fn choose_all(segments: &[SegmentMeta]) -> Decision {
 /// oldest segment (nothing older can resurface). Change-feed records older than the feed's
 /// retention, and entities of collections dropped at or before the horizon, are dropped.
 ///
-/// **Superseded changes leave their feed records.** An entity version dropped because a newer
-/// one at or below the horizon replaces it (the "older ones" above) is remembered, and when
-/// the merge reaches the feed record of its transaction (`03` keys sort after every entity
-/// key), that change is left out of the record, which is rewritten ([`Keep::Rewritten`]). The
-/// record itself stays, so the feed still holds every committed transaction once; what goes is
-/// a change no reader could get a value for any more, whose entity's newer state a later
-/// record (retained too: it is younger) carries. Every version of a transaction lies in the
+/// **Superseded puts leave their feed records.** A put version dropped because a newer one at
+/// or below the horizon replaces it (the "older ones" above) is remembered, and when the merge
+/// reaches the feed record of its transaction (`03` keys sort after every entity key), that
+/// change is left out of the record, which is rewritten ([`Keep::Rewritten`]). The record
+/// itself stays, so the feed still holds every committed transaction once; what goes is a
+/// change that would read as [`ChangeOp::Superseded`](crate::ChangeOp::Superseded) (no reader
+/// can get its value any more), whose entity's newer state a later record (retained too: it
+/// is younger) carries. Deletes always stay, as before. Every version of a transaction lies in the
 /// same segment as its record (a memtable flush and an ingest write both; merges keep runs
-/// together), so one compaction sees both. A bottom compaction's dropped delete is *not*
-/// superseded: its record is then the only trace of the delete. At most
+/// together), so one compaction sees both. At most
 /// [`SUPERSEDED_TRACKED`] versions are remembered per compaction; beyond that, records keep
 /// their changes, which read as [`ChangeOp::Superseded`](crate::ChangeOp::Superseded) as before.
 #[derive(Debug)]
@@ -85,6 +85,8 @@ pub(crate) struct Retain {
     cur_key: Vec<u8>,
     has_key: bool,
     seen_at_horizon: bool,
+    /// The sequence of the current key's version kept at or below the horizon.
+    kept_seq: u64,
     /// Names the feed records' collections as of their sequence; `None`: records are never
     /// rewritten.
     catalog: Option<Catalog>,
@@ -126,6 +128,7 @@ impl Retain {
             cur_key: Vec::new(),
             has_key: false,
             seen_at_horizon: false,
+            kept_seq: 0,
             catalog: None,
             superseded: Vec::new(),
             sorted: false,
@@ -188,9 +191,13 @@ impl Retain {
             return true;
         }
         if self.seen_at_horizon {
-            // Superseded by the newer version at or below the horizon, just kept (or, on the
-            // bottom, dropped as a delete: still newer, and in the feed).
+            // A put superseded by the newer version at or below the horizon, just kept (or,
+            // on the bottom, dropped as a delete: still newer, and in the feed). Strictly
+            // older: a duplicate of the kept entry (which merging never yields) must not
+            // strip a live change.
             if self.catalog.is_some()
+                && e.value.is_some()
+                && e.seq < self.kept_seq
                 && e.seq >= self.feed_oldest
                 && self.superseded.len() < SUPERSEDED_TRACKED
                 && let Some((coll, id)) = keys::parse_entity_key(e.key)
@@ -201,6 +208,7 @@ impl Retain {
             return false;
         }
         self.seen_at_horizon = true;
+        self.kept_seq = e.seq;
         !(self.bottom && e.value.is_none())
     }
 
@@ -223,7 +231,7 @@ impl Retain {
         feed::strip_changes(
             record,
             |kind, name, id| {
-                matches!(kind, feed::KIND_PUT | feed::KIND_DELETE)
+                kind == feed::KIND_PUT
                     && catalog.resolve(name, seq).is_some_and(|coll| {
                         gone.binary_search_by(|s| (s.1, &s.2).cmp(&(coll, id)))
                             .is_ok()
@@ -269,9 +277,7 @@ mod tests {
     }
 
     fn kept(r: &mut Retain, e: EntryRef<'_>) -> bool {
-        let kept = r.keep(e, &mut Vec::new());
-        assert_ne!(kept, Keep::Rewritten, "no feed record here is rewritten");
-        kept == Keep::Entry
+        r.keep(e, &mut Vec::new()) == Keep::Entry
     }
 
     fn e(k: &[u8], seq: u64, del: bool) -> EntryRef<'_> {
@@ -314,10 +320,10 @@ mod tests {
         assert!(kept(&mut r, e(&k, 99, false)));
     }
 
-    fn record(changes: &[(u8, EntityId)]) -> Vec<u8> {
+    fn record(changes: &[(u8, &str, EntityId)]) -> Vec<u8> {
         let mut b = feed::RecordBuilder::new(7, Some("o"));
-        for (kind, id) in changes {
-            b.add(*kind, "c", Some(id));
+        for (kind, name, id) in changes {
+            b.add(*kind, name, Some(id));
         }
         b.finish()
     }
@@ -331,30 +337,50 @@ mod tests {
     fn superseded_changes_leave_their_feed_records() {
         let mut catalog = Catalog::default();
         catalog.create("c", 1, 1);
-        let (a, b, c) = (EntityId([1; 16]), EntityId([2; 16]), EntityId([3; 16]));
-        let (ka, kb, kc) = (
+        catalog.create("e", 2, 1);
+        let (a, b, c, d) = (
+            EntityId([1; 16]),
+            EntityId([2; 16]),
+            EntityId([3; 16]),
+            EntityId([4; 16]),
+        );
+        let (ka, kb, kc, kd) = (
             keys::entity_key(1, &a),
             keys::entity_key(1, &b),
             keys::entity_key(1, &c),
+            keys::entity_key(1, &d),
         );
+        // The same id in another collection, written once.
+        let ea = keys::entity_key(2, &a);
         let (f2, f3) = (keys::feed_key(2), keys::feed_key(3));
         let (put, del) = (feed::KIND_PUT, feed::KIND_DELETE);
-        let r2 = record(&[(put, a), (put, b), (put, c)]);
-        let r3 = record(&[(put, a), (del, c)]);
+        let r2 = record(&[
+            (put, "c", a),
+            (put, "c", b),
+            (put, "c", c),
+            (del, "c", d),
+            (put, "e", a),
+        ]);
+        let r3 = record(&[(put, "c", a), (del, "c", c), (put, "c", d)]);
         let v = Some(&b"v"[..]);
         let mut out = Vec::new();
         for bottom in [false, true] {
             let mut r = Retain::new(10, bottom, 1, vec![], vec![]).strip_feed(catalog.clone());
             // a: 3 replaces 2. b: only 2. c: deleted at 3 (on the bottom the delete goes too,
-            // and its record is all that is left of it).
+            // and its record is all that is left of it). d: deleted at 2, put again at 3 (a
+            // delete stays in its record).
             assert_eq!(step(&mut r, &ka, 3, v, &mut out), Keep::Entry);
             assert_eq!(step(&mut r, &ka, 2, v, &mut out), Keep::Drop);
             assert_eq!(step(&mut r, &kb, 2, v, &mut out), Keep::Entry);
             let deleted = if bottom { Keep::Drop } else { Keep::Entry };
             assert_eq!(step(&mut r, &kc, 3, None, &mut out), deleted);
             assert_eq!(step(&mut r, &kc, 2, v, &mut out), Keep::Drop);
+            assert_eq!(step(&mut r, &kd, 3, v, &mut out), Keep::Entry);
+            assert_eq!(step(&mut r, &kd, 2, None, &mut out), Keep::Drop);
+            assert_eq!(step(&mut r, &ea, 2, v, &mut out), Keep::Entry);
             assert_eq!(step(&mut r, &f2, 2, Some(&r2), &mut out), Keep::Rewritten);
-            assert_eq!(out, record(&[(put, b)]), "bottom {bottom}");
+            let left = record(&[(put, "c", b), (del, "c", d), (put, "e", a)]);
+            assert_eq!(out, left, "bottom {bottom}");
             assert_eq!(step(&mut r, &f3, 3, Some(&r3), &mut out), Keep::Entry);
         }
         // Without the catalog (flushes), or with the older version above the horizon (a

@@ -430,7 +430,8 @@ impl Inner {
             }
             None => {
                 let no = next_file.fetch_add(1, Ordering::Relaxed);
-                let f = create_wal(&*backend, no, options.wal_preallocate).await?;
+                let f =
+                    create_wal(&*backend, no, wal::first_stretch(options.wal_preallocate)).await?;
                 (no, f, wal::FILE_HEADER_LEN)
             }
         };
@@ -450,12 +451,13 @@ impl Inner {
             seg_stats,
             lock_guard: Mutex::new(guard),
             writer: Arc::new(async_lock::Mutex::new(WriterState {
-                wal: WalWriter {
-                    file: wal_file.clone(),
-                    no: wal_no,
-                    offset: wal_offset,
-                    allocated: wal_allocated,
-                },
+                wal: WalWriter::new(
+                    wal_file.clone(),
+                    wal_no,
+                    wal_offset,
+                    wal_allocated,
+                    options.wal_preallocate,
+                ),
                 last_seq,
             })),
             view: RwLock::new(View {
@@ -613,12 +615,10 @@ impl Inner {
         w.wal.offset += len;
         w.wal.allocated = w.wal.allocated.max(w.wal.offset);
         self.counters.wal_bytes.fetch_add(len, Ordering::Relaxed);
-        let pre = self.options.wal_preallocate;
-        if pre > 0 && w.wal.allocated - w.wal.offset < pre / 4 {
+        if let Some(to) = w.wal.next_stretch(self.options.wal_preallocate) {
             // Zero-fill the next stretch after the record (never before it: a crash may keep
             // or lose these zeros, both read as the end of the log).
             let from = w.wal.allocated;
-            let to = w.wal.offset + pre;
             // A failure only costs the optimisation (zeros never hold data): retry next time.
             if w.wal
                 .file
@@ -827,7 +827,8 @@ impl Inner {
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         self.finish_sync(Ok(()), w.last_seq, w.wal.offset, w.wal.no);
         let no = self.next_file.fetch_add(1, Ordering::Relaxed);
-        let file = match create_wal(&*self.backend, no, self.options.wal_preallocate).await {
+        let first = wal::first_stretch(self.options.wal_preallocate);
+        let file = match create_wal(&*self.backend, no, first).await {
             Ok(f) => f,
             Err(e) => {
                 // Keep appending to the old file. A half-created newer file must not stay:
@@ -849,12 +850,13 @@ impl Inner {
             s.appended_offset = wal::FILE_HEADER_LEN;
             s.durable_offset = wal::FILE_HEADER_LEN;
         }
-        w.wal = WalWriter {
+        w.wal = WalWriter::new(
             file,
             no,
-            offset: wal::FILE_HEADER_LEN,
-            allocated: wal::FILE_HEADER_LEN + self.options.wal_preallocate,
-        };
+            wal::FILE_HEADER_LEN,
+            wal::FILE_HEADER_LEN + first,
+            self.options.wal_preallocate,
+        );
         {
             let mut v = write(&self.view);
             let mut mems = Vec::with_capacity(v.version.mems.len() + 1);

@@ -35,6 +35,7 @@ mod read;
 mod segment;
 mod stats;
 mod txn;
+mod varint;
 mod wal;
 
 pub use backup::{

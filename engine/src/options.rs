@@ -50,8 +50,11 @@ pub struct Options {
     pub max_document_bytes: usize,
     /// Create the database if it does not exist.
     pub create_if_missing: bool,
-    /// Keep the WAL file zero-filled this many bytes ahead of the last record, so that commit
-    /// syncs overwrite allocated blocks instead of growing the file (0: off).
+    /// Keep the WAL file zero-filled up to this many bytes ahead of the last record, so that
+    /// commit syncs overwrite allocated blocks instead of growing the file (0: off). A new WAL
+    /// file starts with 64 KiB of zeros (or this, if less), and each time the log nears their
+    /// end the next stretch is twice the last, up to this: a database that writes little
+    /// does not carry a megabyte of zeros per WAL file.
     pub wal_preallocate: u64,
     /// Make predicate scans (`scan_where`) fail with
     /// [`Error::FullScanForbidden`](crate::Error::FullScanForbidden), so that a query that

@@ -44,6 +44,7 @@ use crate::error::{Error, Result};
 use crate::ids::EntityId;
 use crate::keys;
 use crate::read::ReadCtx;
+use crate::varint;
 
 /// Words longer than this many bytes (after normalization) are not indexed.
 pub const MAX_TERM_BYTES: usize = 128;
@@ -202,35 +203,14 @@ pub(crate) fn decode_stats(v: &[u8]) -> Option<(u64, u64)> {
     Some((docs, tokens))
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(byte & 0x7F) << shift;
-        if byte < 0x80 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 /// A posting value: document length, then the term's positions.
 pub(crate) fn encode_posting(doc_len: u32, positions: &[u32]) -> Vec<u8> {
     let mut v = Vec::with_capacity(2 + positions.len());
-    put_varint(&mut v, u64::from(doc_len));
-    put_varint(&mut v, positions.len() as u64);
+    varint::put(&mut v, u64::from(doc_len));
+    varint::put(&mut v, positions.len() as u64);
     let mut last = 0u32;
     for &p in positions {
-        put_varint(&mut v, u64::from(p - last));
+        varint::put(&mut v, u64::from(p - last));
         last = p;
     }
     v
@@ -244,15 +224,15 @@ struct Posting {
 
 fn decode_posting(v: &[u8]) -> Option<Posting> {
     let mut at = 0;
-    let doc_len = u32::try_from(get_varint(v, &mut at)?).ok()?;
-    let n = get_varint(v, &mut at)?;
+    let doc_len = u32::try_from(varint::get(v, &mut at)?).ok()?;
+    let n = varint::get(v, &mut at)?;
     if n > v.len() as u64 {
         return None;
     }
     let mut positions = Vec::with_capacity(n as usize);
     let mut p = 0u32;
     for _ in 0..n {
-        p = p.checked_add(u32::try_from(get_varint(v, &mut at)?).ok()?)?;
+        p = p.checked_add(u32::try_from(varint::get(v, &mut at)?).ok()?)?;
         positions.push(p);
     }
     (at == v.len()).then_some(Posting { doc_len, positions })

@@ -147,11 +147,11 @@ class SearchHit:
 class Change:
     """One change of a committed transaction, from `Database.changes()`.
 
-    `op` is "put", "delete", "superseded" (the put's value is gone: its collection was
-    dropped later, which the feed reports too), "collection_created" or
-    "collection_dropped". `document` is the new value of a put. A change that a later
-    commit overwrote is left out of its transaction once compaction discards its version
-    (the later change carries the newer state); the transaction itself stays in the feed.
+    `op` is "put", "delete", "superseded" (the put's value is gone: a later commit
+    overwrote it or dropped its collection, and the feed reports that later), "collection_created"
+    or "collection_dropped". `document` is the new value of a put. A put that a later commit
+    overwrote is usually left out of its transaction altogether once compaction discards its
+    version (the later change carries the newer state); the transaction itself stays.
     """
 
     sequence: int
