@@ -370,6 +370,9 @@ mod tests {
             // and its record is all that is left of it). d: deleted at 2, put again at 3 (a
             // delete stays in its record).
             assert_eq!(step(&mut r, &ka, 3, v, &mut out), Keep::Entry);
+            // A duplicate of the kept entry (merging never yields one) goes, but does not
+            // take the live change out of record 3.
+            assert_eq!(step(&mut r, &ka, 3, v, &mut out), Keep::Drop);
             assert_eq!(step(&mut r, &ka, 2, v, &mut out), Keep::Drop);
             assert_eq!(step(&mut r, &kb, 2, v, &mut out), Keep::Entry);
             let deleted = if bottom { Keep::Drop } else { Keep::Entry };

@@ -111,6 +111,11 @@ impl Manifest {
                 max_seq: u64at(p + 32),
             });
         }
+        // Sequences stay below 2^63 (a segment entry keeps the delete flag in the low bit of
+        // `seq << 1`): a manifest beyond that was not written by this engine.
+        if u64at(24) >= 1 << 63 || segments.iter().any(|s| s.max_seq >= 1 << 63) {
+            return Err(bad("manifest sequence out of range"));
+        }
         Ok(Manifest {
             next_file: u64at(16),
             flushed_seq: u64at(24),

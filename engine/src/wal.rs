@@ -481,8 +481,9 @@ mod tests {
         let mut w = WalWriter::new(file(), 1, 16, 16 + 4096, 4096);
         w.offset = 16 + 4000;
         assert_eq!(w.next_stretch(4096), Some(16 + 4000 + 4096));
-        w.offset = 16 + 100;
-        assert_eq!(w.next_stretch(0), None);
+        w.offset = 16 + 4095;
+        w.allocated = w.offset;
+        assert_eq!(w.next_stretch(0), None, "off: no zeros at all");
     }
 
     #[test]
