@@ -1093,3 +1093,58 @@ async fn a_filtered_feed_page_keeps_the_changes_asked_for_and_every_record() {
             .all(|c| c.collection == "notes")
     );
 }
+
+/// The WAL is zero-filled ahead of its records in stretches: a new file starts with 64 KiB,
+/// each later stretch doubles up to `wal_preallocate`, and the zeros never hide a record
+/// after a reopen.
+#[tokio::test]
+async fn the_wal_grows_its_zeros_in_doubling_stretches() {
+    use entidb_io::{Backend, OpenMode};
+    let backend = Arc::new(MemoryBackend::new());
+    let options = Options::default().wal_preallocate(512 << 10);
+    let db = Database::open_with(backend.clone(), options.clone())
+        .await
+        .unwrap();
+    let wal_len = || async {
+        let names = backend.list("").await.unwrap();
+        let name = names
+            .iter()
+            .find(|n| n.starts_with("wal-"))
+            .unwrap()
+            .clone();
+        let f = backend.open(&name, OpenMode::Existing).await.unwrap();
+        f.len().await.unwrap()
+    };
+    assert_eq!(
+        wal_len().await,
+        16 + (64 << 10),
+        "a new file: header and 64 KiB"
+    );
+    let mut lens = vec![];
+    let c = db.collection("c");
+    for i in 0..3_000u32 {
+        c.insert(&serde_json::json!({ "i": i, "pad": "x".repeat(300) }))
+            .await
+            .unwrap();
+        let len = wal_len().await;
+        if lens.last() != Some(&len) {
+            lens.push(len);
+        }
+    }
+    // Each growth runs from the record just written to one stretch past it.
+    let grown: Vec<u64> = lens.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(lens.len() >= 5, "{lens:?}");
+    for g in &grown {
+        assert!(*g > 0 && *g <= 512 << 10, "{lens:?}");
+    }
+    // Stretches double: 128 KiB, 256 KiB, then 512 KiB (the option) every time after.
+    let ahead: Vec<u64> = lens.iter().map(|l| l - 16).collect();
+    assert!(
+        ahead[1] >= 128 << 10 && ahead[1] < (128 + 64) << 10,
+        "{lens:?}"
+    );
+    assert!(lens.last().unwrap() - lens[lens.len() - 2] <= 512 << 10);
+    db.close().await.unwrap();
+    let db = Database::open_with(backend.clone(), options).await.unwrap();
+    assert_eq!(db.collection("c").count().await.unwrap(), 3_000);
+}
