@@ -21,6 +21,9 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "API docs build without broken links"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib -p entidb -p entidb-io -p entidb-sync -p entidb-server
+
 step "engine builds for wasm32 (no tokio, no threads)"
 cargo check -p entidb --target wasm32-unknown-unknown
 if cargo tree -p entidb --target wasm32-unknown-unknown -e normal | grep -q '^.*tokio'; then

@@ -17,14 +17,14 @@
 //!   may have `email: null` (the SQL rule).
 //! - **Arrays and maps** are indexed as whole values (no per-element entries).
 //! - **Numbers** compare by value across integers and floats (`1 == 1.0`, `0 == -0.0`): see
-//!   [`keyenc`](self::keyenc) for the total order of all CBOR values.
+//!   [`keyenc`] for the total order of all CBOR values.
 //! - **Kinds**: [`IndexKind::Ordered`] keys are the order-preserving encoding of the values
 //!   (equality, range and prefix lookups; keys up to [`MAX_ORDERED_KEY_BYTES`]).
 //!   [`IndexKind::Equality`] keys are a 128-bit hash (the first 16 bytes of SHA-256) of that
 //!   encoding: fixed-size whatever the values, equality lookups only; every hit is checked
 //!   against the document, so a hash collision can never return a wrong document.
 //! - **Unique** indexes are checked at commit over the transaction's final state; a
-//!   violation fails the commit with [`Error::UniqueViolation`](crate::Error::UniqueViolation)
+//!   violation fails the commit with [`Error::UniqueViolation`]
 //!   and nothing of the transaction is written.
 
 pub mod keyenc;
@@ -46,7 +46,7 @@ pub use verify::{IndexCheck, IndexReport};
 
 /// Largest order-preserving key body of an [`IndexKind::Ordered`] index entry. A document
 /// whose indexed values encode larger fails its commit with
-/// [`Error::IndexKeyTooLarge`](crate::Error::IndexKeyTooLarge); index such fields with an
+/// [`Error::IndexKeyTooLarge`]; index such fields with an
 /// [`IndexKind::Equality`] index instead.
 pub const MAX_ORDERED_KEY_BYTES: usize = 4096;
 

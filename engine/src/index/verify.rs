@@ -37,15 +37,15 @@ pub struct IndexCheck {
     pub documents: u64,
     /// Entries found in the index.
     pub entries: u64,
-    /// Documents whose entry is missing (first [`MAX_REPORTED`]).
+    /// Documents whose entry is missing (the first 100).
     pub missing: Vec<EntityId>,
     /// Number of missing entries.
     pub missing_count: u64,
-    /// Entries that match no document's values (first [`MAX_REPORTED`]).
+    /// Entries that match no document's values (the first 100).
     pub stale: Vec<EntityId>,
     /// Number of stale entries.
     pub stale_count: u64,
-    /// Documents that share a value in a unique index (first [`MAX_REPORTED`]).
+    /// Documents that share a value in a unique index (the first 100).
     pub duplicates: Vec<EntityId>,
     /// Number of such documents beyond the first of each value.
     pub duplicate_count: u64,
