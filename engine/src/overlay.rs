@@ -164,7 +164,7 @@ impl Overlay {
     }
 
     /// Moves the tail into the map (writes that follow a read, a tail past `SETTLE_BYTES`,
-    /// and the commit call this).
+    /// and [`Overlay::into_sorted`] when the map already holds writes call this).
     pub(crate) fn settle(&mut self) {
         let unique = self.take_tail();
         if unique.is_empty() {
@@ -462,7 +462,29 @@ mod tests {
         /// whatever the order of writes and reads: reads between writes (the tail read
         /// through its sorted indices, then moved into the map by the next write), repeated
         /// keys within the tail (the last write wins), removes, range discards, the commit's
-        /// settle.
+        /// `into_sorted` (its other path, a tail no read touched, is
+        /// `into_sorted_takes_the_last_write_of_each_key`).
+        /// A bulk load: writes that nothing reads, with repeated keys, reach the commit as
+        /// one sorted run with the last write of each key (the tail sorted at commit, no map).
+        #[test]
+        fn into_sorted_takes_the_last_write_of_each_key(
+            writes in proptest::collection::vec((proptest::collection::vec(0u8..4, 0..4), any::<u8>()), 0..200),
+        ) {
+            let mut o = Overlay::new();
+            let mut model = BTreeMap::new();
+            for (k, v) in &writes {
+                o.insert(Arc::from(&k[..]), Some(Arc::from(&[*v][..])));
+                model.insert(k.clone(), Some(*v));
+            }
+            prop_assert!(o.map.is_empty() && o.sorted.get().is_none(), "no read, no settle");
+            let committed: Vec<(Vec<u8>, Option<u8>)> = o
+                .into_sorted()
+                .into_iter()
+                .map(|(k, v)| (k.into_key().to_vec(), v.as_ref().map(|b| b[0])))
+                .collect();
+            prop_assert_eq!(committed, model.into_iter().collect::<Vec<_>>());
+        }
+
         #[test]
         fn agrees_with_a_byte_keyed_map(
             ops in proptest::collection::vec(
@@ -529,8 +551,8 @@ mod tests {
                 }
             }
             check(&o, &model)?;
-            // The commit's view, from a settled map or (writes never read) straight from
-            // the tail.
+            // The commit's view, from a settled map or (when the map is still empty) from the
+            // tail through the index the reads above sorted.
             if model.len().is_multiple_of(2) {
                 o.settle();
                 check(&o, &model)?;

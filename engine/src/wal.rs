@@ -91,7 +91,7 @@ pub(crate) struct BatchOp {
 /// The payload of a record: the ordered writes of one transaction.
 ///
 /// Invariant: a transaction's ops are in strictly increasing key order (its pending writes
-/// are an ordered map, and its feed key comes last: `TAG_FEED` sorts after every other tag).
+/// come sorted and deduplicated, `Overlay::into_sorted`, and its feed key comes last: `TAG_FEED` sorts after every other tag).
 /// An ingested batch ([`Inner::ingest`](crate::db::Inner)) is written to a segment as is.
 ///
 /// ```text
