@@ -84,9 +84,9 @@ pub(crate) struct Retain {
     /// The key of the entries being read, in a buffer reused from key to key.
     cur_key: Vec<u8>,
     has_key: bool,
-    seen_at_horizon: bool,
-    /// The sequence of the current key's version kept at or below the horizon.
-    kept_seq: u64,
+    /// The sequence of the current key's newest version at or below the horizon, once seen
+    /// (rule 4 decided it; older ones are dropped).
+    at_horizon: Option<u64>,
     /// Names the feed records' collections as of their sequence; `None`: records are never
     /// rewritten.
     catalog: Option<Catalog>,
@@ -127,8 +127,7 @@ impl Retain {
             dropped_indexes,
             cur_key: Vec::new(),
             has_key: false,
-            seen_at_horizon: false,
-            kept_seq: 0,
+            at_horizon: None,
             catalog: None,
             superseded: Vec::new(),
             sorted: false,
@@ -164,7 +163,7 @@ impl Retain {
             self.cur_key.clear();
             self.cur_key.extend_from_slice(e.key);
             self.has_key = true;
-            self.seen_at_horizon = false;
+            self.at_horizon = None;
         }
         if let Some(seq) = keys::parse_feed_key(e.key)
             && seq < self.feed_oldest
@@ -190,14 +189,14 @@ impl Retain {
         if e.seq > self.horizon {
             return true;
         }
-        if self.seen_at_horizon {
+        if let Some(newer) = self.at_horizon {
             // A put superseded by the newer version at or below the horizon, just kept (or,
             // on the bottom, dropped as a delete: still newer, and in the feed). Strictly
             // older: a duplicate of the kept entry (which merging never yields) must not
             // strip a live change.
             if self.catalog.is_some()
                 && e.value.is_some()
-                && e.seq < self.kept_seq
+                && e.seq < newer
                 && e.seq >= self.feed_oldest
                 && self.superseded.len() < SUPERSEDED_TRACKED
                 && let Some((coll, id)) = keys::parse_entity_key(e.key)
@@ -207,8 +206,7 @@ impl Retain {
             }
             return false;
         }
-        self.seen_at_horizon = true;
-        self.kept_seq = e.seq;
+        self.at_horizon = Some(e.seq);
         !(self.bottom && e.value.is_none())
     }
 
@@ -228,14 +226,26 @@ impl Retain {
         if gone.is_empty() {
             return false;
         }
+        // A group's changes share one name: resolve it once per run of changes.
+        let mut named: Option<(String, Option<u32>)> = None;
         feed::strip_changes(
             record,
             |kind, name, id| {
-                kind == feed::KIND_PUT
-                    && catalog.resolve(name, seq).is_some_and(|coll| {
-                        gone.binary_search_by(|s| (s.1, &s.2).cmp(&(coll, id)))
-                            .is_ok()
-                    })
+                if kind != feed::KIND_PUT {
+                    return false;
+                }
+                let coll = match &named {
+                    Some((n, coll)) if n == name => *coll,
+                    _ => {
+                        let coll = catalog.resolve(name, seq);
+                        named = Some((name.to_owned(), coll));
+                        coll
+                    }
+                };
+                coll.is_some_and(|coll| {
+                    gone.binary_search_by(|s| (s.1, &s.2).cmp(&(coll, id)))
+                        .is_ok()
+                })
             },
             out,
         )

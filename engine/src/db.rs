@@ -1196,16 +1196,13 @@ impl Inner {
             }
             // Entries are read in place and copied once, into the new segment's block.
             let mut rewritten = Vec::new();
-            let mut put = |wr: &mut SegmentWriter, e: EntryRef<'_>| -> bool {
-                match keep(e, &mut rewritten) {
-                    Keep::Drop => return false,
-                    Keep::Entry => wr.push(e),
-                    Keep::Rewritten => wr.push(EntryRef {
-                        value: Some(&rewritten),
-                        ..e
-                    }),
-                }
-                true
+            let mut put = |wr: &mut SegmentWriter, e: EntryRef<'_>| match keep(e, &mut rewritten) {
+                Keep::Drop => {}
+                Keep::Entry => wr.push(e),
+                Keep::Rewritten => wr.push(EntryRef {
+                    value: Some(&rewritten),
+                    ..e
+                }),
             };
             match &mut it {
                 SegmentInput::Merge(m) => {
@@ -1219,9 +1216,8 @@ impl Inner {
                 }
                 SegmentInput::Sorted(entries) => {
                     for e in entries {
-                        if put(&mut wr, e.as_ref()) {
-                            wr.write_full().await?;
-                        }
+                        put(&mut wr, e.as_ref());
+                        wr.write_full().await?;
                     }
                 }
             }

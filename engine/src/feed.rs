@@ -673,6 +673,8 @@ mod tests {
             "{} bytes for 1,000 changes",
             record.len()
         );
+        // The figure docs/design.md 3.5 quotes (the clock and entropy are fixed).
+        assert_eq!(record.len(), 2_489);
         assert_eq!(parse(&record).unwrap().items, want);
     }
 
@@ -776,7 +778,27 @@ mod tests {
         let at = good.len() - 17;
         kind[at] = 9;
         assert_eq!(parse(&kind).err(), Some(ParseError::Malformed));
-        // A shared prefix on a group's first id, or longer than an id.
+        // A shared prefix on a group's first id, or longer than an id; each change is followed
+        // by a valid one, so that only the head byte is wrong (not the record's length).
+        let mut b = RecordBuilder::new(1, Some("o"));
+        b.add(KIND_PUT, "c", Some(&EntityId([1; 16])));
+        b.add(KIND_CREATED, "c", None);
+        b.add(KIND_DELETE, "c", Some(&EntityId([2; 16])));
+        let two = b.finish();
+        assert!(parse(&two).is_ok());
+        let first = 1 + 8 + 2 + 1 + 4 + 2 + 1 + 4;
+        for (at, head) in [
+            (first, KIND_PUT << 5 | 1),
+            (first + 17, KIND_CREATED << 5 | 1),
+        ] {
+            let mut bad = two.clone();
+            bad[at] = head;
+            assert_eq!(
+                parse(&bad).err(),
+                Some(ParseError::Malformed),
+                "head {head:#x} at {at}"
+            );
+        }
         for head in [KIND_PUT << 5 | 1, KIND_PUT << 5 | 17, KIND_CREATED << 5 | 1] {
             let mut bad = good.clone();
             bad[at] = head;

@@ -190,11 +190,17 @@ impl Overlay {
     /// twice: the feed record, then the batch). Writes that no read ever settled (a bulk
     /// load) are one sort of the tail, without building the map first.
     pub(crate) fn into_sorted(mut self) -> Vec<Owned> {
+        let tail = self.take_tail();
         if self.map.is_empty() {
-            return self.take_tail();
+            return tail;
         }
-        self.settle();
-        self.map.into_iter().collect()
+        // The map and the tail merged (the tail winning on equal keys), without building
+        // another tree first.
+        MergeOwned {
+            old: self.map.into_iter().peekable(),
+            new: tail.into_iter().peekable(),
+        }
+        .collect()
     }
 
     /// Empties the tail: its keys in order, each with its last write.

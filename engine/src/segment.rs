@@ -180,18 +180,12 @@ impl Block {
         self.offsets.len()
     }
 
-    /// Entry `i`'s key, sequence, whether it is a delete, and where the rest of it (a put's
-    /// value length) starts.
-    #[inline]
-    fn head(&self, i: usize) -> (&[u8], u64, bool, usize) {
-        let h = self.head_at(i);
-        (&self.data[h.key.0..h.key.1], h.seq, h.deleted, h.rest)
-    }
-
-    /// [`Block::head`] as positions, for a cursor to keep. (Framing was checked by
-    /// [`Block::parse`]; the fallbacks below are never taken.)
+    /// Entry `i`'s head: where its key lies, its sequence, whether it is a delete, and where
+    /// the rest of it (a put's value length) starts. Decoded on every call (a cursor that
+    /// kept it measured 15 % slower full scans: W5, `docs/benchmarks.md`). Framing was
+    /// checked by [`Block::parse`]; the fallbacks below are never taken.
     #[inline(always)]
-    fn head_at(&self, i: usize) -> Head {
+    fn head(&self, i: usize) -> Head {
         let d = &self.data[..];
         let p = self.offsets[i] as usize;
         match self.format {
@@ -223,61 +217,64 @@ impl Block {
     }
 
     fn key_seq(&self, i: usize) -> (&[u8], u64) {
-        let (key, seq, _, _) = self.head(i);
-        (key, seq)
+        let h = self.head(i);
+        (&self.data[h.key.0..h.key.1], h.seq)
     }
 
     fn entry(&self, i: usize) -> Entry {
-        let (key, seq) = self.key_seq(i);
+        let h = self.head(i);
         Entry {
-            key: Arc::from(key),
-            seq,
-            op: self.op(i),
+            key: Arc::from(&self.data[h.key.0..h.key.1]),
+            seq: h.seq,
+            op: self.op_at(&h),
         }
     }
 
     /// Where entry `i`'s value lies in the block: (start, length); `None` for a delete.
     fn value_range(&self, i: usize) -> Option<(usize, usize)> {
-        let (_, _, deleted, rest) = self.head(i);
-        self.value_at(deleted, rest)
+        self.value_at(&self.head(i))
     }
 
-    /// The value range of an entry whose [`Block::head`] gave `deleted` and `rest`.
+    /// The value range of the entry whose head is `h`.
     #[inline(always)]
-    fn value_at(&self, deleted: bool, rest: usize) -> Option<(usize, usize)> {
-        if deleted {
+    fn value_at(&self, h: &Head) -> Option<(usize, usize)> {
+        if h.deleted {
             return None;
         }
         let d = &self.data[..];
         Some(match self.format {
             EntryFormat::Fixed => {
-                let l = u32::from_le_bytes(d[rest..rest + 4].try_into().unwrap_or([0; 4]));
-                (rest + 4, l as usize)
+                let l = u32::from_le_bytes(d[h.rest..h.rest + 4].try_into().unwrap_or([0; 4]));
+                (h.rest + 4, l as usize)
             }
             EntryFormat::Varint => {
-                let mut q = rest;
+                let mut q = h.rest;
                 let l = varint::get_known(d, &mut q) as usize;
                 (q, l)
             }
         })
     }
 
-    /// Entry `i`, borrowed from the block (cursors keep the head: `SegCursor::current_ref`).
-    #[cfg(test)]
+    /// Entry `i`, borrowed from the block (one head decode).
     fn entry_ref(&self, i: usize) -> EntryRef<'_> {
-        let (key, seq, deleted, rest) = self.head(i);
+        let h = self.head(i);
         EntryRef {
-            key,
-            seq,
+            key: &self.data[h.key.0..h.key.1],
+            seq: h.seq,
             value: self
-                .value_at(deleted, rest)
+                .value_at(&h)
                 .map(|(start, len)| &self.data[start..start + len]),
         }
     }
 
     /// The value of entry `i` (without copying its key).
     fn op(&self, i: usize) -> Op {
-        match self.value_range(i) {
+        self.op_at(&self.head(i))
+    }
+
+    /// The value of the entry whose head is `h`.
+    fn op_at(&self, h: &Head) -> Op {
+        match self.value_at(h) {
             None => Op::Delete,
             Some((_, 0)) => Op::Put(empty_value()),
             Some((start, len)) => Op::Put(Arc::from(&self.data[start..start + len])),
@@ -617,11 +614,11 @@ impl Segment {
         if i >= block.len() {
             return Ok(None);
         }
-        let (k, seq) = block.key_seq(i);
-        if k != key {
+        let h = block.head(i);
+        if block.data[h.key.0..h.key.1] != *key {
             return Ok(None);
         }
-        Ok(Some((seq, block.op(i))))
+        Ok(Some((h.seq, block.op_at(&h))))
     }
 }
 
@@ -841,7 +838,13 @@ impl SegmentWriter {
         if !self.block.is_empty() && self.block.len() + entry_len > self.block_size {
             self.finish_block();
         }
+        let start = self.block.len();
         self.format.encode(&e, &mut self.block);
+        debug_assert_eq!(
+            self.block.len() - start,
+            entry_len,
+            "entry_len and encode disagree"
+        );
         // Index entries (`02 index-id body entity-id`) also put their key without the entity
         // id in the filter, so an exact-value index lookup can skip segments without it.
         if e.key.first() == Some(&crate::keys::TAG_INDEX) && e.key.len() >= 5 + 1 + 16 {
@@ -1020,14 +1023,6 @@ impl SegCursor {
         }
     }
 
-    /// The head of the entry at `pos` in `b` (the block at the cursor). Decoded on every
-    /// call: keeping it in the cursor measured 15 % slower full scans (W5), the larger
-    /// cursor costing more than the varints it saved decoding.
-    #[inline]
-    fn head_here(&self, b: &Block) -> Head {
-        b.head_at(self.pos)
-    }
-
     /// Makes the current position readable by [`SegCursor::current`]: loads its block, and
     /// moves on to the next block at the end of one. After it, `current` is `None` only at
     /// the end of the range. Merges call it after every [`SegCursor::advance`] and
@@ -1054,9 +1049,9 @@ impl SegCursor {
                 self.block_idx += 1;
                 continue;
             }
-            let h = block.head_at(self.pos);
+            let (k, _) = block.key_seq(self.pos);
             if let Some(end) = &self.end
-                && block.data[h.key.0..h.key.1] >= end[..]
+                && k >= &end[..]
             {
                 self.block_idx = usize::MAX;
                 self.block = None;
@@ -1069,10 +1064,7 @@ impl SegCursor {
     /// copied); `None` at the end of the range. Valid after [`SegCursor::ready`].
     pub(crate) fn current(&self) -> Option<(&[u8], u64)> {
         let b = self.block.as_ref()?;
-        (self.pos < b.len()).then(|| {
-            let h = self.head_here(b);
-            (&b.data[h.key.0..h.key.1], h.seq)
-        })
+        (self.pos < b.len()).then(|| b.key_seq(self.pos))
     }
 
     /// The value at the current position (a put's bytes are copied out of the block).
@@ -1085,14 +1077,12 @@ impl SegCursor {
     pub(crate) fn current_value(&self) -> Option<Option<BlockSlice>> {
         let b = self.block.as_ref()?;
         (self.pos < b.len()).then(|| {
-            let h = self.head_here(b);
-            b.value_at(h.deleted, h.rest)
-                .map(|(start, len)| BlockSlice {
-                    block: b.clone(),
-                    // Blocks are far smaller than 4 GiB (their length is a u32 on disk).
-                    start: start as u32,
-                    len: len as u32,
-                })
+            b.value_range(self.pos).map(|(start, len)| BlockSlice {
+                block: b.clone(),
+                // Blocks are far smaller than 4 GiB (their length is a u32 on disk).
+                start: start as u32,
+                len: len as u32,
+            })
         })
     }
 
@@ -1105,16 +1095,7 @@ impl SegCursor {
     /// [`SegCursor::ready`].
     pub(crate) fn current_ref(&self) -> Option<EntryRef<'_>> {
         let b = self.block.as_ref()?;
-        (self.pos < b.len()).then(|| {
-            let h = self.head_here(b);
-            EntryRef {
-                key: &b.data[h.key.0..h.key.1],
-                seq: h.seq,
-                value: b
-                    .value_at(h.deleted, h.rest)
-                    .map(|(start, len)| &b.data[start..start + len]),
-            }
-        })
+        (self.pos < b.len()).then(|| b.entry_ref(self.pos))
     }
 
     /// The entry at the current position, copied out, and steps past it. Valid after
@@ -1350,7 +1331,7 @@ mod tests {
         let mut key = vec![];
         varint::put(&mut key, 70_000);
         key.extend(vec![0; 70_000]);
-        key.push(2);
+        key.push(3); // seq 1, delete: only the key length is wrong
         assert!(Block::parse(key, EntryFormat::Varint).is_err());
         // The longest key is fine; a sequence varint of 11 bytes is not.
         let mut max = vec![];

@@ -518,7 +518,8 @@ impl WriteTxn {
         self.inner.check_open()?;
         let seq = guard.last_seq + 1;
         let mut feed = RecordBuilder::new(self.inner.clock.now_millis(), self.origin.as_deref());
-        // One sort of the pending writes (see `Overlay`), before they are read twice.
+        // One sort of the pending writes (see `Overlay`); one walk builds the feed record and
+        // the batch.
         let writes = std::mem::take(&mut self.writes).into_sorted();
         let mut ops = Vec::with_capacity(writes.len() + 1);
         let mut entity_writes = 0u64;
@@ -540,7 +541,7 @@ impl WriteTxn {
             // Writes come in key order, so a collection's entities are one run: its name is
             // looked up once per run, not per write.
             let mut named: Option<(u32, &str)> = None;
-            for (k, v) in &writes {
+            for (k, v) in writes {
                 if let Some((coll, id)) = k.entity() {
                     let name = match named {
                         Some((c, name)) if c == coll => name,
@@ -562,13 +563,11 @@ impl WriteTxn {
                     feed.add(kind, name, Some(&id));
                     entity_writes += 1;
                 }
+                ops.push(BatchOp {
+                    key: k.into_key(),
+                    value: v,
+                });
             }
-        }
-        for (k, v) in writes {
-            ops.push(BatchOp {
-                key: k.into_key(),
-                value: v,
-            });
         }
         ops.push(BatchOp {
             key: Arc::from(keys::feed_key(seq)),

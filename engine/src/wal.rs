@@ -465,7 +465,15 @@ mod tests {
         while w.offset < 4 << 20 {
             w.offset += 1000;
             w.allocated = w.allocated.max(w.offset);
-            if let Some(to) = w.next_stretch(pre) {
+            let (left, stretch) = (w.allocated - w.offset, w.stretch);
+            let next = w.next_stretch(pre);
+            // Due exactly when less than a quarter of the last stretch is left.
+            assert_eq!(
+                next.is_some(),
+                left < stretch / 4,
+                "left {left}, stretch {stretch}"
+            );
+            if let Some(to) = next {
                 assert!(to > w.allocated, "zeros go after what is written");
                 ends.push(to - w.offset);
                 w.allocated = to;
