@@ -2,9 +2,9 @@
 //! the key.
 //!
 //! Layout: `k u8 | bits...` (bit count = 8 x (len - 1)). Probe i of key K tests bit
-//! `(h1 + i * h2) mod m` where `h = xxh3_64(K)`, `h1 = low 32 bits`, `h2 = high 32 bits | 1`.
+//! `(h1 + i * h2) mod m` where `h = xxh3_64(K)` (`points::key_hash`), `h1 = low 32 bits`, `h2 = high 32 bits | 1`.
 
-use xxhash_rust::xxh3::xxh3_64;
+use crate::points::key_hash;
 
 const BITS_PER_KEY: usize = 10;
 const K: u8 = 7;
@@ -17,7 +17,7 @@ pub(crate) struct BloomBuilder {
 
 impl BloomBuilder {
     pub(crate) fn add(&mut self, key: &[u8]) {
-        let h = xxh3_64(key);
+        let h = key_hash(key);
         if self.hashes.last() != Some(&h) {
             self.hashes.push(h);
         }
@@ -42,12 +42,17 @@ impl BloomBuilder {
 
 /// Whether `key` may be in the set `filter` was built from (false: certainly not).
 pub(crate) fn may_contain(filter: &[u8], key: &[u8]) -> bool {
+    may_contain_hash(filter, key_hash(key))
+}
+
+/// [`may_contain`] for a key whose hash `h = key_hash(key)` is already known (computed
+/// once per point read for every segment).
+pub(crate) fn may_contain_hash(filter: &[u8], h: u64) -> bool {
     if filter.len() < 2 {
         return true;
     }
     let k = filter[0] as u64;
     let m = ((filter.len() - 1) * 8) as u64;
-    let h = xxh3_64(key);
     let (h1, h2) = (h & 0xffff_ffff, (h >> 32) | 1);
     (0..k).all(|i| {
         let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;

@@ -583,8 +583,9 @@ impl Inner {
                 return Ok(Some(hit));
             }
         }
+        let hash = crate::points::key_hash(key);
         for s in &version.segments {
-            if let Some(hit) = s.get(key, seq).await? {
+            if let Some(hit) = s.get(key, hash, seq).await? {
                 return Ok(Some(hit));
             }
         }

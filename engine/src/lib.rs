@@ -31,6 +31,7 @@ mod merge;
 mod migrate;
 mod options;
 mod overlay;
+mod points;
 mod read;
 mod segment;
 mod stats;
