@@ -21,8 +21,10 @@
 //! - Every distinct key of the block has exactly one slot, holding the offset of its first
 //!   entry (its newest version: entries are in key ascending, sequence descending order).
 //!   So a key that is not found is not in the block.
-//! - Offsets fit in 16 bits: a block whose decoded data is longer than 64 KiB (a value larger
-//!   than the block size makes one) gets no point index, and its reads use the binary search.
+//! - Offsets fit in 16 bits: a block with an entry that starts 64 KiB or more into its decoded
+//!   data gets no point index, and its reads use the binary search. Only a `block_size` above
+//!   64 KiB makes one: the writer starts every entry below `block_size` (a value larger than
+//!   the block size sits alone at offset 0).
 //! - A tag match is only a hint: the caller compares the full key at the offset.
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -33,7 +35,7 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
     xxh3_64(key)
 }
 
-/// The largest decoded block a point index covers (offsets are 16 bits).
+/// Entry offsets a point index holds are below this (16 bits).
 pub(crate) const MAX_BLOCK: usize = 1 << 16;
 
 /// See the module documentation.
@@ -58,11 +60,6 @@ impl PointIndex {
     /// The number of slots for `keys` keys: a power of two at least 1.5 times `keys`.
     fn capacity(keys: usize) -> usize {
         (keys + keys / 2 + 1).next_power_of_two().max(8)
-    }
-
-    /// The bytes an index over `entries` entries takes at most (for the cache's weigher).
-    pub(crate) fn max_bytes(entries: usize) -> usize {
-        Self::capacity(entries) * 4
     }
 
     /// An index over a block's keys, given in block order as `(hash, offset)` of every entry
@@ -95,7 +92,6 @@ impl PointIndex {
     }
 
     /// Bytes this index takes.
-    #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         self.slots.len() * 4
     }
@@ -194,7 +190,7 @@ mod tests {
             let cap = PointIndex::capacity(n);
             assert!(cap.is_power_of_two());
             assert!(n * 3 <= cap * 2, "{n} keys in {cap} slots");
-            assert!(PointIndex::max_bytes(n) <= 12 * n.max(3) + 32);
+            assert!(cap * 4 <= 12 * n.max(3) + 32);
         }
     }
 }

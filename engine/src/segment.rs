@@ -159,6 +159,9 @@ pub(crate) struct Block {
     /// Where each key's first entry starts, for [`Block::point`]: built by the first point
     /// read (`None` inside when the block is too large for one, see `points.rs`).
     points: std::sync::OnceLock<Option<PointIndex>>,
+    /// How far past an entry's start [`Block::touch_after`] reads: the block's mean entry
+    /// length, at most 256 bytes.
+    touch_span: u16,
 }
 
 impl Block {
@@ -172,12 +175,14 @@ impl Block {
                 EntryFormat::Varint => varint_entry_end(&data, pos)?,
             };
         }
+        let touch_span = (data.len() / offsets.len().max(1)).min(256) as u16;
         Ok(Block {
             data,
             format,
             offsets,
             heads: std::sync::OnceLock::new(),
             points: std::sync::OnceLock::new(),
+            touch_span,
         })
     }
 
@@ -297,6 +302,14 @@ impl Block {
     /// block is above the snapshot (an older snapshot, rare).
     fn point(&self, key: &[u8], hash: u64, snapshot: u64) -> Option<Head> {
         let index = self.points.get_or_init(|| {
+            // Entries start in ascending order: the last one says whether all fit 16 bits.
+            if self
+                .offsets
+                .last()
+                .is_some_and(|&o| o as usize >= points::MAX_BLOCK)
+            {
+                return None;
+            }
             let mut prev: Option<(usize, usize)> = None;
             let firsts = (0..self.len()).filter_map(|i| {
                 let h = self.head(i);
@@ -329,13 +342,17 @@ impl Block {
         (self.data[h.key.0..h.key.1] == *key).then_some(h)
     }
 
-    /// Reads one byte from each of the three cache lines after byte `p`, so that a typical
-    /// entry's value (about 200 bytes) arrives from memory while its key is decoded and
-    /// compared, instead of after (the engine has no `unsafe` for a prefetch instruction;
-    /// plain reads that do not depend on each other load in parallel all the same).
+    /// Reads one byte from each of the (up to three) cache lines after byte `p` that an
+    /// entry of the block's mean length reaches, so that the value (a document of about 200
+    /// bytes, say) arrives from memory while its key is decoded and compared, instead of
+    /// after. The engine has no `unsafe` for a prefetch instruction; plain reads that do not
+    /// depend on each other load in parallel all the same. Blocks of small entries read none.
     #[inline(always)]
     fn touch_after(&self, p: usize) {
         for line in [64, 128, 192] {
+            if line >= usize::from(self.touch_span) {
+                break;
+            }
             if let Some(b) = self.data.get(p + line) {
                 std::hint::black_box(*b);
             }
@@ -417,17 +434,41 @@ fn entry_end(d: &[u8], p: usize) -> std::result::Result<usize, &'static str> {
 /// Shared cache of decoded blocks, bounded in bytes.
 #[derive(Debug)]
 pub(crate) struct BlockCache {
-    cache: quick_cache::sync::Cache<(u64, u64), Arc<Block>, BlockWeighter>,
+    cache: quick_cache::sync::Cache<(u64, u64), Cached, BlockWeighter>,
+}
+
+/// A cached block and the weight it was inserted with. The cache asks for an entry's weight
+/// again when the entry is replaced or removed, and the answer must not change; a block's
+/// own size does change (its point index is built after it is cached), so the weight is
+/// fixed here, when the entry is made.
+#[derive(Debug, Clone)]
+struct Cached {
+    block: Arc<Block>,
+    weight: u64,
+}
+
+impl Cached {
+    fn new(block: Arc<Block>) -> Cached {
+        // Heads are built after the block is cached: count them at their full size (8 + 4
+        // bytes of head and offset per entry). The point index counts once built: the first
+        // point read of a block inserts it again so that it is weighed with its index
+        // (`Segment::get`). 160 bytes cover the block's own fields and the cache's entry.
+        let points = block
+            .points
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, PointIndex::bytes);
+        let weight = (block.data.len() + block.offsets.len() * 12 + points + 160) as u64;
+        Cached { block, weight }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct BlockWeighter;
 
-impl quick_cache::Weighter<(u64, u64), Arc<Block>> for BlockWeighter {
-    fn weight(&self, _k: &(u64, u64), v: &Arc<Block>) -> u64 {
-        // Heads and the point index are built after the block is cached: count them at their
-        // full size (8 + 4 bytes of head and offset per entry, and the index's table).
-        (v.data.len() + v.offsets.len() * 12 + PointIndex::max_bytes(v.offsets.len()) + 64) as u64
+impl quick_cache::Weighter<(u64, u64), Cached> for BlockWeighter {
+    fn weight(&self, _k: &(u64, u64), v: &Cached) -> u64 {
+        v.weight
     }
 }
 
@@ -595,9 +636,9 @@ impl Segment {
         use std::sync::atomic::Ordering::Relaxed;
         let ie = &self.index[i];
         let key = (self.meta.id, ie.offset);
-        if let Some(b) = self.cache.cache.get(&key) {
+        if let Some(c) = self.cache.cache.get(&key) {
             self.stats.cache_hits.fetch_add(1, Relaxed);
-            return Ok(b);
+            return Ok(c.block);
         }
         self.stats.cache_misses.fetch_add(1, Relaxed);
         let raw = self
@@ -609,7 +650,7 @@ impl Segment {
         let block = decode_block(&raw, self.format)
             .map_err(|d| Error::corruption(&self.name, ie.offset, d))?;
         let block = Arc::new(block);
-        self.cache.cache.insert(key, block.clone());
+        self.cache.cache.insert(key, Cached::new(block.clone()));
         Ok(block)
     }
 
@@ -684,9 +725,15 @@ impl Segment {
             return Ok(None);
         }
         let block = self.block(bi).await?;
-        Ok(block
-            .point(key, hash, snapshot)
-            .map(|h| (h.seq, block.op_at(&h))))
+        let indexed = block.points.get().is_some();
+        let found = block.point(key, hash, snapshot);
+        if !indexed && block.points.get().is_some_and(Option::is_some) {
+            // The first point read built the block's point index: weigh the block again.
+            let ie = &self.index[bi];
+            let c = Cached::new(block.clone());
+            self.cache.cache.insert((self.meta.id, ie.offset), c);
+        }
+        Ok(found.map(|h| (h.seq, block.op_at(&h))))
     }
 }
 
@@ -1504,6 +1551,56 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// A block with entries past 64 KiB (a `block_size` above 64 KiB) is read without a
+    /// point index; one of the default size gets one. Either way every key reads back, and
+    /// the cache weighs each block with the index it holds (the first point read inserts the
+    /// block again).
+    #[test]
+    fn blocks_past_64_kib_are_read_without_a_point_index() {
+        block_on(async {
+            for (block_size, indexed) in [(4096usize, true), (256 << 10, false)] {
+                let b = MemoryBackend::new();
+                let mut w = SegmentWriter::create(&b, 1, block_size, true)
+                    .await
+                    .unwrap();
+                let mut x = 7u64;
+                let vals: Vec<Vec<u8>> = (0..2000).map(|_| noise(&mut x, 100)).collect();
+                for (i, v) in vals.iter().enumerate() {
+                    w.add(&e(&(i as u32).to_be_bytes(), 3, Some(v)))
+                        .await
+                        .unwrap();
+                }
+                w.finish().await.unwrap();
+                let cache = Arc::new(BlockCache::new(64 << 20));
+                let seg = Segment::open(&b, 1, cache.clone(), Arc::default())
+                    .await
+                    .unwrap();
+                for i in (0..2000u32).step_by(7) {
+                    assert_eq!(
+                        seg.get_key(&i.to_be_bytes(), 5).await.unwrap(),
+                        Some((3, Op::Put(Arc::from(&vals[i as usize][..])))),
+                        "key {i}"
+                    );
+                }
+                assert_eq!(seg.get_key(&5000u32.to_be_bytes(), 5).await.unwrap(), None);
+                let mut weight = 0;
+                for bi in 0..seg.block_count() {
+                    let block = seg.block(bi).await.unwrap();
+                    assert_eq!(
+                        block.points.get().map(Option::is_some),
+                        Some(indexed),
+                        "block {bi} of {block_size}-byte blocks"
+                    );
+                    weight += Cached::new(block).weight;
+                }
+                if !indexed {
+                    assert_eq!(seg.block_count(), 1);
+                }
+                assert_eq!(cache.cache.weight(), weight);
+            }
+        });
     }
 
     /// A writer that encodes its blocks on a helper thread writes the same file as one that
