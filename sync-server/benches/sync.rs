@@ -2,7 +2,8 @@
 //! 127.0.0.1 (a child process, so that client and server memory are measured apart).
 //!
 //! `cargo bench -p entidb-server --bench sync` runs the full sizes; `-- --only S1,S3` picks
-//! workloads; `--s2-ops N`, `--s3-clients N`, `--s4-clients N` scale them. `S3p` (not in
+//! workloads; `--s2-ops N`, `--s3-clients N`, `--s3-ops N`, `--s4-clients N` scale them, and
+//! `--s3-batch N` sets how many writes an S3 client makes between two rounds (10). `S3p` (not in
 //! `WORKLOADS.md`) is S3 below saturation: `--s3p-clients N` live clients each writing
 //! `--s3p-rate R` ops/s for `--s3p-secs S` seconds. Under `cargo test`
 //! (no `--bench` argument) every workload runs once at a tiny size, as a smoke test.
@@ -272,14 +273,23 @@ async fn s2(ops: u64) {
     }
 }
 
+/// The one field of a benchmark document that `record` reads: when its writer stamped it.
+#[derive(serde::Deserialize)]
+struct Stamp {
+    t: Option<u64>,
+}
+
 /// Reads the local change feed after `since` and records, for every pulled put, the time
-/// since its writer stamped it. Returns the new feed position.
-async fn record(db: &Database, since: u64, latencies: &Mutex<Vec<u64>>) -> u64 {
+/// since its writer stamped it. Returns the new feed position and the number of pulled puts
+/// it passed (a client's count of the other clients' writes it holds: S3's inserts each
+/// create an entity, and a cursor never goes back, so each arrives once).
+async fn record(db: &Database, since: u64, latencies: &Mutex<Vec<u64>>) -> (u64, u64) {
     let mut seq = since;
+    let mut pulled = 0;
     loop {
         let page = db.changes_page(seq, 1000).await.unwrap();
         if page.is_empty() {
-            return seq;
+            return (seq, pulled);
         }
         let now = now_micros();
         let mut l = Vec::new();
@@ -290,8 +300,9 @@ async fn record(db: &Database, since: u64, latencies: &Mutex<Vec<u64>>) -> u64 {
             }
             for ch in &b.changes {
                 if let (entidb::ChangeOp::Put(bytes), "items") = (&ch.op, ch.collection.as_str()) {
-                    let v: serde_json::Value = entidb::cbor::from_slice(bytes).unwrap();
-                    if let Some(t) = v["t"].as_u64() {
+                    pulled += 1;
+                    let v: Stamp = entidb::cbor::from_slice(bytes).unwrap();
+                    if let Some(t) = v.t {
                         l.push(now.saturating_sub(t));
                     }
                 }
@@ -308,7 +319,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn s3(clients: usize, ops: u64) {
+async fn s3(clients: usize, ops: u64, batch: u64) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("server"));
     create_db(&server.url, "s3").await;
@@ -325,8 +336,12 @@ async fn s3(clients: usize, ops: u64) {
             let (db, r) = replicator(&url, &path, "s3", &name, true).await;
             let mut feed_seq = db.last_sequence();
             let mut written = 0;
+            // The other clients' writes this one holds, counted from its change feed as
+            // `record` passes them (a `count()` per round, a full scan, cost the clients a
+            // fifth of their CPU at 50 clients).
+            let mut received = 0;
             while written < ops {
-                for _ in 0..10.min(ops - written) {
+                for _ in 0..batch.min(ops - written) {
                     db.collection("items")
                         .insert(&json!({ "by": name, "n": written, "t": now_micros() }))
                         .await
@@ -334,22 +349,34 @@ async fn s3(clients: usize, ops: u64) {
                     written += 1;
                 }
                 r.sync_now().await.unwrap();
-                feed_seq = record(&db, feed_seq, &latencies).await;
+                let (seq, n) = record(&db, feed_seq, &latencies).await;
+                (feed_seq, received) = (seq, received + n);
             }
-            while db.collection("items").count().await.unwrap() < total {
+            while received < total - ops {
                 r.sync_wait(Duration::from_millis(500)).await.unwrap();
-                feed_seq = record(&db, feed_seq, &latencies).await;
+                let (seq, n) = record(&db, feed_seq, &latencies).await;
+                (feed_seq, received) = (seq, received + n);
             }
+            db
         }));
     }
+    let mut replicas = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        replicas.push(t.await.unwrap());
     }
     let secs = started.elapsed().as_secs_f64();
+    // Every replica holds every write (checked after the clock stopped).
+    for (c, db) in replicas.iter().enumerate() {
+        assert_eq!(
+            db.collection("items").count().await.unwrap(),
+            total,
+            "client c{c} after converging"
+        );
+    }
     let mut l = latencies.lock().unwrap().clone();
     l.sort_unstable();
     println!(
-        "S3 {clients} clients x {ops} ops, all converged in {secs:.1} s ({:.0} ops/s written); write-to-visible p50 {:.1} ms, p99 {:.1} ms over {} deliveries (target p99 push-to-visible < 100 ms)",
+        "S3 {clients} clients x {ops} ops, {batch} writes per round, all converged in {secs:.1} s ({:.0} ops/s written); write-to-visible p50 {:.1} ms, p99 {:.1} ms over {} deliveries (target p99 push-to-visible < 100 ms)",
         total as f64 / secs,
         percentile(&l, 0.5) as f64 / 1000.0,
         percentile(&l, 0.99) as f64 / 1000.0,
@@ -376,13 +403,19 @@ async fn s3_paced(clients: usize, rate: f64, secs: u64) {
         nodes.push((name, db, r));
     }
     let mut live = Vec::new();
-    for (_, db, r) in &nodes {
-        let (db, r, latencies) = (db.clone(), r.clone(), latencies.clone());
+    // Per client: the other clients' writes it holds (see `s3`).
+    let counters: Vec<Arc<std::sync::atomic::AtomicU64>> =
+        (0..clients).map(|_| Arc::default()).collect();
+    for ((_, db, r), received) in nodes.iter().zip(&counters) {
+        let (db, r, latencies, received) =
+            (db.clone(), r.clone(), latencies.clone(), received.clone());
         live.push(tokio::spawn(async move {
             let mut feed_seq = db.last_sequence();
             loop {
                 r.sync_wait(Duration::from_secs(20)).await.unwrap();
-                feed_seq = record(&db, feed_seq, &latencies).await;
+                let (seq, n) = record(&db, feed_seq, &latencies).await;
+                feed_seq = seq;
+                received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
         }));
     }
@@ -417,8 +450,8 @@ async fn s3_paced(clients: usize, rate: f64, secs: u64) {
     }
     let last_write = Instant::now();
     let total = per_client * clients as u64;
-    for (i, (name, db, _)) in nodes.iter().enumerate() {
-        while db.collection("items").count().await.unwrap() < total {
+    for (i, (name, _, _)) in nodes.iter().enumerate() {
+        while counters[i].load(std::sync::atomic::Ordering::Relaxed) < total - per_client {
             assert!(!live[i].is_finished(), "{name}'s live loop stopped");
             assert!(
                 last_write.elapsed() < Duration::from_secs(120),
@@ -431,6 +464,14 @@ async fn s3_paced(clients: usize, rate: f64, secs: u64) {
     for l in live {
         l.abort();
         let _ = l.await;
+    }
+    // Every replica holds every write (checked after the clock stopped).
+    for (name, db, _) in &nodes {
+        assert_eq!(
+            db.collection("items").count().await.unwrap(),
+            total,
+            "{name} after converging"
+        );
     }
     let mut l = latencies.lock().unwrap().clone();
     l.sort_unstable();
@@ -546,6 +587,7 @@ fn main() {
             s3(
                 arg("--s3-clients", 100, 3) as usize,
                 arg("--s3-ops", 1_000, 20),
+                arg("--s3-batch", 10, 10).max(1),
             )
             .await;
         }
