@@ -31,7 +31,16 @@
 //!   emptied, and each memtable is freed by its last holder;
 //! * an ingested transaction's batch (`Inner::discard`) is freed at the start of the next
 //!   round, under the maintenance lock; at most one waits, and `close()` frees it if the
-//!   thread has not.
+//!   thread has not;
+//! * at most [`round_limit`] rounds run at once in the process, whatever the number of open
+//!   databases ([`Gate`]): a process with many databases (a sync server hosting them, a
+//!   benchmark of 100 clients) whose memtables fill together would otherwise run that many
+//!   flushes at once, each thread with the same share of the CPU as the threads serving
+//!   requests, which then got almost none for seconds. A thread takes its pass before it
+//!   holds its database (so a database dropped meanwhile is not kept open by a thread that
+//!   waits) and gives it back when the round ends; committers that find more than
+//!   `MAX_FROZEN` frozen memtables still flush on their own task, so a queue at the gate
+//!   cannot grow memory without bound.
 
 use std::sync::{Arc, Condvar, Mutex};
 #[cfg(not(target_arch = "wasm32"))]
@@ -50,6 +59,71 @@ const LINGER_FIRST: Duration = Duration::from_millis(5);
 /// The longest delay between two looks at held retired memtables.
 #[cfg(not(target_arch = "wasm32"))]
 const LINGER_MAX: Duration = Duration::from_secs(1);
+
+/// How many maintenance rounds may run at once in the process: half the available cores,
+/// at least one. (At least two measured worse on 2 cores: S3's p99 3.5 s against 2.3 s with
+/// one, 4.0 s ungated, `docs/benchmarks.md`.) While one long compaction holds the only
+/// pass, other databases' flushes wait, and their committers flush for themselves past
+/// `MAX_FROZEN` frozen memtables, as they do without a maintenance thread.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn round_limit() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// A counting gate: at most `limit` holders of a [`Pass`] at once.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug)]
+pub(crate) struct Gate {
+    running: Mutex<usize>,
+    cv: Condvar,
+    limit: usize,
+}
+
+/// Held while a round runs; dropping it lets the next waiting thread in.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug)]
+pub(crate) struct Pass<'a>(&'a Gate);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Gate {
+    pub(crate) const fn new(limit: usize) -> Gate {
+        Gate {
+            running: Mutex::new(0),
+            cv: Condvar::new(),
+            limit,
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, usize> {
+        // A count changed only under this lock by code that cannot panic midway.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until fewer than `limit` passes are out, then takes one.
+    pub(crate) fn enter(&self) -> Pass<'_> {
+        let mut n = self.running();
+        while *n >= self.limit.max(1) {
+            n = self.cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Pass(self)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        *self.0.running() -= 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// The process's gate for maintenance rounds (see the module's invariants).
+#[cfg(not(target_arch = "wasm32"))]
+fn gate() -> &'static Gate {
+    static GATE: std::sync::OnceLock<Gate> = std::sync::OnceLock::new();
+    GATE.get_or_init(|| Gate::new(round_limit()))
+}
 
 /// Why [`Background::wait`] returned.
 #[cfg(not(target_arch = "wasm32"))]
@@ -156,6 +230,8 @@ fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
         if wake == Wake::Stop {
             return;
         }
+        // Only a round does work worth gating; a look at retired memtables is cheap.
+        let _pass = (wake == Wake::Round).then(|| gate().enter());
         let Some(inner) = weak.upgrade() else {
             return;
         };
@@ -201,5 +277,60 @@ fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A thread waits at a full gate until a pass comes back, then gets in.
+    #[test]
+    fn a_full_gate_holds_the_next_round_until_a_pass_returns() {
+        let gate = Gate::new(2);
+        let a = gate.enter();
+        let _b = gate.enter();
+        let entered = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                let _c = gate.enter();
+                entered.store(true, Ordering::SeqCst);
+            });
+            // A broken gate lets the thread in at once; a working one holds it.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!entered.load(Ordering::SeqCst), "got in past a full gate");
+            drop(a);
+            t.join().expect("the waiting thread");
+        });
+        assert!(entered.load(Ordering::SeqCst));
+        assert_eq!(*gate.running(), 1);
+    }
+
+    /// Many threads through a gate of 2: never more than 2 inside, and every one gets in.
+    #[test]
+    fn never_more_than_the_limit_inside() {
+        let gate = Gate::new(2);
+        let inside = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let _p = gate.enter();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(done.load(Ordering::SeqCst), 8);
+        assert!(most.load(Ordering::SeqCst) <= 2, "{most:?} inside at once");
+        assert_eq!(*gate.running(), 0);
+        assert!(round_limit() >= 1);
     }
 }

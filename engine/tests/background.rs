@@ -382,3 +382,55 @@ async fn a_memtable_flushed_by_a_checkpoint_is_freed_by_the_thread() {
     assert_eq!(db.stats().retired_memtables, 0);
     db.close().await.unwrap();
 }
+
+/// Many databases in one process share the process's gate for maintenance rounds (at most
+/// half the cores run at once): each still gets its flushes and compactions, none waits
+/// forever, every write survives a close and reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_databases_take_turns_at_the_maintenance_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dbs = Vec::new();
+    for d in 0..8 {
+        dbs.push(
+            Database::open_path(dir.path().join(format!("db{d}")), small())
+                .await
+                .unwrap(),
+        );
+    }
+    let writers: Vec<_> = dbs
+        .iter()
+        .cloned()
+        .map(|db| {
+            tokio::spawn(async move {
+                let mut tx = db.begin().await.unwrap();
+                for i in 0..1500u32 {
+                    tx.collection("c")
+                        .insert(&serde_json::json!({ "i": i, "pad": "y".repeat(60) }))
+                        .unwrap();
+                    if i % 50 == 49 {
+                        tx.commit().await.unwrap();
+                        tx = db.begin().await.unwrap();
+                    }
+                }
+                tx.commit().await.unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    for (d, db) in dbs.into_iter().enumerate() {
+        eventually(|| db.stats().compactions > 0).await;
+        let stats = db.stats();
+        assert!(stats.flushes > 0, "db{d}: {stats:?}");
+        assert!(stats.compactions > 0, "db{d}: {stats:?}");
+        assert_eq!(stats.maintenance_errors, 0, "db{d}: {stats:?}");
+        db.close().await.unwrap();
+    }
+    for d in 0..8 {
+        let db = Database::open_path(dir.path().join(format!("db{d}")), small())
+            .await
+            .unwrap();
+        assert_eq!(db.collection("c").count().await.unwrap(), 1500, "db{d}");
+    }
+}
