@@ -32,15 +32,18 @@
 //! * an ingested transaction's batch (`Inner::discard`) is freed at the start of the next
 //!   round, under the maintenance lock; at most one waits, and `close()` frees it if the
 //!   thread has not;
-//! * at most [`round_limit`] rounds run at once in the process, whatever the number of open
-//!   databases ([`Gate`]): a process with many databases (a sync server hosting them, a
-//!   benchmark of 100 clients) whose memtables fill together would otherwise run that many
-//!   flushes at once, each thread with the same share of the CPU as the threads serving
-//!   requests, which then got almost none for seconds. A thread takes its pass before it
-//!   holds its database (so a database dropped meanwhile is not kept open by a thread that
-//!   waits) and gives it back when the round ends; committers that find more than
-//!   `MAX_FROZEN` frozen memtables still flush on their own task, so a queue at the gate
-//!   cannot grow memory without bound.
+//! * at most [`round_limit`] maintenance steps (a step: flush what is frozen, then one
+//!   compaction step) run at once in the process, whatever the number of open databases, let
+//!   in first come, first served ([`Gate`], taken per step by `Inner::maintain_gated`). A
+//!   process with many databases (a sync server hosting them, a benchmark of 100 clients)
+//!   whose memtables fill together would otherwise run that many flushes at once, each
+//!   thread with the same share of the CPU as the threads serving requests. A step never
+//!   waits for its database's maintenance lock while it holds a pass (an app's `compact()`
+//!   or `checkpoint()` there must not hold up other databases), and gives the pass back
+//!   before the next step, so a database under constant writes takes turns with the
+//!   others. While a database waits at the gate, its committers still flush for themselves
+//!   past `MAX_FROZEN` frozen memtables (memory stays bounded); its compactions wait for
+//!   their turn.
 
 use std::sync::{Arc, Condvar, Mutex};
 #[cfg(not(target_arch = "wasm32"))]
@@ -60,26 +63,41 @@ const LINGER_FIRST: Duration = Duration::from_millis(5);
 #[cfg(not(target_arch = "wasm32"))]
 const LINGER_MAX: Duration = Duration::from_secs(1);
 
-/// How many maintenance rounds may run at once in the process: half the available cores,
-/// at least one. (At least two measured worse on 2 cores: S3's p99 3.5 s against 2.3 s with
-/// one, 4.0 s ungated, `docs/benchmarks.md`.) While one long compaction holds the only
-/// pass, other databases' flushes wait, and their committers flush for themselves past
-/// `MAX_FROZEN` frozen memtables, as they do without a maintenance thread.
+/// How many maintenance steps may run at once in the process: half the available cores, at
+/// least one. (A limit of two, in one run on 2 cores, measured worse: S3's p99 3.5 s against
+/// 2.3 s with one and 4.0 s ungated, `docs/benchmarks.md`.) While one long compaction step
+/// holds the only pass, other databases' steps wait, and their committers flush for
+/// themselves past `MAX_FROZEN` frozen memtables, as they do without a maintenance thread.
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn round_limit() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
-/// A counting gate: at most `limit` holders of a [`Pass`] at once.
+/// A first-come, first-served counting gate: at most `limit` holders of a [`Pass`] at once,
+/// let in in the order they arrived (a thread that gives a pass back and asks again queues
+/// behind those already waiting).
+///
+/// Tickets: the `t`-th caller of [`Gate::enter`] gets ticket `t` and is in once
+/// `t < returned + limit`, where `returned` counts passes given back. Both counts only grow,
+/// so tickets are let in in order, and at most `limit` of those let in have not returned.
 #[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug)]
 pub(crate) struct Gate {
-    running: Mutex<usize>,
+    tickets: Mutex<Tickets>,
     cv: Condvar,
-    limit: usize,
+    limit: u64,
 }
 
-/// Held while a round runs; dropping it lets the next waiting thread in.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Default)]
+struct Tickets {
+    /// The next ticket to hand out.
+    next: u64,
+    /// Passes given back.
+    returned: u64,
+}
+
+/// Held while a maintenance step runs; dropping it lets the next ticket in.
 #[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug)]
 pub(crate) struct Pass<'a>(&'a Gate);
@@ -88,39 +106,51 @@ pub(crate) struct Pass<'a>(&'a Gate);
 impl Gate {
     pub(crate) const fn new(limit: usize) -> Gate {
         Gate {
-            running: Mutex::new(0),
+            tickets: Mutex::new(Tickets {
+                next: 0,
+                returned: 0,
+            }),
             cv: Condvar::new(),
-            limit,
+            limit: if limit == 0 { 1 } else { limit as u64 },
         }
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, usize> {
-        // A count changed only under this lock by code that cannot panic midway.
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    fn tickets(&self) -> std::sync::MutexGuard<'_, Tickets> {
+        // Two counters changed only under this lock by code that cannot panic midway.
+        self.tickets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until fewer than `limit` passes are out, then takes one.
+    /// Waits for this caller's turn, then holds one of the `limit` passes.
     pub(crate) fn enter(&self) -> Pass<'_> {
-        let mut n = self.running();
-        while *n >= self.limit.max(1) {
-            n = self.cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        let mut t = self.tickets();
+        let mine = t.next;
+        t.next += 1;
+        while mine >= t.returned + self.limit {
+            t = self.cv.wait(t).unwrap_or_else(|e| e.into_inner());
         }
-        *n += 1;
         Pass(self)
+    }
+
+    /// Passes out now (let in and not given back).
+    #[cfg(test)]
+    fn inside(&self) -> u64 {
+        let t = self.tickets();
+        t.next.min(t.returned + self.limit) - t.returned
     }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        *self.0.running() -= 1;
-        self.0.cv.notify_one();
+        self.0.tickets().returned += 1;
+        // Every waiter checks its own ticket: the next one in line goes in.
+        self.0.cv.notify_all();
     }
 }
 
-/// The process's gate for maintenance rounds (see the module's invariants).
+/// The process's gate for maintenance steps (see the module's invariants).
 #[cfg(not(target_arch = "wasm32"))]
-fn gate() -> &'static Gate {
+pub(crate) fn gate() -> &'static Gate {
     static GATE: std::sync::OnceLock<Gate> = std::sync::OnceLock::new();
     GATE.get_or_init(|| Gate::new(round_limit()))
 }
@@ -230,8 +260,6 @@ fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
         if wake == Wake::Stop {
             return;
         }
-        // Only a round does work worth gating; a look at retired memtables is cheap.
-        let _pass = (wake == Wake::Round).then(|| gate().enter());
         let Some(inner) = weak.upgrade() else {
             return;
         };
@@ -244,7 +272,7 @@ fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
             let result = match wake {
                 Wake::Round => futures_executor::block_on(async {
                     inner.free_discarded().await;
-                    inner.maintain(true).await
+                    inner.maintain_gated(gate()).await
                 }),
                 _ => Ok(()),
             };
@@ -304,7 +332,7 @@ mod tests {
             t.join().expect("the waiting thread");
         });
         assert!(entered.load(Ordering::SeqCst));
-        assert_eq!(*gate.running(), 1);
+        assert_eq!(gate.inside(), 1);
     }
 
     /// Many threads through a gate of 2: never more than 2 inside, and every one gets in.
@@ -330,7 +358,32 @@ mod tests {
         });
         assert_eq!(done.load(Ordering::SeqCst), 8);
         assert!(most.load(Ordering::SeqCst) <= 2, "{most:?} inside at once");
-        assert_eq!(*gate.running(), 0);
-        assert!(round_limit() >= 1);
+        assert_eq!(gate.inside(), 0);
+    }
+
+    /// Passes go in the order they were asked for: a thread that gives its pass back and
+    /// asks again queues behind one already waiting.
+    #[test]
+    fn passes_go_first_come_first_served() {
+        let gate = Gate::new(1);
+        let order = Mutex::new(Vec::new());
+        let first = gate.enter();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let _p = gate.enter();
+                order.lock().unwrap().push("waiter");
+            });
+            // Until the waiter holds its ticket, the pass stays out.
+            while gate.tickets().next < 2 {
+                std::thread::yield_now();
+            }
+            drop(first);
+            // Asks again after the waiter did: it goes second.
+            let _again = gate.enter();
+            order.lock().unwrap().push("again");
+            drop(_again);
+            waiter.join().expect("the waiter");
+        });
+        assert_eq!(*order.lock().unwrap(), vec!["waiter", "again"]);
     }
 }

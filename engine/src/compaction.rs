@@ -94,6 +94,8 @@ pub(crate) struct Retain {
     /// retained; sorted once the merge reaches the feed.
     superseded: Vec<(u64, u32, EntityId)>,
     sorted: bool,
+    /// How many superseded versions to remember at most: [`SUPERSEDED_TRACKED`].
+    tracked_cap: usize,
 }
 
 /// The most superseded versions one compaction remembers (32 bytes each: 16 MiB).
@@ -131,7 +133,16 @@ impl Retain {
             catalog: None,
             superseded: Vec::new(),
             sorted: false,
+            tracked_cap: SUPERSEDED_TRACKED,
         }
+    }
+
+    /// Remember at most `n` superseded versions instead of [`SUPERSEDED_TRACKED`] (tests
+    /// reach the cap with a few entries).
+    #[cfg(test)]
+    fn track_at_most(mut self, n: usize) -> Self {
+        self.tracked_cap = n;
+        self
     }
 
     /// Leave superseded changes out of the feed records (see the type's notes); `catalog`
@@ -198,7 +209,7 @@ impl Retain {
                 && e.value.is_some()
                 && e.seq < newer
                 && e.seq >= self.feed_oldest
-                && self.superseded.len() < SUPERSEDED_TRACKED
+                && self.superseded.len() < self.tracked_cap
                 && let Some((coll, id)) = keys::parse_entity_key(e.key)
             {
                 debug_assert!(!self.sorted, "entity keys sort before feed keys");
@@ -409,6 +420,19 @@ mod tests {
             assert_eq!(step(&mut r, &ka, 2, v, &mut out), older);
             assert_eq!(step(&mut r, &f2, 2, Some(&r2), &mut out), Keep::Entry);
         }
+        // Past the cap of remembered versions, a superseded put stays in its record (it
+        // reads as `Superseded`): with room for one, a's change leaves record 2, b's stays.
+        let mut r = Retain::new(10, false, 1, vec![], vec![])
+            .strip_feed(catalog.clone())
+            .track_at_most(1);
+        assert_eq!(step(&mut r, &ka, 3, v, &mut out), Keep::Entry);
+        assert_eq!(step(&mut r, &ka, 2, v, &mut out), Keep::Drop);
+        assert_eq!(step(&mut r, &kb, 3, v, &mut out), Keep::Entry);
+        assert_eq!(step(&mut r, &kb, 2, v, &mut out), Keep::Drop);
+        assert_eq!(r.superseded.len(), 1);
+        let r2b = record(&[(put, "c", a), (put, "c", b)]);
+        assert_eq!(step(&mut r, &f2, 2, Some(&r2b), &mut out), Keep::Rewritten);
+        assert_eq!(out, record(&[(put, "c", b)]));
         // A record older than the feed's retention is dropped, not rewritten.
         let mut r = Retain::new(10, false, 3, vec![], vec![]).strip_feed(catalog);
         assert_eq!(step(&mut r, &ka, 3, v, &mut out), Keep::Entry);

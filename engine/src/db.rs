@@ -1245,39 +1245,62 @@ impl Inner {
         result
     }
 
-    /// Flush and compact as needed. Without `wait`, returns at once if another task holds
-    /// the maintenance lock (it flushes until nothing is frozen; a memtable frozen just after
-    /// it checked is picked up by the next commit), so committers never queue behind a flush.
+    /// Flush and compact as needed, on a committer's task: returns at once if another task
+    /// holds the maintenance lock (it flushes until nothing is frozen; a memtable frozen just
+    /// after it checked is picked up by the next commit), so committers never queue behind a
+    /// flush.
     ///
-    /// The lock is taken per round (every frozen memtable flushed, then one compaction
-    /// step), so that a committer held back by too many frozen memtables gets in between two
-    /// rounds; it waits at most for one round's flushes and one compaction step. `wait`: wait
-    /// for the lock (the maintenance thread: a wake-up that arrives while `checkpoint()`,
-    /// `compact()` or a committer holds it is not lost); otherwise return when another task
-    /// holds it.
-    pub(crate) async fn maintain(&self, wait: bool) -> Result<()> {
+    /// The lock is taken per step (every frozen memtable flushed, then one compaction step),
+    /// so that a committer held back by too many frozen memtables gets in between two steps;
+    /// it waits at most for one step's flushes and one compaction step.
+    pub(crate) async fn maintain(&self) -> Result<()> {
         loop {
-            let mut manifest = if wait {
-                self.maintenance.lock().await
-            } else {
-                let Some(m) = self.maintenance.try_lock() else {
-                    return Ok(());
-                };
-                m
-            };
-            // `release` sets `closed` before it takes this lock: nothing is written after
-            // it. A fail-stopped database writes nothing either.
-            if self.check_open().is_err() {
+            let Some(mut manifest) = self.maintenance.try_lock() else {
                 return Ok(());
-            }
-            self.flush_frozen_down_to(&mut manifest, 0).await?;
-            // Freed per step, not once per round: a round lasts as long as writes keep it
-            // busy, and the memtables it flushed meanwhile would wait for its end.
-            self.free_retired();
-            if !self.compact_once_locked(&mut manifest, false).await? {
+            };
+            if !self.maintenance_step(&mut manifest).await? {
                 return Ok(());
             }
         }
+    }
+
+    /// [`Inner::maintain`] on the maintenance thread: each step waits for its turn at the
+    /// process's `gate` (`background.rs`), then for the maintenance lock, which it waits for
+    /// without a pass (a `checkpoint()` or `compact()` that holds it must not hold up other
+    /// databases' steps). A wake-up that arrives while another task holds the lock is so not
+    /// lost: the step runs after it.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) async fn maintain_gated(&self, gate: &crate::background::Gate) -> Result<()> {
+        loop {
+            let pass = gate.enter();
+            let Some(mut manifest) = self.maintenance.try_lock() else {
+                drop(pass);
+                // Wait for the holder to finish, then queue at the gate again.
+                drop(self.maintenance.lock().await);
+                continue;
+            };
+            let more = self.maintenance_step(&mut manifest).await?;
+            drop(manifest);
+            drop(pass);
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One maintenance step under the maintenance lock: flush every frozen memtable, then one
+    /// compaction step. Returns whether compaction may have more to do.
+    async fn maintenance_step(&self, manifest: &mut Manifest) -> Result<bool> {
+        // `release` sets `closed` before it takes this lock: nothing is written after it. A
+        // fail-stopped database writes nothing either.
+        if self.check_open().is_err() {
+            return Ok(false);
+        }
+        self.flush_frozen_down_to(manifest, 0).await?;
+        // Freed per step, not once per round: a round lasts as long as writes keep it busy,
+        // and the memtables it flushed meanwhile would wait for its end.
+        self.free_retired();
+        self.compact_once_locked(manifest, false).await
     }
 
     /// The maintenance thread, if one runs and has not died.
@@ -1307,7 +1330,7 @@ impl Inner {
                     Ok(())
                 }
             }
-            None => self.maintain(false).await,
+            None => self.maintain().await,
         };
         if let Err(e) = result {
             self.maintenance_failed(&e);

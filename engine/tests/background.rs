@@ -6,29 +6,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use entidb::{Database, Options};
+use entidb::Database;
 
 #[path = "support/hooked.rs"]
 mod hooked;
-use hooked::{Hooked, HookedFile};
-
-/// Wait, for a bounded time, until `done` holds (a wait for the maintenance thread, not a
-/// timing assertion: the caller asserts afterwards).
-async fn eventually(done: impl Fn() -> bool) {
-    for _ in 0..3000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn small() -> Options {
-    // Small memtables and an eager compaction trigger: many rounds in a short test.
-    Options::default()
-        .memtable_bytes(32 << 10)
-        .compaction_trigger(3)
-}
+#[path = "support/maint.rs"]
+mod maint;
+use hooked::Hooked;
+use maint::{eventually, hooked_segments, small};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_and_readers_run_beside_background_flushes_and_compactions() {
@@ -199,92 +184,6 @@ async fn segments_are_written_on_the_maintenance_thread() {
     db.close().await.unwrap();
 }
 
-/// The file backend, recording in `threads` the thread that creates each segment file and
-/// calling `on_maint` when that thread is the maintenance thread.
-fn hooked_segments(
-    dir: &std::path::Path,
-    threads: &Arc<Mutex<Vec<String>>>,
-    on_maint: impl Fn() + Send + Sync + 'static,
-) -> Hooked {
-    let threads = threads.clone();
-    let fs = entidb::io::FsBackend::new(dir).unwrap();
-    Hooked::new(Arc::new(fs), "hooked-fs").on_open(move |path, mode| {
-        if path.ends_with(".sst") && !matches!(mode, entidb::io::OpenMode::Existing) {
-            let name = std::thread::current().name().unwrap_or("?").to_owned();
-            let maint = name == "entidb-maint";
-            threads.lock().unwrap_or_else(|e| e.into_inner()).push(name);
-            if maint {
-                on_maint();
-            }
-        }
-    })
-}
-
-/// Writers cannot outrun the maintenance thread: with the thread slowed down (its segment
-/// reads take 50 ms each, so each flush, which opens the segment it wrote, and each
-/// compaction step is slow) and two writers whose every commit fills a memtable, frozen
-/// memtables pile up past the bound (`MAX_FROZEN`, 2), and then stop growing: a committer
-/// that finds more than two waits for the thread's current step and flushes the excess.
-/// At most one more per writer can be frozen before its committer waits. Nothing is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writers_wait_for_the_flush_when_frozen_memtables_pile_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let threads = Arc::default();
-    let backend = Arc::new(
-        hooked_segments(dir.path(), &threads, || {}).wrap_file(|inner| {
-            if !inner.path().ends_with(".sst") {
-                return inner;
-            }
-            // Segment reads on the maintenance thread take 50 ms each.
-            Arc::new(HookedFile::new(inner).before_read(|| {
-                if std::thread::current().name() == Some("entidb-maint") {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Box::pin(async {})
-            }))
-        }),
-    );
-    let db = Database::open_with(backend, small()).await.unwrap();
-    let writers: Vec<_> = (0..2u32)
-        .map(|w| {
-            let db = db.clone();
-            tokio::spawn(async move {
-                for round in 0..8u32 {
-                    // About 50 KiB: more than a memtable (32 KiB), so each commit freezes one.
-                    let mut tx = db.begin().await.unwrap();
-                    for i in 0..400u32 {
-                        tx.collection("c")
-                            .insert(&serde_json::json!({
-                                "w": w, "r": round, "i": i, "pad": "x".repeat(100)
-                            }))
-                            .unwrap();
-                    }
-                    tx.commit().await.unwrap();
-                }
-            })
-        })
-        .collect();
-    let mut most = 0;
-    while !writers.iter().all(|w| w.is_finished()) {
-        most = most.max(db.stats().frozen_memtables);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
-    assert!(
-        (3..=4).contains(&most),
-        "at most {most} frozen memtables: the thread did not lag, or writers outran it"
-    );
-    eventually(|| db.stats().frozen_memtables == 0).await;
-    assert_eq!(db.stats().frozen_memtables, 0);
-    assert_eq!(db.collection("c").count().await.unwrap(), 6400);
-    db.close().await.unwrap();
-    let db = Database::open_path(dir.path(), small()).await.unwrap();
-    assert_eq!(db.collection("c").count().await.unwrap(), 6400);
-    db.close().await.unwrap();
-}
-
 /// A panic in a maintenance round is caught and reported, the thread ends, and committers
 /// maintain on their own tasks again: writes go on, segments are still written (off the
 /// thread), and nothing is lost across a reopen.
@@ -381,56 +280,4 @@ async fn a_memtable_flushed_by_a_checkpoint_is_freed_by_the_thread() {
     eventually(|| db.stats().retired_memtables == 0).await;
     assert_eq!(db.stats().retired_memtables, 0);
     db.close().await.unwrap();
-}
-
-/// Many databases in one process share the process's gate for maintenance rounds (at most
-/// half the cores run at once): each still gets its flushes and compactions, none waits
-/// forever, every write survives a close and reopen.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_databases_take_turns_at_the_maintenance_gate() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut dbs = Vec::new();
-    for d in 0..8 {
-        dbs.push(
-            Database::open_path(dir.path().join(format!("db{d}")), small())
-                .await
-                .unwrap(),
-        );
-    }
-    let writers: Vec<_> = dbs
-        .iter()
-        .cloned()
-        .map(|db| {
-            tokio::spawn(async move {
-                let mut tx = db.begin().await.unwrap();
-                for i in 0..1500u32 {
-                    tx.collection("c")
-                        .insert(&serde_json::json!({ "i": i, "pad": "y".repeat(60) }))
-                        .unwrap();
-                    if i % 50 == 49 {
-                        tx.commit().await.unwrap();
-                        tx = db.begin().await.unwrap();
-                    }
-                }
-                tx.commit().await.unwrap();
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
-    for (d, db) in dbs.into_iter().enumerate() {
-        eventually(|| db.stats().compactions > 0).await;
-        let stats = db.stats();
-        assert!(stats.flushes > 0, "db{d}: {stats:?}");
-        assert!(stats.compactions > 0, "db{d}: {stats:?}");
-        assert_eq!(stats.maintenance_errors, 0, "db{d}: {stats:?}");
-        db.close().await.unwrap();
-    }
-    for d in 0..8 {
-        let db = Database::open_path(dir.path().join(format!("db{d}")), small())
-            .await
-            .unwrap();
-        assert_eq!(db.collection("c").count().await.unwrap(), 1500, "db{d}");
-    }
 }
