@@ -17,6 +17,35 @@ mod maint;
 use hooked::HookedFile;
 use maint::{eventually, hooked_segments, small};
 
+/// Runs `write` on every database at once, each on a task of its own, and waits for all.
+async fn on_each<F, Fut>(dbs: &[Database], write: F)
+where
+    F: Fn(Database) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = dbs
+        .iter()
+        .cloned()
+        .map(|db| tokio::spawn(write(db)))
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// One commit of about 50 KiB: more than a memtable (32 KiB), so it freezes one.
+async fn commit_a_memtable(db: &Database, writer: u32, round: u32) {
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..400u32 {
+        tx.collection("c")
+            .insert(&serde_json::json!({
+                "w": writer, "r": round, "i": i, "pad": "x".repeat(100)
+            }))
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
 /// Writers cannot outrun the maintenance thread: with the thread slowed down (its segment
 /// reads take 50 ms each, so each flush, which opens the segment it wrote, and each
 /// compaction step is slow) and two writers whose every commit fills a memtable, frozen
@@ -47,16 +76,7 @@ async fn writers_wait_for_the_flush_when_frozen_memtables_pile_up() {
             let db = db.clone();
             tokio::spawn(async move {
                 for round in 0..8u32 {
-                    // About 50 KiB: more than a memtable (32 KiB), so each commit freezes one.
-                    let mut tx = db.begin().await.unwrap();
-                    for i in 0..400u32 {
-                        tx.collection("c")
-                            .insert(&serde_json::json!({
-                                "w": w, "r": round, "i": i, "pad": "x".repeat(100)
-                            }))
-                            .unwrap();
-                    }
-                    tx.commit().await.unwrap();
+                    commit_a_memtable(&db, w, round).await;
                 }
             })
         })
@@ -96,28 +116,20 @@ async fn many_databases_take_turns_at_the_maintenance_gate() {
                 .unwrap(),
         );
     }
-    let writers: Vec<_> = dbs
-        .iter()
-        .cloned()
-        .map(|db| {
-            tokio::spawn(async move {
-                let mut tx = db.begin().await.unwrap();
-                for i in 0..1500u32 {
-                    tx.collection("c")
-                        .insert(&serde_json::json!({ "i": i, "pad": "y".repeat(60) }))
-                        .unwrap();
-                    if i % 50 == 49 {
-                        tx.commit().await.unwrap();
-                        tx = db.begin().await.unwrap();
-                    }
-                }
+    on_each(&dbs, |db| async move {
+        let mut tx = db.begin().await.unwrap();
+        for i in 0..1500u32 {
+            tx.collection("c")
+                .insert(&serde_json::json!({ "i": i, "pad": "y".repeat(60) }))
+                .unwrap();
+            if i % 50 == 49 {
                 tx.commit().await.unwrap();
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+                tx = db.begin().await.unwrap();
+            }
+        }
+        tx.commit().await.unwrap();
+    })
+    .await;
     for (d, db) in dbs.into_iter().enumerate() {
         eventually(|| db.stats().compactions > 0).await;
         let stats = db.stats();
@@ -164,29 +176,12 @@ async fn steps_across_databases_stay_within_the_gate() {
                 .unwrap(),
         );
     }
-    let writers: Vec<_> = dbs
-        .iter()
-        .cloned()
-        .map(|db| {
-            tokio::spawn(async move {
-                for round in 0..6u32 {
-                    // About 50 KiB: more than a memtable (32 KiB), so each commit freezes one.
-                    let mut tx = db.begin().await.unwrap();
-                    for i in 0..400u32 {
-                        tx.collection("c")
-                            .insert(
-                                &serde_json::json!({ "r": round, "i": i, "pad": "z".repeat(100) }),
-                            )
-                            .unwrap();
-                    }
-                    tx.commit().await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    on_each(&dbs, |db| async move {
+        for round in 0..6u32 {
+            commit_a_memtable(&db, 0, round).await;
+        }
+    })
+    .await;
     for (d, db) in dbs.into_iter().enumerate() {
         eventually(|| db.stats().frozen_memtables == 0).await;
         assert!(db.stats().flushes > 0, "db{d}: {:?}", db.stats());
