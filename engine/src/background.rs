@@ -9,9 +9,9 @@
 //! before.
 //!
 //! Invariants:
-//! * the thread holds only a `Weak` to the database between rounds, so dropping the last
-//!   handle ends it; a round in progress holds the database (and so its directory lock)
-//!   until it finishes;
+//! * the thread holds only a `Weak` to the database between steps (and while it waits at the
+//!   gate, below), so dropping the last handle ends it; a step in progress holds the
+//!   database (and so its directory lock) until it finishes;
 //! * a round runs under the maintenance lock and does nothing once the database is closed:
 //!   `close()` sets `closed`, then waits for the maintenance lock, so no file is written after
 //!   it returns;
@@ -80,21 +80,25 @@ pub(crate) fn round_limit() -> usize {
 /// Tickets: the `t`-th caller of [`Gate::enter`] gets ticket `t` and is in once
 /// `t < returned + limit`, where `returned` counts passes given back. Both counts only grow,
 /// so tickets are let in in order, and at most `limit` of those let in have not returned.
+/// A caller that must wait parks in `waiting` (in ticket order); a returned pass unparks
+/// exactly the waiters it lets in, not every waiting thread (100 databases queued behind
+/// one pass would otherwise all wake at every step).
 #[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug)]
 pub(crate) struct Gate {
     tickets: Mutex<Tickets>,
-    cv: Condvar,
     limit: u64,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tickets {
     /// The next ticket to hand out.
     next: u64,
     /// Passes given back.
     returned: u64,
+    /// Parked callers not let in yet: their tickets (ascending) and threads.
+    waiting: std::collections::VecDeque<(u64, std::thread::Thread)>,
 }
 
 /// Held while a maintenance step runs; dropping it lets the next ticket in.
@@ -109,14 +113,14 @@ impl Gate {
             tickets: Mutex::new(Tickets {
                 next: 0,
                 returned: 0,
+                waiting: std::collections::VecDeque::new(),
             }),
-            cv: Condvar::new(),
             limit: if limit == 0 { 1 } else { limit as u64 },
         }
     }
 
     fn tickets(&self) -> std::sync::MutexGuard<'_, Tickets> {
-        // Two counters changed only under this lock by code that cannot panic midway.
+        // Counters and a queue changed only under this lock by code that cannot panic midway.
         self.tickets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -125,10 +129,30 @@ impl Gate {
         let mut t = self.tickets();
         let mine = t.next;
         t.next += 1;
-        while mine >= t.returned + self.limit {
-            t = self.cv.wait(t).unwrap_or_else(|e| e.into_inner());
+        if mine < t.returned + self.limit {
+            return Pass(self);
         }
-        Pass(self)
+        t.waiting.push_back((mine, std::thread::current()));
+        drop(t);
+        loop {
+            // The pass that lets this ticket in takes it off `waiting` and unparks it; a
+            // wake-up from anything else finds the ticket still out and parks again.
+            std::thread::park();
+            if mine < self.tickets().returned + self.limit {
+                return Pass(self);
+            }
+        }
+    }
+
+    /// A pass now if one is free and nobody waits for one (so that the order is kept).
+    pub(crate) fn try_enter(&self) -> Option<Pass<'_>> {
+        let mut t = self.tickets();
+        if t.next < t.returned + self.limit {
+            t.next += 1;
+            Some(Pass(self))
+        } else {
+            None
+        }
     }
 
     /// Passes out now (let in and not given back).
@@ -142,9 +166,16 @@ impl Gate {
 #[cfg(not(target_arch = "wasm32"))]
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        self.0.tickets().returned += 1;
-        // Every waiter checks its own ticket: the next one in line goes in.
-        self.0.cv.notify_all();
+        let mut t = self.0.tickets();
+        t.returned += 1;
+        // Unpark every waiter now let in (one per returned pass; `limit` at most), taking it
+        // off the queue so that a later pass does not wake it again.
+        let open = t.returned + self.0.limit;
+        while t.waiting.front().is_some_and(|(ticket, _)| *ticket < open) {
+            if let Some((_, thread)) = t.waiting.pop_front() {
+                thread.unpark();
+            }
+        }
     }
 }
 
@@ -260,6 +291,12 @@ fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
         if wake == Wake::Stop {
             return;
         }
+        // The round holds the database only while a step runs: while it waits at the gate,
+        // and between steps, a database whose last handle is dropped is gone.
+        let steps = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match wake {
+            Wake::Round => futures_executor::block_on(Inner::maintain_gated(&weak, gate())),
+            _ => Ok(()),
+        }));
         let Some(inner) = weak.upgrade() else {
             return;
         };
@@ -268,16 +305,11 @@ fn run(weak: std::sync::Weak<Inner>, signal: Arc<Background>) {
             inner.drop_retired();
             return;
         }
-        let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let result = match wake {
-                Wake::Round => futures_executor::block_on(async {
-                    inner.free_discarded().await;
-                    inner.maintain_gated(gate()).await
-                }),
-                _ => Ok(()),
-            };
-            (result, inner.free_retired())
-        }));
+        let round = steps.and_then(|result| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (result, inner.free_retired())
+            }))
+        });
         match round {
             Ok((result, held)) => {
                 if let Err(e) = result {
@@ -358,6 +390,20 @@ mod tests {
         });
         assert_eq!(done.load(Ordering::SeqCst), 8);
         assert!(most.load(Ordering::SeqCst) <= 2, "{most:?} inside at once");
+        assert_eq!(gate.inside(), 0);
+    }
+
+    /// `try_enter` takes a free pass, and none while the gate is full.
+    #[test]
+    fn try_enter_takes_only_a_free_pass() {
+        let gate = Gate::new(1);
+        let a = gate.enter();
+        assert!(gate.try_enter().is_none());
+        drop(a);
+        let b = gate.try_enter();
+        assert!(b.is_some());
+        assert_eq!(gate.inside(), 1);
+        drop(b);
         assert_eq!(gate.inside(), 0);
     }
 

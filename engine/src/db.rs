@@ -1264,23 +1264,49 @@ impl Inner {
         }
     }
 
-    /// [`Inner::maintain`] on the maintenance thread: each step waits for its turn at the
-    /// process's `gate` (`background.rs`), then for the maintenance lock, which it waits for
-    /// without a pass (a `checkpoint()` or `compact()` that holds it must not hold up other
-    /// databases' steps). A wake-up that arrives while another task holds the lock is so not
-    /// lost: the step runs after it.
+    /// [`Inner::maintain`] on the maintenance thread, for the database behind `weak`: each
+    /// step waits for its turn at the process's `gate` (`background.rs`), and only then
+    /// takes hold of the database, so that a database dropped meanwhile is not kept open by
+    /// a thread in the queue. A step that finds the maintenance lock held (a `checkpoint()`,
+    /// `compact()` or committer flush) gives its pass back while it waits for the lock (so it
+    /// does not hold up other databases), then keeps the lock and takes a pass at once if
+    /// one is free and nobody queues, and queues again otherwise. A wake-up that arrives
+    /// while another task holds the lock is so not lost: the step runs after it.
     #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) async fn maintain_gated(&self, gate: &crate::background::Gate) -> Result<()> {
+    pub(crate) async fn maintain_gated(
+        weak: &std::sync::Weak<Inner>,
+        gate: &crate::background::Gate,
+    ) -> Result<()> {
+        // An ingested transaction's batch is freed first, before the queue (it takes the lock
+        // only when there is one).
+        match weak.upgrade() {
+            Some(inner) => inner.free_discarded().await,
+            None => return Ok(()),
+        }
         loop {
-            let pass = gate.enter();
-            let Some(mut manifest) = self.maintenance.try_lock() else {
-                drop(pass);
-                // Wait for the holder to finish, then queue at the gate again.
-                drop(self.maintenance.lock().await);
-                continue;
+            let mut pass = Some(gate.enter());
+            let Some(inner) = weak.upgrade() else {
+                return Ok(());
             };
-            let more = self.maintenance_step(&mut manifest).await?;
+            let mut manifest = match inner.maintenance.try_lock() {
+                Some(m) => m,
+                None => {
+                    // Give the pass back while waiting for the lock.
+                    drop(pass.take());
+                    let m = inner.maintenance.lock().await;
+                    pass = gate.try_enter();
+                    if pass.is_none() {
+                        // Queue again without the lock: a pass is never waited for while
+                        // the lock is held (committers need it to flush).
+                        drop(m);
+                        continue;
+                    }
+                    m
+                }
+            };
+            let more = inner.maintenance_step(&mut manifest).await?;
             drop(manifest);
+            drop(inner);
             drop(pass);
             if !more {
                 return Ok(());

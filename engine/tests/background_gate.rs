@@ -17,6 +17,10 @@ mod maint;
 use hooked::HookedFile;
 use maint::{eventually, hooked_segments, small};
 
+/// The tests of this binary run one at a time: they share the process's gate, which lets in
+/// one step at a time on 2 cores, and one of them holds it for seconds on purpose.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs `write` on every database at once, each on a task of its own, and waits for all.
 async fn on_each<F, Fut>(dbs: &[Database], write: F)
 where
@@ -54,6 +58,7 @@ async fn commit_a_memtable(db: &Database, writer: u32, round: u32) {
 /// At most one more per writer can be frozen before its committer waits. Nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_wait_for_the_flush_when_frozen_memtables_pile_up() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let threads = Arc::default();
     let backend = Arc::new(
@@ -107,6 +112,7 @@ async fn writers_wait_for_the_flush_when_frozen_memtables_pile_up() {
 /// forever, every write survives a close and reopen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_databases_take_turns_at_the_maintenance_gate() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut dbs = Vec::new();
     for d in 0..8 {
@@ -151,16 +157,18 @@ fn step_limit() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
-/// Four databases written at once, each segment creation on a maintenance thread held for
-/// 20 ms: never more maintenance threads inside a step at once than the gate's limit (with
-/// no gate, four would overlap), and every database gets its flushes.
+/// More databases than the gate's limit (twice it, plus two) written at once, each segment
+/// creation on a maintenance thread held for 20 ms: never more maintenance threads inside a
+/// step at once than the limit (with no gate, all of them would overlap), and every
+/// database gets its flushes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steps_across_databases_stay_within_the_gate() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let inside = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
     let mut dbs = Vec::new();
-    for d in 0..4 {
+    for d in 0..2 * step_limit() + 2 {
         let (inside, most) = (inside.clone(), most.clone());
         let path = dir.path().join(format!("db{d}"));
         std::fs::create_dir_all(&path).unwrap();
