@@ -32,7 +32,7 @@
 //! * an ingested transaction's batch (`Inner::discard`) is freed at the start of the next
 //!   round, under the maintenance lock; at most one waits, and `close()` frees it if the
 //!   thread has not;
-//! * at most [`round_limit`] maintenance steps (a step: flush what is frozen, then one
+//! * at most [`step_limit`] maintenance steps (a step: flush what is frozen, then one
 //!   compaction step) run at once in the process, whatever the number of open databases, let
 //!   in first come, first served ([`Gate`], taken per step by `Inner::maintain_gated`). A
 //!   process with many databases (a sync server hosting them, a benchmark of 100 clients)
@@ -69,7 +69,7 @@ const LINGER_MAX: Duration = Duration::from_secs(1);
 /// holds the only pass, other databases' steps wait, and their committers flush for
 /// themselves past `MAX_FROZEN` frozen memtables, as they do without a maintenance thread.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn round_limit() -> usize {
+pub(crate) fn step_limit() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
@@ -183,7 +183,7 @@ impl Drop for Pass<'_> {
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn gate() -> &'static Gate {
     static GATE: std::sync::OnceLock<Gate> = std::sync::OnceLock::new();
-    GATE.get_or_init(|| Gate::new(round_limit()))
+    GATE.get_or_init(|| Gate::new(step_limit()))
 }
 
 /// Why [`Background::wait`] returned.

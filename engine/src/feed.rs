@@ -276,14 +276,21 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(self.take(n)?).map_err(|_| ParseError::Malformed)
     }
 
-    /// A format-3 change: its head byte (`kind << 5 | shared`), then the id's bytes after the
-    /// `shared` it has in common with `prev`, the group's previous id.
-    fn change_v3(
+    /// A change of a group (formats 2 and 3): its head byte, then its id's bytes. In format 3
+    /// (`shared_ids`) the head is `kind << 5 | shared` and the id's first `shared` bytes are
+    /// those of `prev`, the group's previous id; in format 2 the head is the kind and the id
+    /// is whole (as if `shared` were 0).
+    fn group_change(
         &mut self,
+        shared_ids: bool,
         prev: &mut Option<EntityId>,
     ) -> std::result::Result<(u8, Option<EntityId>), ParseError> {
         let head = self.u8()?;
-        let (kind, shared) = (head >> 5, (head & 31) as usize);
+        let (kind, shared) = if shared_ids {
+            (head >> 5, (head & 31) as usize)
+        } else {
+            (head, 0)
+        };
         match kind {
             KIND_PUT | KIND_DELETE => {
                 let base = match prev {
@@ -341,13 +348,8 @@ fn parse(b: &[u8]) -> std::result::Result<Parsed<'_>, ParseError> {
             }
             let mut prev = None;
             for _ in 0..count {
-                if format == FORMAT {
-                    let (kind, id) = c.change_v3(&mut prev)?;
-                    items.push((kind, name, id));
-                } else {
-                    let kind = c.u8()?;
-                    items.push((kind, name, c.id_of(kind)?));
-                }
+                let (kind, id) = c.group_change(format == FORMAT, &mut prev)?;
+                items.push((kind, name, id));
             }
         }
     }
@@ -787,25 +789,19 @@ mod tests {
         let two = b.finish();
         assert!(parse(&two).is_ok());
         let first = 1 + 8 + 2 + 1 + 4 + 2 + 1 + 4;
-        for (at, head) in [
-            (first, KIND_PUT << 5 | 1),
-            (first + 17, KIND_CREATED << 5 | 1),
+        for (record, at, head) in [
+            (&two, first, KIND_PUT << 5 | 1),
+            (&two, first + 17, KIND_CREATED << 5 | 1),
+            (&good, at, KIND_PUT << 5 | 1),
+            (&good, at, KIND_PUT << 5 | 17),
+            (&good, at, KIND_CREATED << 5 | 1),
         ] {
-            let mut bad = two.clone();
+            let mut bad = record.clone();
             bad[at] = head;
             assert_eq!(
                 parse(&bad).err(),
                 Some(ParseError::Malformed),
                 "head {head:#x} at {at}"
-            );
-        }
-        for head in [KIND_PUT << 5 | 1, KIND_PUT << 5 | 17, KIND_CREATED << 5 | 1] {
-            let mut bad = good.clone();
-            bad[at] = head;
-            assert_eq!(
-                parse(&bad).err(),
-                Some(ParseError::Malformed),
-                "head {head:#x}"
             );
         }
         // A format from a newer build is named as such.

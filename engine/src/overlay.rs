@@ -464,12 +464,6 @@ mod tests {
             }
         }
 
-        /// Inserts by `HeadKey` and lookups and ranges by `&[u8]` agree with a plain map,
-        /// whatever the order of writes and reads: reads between writes (the tail read
-        /// through its sorted indices, then moved into the map by the next write), repeated
-        /// keys within the tail (the last write wins), removes, range discards, the commit's
-        /// `into_sorted` (its other path, a tail no read touched, is
-        /// `into_sorted_takes_the_last_write_of_each_key`).
         /// A bulk load: writes that nothing reads, with repeated keys, reach the commit as
         /// one sorted run with the last write of each key (the tail sorted at commit, no map).
         #[test]
@@ -491,6 +485,12 @@ mod tests {
             prop_assert_eq!(committed, model.into_iter().collect::<Vec<_>>());
         }
 
+        /// Inserts by `HeadKey` and lookups and ranges by `&[u8]` agree with a plain map,
+        /// whatever the order of writes and reads: reads between writes (the tail read
+        /// through its sorted indices, then moved into the map by the next write), repeated
+        /// keys within the tail (the last write wins), removes, range discards, the commit's
+        /// `into_sorted` (its other path, a tail no read touched, is
+        /// `into_sorted_takes_the_last_write_of_each_key`).
         #[test]
         fn agrees_with_a_byte_keyed_map(
             ops in proptest::collection::vec(

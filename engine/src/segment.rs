@@ -301,29 +301,7 @@ impl Block {
     /// search ([`Block::seek`]) when it has none, or when the key's newest version in this
     /// block is above the snapshot (an older snapshot, rare).
     fn point(&self, key: &[u8], hash: u64, snapshot: u64) -> Option<Head> {
-        let index = self.points.get_or_init(|| {
-            // Entries start in ascending order: the last one says whether all fit 16 bits.
-            if self
-                .offsets
-                .last()
-                .is_some_and(|&o| o as usize >= points::MAX_BLOCK)
-            {
-                return None;
-            }
-            let mut prev: Option<(usize, usize)> = None;
-            let firsts = (0..self.len()).filter_map(|i| {
-                let h = self.head(i);
-                let new = prev.is_none_or(|(a, b)| self.data[a..b] != self.data[h.key.0..h.key.1]);
-                prev = Some(h.key);
-                new.then(|| {
-                    (
-                        points::key_hash(&self.data[h.key.0..h.key.1]),
-                        self.offsets[i] as usize,
-                    )
-                })
-            });
-            PointIndex::build(self.len(), firsts)
-        });
+        let index = self.points.get_or_init(|| self.build_points());
         if let Some(index) = index {
             let newest = index.find(hash, |p| {
                 self.touch_after(p);
@@ -340,6 +318,32 @@ impl Block {
         }
         let h = self.head(i);
         (self.data[h.key.0..h.key.1] == *key).then_some(h)
+    }
+
+    /// The block's point index: the hash and offset of each key's first entry. `None` when an
+    /// entry starts past what 16 bits hold (entries start in ascending order, so the last
+    /// one says), before any key is hashed.
+    fn build_points(&self) -> Option<PointIndex> {
+        if self
+            .offsets
+            .last()
+            .is_some_and(|&o| o as usize >= points::MAX_BLOCK)
+        {
+            return None;
+        }
+        let mut prev: Option<(usize, usize)> = None;
+        let firsts = (0..self.len()).filter_map(|i| {
+            let h = self.head(i);
+            let new = prev.is_none_or(|(a, b)| self.data[a..b] != self.data[h.key.0..h.key.1]);
+            prev = Some(h.key);
+            new.then(|| {
+                (
+                    points::key_hash(&self.data[h.key.0..h.key.1]),
+                    self.offsets[i] as usize,
+                )
+            })
+        });
+        PointIndex::build(self.len(), firsts)
     }
 
     /// Reads one byte from each of the (up to three) cache lines after byte `p` that an

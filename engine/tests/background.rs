@@ -13,7 +13,7 @@ mod hooked;
 #[path = "support/maint.rs"]
 mod maint;
 use hooked::Hooked;
-use maint::{eventually, hooked_segments, small};
+use maint::{eventually, holds_across_reopen, hooked_segments, small};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_and_readers_run_beside_background_flushes_and_compactions() {
@@ -222,11 +222,7 @@ async fn a_panicking_maintenance_round_hands_maintenance_back_to_committers() {
         after.len() >= 2 && after.iter().all(|t| t != "entidb-maint"),
         "segments after the panic: {after:?}"
     );
-    assert_eq!(db.collection("c").count().await.unwrap(), 1200);
-    db.close().await.unwrap();
-    let db = Database::open_path(dir.path(), small()).await.unwrap();
-    assert_eq!(db.collection("c").count().await.unwrap(), 1200);
-    db.close().await.unwrap();
+    holds_across_reopen(db, dir.path(), 1200, "after the panic").await;
 }
 
 /// A flushed memtable that a snapshot still holds is freed by the maintenance thread, not by

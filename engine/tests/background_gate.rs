@@ -15,7 +15,7 @@ mod hooked;
 #[path = "support/maint.rs"]
 mod maint;
 use hooked::HookedFile;
-use maint::{eventually, hooked_segments, small};
+use maint::{eventually, holds_across_reopen, hooked_segments, small};
 
 /// The tests of this binary run one at a time: they share the process's gate, which lets in
 /// one step at a time on 2 cores, and one of them holds it for seconds on purpose.
@@ -100,11 +100,7 @@ async fn writers_wait_for_the_flush_when_frozen_memtables_pile_up() {
     );
     eventually(|| db.stats().frozen_memtables == 0).await;
     assert_eq!(db.stats().frozen_memtables, 0);
-    assert_eq!(db.collection("c").count().await.unwrap(), 6400);
-    db.close().await.unwrap();
-    let db = Database::open_path(dir.path(), small()).await.unwrap();
-    assert_eq!(db.collection("c").count().await.unwrap(), 6400);
-    db.close().await.unwrap();
+    holds_across_reopen(db, dir.path(), 6400, "two writers").await;
 }
 
 /// Many databases in one process share the process's gate for maintenance rounds (at most
@@ -142,13 +138,8 @@ async fn many_databases_take_turns_at_the_maintenance_gate() {
         assert!(stats.flushes > 0, "db{d}: {stats:?}");
         assert!(stats.compactions > 0, "db{d}: {stats:?}");
         assert_eq!(stats.maintenance_errors, 0, "db{d}: {stats:?}");
-        db.close().await.unwrap();
-    }
-    for d in 0..8 {
-        let db = Database::open_path(dir.path().join(format!("db{d}")), small())
-            .await
-            .unwrap();
-        assert_eq!(db.collection("c").count().await.unwrap(), 1500, "db{d}");
+        let path = dir.path().join(format!("db{d}"));
+        holds_across_reopen(db, &path, 1500, &format!("db{d}")).await;
     }
 }
 
@@ -193,8 +184,8 @@ async fn steps_across_databases_stay_within_the_gate() {
     for (d, db) in dbs.into_iter().enumerate() {
         eventually(|| db.stats().frozen_memtables == 0).await;
         assert!(db.stats().flushes > 0, "db{d}: {:?}", db.stats());
-        assert_eq!(db.collection("c").count().await.unwrap(), 2400, "db{d}");
-        db.close().await.unwrap();
+        let path = dir.path().join(format!("db{d}"));
+        holds_across_reopen(db, &path, 2400, &format!("db{d}")).await;
     }
     let most = most.load(Ordering::SeqCst);
     assert!(most >= 1, "no segment was written on a maintenance thread");

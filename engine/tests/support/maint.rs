@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use entidb::Options;
+use entidb::{Database, Options};
 
 use crate::hooked::Hooked;
 
@@ -45,4 +45,18 @@ pub fn hooked_segments(
             }
         }
     })
+}
+
+/// `db` holds `n` entities in collection "c", and so does the directory `dir` after a close
+/// and a reopen.
+pub async fn holds_across_reopen(db: Database, dir: &std::path::Path, n: u64, what: &str) {
+    assert_eq!(db.collection("c").count().await.unwrap(), n, "{what}");
+    db.close().await.unwrap();
+    let db = Database::open_path(dir, small()).await.unwrap();
+    assert_eq!(
+        db.collection("c").count().await.unwrap(),
+        n,
+        "{what} reopened"
+    );
+    db.close().await.unwrap();
 }
