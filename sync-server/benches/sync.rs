@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p entidb-server --bench sync` runs the full sizes; `-- --only S1,S3` picks
 //! workloads; `--s2-ops N`, `--s3-clients N`, `--s3-ops N`, `--s4-clients N` scale them, and
-//! `--s3-batch N` sets how many writes an S3 client makes between two rounds (10). `S3p` (not in
+//! `--s3-batch N` sets how many writes an S3 client makes between two rounds (10) and
+//! `--s3-memtable-mib N` its write buffer (8). `S3p` (not in
 //! `WORKLOADS.md`) is S3 below saturation: `--s3p-clients N` live clients each writing
 //! `--s3p-rate R` ops/s for `--s3p-secs S` seconds. Under `cargo test`
 //! (no `--bench` argument) every workload runs once at a tiny size, as a smoke test.
@@ -131,9 +132,8 @@ async fn replicator(
 /// The options of S3's and S3p's 100 clients, which share this process's 2 tokio workers as
 /// 100 devices would not: a lone durable commit must not sync on the worker thread
 /// (`Options::inline_sync`, whose documentation says to turn it off for an executor that
-/// serves much else), or each client's disk wait stops half the other clients' work. One
-/// run each on 2 cores, S3 with it off / on: 60.3 s, p50 516 ms, p99 1.83 s / 65.0 s, 575 ms,
-/// 2.08 s; one write per round (300 ops): p50 77 / 94 ms, p99 322 / 348 ms.
+/// serves much else), or each client's disk wait stops half the other clients' work
+/// (`docs/benchmarks.md`, the S3 section of 2026-12-07).
 fn shared_runtime_options() -> Options {
     local_options().inline_sync(false)
 }
@@ -301,24 +301,42 @@ struct Stamp {
     t: Option<u64>,
 }
 
-/// Reads client `me`'s local change feed after `since` and records, for every pulled put of
-/// another client's write, the time since its writer stamped it. Returns the new feed
-/// position and the number of such puts it passed (a client's count of the other clients'
-/// writes it holds: S3's inserts each create an entity, and a cursor never goes back, so
+/// A client's reading position in its own change feed, and the other clients' writes it
+/// has passed there (S3's inserts each create an entity, and a cursor never goes back, so
 /// each arrives once; the client's own documents, which a push answer other than `applied`
 /// writes back under the replicator's origin, are not counted).
-async fn record(db: &Database, me: &str, since: u64, latencies: &Mutex<Vec<u64>>) -> (u64, u64) {
-    let mut seq = since;
-    let mut pulled = 0;
+struct Seen {
+    seq: u64,
+    received: u64,
+}
+
+impl Seen {
+    fn at(db: &Database) -> Seen {
+        Seen {
+            seq: db.last_sequence(),
+            received: 0,
+        }
+    }
+}
+
+/// Write-to-visible latencies: (the writer's stamp, microseconds until another client had
+/// applied the write), both in microseconds.
+type Latencies = Mutex<Vec<(u64, u64)>>;
+
+/// Reads client `me`'s local change feed after `seen` and records, for every pulled put of
+/// another client's write, the time since its writer stamped it. Returns how many such puts
+/// it passed.
+async fn record(db: &Database, me: &str, seen: &mut Seen, latencies: &Latencies) -> u64 {
+    let before = seen.received;
     loop {
-        let page = db.changes_page(seq, 1000).await.unwrap();
+        let page = db.changes_page(seen.seq, 1000).await.unwrap();
         if page.is_empty() {
-            return (seq, pulled);
+            return seen.received - before;
         }
         let now = now_micros();
         let mut l = Vec::new();
         for b in &page {
-            seq = b.seq;
+            seen.seq = b.seq;
             if b.origin.as_deref() != Some(entidb_sync::ORIGIN) {
                 continue;
             }
@@ -329,15 +347,56 @@ async fn record(db: &Database, me: &str, since: u64, latencies: &Mutex<Vec<u64>>
                     if v.by.as_deref() == Some(me) {
                         continue;
                     }
-                    pulled += 1;
+                    seen.received += 1;
                     if let Some(t) = v.t {
-                        l.push(now.saturating_sub(t));
+                        l.push((t, now.saturating_sub(t)));
                     }
                 }
             }
         }
         latencies.lock().unwrap().extend(l);
     }
+}
+
+/// The latencies alone, sorted.
+fn sorted_latencies(l: &Latencies) -> Vec<u64> {
+    let mut v: Vec<u64> = l.lock().unwrap().iter().map(|&(_, d)| d).collect();
+    v.sort_unstable();
+    v
+}
+
+/// Latencies by when the write was made, in tenths of the span of write stamps: deliveries,
+/// p50, p99 and max per tenth (a stall shows as tenths with fewer deliveries and a long
+/// tail).
+fn by_tenth(l: &Latencies) -> String {
+    let pairs = l.lock().unwrap().clone();
+    let (Some(first), Some(last)) = (
+        pairs.iter().map(|p| p.0).min(),
+        pairs.iter().map(|p| p.0).max(),
+    ) else {
+        return String::new();
+    };
+    let span = (last - first).max(1);
+    let mut tenths: Vec<Vec<u64>> = vec![Vec::new(); 10];
+    for (t, d) in pairs {
+        tenths[(((t - first) * 10 / span) as usize).min(9)].push(d);
+    }
+    tenths
+        .iter_mut()
+        .enumerate()
+        .map(|(i, v)| {
+            v.sort_unstable();
+            format!(
+                "{}: {} deliveries, p50 {:.0} / p99 {:.0} / max {:.0} ms",
+                i + 1,
+                v.len(),
+                percentile(v, 0.5) as f64 / 1000.0,
+                percentile(v, 0.99) as f64 / 1000.0,
+                v.last().copied().unwrap_or(0) as f64 / 1000.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n  ")
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -347,7 +406,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn s3(clients: usize, ops: u64, batch: u64) {
+async fn s3(clients: usize, ops: u64, batch: u64, memtable_mib: u64) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("server"));
     create_db(&server.url, "s3").await;
@@ -361,14 +420,13 @@ async fn s3(clients: usize, ops: u64, batch: u64) {
         let latencies = latencies.clone();
         tasks.push(tokio::spawn(async move {
             let name = format!("c{c}");
-            let (db, r) =
-                replicator_with(&url, &path, "s3", &name, true, shared_runtime_options()).await;
-            let mut feed_seq = db.last_sequence();
-            let mut written = 0;
-            // The other clients' writes this one holds, counted from its change feed as
+            let options = shared_runtime_options().memtable_bytes(memtable_mib << 20);
+            let (db, r) = replicator_with(&url, &path, "s3", &name, true, options).await;
+            // The other clients' writes this one holds are counted from its change feed as
             // `record` passes them (a `count()` per round, a full scan, cost the clients a
             // fifth of their CPU at 50 clients).
-            let mut received = 0;
+            let mut seen = Seen::at(&db);
+            let mut written = 0;
             while written < ops {
                 for _ in 0..batch.min(ops - written) {
                     db.collection("items")
@@ -378,20 +436,18 @@ async fn s3(clients: usize, ops: u64, batch: u64) {
                     written += 1;
                 }
                 r.sync_now().await.unwrap();
-                let (seq, n) = record(&db, &name, feed_seq, &latencies).await;
-                (feed_seq, received) = (seq, received + n);
+                record(&db, &name, &mut seen, &latencies).await;
             }
             let mut last_news = Instant::now();
-            while received < total - ops {
+            while seen.received < total - ops {
                 r.sync_wait(Duration::from_millis(500)).await.unwrap();
-                let (seq, n) = record(&db, &name, feed_seq, &latencies).await;
-                (feed_seq, received) = (seq, received + n);
-                if n > 0 {
+                if record(&db, &name, &mut seen, &latencies).await > 0 {
                     last_news = Instant::now();
                 }
                 assert!(
                     last_news.elapsed() < Duration::from_secs(120),
-                    "{name} received nothing for 120 s, {received} of {} other writes",
+                    "{name} received nothing for 120 s, {} of {} other writes",
+                    seen.received,
                     total - ops
                 );
             }
@@ -411,14 +467,17 @@ async fn s3(clients: usize, ops: u64, batch: u64) {
             "client c{c} after converging"
         );
     }
-    let mut l = latencies.lock().unwrap().clone();
-    l.sort_unstable();
+    let l = sorted_latencies(&latencies);
     println!(
-        "S3 {clients} clients x {ops} ops, {batch} writes per round, all converged in {secs:.1} s ({:.0} ops/s written); write-to-visible p50 {:.1} ms, p99 {:.1} ms over {} deliveries (target p99 push-to-visible < 100 ms)",
+        "S3 {clients} clients x {ops} ops, {batch} writes per round, {memtable_mib} MiB memtables, all converged in {secs:.1} s ({:.0} ops/s written); write-to-visible p50 {:.1} ms, p99 {:.1} ms over {} deliveries (target p99 push-to-visible < 100 ms)",
         total as f64 / secs,
         percentile(&l, 0.5) as f64 / 1000.0,
         percentile(&l, 0.99) as f64 / 1000.0,
         l.len()
+    );
+    println!(
+        "S3 by tenth of the run (write time):\n  {}",
+        by_tenth(&latencies)
     );
 }
 
@@ -461,11 +520,10 @@ async fn s3_paced(clients: usize, rate: f64, secs: u64) {
             received.clone(),
         );
         live.push(tokio::spawn(async move {
-            let mut feed_seq = db.last_sequence();
+            let mut seen = Seen::at(&db);
             loop {
                 r.sync_wait(Duration::from_secs(20)).await.unwrap();
-                let (seq, n) = record(&db, &name, feed_seq, &latencies).await;
-                feed_seq = seq;
+                let n = record(&db, &name, &mut seen, &latencies).await;
                 received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
         }));
@@ -524,8 +582,7 @@ async fn s3_paced(clients: usize, rate: f64, secs: u64) {
             "{name} after converging"
         );
     }
-    let mut l = latencies.lock().unwrap().clone();
-    l.sort_unstable();
+    let l = sorted_latencies(&latencies);
     println!(
         "S3 paced (not a WORKLOADS.md workload): {clients} live clients x {rate} ops/s for {secs} s ({total} ops), all converged {converged:.2} s after the last write; due-to-applied p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} deliveries",
         percentile(&l, 0.5) as f64 / 1000.0,
@@ -639,6 +696,7 @@ fn main() {
                 arg("--s3-clients", 100, 3) as usize,
                 arg("--s3-ops", 1_000, 20),
                 arg("--s3-batch", 10, 10).max(1),
+                arg("--s3-memtable-mib", 8, 8).max(1),
             )
             .await;
         }
