@@ -265,6 +265,14 @@ impl Database {
         self.inner.view().seq
     }
 
+    /// The highest sequence known durable: every commit at or below it survives a power
+    /// loss. A [`Durability::Relaxed`](crate::Durability::Relaxed) commit is above it until a
+    /// later sync (a durable commit's, a checkpoint's) covers it; after a crash, recovery
+    /// starts from it.
+    pub fn durable_sequence(&self) -> u64 {
+        self.inner.durable_seq()
+    }
+
     /// Wait until sequence `seq` is published (visible to new snapshots and the change
     /// feed). A write transaction reads at the last *appended* sequence, which may include a
     /// durable commit whose sync is still running; a reader of the feed inside such a

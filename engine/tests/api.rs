@@ -829,6 +829,52 @@ async fn a_hold_moves_forward_only_once_the_move_is_durable() {
     ));
 }
 
+/// `durable_sequence` stays below a relaxed commit until a sync covers it (here a later
+/// durable commit's), and a power loss keeps every commit at or below it.
+#[tokio::test]
+async fn the_durable_sequence_trails_relaxed_commits_until_a_sync() {
+    use entidb::io::{SimBackend, SimConfig};
+    let sim = SimBackend::new(3, SimConfig::default());
+    let open = || async {
+        Database::open_with(Arc::new(sim.clone()), Options::default())
+            .await
+            .unwrap()
+    };
+    let db = open().await;
+    let relaxed_insert = |v: u32| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            tx.set_durability(Durability::Relaxed);
+            tx.collection("c").insert(&v).unwrap();
+            tx.commit().await.unwrap()
+        }
+    };
+    db.collection("c").insert(&1u32).await.unwrap();
+    let first = db.last_sequence();
+    assert_eq!(db.durable_sequence(), first);
+    let second = relaxed_insert(2).await;
+    assert_eq!(db.last_sequence(), second);
+    assert_eq!(db.durable_sequence(), first);
+    db.collection("c").insert(&3u32).await.unwrap();
+    let third = db.last_sequence();
+    assert_eq!(db.durable_sequence(), third);
+    let fourth = relaxed_insert(4).await;
+    assert!(fourth > db.durable_sequence());
+    drop(db);
+    sim.crash_now();
+    sim.restart();
+    // The relaxed commit may or may not have reached the disk; everything durable did.
+    let db = open().await;
+    let last = db.last_sequence();
+    assert!(last == third || last == fourth, "{last}");
+    assert_eq!(db.durable_sequence(), last);
+    assert_eq!(
+        db.collection("c").count().await.unwrap(),
+        3 + u64::from(last == fourth)
+    );
+}
+
 #[tokio::test]
 async fn overwritten_changes_leave_the_feed_after_compaction() {
     let db = Database::memory().await.unwrap();

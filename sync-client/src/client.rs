@@ -117,20 +117,24 @@ pub struct SyncConfig {
     /// the default) or pulls the whole retained oplog from cursor 0 (every change in
     /// order; falls back to a bootstrap if the server no longer retains the start).
     pub initial_bootstrap: bool,
-    /// How pulled and bootstrap pages are committed (each page with its cursor, in one
-    /// transaction). [`Durability::Relaxed`], the default: a page is written before the next
-    /// one is applied but not synced, so a sync per page is not paid for data the server
-    /// still holds. An application crash loses nothing (the bytes are with the operating
-    /// system); a power loss or OS crash may lose the pages applied since the last sync,
-    /// together with their cursor, and they are pulled again (or, if the server no longer
-    /// retains that cursor, the client bootstraps again): the local state is always a
-    /// prefix of what was applied, and the cursor matches it. Captures into the outbox and
-    /// push acknowledgements are always durable, and so is a page that captured; any durable
-    /// commit syncs every relaxed one before it. Pages are in the change feed at once, so a
-    /// feed consumer that keeps its position outside this database can see sequence numbers
-    /// reused after a power loss (as with any relaxed commit).
-    /// [`Durability::Durable`]: every page is synced before the next one is applied, and the
-    /// cursor never goes back, even across a power loss.
+    /// How the replicator's own transactions are committed: pulled and bootstrap pages (each
+    /// page with its cursor, in one transaction), push acknowledgements, and captures of the
+    /// app's writes into the outbox. [`Durability::Relaxed`], the default: they are written
+    /// but not synced, so a sync is not paid for what the server still holds. An application
+    /// crash loses nothing (the bytes are with the operating system); a power loss or OS
+    /// crash may lose the replicator's transactions since the last sync: pages are pulled
+    /// again together with their cursor (or, if the server no longer retains that cursor,
+    /// the client bootstraps again), and acknowledged ops go back to the outbox and are
+    /// answered `duplicate` when sent again (a rejection is then no longer reported to this
+    /// client; the server's conflict log keeps it). The local state is always a prefix of
+    /// what was applied, and the cursor matches it. A transaction that captures an app write
+    /// not durable yet is durable whatever the setting, so that no op id leaves the client
+    /// ahead of the write it names; any durable commit syncs every relaxed one before it.
+    /// Pages are in the change feed at once, so a feed consumer that keeps its position
+    /// outside this database can see sequence numbers reused after a power loss (as with
+    /// any relaxed commit).
+    /// [`Durability::Durable`]: every one of these transactions is synced, and the cursor
+    /// never goes back, even across a power loss.
     pub pull_durability: Durability,
 }
 
@@ -663,7 +667,10 @@ impl Replicator {
     }
 
     /// Moves local writes from the change feed into the outbox. Runs as part of every other
-    /// operation; call it directly to make the outbox durable without talking to the server.
+    /// operation; call it directly to fill the outbox (and [`Replicator::pending_ops`])
+    /// without talking to the server. Its commit is relaxed when every write it takes is
+    /// durable already ([`SyncConfig::pull_durability`]): a power loss may then undo it, and
+    /// the next capture takes the same writes again under the same op ids.
     pub async fn capture(&self) -> SyncResult<u64> {
         let _run = self.shared.run.lock().await;
         Ok(self.capture_locked().await?.0)
@@ -689,9 +696,37 @@ impl Replicator {
         if n == 0 && !lagging {
             tx.abort();
         } else {
+            tx.set_durability(self.commit_durability(n, &state));
             commit_state(tx, &mut state).await?;
         }
         Ok((n, state))
+    }
+
+    /// The durability of a replicator transaction (a capture, a push's acknowledgement, a
+    /// pulled or bootstrap page) that captured `captured` ops from the change feed up to
+    /// `state.feed_seq`.
+    ///
+    /// [`SyncConfig::pull_durability`] `Durable`: always durable. `Relaxed` (the default):
+    /// relaxed, so that one round of sync costs the client no sync of its own, except when
+    /// it captured a change that is not durable yet. A relaxed transaction lost in a power
+    /// loss is replayed the same: the server still holds what a page or an answer said
+    /// (pulled again; a resent op is answered `duplicate`), and capture is a function of
+    /// the stored state and the change feed, so the same durable changes get the same op
+    /// ids and stamps again. An op id must never leave the client ahead of the change it
+    /// names, though: an app write committed `Relaxed`, captured as op k by a relaxed
+    /// transaction and pushed, could be lost with it, and the app's next write would be
+    /// captured as op k again and answered `duplicate` (dropped). So a transaction that
+    /// captured past the database's durable sequence syncs it. Regression tests:
+    /// `e2e_sync::a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss` and
+    /// `e2e_sync::a_relaxed_capture_of_a_durable_write_is_pushed_again_after_a_power_loss`.
+    fn commit_durability(&self, captured: u64, state: &State) -> Durability {
+        let relaxed = self.shared.config.pull_durability == Durability::Relaxed
+            && (captured == 0 || state.feed_seq <= self.shared.db.durable_sequence());
+        if relaxed {
+            Durability::Relaxed
+        } else {
+            Durability::Durable
+        }
     }
 
     async fn begin(&self) -> SyncResult<WriteTxn> {
@@ -843,7 +878,8 @@ impl Replicator {
 
     /// Pushes the outbox as a pipeline, so that the client's work and the server's overlap:
     /// while the server applies batch `k+1`, the client acknowledges batch `k` locally (one
-    /// durable transaction) and reads batch `k+2` from the outbox.
+    /// transaction, see [`Replicator::commit_durability`]) and reads batch `k+2` from the
+    /// outbox.
     ///
     /// Invariants:
     /// * requests stay strictly sequential (batch `k+1` is sent only after batch `k`'s answer
@@ -991,7 +1027,8 @@ impl Replicator {
         Ok(Some(ops))
     }
 
-    /// Records a batch's answer in one durable transaction: the ops leave the outbox, entity
+    /// Records a batch's answer in one transaction (relaxed unless it captured a write that
+    /// is not durable yet, see [`Replicator::commit_durability`]): the ops leave the outbox, entity
     /// metadata takes the server's versions, and entities whose op did not simply apply adopt
     /// the server's state. Returns (acknowledged, rejected).
     async fn ack_push(
@@ -1003,7 +1040,7 @@ impl Replicator {
         let mut rejected = Vec::new();
         let mut tx = self.begin().await?;
         let mut state = read_state(&mut tx).await?;
-        self.capture_into(&mut tx, &mut state).await?;
+        let captured = self.capture_into(&mut tx, &mut state).await?;
         for (op, result) in ops.iter().zip(&resp.results) {
             // The op is in the outbox (only this replicator, holding `run`, removes it).
             tx.collection(OUTBOX).remove(op_key(op.op_id))?;
@@ -1027,6 +1064,7 @@ impl Replicator {
         }
         // The answer's versions are at most its cursor.
         state.raise_versions_upto(resp.cursor);
+        tx.set_durability(self.commit_durability(captured, &state));
         commit_state(tx, &mut state).await?;
         Ok((acked, rejected))
     }
@@ -1214,7 +1252,7 @@ impl Replicator {
             // An empty page changes nothing: no commit, no sync.
             tx.abort();
         } else {
-            tx.set_durability(page_durability(&self.shared.config, captured));
+            tx.set_durability(self.commit_durability(captured, &state));
             commit_state(tx, &mut state).await?;
         }
         self.set_status(|s| s.cursor = state.cursor);
@@ -1353,7 +1391,7 @@ impl Replicator {
                 collections: self.shared.config.collections.clone(),
             });
         }
-        tx.set_durability(page_durability(&self.shared.config, captured));
+        tx.set_durability(self.commit_durability(captured, &state));
         commit_state(tx, &mut state).await?;
         if done {
             self.set_status(|s| {
@@ -1459,21 +1497,6 @@ impl Replicator {
             }
         }
         result
-    }
-}
-
-/// The durability of a page's transaction. A page that also captured local writes into the
-/// outbox is durable whatever the configuration, so that an op id never leaves this client
-/// before its outbox entry is durable. Without that, an app write committed `Relaxed` and
-/// captured by a relaxed page as op k could be pushed and applied, then lost with the page
-/// in a power loss before the acknowledgement; the app's next write would be captured as
-/// op k again and the server would answer `duplicate`, dropping it silently. Regression
-/// test: `e2e_sync::a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss`.
-fn page_durability(config: &SyncConfig, captured: u64) -> Durability {
-    if captured > 0 {
-        Durability::Durable
-    } else {
-        config.pull_durability
     }
 }
 

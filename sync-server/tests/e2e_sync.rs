@@ -616,6 +616,10 @@ async fn captures_that_take_nothing_store_their_position_only_far_behind() {
     }
     assert_eq!(r.capture().await.unwrap(), 0);
     assert!(local.feed_holds()[entidb_sync::ORIGIN] > held + 1024);
+    // The capture committed `Relaxed` (it took nothing), so its records stay until the move
+    // is durable, here through the app's next durable write.
+    assert_eq!(local.oldest_retained_sequence(), held + 1);
+    local.collection("local_only").insert(&0u32).await.unwrap();
     assert!(local.oldest_retained_sequence() > held + 1024);
     // An app that releases the hold (while retention still has the stored position) gets
     // it back at the next capture that passes records.
@@ -693,8 +697,10 @@ async fn writes_made_while_the_replicator_is_away_outlive_feed_retention() {
     let report = r.sync_now().await.unwrap();
     assert_eq!((report.captured, report.pushed), (100, 100), "{report:?}");
     assert_eq!(r.pending_ops().await.unwrap(), 0);
-    // The hold moved with the capture: retention applies again.
+    // The hold moved with the capture: retention applies again, once the move is durable
+    // (the replicator's commits were `Relaxed`; the app's next durable write syncs them).
     assert!(local.feed_holds()[entidb_sync::ORIGIN] > held + 100);
+    local.collection("local_only").insert(&0u32).await.unwrap();
     assert!(local.oldest_retained_sequence() > held + 1);
 
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
@@ -1557,6 +1563,106 @@ async fn a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss() {
         );
     }
     assert_eq!(r.pending_ops().await.unwrap(), 0);
+}
+
+/// The replicator's capture and acknowledgement of a durable app write are relaxed
+/// commits (`Replicator::commit_durability`): a power loss after the push may lose them,
+/// and the write must then be captured again under the same op id, so that the server
+/// answers `duplicate` instead of applying it a second time, and the write made after the
+/// power loss still reaches the server. What survives a simulated power loss depends on the
+/// seed; several seeds run, and at least one must lose every commit after the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaxed_capture_of_a_durable_write_is_pushed_again_after_a_power_loss() {
+    use entidb::io::{SimBackend, SimConfig};
+    let (dir, server) = app_server(None).await;
+    let (other, r_other) = client(
+        &server.url,
+        &dir.path().join("o"),
+        "app",
+        "other",
+        &["notes"],
+    )
+    .await;
+    let mut lost_all = 0;
+    for seed in 0..8 {
+        let phone = format!("phone{seed}");
+        let sim = SimBackend::new(seed, SimConfig::default());
+        let transport = Arc::new(HttpTransport::new(
+            &server.url,
+            &token("app", &phone, &["read", "write"], 3600),
+        ));
+        let cfg = entidb_sync::SyncConfig::new("app", &phone, &["notes"]);
+        let open = || async {
+            Database::open_with(Arc::new(sim.clone()), entidb::Options::default())
+                .await
+                .unwrap()
+        };
+        let db = open().await;
+        let r = Replicator::attach(db.clone(), cfg.clone(), transport.clone())
+            .await
+            .unwrap();
+        r.sync_now().await.unwrap();
+        let first = db
+            .collection("notes")
+            .insert(&json!({ "v": "first", "by": phone }))
+            .await
+            .unwrap();
+        let written = db.last_sequence();
+        assert_eq!(db.durable_sequence(), written);
+        let report = r.sync_now().await.unwrap();
+        assert_eq!((report.captured, report.pushed), (1, 1));
+        assert_eq!(r.pending_ops().await.unwrap(), 0);
+        // Nothing the round committed (capture, acknowledgement, the page) was synced.
+        assert!(db.last_sequence() > written);
+        assert_eq!(db.durable_sequence(), written);
+
+        // Power loss: the write stays; the commits after it may be gone.
+        drop(r);
+        drop(db);
+        sim.crash_now();
+        sim.restart();
+        let db = open().await;
+        assert!(db.last_sequence() >= written, "seed {seed}");
+        lost_all += u32::from(db.last_sequence() == written);
+        let r = Replicator::attach(db.clone(), cfg, transport)
+            .await
+            .unwrap();
+        let second = db
+            .collection("notes")
+            .insert(&json!({ "v": "second", "by": phone }))
+            .await
+            .unwrap();
+        r.sync_now().await.unwrap();
+        assert_eq!(r.pending_ops().await.unwrap(), 0, "seed {seed}");
+        // One oplog entry per op: the first write was answered `duplicate` if it was sent
+        // again, never applied twice.
+        let pull: serde_json::Value = get_json(
+            &format!("{}/v2/db/app/pull?since=0", server.url),
+            &token("app", "x", &["read"], 60),
+        )
+        .await;
+        let mine = pull["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["doc"]["by"] == json!(phone))
+            .count();
+        assert_eq!(mine, 2, "seed {seed}: {pull}");
+        r_other.sync_now().await.unwrap();
+        for (id, v) in [(first, "first"), (second, "second")] {
+            for db in [&db, &other] {
+                assert_eq!(
+                    db.collection("notes")
+                        .get::<serde_json::Value>(id)
+                        .await
+                        .unwrap(),
+                    Some(json!({ "v": v, "by": phone })),
+                    "seed {seed}"
+                );
+            }
+        }
+    }
+    assert!(lost_all > 0, "no seed lost the round's commits");
 }
 
 /// A database first attached by a build that kept all entity metadata in one `_sync.meta`

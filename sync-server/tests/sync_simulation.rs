@@ -278,7 +278,7 @@ struct Client {
     hashed_meta: bool,
     /// The first open of a `hashed_meta` client removed the layout from its state.
     layout_stripped: bool,
-    /// A cursor known to be durable (see the `sync_now` step): a relaxed client's cursor
+    /// A cursor known to be durable (see the local write step): a relaxed client's cursor
     /// never goes back below it.
     durable_floor: u64,
     /// The client's database keeps this many transactions of change feed by retention (the
@@ -353,8 +353,8 @@ impl Client {
         let c = sync.status().cursor;
         if c < self.cursor {
             // A relaxed client's lost pages are pulled again (the end state must still equal
-            // the server's, with nothing applied twice), but never those a durable
-            // acknowledgement had synced.
+            // the server's, with nothing applied twice), but never those a durable local
+            // write had synced.
             if !self.relaxed || c < self.durable_floor {
                 return Err(format!(
                     "{}: cursor went back from {} to {c} across a restart (relaxed: {}, durable floor {})",
@@ -613,6 +613,10 @@ async fn run(seed: u64) -> Result<Activity, String> {
             let coll = COLLECTIONS[rng.random_range(0..COLLECTIONS.len())];
             let id = ids[rng.random_range(0..ids.len())];
             let db = c.db.clone().unwrap();
+            // The page whose cursor the status shows was committed (and published) before
+            // the status showed it: at or below the last sequence read after it.
+            let cursor_before = c.sync.as_ref().unwrap().status().cursor;
+            let seq_before = db.last_sequence();
             let write = if rng.random_bool(0.85) {
                 writes += 1;
                 let t = format!("{}-{step}-{writes}", c.name);
@@ -634,6 +638,13 @@ async fn run(seed: u64) -> Result<Activity, String> {
             };
             match write {
                 Ok(w) => {
+                    // A durable write syncs every commit before it (the replicator's own are
+                    // relaxed, acknowledgements and captures included), but a delete of an
+                    // absent entity commits nothing: ask the database. Once that page is on
+                    // disk, the cursor never goes below it again.
+                    if db.durable_sequence() >= seq_before {
+                        c.durable_floor = c.durable_floor.max(cursor_before);
+                    }
                     act.writes += 1;
                     act.writes_during_live += u64::from(c.live.is_some());
                     c.wrote_during_live |= c.live.is_some();
@@ -650,16 +661,10 @@ async fn run(seed: u64) -> Result<Activity, String> {
             c.start_live(Duration::from_millis(rng.random_range(10..5000)));
         } else if roll < 70 {
             // With a live round running, this waits for it (rounds take turns).
-            let before = c.sync.as_ref().unwrap().status().cursor;
             let r = c.sync.as_ref().unwrap().sync_now().await;
             if let Ok(report) = &r {
                 act.bootstraps += u64::from(report.bootstrapped);
                 act.syncs_ok += 1;
-                if report.pushed > 0 {
-                    // The acknowledgement was a durable commit, so every page applied before
-                    // this round is on disk: the cursor never goes below this again.
-                    c.durable_floor = c.durable_floor.max(before);
-                }
             } else {
                 act.syncs_failed += 1;
             }
