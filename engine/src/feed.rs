@@ -391,7 +391,10 @@ where
     // Once per page, not per record: the catalog only grows, so today's copy resolves every
     // name as of any sequence in the view.
     let catalog = crate::db::read(&inner.catalog).clone();
-    let mut out = Vec::new();
+    // At most one record per sequence in the view (and no large allocation up front for a
+    // large limit).
+    let most = usize::try_from(view.seq.saturating_sub(since)).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(limit.min(most).min(1024));
     while out.len() < limit {
         let Some((key, seq, value)) = it.next_live(view.seq).await? else {
             break;

@@ -257,6 +257,10 @@ struct PointIndex {
 }
 
 struct PointEntry {
+    /// The key's hash, kept so that growing the table rehashes without following `key`
+    /// (a cache miss per entry in a table that has gone cold) and a probe compares keys
+    /// only when the whole hash matches.
+    hash: u64,
     key: Arc<[u8]>,
     seq: u64,
     op: Op,
@@ -283,7 +287,7 @@ impl PointIndex {
     fn insert(&self, key: &Arc<[u8]>, seq: u64, op: &Op) -> bool {
         let hash = self.table.hash(key);
         let mut t = self.table.write(hash);
-        match t.find_mut(hash, |e| *e.key == **key) {
+        match t.find_mut(hash, |e| e.hash == hash && *e.key == **key) {
             // Sequences only grow for a key (one writer, in commit order); a replay of an
             // older version must not hide a newer one.
             Some(e) if e.seq <= seq => {
@@ -296,11 +300,12 @@ impl PointIndex {
                 t.insert_unique(
                     hash,
                     PointEntry {
+                        hash,
                         key: key.clone(),
                         seq,
                         op: op.clone(),
                     },
-                    |e| self.table.hash(&e.key),
+                    |e| e.hash,
                 );
                 true
             }
@@ -309,7 +314,11 @@ impl PointIndex {
 
     fn get(&self, key: &[u8], snapshot: u64) -> Point {
         let hash = self.table.hash(key);
-        match self.table.read(hash).find(hash, |e| *e.key == *key) {
+        match self
+            .table
+            .read(hash)
+            .find(hash, |e| e.hash == hash && *e.key == *key)
+        {
             Some(e) if e.seq <= snapshot => Point::Hit(e.seq, e.op.clone()),
             Some(_) => Point::Older,
             None => Point::Absent,
@@ -390,7 +399,7 @@ pub(crate) struct Memtable {
 const ENTRY_OVERHEAD: u64 = 64;
 /// What a point-index entry adds (the table slot and its share of spare capacity), counted
 /// once per key.
-const POINT_OVERHEAD: u64 = 48;
+const POINT_OVERHEAD: u64 = 56;
 /// What a new index prefix adds to the prefix set.
 const PREFIX_OVERHEAD: u64 = 16;
 

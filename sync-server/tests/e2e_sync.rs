@@ -1460,6 +1460,22 @@ async fn a_pull_shows_only_the_collections_the_token_may_read() {
     assert_eq!(all["changes"].as_array().unwrap().len(), 2);
 }
 
+/// A phone: a database on the simulated backend `sim` (whose crash drops what was not
+/// synced) with a replicator attached; the server is real.
+async fn on_sim(
+    sim: &entidb::io::SimBackend,
+    cfg: &entidb_sync::SyncConfig,
+    transport: Arc<dyn entidb_sync::Transport>,
+) -> (Database, Replicator) {
+    let db = Database::open_with(Arc::new(sim.clone()), entidb::Options::default())
+        .await
+        .unwrap();
+    let r = Replicator::attach(db.clone(), cfg.clone(), transport)
+        .await
+        .unwrap();
+    (db, r)
+}
+
 /// An app write committed `Relaxed` and captured into the outbox by a pulled page must not
 /// be lost with that page in a power loss after its push reached the server: the page is
 /// committed durably because it captured. Otherwise the op id would be handed out again
@@ -1491,15 +1507,7 @@ async fn a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss() {
     });
     let mut cfg = entidb_sync::SyncConfig::new("app", "phone", &["notes"]);
     cfg.max_attempts = 1;
-    let open = || async {
-        Database::open_with(Arc::new(sim.clone()), entidb::Options::default())
-            .await
-            .unwrap()
-    };
-    let db = open().await;
-    let r = Replicator::attach(db.clone(), cfg.clone(), transport.clone())
-        .await
-        .unwrap();
+    let (db, r) = on_sim(&sim, &cfg, transport.clone()).await;
     r.sync_now().await.unwrap();
 
     // The app writes without waiting for the disk.
@@ -1532,10 +1540,7 @@ async fn a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss() {
     drop(db);
     sim.crash_now();
     sim.restart();
-    let db = open().await;
-    let r = Replicator::attach(db.clone(), cfg, transport.clone())
-        .await
-        .unwrap();
+    let (db, r) = on_sim(&sim, &cfg, transport.clone()).await;
     let second = db
         .collection("notes")
         .insert(&json!({"v": "second"}))
@@ -1592,15 +1597,7 @@ async fn a_relaxed_capture_of_a_durable_write_is_pushed_again_after_a_power_loss
             &token("app", &phone, &["read", "write"], 3600),
         ));
         let cfg = entidb_sync::SyncConfig::new("app", &phone, &["notes"]);
-        let open = || async {
-            Database::open_with(Arc::new(sim.clone()), entidb::Options::default())
-                .await
-                .unwrap()
-        };
-        let db = open().await;
-        let r = Replicator::attach(db.clone(), cfg.clone(), transport.clone())
-            .await
-            .unwrap();
+        let (db, r) = on_sim(&sim, &cfg, transport.clone()).await;
         r.sync_now().await.unwrap();
         let first = db
             .collection("notes")
@@ -1621,12 +1618,9 @@ async fn a_relaxed_capture_of_a_durable_write_is_pushed_again_after_a_power_loss
         drop(db);
         sim.crash_now();
         sim.restart();
-        let db = open().await;
+        let (db, r) = on_sim(&sim, &cfg, transport).await;
         assert!(db.last_sequence() >= written, "seed {seed}");
         lost_all += u32::from(db.last_sequence() == written);
-        let r = Replicator::attach(db.clone(), cfg, transport)
-            .await
-            .unwrap();
         let second = db
             .collection("notes")
             .insert(&json!({ "v": "second", "by": phone }))
