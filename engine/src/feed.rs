@@ -332,7 +332,8 @@ fn parse(b: &[u8]) -> std::result::Result<Parsed<'_>, ParseError> {
     let olen = c.u16()?;
     let origin = c.str(olen)?;
     let n = c.u32()?;
-    let mut items = Vec::new();
+    // `n` is read from disk: a hint bounded by the record's length (an item takes a byte).
+    let mut items = Vec::with_capacity((n as usize).min(b.len()));
     for _ in 0..n {
         if format == FORMAT_PER_CHANGE_NAMES {
             let kind = c.u8()?;
@@ -430,7 +431,7 @@ where
             let op = match (kind, id) {
                 (KIND_PUT, Some(id)) => {
                     let coll = catalog_id_at(&catalog, name, seq).ok_or_else(bad)?;
-                    let key = keys::entity_key(coll, &id);
+                    let key = keys::entity_key_array(coll, &id);
                     match inner.get_in(&view.version, &key, seq).await? {
                         Some((v, Op::Put(bytes))) if v == seq => {
                             ChangeOp::Put(Canonical::stored(bytes))

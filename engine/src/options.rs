@@ -22,7 +22,10 @@ pub enum Durability {
 #[non_exhaustive]
 pub struct Options {
     /// Write-buffer budget: when the active memtable grows past this, it is frozen, a new WAL
-    /// file is started, and the frozen memtable is flushed to a segment.
+    /// file is started, and the frozen memtable is flushed to a segment. The first memtable
+    /// after an open is frozen at a random size between half of this and this (drawn from
+    /// the backend's entropy), so that databases opened together and written alike do not
+    /// all flush at the same moments.
     pub memtable_bytes: u64,
     /// Block-cache budget in bytes.
     pub cache_bytes: u64,

@@ -10,6 +10,13 @@
 //! (no `--bench` argument) every workload runs once at a tiny size, as a smoke test.
 #![expect(clippy::unwrap_used, reason = "benchmark: a failure aborts the run")]
 
+/// With `--features bench-mimalloc`, the clients (this process: the app that embeds them)
+/// allocate through mimalloc instead of the system allocator; the server is the `entidb`
+/// binary either way (`docs/benchmarks.md`, "S3: relaxed replicator commits, ...").
+#[cfg(feature = "bench-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -515,7 +522,22 @@ async fn s3(clients: usize, ops: u64, batch: u64, memtable_mib: u64) {
             "client c{c} after converging"
         );
     }
+    // What the clients' engines did, summed: the maintenance work beside the rounds.
+    let (mut wal, mut seg, mut flushes, mut compactions, mut commits) = (0, 0, 0, 0, 0);
+    for db in &replicas {
+        let s = db.stats();
+        wal += s.wal_bytes;
+        seg += s.segment_bytes_written;
+        flushes += s.flushes;
+        compactions += s.compactions;
+        commits += s.commits;
+    }
     let l = sorted_latencies(&latencies);
+    println!(
+        "S3 clients' engines, summed: {commits} commits, WAL {:.0} MiB, {flushes} flushes, {compactions} compactions, segments written {:.0} MiB",
+        wal as f64 / 1048576.0,
+        seg as f64 / 1048576.0
+    );
     println!(
         "S3 {clients} clients x {ops} ops, {batch} writes per round, {memtable_mib} MiB memtables, all converged in {secs:.1} s ({:.0} ops/s written); write-to-visible p50 {:.1} ms, p99 {:.1} ms over {} deliveries (target p99 push-to-visible < 100 ms)",
         total as f64 / secs,
