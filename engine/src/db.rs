@@ -139,18 +139,6 @@ pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     }
 }
 
-/// The size limit of the first memtable after an open: drawn uniformly from
-/// `[memtable_bytes / 2, memtable_bytes]` with `random`. Databases opened together and
-/// written at the same rate (a server's tenants, a fleet of clients in one process) would
-/// otherwise fill and flush their memtables at the same moments, and every flush would
-/// compete with every other; the random first limit sets each database's flushes at its own
-/// phase, which later memtables (limited to `memtable_bytes`) keep. Measured in
-/// `docs/benchmarks.md` (S3).
-pub(crate) fn first_memtable_limit(memtable_bytes: u64, random: u64) -> u64 {
-    let half = memtable_bytes / 2;
-    half + random % (memtable_bytes - half + 1)
-}
-
 /// Shared state of one open database.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -367,10 +355,7 @@ impl Inner {
         // Replay the WAL.
         let next_file = AtomicU64::new(manifest.next_file);
         let first_wal = wal_files.first().copied();
-        let mem = Arc::new(Memtable::with_limit(
-            first_wal.unwrap_or(manifest.wal_min),
-            first_memtable_limit(options.memtable_bytes, backend.entropy().next_u64()),
-        ));
+        let mem = Arc::new(Memtable::new(first_wal.unwrap_or(manifest.wal_min)));
         let mut last_seq = manifest.flushed_seq;
         let mut tail: Option<(u64, Arc<dyn File>, u64)> = None;
         for (i, &no) in wal_files.iter().enumerate() {
@@ -876,10 +861,7 @@ impl Inner {
         {
             let mut v = write(&self.view);
             let mut mems = Vec::with_capacity(v.version.mems.len() + 1);
-            mems.push(Arc::new(Memtable::with_limit(
-                no,
-                self.options.memtable_bytes,
-            )));
+            mems.push(Arc::new(Memtable::new(no)));
             mems.extend(v.version.mems.iter().cloned());
             v.version = Arc::new(Version {
                 mems,
@@ -889,11 +871,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Whether the active memtable is over budget (its own limit: see
-    /// [`first_memtable_limit`]).
+    /// Whether the active memtable is over budget.
     pub(crate) fn needs_rotation(&self) -> bool {
-        let version = self.view().version;
-        version.mems[0].approximate_bytes() >= version.mems[0].limit
+        self.view().version.mems[0].approximate_bytes() >= self.options.memtable_bytes
     }
 
     /// Flush every frozen memtable to a segment, oldest first (waits for a running

@@ -394,8 +394,6 @@ pub(crate) struct Memtable {
     max_seq: AtomicU64,
     /// The WAL file that holds this memtable's records (and possibly later ones).
     pub wal_file: u64,
-    /// The size past which the memtable is frozen, while it is the active one.
-    pub limit: u64,
 }
 
 const ENTRY_OVERHEAD: u64 = 64;
@@ -406,14 +404,7 @@ const POINT_OVERHEAD: u64 = 56;
 const PREFIX_OVERHEAD: u64 = 16;
 
 impl Memtable {
-    /// A memtable with no size limit (tests).
-    #[cfg(test)]
     pub(crate) fn new(wal_file: u64) -> Self {
-        Self::with_limit(wal_file, u64::MAX)
-    }
-
-    /// A memtable frozen once it holds `limit` bytes.
-    pub(crate) fn with_limit(wal_file: u64, limit: u64) -> Self {
         Self {
             map: SkipMap::new(),
             point: PointIndex::new(),
@@ -421,7 +412,6 @@ impl Memtable {
             bytes: AtomicU64::new(0),
             max_seq: AtomicU64::new(0),
             wal_file,
-            limit,
         }
     }
 

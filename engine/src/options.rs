@@ -22,10 +22,7 @@ pub enum Durability {
 #[non_exhaustive]
 pub struct Options {
     /// Write-buffer budget: when the active memtable grows past this, it is frozen, a new WAL
-    /// file is started, and the frozen memtable is flushed to a segment. The first memtable
-    /// after an open is frozen at a random size between half of this and this (drawn from
-    /// the backend's entropy), so that databases opened together and written alike do not
-    /// all flush at the same moments.
+    /// file is started, and the frozen memtable is flushed to a segment.
     pub memtable_bytes: u64,
     /// Block-cache budget in bytes.
     pub cache_bytes: u64,

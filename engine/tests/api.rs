@@ -875,34 +875,6 @@ async fn the_durable_sequence_trails_relaxed_commits_until_a_sync() {
     );
 }
 
-/// The first memtable after an open is frozen at a size drawn from the backend's entropy
-/// between half of `memtable_bytes` and all of it, so that databases written alike do not
-/// flush together: after the same ~55 KiB of writes with a 64 KiB budget, some of sixteen
-/// databases (one seed each) have frozen their first memtable and some have not.
-#[tokio::test]
-async fn databases_written_alike_freeze_their_first_memtable_at_different_sizes() {
-    use entidb::io::{SimBackend, SimConfig};
-    let mut froze = 0;
-    for seed in 0..16 {
-        let db = Database::open_with(
-            Arc::new(SimBackend::new(seed, SimConfig::default())),
-            Options::default().memtable_bytes(64 << 10),
-        )
-        .await
-        .unwrap();
-        for i in 0..48u32 {
-            db.collection("c")
-                .insert(&serde_json::json!({ "i": i, "pad": "x".repeat(1000) }))
-                .await
-                .unwrap();
-        }
-        let s = db.stats();
-        froze += u32::from(s.frozen_memtables + s.flushes > 0);
-        db.close().await.unwrap();
-    }
-    assert!(0 < froze && froze < 16, "{froze} of 16 froze");
-}
-
 #[tokio::test]
 async fn overwritten_changes_leave_the_feed_after_compaction() {
     let db = Database::memory().await.unwrap();
