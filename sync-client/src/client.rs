@@ -118,22 +118,22 @@ pub struct SyncConfig {
     /// order; falls back to a bootstrap if the server no longer retains the start).
     pub initial_bootstrap: bool,
     /// How the replicator's own transactions are committed: pulled and bootstrap pages (each
-    /// page with its cursor, in one transaction), push acknowledgements, and captures of the
-    /// app's writes into the outbox. [`Durability::Relaxed`], the default: they are written
-    /// but not synced, so a sync is not paid for what the server still holds. An application
-    /// crash loses nothing (the bytes are with the operating system); a power loss or OS
-    /// crash may lose the replicator's transactions since the last sync: pages are pulled
-    /// again together with their cursor (or, if the server no longer retains that cursor,
-    /// the client bootstraps again), and acknowledged ops go back to the outbox and are
-    /// answered `duplicate` when sent again (a rejection is then no longer reported to this
-    /// client; the server's conflict log keeps it). The local state is always a prefix of
-    /// what was applied, and the cursor matches it. A transaction that captures an app write
-    /// not durable yet is durable whatever the setting, so that no op id leaves the client
-    /// ahead of the write it names; any durable commit syncs every relaxed one before it.
-    /// Pages are in the change feed at once, so a feed consumer that keeps its position
-    /// outside this database can see sequence numbers reused after a power loss (as with
-    /// any relaxed commit).
-    /// [`Durability::Durable`]: every one of these transactions is synced, and the cursor
+    /// page with its cursor, in one transaction) and push acknowledgements.
+    /// [`Durability::Relaxed`], the default: they are written but not synced, so a sync is
+    /// not paid for what the server still holds. An application crash loses nothing (the
+    /// bytes are with the operating system); a power loss or OS crash may lose the
+    /// replicator's transactions since the last sync: pages are pulled again together with
+    /// their cursor (or, if the server no longer retains that cursor, the client bootstraps
+    /// again), and acknowledged ops are still in the outbox, sent again and answered
+    /// `duplicate` (a rejection is then no longer reported to this client; the server's
+    /// conflict log keeps it). The local state is always a prefix of what was applied, and
+    /// the cursor matches it. A transaction that captures local writes into the outbox is
+    /// durable whatever the setting, so that no op id leaves the client before its outbox
+    /// entry is durable; any durable commit syncs every relaxed one before it. Pages are in
+    /// the change feed at once, so a feed consumer that keeps its position outside this
+    /// database can see sequence numbers reused after a power loss (as with any relaxed
+    /// commit).
+    /// [`Durability::Durable`]: every page and acknowledgement is synced, and the cursor
     /// never goes back, even across a power loss.
     pub pull_durability: Durability,
 }
@@ -667,10 +667,7 @@ impl Replicator {
     }
 
     /// Moves local writes from the change feed into the outbox. Runs as part of every other
-    /// operation; call it directly to fill the outbox (and [`Replicator::pending_ops`])
-    /// without talking to the server. Its commit is relaxed when every write it takes is
-    /// durable already ([`SyncConfig::pull_durability`]): a power loss may then undo it, and
-    /// the next capture takes the same writes again under the same op ids.
+    /// operation; call it directly to make the outbox durable without talking to the server.
     pub async fn capture(&self) -> SyncResult<u64> {
         let _run = self.shared.run.lock().await;
         Ok(self.capture_locked().await?.0)
@@ -696,32 +693,40 @@ impl Replicator {
         if n == 0 && !lagging {
             tx.abort();
         } else {
-            tx.set_durability(self.commit_durability(n, &state));
+            let durability = self.commit_durability(&tx, n);
+            tx.set_durability(durability);
             commit_state(tx, &mut state).await?;
         }
         Ok((n, state))
     }
 
-    /// The durability of a replicator transaction (a capture, a push's acknowledgement, a
-    /// pulled or bootstrap page) that captured `captured` ops from the change feed up to
-    /// `state.feed_seq`.
+    /// The durability of a replicator transaction `tx` (a capture, a push's
+    /// acknowledgement, a pulled or bootstrap page) that captured `captured` ops.
     ///
     /// [`SyncConfig::pull_durability`] `Durable`: always durable. `Relaxed` (the default):
-    /// relaxed, so that one round of sync costs the client no sync of its own, except when
-    /// it captured a change that is not durable yet. A relaxed transaction lost in a power
-    /// loss is replayed the same: the server still holds what a page or an answer said
-    /// (pulled again; a resent op is answered `duplicate`), and capture is a function of
-    /// the stored state and the change feed, so the same durable changes get the same op
-    /// ids and stamps again. An op id must never leave the client ahead of the change it
-    /// names, though: an app write committed `Relaxed`, captured as op k by a relaxed
-    /// transaction and pushed, could be lost with it, and the app's next write would be
-    /// captured as op k again and answered `duplicate` (dropped). So a transaction that
-    /// captured past the database's durable sequence syncs it. Regression tests:
-    /// `e2e_sync::a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss` and
-    /// `e2e_sync::a_relaxed_capture_of_a_durable_write_is_pushed_again_after_a_power_loss`.
-    fn commit_durability(&self, captured: u64, state: &State) -> Durability {
+    /// relaxed, so that a round of sync costs the client no sync of its own for what the
+    /// server still holds, except in two cases:
+    /// * **It captured.** Outbox entries are stored, never derived again: an op id must not
+    ///   leave the client before its outbox entry is durable. Capture is not a function of
+    ///   the feed alone: a put whose value a newer version replaced (and a flush or
+    ///   compaction dropped) reads as superseded and is passed over, and the synced
+    ///   collections are configuration. So a capture lost in a power loss could hand a
+    ///   pushed op id to another write, which the server would answer `duplicate` (dropped;
+    ///   found in review). The same holds for an app write committed `Relaxed`: it could
+    ///   be lost with its capture, and the app's next write would get its op id
+    ///   (`e2e_sync::a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss`).
+    /// * **It sets the replicator's feed hold again** (the app released it): retention
+    ///   counts a hold's move only once it is durable, and a lost move would leave the
+    ///   stored capture position below what retention kept.
+    ///
+    /// A relaxed transaction lost in a power loss is then harmless: a page is pulled again
+    /// with its cursor, and an acknowledgement's ops are still in the outbox, sent again and
+    /// answered `duplicate`
+    /// (`e2e_sync::a_lost_acknowledgement_is_answered_duplicate_after_a_power_loss`).
+    fn commit_durability(&self, tx: &WriteTxn, captured: u64) -> Durability {
         let relaxed = self.shared.config.pull_durability == Durability::Relaxed
-            && (captured == 0 || state.feed_seq <= self.shared.db.durable_sequence());
+            && captured == 0
+            && tx.feed_hold(ORIGIN).is_some();
         if relaxed {
             Durability::Relaxed
         } else {
@@ -1027,8 +1032,8 @@ impl Replicator {
         Ok(Some(ops))
     }
 
-    /// Records a batch's answer in one transaction (relaxed unless it captured a write that
-    /// is not durable yet, see [`Replicator::commit_durability`]): the ops leave the outbox, entity
+    /// Records a batch's answer in one transaction (relaxed unless it also captured, see
+    /// [`Replicator::commit_durability`]): the ops leave the outbox, entity
     /// metadata takes the server's versions, and entities whose op did not simply apply adopt
     /// the server's state. Returns (acknowledged, rejected).
     async fn ack_push(
@@ -1064,7 +1069,8 @@ impl Replicator {
         }
         // The answer's versions are at most its cursor.
         state.raise_versions_upto(resp.cursor);
-        tx.set_durability(self.commit_durability(captured, &state));
+        let durability = self.commit_durability(&tx, captured);
+        tx.set_durability(durability);
         commit_state(tx, &mut state).await?;
         Ok((acked, rejected))
     }
@@ -1252,7 +1258,8 @@ impl Replicator {
             // An empty page changes nothing: no commit, no sync.
             tx.abort();
         } else {
-            tx.set_durability(self.commit_durability(captured, &state));
+            let durability = self.commit_durability(&tx, captured);
+            tx.set_durability(durability);
             commit_state(tx, &mut state).await?;
         }
         self.set_status(|s| s.cursor = state.cursor);
@@ -1391,7 +1398,8 @@ impl Replicator {
                 collections: self.shared.config.collections.clone(),
             });
         }
-        tx.set_durability(self.commit_durability(captured, &state));
+        let durability = self.commit_durability(&tx, captured);
+        tx.set_durability(durability);
         commit_state(tx, &mut state).await?;
         if done {
             self.set_status(|s| {

@@ -67,6 +67,11 @@ struct Decisions {
     duplicate: HashSet<String>,
     /// Pulls answered with 410 `rebootstrap`.
     behind: u64,
+    /// Every op sent, by (client, op id): what it wrote. An op id sent again must name the
+    /// same write, or the server's `duplicate` answer would drop the second one.
+    sent: HashMap<(String, u64), String>,
+    /// Op ids sent again for a different write.
+    reused: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -186,6 +191,34 @@ impl SimTransport {
             let q = params(query);
             let resp = if path.ends_with("/push") {
                 let req: PushRequest = Format::Cbor.decode(&request.body.unwrap()).unwrap();
+                {
+                    let mut d = net.decisions.lock().unwrap();
+                    for o in &req.ops {
+                        let what = format!(
+                            "{}/{}/{:?}/{:?}/{:?}",
+                            o.collection,
+                            o.id,
+                            o.kind,
+                            o.hlc,
+                            o.doc.as_ref().map(|d| d.as_bytes().to_vec())
+                        );
+                        match d.sent.entry((req.client_id.clone(), o.op_id)) {
+                            std::collections::hash_map::Entry::Occupied(e) if *e.get() != what => {
+                                let msg = format!(
+                                    "{} op {} was {} and is now {what}",
+                                    req.client_id,
+                                    o.op_id,
+                                    e.get()
+                                );
+                                d.reused.push(msg);
+                            }
+                            std::collections::hash_map::Entry::Occupied(_) => {}
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(what);
+                            }
+                        }
+                    }
+                }
                 let tags: HashMap<u64, String> = req
                     .ops
                     .iter()
@@ -770,6 +803,9 @@ async fn run(seed: u64) -> Result<Activity, String> {
         }
     }
     let d = net.decisions.lock().unwrap();
+    if let Some(r) = d.reused.first() {
+        return Err(format!("an op id was sent for two writes: {r}"));
+    }
     if let Some((t, n)) = d.applied.iter().find(|(_, n)| **n > 1) {
         return Err(format!("write {t} was applied {n} times"));
     }

@@ -133,9 +133,7 @@ class Sync:
 
     async def capture(self) -> int:
         """Step 1 of a round: copy new local writes of the synced collections into the
-        outbox; returns how many. (`sync_now` does every step, with retries.) A copy of
-        writes that are durable already is not synced itself: a power loss may undo it, and
-        the next capture copies the same writes again under the same op ids."""
+        durable outbox; returns how many. (`sync_now` does every step, with retries.)"""
         return await self._native.capture()
 
     async def push(self) -> tuple[int, list[tuple[str, uuid.UUID]]]:
@@ -235,11 +233,10 @@ async def connect(
     changes per pull page (500), `bootstrap_limit` entities per bootstrap page (1000),
     `max_attempts` per request in `sync_now` before it raises (6; network errors, 408 and
     5xx only), `retry_base_ms` first retry delay, doubled per attempt with full jitter (100).
-    The replicator's own commits (pulled pages, push acknowledgements, captures of writes
-    that are durable already) do not wait for a disk sync: a power loss may lose the last
-    ones, and pages are pulled again with their cursor, acknowledged ops sent again and
-    answered as duplicates (an application crash loses nothing); `durable_pulls=True` syncs
-    every one.
+    Pulled pages and push acknowledgements are committed without waiting for a disk sync: a
+    power loss may lose the last ones, and pages are pulled again with their cursor,
+    acknowledged ops sent again and answered as duplicates (an application crash loses
+    nothing); `durable_pulls=True` syncs every one.
     A `SyncError` says in `e.retryable` whether trying again later may succeed."""
     if isinstance(collections, str):
         raise TypeError("collections is a list of names, not one string")
