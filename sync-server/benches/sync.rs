@@ -6,7 +6,8 @@
 //! `--s3-batch N` sets how many writes an S3 client makes between two rounds (10) and
 //! `--s3-memtable-mib N` its write buffer (8). `S3p` (not in
 //! `WORKLOADS.md`) is S3 below saturation: `--s3p-clients N` live clients each writing
-//! `--s3p-rate R` ops/s for `--s3p-secs S` seconds. Under `cargo test`
+//! `--s3p-rate R` ops/s for `--s3p-secs S` seconds. `--features bench-mimalloc` (before `--`)
+//! runs the clients on mimalloc instead of the system allocator. Under `cargo test`
 //! (no `--bench` argument) every workload runs once at a tiny size, as a smoke test.
 #![expect(clippy::unwrap_used, reason = "benchmark: a failure aborts the run")]
 
