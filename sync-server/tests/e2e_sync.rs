@@ -1461,6 +1461,20 @@ async fn a_pull_shows_only_the_collections_the_token_may_read() {
     assert_eq!(all["changes"].as_array().unwrap().len(), 2);
 }
 
+/// The app server, and another client ("other", syncing `notes`) on real files.
+async fn app_server_and_other() -> (tempfile::TempDir, Server, Database, Replicator) {
+    let (dir, server) = app_server(None).await;
+    let (other, r_other) = client(
+        &server.url,
+        &dir.path().join("o"),
+        "app",
+        "other",
+        &["notes"],
+    )
+    .await;
+    (dir, server, other, r_other)
+}
+
 /// A phone: a database on the simulated backend `sim` (whose crash drops what was not
 /// synced) with a replicator attached; the server is real.
 async fn on_sim(
@@ -1485,15 +1499,7 @@ async fn on_sim(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss() {
     use entidb::io::{SimBackend, SimConfig};
-    let (dir, server) = app_server(None).await;
-    let (other, r_other) = client(
-        &server.url,
-        &dir.path().join("o"),
-        "app",
-        "other",
-        &["notes"],
-    )
-    .await;
+    let (_dir, server, other, r_other) = app_server_and_other().await;
     r_other.sync_now().await.unwrap();
 
     // The phone's database is on the simulated backend, whose crash drops what was not
@@ -1580,15 +1586,7 @@ async fn a_relaxed_write_captured_by_a_page_is_not_lost_after_a_power_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_acknowledgement_is_answered_duplicate_after_a_power_loss() {
     use entidb::io::{SimBackend, SimConfig};
-    let (dir, server) = app_server(None).await;
-    let (other, r_other) = client(
-        &server.url,
-        &dir.path().join("o"),
-        "app",
-        "other",
-        &["notes"],
-    )
-    .await;
+    let (_dir, server, other, r_other) = app_server_and_other().await;
     let mut lost_acks = 0;
     for seed in 0..8 {
         let phone = format!("phone{seed}");

@@ -191,9 +191,14 @@ impl SimTransport {
             let q = params(query);
             let resp = if path.ends_with("/push") {
                 let req: PushRequest = Format::Cbor.decode(&request.body.unwrap()).unwrap();
+                // Each op's write tag, by op id (for the decisions below).
+                let mut tags: HashMap<u64, String> = HashMap::new();
                 {
                     let mut d = net.decisions.lock().unwrap();
                     for o in &req.ops {
+                        if let Some(t) = o.doc.as_ref().and_then(|d| tag(&d.to_value().unwrap())) {
+                            tags.insert(o.op_id, t);
+                        }
                         let what = format!(
                             "{}/{}/{:?}/{:?}/{:?}",
                             o.collection,
@@ -219,11 +224,6 @@ impl SimTransport {
                         }
                     }
                 }
-                let tags: HashMap<u64, String> = req
-                    .ops
-                    .iter()
-                    .filter_map(|o| Some((o.op_id, tag(&o.doc.as_ref()?.to_value().unwrap())?)))
-                    .collect();
                 let r = service::push(&net.config, &hosted, &self.claims, req).await;
                 if let Ok(PushResponse { results, .. }) = &r {
                     let mut d = net.decisions.lock().unwrap();
