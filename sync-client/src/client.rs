@@ -975,6 +975,7 @@ impl Replicator {
             recent.push_front(
                 ops.iter()
                     .zip(&resp.results)
+                    .filter(|(_, r)| r.status == OpStatus::Applied)
                     .map(|(o, r)| ((o.collection.clone(), o.id), r.state.version))
                     .collect(),
             );
@@ -1053,7 +1054,15 @@ impl Replicator {
             let at = self.shared.meta.locate(&op.collection, &op.id);
             let mut meta = Meta::load(&mut tx, &at).await?;
             meta.pending = meta.pending.saturating_sub(1);
-            meta.version = result.state.version;
+            if meta.pending == 0 || result.status == OpStatus::Applied {
+                // Any other answer carries a state the later ops pending for the entity
+                // were not made on: a `duplicate` or `rejected` one the entity's state now
+                // (maybe with another client's write since), a `merged` one the merge.
+                // Those ops keep the base the client last saw, so such a write is still
+                // found concurrent (and a merge merged again); the server does not count
+                // the client's own latest write, unmerged, as a conflict.
+                meta.version = result.state.version;
+            }
             if meta.pending == 0 && result.status != OpStatus::Applied {
                 // Adopt the server's state: the op lost, a retry's answer does not say
                 // what the server holds now, or the server merged the op.

@@ -45,6 +45,11 @@ struct ClientRecord {
 struct EntityMeta {
     hlc: Option<Hlc>,
     client: Option<String>,
+    /// The state is a field merge the server made of `client`'s op: that client has not
+    /// seen it yet if it had later ops pending, so its own latest write does not excuse a
+    /// differing base (the later op is merged against its base in turn).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    merged: bool,
     /// Field-merge collections only: the last [`HISTORY`] versions and their documents, so
     /// that a concurrent write's base can be found. (Stored before documents were carried
     /// as [`Canonical`], the documents were values in place; they read the same.)
@@ -271,10 +276,19 @@ pub async fn push(
             }
         };
         let duplicate = op.op_id <= client.max_op_id;
+        // A client never conflicts with its own last write: its ops reach the server in
+        // the order it made them, so when the entity's latest state is this client's, the
+        // op was made on top of it (and any write before that one was decided when that
+        // one was). Its base version may be older than that write: a retry's `duplicate`
+        // answer, or a `rejected` one, does not say at which version the earlier op left
+        // the entity, so the client keeps the version it last saw for the ops after it.
+        let own_latest = meta
+            .as_ref()
+            .is_some_and(|m| !m.merged && m.client.as_deref() == Some(req.client_id.as_str()));
         let concurrent = !duplicate
             && match touched.get(&key) {
                 Some(applied) => !applied,
-                None => op.base_version != current_version,
+                None => op.base_version != current_version && !own_latest,
             };
         let current_doc = if duplicate || concurrent {
             let doc = match current {
@@ -402,6 +416,7 @@ pub async fn push(
             version: seq,
             hlc: Some(op.hlc),
             client: Some(req.client_id.clone()),
+            merged: merged_into,
             history,
         };
         tx.collection(&meta_coll).put(mid, &new_meta).map_err(eng)?;
@@ -737,6 +752,7 @@ mod tests {
                 counter: 2,
             }),
             client: Some("c".into()),
+            merged: true,
             history: vec![(3, Some(doc)), (4, None)],
             version: 4,
         });

@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use entidb::{Database, EntityId};
@@ -280,6 +280,119 @@ async fn lost_responses_are_retried_without_applying_twice() {
     )
     .await;
     assert_eq!(pull["changes"].as_array().unwrap().len(), 5, "{pull}");
+}
+
+/// A merged op's later ops were made on the client's own document, not on the merge: they
+/// are merged in turn, so the other side's change survives them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_after_a_merged_op_are_merged_too() {
+    let (dir, server) = app_server(Some(POLICIES)).await;
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["fm"]);
+    // One op per push: the second edit goes in the batch after the merged one.
+    cfg.push_batch = 1;
+    let transport = Arc::new(HttpTransport::new(
+        &server.url,
+        &token("app", "a", &["read", "write"], 3600),
+    ));
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, transport).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
+    let fm = a.collection("fm");
+    let id = fm
+        .insert(&json!({"title": "t0", "done": false, "n": 0}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    b.collection("fm")
+        .put(id, &json!({"title": "t0", "done": true, "n": 0}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    // Two edits on a: the first is merged with b's, the second builds on the first.
+    fm.put(id, &json!({"title": "A", "done": false, "n": 0}))
+        .await
+        .unwrap();
+    fm.put(id, &json!({"title": "A", "done": false, "n": 5}))
+        .await
+        .unwrap();
+    let report = ra.sync_now().await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    rb.sync_now().await.unwrap();
+    let want = json!({"title": "A", "done": true, "n": 5});
+    for db in [&a, &b] {
+        let v: serde_json::Value = db.collection("fm").get(id).await.unwrap().unwrap();
+        assert_eq!(v, want, "b's edit survives both of a's");
+    }
+    let log = ra.conflicts(None, 10).await.unwrap().conflicts;
+    assert!(
+        log.is_empty(),
+        "no field was changed on both sides: {log:?}"
+    );
+}
+
+/// A retried op is answered `duplicate` with the entity's state *now*, which may include
+/// another client's later write. The client's next op on that entity must not take that
+/// version as its base (it never saw that write): under server-wins it is concurrent with
+/// it and is rejected, not applied over it. An entity nobody else wrote meanwhile takes
+/// the next op without a conflict: the client's own latest write is never one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_ops_answer_does_not_hide_a_later_conflict() {
+    let (dir, server) = app_server(Some(POLICIES)).await;
+    let lossy = Arc::new(LossyTransport {
+        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
+        drop_responses: AtomicU32::new(0),
+    });
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["sw"]);
+    cfg.max_attempts = 1;
+    cfg.push_batch = 2;
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, lossy.clone()).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["sw"]).await;
+    let x = a
+        .collection("sw")
+        .insert(&json!({"v": "base"}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    // Two edits of each of two entities; the first batch (the first edit of each) is
+    // applied, and its answer is lost.
+    let z = EntityId::from_bytes([7; 16]);
+    let sw = a.collection("sw");
+    sw.put(x, &json!({"v": "a1"})).await.unwrap();
+    sw.put(z, &json!({"v": "z1"})).await.unwrap();
+    sw.put(x, &json!({"v": "a2"})).await.unwrap();
+    sw.put(z, &json!({"v": "z2"})).await.unwrap();
+    lossy.drop_responses.store(1, Ordering::SeqCst);
+    assert!(matches!(ra.push().await, Err(SyncError::Transport(_))));
+    assert_eq!(ra.pending_ops().await.unwrap(), 4);
+    // Another client sees a1 and writes x after it.
+    rb.sync_now().await.unwrap();
+    let vb: serde_json::Value = b.collection("sw").get(x).await.unwrap().unwrap();
+    assert_eq!(vb, json!({"v": "a1"}));
+    b.collection("sw").put(x, &json!({"v": "b"})).await.unwrap();
+    rb.sync_now().await.unwrap();
+    // The retry: the first batch is answered duplicate (x: b's state), then a2 is
+    // concurrent with b's write and loses; z2 follows a's own z1 and is applied.
+    let report = ra.sync_now().await.unwrap();
+    assert_eq!(report.rejected, vec![("sw".to_owned(), x)]);
+    rb.sync_now().await.unwrap();
+    for db in [&a, &b] {
+        let vx: serde_json::Value = db.collection("sw").get(x).await.unwrap().unwrap();
+        let vz: serde_json::Value = db.collection("sw").get(z).await.unwrap().unwrap();
+        assert_eq!((vx, vz), (json!({"v": "b"}), json!({"v": "z2"})));
+    }
+    let log = ra.conflicts(None, 10).await.unwrap().conflicts;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].id, x);
+    assert_eq!(log[0].loser_client.as_deref(), Some("a"));
+    let loser = log[0].loser.as_ref().unwrap().to_value().unwrap();
+    assert_eq!(
+        loser,
+        entidb::cbor::Value::Map(vec![(
+            entidb::cbor::Value::Text("v".into()),
+            entidb::cbor::Value::Text("a2".into())
+        )])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

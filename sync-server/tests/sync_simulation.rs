@@ -7,7 +7,9 @@
 //! - no op was applied twice (each written value is applied at most once);
 //! - no acknowledged write is lost: each client's last acknowledged put of each entity was
 //!   applied on the server or is in its conflict log as a loser;
-//! - every client's pull cursor only moved forward, across crashes too.
+//! - every client's pull cursor only moved forward, across crashes too;
+//! - under server-wins, no put on the server overwrote one its client had not seen (seeds
+//!   with a long oplog, whose whole history can be read back).
 //!
 //! One client per seed keeps only 2 transactions of its change feed by retention, so its
 //! local writes reach the outbox only because the replicator's feed hold keeps them.
@@ -295,6 +297,9 @@ struct Client {
     cursor: u64,
     /// Per (collection, id): the last acknowledged local write (`None`: a delete).
     last_write: HashMap<(String, EntityId), Option<String>>,
+    /// Per (collection, id): this client's last local delete of a present value, as a node
+    /// of the write ancestry (`parents` in `run`).
+    deleted: HashMap<(String, EntityId), String>,
     /// A live round running as its own task, and the transport's abandoned polls when it
     /// started.
     live: Option<(LiveRound, u64)>,
@@ -607,6 +612,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
             sync: None,
             cursor: 0,
             last_write: HashMap::new(),
+            deleted: HashMap::new(),
             live: None,
             wrote_during_live: false,
             relaxed: i % 2 == 0,
@@ -625,6 +631,9 @@ async fn run(seed: u64) -> Result<Activity, String> {
         clients.push(c);
     }
     let mut writes = 0u64;
+    // The write ancestry: each put's write tag (and each local delete's node) -> the tag of
+    // the local value it replaced (`None`: absent, or written without a tag).
+    let mut parents: HashMap<String, Option<String>> = HashMap::new();
     for step in 0..STEPS {
         if server_sim.is_crashed() && rng.random_bool(0.5) {
             *net.server.lock().unwrap() = None;
@@ -662,12 +671,40 @@ async fn run(seed: u64) -> Result<Activity, String> {
                     }
                 }
                 let doc = Value::Map(fields);
-                db.collection(coll)
-                    .put_value(id, &doc)
-                    .await
-                    .map(|_| Some(t))
+                // In one transaction, so that no pulled change slips in between: the value
+                // this write replaces locally (its parent) is recorded whether or not the
+                // commit survives a crash.
+                // A put over an absent entity descends from what this client deleted
+                // there last (a delete and the put after it can reach the server in one
+                // push, which leaves only the put in its history).
+                let absent = c.deleted.get(&(coll.to_owned(), id)).cloned();
+                async {
+                    let mut tx = db.begin().await?;
+                    let prev = tx.collection(coll).get_document(id).await?;
+                    let parent = match prev {
+                        Some(d) => tag(&d.value().unwrap()),
+                        None => absent,
+                    };
+                    parents.insert(t.clone(), parent);
+                    tx.collection(coll).put_value(id, &doc)?;
+                    tx.commit().await
+                }
+                .await
+                .map(|_| Some(t))
             } else {
-                db.collection(coll).delete(id).await.map(|_| None)
+                async {
+                    let mut tx = db.begin().await?;
+                    let prev = tx.collection(coll).get_document(id).await?;
+                    if let Some(d) = prev {
+                        let node = format!("{}-{step}-delete", c.name);
+                        parents.insert(node.clone(), tag(&d.value().unwrap()));
+                        c.deleted.insert((coll.to_owned(), id), node);
+                    }
+                    tx.collection(coll).delete(id).await?;
+                    tx.commit().await
+                }
+                .await
+                .map(|_| None)
             };
             match write {
                 Ok(w) => {
@@ -802,6 +839,10 @@ async fn run(seed: u64) -> Result<Activity, String> {
             ));
         }
     }
+    if retention > 1000 {
+        let claims = clients[0].transport.claims.clone();
+        check_server_wins_history(&server, &claims, &net.shutdown, &parents).await?;
+    }
     let d = net.decisions.lock().unwrap();
     if let Some(r) = d.reused.first() {
         return Err(format!("an op id was sent for two writes: {r}"));
@@ -828,6 +869,67 @@ async fn run(seed: u64) -> Result<Activity, String> {
     act.rejected = d.rejected.len() as u64;
     act.behind = d.behind;
     Ok(act)
+}
+
+/// Under server-wins nothing is overwritten by a client that did not see it: of two puts
+/// that follow each other in an `sw` entity's history on the server, the second descends
+/// from the first, through the local values that each write replaced (a pulled value
+/// continues the chain of the client that wrote it). A put after a delete is not checked
+/// (a delete has no tag).
+async fn check_server_wins_history(
+    server: &Hosted,
+    claims: &Claims,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+    parents: &HashMap<String, Option<String>>,
+) -> Result<(), String> {
+    let mut history: HashMap<EntityId, Vec<Option<String>>> = HashMap::new();
+    let mut since = 0;
+    loop {
+        let page = service::pull(server, claims, since, 1000, None, shutdown)
+            .await
+            .map_err(|e| format!("reading the server's history: {e:?}"))?;
+        for c in page.changes.iter().filter(|c| c.collection == "sw") {
+            let t = c.doc.as_ref().and_then(|d| tag(&d.to_value().unwrap()));
+            history.entry(c.id).or_default().push(t);
+        }
+        since = page.cursor;
+        if !page.has_more {
+            break;
+        }
+    }
+    for (id, puts) in &history {
+        for pair in puts.windows(2) {
+            let [Some(before), Some(after)] = pair else {
+                continue;
+            };
+            // The chain is finite: a parent was stored before its child was written.
+            let mut at = Some(after);
+            let mut seen = false;
+            for _ in 0..=parents.len() {
+                match at {
+                    Some(t) if t == before => {
+                        seen = true;
+                        break;
+                    }
+                    Some(t) => at = parents.get(t).and_then(Option::as_ref),
+                    None => break,
+                }
+            }
+            if !seen {
+                let mut chain = vec![after.clone()];
+                while let Some(Some(p)) = parents.get(chain.last().unwrap_or(after)) {
+                    if chain.len() > parents.len() {
+                        break;
+                    }
+                    chain.push(p.clone());
+                }
+                return Err(format!(
+                    "sw/{id}: {after} overwrote {before} on the server without descending from it (history {puts:?}; {after} descends from {chain:?})"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_seed(seed: u64) -> Activity {
