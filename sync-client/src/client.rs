@@ -21,9 +21,11 @@
 //! 2. Writes made by the replicator carry the origin [`ORIGIN`] and are never captured, so
 //!    pulled changes are not echoed back.
 //! 3. Server data never overwrites an entity with pending ops; the pending op is pushed with
-//!    the version it was based on and the server's conflict policy decides. The push result
-//!    carries the entity's state after the push, which the client adopts once nothing is
-//!    pending for the entity.
+//!    the last server version the client saw for the entity and the server's conflict
+//!    policy decides (the client's own latest unmerged write on the server is never a
+//!    conflict, and a field merge starts from it). The push result carries the entity's
+//!    state after the push, which the client adopts once nothing is pending for the
+//!    entity.
 //! 4. Op ids increase by one per captured write; the server acknowledges them in order and
 //!    recognises a retried op by (client id, op id).
 
@@ -889,9 +891,11 @@ impl Replicator {
     /// Invariants:
     /// * requests stay strictly sequential (batch `k+1` is sent only after batch `k`'s answer
     ///   arrived): the server's dedupe keeps the highest op id per client;
-    /// * a batch's base versions are the server's versions after every earlier batch: read
-    ///   from entity metadata, then overridden by the answers of the two batches whose
-    ///   acknowledgements may not have been in the snapshot it was read from;
+    /// * a batch's base versions are what the entity metadata holds after every earlier
+    ///   batch's acknowledgement: read from the metadata, then overridden by the `applied`
+    ///   answers of the two batches whose acknowledgements may not have been in the snapshot
+    ///   it was read from (other answers leave the base of a later op as it was, see
+    ///   [`Replicator::ack_push`]);
     /// * an op leaves the outbox only in the transaction that records its answer, so a crash
     ///   anywhere resends it and the server answers `duplicate`.
     async fn push_locked(&self) -> SyncResult<(u64, Vec<(String, EntityId)>)> {
@@ -1034,9 +1038,12 @@ impl Replicator {
     }
 
     /// Records a batch's answer in one transaction (relaxed unless it also captured, see
-    /// [`Replicator::commit_durability`]): the ops leave the outbox, entity
-    /// metadata takes the server's versions, and entities whose op did not simply apply adopt
-    /// the server's state. Returns (acknowledged, rejected).
+    /// [`Replicator::commit_durability`]): the ops leave the outbox, an `applied` op's entity
+    /// metadata takes the version it wrote, and an entity with no op left pending whose op
+    /// did not simply apply adopts the server's state (document and version). With later ops
+    /// pending, a `merged`, `duplicate` or `rejected` answer leaves the version alone: those
+    /// ops were made on the client's own document, not on the state the answer gives.
+    /// Returns (acknowledged, rejected).
     async fn ack_push(
         &self,
         ops: &[Op],

@@ -102,7 +102,10 @@ pub struct Op {
     /// Collection name.
     pub collection: String,
     /// The server version of the entity that this write was based on (`None`: the client had
-    /// never seen the entity on the server).
+    /// never seen the entity on the server). After an earlier op of the client on the entity
+    /// was answered `merged`, `duplicate` or `rejected` while this one was pending, this is
+    /// the version the client saw before that op: the server does not count the client's
+    /// own latest (unmerged) write as a conflict, and merges from it.
     #[serde(default)]
     pub base_version: Option<u64>,
 }
@@ -126,12 +129,13 @@ pub enum OpStatus {
     /// `state.doc` is omitted (the client has the document).
     Applied,
     /// The op was merged with concurrent changes (field merge); `state` is the merged entity,
-    /// which the client adopts.
+    /// which the client adopts unless a later op on the entity is pending.
     Merged,
-    /// The op was applied by an earlier push (a retry); `state` is the entity now.
+    /// The op was processed by an earlier push (a retry); `state` is the entity now (which
+    /// may include other clients' later writes), adopted unless a later op is pending.
     Duplicate,
     /// The op lost a conflict and was not applied (it is in the conflict log); `state` is the
-    /// winner, which the client should adopt.
+    /// winner, adopted unless a later op on the entity is pending.
     Rejected,
 }
 

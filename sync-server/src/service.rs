@@ -56,6 +56,39 @@ struct EntityMeta {
     #[serde(default)]
     history: Vec<(u64, Option<Canonical>)>,
     version: u64,
+    /// Field-merge collections only: which client wrote each version of `history` that it
+    /// wrote as pushed (not merged). A concurrent op of that client was made on its own
+    /// latest such write, so that version is the op's merge base even when the op's
+    /// `base_version` is older (see [`merge_base`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    writers: Vec<(u64, String)>,
+}
+
+/// The version a concurrent field-merge op of `client` was made on: its newest write as
+/// pushed (unmerged) after the op's base version, if the history holds one, else the base
+/// version. After a retried op's `duplicate` answer the client's later ops keep the base
+/// it last saw (the answer does not say at which version the retried op applied), so the
+/// base version alone would count the retried op's own changes as the client's, against
+/// fields another client changed after seeing them.
+fn merge_base(meta: &EntityMeta, client: &str, base_version: Option<u64>) -> Option<u64> {
+    meta.writers
+        .iter()
+        .filter(|(v, c)| c == client && Some(*v) > base_version)
+        .map(|(v, _)| *v)
+        .max()
+        .or(base_version)
+}
+
+/// What an earlier op of the same push did to an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Touched {
+    /// Applied as pushed: a later op of the push builds on it.
+    Applied,
+    /// Merged with concurrent changes: a later op was made on the client's own document,
+    /// not on the merge, and is merged in turn.
+    Merged,
+    /// Not applied: a later op, made on the refused one, is concurrent.
+    Rejected,
 }
 
 /// Versions kept per entity of a field-merge collection.
@@ -240,9 +273,9 @@ pub async fn push(
             client_id: req.client_id.clone(),
             max_op_id: 0,
         });
-    // Entities this push wrote (true) or refused (false), so that a later op of the same push
-    // on the same entity builds on the earlier one instead of conflicting with it.
-    let mut touched: HashMap<(String, EntityId), bool> = HashMap::with_capacity(req.ops.len());
+    // Entities this push wrote or refused, so that a later op of the same push on the same
+    // entity builds on the earlier one instead of conflicting with it.
+    let mut touched: HashMap<(String, EntityId), Touched> = HashMap::with_capacity(req.ops.len());
     let mut results = Vec::with_capacity(req.ops.len());
     // Metadata collection names, once per collection of the push (not one string per op).
     let mut meta_names: HashMap<String, String> = HashMap::new();
@@ -266,7 +299,7 @@ pub async fn push(
         // only the metadata.
         let mut current: Option<Option<Document>> = None;
         let current_version = match (touched.get(&key), &meta) {
-            (Some(true), _) => Some(seq),
+            (Some(Touched::Applied | Touched::Merged), _) => Some(seq),
             (_, Some(m)) => Some(m.version),
             (_, None) => {
                 let doc = read_doc(&mut tx, &op.collection, op.id).await?;
@@ -276,19 +309,21 @@ pub async fn push(
             }
         };
         let duplicate = op.op_id <= client.max_op_id;
-        // A client never conflicts with its own last write: its ops reach the server in
-        // the order it made them, so when the entity's latest state is this client's, the
-        // op was made on top of it (and any write before that one was decided when that
-        // one was). Its base version may be older than that write: a retry's `duplicate`
-        // answer, or a `rejected` one, does not say at which version the earlier op left
-        // the entity, so the client keeps the version it last saw for the ops after it.
+        // A client never conflicts with its own last write (unless the server merged it):
+        // its ops reach the server in the order it made them, so when the entity's latest
+        // state is this client's, the op was made on top of it (and any write before that
+        // one was decided when that one was). Its base version may be older than that
+        // write: a retry's `duplicate` answer, or a `rejected` one, does not say at which
+        // version the earlier op left the entity, so the client keeps the version it last
+        // saw for the ops after it.
         let own_latest = meta
             .as_ref()
             .is_some_and(|m| !m.merged && m.client.as_deref() == Some(req.client_id.as_str()));
         let concurrent = !duplicate
             && match touched.get(&key) {
-                Some(applied) => !applied,
-                None => op.base_version != current_version && !own_latest,
+                Some(Touched::Applied) => false,
+                Some(Touched::Rejected) => true,
+                Some(Touched::Merged) | None => op.base_version != current_version && !own_latest,
             };
         let current_doc = if duplicate || concurrent {
             let doc = match current {
@@ -318,7 +353,10 @@ pub async fn push(
             (ConflictPolicy::FieldMerge, true, Some(server), Some(client)) => {
                 let base = meta
                     .as_ref()
-                    .and_then(|m| m.history.iter().find(|(v, _)| Some(*v) == op.base_version))
+                    .and_then(|m| {
+                        let at = merge_base(m, &req.client_id, op.base_version);
+                        m.history.iter().find(|(v, _)| Some(*v) == at)
+                    })
                     .and_then(|(_, base)| base.as_ref());
                 match base {
                     Some(base) => merge(
@@ -370,8 +408,8 @@ pub async fn push(
                 .put(record.conflict_id, &record)
                 .map_err(eng)?;
         }
-        touched.insert(key, wins);
         if !wins {
+            touched.insert(key, Touched::Rejected);
             results.push(OpResult {
                 op_id: op.op_id,
                 status: OpStatus::Rejected,
@@ -391,6 +429,14 @@ pub async fn push(
             Some(m) if Some(&m) != op.doc.as_ref() => (Some(m), true),
             _ => (op.doc, false),
         };
+        touched.insert(
+            key,
+            if merged_into {
+                Touched::Merged
+            } else {
+                Touched::Applied
+            },
+        );
         match &doc {
             Some(doc) => tx
                 .collection(&op.collection)
@@ -403,21 +449,35 @@ pub async fn push(
                     .map_err(eng)?;
             }
         }
-        let mut history = Vec::new();
+        // A merge keeps the newer stamp of its two sides: a field the server's side won
+        // carries that side's time, and a later op's field conflicts compare against it.
+        let previous_hlc = meta.as_ref().and_then(|m| m.hlc.clone());
+        let hlc = match previous_hlc {
+            Some(h) if merged_into && h > op.hlc => h,
+            _ => op.hlc,
+        };
+        let (mut history, mut writers) = (Vec::new(), Vec::new());
         if policy == ConflictPolicy::FieldMerge {
-            history = meta.map(|m| m.history).unwrap_or_default();
+            (history, writers) = meta.map(|m| (m.history, m.writers)).unwrap_or_default();
             // An earlier op of this push wrote the same version: replace it.
             history.retain(|(v, _)| *v != seq);
+            writers.retain(|(v, _)| *v != seq);
             history.push((seq, doc.clone()));
+            if !merged_into {
+                writers.push((seq, req.client_id.clone()));
+            }
             let excess = history.len().saturating_sub(HISTORY);
             history.drain(..excess);
+            let oldest = history.first().map_or(seq, |(v, _)| *v);
+            writers.retain(|(v, _)| *v >= oldest);
         }
         let new_meta = EntityMeta {
             version: seq,
-            hlc: Some(op.hlc),
+            hlc: Some(hlc),
             client: Some(req.client_id.clone()),
             merged: merged_into,
             history,
+            writers,
         };
         tx.collection(&meta_coll).put(mid, &new_meta).map_err(eng)?;
         // An op applied as pushed is answered without its document (the client has it).
@@ -755,6 +815,7 @@ mod tests {
             merged: true,
             history: vec![(3, Some(doc)), (4, None)],
             version: 4,
+            writers: vec![(3, "c".into())],
         });
         check(&ClientRecord {
             client_id: "c".into(),

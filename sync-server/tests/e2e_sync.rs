@@ -283,13 +283,19 @@ async fn lost_responses_are_retried_without_applying_twice() {
 }
 
 /// A merged op's later ops were made on the client's own document, not on the merge: they
-/// are merged in turn, so the other side's change survives them too.
+/// are merged in turn, so the other side's change survives them too, whether they follow
+/// in the same push or in a later one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ops_after_a_merged_op_are_merged_too() {
+    for push_batch in [1, 500] {
+        ops_after_a_merged_op(push_batch).await;
+    }
+}
+
+async fn ops_after_a_merged_op(push_batch: usize) {
     let (dir, server) = app_server(Some(POLICIES)).await;
     let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["fm"]);
-    // One op per push: the second edit goes in the batch after the merged one.
-    cfg.push_batch = 1;
+    cfg.push_batch = push_batch;
     let transport = Arc::new(HttpTransport::new(
         &server.url,
         &token("app", "a", &["read", "write"], 3600),
@@ -327,6 +333,91 @@ async fn the_ops_after_a_merged_op_are_merged_too() {
     assert!(
         log.is_empty(),
         "no field was changed on both sides: {log:?}"
+    );
+}
+
+/// A merge where the other side won a field (it wrote later) keeps that side's stamp, so
+/// the client's next op, older than that write, loses the field again instead of
+/// overwriting it: last-writer-wins per field holds across the merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_keeps_the_newer_stamp_of_its_sides() {
+    let (dir, server) = app_server(Some(POLICIES)).await;
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["fm"]);
+    cfg.push_batch = 1;
+    let transport = Arc::new(HttpTransport::new(
+        &server.url,
+        &token("app", "a", &["read", "write"], 3600),
+    ));
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, transport).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
+    let fm = a.collection("fm");
+    let id = fm.insert(&json!({"f": "t0"})).await.unwrap();
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    fm.put(id, &json!({"f": "a1"})).await.unwrap();
+    fm.put(id, &json!({"f": "a2", "g": 1})).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.collection("fm")
+        .put(id, &json!({"f": "b"}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    for db in [&a, &b] {
+        let v: serde_json::Value = db.collection("fm").get(id).await.unwrap().unwrap();
+        assert_eq!(
+            v,
+            json!({"f": "b", "g": 1}),
+            "b's later f survives both of a's ops"
+        );
+    }
+    // Each of a's ops lost f: two conflicts.
+    let log = ra.conflicts(None, 10).await.unwrap().conflicts;
+    assert_eq!(log.len(), 2, "{log:?}");
+}
+
+/// After a retried op's `duplicate` answer, a later op of the same client on a field-merge
+/// entity is merged from the retried op's write (the version it was made on), not from the
+/// older base the client last saw: the retried op's own changes are not taken for the
+/// client's, so a field another client changed after seeing them keeps its value, and
+/// nothing is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_ops_later_edit_merges_from_the_retried_write() {
+    let (dir, server) = app_server(Some(POLICIES)).await;
+    let lossy = Arc::new(LossyTransport {
+        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
+        drop_responses: AtomicU32::new(0),
+    });
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["fm"]);
+    cfg.max_attempts = 1;
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, lossy.clone()).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
+    let fm = a.collection("fm");
+    let id = fm.insert(&json!({"x": 0})).await.unwrap();
+    ra.sync_now().await.unwrap();
+    // a's edit is applied; its answer is lost.
+    fm.put(id, &json!({"x": 1})).await.unwrap();
+    lossy.drop_responses.store(1, Ordering::SeqCst);
+    assert!(matches!(ra.push().await, Err(SyncError::Transport(_))));
+    fm.put(id, &json!({"x": 1, "y": 2})).await.unwrap();
+    // b sees x = 1 and changes it.
+    rb.sync_now().await.unwrap();
+    let vb: serde_json::Value = b.collection("fm").get(id).await.unwrap().unwrap();
+    assert_eq!(vb, json!({"x": 1}));
+    b.collection("fm").put(id, &json!({"x": 2})).await.unwrap();
+    rb.sync_now().await.unwrap();
+    let report = ra.sync_now().await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    rb.sync_now().await.unwrap();
+    for db in [&a, &b] {
+        let v: serde_json::Value = db.collection("fm").get(id).await.unwrap().unwrap();
+        assert_eq!(v, json!({"x": 2, "y": 2}));
+    }
+    let log = ra.conflicts(None, 10).await.unwrap().conflicts;
+    assert!(
+        log.is_empty(),
+        "b changed x after seeing a's change: {log:?}"
     );
 }
 

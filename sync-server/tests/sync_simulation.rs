@@ -59,6 +59,10 @@ fn options() -> Options {
         .wal_preallocate(0)
 }
 
+/// One op the server applied: ((its version, its place in the push), the put's write tag or
+/// `None` for a delete).
+type AppliedOp = ((u64, usize), Option<String>);
+
 /// What the server actually decided, seen by the network before any response is dropped.
 #[derive(Debug, Default)]
 struct Decisions {
@@ -74,6 +78,15 @@ struct Decisions {
     sent: HashMap<(String, u64), String>,
     /// Op ids sent again for a different write.
     reused: Vec<String>,
+    /// Per `sw` entity, the ops the server applied, as its answers said: ((version, place in
+    /// the push), the put's write tag or `None` for a delete).
+    sw_applied: HashMap<EntityId, Vec<AppliedOp>>,
+    /// Ops whose answer the simulation saw: (client, op id).
+    answered: HashSet<(String, u64)>,
+    /// `sw` entities with an op answered `duplicate` whose first answer the simulation never
+    /// saw (the server crashed after the push's commit was durable): their applied history
+    /// above may have a gap.
+    sw_unseen: HashSet<EntityId>,
 }
 
 #[derive(Debug)]
@@ -226,9 +239,28 @@ impl SimTransport {
                         }
                     }
                 }
+                let sw: Vec<Option<(EntityId, Option<String>)>> = req
+                    .ops
+                    .iter()
+                    .map(|o| (o.collection == "sw").then(|| (o.id, tags.get(&o.op_id).cloned())))
+                    .collect();
                 let r = service::push(&net.config, &hosted, &self.claims, req).await;
                 if let Ok(PushResponse { results, .. }) = &r {
                     let mut d = net.decisions.lock().unwrap();
+                    for (place, (res, sw)) in results.iter().zip(&sw).enumerate() {
+                        let op = (self.claims.sub.clone(), res.op_id);
+                        match (res.status, sw) {
+                            (OpStatus::Duplicate, Some((id, _))) if !d.answered.contains(&op) => {
+                                d.sw_unseen.insert(*id);
+                            }
+                            (OpStatus::Applied, Some((id, t))) => {
+                                let at = (res.state.version.unwrap_or(0), place);
+                                d.sw_applied.entry(*id).or_default().push((at, t.clone()));
+                            }
+                            _ => {}
+                        }
+                        d.answered.insert(op);
+                    }
                     for res in results {
                         let Some(t) = tags.get(&res.op_id) else {
                             continue;
@@ -297,9 +329,6 @@ struct Client {
     cursor: u64,
     /// Per (collection, id): the last acknowledged local write (`None`: a delete).
     last_write: HashMap<(String, EntityId), Option<String>>,
-    /// Per (collection, id): this client's last local delete of a present value, as a node
-    /// of the write ancestry (`parents` in `run`).
-    deleted: HashMap<(String, EntityId), String>,
     /// A live round running as its own task, and the transport's abandoned polls when it
     /// started.
     live: Option<(LiveRound, u64)>,
@@ -543,6 +572,8 @@ struct Activity {
     /// Restarts after which a relaxed client's cursor had gone back (pages lost in the
     /// crash, pulled again).
     cursor_went_back: u64,
+    /// Pairs of consecutive `sw` puts whose ancestry was checked.
+    sw_pairs_checked: u64,
 }
 
 async fn run(seed: u64) -> Result<Activity, String> {
@@ -612,7 +643,6 @@ async fn run(seed: u64) -> Result<Activity, String> {
             sync: None,
             cursor: 0,
             last_write: HashMap::new(),
-            deleted: HashMap::new(),
             live: None,
             wrote_during_live: false,
             relaxed: i % 2 == 0,
@@ -631,8 +661,8 @@ async fn run(seed: u64) -> Result<Activity, String> {
         clients.push(c);
     }
     let mut writes = 0u64;
-    // The write ancestry: each put's write tag (and each local delete's node) -> the tag of
-    // the local value it replaced (`None`: absent, or written without a tag).
+    // The write ancestry: each put's write tag -> the tag of the local value it replaced
+    // (`None`: absent).
     let mut parents: HashMap<String, Option<String>> = HashMap::new();
     for step in 0..STEPS {
         if server_sim.is_crashed() && rng.random_bool(0.5) {
@@ -674,37 +704,17 @@ async fn run(seed: u64) -> Result<Activity, String> {
                 // In one transaction, so that no pulled change slips in between: the value
                 // this write replaces locally (its parent) is recorded whether or not the
                 // commit survives a crash.
-                // A put over an absent entity descends from what this client deleted
-                // there last (a delete and the put after it can reach the server in one
-                // push, which leaves only the put in its history).
-                let absent = c.deleted.get(&(coll.to_owned(), id)).cloned();
                 async {
                     let mut tx = db.begin().await?;
                     let prev = tx.collection(coll).get_document(id).await?;
-                    let parent = match prev {
-                        Some(d) => tag(&d.value().unwrap()),
-                        None => absent,
-                    };
-                    parents.insert(t.clone(), parent);
+                    parents.insert(t.clone(), prev.and_then(|d| tag(&d.value().unwrap())));
                     tx.collection(coll).put_value(id, &doc)?;
                     tx.commit().await
                 }
                 .await
                 .map(|_| Some(t))
             } else {
-                async {
-                    let mut tx = db.begin().await?;
-                    let prev = tx.collection(coll).get_document(id).await?;
-                    if let Some(d) = prev {
-                        let node = format!("{}-{step}-delete", c.name);
-                        parents.insert(node.clone(), tag(&d.value().unwrap()));
-                        c.deleted.insert((coll.to_owned(), id), node);
-                    }
-                    tx.collection(coll).delete(id).await?;
-                    tx.commit().await
-                }
-                .await
-                .map(|_| None)
+                db.collection(coll).delete(id).await.map(|_| None)
             };
             match write {
                 Ok(w) => {
@@ -839,11 +849,8 @@ async fn run(seed: u64) -> Result<Activity, String> {
             ));
         }
     }
-    if retention > 1000 {
-        let claims = clients[0].transport.claims.clone();
-        check_server_wins_history(&server, &claims, &net.shutdown, &parents).await?;
-    }
     let d = net.decisions.lock().unwrap();
+    act.sw_pairs_checked = check_server_wins_history(&d, &parents)?;
     if let Some(r) = d.reused.first() {
         return Err(format!("an op id was sent for two writes: {r}"));
     }
@@ -872,64 +879,43 @@ async fn run(seed: u64) -> Result<Activity, String> {
 }
 
 /// Under server-wins nothing is overwritten by a client that did not see it: of two puts
-/// that follow each other in an `sw` entity's history on the server, the second descends
-/// from the first, through the local values that each write replaced (a pulled value
-/// continues the chain of the client that wrote it). A put after a delete is not checked
-/// (a delete has no tag).
-async fn check_server_wins_history(
-    server: &Hosted,
-    claims: &Claims,
-    shutdown: &tokio::sync::watch::Receiver<bool>,
+/// applied one after the other to an `sw` entity (as the server answered them), the second
+/// descends from the first, through the local values that each write replaced (a pulled
+/// value continues the chain of the client that wrote it). A put after a delete is not
+/// checked (a delete has no tag), nor is an entity one of whose ops the server processed
+/// in a push whose answer the simulation never saw.
+fn check_server_wins_history(
+    d: &Decisions,
     parents: &HashMap<String, Option<String>>,
-) -> Result<(), String> {
-    let mut history: HashMap<EntityId, Vec<Option<String>>> = HashMap::new();
-    let mut since = 0;
-    loop {
-        let page = service::pull(server, claims, since, 1000, None, shutdown)
-            .await
-            .map_err(|e| format!("reading the server's history: {e:?}"))?;
-        for c in page.changes.iter().filter(|c| c.collection == "sw") {
-            let t = c.doc.as_ref().and_then(|d| tag(&d.to_value().unwrap()));
-            history.entry(c.id).or_default().push(t);
+) -> Result<u64, String> {
+    let mut checked = 0;
+    for (id, applied) in &d.sw_applied {
+        if d.sw_unseen.contains(id) {
+            continue;
         }
-        since = page.cursor;
-        if !page.has_more {
-            break;
-        }
-    }
-    for (id, puts) in &history {
+        let mut puts = applied.clone();
+        puts.sort();
         for pair in puts.windows(2) {
-            let [Some(before), Some(after)] = pair else {
+            let [(_, Some(before)), (_, Some(after))] = pair else {
                 continue;
             };
             // The chain is finite: a parent was stored before its child was written.
-            let mut at = Some(after);
-            let mut seen = false;
-            for _ in 0..=parents.len() {
-                match at {
-                    Some(t) if t == before => {
-                        seen = true;
-                        break;
-                    }
-                    Some(t) => at = parents.get(t).and_then(Option::as_ref),
-                    None => break,
+            let mut chain = vec![after.clone()];
+            while let Some(Some(p)) = parents.get(&chain[chain.len() - 1]) {
+                if p == before || chain.len() > parents.len() {
+                    break;
                 }
+                chain.push(p.clone());
             }
-            if !seen {
-                let mut chain = vec![after.clone()];
-                while let Some(Some(p)) = parents.get(chain.last().unwrap_or(after)) {
-                    if chain.len() > parents.len() {
-                        break;
-                    }
-                    chain.push(p.clone());
-                }
+            if parents.get(&chain[chain.len() - 1]) != Some(&Some(before.clone())) {
                 return Err(format!(
-                    "sw/{id}: {after} overwrote {before} on the server without descending from it (history {puts:?}; {after} descends from {chain:?})"
+                    "sw/{id}: {after} overwrote {before} on the server without descending from it (applied in order: {puts:?}; {after} descends from {chain:?})"
                 ));
             }
+            checked += 1;
         }
     }
-    Ok(())
+    Ok(checked)
 }
 
 fn run_seed(seed: u64) -> Activity {
@@ -977,6 +963,7 @@ fn sync_simulation() {
         total.live_woken_by_write += a.live_woken_by_write;
         total.writes_during_live += a.writes_during_live;
         total.cursor_went_back += a.cursor_went_back;
+        total.sw_pairs_checked += a.sw_pairs_checked;
     }
     println!("{n} seeds: {total:?}");
     // The faults must actually have happened, and sync must have done real work.
@@ -988,6 +975,8 @@ fn sync_simulation() {
         );
         // Relaxed clients lost pulled pages in crashes and pulled them again.
         assert!(total.cursor_went_back > 0, "{total:?}");
+        // Server-wins histories had puts after puts to check.
+        assert!(total.sw_pairs_checked > n, "{total:?}");
         // Some clients fell behind the oplog and bootstrapped again.
         assert!(total.behind > 0 && total.bootstraps > 0, "{total:?}");
         assert!(
