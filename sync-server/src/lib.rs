@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+mod field_merge;
 pub mod hosted;
 pub mod http;
 pub mod metrics;

@@ -12,13 +12,15 @@
 //! - entity metadata: per entity, the cursor of its last write (also for deletes, so a delete
 //!   has a version), the HLC stamp of that write and the client that made it; in
 //!   `_sync.meta/<collection>` keyed by entity id, or in databases hosted before that layout,
-//!   one `_sync.meta` keyed by a hash of (collection, id) (`MetaLayout`);
+//!   one `_sync.meta` keyed by a hash of (collection, id) (`MetaLayout`); for field-merge
+//!   collections also the last versions' documents, their writers and per-field stamps
+//!   (`field_merge`);
 //! - `_sync.conflicts`: the conflict log, keyed by time-ordered ids.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use entidb::cbor::{Canonical, Value};
+use entidb::cbor::Canonical;
 use entidb::{ChangeOp, Document, EntityId, ScanOptions};
 use entidb_sync::wire::{
     BootstrapEntity, BootstrapPosition, BootstrapResponse, Claims, ConflictPolicy, ConflictRecord,
@@ -30,6 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::field_merge::{self, FieldStamps, HISTORY, Writer, merge, merge_base};
 use crate::hosted::{HASHED_META, Hosted, MetaLayout};
 
 const CLIENTS: &str = "_sync.clients";
@@ -41,10 +44,15 @@ struct ClientRecord {
     max_op_id: u64,
 }
 
+/// An entity's sync metadata on the server. Stored as a CBOR map with the keys in canonical
+/// order (declaration order; `stored_records_are_declared_in_canonical_order`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct EntityMeta {
     hlc: Option<Hlc>,
     client: Option<String>,
+    /// Field-merge collections only: the stamp of the op that last changed each field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    fields: FieldStamps,
     /// The state is a field merge the server made of `client`'s op: that client has not
     /// seen it yet if it had later ops pending, so its own latest write does not excuse a
     /// differing base (the later op is merged against its base in turn).
@@ -56,27 +64,10 @@ struct EntityMeta {
     #[serde(default)]
     history: Vec<(u64, Option<Canonical>)>,
     version: u64,
-    /// Field-merge collections only: which client wrote each version of `history` that it
-    /// wrote as pushed (not merged). A concurrent op of that client was made on its own
-    /// latest such write, so that version is the op's merge base even when the op's
-    /// `base_version` is older (see [`merge_base`]).
+    /// Field-merge collections only: which client's op wrote each version of `history`
+    /// (see [`field_merge::merge_base`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    writers: Vec<(u64, String)>,
-}
-
-/// The version a concurrent field-merge op of `client` was made on: its newest write as
-/// pushed (unmerged) after the op's base version, if the history holds one, else the base
-/// version. After a retried op's `duplicate` answer the client's later ops keep the base
-/// it last saw (the answer does not say at which version the retried op applied), so the
-/// base version alone would count the retried op's own changes as the client's, against
-/// fields another client changed after seeing them.
-fn merge_base(meta: &EntityMeta, client: &str, base_version: Option<u64>) -> Option<u64> {
-    meta.writers
-        .iter()
-        .filter(|(v, c)| c == client && Some(*v) > base_version)
-        .map(|(v, _)| *v)
-        .max()
-        .or(base_version)
+    writers: Vec<Writer>,
 }
 
 /// What an earlier op of the same push did to an entity.
@@ -89,61 +80,6 @@ enum Touched {
     Merged,
     /// Not applied: a later op, made on the refused one, is concurrent.
     Rejected,
-}
-
-/// Versions kept per entity of a field-merge collection.
-const HISTORY: usize = 8;
-
-/// The outcome of a three-way merge of map documents.
-struct Merged {
-    doc: Value,
-    /// A field both sides changed went to the server's value.
-    client_lost: bool,
-    /// A field both sides changed went to the client's value.
-    server_lost: bool,
-}
-
-fn map_get<'a>(m: &'a [(Value, Value)], k: &Value) -> Option<&'a Value> {
-    m.iter().find(|(key, _)| key == k).map(|(_, v)| v)
-}
-
-/// Three-way merge of top-level map fields: `base` is the version the client started from.
-/// Returns `None` when any of the three is not a map.
-fn merge(base: &Value, server: &Value, client: &Value, client_newer: bool) -> Option<Merged> {
-    let (Value::Map(b), Value::Map(s), Value::Map(c)) = (base, server, client) else {
-        return None;
-    };
-    let mut out = s.clone();
-    let (mut client_lost, mut server_lost) = (false, false);
-    let mut keys: Vec<&Value> = b.iter().map(|(k, _)| k).collect();
-    for (k, _) in c {
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
-    for k in keys {
-        let (vb, vs, vc) = (map_get(b, k), map_get(s, k), map_get(c, k));
-        if vc == vb || vc == vs {
-            continue; // the client did not change it, or both made the same change
-        }
-        if vs != vb {
-            // Changed on both sides, differently.
-            if !client_newer {
-                client_lost = true;
-                continue;
-            }
-            server_lost = true;
-        }
-        out.retain(|(key, _)| key != k);
-        if let Some(v) = vc {
-            out.push((k.clone(), v.clone()));
-        }
-    }
-    Some(Merged {
-        doc: Value::Map(out),
-        client_lost,
-        server_lost,
-    })
 }
 
 fn hash_id(parts: &[&[u8]]) -> EntityId {
@@ -347,23 +283,25 @@ pub async fn push(
         }
         client.max_op_id = op.op_id;
         let policy = config.policy(&hosted.name, &op.collection);
-        let client_newer = meta.as_ref().and_then(|m| m.hlc.as_ref()) < Some(&op.hlc);
-        // Field merge: find the client's base version and merge the maps three ways.
-        let merged = match (policy, concurrent, &current_doc, &op.doc) {
-            (ConflictPolicy::FieldMerge, true, Some(server), Some(client)) => {
-                let base = meta
-                    .as_ref()
-                    .and_then(|m| {
-                        let at = merge_base(m, &req.client_id, op.base_version);
-                        m.history.iter().find(|(v, _)| Some(*v) == at)
-                    })
-                    .and_then(|(_, base)| base.as_ref());
-                match base {
+        let doc_hlc = meta.as_ref().and_then(|m| m.hlc.as_ref());
+        let client_newer = doc_hlc < Some(&op.hlc);
+        // Field merge: find the document the op was made on and merge the maps three ways,
+        // each field both sides changed going to the side that changed it later.
+        let merged = match (policy, concurrent, &current_doc, &op.doc, &meta) {
+            (ConflictPolicy::FieldMerge, true, Some(server), Some(client), Some(m)) => {
+                match merge_base(&m.history, &m.writers, &req.client_id, op.base_version) {
                     Some(base) => merge(
                         &base.to_value().map_err(cbor_eng)?,
                         &server.to_value().map_err(cbor_eng)?,
                         &client.to_value().map_err(cbor_eng)?,
-                        client_newer,
+                        &op.hlc,
+                        |k| {
+                            m.fields
+                                .iter()
+                                .find(|(f, _)| f == k)
+                                .map(|(_, h)| h)
+                                .or(doc_hlc)
+                        },
                     ),
                     None => None,
                 }
@@ -421,13 +359,16 @@ pub async fn push(
             continue;
         }
         // `merged_into`: the merge changed the client's document, which it must adopt.
-        let merged = match merged {
-            Some(m) => Some(Canonical::from_value(&m.doc).map_err(cbor_eng)?),
-            None => None,
+        let (merged_doc, taken) = match merged {
+            Some(m) => (
+                Some(Canonical::from_value(&m.doc).map_err(cbor_eng)?),
+                Some(m.taken),
+            ),
+            None => (None, None),
         };
-        let (doc, merged_into) = match merged {
-            Some(m) if Some(&m) != op.doc.as_ref() => (Some(m), true),
-            _ => (op.doc, false),
+        let (doc, pushed, merged_into) = match merged_doc {
+            Some(m) if Some(&m) != op.doc.as_ref() => (Some(m), op.doc, true),
+            _ => (op.doc, None, false),
         };
         touched.insert(
             key,
@@ -449,32 +390,58 @@ pub async fn push(
                     .map_err(eng)?;
             }
         }
-        // A merge keeps the newer stamp of its two sides: a field the server's side won
-        // carries that side's time, and a later op's field conflicts compare against it.
-        let previous_hlc = meta.as_ref().and_then(|m| m.hlc.clone());
-        let hlc = match previous_hlc {
-            Some(h) if merged_into && h > op.hlc => h,
-            _ => op.hlc,
+        // A merge keeps the later stamp of its two sides as the document's (the stamp a
+        // field without one of its own falls back to); the fields carry their own.
+        let hlc = match doc_hlc {
+            Some(h) if merged_into && *h > op.hlc => h.clone(),
+            _ => op.hlc.clone(),
         };
-        let (mut history, mut writers) = (Vec::new(), Vec::new());
+        let (mut history, mut writers, mut fields) = (Vec::new(), Vec::new(), Vec::new());
         if policy == ConflictPolicy::FieldMerge {
-            (history, writers) = meta.map(|m| (m.history, m.writers)).unwrap_or_default();
+            let new = match &doc {
+                Some(d) => Some(d.to_value().map_err(cbor_eng)?),
+                None => None,
+            };
+            let (stamps, previous) = match meta {
+                Some(m) => {
+                    // The document the op replaces, when the history has it.
+                    let previous = match field_merge::doc_at(&m.history, m.version) {
+                        Some(d) if current_version == Some(m.version) => {
+                            Some(d.to_value().map_err(cbor_eng)?)
+                        }
+                        _ => None,
+                    };
+                    (history, writers) = (m.history, m.writers);
+                    (m.fields, previous)
+                }
+                None => (Vec::new(), None),
+            };
+            fields = field_merge::stamps_after(
+                stamps,
+                previous.as_ref(),
+                new.as_ref(),
+                &op.hlc,
+                taken.as_deref(),
+            );
             // An earlier op of this push wrote the same version: replace it.
             history.retain(|(v, _)| *v != seq);
-            writers.retain(|(v, _)| *v != seq);
+            writers.retain(|w| w.version != seq);
             history.push((seq, doc.clone()));
-            if !merged_into {
-                writers.push((seq, req.client_id.clone()));
-            }
+            writers.push(Writer {
+                client: req.client_id.clone(),
+                pushed,
+                version: seq,
+            });
             let excess = history.len().saturating_sub(HISTORY);
             history.drain(..excess);
             let oldest = history.first().map_or(seq, |(v, _)| *v);
-            writers.retain(|(v, _)| *v >= oldest);
+            writers.retain(|w| w.version >= oldest);
         }
         let new_meta = EntityMeta {
             version: seq,
             hlc: Some(hlc),
             client: Some(req.client_id.clone()),
+            fields,
             merged: merged_into,
             history,
             writers,
@@ -774,6 +741,7 @@ fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use entidb::cbor::Value;
 
     /// Databases with the first layout hold metadata under this formula: it must not change.
     #[test]
@@ -812,10 +780,22 @@ mod tests {
                 counter: 2,
             }),
             client: Some("c".into()),
+            fields: vec![(
+                Value::Text("a".into()),
+                Hlc {
+                    node: "n".into(),
+                    millis: 1,
+                    counter: 2,
+                },
+            )],
             merged: true,
-            history: vec![(3, Some(doc)), (4, None)],
+            history: vec![(3, Some(doc.clone())), (4, None)],
             version: 4,
-            writers: vec![(3, "c".into())],
+            writers: vec![Writer {
+                client: "c".into(),
+                pushed: Some(doc),
+                version: 3,
+            }],
         });
         check(&ClientRecord {
             client_id: "c".into(),
@@ -830,34 +810,5 @@ mod tests {
                 .map(|(k, v)| (Value::Text((*k).into()), Value::Int((*v).into())))
                 .collect(),
         )
-    }
-
-    #[test]
-    fn three_way_merge_of_fields() {
-        let base = map(&[("a", 1), ("b", 1), ("c", 1)]);
-        // Client changes a and removes c; server changes b.
-        let server = map(&[("a", 1), ("b", 2), ("c", 1)]);
-        let client = map(&[("a", 9), ("b", 1)]);
-        let m = merge(&base, &server, &client, false).expect("maps");
-        assert_eq!(m.doc, map(&[("a", 9), ("b", 2)]));
-        assert!(!m.client_lost && !m.server_lost);
-        // Both change b: the newer side wins, the other is reported as the loser.
-        let client = map(&[("a", 1), ("b", 3), ("c", 1)]);
-        let m = merge(&base, &server, &client, false).expect("maps");
-        assert_eq!(m.doc, server);
-        assert!(m.client_lost && !m.server_lost);
-        let m = merge(&base, &server, &client, true).expect("maps");
-        assert_eq!(m.doc, map(&[("a", 1), ("b", 3), ("c", 1)]));
-        assert!(m.server_lost && !m.client_lost);
-        // The same change on both sides is not a conflict.
-        let m = merge(&base, &server, &server, false).expect("maps");
-        assert_eq!(m.doc, server);
-        assert!(!m.client_lost && !m.server_lost);
-        // A field added by the client survives.
-        let client = map(&[("a", 1), ("b", 1), ("c", 1), ("d", 4)]);
-        let m = merge(&base, &server, &client, false).expect("maps");
-        assert_eq!(m.doc, map(&[("a", 1), ("b", 2), ("c", 1), ("d", 4)]));
-        // Not maps: no merge.
-        assert!(merge(&base, &Value::Null, &client, true).is_none());
     }
 }

@@ -377,6 +377,99 @@ async fn a_merge_keeps_the_newer_stamp_of_its_sides() {
     assert_eq!(log.len(), 2, "{log:?}");
 }
 
+/// An op after a merged one, made later than the other side's write, does not take back a
+/// field the merged op lost: it is merged from the document its client pushed for the
+/// merged op (the server keeps it), in which that field is the client's old value, not a
+/// change of the later op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_op_does_not_take_back_a_field_its_merged_op_lost() {
+    for push_batch in [1, 500] {
+        let (dir, server) = app_server(Some(POLICIES)).await;
+        let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["fm"]);
+        cfg.push_batch = push_batch;
+        let transport = Arc::new(HttpTransport::new(
+            &server.url,
+            &token("app", "a", &["read", "write"], 3600),
+        ));
+        let (a, ra) = client_with_config(&dir.path().join("a"), cfg, transport).await;
+        let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
+        let fm = a.collection("fm");
+        let id = fm.insert(&json!({"f": "t0"})).await.unwrap();
+        ra.sync_now().await.unwrap();
+        rb.sync_now().await.unwrap();
+        fm.put(id, &json!({"f": "a1"})).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        b.collection("fm")
+            .put(id, &json!({"f": "b"}))
+            .await
+            .unwrap();
+        rb.sync_now().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Made after b's write, and it changes only g.
+        fm.put(id, &json!({"f": "a1", "g": 1})).await.unwrap();
+        ra.sync_now().await.unwrap();
+        rb.sync_now().await.unwrap();
+        for db in [&a, &b] {
+            let v: serde_json::Value = db.collection("fm").get(id).await.unwrap().unwrap();
+            assert_eq!(v, json!({"f": "b", "g": 1}), "push_batch {push_batch}");
+        }
+        // The first op lost f: one conflict.
+        let log = ra.conflicts(None, 10).await.unwrap().conflicts;
+        assert_eq!(log.len(), 1, "push_batch {push_batch}: {log:?}");
+    }
+}
+
+/// Field conflicts compare the stamp of the write that changed *that* field: after a merge
+/// took c's (older) g beside d's (newer) f, e's g, written after c's, still wins g.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_conflicts_compare_the_stamp_of_the_field() {
+    let (dir, server) = app_server(Some(POLICIES)).await;
+    let mut replicas = Vec::new();
+    for name in ["c", "d", "e"] {
+        replicas.push(client(&server.url, &dir.path().join(name), "app", name, &["fm"]).await);
+    }
+    let [(c, rc), (d, rd), (e, re)] = &replicas[..] else {
+        unreachable!()
+    };
+    let id = c
+        .collection("fm")
+        .insert(&json!({"f": 0, "g": 0}))
+        .await
+        .unwrap();
+    rc.sync_now().await.unwrap();
+    rd.sync_now().await.unwrap();
+    re.sync_now().await.unwrap();
+    // Offline, in this order: c changes g, e changes g, d changes f.
+    c.collection("fm")
+        .put(id, &json!({"f": 0, "g": "c"}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    e.collection("fm")
+        .put(id, &json!({"f": 0, "g": "e"}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    d.collection("fm")
+        .put(id, &json!({"f": "d", "g": 0}))
+        .await
+        .unwrap();
+    // d, then c (merged: no field in common), then e (g against c's, which is older).
+    rd.sync_now().await.unwrap();
+    rc.sync_now().await.unwrap();
+    re.sync_now().await.unwrap();
+    rc.sync_now().await.unwrap();
+    rd.sync_now().await.unwrap();
+    for db in [c, d, e] {
+        let v: serde_json::Value = db.collection("fm").get(id).await.unwrap().unwrap();
+        assert_eq!(v, json!({"f": "d", "g": "e"}));
+    }
+    // c's g lost to e's: one conflict.
+    let log = rc.conflicts(None, 10).await.unwrap().conflicts;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].loser_client.as_deref(), Some("c"));
+}
+
 /// After a retried op's `duplicate` answer, a later op of the same client on a field-merge
 /// entity is merged from the retried op's write (the version it was made on), not from the
 /// older base the client last saw: the retried op's own changes are not taken for the
@@ -384,15 +477,16 @@ async fn a_merge_keeps_the_newer_stamp_of_its_sides() {
 /// nothing is a conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_ops_later_edit_merges_from_the_retried_write() {
-    let (dir, server) = app_server(Some(POLICIES)).await;
-    let lossy = Arc::new(LossyTransport {
-        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
-        drop_responses: AtomicU32::new(0),
-    });
-    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["fm"]);
-    cfg.max_attempts = 1;
-    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, lossy.clone()).await;
-    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
+    // (`_dir` and `_server` are bound: the server and its files live until the end.)
+    let LossyPair {
+        _dir,
+        _server,
+        lossy,
+        a,
+        ra,
+        b,
+        rb,
+    } = lossy_pair("fm", 500).await;
     let fm = a.collection("fm");
     let id = fm.insert(&json!({"x": 0})).await.unwrap();
     ra.sync_now().await.unwrap();
@@ -421,6 +515,48 @@ async fn a_retried_ops_later_edit_merges_from_the_retried_write() {
     );
 }
 
+/// The app server with the test policies, a client "a" whose next answers can be lost
+/// (`lossy.drop_responses`; one attempt per request, `push_batch` ops per push) and a plain
+/// client "b", both syncing `collection`.
+struct LossyPair {
+    _dir: tempfile::TempDir,
+    _server: Server,
+    lossy: Arc<LossyTransport>,
+    a: Database,
+    ra: Replicator,
+    b: Database,
+    rb: Replicator,
+}
+
+async fn lossy_pair(collection: &str, push_batch: usize) -> LossyPair {
+    let (dir, server) = app_server(Some(POLICIES)).await;
+    let lossy = Arc::new(LossyTransport {
+        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
+        drop_responses: AtomicU32::new(0),
+    });
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &[collection]);
+    cfg.max_attempts = 1;
+    cfg.push_batch = push_batch;
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, lossy.clone()).await;
+    let (b, rb) = client(
+        &server.url,
+        &dir.path().join("b"),
+        "app",
+        "b",
+        &[collection],
+    )
+    .await;
+    LossyPair {
+        _dir: dir,
+        _server: server,
+        lossy,
+        a,
+        ra,
+        b,
+        rb,
+    }
+}
+
 /// A retried op is answered `duplicate` with the entity's state *now*, which may include
 /// another client's later write. The client's next op on that entity must not take that
 /// version as its base (it never saw that write): under server-wins it is concurrent with
@@ -428,16 +564,16 @@ async fn a_retried_ops_later_edit_merges_from_the_retried_write() {
 /// the next op without a conflict: the client's own latest write is never one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_ops_answer_does_not_hide_a_later_conflict() {
-    let (dir, server) = app_server(Some(POLICIES)).await;
-    let lossy = Arc::new(LossyTransport {
-        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
-        drop_responses: AtomicU32::new(0),
-    });
-    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["sw"]);
-    cfg.max_attempts = 1;
-    cfg.push_batch = 2;
-    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, lossy.clone()).await;
-    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["sw"]).await;
+    // (`_dir` and `_server` are bound: the server and its files live until the end.)
+    let LossyPair {
+        _dir,
+        _server,
+        lossy,
+        a,
+        ra,
+        b,
+        rb,
+    } = lossy_pair("sw", 2).await;
     let x = a
         .collection("sw")
         .insert(&json!({"v": "base"}))
