@@ -772,7 +772,11 @@ mod tests {
             ciborium::ser::into_writer(value, &mut raw).unwrap();
             assert!(entidb::cbor::is_canonical(&raw), "{raw:02x?}");
         }
-        let doc = Canonical::from_value(&map(&[("a", 1)])).unwrap();
+        let doc = Canonical::from_value(&Value::Map(vec![(
+            Value::Text("a".into()),
+            Value::Int(1.into()),
+        )]))
+        .unwrap();
         check(&EntityMeta {
             hlc: Some(Hlc {
                 node: "n".into(),
@@ -801,14 +805,5 @@ mod tests {
             client_id: "c".into(),
             max_op_id: 9,
         });
-    }
-
-    fn map(pairs: &[(&str, i64)]) -> Value {
-        Value::Map(
-            pairs
-                .iter()
-                .map(|(k, v)| (Value::Text((*k).into()), Value::Int((*v).into())))
-                .collect(),
-        )
     }
 }

@@ -293,22 +293,12 @@ async fn the_ops_after_a_merged_op_are_merged_too() {
 }
 
 async fn ops_after_a_merged_op(push_batch: usize) {
-    let (dir, server) = app_server(Some(POLICIES)).await;
-    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["fm"]);
-    cfg.push_batch = push_batch;
-    let transport = Arc::new(HttpTransport::new(
-        &server.url,
-        &token("app", "a", &["read", "write"], 3600),
-    ));
-    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, transport).await;
-    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
+    let pair = lossy_pair("fm", push_batch).await;
+    let (a, ra, b, rb) = (&pair.a, &pair.ra, &pair.b, &pair.rb);
+    let id = pair
+        .shared("fm", json!({"title": "t0", "done": false, "n": 0}))
+        .await;
     let fm = a.collection("fm");
-    let id = fm
-        .insert(&json!({"title": "t0", "done": false, "n": 0}))
-        .await
-        .unwrap();
-    ra.sync_now().await.unwrap();
-    rb.sync_now().await.unwrap();
     b.collection("fm")
         .put(id, &json!({"title": "t0", "done": true, "n": 0}))
         .await
@@ -341,19 +331,10 @@ async fn ops_after_a_merged_op(push_batch: usize) {
 /// overwriting it: last-writer-wins per field holds across the merge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_keeps_the_newer_stamp_of_its_sides() {
-    let (dir, server) = app_server(Some(POLICIES)).await;
-    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["fm"]);
-    cfg.push_batch = 1;
-    let transport = Arc::new(HttpTransport::new(
-        &server.url,
-        &token("app", "a", &["read", "write"], 3600),
-    ));
-    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, transport).await;
-    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
+    let pair = lossy_pair("fm", 1).await;
+    let (a, ra, b, rb) = (&pair.a, &pair.ra, &pair.b, &pair.rb);
+    let id = pair.shared("fm", json!({"f": "t0"})).await;
     let fm = a.collection("fm");
-    let id = fm.insert(&json!({"f": "t0"})).await.unwrap();
-    ra.sync_now().await.unwrap();
-    rb.sync_now().await.unwrap();
     fm.put(id, &json!({"f": "a1"})).await.unwrap();
     fm.put(id, &json!({"f": "a2", "g": 1})).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -384,19 +365,10 @@ async fn a_merge_keeps_the_newer_stamp_of_its_sides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_op_does_not_take_back_a_field_its_merged_op_lost() {
     for push_batch in [1, 500] {
-        let (dir, server) = app_server(Some(POLICIES)).await;
-        let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["fm"]);
-        cfg.push_batch = push_batch;
-        let transport = Arc::new(HttpTransport::new(
-            &server.url,
-            &token("app", "a", &["read", "write"], 3600),
-        ));
-        let (a, ra) = client_with_config(&dir.path().join("a"), cfg, transport).await;
-        let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["fm"]).await;
+        let pair = lossy_pair("fm", push_batch).await;
+        let (a, ra, b, rb) = (&pair.a, &pair.ra, &pair.b, &pair.rb);
+        let id = pair.shared("fm", json!({"f": "t0"})).await;
         let fm = a.collection("fm");
-        let id = fm.insert(&json!({"f": "t0"})).await.unwrap();
-        ra.sync_now().await.unwrap();
-        rb.sync_now().await.unwrap();
         fm.put(id, &json!({"f": "a1"})).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         b.collection("fm")
@@ -477,16 +449,8 @@ async fn field_conflicts_compare_the_stamp_of_the_field() {
 /// nothing is a conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_ops_later_edit_merges_from_the_retried_write() {
-    // (`_dir` and `_server` are bound: the server and its files live until the end.)
-    let LossyPair {
-        _dir,
-        _server,
-        lossy,
-        a,
-        ra,
-        b,
-        rb,
-    } = lossy_pair("fm", 500).await;
+    let pair = lossy_pair("fm", 500).await;
+    let (lossy, a, ra, b, rb) = (&pair.lossy, &pair.a, &pair.ra, &pair.b, &pair.rb);
     let fm = a.collection("fm");
     let id = fm.insert(&json!({"x": 0})).await.unwrap();
     ra.sync_now().await.unwrap();
@@ -528,6 +492,16 @@ struct LossyPair {
     rb: Replicator,
 }
 
+impl LossyPair {
+    /// A new entity of `collection`, inserted by a and synced to b.
+    async fn shared(&self, collection: &str, doc: serde_json::Value) -> EntityId {
+        let id = self.a.collection(collection).insert(&doc).await.unwrap();
+        self.ra.sync_now().await.unwrap();
+        self.rb.sync_now().await.unwrap();
+        id
+    }
+}
+
 async fn lossy_pair(collection: &str, push_batch: usize) -> LossyPair {
     let (dir, server) = app_server(Some(POLICIES)).await;
     let lossy = Arc::new(LossyTransport {
@@ -564,16 +538,8 @@ async fn lossy_pair(collection: &str, push_batch: usize) -> LossyPair {
 /// the next op without a conflict: the client's own latest write is never one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_ops_answer_does_not_hide_a_later_conflict() {
-    // (`_dir` and `_server` are bound: the server and its files live until the end.)
-    let LossyPair {
-        _dir,
-        _server,
-        lossy,
-        a,
-        ra,
-        b,
-        rb,
-    } = lossy_pair("sw", 2).await;
+    let pair = lossy_pair("sw", 2).await;
+    let (lossy, a, ra, b, rb) = (&pair.lossy, &pair.a, &pair.ra, &pair.b, &pair.rb);
     let x = a
         .collection("sw")
         .insert(&json!({"v": "base"}))
