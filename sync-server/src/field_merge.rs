@@ -45,7 +45,8 @@ pub(crate) struct Merged {
     pub client_lost: bool,
     /// A field both sides changed went to the client's value.
     pub server_lost: bool,
-    /// The fields whose value (or absence) came from the client.
+    /// The fields whose value (or absence) came from the client, or that both sides set to
+    /// the same value, the client later: their stamp becomes the op's.
     pub taken: Vec<Value>,
 }
 
@@ -78,8 +79,15 @@ pub(crate) fn merge<'a>(
     }
     for k in keys {
         let (vb, vs, vc) = (map_get(b, k), map_get(s, k), map_get(c, k));
-        if vc == vb || vc == vs {
-            continue; // the client did not change it, or both made the same change
+        if vc == vb {
+            continue; // the client did not change it
+        }
+        if vc == vs {
+            // Both made the same change: the field's time is the later of the two.
+            if server_stamp(k) < Some(client_hlc) {
+                taken.push(k.clone());
+            }
+            continue;
         }
         if vs != vb {
             // Changed on both sides, differently.
@@ -136,10 +144,15 @@ pub(crate) fn merge_base<'a>(
     }
 }
 
+/// Stamps kept for fields no longer in the document (the time of their removal), newest
+/// first, at most this many: a field set again later is compared with its removal.
+pub(crate) const REMOVED_STAMPS: usize = 16;
+
 /// The field stamps after a write of `new` at `hlc` over `previous` (`None`: absent or
-/// unknown, every field counts as changed). A merge passes the fields it took from the
-/// client as `taken`: only those change stamp. Stamps of fields no longer in the document
-/// are dropped (bounded by the document's size).
+/// unknown, every field of `new` counts as changed). A merge passes the fields it took from
+/// the client as `taken`: only those change stamp. A field the write removed keeps a stamp
+/// (the removal's time) beside the document's fields, up to [`REMOVED_STAMPS`] of them; a
+/// delete, or a document that is not a map, has none.
 pub(crate) fn stamps_after(
     stamps: FieldStamps,
     previous: Option<&Value>,
@@ -154,21 +167,44 @@ pub(crate) fn stamps_after(
         Some(Value::Map(m)) => Some(m.as_slice()),
         _ => None,
     };
-    fields
+    let changed = |k: &Value, now: Option<&Value>| match taken {
+        Some(taken) => taken.contains(k),
+        None => before.is_some_and(|b| map_get(b, k) != now) || (before.is_none() && now.is_some()),
+    };
+    let kept = |k: &Value| stamps.iter().find(|(sk, _)| sk == k).cloned();
+    let mut out: FieldStamps = fields
         .iter()
         .filter_map(|(k, v)| {
-            let changed = match taken {
-                Some(taken) => taken.contains(k),
-                None => before.is_none_or(|b| map_get(b, k) != Some(v)),
-            };
-            if changed {
+            if changed(k, Some(v)) {
                 Some((k.clone(), hlc.clone()))
             } else {
                 // Unchanged: its stamp stays (or its absence, for a field never stamped).
-                stamps.iter().find(|(sk, _)| sk == k).cloned()
+                kept(k)
             }
         })
-        .collect()
+        .collect();
+    // Removed fields: removed now (present before, or taken from the client as absent), or
+    // earlier (a stamp kept for a field still absent).
+    let mut removed: FieldStamps = Vec::new();
+    let candidates = stamps
+        .iter()
+        .map(|(k, _)| k)
+        .chain(before.into_iter().flatten().map(|(k, _)| k))
+        .chain(taken.into_iter().flatten());
+    for k in candidates {
+        if map_get(fields, k).is_some() || removed.iter().any(|(rk, _)| rk == k) {
+            continue;
+        }
+        if changed(k, None) {
+            removed.push((k.clone(), hlc.clone()));
+        } else if let Some(s) = kept(k) {
+            removed.push(s);
+        }
+    }
+    removed.sort_by(|a, b| b.1.cmp(&a.1));
+    removed.truncate(REMOVED_STAMPS);
+    out.extend(removed);
+    out
 }
 
 #[cfg(test)]
@@ -232,10 +268,14 @@ mod tests {
         let m = merge(&base, &server, &client, &at, per_field).expect("maps");
         assert_eq!(m.doc, map(&[("a", 2), ("b", 3), ("c", 1)]));
         assert!(m.server_lost && m.client_lost);
-        // The same change on both sides is not a conflict.
+        // The same change on both sides is not a conflict; the field's time becomes the
+        // client's when it is the later.
         let m = merge(&base, &server, &server, &at, newer).expect("maps");
         assert_eq!(m.doc, server);
-        assert!(!m.client_lost && !m.server_lost);
+        assert!(!m.client_lost && !m.server_lost && m.taken.is_empty());
+        let m = merge(&base, &server, &server, &at, older).expect("maps");
+        assert_eq!(m.doc, server);
+        assert_eq!(m.taken, vec![key("a"), key("b")]);
         // A field added by the client survives.
         let server = map(&[("a", 1), ("b", 2), ("c", 1)]);
         let client = map(&[("a", 1), ("b", 1), ("c", 1), ("d", 4)]);
@@ -263,17 +303,82 @@ mod tests {
                 (key("c"), t2.clone())
             ]
         );
-        // A merge that took only c from the client: the others keep theirs; a removed
-        // field's stamp goes.
+        // A merge that took c and a's removal from the client: b keeps its stamp, and the
+        // removal of a is stamped.
         let doc3 = map(&[("b", 2), ("c", 3)]);
-        let taken = [key("c")];
+        let taken = [key("a"), key("c")];
         let s = stamps_after(s, Some(&doc2), Some(&doc3), &t3, Some(&taken));
-        assert_eq!(s, vec![(key("b"), t2.clone()), (key("c"), t3.clone())]);
+        assert_eq!(
+            s,
+            vec![
+                (key("b"), t2.clone()),
+                (key("c"), t3.clone()),
+                (key("a"), t3.clone())
+            ]
+        );
+        // A write that changes only c keeps the removal's stamp; one that sets a again
+        // stamps it as a field.
+        let t4 = hlc(4);
+        let doc4 = map(&[("b", 2), ("c", 4)]);
+        let s4 = stamps_after(s.clone(), Some(&doc3), Some(&doc4), &t4, None);
+        assert_eq!(
+            s4,
+            vec![
+                (key("b"), t2.clone()),
+                (key("c"), t4.clone()),
+                (key("a"), t3.clone())
+            ]
+        );
+        let doc5 = map(&[("a", 5), ("b", 2), ("c", 4)]);
+        let s5 = stamps_after(s4, Some(&doc4), Some(&doc5), &t4, None);
+        assert_eq!(s5[0], (key("a"), t4.clone()));
+        assert_eq!(s5.len(), 3);
+        // Removal stamps are bounded, newest kept.
+        let many = Value::Map(
+            (0..40)
+                .map(|i| (Value::Text(format!("k{i:02}")), Value::Int(0.into())))
+                .collect(),
+        );
+        let all = stamps_after(Vec::new(), None, Some(&many), &t1, None);
+        let empty = map(&[]);
+        let after = stamps_after(all, Some(&many), Some(&empty), &t2, None);
+        assert_eq!(after.len(), REMOVED_STAMPS);
+        assert!(after.iter().all(|(_, h)| *h == t2));
         // A field never stamped (a record from before stamps) and not changed stays so.
         let s = stamps_after(Vec::new(), Some(&doc3), Some(&doc3), &t3, None);
         assert!(s.is_empty(), "{s:?}");
         // A delete (or a document that is not a map) has no field stamps.
         assert!(stamps_after(s, Some(&doc3), None, &t3, None).is_empty());
+    }
+
+    /// A field removed in a merge carries the removal's time: a later op that sets it again
+    /// from an older base wins it, an earlier one would not.
+    #[test]
+    fn a_removal_is_compared_by_its_own_time() {
+        let (t1, t3, t4, t5) = (hlc(1), hlc(3), hlc(4), hlc(5));
+        let v1 = map(&[("a", 0), ("k", 0)]);
+        let stamps = stamps_after(Vec::new(), None, Some(&v1), &t1, None);
+        // B sets a at t5; A (t3, from v1) removes k and is merged.
+        let v2 = map(&[("a", 1), ("k", 0)]);
+        let stamps = stamps_after(stamps, Some(&v1), Some(&v2), &t5, None);
+        let stamp_of =
+            |s: &FieldStamps, k: &Value| s.iter().find(|(f, _)| f == k).map(|(_, h)| h.clone());
+        let m = merge(&v1, &v2, &map(&[("a", 0)]), &t3, |k| {
+            stamps.iter().find(|(f, _)| f == k).map(|(_, h)| h)
+        })
+        .expect("maps");
+        assert_eq!(m.doc, map(&[("a", 1)]));
+        let v3 = m.doc;
+        let stamps = stamps_after(stamps, None, Some(&v3), &t3, Some(&m.taken));
+        assert_eq!(stamp_of(&stamps, &key("k")), Some(t3.clone()));
+        assert_eq!(stamp_of(&stamps, &key("a")), Some(t5.clone()));
+        // C (t4, from v1) sets k: later than its removal, so it wins.
+        let m = merge(&v1, &v3, &map(&[("a", 0), ("k", 9)]), &t4, |k| {
+            stamps.iter().find(|(f, _)| f == k).map(|(_, h)| h)
+        })
+        .expect("maps");
+        assert_eq!(m.doc, map(&[("a", 1), ("k", 9)]));
+        assert!(m.server_lost && !m.client_lost);
     }
 
     #[test]

@@ -404,9 +404,10 @@ pub async fn push(
             };
             let (stamps, previous) = match meta {
                 Some(m) => {
-                    // The document the op replaces, when the history has it.
+                    // The document the op replaces, when the history has it (a merge says
+                    // itself which fields changed).
                     let previous = match field_merge::doc_at(&m.history, m.version) {
-                        Some(d) if current_version == Some(m.version) => {
+                        Some(d) if taken.is_none() && current_version == Some(m.version) => {
                             Some(d.to_value().map_err(cbor_eng)?)
                         }
                         _ => None,
