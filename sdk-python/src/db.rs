@@ -1233,6 +1233,11 @@ impl PyDatabase {
         py.detach(|| self.db.last_sequence())
     }
 
+    /// The highest sequence known durable (relaxed commits above it are not yet synced).
+    fn durable_sequence(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.db.durable_sequence())
+    }
+
     /// The committed schema version.
     fn schema_version<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let db = self.db.clone();

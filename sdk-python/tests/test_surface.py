@@ -91,10 +91,15 @@ async def test_explicit_transactions_and_finished_ones(db: entidb.Database) -> N
     with pytest.raises(entidb.Closed):
         await tx.collection("notes").get(nid)
 
-    # Relaxed commits are visible at once, like durable ones.
+    # Relaxed commits are visible at once, like durable ones, and durable only once a
+    # later sync covers them.
+    assert db.durable_sequence == db.last_sequence
     async with db.transaction(relaxed=True) as rtx:
         rid = await rtx.collection("notes").put({"text": "relaxed"})
     assert await notes.get(rid) == {"text": "relaxed"}
+    assert db.durable_sequence < db.last_sequence
+    await notes.put({"text": "durable"})
+    assert db.durable_sequence == db.last_sequence
     assert await notes.delete(rid, relaxed=True) is True
     assert await notes.get(rid) is None
 

@@ -860,6 +860,13 @@ class Database:
         """The highest committed sequence."""
         return self._native.last_sequence()
 
+    @property
+    def durable_sequence(self) -> int:
+        """The highest sequence known durable: every commit at or below it survives a power
+        loss. A relaxed commit is above it until a later disk sync (a durable commit's, a
+        checkpoint's) covers it."""
+        return self._native.durable_sequence()
+
     def new_id(self) -> uuid.UUID:
         """A new time-ordered entity id."""
         return self._native.new_id()
