@@ -33,8 +33,9 @@ pub(crate) struct Writer {
     pub version: u64,
 }
 
-/// Per field of the current document (top-level map key), the stamp of the op that last
-/// changed it. A field without one was last changed no later than the document's stamp.
+/// Per field (top-level map key) of the current document, the stamp of the op that last
+/// changed it, and for up to [`REMOVED_STAMPS`] fields no longer in it, the stamp of their
+/// removal. A field without one was last changed no later than the document's stamp.
 pub(crate) type FieldStamps = Vec<(Value, Hlc)>;
 
 /// The outcome of a three-way merge of map documents.
@@ -169,7 +170,8 @@ pub(crate) fn stamps_after(
     };
     let changed = |k: &Value, now: Option<&Value>| match taken {
         Some(taken) => taken.contains(k),
-        None => before.is_some_and(|b| map_get(b, k) != now) || (before.is_none() && now.is_some()),
+        // An unknown previous document: every field counts as changed, a removal too.
+        None => before.is_none_or(|b| map_get(b, k) != now),
     };
     let kept = |k: &Value| stamps.iter().find(|(sk, _)| sk == k).cloned();
     let mut out: FieldStamps = fields
@@ -347,6 +349,11 @@ mod tests {
         // A field never stamped (a record from before stamps) and not changed stays so.
         let s = stamps_after(Vec::new(), Some(&doc3), Some(&doc3), &t3, None);
         assert!(s.is_empty(), "{s:?}");
+        // Over an unknown previous document every field counts as changed, and a stamped
+        // field now absent as removed by this write.
+        let known = vec![(key("a"), t1.clone()), (key("b"), t1.clone())];
+        let s2 = stamps_after(known, None, Some(&map(&[("a", 1)])), &t2, None);
+        assert_eq!(s2, vec![(key("a"), t2.clone()), (key("b"), t2.clone())]);
         // A delete (or a document that is not a map) has no field stamps.
         assert!(stamps_after(s, Some(&doc3), None, &t3, None).is_empty());
     }

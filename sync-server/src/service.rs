@@ -50,7 +50,8 @@ struct ClientRecord {
 struct EntityMeta {
     hlc: Option<Hlc>,
     client: Option<String>,
-    /// Field-merge collections only: the stamp of the op that last changed each field.
+    /// Field-merge collections only: the stamp of the op that last changed each field (and
+    /// of the latest removals, see [`FieldStamps`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     fields: FieldStamps,
     /// The state is a field merge the server made of `client`'s op: that client has not
@@ -393,7 +394,7 @@ pub async fn push(
         // A merge keeps the later stamp of its two sides as the document's (the stamp a
         // field without one of its own falls back to); the fields carry their own.
         let hlc = match doc_hlc {
-            Some(h) if merged_into && *h > op.hlc => h.clone(),
+            Some(h) if taken.is_some() && *h > op.hlc => h.clone(),
             _ => op.hlc.clone(),
         };
         let (mut history, mut writers, mut fields) = (Vec::new(), Vec::new(), Vec::new());
