@@ -1400,7 +1400,7 @@ impl Replicator {
         let done = resp.next.is_none();
         if done {
             if !fresh {
-                self.sweep(&mut tx, epoch).await?;
+                self.sweep(&mut tx, epoch, start_cursor).await?;
             }
             state.bootstrap = None;
             state.bootstrapped = true;
@@ -1438,8 +1438,14 @@ impl Replicator {
     }
 
     /// Deletes local entities of synced collections that the finished bootstrap did not
-    /// return, unless they have pending ops (those are the client's own unsent writes).
-    async fn sweep(&self, tx: &mut WriteTxn, epoch: u64) -> SyncResult<()> {
+    /// return, unless they have pending ops (those are the client's own unsent writes) or a
+    /// server version above the bootstrap's start cursor: a push answered while the
+    /// bootstrap ran, after it had read past the entity's collection. The pull that follows
+    /// the bootstrap starts at that cursor and brings such an entity's later changes (its
+    /// deletion too); deleting it here would show the app its own acknowledged write gone
+    /// until then, and a write made meanwhile would be based on nothing (the simulation's
+    /// overwrite check found this, seed 471).
+    async fn sweep(&self, tx: &mut WriteTxn, epoch: u64, start_cursor: u64) -> SyncResult<()> {
         for coll in self.shared.config.collections.clone() {
             let mut after = None;
             loop {
@@ -1449,7 +1455,8 @@ impl Replicator {
                 for doc in &page.items {
                     let at = self.shared.meta.locate(&coll, &doc.id());
                     let meta = Meta::load(tx, &at).await?;
-                    if meta.epoch != epoch && meta.pending == 0 {
+                    let newer = meta.version.is_some_and(|v| v > start_cursor);
+                    if meta.epoch != epoch && meta.pending == 0 && !newer {
                         tx.collection(&coll).delete(doc.id()).await?;
                         tx.collection(&at.0).delete(at.1).await?;
                     }

@@ -8,8 +8,9 @@
 //! - no acknowledged write is lost: each client's last acknowledged put of each entity was
 //!   applied on the server or is in its conflict log as a loser;
 //! - every client's pull cursor only moved forward, across crashes too;
-//! - under server-wins, no put on the server overwrote one its client had not seen (seeds
-//!   with a long oplog, whose whole history can be read back).
+//! - nothing was overwritten silently: in the collections that never merge, a put the
+//!   server applied over another either was made on it (its client had seen it) or logged
+//!   it as a conflict's loser, and under server-wins always the first.
 //!
 //! One client per seed keeps only 2 transactions of its change feed by retention, so its
 //! local writes reach the outbox only because the replicator's feed hold keeps them.
@@ -49,6 +50,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 const COLLECTIONS: [&str; 4] = ["sw", "cw", "lww", "fm"];
+/// The collections whose policy never merges: every applied put is one client's document,
+/// so its write ancestry is known (see `check_overwrites`).
+const UNMERGED: [&str; 3] = ["sw", "cw", "lww"];
 const CLIENTS: usize = 3;
 const STEPS: usize = 250;
 
@@ -58,6 +62,9 @@ fn options() -> Options {
         .compaction_trigger(3)
         .wal_preallocate(0)
 }
+
+/// An op of a collection that never merges: ((collection, entity), its write tag or `None`).
+type Tracked = ((String, EntityId), Option<String>);
 
 /// One op the server applied: ((its version, its place in the push), the put's write tag or
 /// `None` for a delete).
@@ -78,15 +85,16 @@ struct Decisions {
     sent: HashMap<(String, u64), String>,
     /// Op ids sent again for a different write.
     reused: Vec<String>,
-    /// Per `sw` entity, the ops the server applied, as its answers said: ((version, place in
-    /// the push), the put's write tag or `None` for a delete).
-    sw_applied: HashMap<EntityId, Vec<AppliedOp>>,
+    /// Per entity of the collections whose policy never merges (`sw`, `cw`, `lww`), the ops
+    /// the server applied, as its answers said: ((version, place in the push), the put's
+    /// write tag or `None` for a delete).
+    applied_history: HashMap<(String, EntityId), Vec<AppliedOp>>,
     /// Ops whose answer the simulation saw: (client, op id).
     answered: HashSet<(String, u64)>,
-    /// `sw` entities with an op answered `duplicate` whose first answer the simulation never
-    /// saw (the server crashed after the push's commit was durable): their applied history
+    /// Entities with an op answered `duplicate` whose first answer the simulation never saw
+    /// (the server crashed after the push's commit was durable): their applied history
     /// above may have a gap.
-    sw_unseen: HashSet<EntityId>,
+    unseen: HashSet<(String, EntityId)>,
 }
 
 #[derive(Debug)]
@@ -239,23 +247,28 @@ impl SimTransport {
                         }
                     }
                 }
-                let sw: Vec<Option<(EntityId, Option<String>)>> = req
+                let kept: Vec<Option<Tracked>> = req
                     .ops
                     .iter()
-                    .map(|o| (o.collection == "sw").then(|| (o.id, tags.get(&o.op_id).cloned())))
+                    .map(|o| {
+                        UNMERGED
+                            .contains(&o.collection.as_str())
+                            .then(|| ((o.collection.clone(), o.id), tags.get(&o.op_id).cloned()))
+                    })
                     .collect();
                 let r = service::push(&net.config, &hosted, &self.claims, req).await;
                 if let Ok(PushResponse { results, .. }) = &r {
                     let mut d = net.decisions.lock().unwrap();
-                    for (place, (res, sw)) in results.iter().zip(&sw).enumerate() {
+                    for (place, (res, kept)) in results.iter().zip(&kept).enumerate() {
                         let op = (self.claims.sub.clone(), res.op_id);
-                        match (res.status, sw) {
-                            (OpStatus::Duplicate, Some((id, _))) if !d.answered.contains(&op) => {
-                                d.sw_unseen.insert(*id);
+                        match (res.status, kept) {
+                            (OpStatus::Duplicate, Some((key, _))) if !d.answered.contains(&op) => {
+                                d.unseen.insert(key.clone());
                             }
-                            (OpStatus::Applied, Some((id, t))) => {
+                            (OpStatus::Applied, Some((key, t))) => {
                                 let at = (res.state.version.unwrap_or(0), place);
-                                d.sw_applied.entry(*id).or_default().push((at, t.clone()));
+                                let h = d.applied_history.entry(key.clone()).or_default();
+                                h.push((at, t.clone()));
                             }
                             _ => {}
                         }
@@ -572,9 +585,9 @@ struct Activity {
     /// Restarts after which a relaxed client's cursor had gone back (pages lost in the
     /// crash, pulled again).
     cursor_went_back: u64,
-    /// Pairs of consecutive `sw` puts by different clients whose ancestry was checked (a
-    /// pair by one client passes by its own chain).
-    sw_pairs_checked: u64,
+    /// Pairs of consecutive puts by different clients (in `sw`, `cw`, `lww`) whose ancestry
+    /// was checked (a pair by one client passes by its own chain).
+    overwrites_checked: u64,
 }
 
 async fn run(seed: u64) -> Result<Activity, String> {
@@ -850,8 +863,9 @@ async fn run(seed: u64) -> Result<Activity, String> {
             ));
         }
     }
+    let losers = conflict_losers(&server, &clients[0].transport.claims).await?;
     let d = net.decisions.lock().unwrap();
-    act.sw_pairs_checked = check_server_wins_history(&d, &parents)?;
+    act.overwrites_checked = check_overwrites(&d, &parents, &losers)?;
     if let Some(r) = d.reused.first() {
         return Err(format!("an op id was sent for two writes: {r}"));
     }
@@ -879,19 +893,22 @@ async fn run(seed: u64) -> Result<Activity, String> {
     Ok(act)
 }
 
-/// Under server-wins nothing is overwritten by a client that did not see it: of two puts
-/// applied one after the other to an `sw` entity (as the server answered them), the second
-/// descends from the first, through the local values that each write replaced (a pulled
-/// value continues the chain of the client that wrote it). A put after a delete is not
-/// checked (a delete has no tag), nor is an entity one of whose ops the server processed
-/// in a push whose answer the simulation never saw.
-fn check_server_wins_history(
+/// Nothing is overwritten silently: of two puts applied one after the other to an entity of
+/// a collection that never merges (as the server answered them), the second descends from
+/// the first, through the local values that each write replaced (a pulled value continues
+/// the chain of the client that wrote it), or the first is in the conflict log as the
+/// loser of that entity (client-wins and last-writer-wins overwrite what they log; under
+/// server-wins the server's side never loses, so the second must descend). A put after a
+/// delete is not checked (a delete has no tag), nor is an entity one of whose ops the server
+/// processed in a push whose answer the simulation never saw.
+fn check_overwrites(
     d: &Decisions,
     parents: &HashMap<String, Option<String>>,
+    losers: &HashSet<(String, EntityId, String)>,
 ) -> Result<u64, String> {
     let mut checked = 0;
-    for (id, applied) in &d.sw_applied {
-        if d.sw_unseen.contains(id) {
+    for ((coll, id), applied) in &d.applied_history {
+        if d.unseen.contains(&(coll.clone(), *id)) {
             continue;
         }
         let mut puts = applied.clone();
@@ -908,9 +925,11 @@ fn check_server_wins_history(
                 }
                 chain.push(p.clone());
             }
-            if parents.get(&chain[chain.len() - 1]) != Some(&Some(before.clone())) {
+            let descends = parents.get(&chain[chain.len() - 1]) == Some(&Some(before.clone()));
+            let logged = losers.contains(&(coll.clone(), *id, before.clone()));
+            if !descends && !logged {
                 return Err(format!(
-                    "sw/{id}: {after} overwrote {before} on the server without descending from it (applied in order: {puts:?}; {after} descends from {chain:?})"
+                    "{coll}/{id}: {after} overwrote {before} on the server without descending from it or logging it (applied in order: {puts:?}; {after} descends from {chain:?})"
                 ));
             }
             let writer = |t: &str| t.split('-').next().map(str::to_owned);
@@ -918,6 +937,29 @@ fn check_server_wins_history(
         }
     }
     Ok(checked)
+}
+
+/// The conflict log's losers: (collection, entity, the losing document's write tag).
+async fn conflict_losers(
+    server: &Hosted,
+    claims: &Claims,
+) -> Result<HashSet<(String, EntityId, String)>, String> {
+    let mut out = HashSet::new();
+    let mut after = None;
+    loop {
+        let page = service::conflicts(server, claims, after, 1000)
+            .await
+            .map_err(|e| format!("reading the conflict log: {e:?}"))?;
+        for c in &page.conflicts {
+            if let Some(t) = c.loser.as_ref().and_then(|d| tag(&d.to_value().unwrap())) {
+                out.insert((c.collection.clone(), c.id, t));
+            }
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
 }
 
 fn run_seed(seed: u64) -> Activity {
@@ -935,6 +977,16 @@ fn run_seed(seed: u64) -> Activity {
             "sync simulation failed for seed {seed}: {e}\nreplay: SYNC_SIM_SEED={seed} cargo test -p entidb-server --test sync_simulation -- --nocapture"
         ),
     }
+}
+
+/// Regression (found by the overwrite check): a bootstrap resumed after a push of this
+/// client was answered swept the pushed entity away locally (its collection had been
+/// paged before the push), and the app's next write to it was based on nothing and
+/// replaced the acknowledged one without a conflict. The default run (seeds 0..200) does
+/// not reach seed 471, so it is pinned here.
+#[test]
+fn regression_a_bootstrap_sweep_keeps_entities_pushed_while_it_ran() {
+    run_seed(471);
 }
 
 #[test]
@@ -965,7 +1017,7 @@ fn sync_simulation() {
         total.live_woken_by_write += a.live_woken_by_write;
         total.writes_during_live += a.writes_during_live;
         total.cursor_went_back += a.cursor_went_back;
-        total.sw_pairs_checked += a.sw_pairs_checked;
+        total.overwrites_checked += a.overwrites_checked;
     }
     println!("{n} seeds: {total:?}");
     // The faults must actually have happened, and sync must have done real work.
@@ -977,8 +1029,8 @@ fn sync_simulation() {
         );
         // Relaxed clients lost pulled pages in crashes and pulled them again.
         assert!(total.cursor_went_back > 0, "{total:?}");
-        // Server-wins histories had puts after other clients' puts to check.
-        assert!(total.sw_pairs_checked > n, "{total:?}");
+        // Histories had puts after other clients' puts to check.
+        assert!(total.overwrites_checked > n, "{total:?}");
         // Some clients fell behind the oplog and bootstrapped again.
         assert!(total.behind > 0 && total.bootstraps > 0, "{total:?}");
         assert!(
