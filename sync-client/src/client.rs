@@ -695,9 +695,7 @@ impl Replicator {
         if n == 0 && !lagging {
             tx.abort();
         } else {
-            let durability = self.commit_durability(&tx, n);
-            tx.set_durability(durability);
-            commit_state(tx, &mut state).await?;
+            self.commit_with(tx, &mut state, n).await?;
         }
         Ok((n, state))
     }
@@ -734,6 +732,20 @@ impl Replicator {
         } else {
             Durability::Durable
         }
+    }
+
+    /// Stores `state` and commits `tx`, a replicator transaction that captured `captured`
+    /// ops, with the durability [`Replicator::commit_durability`] gives it (decided before
+    /// `commit_state` moves the feed hold: a hold set again is what makes it durable).
+    async fn commit_with(
+        &self,
+        mut tx: WriteTxn,
+        state: &mut State,
+        captured: u64,
+    ) -> SyncResult<()> {
+        let durability = self.commit_durability(&tx, captured);
+        tx.set_durability(durability);
+        commit_state(tx, state).await
     }
 
     async fn begin(&self) -> SyncResult<WriteTxn> {
@@ -1085,9 +1097,7 @@ impl Replicator {
         }
         // The answer's versions are at most its cursor.
         state.raise_versions_upto(resp.cursor);
-        let durability = self.commit_durability(&tx, captured);
-        tx.set_durability(durability);
-        commit_state(tx, &mut state).await?;
+        self.commit_with(tx, &mut state, captured).await?;
         Ok((acked, rejected))
     }
 
@@ -1274,9 +1284,7 @@ impl Replicator {
             // An empty page changes nothing: no commit, no sync.
             tx.abort();
         } else {
-            let durability = self.commit_durability(&tx, captured);
-            tx.set_durability(durability);
-            commit_state(tx, &mut state).await?;
+            self.commit_with(tx, &mut state, captured).await?;
         }
         self.set_status(|s| s.cursor = state.cursor);
         Ok(applied)
@@ -1414,9 +1422,7 @@ impl Replicator {
                 collections: self.shared.config.collections.clone(),
             });
         }
-        let durability = self.commit_durability(&tx, captured);
-        tx.set_durability(durability);
-        commit_state(tx, &mut state).await?;
+        self.commit_with(tx, &mut state, captured).await?;
         if done {
             self.set_status(|s| {
                 s.cursor = start_cursor;

@@ -360,12 +360,14 @@ pub async fn push(
             continue;
         }
         // `merged_into`: the merge changed the client's document, which it must adopt.
-        let (merged_doc, taken) = match merged {
+        // (The merge's value is kept: the field stamps below read its fields.)
+        let (merged_doc, taken, merged_value) = match merged {
             Some(m) => (
                 Some(Canonical::from_value(&m.doc).map_err(cbor_eng)?),
                 Some(m.taken),
+                Some(m.doc),
             ),
-            None => (None, None),
+            None => (None, None, None),
         };
         let (doc, pushed, merged_into) = match merged_doc {
             Some(m) if Some(&m) != op.doc.as_ref() => (Some(m), op.doc, true),
@@ -399,9 +401,10 @@ pub async fn push(
         };
         let (mut history, mut writers, mut fields) = (Vec::new(), Vec::new(), Vec::new());
         if policy == ConflictPolicy::FieldMerge {
-            let new = match &doc {
-                Some(d) => Some(d.to_value().map_err(cbor_eng)?),
-                None => None,
+            let new = match (merged_value, &doc) {
+                (Some(v), _) => Some(v),
+                (None, Some(d)) => Some(d.to_value().map_err(cbor_eng)?),
+                (None, None) => None,
             };
             let (stamps, previous) = match meta {
                 Some(m) => {

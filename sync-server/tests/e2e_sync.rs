@@ -540,13 +540,7 @@ async fn lossy_pair(collection: &str, push_batch: usize) -> LossyPair {
 async fn a_retried_ops_answer_does_not_hide_a_later_conflict() {
     let pair = lossy_pair("sw", 2).await;
     let (lossy, a, ra, b, rb) = (&pair.lossy, &pair.a, &pair.ra, &pair.b, &pair.rb);
-    let x = a
-        .collection("sw")
-        .insert(&json!({"v": "base"}))
-        .await
-        .unwrap();
-    ra.sync_now().await.unwrap();
-    rb.sync_now().await.unwrap();
+    let x = pair.shared("sw", json!({"v": "base"})).await;
     // Two edits of each of two entities; the first batch (the first edit of each) is
     // applied, and its answer is lost.
     let z = EntityId::from_bytes([7; 16]);
