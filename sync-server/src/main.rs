@@ -152,7 +152,8 @@ struct ServeArgs {
     /// Listen address, host:port (port 0: any free port).
     #[arg(long, env = "ENTIDB_LISTEN")]
     listen: Option<String>,
-    /// Signing keys, ID=SECRET[,ID=SECRET...] (secrets of at least 32 bytes).
+    /// Signing keys, ID=SECRET[,ID=SECRET...] (secrets of at least 32 bytes); empty counts
+    /// as not given.
     #[arg(long, env = "ENTIDB_KEYS", hide_env_values = true)]
     keys: Option<String>,
     /// Oplog retention per database, in transactions.
@@ -198,13 +199,21 @@ struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl_secs: u64,
-    /// Signing key ID=SECRET (the first one is used); without it, the development key of
-    /// --data-dir.
+    /// Signing key ID=SECRET (the first one is used); without it (or empty), the development
+    /// key of --data-dir.
     #[arg(long, env = "ENTIDB_KEYS", hide_env_values = true)]
     keys: Option<String>,
     /// Data directory holding the development key.
     #[arg(long, env = "ENTIDB_DATA_DIR", default_value = "./entidb-data")]
     data_dir: PathBuf,
+}
+
+/// `--keys` / `ENTIDB_KEYS` when it holds something: an empty value (what
+/// `docker/compose.yaml` passes when no keys are set) counts as not given, so it neither
+/// replaces the keys of a configuration file nor stops `entidb token` from using the
+/// development key that `entidb serve` uses then.
+fn given(keys: &Option<String>) -> Option<&str> {
+    keys.as_deref().filter(|k| !k.trim().is_empty())
 }
 
 fn serve_config(a: &ServeArgs) -> Result<Config, entidb_server::config::ConfigError> {
@@ -218,7 +227,7 @@ fn serve_config(a: &ServeArgs) -> Result<Config, entidb_server::config::ConfigEr
     if let Some(v) = &a.listen {
         c.listen = v.clone();
     }
-    if let Some(v) = &a.keys {
+    if let Some(v) = given(&a.keys) {
         c.keys = Config::parse_keys(v)?;
     }
     if let Some(v) = a.retention {
@@ -378,7 +387,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Token(args) => {
-            let key = match &args.keys {
+            let key = match given(&args.keys) {
                 Some(k) => Config::parse_keys(k)
                     .map_err(entidb_server::ServeError::from)
                     .and_then(|keys| {
