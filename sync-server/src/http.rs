@@ -99,12 +99,15 @@ pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     // Requests that finish promptly share `max_in_flight` slots. Pulls (which may wait) and
     // event streams do not take a slot, so that waiting clients never starve pushes; they are
-    // bounded by `max_live` instead.
-    let prompt = Router::new()
+    // bounded by `max_live` instead. Health, readiness and metrics take no slot either: an
+    // orchestrator's probe that queued behind a full server would time out, take the only
+    // replica out of service, or restart it in the middle of its load.
+    let operations = Router::new()
         .route("/healthz", get(healthz))
-        .route("/openapi.json", get(openapi_json))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
+        .route("/metrics", get(render_metrics));
+    let prompt = Router::new()
+        .route("/openapi.json", get(openapi_json))
         .route("/v2/admin/databases", get(list_dbs).post(create_db))
         .route("/v2/admin/databases/{name}", delete(delete_db))
         .route("/v2/db/{db}/push", post(push))
@@ -118,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/db/{db}/events", get(events));
     let mut app = prompt
         .merge(live)
+        .merge(operations)
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::metrics::track,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use entidb_server::config::Config;
+use entidb_server::config::{Config, KeyConfig};
 
 /// EntiDB: the sync server and operator tools.
 #[derive(Debug, Parser)]
@@ -199,13 +199,40 @@ struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl_secs: u64,
-    /// Signing key ID=SECRET (the first one is used); without it (or empty), the development
-    /// key of --data-dir.
+    /// Signing key ID=SECRET (the first one is used); without it (or empty), the first key of
+    /// --config, else the development key of the data directory.
     #[arg(long, env = "ENTIDB_KEYS", hide_env_values = true)]
     keys: Option<String>,
-    /// Data directory holding the development key.
-    #[arg(long, env = "ENTIDB_DATA_DIR", default_value = "./entidb-data")]
-    data_dir: PathBuf,
+    /// The server's TOML configuration file: its keys and data directory, as `entidb serve`
+    /// reads them (flags and environment override it).
+    #[arg(long, env = "ENTIDB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory holding the development key (default: the configuration file's, else
+    /// ./entidb-data).
+    #[arg(long, env = "ENTIDB_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// The key `entidb token` signs with: the one `entidb serve` would verify with, given the
+/// same flags, environment and configuration file.
+fn token_key(args: &TokenArgs) -> Result<KeyConfig, entidb_server::ServeError> {
+    let config = match &args.config {
+        Some(path) => Some(Config::from_file(path)?),
+        None => None,
+    };
+    let keys = match given(&args.keys) {
+        Some(k) => Config::parse_keys(k)?,
+        None => config.as_ref().map(|c| c.keys.clone()).unwrap_or_default(),
+    };
+    if let Some(first) = keys.into_iter().next() {
+        return Ok(first);
+    }
+    let data_dir = match (&args.data_dir, &config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => c.data_dir.clone(),
+        (None, None) => Config::default().data_dir,
+    };
+    entidb_server::dev_key(&data_dir)
 }
 
 /// `--keys` / `ENTIDB_KEYS` when it holds something: an empty value (what
@@ -387,20 +414,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Token(args) => {
-            let key = match given(&args.keys) {
-                Some(k) => Config::parse_keys(k)
-                    .map_err(entidb_server::ServeError::from)
-                    .and_then(|keys| {
-                        keys.into_iter().next().ok_or_else(|| {
-                            entidb_server::ServeError::Config(
-                                entidb_server::config::ConfigError::Invalid(
-                                    "--keys is empty".into(),
-                                ),
-                            )
-                        })
-                    }),
-                None => entidb_server::dev_key(&args.data_dir),
-            };
+            let key = token_key(&args);
             let token = key.and_then(|k| {
                 entidb_server::mint_token(&k, &args.db, &args.client, &args.scope, args.ttl_secs)
             });

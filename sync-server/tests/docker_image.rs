@@ -91,6 +91,39 @@ fn final_stage(text: &str) -> Image {
     image
 }
 
+/// A server process, killed if the test fails before it stops it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stdout lines of `child` up to and including the first that `last` accepts, read on a
+/// thread (which then keeps draining the pipe), or a panic after 60 s.
+fn lines_until(child: &mut std::process::Child, last: fn(&str) -> bool) -> Vec<String> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut out = BufReader::new(out).lines();
+        for line in out.by_ref() {
+            let line = line.unwrap();
+            let done = last(&line);
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        let _ = tx.send(lines);
+        for _ in out {}
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the server printed its lines within 60 s")
+}
+
 fn repo_file(path: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -178,18 +211,8 @@ async fn the_image_command_serves_prints_a_working_token_and_stops_cleanly() {
         .args(&image.cmd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = Vec::new();
-    for line in out.by_ref() {
-        let line = line.unwrap();
-        let done = line.contains("pull?since=0");
-        printed.push(line);
-        if done {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in out {});
+    let mut child = Running(cmd.spawn().unwrap());
+    let printed = lines_until(&mut child.0, |l| l.contains("pull?since=0"));
     let printed = printed.join("\n");
     assert!(
         printed.contains("listening on http://0.0.0.0:"),
@@ -214,7 +237,7 @@ async fn the_image_command_serves_prints_a_working_token_and_stops_cleanly() {
     );
 
     // Logs go to stderr, read after the process exits.
-    let err = child.stderr.take().unwrap();
+    let err = child.0.stderr.take().unwrap();
     let logs = std::thread::spawn(move || {
         BufReader::new(err)
             .lines()
@@ -257,7 +280,7 @@ async fn the_image_command_serves_prints_a_working_token_and_stops_cleanly() {
     );
 
     // `docker stop`: SIGTERM, a clean exit.
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -265,7 +288,7 @@ async fn the_image_command_serves_prints_a_working_token_and_stops_cleanly() {
             .unwrap()
             .success()
     );
-    assert!(child.wait().unwrap().success(), "exits 0 on SIGTERM");
+    assert!(child.0.wait().unwrap().success(), "exits 0 on SIGTERM");
     // Logs are JSON lines (ENTIDB_LOG_FORMAT=json), among them the shutdown's.
     let logs = logs.join().unwrap();
     let mut messages = Vec::new();
@@ -299,36 +322,60 @@ async fn an_empty_keys_variable_keeps_the_configured_keys() {
         format!("[[keys]]\nid = \"k1\"\nsecret = \"{secret}\"\n"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_entidb"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("ENTIDB_KEYS", "")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = out.next().unwrap().unwrap();
-    let url = first
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_entidb"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("ENTIDB_KEYS", "")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let printed = lines_until(&mut child.0, |l| l.starts_with("data directory:"));
+    let url = printed[0]
         .strip_prefix("entidb serve: listening on ")
         .unwrap()
         .to_owned();
-    let printed: Vec<String> = out.by_ref().take(1).map(Result::unwrap).collect();
-    std::thread::spawn(move || for _ in out {});
     let key = entidb_server::config::KeyConfig {
         id: "k1".into(),
         secret: secret.into(),
     };
     let admin = entidb_server::mint_token(&key, "*", "ops", &["admin".into()], 60).unwrap();
-    let resp = reqwest::Client::new()
-        .get(format!("{url}/v2/admin/databases"))
-        .bearer_auth(admin)
-        .send()
-        .await
+    let http = reqwest::Client::new();
+    let list = |token: String| {
+        http.get(format!("{url}/v2/admin/databases"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(
+        list(admin).await.unwrap().status(),
+        200,
+        "the configured key signs: {printed:?}"
+    );
+    // `entidb token` in the same environment reads the keys of the same file (as `docker
+    // exec` in a container started with ENTIDB_CONFIG would), not a development key.
+    let minted = Command::new(env!("CARGO_BIN_EXE_entidb"))
+        .args(["token", "--client", "ops", "--db", "*", "--scope", "admin"])
+        .env("ENTIDB_KEYS", "")
+        .env("ENTIDB_CONFIG", &config)
+        .env("ENTIDB_DATA_DIR", dir.path().join("data"))
+        .output()
         .unwrap();
-    assert_eq!(resp.status(), 200, "the configured key signs: {printed:?}");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(minted.status.success(), "{minted:?}");
+    let minted = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    assert_eq!(
+        list(minted).await.unwrap().status(),
+        200,
+        "the minted token works"
+    );
+    assert!(
+        !dir.path()
+            .join("data")
+            .join(entidb_server::DEV_KEY_FILE)
+            .exists(),
+        "no development key was made"
+    );
 }

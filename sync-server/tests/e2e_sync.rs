@@ -1303,6 +1303,56 @@ async fn waiting_clients_never_take_the_slots_of_pushes() {
     }
 }
 
+/// Health, readiness and metrics answer while every prompt slot is taken: a push whose body
+/// is still arriving holds the only slot (`--max-in-flight 1`), and a request that needs a
+/// slot waits, but the probes an orchestrator sends do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_while_every_slot_is_taken() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &["--max-in-flight", "1"]);
+    server.create_db("app").await;
+    let writer = token("app", "w", &["read", "write"], 60);
+    let mut slow = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!(
+        "POST /v2/db/app/push HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {writer}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"client_id\"",
+        server.addr()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = reqwest::Client::new();
+    // A request that needs a slot waits for it...
+    let queued = tokio::time::timeout(
+        Duration::from_millis(500),
+        http.get(format!("{}/openapi.json", server.url)).send(),
+    )
+    .await;
+    assert!(queued.is_err(), "the slow push holds the only slot");
+    // ...the probes and the metrics do not.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            http.get(format!("{}{path}", server.url)).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path} waited for a slot"))
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    drop(slow);
+    // With the slot back, the queued kind of request is served again.
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        http.get(format!("{}/openapi.json", server.url)).send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 /// The push pipeline reads batch `k+1` from the outbox while batch `k` is in flight, so its
 /// base versions are read before `k` is acknowledged. Ten edits of one entity, one op per
 /// batch, under the default policy (server wins): each op must carry the version the server

@@ -1,9 +1,11 @@
-{{/* The release's resource name, at most 63 characters. */}}
+{{/* The release's resource name, at most 52 characters: the StatefulSet's pods carry a
+controller-revision-hash label of its name plus 11 characters, and the headless Service adds
+"-headless". */}}
 {{- define "entidb.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 52 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
