@@ -93,6 +93,9 @@ async fn openapi_json() -> Response {
     }
 }
 
+/// Scrapes of `/metrics` served at once (more wait): a scraper sends one at a time.
+const METRICS_IN_FLIGHT: usize = 4;
+
 /// The router with every route and layer.
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
@@ -101,11 +104,15 @@ pub fn router(state: AppState) -> Router {
     // event streams do not take a slot, so that waiting clients never starve pushes; they are
     // bounded by `max_live` instead. Health, readiness and metrics take no slot either: an
     // orchestrator's probe that queued behind a full server would time out, take the only
-    // replica out of service, or restart it in the middle of its load.
+    // replica out of service, or restart it in the middle of its load. Metrics (which need
+    // no token and cost more than a probe) have a few slots of their own.
     let operations = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route_layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            METRICS_IN_FLIGHT,
+        ))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics));
+        .route("/readyz", get(readyz));
     let prompt = Router::new()
         .route("/openapi.json", get(openapi_json))
         .route("/v2/admin/databases", get(list_dbs).post(create_db))

@@ -1321,15 +1321,25 @@ async fn probes_answer_while_every_slot_is_taken() {
     );
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let http = reqwest::Client::new();
-    // A request that needs a slot waits for it...
-    let queued = tokio::time::timeout(
-        Duration::from_millis(500),
-        http.get(format!("{}/openapi.json", server.url)).send(),
-    )
-    .await;
-    assert!(queued.is_err(), "the slow push holds the only slot");
+    // A request that needs a slot waits for it, once the server has read the push's head
+    // (until then a request may still get the slot and be answered).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let queued = tokio::time::timeout(
+            Duration::from_millis(500),
+            http.get(format!("{}/openapi.json", server.url)).send(),
+        )
+        .await;
+        if queued.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow push never held the only slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // ...the probes and the metrics do not.
     for path in ["/healthz", "/readyz", "/metrics"] {
         let resp = tokio::time::timeout(
