@@ -38,7 +38,7 @@ if cargo tree -p entidb-sync --target wasm32-unknown-unknown -e normal | grep -q
   exit 1
 fi
 
-step "fuzz target compiles (running it needs nightly; see fuzz/README.md)"
+step "fuzz targets compile (scripts/fuzz.sh runs them; see fuzz/README.md)"
 cargo check --manifest-path fuzz/Cargo.toml
 
 step "rust tests"
