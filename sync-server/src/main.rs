@@ -2,6 +2,11 @@
 //! the operator commands inspect, verify, compact, back up, restore, dump and load databases
 //! (exit codes in `entidb_server::tools`).
 
+/// The server's allocator (feature `mimalloc`, default; see `Cargo.toml`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
