@@ -187,15 +187,13 @@ pub async fn serve(
     println!("entidb serve: listening on http://{addr}");
     // The examples name an address a client can connect to: bound to all interfaces (as in
     // the container image), the loopback one.
-    let shown = if addr.ip().is_unspecified() {
-        let loopback = match addr {
-            std::net::SocketAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            std::net::SocketAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        };
-        std::net::SocketAddr::new(loopback, addr.port())
-    } else {
-        addr
-    };
+    let mut shown = addr;
+    if addr.ip().is_unspecified() {
+        shown.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
     println!("data directory: {}", config.data_dir.display());
     if dev {
         let token = mint_token(

@@ -218,49 +218,43 @@ struct TokenArgs {
     data_dir: Option<PathBuf>,
 }
 
-/// The key `entidb token` signs with: the one `entidb serve` would verify with, given the
-/// same flags, environment and configuration file.
+/// The key `entidb token` signs with: the first one `entidb serve` would verify with, given
+/// the same flags, environment and configuration file (its development key when there are
+/// none).
 fn token_key(args: &TokenArgs) -> Result<KeyConfig, entidb_server::ServeError> {
-    let config = match &args.config {
-        Some(path) => Some(Config::from_file(path)?),
-        None => None,
-    };
-    let keys = match given(&args.keys) {
-        Some(k) => Config::parse_keys(k)?,
-        None => config.as_ref().map(|c| c.keys.clone()).unwrap_or_default(),
-    };
-    if let Some(first) = keys.into_iter().next() {
-        return Ok(first);
+    let c = shared_config(args.config.as_ref(), args.data_dir.as_ref(), &args.keys)?;
+    match c.keys.into_iter().next() {
+        Some(first) => Ok(first),
+        None => entidb_server::dev_key(&c.data_dir),
     }
-    let data_dir = match (&args.data_dir, &config) {
-        (Some(d), _) => d.clone(),
-        (None, Some(c)) => c.data_dir.clone(),
-        (None, None) => Config::default().data_dir,
-    };
-    entidb_server::dev_key(&data_dir)
 }
 
-/// `--keys` / `ENTIDB_KEYS` when it holds something: an empty value (what
-/// `docker/compose.yaml` passes when no keys are set) counts as not given, so it neither
-/// replaces the keys of a configuration file nor stops `entidb token` from using the
-/// development key that `entidb serve` uses then.
-fn given(keys: &Option<String>) -> Option<&str> {
-    keys.as_deref().filter(|k| !k.trim().is_empty())
-}
-
-fn serve_config(a: &ServeArgs) -> Result<Config, entidb_server::config::ConfigError> {
-    let mut c = match &a.config {
+/// The settings `serve` and `token` share, in their precedence (flags and environment over
+/// the file over the defaults): the configuration file, the data directory and the keys.
+/// An empty `--keys` / `ENTIDB_KEYS` (what `docker/compose.yaml` passes when no keys are
+/// set) counts as not given, so it does not replace the keys of the file.
+fn shared_config(
+    file: Option<&PathBuf>,
+    data_dir: Option<&PathBuf>,
+    keys: &Option<String>,
+) -> Result<Config, entidb_server::config::ConfigError> {
+    let mut c = match file {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    if let Some(v) = &a.data_dir {
+    if let Some(v) = data_dir {
         c.data_dir = v.clone();
     }
+    if let Some(v) = keys.as_deref().filter(|k| !k.trim().is_empty()) {
+        c.keys = Config::parse_keys(v)?;
+    }
+    Ok(c)
+}
+
+fn serve_config(a: &ServeArgs) -> Result<Config, entidb_server::config::ConfigError> {
+    let mut c = shared_config(a.config.as_ref(), a.data_dir.as_ref(), &a.keys)?;
     if let Some(v) = &a.listen {
         c.listen = v.clone();
-    }
-    if let Some(v) = given(&a.keys) {
-        c.keys = Config::parse_keys(v)?;
     }
     if let Some(v) = a.retention {
         c.retention = v;
