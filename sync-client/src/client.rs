@@ -892,7 +892,8 @@ impl Replicator {
     /// Pushes the outbox in batches until it is empty. Returns (acknowledged, rejected).
     pub async fn push(&self) -> SyncResult<(u64, Vec<(String, EntityId)>)> {
         let _run = self.shared.run.lock().await;
-        self.push_locked().await
+        let outcome = self.push_locked(false).await?;
+        Ok((outcome.acked, outcome.rejected))
     }
 
     /// Pushes the outbox as a pipeline, so that the client's work and the server's overlap:
@@ -910,26 +911,33 @@ impl Replicator {
     ///   [`Replicator::ack_push`]);
     /// * an op leaves the outbox only in the transaction that records its answer, so a crash
     ///   anywhere resends it and the server answers `duplicate`.
-    async fn push_locked(&self) -> SyncResult<(u64, Vec<(String, EntityId)>)> {
-        let mut acked = 0;
-        let mut rejected = Vec::new();
+    ///
+    /// With `pull`, the batch that looks like the last (not a full one) also asks for the
+    /// page of changes after the client's cursor (`push?since=C`, `docs/sync-protocol.md`
+    /// §5.1), and its acknowledgement applies that page in the same transaction: a round of
+    /// sync is then one exchange and one local transaction instead of two of each.
+    async fn push_locked(&self, pull: bool) -> SyncResult<PushOutcome> {
+        let mut outcome = PushOutcome::default();
         // Capture first so that the batches include every write made so far.
         let (_, state) = self.capture_locked().await?;
         let path = self.endpoint("push");
+        // The page is asked for once, and only from a client that is not (re)bootstrapping:
+        // a bootstrap comes before pulls.
+        let mut page_since =
+            (pull && state.bootstrapped && state.bootstrap.is_none()).then_some(state.cursor);
         let mut next = self.prepare_push(state.acked_op_id).await?;
-        // The last batch sent and its answer, not yet acknowledged locally.
-        let mut answered: Option<(Vec<Op>, PushResponse)> = None;
+        // The last batch sent and its answer, not yet acknowledged locally, with the cursor
+        // its page was asked after.
+        let mut answered: Option<(Vec<Op>, PushResponse, Option<u64>)> = None;
         // Server versions from the last two answers (newest first).
         let mut recent: std::collections::VecDeque<HashMap<(String, EntityId), Option<u64>>> =
             std::collections::VecDeque::with_capacity(2);
         loop {
             let Some(mut ops) = next.take() else {
-                let Some((ops, resp)) = answered.take() else {
+                let Some((ops, resp, since)) = answered.take() else {
                     break;
                 };
-                let (a, r) = self.ack_push(&ops, &resp).await?;
-                acked += a;
-                rejected.extend(r);
+                self.ack_push(&ops, &resp, since, &mut outcome).await?;
                 // The acknowledgements may have captured writes made during the push, after
                 // the last batch was read: look again, so that a push ends with the outbox
                 // empty.
@@ -945,6 +953,15 @@ impl Replicator {
                 }
             }
             let last_op = ops.last().map_or(0, |o| o.op_id);
+            let since = if ops.len() < self.shared.config.push_batch {
+                page_since.take()
+            } else {
+                None
+            };
+            let path = match since {
+                Some(c) => format!("{path}?since={c}&limit={}", self.shared.config.pull_limit),
+                None => path.clone(),
+            };
             let request = PushRequest {
                 client_id: self.shared.config.client_id.clone(),
                 ops,
@@ -961,18 +978,19 @@ impl Replicator {
                 })
             });
             let previous = answered.take();
+            let mut acked_now = PushOutcome::default();
             let ack = async {
                 match &previous {
-                    Some((ops, resp)) => self.ack_push(ops, resp).await.map(Some),
-                    None => Ok(None),
+                    Some((ops, resp, since)) => {
+                        self.ack_push(ops, resp, *since, &mut acked_now).await
+                    }
+                    None => Ok(()),
                 }
             };
             let (resp, ack, following) =
                 futures_util::future::join3(send, ack, self.prepare_push(last_op)).await;
-            if let Some((a, r)) = ack? {
-                acked += a;
-                rejected.extend(r);
-            }
+            ack?;
+            outcome.add(acked_now);
             let resp = resp?;
             if resp.results.len() != ops.len()
                 || resp
@@ -995,7 +1013,7 @@ impl Replicator {
                     .map(|(o, r)| ((o.collection.clone(), o.id), r.state.version))
                     .collect(),
             );
-            answered = Some((ops, resp));
+            answered = Some((ops, resp, since));
             next = match following {
                 Ok(n) => n,
                 Err(e) => {
@@ -1003,8 +1021,10 @@ impl Replicator {
                     // would be answered `duplicate`, and a rejection would no longer say so
                     // (`ack_push` counts it in the status). If this fails too, the ops stay
                     // in the outbox and are resent.
-                    if let Some((ops, resp)) = answered.take() {
-                        let _ = self.ack_push(&ops, &resp).await;
+                    if let Some((ops, resp, since)) = answered.take() {
+                        let _ = self
+                            .ack_push(&ops, &resp, since, &mut PushOutcome::default())
+                            .await;
                     }
                     return Err(e);
                 }
@@ -1012,7 +1032,7 @@ impl Replicator {
         }
         let pending = self.pending_ops().await?;
         self.set_status(|s| s.pending_ops = pending);
-        Ok((acked, rejected))
+        Ok(outcome)
     }
 
     /// The next batch of outbox ops after op id `after` (`None` when there are none), with
@@ -1055,12 +1075,40 @@ impl Replicator {
     /// did not simply apply adopts the server's state (document and version). With later ops
     /// pending, a `merged`, `duplicate` or `rejected` answer leaves the version alone: those
     /// ops were made on the client's own document, not on the state the answer gives.
-    /// Returns (acknowledged, rejected).
+    ///
+    /// When the request asked for the page after cursor `since` and the answer carries it,
+    /// the page is applied after the answers, in the same transaction (the answers first:
+    /// the page holds the push's own changes, which the answers' versions then pass over).
+    /// A page asked after a cursor the client has since left is not applied. A page that
+    /// cannot be applied (a protocol error in it, or a local failure such as a unique index
+    /// violation at commit) must not take the answers with it: they are then recorded
+    /// without it, and the round's own pull meets the page's error again and reports it.
+    /// Adds what it did to `outcome`.
     async fn ack_push(
         &self,
         ops: &[Op],
         resp: &PushResponse,
-    ) -> SyncResult<(u64, Vec<(String, EntityId)>)> {
+        since: Option<u64>,
+        outcome: &mut PushOutcome,
+    ) -> SyncResult<()> {
+        if since.is_some() && resp.pull.is_some() {
+            // An error is reported by the round's pull, which asks for the same page.
+            if self.ack_push_once(ops, resp, since, outcome).await.is_ok() {
+                return Ok(());
+            }
+        }
+        self.ack_push_once(ops, resp, None, outcome).await
+    }
+
+    /// [`Replicator::ack_push`] in one transaction, with the page when `since` is given.
+    /// Changes nothing (not `outcome`, not the status) unless it commits.
+    async fn ack_push_once(
+        &self,
+        ops: &[Op],
+        resp: &PushResponse,
+        since: Option<u64>,
+        outcome: &mut PushOutcome,
+    ) -> SyncResult<()> {
         let mut acked = 0;
         let mut rejected = Vec::new();
         let mut tx = self.begin().await?;
@@ -1089,7 +1137,6 @@ impl Replicator {
             }
             meta.write(&mut tx, &at)?;
             if result.status == OpStatus::Rejected {
-                self.set_status(|s| s.rejected_ops += 1);
                 rejected.push((op.collection.clone(), op.id));
             } else {
                 acked += 1;
@@ -1097,8 +1144,30 @@ impl Replicator {
         }
         // The answer's versions are at most its cursor.
         state.raise_versions_upto(resp.cursor);
+        let mut page_applied = None;
+        if let (Some(since), Some(page)) = (since, &resp.pull)
+            && since == state.cursor
+        {
+            if page.cursor < state.cursor {
+                return Err(SyncError::Protocol(format!(
+                    "server cursor went back from {} to {}",
+                    state.cursor, page.cursor
+                )));
+            }
+            page_applied = Some(self.apply_changes(&mut tx, &mut state, page).await?);
+        }
         self.commit_with(tx, &mut state, captured).await?;
-        Ok((acked, rejected))
+        if !rejected.is_empty() {
+            self.set_status(|s| s.rejected_ops += rejected.len() as u64);
+        }
+        if let Some(applied) = page_applied {
+            self.set_status(|s| s.cursor = state.cursor);
+            outcome.pulled += applied;
+            outcome.caught_up = resp.pull.as_ref().is_some_and(|p| !p.has_more);
+        }
+        outcome.acked += acked;
+        outcome.rejected.extend(rejected);
+        Ok(())
     }
 
     /// Pulls every change after the saved cursor (bootstrapping first when the client is new
@@ -1234,11 +1303,32 @@ impl Replicator {
     /// Applies one page of changes and saves the new cursor in one local transaction (which
     /// also captures the app's writes made since the last one). Returns the changes applied.
     async fn apply_page(&self, resp: &PullResponse) -> SyncResult<u64> {
-        let mut applied = 0;
         let mut tx = self.begin().await?;
         let mut state = read_state(&mut tx).await?;
         let captured = self.capture_into(&mut tx, &mut state).await?;
         let cursor_before = state.cursor;
+        let applied = self.apply_changes(&mut tx, &mut state, resp).await?;
+        if captured == 0 && applied == 0 && state.cursor == cursor_before {
+            // An empty page changes nothing: no commit, no sync.
+            tx.abort();
+        } else {
+            self.commit_with(tx, &mut state, captured).await?;
+        }
+        self.set_status(|s| s.cursor = state.cursor);
+        Ok(applied)
+    }
+
+    /// Applies a page of changes (whose cursor the caller checked is not behind
+    /// `state.cursor`) in `tx` and moves `state.cursor` to the page's. Returns the changes
+    /// applied.
+    async fn apply_changes(
+        &self,
+        tx: &mut WriteTxn,
+        state: &mut State,
+        resp: &PullResponse,
+    ) -> SyncResult<u64> {
+        debug_assert!(resp.cursor >= state.cursor, "the caller checked the cursor");
+        let mut applied = 0;
         for c in &resp.changes {
             if !self.synced(&c.collection) || c.cursor <= state.cursor {
                 continue;
@@ -1252,7 +1342,7 @@ impl Replicator {
                     ..Meta::default()
                 }
             } else {
-                let meta = Meta::load(&mut tx, &at).await?;
+                let meta = Meta::load(tx, &at).await?;
                 // Pending local writes win locally until the server decides; a change at
                 // or below the known version (the client's own push, adopted from its
                 // result, or a newer state from a bootstrap page) is already applied.
@@ -1267,12 +1357,11 @@ impl Replicator {
                 })?),
                 OpKind::Delete => None,
             };
-            apply(&mut tx, &c.collection, c.id, doc).await?;
+            apply(tx, &c.collection, c.id, doc).await?;
             meta.version = Some(c.cursor);
-            meta.write(&mut tx, &at)?;
+            meta.write(tx, &at)?;
             applied += 1;
         }
-        // `pull_locked` checked that the server's cursor does not go back.
         state.cursor = resp.cursor;
         if !resp.has_more {
             // The last page's cursor is the server's sequence when it was read, so at least
@@ -1280,13 +1369,6 @@ impl Replicator {
             // a bound not known yet (state from before it existed) becomes known.
             state.versions_upto.get_or_insert(resp.cursor);
         }
-        if captured == 0 && applied == 0 && state.cursor == cursor_before {
-            // An empty page changes nothing: no commit, no sync.
-            tx.abort();
-        } else {
-            self.commit_with(tx, &mut state, captured).await?;
-        }
-        self.set_status(|s| s.cursor = state.cursor);
         Ok(applied)
     }
 
@@ -1493,28 +1575,37 @@ impl Replicator {
         let _run = self.shared.run.lock().await;
         let result = async {
             let before = self.load_state().await?.next_op_id;
-            let (mut pushed, mut rejected) = self.push_locked().await?;
-            let (mut pulled, mut bootstrapped, woken) = self.pull_locked(wait).await?;
-            if woken {
-                // The long poll gave way to a local write: push it now, then pull without
-                // waiting, so that a client that writes more often than a round trip still
-                // receives the others' changes every round.
-                let (p, r) = self.push_locked().await?;
-                pushed += p;
-                rejected.extend(r);
-                let (applied, b, _) = self.pull_locked(None).await?;
-                pulled += applied;
+            // The push asks for the page after the client's cursor (one exchange).
+            let mut push = self.push_locked(true).await?;
+            let mut bootstrapped = false;
+            // The push's page reached the end of the oplog: nothing is left to pull, unless
+            // this is a live round whose push brought nothing new from the others, which
+            // then waits on the server as a round without a push would.
+            let pulled_enough = push.caught_up && (wait.is_none() || push.pulled > 0);
+            if !pulled_enough {
+                let (pulled, b, woken) = self.pull_locked(wait).await?;
+                push.pulled += pulled;
                 bootstrapped |= b;
+                if woken {
+                    // The long poll gave way to a local write: push it now, then pull
+                    // without waiting, so that a client that writes more often than a round
+                    // trip still receives the others' changes every round.
+                    push.add(self.push_locked(false).await?);
+                    let (applied, b, _) = self.pull_locked(None).await?;
+                    push.pulled += applied;
+                    bootstrapped |= b;
+                }
+                // A write made during the pull is pushed now rather than at the next round.
+                // (Without a pull, the push's last acknowledgement captured what was written
+                // during the exchange, and the push sent it before returning.)
+                push.add(self.push_locked(false).await?);
             }
-            // A write made during the pull is pushed now rather than at the next round.
-            let (pushed2, rejected2) = self.push_locked().await?;
             let after = self.load_state().await?.next_op_id;
-            rejected.extend(rejected2);
             Ok::<_, SyncError>(SyncReport {
                 captured: after - before,
-                pushed: pushed + pushed2,
-                rejected,
-                pulled,
+                pushed: push.acked,
+                rejected: push.rejected,
+                pulled: push.pulled,
                 bootstrapped,
             })
         }
@@ -1534,6 +1625,28 @@ impl Replicator {
             }
         }
         result
+    }
+}
+
+/// What a push did: ops acknowledged and rejected, and the page it pulled on the way.
+#[derive(Debug, Default)]
+struct PushOutcome {
+    /// Ops answered other than `rejected`.
+    acked: u64,
+    /// The entities of ops answered `rejected`.
+    rejected: Vec<(String, EntityId)>,
+    /// Changes applied from the page the push asked for.
+    pulled: u64,
+    /// A page was applied and it reached the end of the server's oplog (`has_more` false).
+    caught_up: bool,
+}
+
+impl PushOutcome {
+    fn add(&mut self, other: PushOutcome) {
+        self.acked += other.acked;
+        self.rejected.extend(other.rejected);
+        self.pulled += other.pulled;
+        self.caught_up |= other.caught_up;
     }
 }
 

@@ -166,6 +166,13 @@ pub struct OpResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushResponse {
+    /// The page of changes after the request's `since`, read after the push committed, when
+    /// the push asked for one (`POST .../push?since=C&limit=N`): the same page a pull with
+    /// that `since` and `limit` would return then, so that one exchange both pushes and
+    /// pulls. Absent when the push did not ask, or when `since` is behind the retained
+    /// oplog (a pull then answers `rebootstrap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullResponse>,
     /// The oplog cursor after the push (the push's own cursor if it wrote anything).
     pub cursor: u64,
     /// One result per op, in request order.
@@ -666,6 +673,11 @@ mod tests {
         check(
             "PushResponse",
             &PushResponse {
+                pull: Some(PullResponse {
+                    cursor: 5,
+                    changes: Vec::new(),
+                    has_more: false,
+                }),
                 cursor: 5,
                 results: vec![OpResult {
                     op_id: 1,

@@ -445,8 +445,20 @@ async fn delete_db(
     respond(&headers, r)
 }
 
+/// A push's query: with `since`, the answer also carries the pull page after it.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct PushParams {
+    /// Also answer with the page of changes after this cursor, read after the push
+    /// (`PushResponse.pull`): one exchange instead of a push and a pull.
+    since: Option<u64>,
+    /// The page's limit, as in a pull (only with `since`).
+    limit: Option<usize>,
+}
+
 #[utoipa::path(post, path = "/v2/db/{db}/push", tag = "sync", security(("bearer" = [])),
-    params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), PushParams),
     request_body(content = PushRequest, content_type = "application/json", description = "Also accepted as application/cbor"),
     responses((status = 200, description = "Per-op results; applied atomically", body = PushResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
               (status = 413, description = "Body or document too large", body = ErrorBody),
@@ -455,14 +467,27 @@ async fn push(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(db): Path<String>,
+    RawQuery(q): RawQuery,
     body: Body,
 ) -> Response {
     let r = async {
         let claims = authenticate(&state, &headers)?;
         service::check_db(&claims, &db)?;
+        let p: PushParams = query(q)?;
+        if p.limit.is_some() && p.since.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "limit is the page size of the pull a push asks for with since; give since too",
+            ));
+        }
         let hosted = state.hosts.get(&db).await?;
+        if let Some(since) = p.since {
+            // Checked before the push, so that a wrong cursor stores nothing.
+            service::check_cursor(&hosted, since)?;
+        }
         let req: PushRequest = read_body(&state, &headers, body).await?;
-        let resp = service::push(&state.config, &hosted, &claims, req).await?;
+        let mut resp = service::push(&state.config, &hosted, &claims, req).await?;
+        // Counted once committed, whatever happens to the page.
         for r in &resp.results {
             state.metrics.op(match r.status {
                 entidb_sync::wire::OpStatus::Applied => "applied",
@@ -470,6 +495,13 @@ async fn push(
                 entidb_sync::wire::OpStatus::Duplicate => "duplicate",
                 entidb_sync::wire::OpStatus::Rejected => "rejected",
             });
+        }
+        if let Some(since) = p.since {
+            let limit = page_limit(&state, p.limit);
+            service::add_page(&hosted, &claims, &mut resp, since, limit, &state.shutdown).await?;
+            if let Some(page) = &resp.pull {
+                state.metrics.changes_sent.inc_by(page.changes.len() as u64);
+            }
         }
         Ok(resp)
     }

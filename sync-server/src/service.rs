@@ -470,7 +470,11 @@ pub async fn push(
         // A pure retry (or an empty push) changes nothing and takes no cursor.
         let cursor = tx.read_sequence();
         tx.abort();
-        return Ok(PushResponse { results, cursor });
+        return Ok(PushResponse {
+            pull: None,
+            results,
+            cursor,
+        });
     }
     tx.collection(CLIENTS)
         .put(client_key, &client)
@@ -483,9 +487,43 @@ pub async fn push(
     }
     hosted.publish(committed);
     Ok(PushResponse {
+        pull: None,
         results,
         cursor: committed,
     })
+}
+
+/// Adds the page a push asked for (`push?since=C&limit=N`, `docs/sync-protocol.md` §5.1) to
+/// its committed answer: the page after `since`, read now. A cursor behind the retained
+/// oplog leaves the page out (the client's pull then gets `rebootstrap`); any other error
+/// is the request's (the push is committed: its retry is answered `duplicate`).
+pub async fn add_page(
+    hosted: &Hosted,
+    claims: &Claims,
+    answer: &mut PushResponse,
+    since: u64,
+    limit: usize,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ApiError> {
+    match pull(hosted, claims, since, limit, None, shutdown).await {
+        Ok(page) => {
+            answer.pull = Some(page);
+            Ok(())
+        }
+        Err(e) if e.body.code == ErrorCode::Rebootstrap => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks that a client's cursor is not ahead of the server's oplog.
+pub fn check_cursor(hosted: &Hosted, since: u64) -> Result<(), ApiError> {
+    let last = hosted.db.last_sequence();
+    if since > last {
+        return Err(bad(format!(
+            "cursor {since} is ahead of the server ({last}); this client belongs to another database or the server lost data"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a pull page; with `wait` it waits for a change after `since` when there is none.
@@ -505,13 +543,8 @@ pub async fn pull(
     {
         return Err(forbidden("the token has no read scope".into()));
     }
+    check_cursor(hosted, since)?;
     let db = &hosted.db;
-    if since > db.last_sequence() {
-        return Err(bad(format!(
-            "cursor {since} is ahead of the server ({}); this client belongs to another database or the server lost data",
-            db.last_sequence()
-        )));
-    }
     if let Some(wait) = wait
         && db.last_sequence() <= since
         && !wait.is_zero()

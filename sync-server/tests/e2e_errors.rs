@@ -441,6 +441,32 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
     assert_eq!(pull.status, 200);
     assert_eq!(pull.body["changes"], json!([]), "{}", pull.body);
 
+    // A push that asks for the page after a cursor ahead of the server, or for a page size
+    // without a cursor, or names an unknown parameter, is refused before anything is
+    // stored (the good push below is then applied, not `duplicate`).
+    for (query, says) in [
+        ("since=999999", "ahead of the server"),
+        ("limit=5", "give since too"),
+        ("sinse=0", "unknown field"),
+    ] {
+        let r = send(
+            url,
+            "POST",
+            &format!("{push}?{query}"),
+            Some(&good),
+            json_ct,
+            push_body("c1", "notes", 2),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        assert_eq!(r.body["code"], "bad_request", "{query}");
+        assert!(
+            r.body["message"].as_str().unwrap().contains(says),
+            "{query}: {}",
+            r.body
+        );
+    }
+
     // A good push still works afterwards, and JSON and CBOR answers agree.
     let ok = send(
         url,

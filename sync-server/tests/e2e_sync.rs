@@ -687,6 +687,27 @@ async fn client_behind_retention_rebootstraps_and_keeps_its_writes() {
             .unwrap();
         rb.sync_now().await.unwrap();
     }
+    // A push that asks for the page after a cursor behind the retention horizon is still
+    // answered; the page is left out, and a pull with that cursor gets `rebootstrap`.
+    let http = reqwest::Client::new();
+    let c = token("app", "c", &["read", "write"], 60);
+    let answer = http
+        .post(format!("{}/v2/db/app/push?since=1", server.url))
+        .bearer_auth(&c)
+        .json(&json!({"client_id": "c", "ops": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert!(answer.get("pull").is_none(), "{answer}");
+    let pull = http
+        .get(format!("{}/v2/db/app/pull?since=1", server.url))
+        .bearer_auth(&c)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pull.status(), 410);
     // Meanwhile a wrote offline.
     let mine = a
         .collection("notes")
@@ -2172,4 +2193,185 @@ async fn server_databases_keep_the_metadata_layout_they_started_with() {
     );
     assert!(!names.contains(&"_sync.meta".to_string()), "{names:?}");
     assert_eq!(contents(&a, "notes").await.len(), 3);
+}
+
+/// The server's count of answered requests to `route` (`/metrics`).
+async fn requests_to(url: &str, route: &str) -> u64 {
+    let m = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .filter(|l| {
+            l.starts_with("entidb_http_requests_total{")
+                && l.contains(&format!("route=\"{route}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A round that has a write to push is one exchange: the push asks for the page after the
+/// client's cursor (`push?since=C`) and applies it with the acknowledgement, so no pull
+/// follows when that page reached the end of the oplog. A live round whose push brought
+/// nothing from the others still waits on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_with_a_write_pushes_and_pulls_in_one_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    // The first rounds bootstrap (a push asks for no page before that).
+    assert!(ra.sync_now().await.unwrap().bootstrapped);
+    assert!(rb.sync_now().await.unwrap().bootstrapped);
+
+    let x = a
+        .collection("notes")
+        .insert(&json!({"by": "a"}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    let y = b
+        .collection("notes")
+        .insert(&json!({"by": "b"}))
+        .await
+        .unwrap();
+    let (pushes, pulls) = (
+        requests_to(&server.url, "/v2/db/{db}/push").await,
+        requests_to(&server.url, "/v2/db/{db}/pull").await,
+    );
+    let report = rb.sync_now().await.unwrap();
+    assert_eq!((report.pushed, report.pulled), (1, 1), "{report:?}");
+    assert_eq!(
+        requests_to(&server.url, "/v2/db/{db}/push").await,
+        pushes + 1
+    );
+    assert_eq!(
+        requests_to(&server.url, "/v2/db/{db}/pull").await,
+        pulls,
+        "the push's page reached the end of the oplog: no pull"
+    );
+    assert_eq!(
+        b.collection("notes").get(x).await.unwrap(),
+        Some(json!({"by": "a"})),
+        "a's write came with b's push"
+    );
+    assert_eq!(rb.status().cursor, 2);
+    assert_eq!(rb.pending_ops().await.unwrap(), 0);
+
+    // The page held b's own write too: it was not applied again, and its version is known
+    // (b's next write is based on it, so the server finds no conflict).
+    b.collection("notes")
+        .put(y, &json!({"by": "b", "again": true}))
+        .await
+        .unwrap();
+    let report = rb.sync_now().await.unwrap();
+    assert_eq!((report.pushed, report.rejected.len()), (1, 0), "{report:?}");
+
+    // A live round whose push brings nothing from the others waits on the server: it
+    // returns with a's next write.
+    ra.sync_now().await.unwrap();
+    b.collection("notes")
+        .insert(&json!({"live": 1}))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let report = rb.sync_wait(Duration::from_secs(20)).await.unwrap();
+        (rb, report)
+    });
+    // Once b's long poll waits, a writes.
+    assert!(
+        live_waiters_reach(&server.url, 1, Duration::from_secs(10)).await,
+        "b's round did not wait on the server"
+    );
+    let z = a
+        .collection("notes")
+        .insert(&json!({"by": "a", "n": 2}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    let (_rb, report) = waiting.await.unwrap();
+    assert_eq!((report.pushed, report.pulled), (1, 1), "{report:?}");
+    assert_eq!(
+        b.collection("notes").get(z).await.unwrap(),
+        Some(json!({"by": "a", "n": 2}))
+    );
+}
+
+/// A push's page that cannot be applied does not take the push's answers with it: here the
+/// page brings another client's document that breaks a unique index of this client. The
+/// answers are recorded without the page (the outbox empties), and the round reports the
+/// page's failure through its own pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_page_that_fails_to_apply_keeps_the_acknowledgement() {
+    let (dir, server) = app_server(None).await;
+    let ((a, ra), (b, rb)) = two_synced_clients(&server, dir.path()).await;
+    b.collection("notes")
+        .create_index("by_email", entidb::IndexSpec::equality(["email"]).unique())
+        .await
+        .unwrap();
+    a.collection("notes")
+        .insert(&json!({"email": "ada@example.com", "by": "a"}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    let mine = b
+        .collection("notes")
+        .insert(&json!({"email": "ada@example.com", "by": "b"}))
+        .await
+        .unwrap();
+    let err = rb.sync_now().await.unwrap_err();
+    assert!(err.to_string().contains("unique"), "{err}");
+    assert_eq!(
+        rb.pending_ops().await.unwrap(),
+        0,
+        "the push was acknowledged although its page failed"
+    );
+    // The server has b's write, once.
+    ra.sync_now().await.unwrap();
+    assert_eq!(
+        a.collection("notes").get(mine).await.unwrap(),
+        Some(json!({"email": "ada@example.com", "by": "b"}))
+    );
+    assert_eq!(rb.status().rejected_ops, 0);
+}
+
+/// A push's page that is not the end of the oplog (`has_more`) is applied, and the round
+/// pulls the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_page_with_more_to_come_is_followed_by_a_pull() {
+    let (dir, server) = app_server(None).await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let mut cfg = entidb_sync::SyncConfig::new("app", "b", &["notes"]);
+    cfg.pull_limit = 2;
+    let transport = Arc::new(HttpTransport::new(
+        &server.url,
+        &token("app", "b", &["read", "write"], 3600),
+    ));
+    let (b, rb) = client_with_config(&dir.path().join("b"), cfg, transport).await;
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    for i in 0..5 {
+        a.collection("notes")
+            .insert(&json!({"i": i}))
+            .await
+            .unwrap();
+        ra.sync_now().await.unwrap();
+    }
+    b.collection("notes")
+        .insert(&json!({"b": 1}))
+        .await
+        .unwrap();
+    let pulls = requests_to(&server.url, "/v2/db/{db}/pull").await;
+    let report = rb.sync_now().await.unwrap();
+    assert_eq!((report.pushed, report.pulled), (1, 5), "{report:?}");
+    assert!(
+        requests_to(&server.url, "/v2/db/{db}/pull").await > pulls,
+        "the push's page had more to come: the round pulled"
+    );
+    ra.sync_now().await.unwrap();
+    assert_eq!(contents(&b, "notes").await, contents(&a, "notes").await);
+    assert_eq!(contents(&b, "notes").await.len(), 6);
 }

@@ -80,6 +80,8 @@ struct Decisions {
     duplicate: HashSet<String>,
     /// Pulls answered with 410 `rebootstrap`.
     behind: u64,
+    /// Pushes answered with the page they asked for (`push?since=C`).
+    pages_with_push: u64,
     /// Every op sent, by (client, op id): what it wrote. An op id sent again must name the
     /// same write, or the server's `duplicate` answer would drop the second one.
     sent: HashMap<(String, u64), String>,
@@ -256,7 +258,7 @@ impl SimTransport {
                             .then(|| ((o.collection.clone(), o.id), tags.get(&o.op_id).cloned()))
                     })
                     .collect();
-                let r = service::push(&net.config, &hosted, &self.claims, req).await;
+                let mut r = service::push(&net.config, &hosted, &self.claims, req).await;
                 if let Ok(PushResponse { results, .. }) = &r {
                     let mut d = net.decisions.lock().unwrap();
                     for (place, (res, kept)) in results.iter().zip(&kept).enumerate() {
@@ -289,6 +291,20 @@ impl SimTransport {
                                 d.duplicate.insert(t.clone());
                             }
                         }
+                    }
+                }
+                // The page the push asked for, as the HTTP handler adds it.
+                if let (Ok(resp), Some(since)) = (&mut r, q.get("since")) {
+                    let limit = q.get("limit").map_or(100, |s| s.parse().unwrap());
+                    let since = since.parse().unwrap();
+                    if let Err(e) =
+                        service::add_page(&hosted, &self.claims, resp, since, limit, &net.shutdown)
+                            .await
+                    {
+                        r = Err(e);
+                    }
+                    if let Ok(PushResponse { pull: Some(_), .. }) = &r {
+                        net.decisions.lock().unwrap().pages_with_push += 1;
                     }
                 }
                 answer(r)
@@ -572,6 +588,7 @@ struct Activity {
     server_restarts: u64,
     bootstraps: u64,
     behind: u64,
+    pages_with_push: u64,
     applied: u64,
     rejected: u64,
     live_ok: u64,
@@ -893,6 +910,7 @@ async fn run(seed: u64) -> Result<Activity, String> {
     act.applied = d.applied.len() as u64;
     act.rejected = d.rejected.len() as u64;
     act.behind = d.behind;
+    act.pages_with_push = d.pages_with_push;
     Ok(act)
 }
 
@@ -1023,6 +1041,7 @@ fn sync_simulation() {
         total.server_restarts += a.server_restarts;
         total.bootstraps += a.bootstraps;
         total.behind += a.behind;
+        total.pages_with_push += a.pages_with_push;
         total.applied += a.applied;
         total.rejected += a.rejected;
         total.live_ok += a.live_ok;
@@ -1051,6 +1070,8 @@ fn sync_simulation() {
         );
         // Some clients fell behind the oplog and bootstrapped again.
         assert!(total.behind > 0 && total.bootstraps > 0, "{total:?}");
+        // Rounds pushed and pulled in one exchange.
+        assert!(total.pages_with_push > n, "{total:?}");
         assert!(
             total.syncs_failed > 0 && total.syncs_ok * 5 > total.syncs_failed,
             "{total:?}"

@@ -231,12 +231,16 @@ macro_rules! read_struct {
 /// Reads a [`PullResponse`].
 pub fn pull_response(bytes: &[u8]) -> Option<PullResponse> {
     let mut r = Reader::new(bytes);
-    let page = read_struct!(r, PullResponse {
+    let page = pull_page(&mut r)?;
+    r.finish(page)
+}
+
+fn pull_page(r: &mut Reader<'_>) -> Option<PullResponse> {
+    Some(read_struct!(r, PullResponse {
         cursor: required Reader::uint,
         changes: required |r: &mut Reader<'_>| r.array(wire_change),
         has_more: required Reader::bool,
-    });
-    r.finish(page)
+    }))
 }
 
 fn wire_change(r: &mut Reader<'_>) -> Option<WireChange> {
@@ -312,6 +316,7 @@ fn hlc_stamp(r: &mut Reader<'_>) -> Option<Hlc> {
 pub fn push_response(bytes: &[u8]) -> Option<PushResponse> {
     let mut r = Reader::new(bytes);
     let answer = read_struct!(r, PushResponse {
+        pull: optional pull_page,
         cursor: required Reader::uint,
         results: required |r: &mut Reader<'_>| r.array(op_result),
     });
@@ -475,8 +480,16 @@ mod tests {
                 state: EntityState { doc, version },
                 status,
             });
-        (any::<u64>(), prop::collection::vec(result, 0..5))
-            .prop_map(|(cursor, results)| PushResponse { cursor, results })
+        (
+            prop::option::of(pull()),
+            any::<u64>(),
+            prop::collection::vec(result, 0..5),
+        )
+            .prop_map(|(pull, cursor, results)| PushResponse {
+                pull,
+                cursor,
+                results,
+            })
     }
 
     /// A body damaged in one of a few ways: cut short, a byte changed, a byte inserted.
