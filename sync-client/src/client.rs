@@ -1079,7 +1079,9 @@ impl Replicator {
     /// When the request asked for the page after cursor `since` and the answer carries it,
     /// the page is applied after the answers, in the same transaction (the answers first:
     /// the page holds the push's own changes, which the answers' versions then pass over).
-    /// A page asked after a cursor the client has since left is not applied. A page that
+    /// A page asked after a cursor other than the stored one is not applied (it cannot be:
+    /// the page is asked for under the `run` lock, which every cursor move holds; checked
+    /// anyway). A page that
     /// cannot be applied (a protocol error in it, or a local failure such as a unique index
     /// violation at commit) must not take the answers with it: they are then recorded
     /// without it, and the round's own pull meets the page's error again and reports it.

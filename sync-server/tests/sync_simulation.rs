@@ -258,7 +258,12 @@ impl SimTransport {
                             .then(|| ((o.collection.clone(), o.id), tags.get(&o.op_id).cloned()))
                     })
                     .collect();
-                let mut r = service::push(&net.config, &hosted, &self.claims, req).await;
+                // As the HTTP handler does: a page's cursor is checked before the push.
+                let page_since: Option<u64> = q.get("since").map(|s| s.parse().unwrap());
+                let mut r = match page_since.map(|c| service::check_cursor(&hosted, c)) {
+                    Some(Err(e)) => Err(e),
+                    _ => service::push(&net.config, &hosted, &self.claims, req).await,
+                };
                 if let Ok(PushResponse { results, .. }) = &r {
                     let mut d = net.decisions.lock().unwrap();
                     for (place, (res, kept)) in results.iter().zip(&kept).enumerate() {
@@ -294,9 +299,11 @@ impl SimTransport {
                     }
                 }
                 // The page the push asked for, as the HTTP handler adds it.
-                if let (Ok(resp), Some(since)) = (&mut r, q.get("since")) {
-                    let limit = q.get("limit").map_or(100, |s| s.parse().unwrap());
-                    let since = since.parse().unwrap();
+                if let (Ok(resp), Some(since)) = (&mut r, page_since) {
+                    let limit = q
+                        .get("limit")
+                        .map_or(net.config.max_page, |s| s.parse().unwrap())
+                        .clamp(1, net.config.max_page);
                     if let Err(e) =
                         service::add_page(&hosted, &self.claims, resp, since, limit, &net.shutdown)
                             .await
