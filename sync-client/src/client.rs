@@ -30,7 +30,7 @@
 //!    recognises a retried op by (client id, op id).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1145,6 +1145,7 @@ impl Replicator {
             }
         }
         // The answer's versions are at most its cursor.
+        let upto_before = state.versions_upto;
         state.raise_versions_upto(resp.cursor);
         let mut page_applied = None;
         if let (Some(since), Some(page)) = (since, &resp.pull)
@@ -1156,7 +1157,14 @@ impl Replicator {
                     state.cursor, page.cursor
                 )));
             }
-            page_applied = Some(self.apply_changes(&mut tx, &mut state, page).await?);
+            let answered = AfterAnswer {
+                upto: upto_before,
+                entities: ops.iter().map(|o| (o.collection.as_str(), o.id)).collect(),
+            };
+            page_applied = Some(
+                self.apply_changes(&mut tx, &mut state, page, Some(&answered))
+                    .await?,
+            );
         }
         self.commit_with(tx, &mut state, captured).await?;
         if !rejected.is_empty() {
@@ -1309,7 +1317,7 @@ impl Replicator {
         let mut state = read_state(&mut tx).await?;
         let captured = self.capture_into(&mut tx, &mut state).await?;
         let cursor_before = state.cursor;
-        let applied = self.apply_changes(&mut tx, &mut state, resp).await?;
+        let applied = self.apply_changes(&mut tx, &mut state, resp, None).await?;
         if captured == 0 && applied == 0 && state.cursor == cursor_before {
             // An empty page changes nothing: no commit, no sync.
             tx.abort();
@@ -1321,13 +1329,15 @@ impl Replicator {
     }
 
     /// Applies a page of changes (whose cursor the caller checked is not behind
-    /// `state.cursor`) in `tx` and moves `state.cursor` to the page's. Returns the changes
-    /// applied.
+    /// `state.cursor`) in `tx` and moves `state.cursor` to the page's. `answered`: the page
+    /// came with a push's answer, recorded earlier in `tx` (see [`AfterAnswer`]). Returns the
+    /// changes applied.
     async fn apply_changes(
         &self,
         tx: &mut WriteTxn,
         state: &mut State,
         resp: &PullResponse,
+        answered: Option<&AfterAnswer<'_>>,
     ) -> SyncResult<u64> {
         debug_assert!(resp.cursor >= state.cursor, "the caller checked the cursor");
         let mut applied = 0;
@@ -1336,7 +1346,11 @@ impl Replicator {
                 continue;
             }
             let at = self.shared.meta.locate(&c.collection, &c.id);
-            let mut meta = if state.blind_pull(c.cursor) {
+            let blind = match answered {
+                None => state.blind_pull(c.cursor),
+                Some(a) => a.blind_pull(state, c.cursor, &c.collection, c.id),
+            };
+            let mut meta = if blind {
                 // Nothing to read (see `State::versions_upto`): the common case of a
                 // client catching up with other clients' writes.
                 Meta {
@@ -1627,6 +1641,32 @@ impl Replicator {
             }
         }
         result
+    }
+}
+
+/// Which changes of a page that came with a push's answer write their metadata without
+/// reading it, once the answer is recorded in the same transaction.
+///
+/// [`State::blind_pull`] after the answer would read every change at or below the push's
+/// cursor, which in a busy database is every other client's change in the page (they were
+/// committed before the push). But the answer only gave versions to its own ops' entities:
+/// every other entity's metadata holds a version from an earlier answer or bootstrap page
+/// (at most the bound as it was before this answer raised it) or from a pull (at most the
+/// cursor, which the page's changes are above). So a change above the earlier bound, to an
+/// entity the answer did not name, with no op pending after the answer, finds no metadata
+/// that could hold it back, as in [`State::blind_pull`].
+struct AfterAnswer<'a> {
+    /// `State::versions_upto` before the answer raised it.
+    upto: Option<u64>,
+    /// The answered ops' entities, by collection and id.
+    entities: HashSet<(&'a str, EntityId)>,
+}
+
+impl AfterAnswer<'_> {
+    fn blind_pull(&self, state: &State, cursor: u64, collection: &str, id: EntityId) -> bool {
+        state.pending() == 0
+            && self.upto.is_some_and(|upto| cursor > upto)
+            && !self.entities.contains(&(collection, id))
     }
 }
 

@@ -2392,3 +2392,43 @@ async fn a_push_page_with_more_to_come_is_followed_by_a_pull() {
     assert_eq!(contents(&b, "notes").await, contents(&a, "notes").await);
     assert_eq!(contents(&b, "notes").await.len(), 6);
 }
+
+/// A page that comes with a push's answer is applied without reading the metadata of the
+/// other clients' changes in it, although they are older than the push (committed before
+/// it): the answer gave versions to its own entities only (`AfterAnswer` in the client).
+/// Its own change in the page is still recognised and not applied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_page_writes_other_clients_metadata_without_reading_it() {
+    let (dir, server) = app_server(None).await;
+    let ((a, ra), (b, rb)) = two_synced_clients(&server, dir.path()).await;
+    for i in 0..300 {
+        b.collection("notes")
+            .insert(&json!({ "i": i }))
+            .await
+            .unwrap();
+    }
+    rb.sync_now().await.unwrap();
+    let mine = a
+        .collection("notes")
+        .insert(&json!({ "mine": true }))
+        .await
+        .unwrap();
+    let before = a.stats().reads;
+    let report = ra.sync_now().await.unwrap();
+    assert_eq!((report.pushed, report.pulled), (1, 300), "{report:?}");
+    let reads = a.stats().reads - before;
+    assert!(
+        reads < 100,
+        "{reads} point reads to push 1 op and apply 300 changes"
+    );
+    rb.sync_now().await.unwrap();
+    assert_eq!(contents(&a, "notes").await, contents(&b, "notes").await);
+    assert_eq!(contents(&a, "notes").await.len(), 301);
+    // a's write is based on the version its push got: an edit is no conflict.
+    a.collection("notes")
+        .put(mine, &json!({ "mine": 2 }))
+        .await
+        .unwrap();
+    let report = ra.sync_now().await.unwrap();
+    assert_eq!((report.pushed, report.rejected.len()), (1, 0), "{report:?}");
+}
