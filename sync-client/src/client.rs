@@ -1655,6 +1655,11 @@ impl Replicator {
 /// cursor, which the page's changes are above). So a change above the earlier bound, to an
 /// entity the answer did not name, with no op pending after the answer, finds no metadata
 /// that could hold it back, as in [`State::blind_pull`].
+///
+/// This relies on every earlier batch's acknowledgement having committed (and raised the
+/// bound) before this one's transaction reads the state: `push_locked` checks each
+/// acknowledgement (`ack?`) before it goes on, so an answer's acknowledgement never runs
+/// beside an earlier one's. A change to the pipelining must keep that.
 struct AfterAnswer<'a> {
     /// `State::versions_upto` before the answer raised it.
     upto: Option<u64>,
