@@ -41,14 +41,17 @@ PY
 failed=0
 for target in cbor_decode wire_decode backup_verify open_files; do
   echo "=== $target, ${seconds}s"
-  before=$(ls -A "artifacts/$target" 2>/dev/null | wc -l)
+  # (On a fresh clone the directory does not exist yet: `ls` would fail the pipeline, and
+  # with pipefail and -e the script with it.)
+  mkdir -p "artifacts/$target"
+  before=$(ls -A "artifacts/$target" | wc -l)
   set +e
   RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -a -O "$target" -- \
     -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 >"$logs/$target.log" 2>&1
   status=$?
   set -e
   grep -E '^(stat::number_of_executed_units|Done)|panicked|Test unit written' "$logs/$target.log" || true
-  after=$(ls -A "artifacts/$target" 2>/dev/null | wc -l)
+  after=$(ls -A "artifacts/$target" | wc -l)
   if [ "$status" -ne 0 ] || [ "$after" -gt "$before" ]; then
     echo "$target: failed (exit $status; see $logs/$target.log and fuzz/artifacts/$target)" >&2
     failed=1

@@ -1603,13 +1603,18 @@ impl Replicator {
                 push.pulled += pulled;
                 bootstrapped |= b;
                 if woken {
-                    // The long poll gave way to a local write: push it now, then pull
-                    // without waiting, so that a client that writes more often than a round
-                    // trip still receives the others' changes every round.
-                    push.add(self.push_locked(false).await?);
-                    let (applied, b, _) = self.pull_locked(None).await?;
-                    push.pulled += applied;
-                    bootstrapped |= b;
+                    // The long poll gave way to a local write: push it now (asking for the
+                    // page, as above), then pull without waiting unless that page reached
+                    // the end, so that a client that writes more often than a round trip
+                    // still receives the others' changes every round.
+                    let again = self.push_locked(true).await?;
+                    let caught_up = again.caught_up;
+                    push.add(again);
+                    if !caught_up {
+                        let (applied, b, _) = self.pull_locked(None).await?;
+                        push.pulled += applied;
+                        bootstrapped |= b;
+                    }
                 }
                 // A write made during the pull is pushed now rather than at the next round.
                 // (Without a pull, the push's last acknowledgement captured what was written
