@@ -1602,6 +1602,8 @@ impl Replicator {
                 let (pulled, b, woken) = self.pull_locked(wait).await?;
                 push.pulled += pulled;
                 bootstrapped |= b;
+                // Whether the round's last step was a pull (see the push after it).
+                let mut pulled_last = true;
                 if woken {
                     // The long poll gave way to a local write: push it now (asking for the
                     // page, as above), then pull without waiting unless that page reached
@@ -1610,7 +1612,9 @@ impl Replicator {
                     let again = self.push_locked(true).await?;
                     let caught_up = again.caught_up;
                     push.add(again);
-                    if !caught_up {
+                    if caught_up {
+                        pulled_last = false;
+                    } else {
                         let (applied, b, _) = self.pull_locked(None).await?;
                         push.pulled += applied;
                         bootstrapped |= b;
@@ -1619,7 +1623,9 @@ impl Replicator {
                 // A write made during the pull is pushed now rather than at the next round.
                 // (Without a pull, the push's last acknowledgement captured what was written
                 // during the exchange, and the push sent it before returning.)
-                push.add(self.push_locked(false).await?);
+                if pulled_last {
+                    push.add(self.push_locked(false).await?);
+                }
             }
             let after = self.load_state().await?.next_op_id;
             Ok::<_, SyncError>(SyncReport {

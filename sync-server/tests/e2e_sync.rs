@@ -858,9 +858,11 @@ async fn live_waiters_reach(url: &str, n: u64, limit: Duration) -> bool {
     .is_ok()
 }
 
-/// A round whose long poll gave way to a local write still pulls: after the push it pulls
-/// once without waiting, so a client that writes more often than its polls complete keeps
-/// receiving the others' changes.
+/// A round whose long poll gave way to a local write still pulls: it pushes the write,
+/// asking for the page, and when that page does not reach the end of the oplog it pulls the
+/// rest without waiting, so a client that writes more often than its polls complete keeps
+/// receiving the others' changes. (Pages of one transaction here, and b pushed two: the
+/// push's page holds only the first.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_woken_by_a_local_write_still_pulls() {
     let (dir, server) = app_server(None).await;
@@ -868,15 +870,21 @@ async fn a_round_woken_by_a_local_write_still_pulls() {
         inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
         delay: Duration::from_secs(10),
     });
-    let (a, ra) = client_with(&dir.path().join("a"), "app", "a", &["notes"], slow).await;
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
+    cfg.pull_limit = 1;
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, slow).await;
     let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
     ra.sync_now().await.unwrap();
-    let theirs = b
-        .collection("notes")
-        .insert(&json!({"from": "b"}))
-        .await
-        .unwrap();
-    rb.sync_now().await.unwrap();
+    let mut theirs = Vec::new();
+    for i in 0..2 {
+        let id = b
+            .collection("notes")
+            .insert(&json!({"from": "b", "i": i}))
+            .await
+            .unwrap();
+        rb.sync_now().await.unwrap();
+        theirs.push(id);
+    }
     let waiter = tokio::spawn(async move {
         let started = std::time::Instant::now();
         let report = ra.sync_wait(Duration::from_secs(20)).await.unwrap();
@@ -893,8 +901,10 @@ async fn a_round_woken_by_a_local_write_still_pulls() {
         elapsed < Duration::from_secs(8),
         "the round waited for its poll: {elapsed:?}"
     );
-    assert_eq!((report.pushed, report.pulled), (1, 1), "{report:?}");
-    assert!(a.collection("notes").exists(theirs).await.unwrap());
+    assert_eq!((report.pushed, report.pulled), (1, 2), "{report:?}");
+    for id in theirs {
+        assert!(a.collection("notes").exists(id).await.unwrap());
+    }
 }
 
 /// Captures that find nothing to take (the app writes only to unsynced collections) commit
