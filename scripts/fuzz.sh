@@ -16,12 +16,17 @@ if ! [[ $seconds =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
   echo "usage: scripts/fuzz.sh [SECONDS>0]" >&2
   exit 2
 fi
-shared="$(realpath -m "${SHARED:-../shared}")"
+# Absolute (the script moves into fuzz/), without GNU-only `realpath -m`; it need not exist.
+shared="${SHARED:-../shared}"
+[[ $shared == /* ]] || shared="$PWD/$shared"
 logs="$PWD/target/fuzz-logs"
 mkdir -p "$logs"
 command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz
 cd fuzz
-RUSTC_BOOTSTRAP=1 cargo fuzz build -s none -a -O
+if ! RUSTC_BOOTSTRAP=1 cargo fuzz build -s none -a -O; then
+  echo "fuzz targets failed to build" >&2
+  exit 1
+fi
 mkdir -p corpus/cbor_decode corpus/wire_decode corpus/open_files corpus/backup_verify
 python3 - "$shared" <<'PY'
 import json, pathlib, sys
