@@ -343,9 +343,7 @@ fn check_live(state: &AppState) -> Result<(), ApiError> {
 
 /// A requested page size, defaulted and capped by `max_page`.
 fn page_limit(state: &AppState, requested: Option<usize>) -> usize {
-    requested
-        .unwrap_or(state.config.max_page)
-        .clamp(1, state.config.max_page)
+    service::page_limit(&state.config, requested)
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
@@ -481,13 +479,11 @@ async fn push(
             ));
         }
         let hosted = state.hosts.get(&db).await?;
-        if let Some(since) = p.since {
-            // Checked before the push, so that a wrong cursor stores nothing.
-            service::check_cursor(&hosted, since)?;
-        }
         let req: PushRequest = read_body(&state, &headers, body).await?;
-        let mut resp = service::push(&state.config, &hosted, &claims, req).await?;
-        // Counted once committed, whatever happens to the page.
+        let page = p.since.map(|since| (since, page_limit(&state, p.limit)));
+        let resp =
+            service::push_with_page(&state.config, &hosted, &claims, req, page, &state.shutdown)
+                .await?;
         for r in &resp.results {
             state.metrics.op(match r.status {
                 entidb_sync::wire::OpStatus::Applied => "applied",
@@ -496,12 +492,8 @@ async fn push(
                 entidb_sync::wire::OpStatus::Rejected => "rejected",
             });
         }
-        if let Some(since) = p.since {
-            let limit = page_limit(&state, p.limit);
-            service::add_page(&hosted, &claims, &mut resp, since, limit, &state.shutdown).await?;
-            if let Some(page) = &resp.pull {
-                state.metrics.changes_sent.inc_by(page.changes.len() as u64);
-            }
+        if let Some(page) = &resp.pull {
+            state.metrics.changes_sent.inc_by(page.changes.len() as u64);
         }
         Ok(resp)
     }

@@ -493,30 +493,51 @@ pub async fn push(
     })
 }
 
-/// Adds the page a push asked for (`push?since=C&limit=N`, `docs/sync-protocol.md` §5.1) to
-/// its committed answer: the page after `since`, read now. A cursor behind the retained
-/// oplog leaves the page out (the client's pull then gets `rebootstrap`); any other error
-/// is the request's (the push is committed: its retry is answered `duplicate`).
-pub async fn add_page(
+/// Applies a push and, with `page = Some((since, limit))`, answers with the page after
+/// `since` too (`push?since=C&limit=N`, `docs/sync-protocol.md` §5.1): the HTTP handler and
+/// the simulation both come through here.
+///
+/// The cursor is checked before the push, so a wrong one stores nothing. Once the push has
+/// committed, its answer stands: a page that cannot be read (behind the retained oplog, or
+/// an internal error, which is logged) is left out, and the client's own pull meets the
+/// same condition and reports it.
+pub async fn push_with_page(
+    config: &Config,
     hosted: &Hosted,
     claims: &Claims,
-    answer: &mut PushResponse,
-    since: u64,
-    limit: usize,
+    req: PushRequest,
+    page: Option<(u64, usize)>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
-) -> Result<(), ApiError> {
-    match pull(hosted, claims, since, limit, None, shutdown).await {
-        Ok(page) => {
-            answer.pull = Some(page);
-            Ok(())
-        }
-        Err(e) if e.body.code == ErrorCode::Rebootstrap => Ok(()),
-        Err(e) => Err(e),
+) -> Result<PushResponse, ApiError> {
+    if let Some((since, _)) = page {
+        check_cursor(hosted, since)?;
     }
+    let mut answer = push(config, hosted, claims, req).await?;
+    if let Some((since, limit)) = page {
+        match pull(hosted, claims, since, limit, None, shutdown).await {
+            Ok(page) => answer.pull = Some(page),
+            Err(e) if e.body.code == ErrorCode::Rebootstrap => {}
+            Err(e) => tracing::warn!(
+                database = %hosted.name,
+                since,
+                error = %e.body.message,
+                "the page a push asked for was left out"
+            ),
+        }
+    }
+    Ok(answer)
+}
+
+/// The size of a pull page: `requested`, or the server's `max_page` when not given, within
+/// `1..=max_page`.
+pub fn page_limit(config: &Config, requested: Option<usize>) -> usize {
+    requested
+        .unwrap_or(config.max_page)
+        .clamp(1, config.max_page)
 }
 
 /// Checks that a client's cursor is not ahead of the server's oplog.
-pub fn check_cursor(hosted: &Hosted, since: u64) -> Result<(), ApiError> {
+fn check_cursor(hosted: &Hosted, since: u64) -> Result<(), ApiError> {
     let last = hosted.db.last_sequence();
     if since > last {
         return Err(bad(format!(

@@ -258,12 +258,23 @@ impl SimTransport {
                             .then(|| ((o.collection.clone(), o.id), tags.get(&o.op_id).cloned()))
                     })
                     .collect();
-                // As the HTTP handler does: a page's cursor is checked before the push.
-                let page_since: Option<u64> = q.get("since").map(|s| s.parse().unwrap());
-                let mut r = match page_since.map(|c| service::check_cursor(&hosted, c)) {
-                    Some(Err(e)) => Err(e),
-                    _ => service::push(&net.config, &hosted, &self.claims, req).await,
-                };
+                // The page a push asks for, through the same service call as the handler.
+                let page = q.get("since").map(|since| {
+                    let limit = q.get("limit").map(|l| l.parse().unwrap());
+                    (
+                        since.parse().unwrap(),
+                        service::page_limit(&net.config, limit),
+                    )
+                });
+                let r = service::push_with_page(
+                    &net.config,
+                    &hosted,
+                    &self.claims,
+                    req,
+                    page,
+                    &net.shutdown,
+                )
+                .await;
                 if let Ok(PushResponse { results, .. }) = &r {
                     let mut d = net.decisions.lock().unwrap();
                     for (place, (res, kept)) in results.iter().zip(&kept).enumerate() {
@@ -298,21 +309,8 @@ impl SimTransport {
                         }
                     }
                 }
-                // The page the push asked for, as the HTTP handler adds it.
-                if let (Ok(resp), Some(since)) = (&mut r, page_since) {
-                    let limit = q
-                        .get("limit")
-                        .map_or(net.config.max_page, |s| s.parse().unwrap())
-                        .clamp(1, net.config.max_page);
-                    if let Err(e) =
-                        service::add_page(&hosted, &self.claims, resp, since, limit, &net.shutdown)
-                            .await
-                    {
-                        r = Err(e);
-                    }
-                    if let Ok(PushResponse { pull: Some(_), .. }) = &r {
-                        net.decisions.lock().unwrap().pages_with_push += 1;
-                    }
+                if let Ok(PushResponse { pull: Some(_), .. }) = &r {
+                    net.decisions.lock().unwrap().pages_with_push += 1;
                 }
                 answer(r)
             } else if path.ends_with("/pull") {
