@@ -503,13 +503,22 @@ async fn s3(clients: usize, ops: u64, batch: u64, memtable_mib: u64) {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let pushed = Arc::new(Mutex::new(Vec::new()));
     let push_times: Arc<PushTimes> = Arc::new((0..clients).map(|_| Mutex::default()).collect());
+    // How long each writing round (`sync_now` call) took, in microseconds, and each
+    // client's writing loop (write, round, feed read) on average.
+    let rounds: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let loops: Arc<Mutex<Vec<f64>>> = Arc::default();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let url = server.url.clone();
         let path = dir.path().join(format!("c{c}"));
-        let (latencies, pushed, push_times) =
-            (latencies.clone(), pushed.clone(), push_times.clone());
+        let (latencies, pushed, push_times, rounds, loops) = (
+            latencies.clone(),
+            pushed.clone(),
+            push_times.clone(),
+            rounds.clone(),
+            loops.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let name = format!("c{c}");
             let options = shared_runtime_options().memtable_bytes(memtable_mib << 20);
@@ -519,6 +528,7 @@ async fn s3(clients: usize, ops: u64, batch: u64, memtable_mib: u64) {
             // fifth of their CPU at 50 clients).
             let mut seen = Seen::at(&db);
             let mut written = 0;
+            let (writing, mut n_rounds) = (Instant::now(), 0u32);
             while written < ops {
                 for _ in 0..batch.min(ops - written) {
                     db.collection("items")
@@ -534,9 +544,13 @@ async fn s3(clients: usize, ops: u64, batch: u64, memtable_mib: u64) {
                     .unwrap()
                     .resize(written as usize, push_start);
                 r.sync_now().await.unwrap();
+                rounds.lock().unwrap().push(now_micros() - push_start);
+                n_rounds += 1;
                 let pushes = Some((&*push_times, &*pushed));
                 record(&db, &name, &mut seen, &latencies, pushes).await;
             }
+            let per_loop = writing.elapsed().as_secs_f64() * 1000.0 / f64::from(n_rounds.max(1));
+            loops.lock().unwrap().push(per_loop);
             let mut last_news = Instant::now();
             while seen.received < total - ops {
                 r.sync_wait(Duration::from_millis(500)).await.unwrap();
@@ -593,6 +607,19 @@ async fn s3(clients: usize, ops: u64, batch: u64, memtable_mib: u64) {
         percentile(&l, 0.5) as f64 / 1000.0,
         percentile(&l, 0.99) as f64 / 1000.0,
         l.len()
+    );
+    let mut r = std::mem::take(&mut *rounds.lock().unwrap());
+    r.sort_unstable();
+    let ms = |p: f64| percentile(&r, p) as f64 / 1000.0;
+    let loops = loops.lock().unwrap();
+    println!(
+        "S3 writing rounds (a client's sync_now, {} of them): p10 {:.1} ms, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms; a client's whole loop (write, round, feed read) {:.1} ms on average",
+        r.len(),
+        ms(0.1),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        loops.iter().sum::<f64>() / loops.len().max(1) as f64
     );
     println!(
         "S3 by tenth of the run (write time):\n  {}",
