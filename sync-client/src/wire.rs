@@ -420,6 +420,25 @@ impl Claims {
         self.has("write", collection)
     }
 
+    /// Whether the token may read some collection: a `read` or `write` scope, for all
+    /// collections or for one (`read:C`, `write:C`). Endpoints that hand out data or the
+    /// oplog's position (pull, events, bootstrap, conflicts) need it.
+    pub fn may_read_some(&self) -> bool {
+        self.scope.iter().any(|s| {
+            ["read", "write"]
+                .iter()
+                .any(|v| s == v || s.strip_prefix(v).is_some_and(|r| r.starts_with(':')))
+        })
+    }
+
+    /// Whether the token may write some collection (`write` or `write:C`): a push needs it,
+    /// even one with no ops.
+    pub fn may_write_some(&self) -> bool {
+        self.scope
+            .iter()
+            .any(|s| s == "write" || s.strip_prefix("write").is_some_and(|r| r.starts_with(':')))
+    }
+
     /// Whether the token may administer databases.
     pub fn is_admin(&self) -> bool {
         self.scope.iter().any(|s| s == "admin")
@@ -589,6 +608,19 @@ mod tests {
         assert!(c.can_read("users") && c.can_read("notes"));
         assert!(c.can_write("notes") && !c.can_write("users") && !c.can_write("notes2"));
         assert!(!c.is_admin() && c.allows_db("app") && !c.allows_db("other"));
+        assert!(c.may_read_some() && c.may_write_some());
+        let with = |scope: &[&str]| Claims {
+            scope: scope.iter().map(|s| (*s).to_owned()).collect(),
+            ..c.clone()
+        };
+        assert!(with(&["read:notes"]).may_read_some());
+        assert!(!with(&["read:notes"]).may_write_some());
+        assert!(with(&["write:notes"]).may_read_some());
+        // Scopes that only start like one are none.
+        for odd in ["readonly", "writer", "read_all", "admin", ""] {
+            assert!(!with(&[odd]).may_read_some(), "{odd}");
+            assert!(!with(&[odd]).may_write_some(), "{odd}");
+        }
     }
 
     #[test]

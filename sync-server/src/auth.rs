@@ -24,6 +24,9 @@ pub enum AuthError {
     Expired,
 }
 
+/// Seconds of clock difference allowed on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 30;
+
 /// The active signing keys.
 #[derive(Clone)]
 pub struct Keys {
@@ -80,8 +83,13 @@ impl Keys {
             }
         };
         let mut v = Validation::new(Algorithm::HS256);
-        v.leeway = 30;
+        v.leeway = LEEWAY_SECS;
         v.set_required_spec_claims(&["exp", "sub"]);
+        // `nbf`, when present, is checked (with the same leeway); `aud` is not: tokens are
+        // bound by their `db`, `sub` and `scope` claims, and a token some library minted
+        // with an audience is not refused for it.
+        v.validate_nbf = true;
+        v.validate_aud = false;
         jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
@@ -162,5 +170,50 @@ mod tests {
             keys.verify(&String::from_utf8(bad).expect("ascii"))
                 .is_err()
         );
+    }
+
+    /// Tokens minted by another library: `nbf` is honoured, `aud` ignored, and no algorithm
+    /// but HS256 (not `none`, not HS512 with the same secret) is accepted.
+    #[test]
+    fn foreign_claims_and_algorithms() {
+        let keys = Keys::new(&[KeyConfig {
+            id: "k1".into(),
+            secret: S1.into(),
+        }]);
+        let sign = |alg: Algorithm, extra: serde_json::Value| {
+            let mut claims = serde_json::json!({
+                "sub": "c1", "db": "app", "scope": ["read"], "exp": now_secs() + 3600,
+            });
+            if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+                c.extend(e.clone());
+            }
+            let header = Header {
+                kid: Some("k1".into()),
+                ..Header::new(alg)
+            };
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(S1.as_bytes()))
+                .expect("encode")
+        };
+        let plain = sign(Algorithm::HS256, serde_json::json!({}));
+        assert_eq!(keys.verify(&plain).expect("plain").sub, "c1");
+        let early = sign(
+            Algorithm::HS256,
+            serde_json::json!({"nbf": now_secs() + 3600}),
+        );
+        let err = keys
+            .verify(&early)
+            .expect_err("not valid before an hour from now");
+        assert!(err.to_string().contains("ImmatureSignature"), "{err}");
+        // Within the leeway, `nbf` does not refuse a token of a slightly fast clock.
+        let soon = sign(Algorithm::HS256, serde_json::json!({"nbf": now_secs() + 5}));
+        assert!(keys.verify(&soon).is_ok());
+        let aud = sign(Algorithm::HS256, serde_json::json!({"aud": "some-api"}));
+        assert!(keys.verify(&aud).is_ok());
+        let hs512 = sign(Algorithm::HS512, serde_json::json!({}));
+        assert!(matches!(keys.verify(&hs512), Err(AuthError::Invalid(_))));
+        // `alg: none` with no signature.
+        let body = plain.split('.').nth(1).expect("a payload");
+        let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{body}.");
+        assert!(matches!(keys.verify(&none), Err(AuthError::Invalid(_))));
     }
 }

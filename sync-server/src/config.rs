@@ -131,6 +131,15 @@ impl Config {
             if k.id.is_empty() {
                 return bad("a signing key has an empty id".into());
             }
+            // A token names its key by id: two keys with one id would verify against
+            // whichever comes first (a rotation that reuses an id with a new secret would
+            // refuse every new token).
+            if self.keys.iter().filter(|o| o.id == k.id).count() > 1 {
+                return bad(format!(
+                    "signing key id {:?} is configured twice; give the new key a new id",
+                    k.id
+                ));
+            }
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024".into());
@@ -209,6 +218,18 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        let twice = Config {
+            keys: Config::parse_keys(
+                "k1=0123456789abcdef0123456789abcdef,k1=fedcba9876543210fedcba9876543210",
+            )
+            .expect("parse"),
+            ..Config::default()
+        };
+        let err = twice.validate().expect_err("a key id twice");
+        assert!(
+            err.to_string().contains("\"k1\" is configured twice"),
+            "{err}"
+        );
         assert!(Config::parse_keys("nokey").is_err());
         assert!(Config::default().validate().is_ok());
     }

@@ -242,17 +242,28 @@ fn respond<T: serde::Serialize>(headers: &HeaderMap, r: Result<T, ApiError>) -> 
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .ok_or(AuthError::Missing);
-    token
-        .and_then(|t| state.keys.verify(t.trim()))
+    bearer_token(headers)
+        .and_then(|t| state.keys.verify(t))
         .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))
+}
+
+/// The token of the request's one `Authorization: Bearer` header (the scheme's name in any
+/// case, RFC 9110 §11.1). Several `Authorization` headers are refused: a proxy and this
+/// server could each take another one.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (all.next(), all.next()) else {
+        return Err(if headers.contains_key(header::AUTHORIZATION) {
+            AuthError::Invalid("more than one Authorization header".into())
+        } else {
+            AuthError::Missing
+        });
+    };
+    let value = value.to_str().map_err(|_| AuthError::Missing)?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(AuthError::Missing),
+    }
 }
 
 async fn read_body<T: entidb_sync::wire::Message>(
@@ -365,6 +376,13 @@ async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Response {
     (StatusCode::OK, "ready").into_response()
 }
 
+/// How long `claims` stay valid (with the verifier's leeway), or `None` once they expired.
+fn token_lifetime_left(claims: &Claims) -> Option<Duration> {
+    let until = claims.exp.saturating_add(crate::auth::LEEWAY_SECS);
+    let now = crate::auth::now_secs();
+    (now < until).then(|| Duration::from_secs(until - now))
+}
+
 fn require_admin(claims: &Claims) -> Result<(), ApiError> {
     if claims.is_admin() {
         Ok(())
@@ -376,15 +394,27 @@ fn require_admin(claims: &Claims) -> Result<(), ApiError> {
     }
 }
 
+/// An admin token administers the databases its `db` claim allows: all of them for `*`,
+/// else only the one it names.
+fn require_admin_of(claims: &Claims, name: &str) -> Result<(), ApiError> {
+    require_admin(claims)?;
+    service::check_db(claims, name)
+}
+
 #[utoipa::path(get, path = "/v2/admin/databases", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "The hosted databases", body = DatabaseList),
               (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
               (status = 403, description = "Needs the admin scope", body = ErrorBody)))]
 async fn list_dbs(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let r = async {
-        require_admin(&authenticate(&state, &headers)?)?;
+        let claims = authenticate(&state, &headers)?;
+        require_admin(&claims)?;
         let mut databases = Vec::new();
+        // Only the databases the token's `db` claim allows.
         for name in state.hosts.names()? {
+            if !claims.allows_db(&name) {
+                continue;
+            }
             let h = state.hosts.get(&name).await?;
             databases.push(DatabaseInfo {
                 cursor: h.db.last_sequence(),
@@ -408,8 +438,10 @@ async fn list_dbs(State(state): State<AppState>, headers: HeaderMap) -> Response
               (status = 415, description = "Neither CBOR nor JSON", body = ErrorBody)))]
 async fn create_db(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let r = async {
-        require_admin(&authenticate(&state, &headers)?)?;
+        let claims = authenticate(&state, &headers)?;
+        require_admin(&claims)?;
         let req: CreateDatabase = read_body(&state, &headers, body).await?;
+        require_admin_of(&claims, &req.name)?;
         let h = state.hosts.create(&req.name).await?;
         tracing::info!(database = %req.name, "database created");
         Ok(DatabaseInfo {
@@ -434,7 +466,7 @@ async fn delete_db(
     Path(name): Path<String>,
 ) -> Response {
     let r = async {
-        require_admin(&authenticate(&state, &headers)?)?;
+        require_admin_of(&authenticate(&state, &headers)?, &name)?;
         state.hosts.delete(&name).await?;
         tracing::info!(database = %name, "database deleted");
         Ok(DeletedDatabase { deleted: name })
@@ -684,6 +716,18 @@ async fn events(
                 if *shutdown.borrow() {
                     return None;
                 }
+                // The token is checked for the whole stream, not only when it opened: once
+                // it expires (with the verifier's leeway) the stream ends with an
+                // `unauthorized` error, and a wait never runs past that moment.
+                let Some(left) = token_lifetime_left(&claims) else {
+                    let e = ApiError::new(ErrorCode::Unauthorized, AuthError::Expired.to_string());
+                    let ev = Event::default()
+                        .event("error")
+                        .json_data(&e.body)
+                        .unwrap_or_else(|_| Event::default().event("error"));
+                    return Some((Ok(ev), None));
+                };
+                let wait = wait.min(left);
                 match service::pull(&hosted, &claims, since, page, Some(wait), &shutdown).await {
                     Ok(p) if p.changes.is_empty() => since = p.cursor,
                     Ok(p) => {

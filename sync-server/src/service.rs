@@ -139,6 +139,16 @@ pub fn check_db(claims: &Claims, db: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Checks that the token may read some collection (pull, events, bootstrap, conflicts:
+/// each hands out data or the oplog's position).
+fn require_read(claims: &Claims) -> Result<(), ApiError> {
+    if claims.may_read_some() {
+        Ok(())
+    } else {
+        Err(forbidden("the token has no read or write scope".into()))
+    }
+}
+
 /// Applies a push.
 pub async fn push(
     config: &Config,
@@ -147,6 +157,10 @@ pub async fn push(
     req: PushRequest,
 ) -> Result<PushResponse, ApiError> {
     check_db(claims, &hosted.name)?;
+    // Checked here too, not only per op: a push with no ops still answers the cursor.
+    if !claims.may_write_some() {
+        return Err(forbidden("the token has no write scope".into()));
+    }
     if req.client_id != claims.sub {
         return Err(forbidden(format!(
             "the token is for client {:?}, not {:?}",
@@ -557,13 +571,7 @@ pub async fn pull(
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<PullResponse, ApiError> {
     check_db(claims, &hosted.name)?;
-    if !claims
-        .scope
-        .iter()
-        .any(|s| s.starts_with("read") || s.starts_with("write"))
-    {
-        return Err(forbidden("the token has no read scope".into()));
-    }
+    require_read(claims)?;
     check_cursor(hosted, since)?;
     let db = &hosted.db;
     if let Some(wait) = wait
@@ -669,6 +677,7 @@ pub async fn bootstrap(
     limit: usize,
 ) -> Result<BootstrapResponse, ApiError> {
     check_db(claims, &hosted.name)?;
+    require_read(claims)?;
     let snap = hosted.db.snapshot();
     let existing = snap.collections();
     let wanted: Vec<String> = match collections {
@@ -714,7 +723,14 @@ pub async fn bootstrap(
     let (start, mut after) = match from {
         Some(p) => {
             let i = colls.partition_point(|c| *c < p.collection);
-            (i, p.after)
+            // `after` is a position in the named collection only: if that one is gone (or
+            // no longer asked for), the next collection starts from its beginning.
+            let after = if colls.get(i) == Some(&p.collection) {
+                p.after
+            } else {
+                None
+            };
+            (i, after)
         }
         None => (0, None),
     };
@@ -763,20 +779,34 @@ pub async fn conflicts(
     limit: usize,
 ) -> Result<ConflictsResponse, ApiError> {
     check_db(claims, &hosted.name)?;
+    require_read(claims)?;
     let snap = hosted.db.snapshot();
-    let mut opts = ScanOptions::limit(limit);
-    opts.after = after;
-    let page = snap.collection(CONFLICTS).scan(opts).await.map_err(eng)?;
-    let mut out = Vec::new();
-    for d in &page.items {
-        let r: ConflictRecord = d.decode().map_err(eng)?;
-        if claims.can_read(&r.collection) {
-            out.push(r);
+    // Entries of collections the token cannot read are skipped, and the scan goes on until
+    // the page is full, the log ends, or `4 * limit` entries were read (as a pull reads
+    // past transactions the token cannot see): a client reading one collection of a busy
+    // log gets full pages, and a request's work stays bounded. `next` is the last entry
+    // read, which can be one the token cannot see.
+    let budget = limit.saturating_mul(4);
+    let (mut out, mut read, mut next) = (Vec::new(), 0, after);
+    loop {
+        let mut opts = ScanOptions::limit((limit - out.len()).min(budget - read).max(1));
+        opts.after = next;
+        let page = snap.collection(CONFLICTS).scan(opts).await.map_err(eng)?;
+        read += page.items.len();
+        for d in &page.items {
+            let r: ConflictRecord = d.decode().map_err(eng)?;
+            if claims.can_read(&r.collection) {
+                out.push(r);
+            }
+        }
+        next = page.next;
+        if next.is_none() || out.len() >= limit || read >= budget {
+            break;
         }
     }
     Ok(ConflictsResponse {
         conflicts: out,
-        next: page.next,
+        next,
     })
 }
 

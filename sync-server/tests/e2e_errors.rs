@@ -441,6 +441,81 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
     assert_eq!(pull.status, 200);
     assert_eq!(pull.body["changes"], json!([]), "{}", pull.body);
 
+    // Scopes: `admin` alone reads nothing and pushes nothing, not even an empty push
+    // (which would answer the cursor) or a push that asks for a page; a scope that only
+    // starts like `read` is no read scope; a read scope cannot push an empty batch.
+    let admin_only = token("app", "c1", &["admin"], 3600);
+    let readonly = token("app", "c1", &["readonly"], 3600);
+    let reader = token("app", "c1", &["read"], 3600);
+    let empty_push = serde_json::to_vec(&json!({"client_id": "c1", "ops": []})).unwrap();
+    for (what, method, path, tok, body) in [
+        (
+            "admin pulls",
+            "GET",
+            "/v2/db/app/pull?since=0",
+            &admin_only,
+            vec![],
+        ),
+        (
+            "admin bootstraps",
+            "GET",
+            "/v2/db/app/bootstrap",
+            &admin_only,
+            vec![],
+        ),
+        (
+            "admin reads conflicts",
+            "GET",
+            "/v2/db/app/conflicts",
+            &admin_only,
+            vec![],
+        ),
+        (
+            "admin opens events",
+            "GET",
+            "/v2/db/app/events",
+            &admin_only,
+            vec![],
+        ),
+        (
+            "admin pushes nothing",
+            "POST",
+            push,
+            &admin_only,
+            empty_push.clone(),
+        ),
+        (
+            "admin pushes nothing, asking for a page",
+            "POST",
+            "/v2/db/app/push?since=0",
+            &admin_only,
+            empty_push.clone(),
+        ),
+        (
+            "'readonly' pulls",
+            "GET",
+            "/v2/db/app/pull?since=0",
+            &readonly,
+            vec![],
+        ),
+        (
+            "a reader pushes nothing",
+            "POST",
+            push,
+            &reader,
+            empty_push.clone(),
+        ),
+    ] {
+        let ct = (method == "POST").then_some("application/json");
+        let r = send(url, method, path, Some(tok), ct, body).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (403, Some("forbidden")),
+            "{what}: {}",
+            r.body
+        );
+    }
+
     // A push that asks for the page after a cursor ahead of the server, or for a page size
     // without a cursor, or names an unknown parameter, is refused before anything is
     // stored (the good push below is then applied, not `duplicate`).
@@ -777,4 +852,137 @@ fn token_command_mints_a_token_the_server_accepts() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// The bearer scheme's name in any case is accepted; a second `Authorization` header is
+/// refused (a proxy and the server could each read another one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_header_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let good = token("app", "c1", &["read"], 3600);
+    let other = token("app", "c2", &["read"], 3600);
+    let http = reqwest::Client::new();
+    let pull = format!("{}/v2/db/app/pull?since=0", server.url);
+    for scheme in ["Bearer", "bearer", "BEARER", "BeArEr"] {
+        let r = http
+            .get(&pull)
+            .header("authorization", format!("{scheme} {good}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
+    for (what, values) in [
+        (
+            "two tokens",
+            vec![format!("Bearer {good}"), format!("Bearer {other}")],
+        ),
+        (
+            "the same token twice",
+            vec![format!("Bearer {good}"), format!("Bearer {good}")],
+        ),
+        ("another scheme", vec![format!("Basic {good}")]),
+        ("no token after the scheme", vec!["Bearer".to_owned()]),
+    ] {
+        let mut req = http.get(&pull);
+        for v in values {
+            req = req.header("authorization", v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer", "{what}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized", "{what}: {body}");
+    }
+}
+
+/// An admin token for one database administers that one only: the list shows it alone, and
+/// creating or deleting another is 403 with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_token_for_one_database_administers_only_that_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    server.create_db("other").await;
+    let url = &server.url;
+    let app_admin = token("app", "ops", &["admin"], 3600);
+    let json_ct = Some("application/json");
+    let list = send(
+        url,
+        "GET",
+        "/v2/admin/databases",
+        Some(&app_admin),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let names: Vec<&str> = list.body["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app"]);
+    let delete = send(
+        url,
+        "DELETE",
+        "/v2/admin/databases/other",
+        Some(&app_admin),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (delete.status, delete.body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{}",
+        delete.body
+    );
+    let create = send(
+        url,
+        "POST",
+        "/v2/admin/databases",
+        Some(&app_admin),
+        json_ct,
+        serde_json::to_vec(&json!({"name": "third"})).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (create.status, create.body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{}",
+        create.body
+    );
+    // Nothing changed: the operator's `*` token still sees both, and no third.
+    let all = send(
+        url,
+        "GET",
+        "/v2/admin/databases",
+        Some(&Server::admin_token()),
+        None,
+        vec![],
+    )
+    .await;
+    let mut names: Vec<&str> = all.body["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["app", "other"], "{}", all.body);
+    // Its own database it may delete.
+    let own = send(
+        url,
+        "DELETE",
+        "/v2/admin/databases/app",
+        Some(&app_admin),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(own.status, 200, "{}", own.body);
 }

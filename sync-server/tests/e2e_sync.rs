@@ -1061,6 +1061,43 @@ fn entity_ids_in_json_are_uuid_strings() {
     );
 }
 
+/// An event stream lives no longer than its token: when the token expires (after the
+/// verifier's 30 s leeway) the stream ends with an `unauthorized` error event, even while
+/// it is waiting for a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_ends_when_its_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    // Expired 22 s ago: still accepted for 8 s.
+    let claims = entidb_sync::wire::Claims {
+        sub: "watcher".into(),
+        db: "app".into(),
+        scope: vec!["read".into()],
+        exp: entidb_server::auth::now_secs() - 22,
+        iat: 0,
+    };
+    let short = entidb_server::auth::mint(KEY_ID, SECRET.as_bytes(), &claims).unwrap();
+    let mut stream = reqwest::Client::new()
+        .get(format!("{}/v2/db/app/events?since=0", server.url))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut seen = String::new();
+    // Within 20 s: before the 25 s wait the stream is in would have ended on its own.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its token: {seen:?}");
+    assert!(seen.contains("event: error"), "{seen}");
+    assert!(seen.contains("unauthorized"), "{seen}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
@@ -2498,4 +2535,135 @@ async fn a_push_page_never_steps_back_an_entity_its_answer_named() {
         b.collection("cw").get(x).await.unwrap(),
         Some(json!({"v": "a2"}))
     );
+}
+
+/// A bootstrap resumed at a collection that is gone (dropped between two pages) goes on with
+/// the next collection from its start: the position's `after` belongs to the named
+/// collection only, and applied to the next one it would skip entities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_resumed_in_a_dropped_collection_starts_the_next_one_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let t = token("app", "c1", &["read", "write"], 3600);
+    let id = |n: u32| format!("0190a5c2-0000-7000-8000-{n:012x}");
+    let ops: Vec<serde_json::Value> = [("a", 1), ("b", 1), ("b", 2), ("b", 3)]
+        .iter()
+        .enumerate()
+        .map(|(i, (c, n))| {
+            json!({"op_id": i + 1, "collection": c, "id": id(*n), "kind": "put",
+                   "doc": {"n": n}, "base_version": null,
+                   "hlc": {"millis": 1, "counter": i, "node": "c1"}})
+        })
+        .collect();
+    let pushed = reqwest::Client::new()
+        .post(format!("{}/v2/db/app/push", server.url))
+        .bearer_auth(&t)
+        .json(&json!({"client_id": "c1", "ops": ops}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 200);
+    // A position in "aa" (no such collection, between "a" and "b") after id 2.
+    let page = get_json(
+        &format!(
+            "{}/v2/db/app/bootstrap?collection=aa&after={}",
+            server.url,
+            id(2)
+        ),
+        &t,
+    )
+    .await;
+    let got: Vec<(&str, &str)> = page["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["collection"].as_str().unwrap(), e["id"].as_str().unwrap()))
+        .collect();
+    let want = [id(1), id(2), id(3)];
+    assert_eq!(
+        got,
+        want.iter().map(|i| ("b", i.as_str())).collect::<Vec<_>>(),
+        "{page}"
+    );
+    // In the named collection `after` still applies.
+    let page = get_json(
+        &format!(
+            "{}/v2/db/app/bootstrap?collection=b&after={}",
+            server.url,
+            id(2)
+        ),
+        &t,
+    )
+    .await;
+    assert_eq!(page["entities"].as_array().unwrap().len(), 1, "{page}");
+}
+
+/// A conflict-log page for a token that reads one collection skips the others' entries and
+/// reads on to fill the page (up to `4 x limit` entries), instead of answering an empty page
+/// for every `limit` entries it cannot see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_page_reads_past_entries_the_token_cannot_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let id = |n: u32| format!("0190a5c2-0000-7000-8000-{n:012x}");
+    let targets = [("b", 1), ("b", 2), ("b", 3), ("b", 4), ("b", 5), ("a", 6)];
+    let push = |client: &'static str| {
+        let ops: Vec<serde_json::Value> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, (c, n))| {
+                json!({"op_id": i + 1, "collection": c, "id": id(*n), "kind": "put",
+                       "doc": {"by": client}, "base_version": null,
+                       "hlc": {"millis": 1, "counter": i, "node": client}})
+            })
+            .collect();
+        let url = format!("{}/v2/db/app/push", server.url);
+        async move {
+            let r: serde_json::Value = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token("app", client, &["write"], 3600))
+                .json(&json!({"client_id": client, "ops": ops}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r
+        }
+    };
+    push("c1").await;
+    // c2 never saw them: every op is concurrent and loses (server wins), six entries, the
+    // one of `a` last.
+    let lost = push("c2").await;
+    assert!(
+        lost["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "rejected"),
+        "{lost}"
+    );
+    let reader = token("app", "r", &["read:a"], 3600);
+    let page = get_json(
+        &format!("{}/v2/db/app/conflicts?limit=2", server.url),
+        &reader,
+    )
+    .await;
+    let conflicts = page["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{page}");
+    assert_eq!(conflicts[0]["collection"], "a");
+    assert_eq!(conflicts[0]["id"], id(6).as_str());
+    // The log ended within the page's reading budget.
+    assert!(page["next"].is_null(), "{page}");
+    // A reader of everything gets full pages.
+    let all = get_json(
+        &format!("{}/v2/db/app/conflicts?limit=2", server.url),
+        &token("app", "r", &["read"], 3600),
+    )
+    .await;
+    assert_eq!(all["conflicts"].as_array().unwrap().len(), 2, "{all}");
+    assert!(!all["next"].is_null(), "{all}");
 }
