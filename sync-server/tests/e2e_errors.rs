@@ -41,14 +41,12 @@ async fn send(
 }
 
 fn expired_token() -> String {
-    let claims = entidb_sync::wire::Claims {
-        sub: "c1".into(),
-        db: "app".into(),
-        scope: vec!["write".into()],
-        exp: entidb_server::auth::now_secs() - 3600,
-        iat: 0,
-    };
-    entidb_server::auth::mint(KEY_ID, SECRET.as_bytes(), &claims).unwrap()
+    token_expiring_at(
+        "app",
+        "c1",
+        &["write"],
+        entidb_server::auth::now_secs() - 3600,
+    )
 }
 
 fn push_body(client: &str, collection: &str, n: usize) -> Vec<u8> {

@@ -1070,14 +1070,8 @@ async fn an_event_stream_ends_when_its_token_expires() {
     let server = Server::start(&dir.path().join("data"), None, &[]);
     server.create_db("app").await;
     // Expired 22 s ago: still accepted for 8 s.
-    let claims = entidb_sync::wire::Claims {
-        sub: "watcher".into(),
-        db: "app".into(),
-        scope: vec!["read".into()],
-        exp: entidb_server::auth::now_secs() - 22,
-        iat: 0,
-    };
-    let short = entidb_server::auth::mint(KEY_ID, SECRET.as_bytes(), &claims).unwrap();
+    let exp = entidb_server::auth::now_secs() - 22;
+    let short = token_expiring_at("app", "watcher", &["read"], exp);
     let mut stream = reqwest::Client::new()
         .get(format!("{}/v2/db/app/events?since=0", server.url))
         .bearer_auth(&short)

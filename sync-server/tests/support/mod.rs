@@ -34,6 +34,19 @@ pub fn token(db: &str, client: &str, scope: &[&str], ttl: u64) -> String {
     entidb_server::mint_token(&key(), db, client, &scope, ttl).unwrap()
 }
 
+/// A token that expires at `exp` (seconds since the Unix epoch; in the past for expired
+/// ones, which the server still accepts within its 30 s leeway).
+pub fn token_expiring_at(db: &str, client: &str, scope: &[&str], exp: u64) -> String {
+    let claims = entidb_sync::wire::Claims {
+        sub: client.into(),
+        db: db.into(),
+        scope: scope.iter().map(|s| (*s).to_owned()).collect(),
+        exp,
+        iat: 0,
+    };
+    entidb_server::auth::mint(KEY_ID, SECRET.as_bytes(), &claims).unwrap()
+}
+
 /// A running `entidb serve`.
 pub struct Server {
     pub child: Child,
