@@ -69,8 +69,16 @@ fn name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-/// Check a collection name: 1 to 255 bytes of UTF-8 without control characters.
-pub(crate) fn check_name(name: &str) -> Result<()> {
+/// Checks a collection name: 1 to 255 bytes of UTF-8 without control characters. Writing
+/// to a collection checks it too; this is for callers that validate a whole request before
+/// any write (the sync server's push).
+///
+/// ```
+/// assert!(entidb::check_collection_name("notes").is_ok());
+/// assert!(entidb::check_collection_name("").is_err());
+/// assert!(entidb::check_collection_name("a\nb").is_err());
+/// ```
+pub fn check_name(name: &str) -> Result<()> {
     match name_problem(name) {
         Some(reason) => Err(Error::InvalidCollectionName {
             name: name.to_owned(),

@@ -42,7 +42,9 @@ mod wal;
 pub use backup::{
     BackupSink, BackupSource, BackupSummary, ReadSource, SliceSource, WriteSink, verify_backup,
 };
-pub use catalog::{MAX_COLLECTION_NAME_BYTES, MAX_HOLD_NAME_BYTES};
+pub use catalog::{
+    MAX_COLLECTION_NAME_BYTES, MAX_HOLD_NAME_BYTES, check_name as check_collection_name,
+};
 pub use database::{Collection, Database};
 pub use document::{Document, Page, ScanOptions};
 pub use error::{Error, Result};

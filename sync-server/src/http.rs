@@ -341,15 +341,23 @@ async fn open_for<P: DeserializeOwned + Default>(
 }
 
 /// Refuses a new long poll or event stream when `max_live` are already waiting.
-fn check_live(state: &AppState) -> Result<(), ApiError> {
-    let waiting = usize::try_from(state.metrics.live_waiters.get()).unwrap_or(0);
-    if waiting >= state.config.max_live {
+/// Takes one of the `max_live` places of waiting clients for as long as the guard lives.
+/// The place is taken (the gauge raised, its new value read in the same atomic step) before
+/// the limit is compared, so that a burst of requests cannot all pass the check before any
+/// of them counts, nor refuse each other.
+fn reserve_live(state: &AppState) -> Result<GaugeGuard, ApiError> {
+    let (guard, waiting) = GaugeGuard::counted(&state.metrics.live_waiters);
+    let waiting = usize::try_from(waiting).unwrap_or(usize::MAX);
+    if waiting > state.config.max_live {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
-            format!("{waiting} clients are already waiting for changes (max_live); retry later"),
+            format!(
+                "{} clients are already waiting for changes (max_live); retry later",
+                waiting - 1
+            ),
         ));
     }
-    Ok(())
+    Ok(guard)
 }
 
 /// A requested page size, defaulted and capped by `max_page`.
@@ -567,10 +575,7 @@ async fn pull(
         let wait = p
             .wait_ms
             .map(|w| Duration::from_millis(w.min(state.config.max_wait_ms)));
-        if wait.is_some() {
-            check_live(&state)?;
-        }
-        let _waiting = wait.map(|_| GaugeGuard::new(&state.metrics.live_waiters));
+        let _waiting = wait.map(|_| reserve_live(&state)).transpose()?;
         let page = service::pull(
             &hosted,
             &claims,
@@ -679,7 +684,7 @@ async fn events(
     use axum::response::sse::{Event, KeepAlive, Sse};
     let setup = async {
         let (claims, p, hosted): (_, EventParams, _) = open_for(&state, &headers, &db, q).await?;
-        check_live(&state)?;
+        let place = reserve_live(&state)?;
         let since = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
@@ -689,10 +694,10 @@ async fn events(
         // Errors that the first read would hit (a cursor behind the oplog, or ahead of the
         // server) are answered as plain HTTP errors, before the stream starts.
         service::pull(&hosted, &claims, since, 1, None, &state.shutdown).await?;
-        Ok((claims, hosted, since))
+        Ok((claims, hosted, since, place))
     }
     .await;
-    let (claims, hosted, since) = match setup {
+    let (claims, hosted, since, place) = match setup {
         Ok(x) => x,
         Err(e) => return reply_err(&headers, e),
     };
@@ -700,7 +705,7 @@ async fn events(
     let wait = Duration::from_millis(state.config.max_wait_ms);
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
-    let guard = Arc::new(GaugeGuard::new(&metrics.live_waiters));
+    let guard = Arc::new(place);
     let stream = futures_util::stream::unfold(Some(since), move |cursor| {
         let (hosted, claims, shutdown, metrics, guard) = (
             hosted.clone(),

@@ -131,7 +131,7 @@ pub async fn track(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
     metrics
@@ -151,6 +151,26 @@ pub async fn track(
     response
 }
 
+/// The `method` label: a standard method's name, else `other`. A request may carry any
+/// token as its method, and each label value is a series kept for the process's life, so
+/// the label takes only a bounded set of values (any client, with no token, could otherwise
+/// grow `/metrics` without end).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
 /// Increments a gauge for as long as it lives.
 #[derive(Debug)]
 pub struct GaugeGuard(Gauge);
@@ -158,8 +178,14 @@ pub struct GaugeGuard(Gauge);
 impl GaugeGuard {
     /// Increments `gauge` now and decrements it on drop.
     pub fn new(gauge: &Gauge) -> GaugeGuard {
-        gauge.inc();
-        GaugeGuard(gauge.clone())
+        GaugeGuard::counted(gauge).0
+    }
+
+    /// Like [`GaugeGuard::new`], also returning the gauge's value right after this
+    /// increment (one atomic step: concurrent guards each see a different value).
+    pub fn counted(gauge: &Gauge) -> (GaugeGuard, i64) {
+        let before = gauge.inc();
+        (GaugeGuard(gauge.clone()), before.saturating_add(1))
     }
 }
 

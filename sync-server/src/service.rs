@@ -167,6 +167,14 @@ pub async fn push(
             claims.sub, req.client_id
         )));
     }
+    // The client id becomes the origin of the push's transaction, which the engine bounds.
+    if req.client_id.len() > entidb::MAX_ORIGIN_BYTES {
+        return Err(bad(format!(
+            "the client id is {} bytes; at most {} are allowed",
+            req.client_id.len(),
+            entidb::MAX_ORIGIN_BYTES
+        )));
+    }
     if req.ops.len() > config.max_ops_per_push {
         return Err(ApiError::new(
             ErrorCode::TooManyOps,
@@ -186,6 +194,10 @@ pub async fn push(
             )));
         }
         last = op.op_id;
+        // Checked before the transaction: the engine checks a name only when it writes, and
+        // a delete of a missing entity, or an op that loses a conflict, writes nothing to
+        // the collection, so a bad name would reach the sync state and the conflict log.
+        entidb::check_collection_name(&op.collection).map_err(|e| bad(e.to_string()))?;
         if is_reserved(&op.collection) {
             return Err(bad(format!(
                 "collection {:?} is reserved for the sync layer",
@@ -205,6 +217,7 @@ pub async fn push(
             (OpKind::Delete, Some(_)) => {
                 return Err(bad(format!("op {} is a delete with a document", op.op_id)));
             }
+
             _ => {}
         }
     }

@@ -439,6 +439,60 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
     assert_eq!(pull.status, 200);
     assert_eq!(pull.body["changes"], json!([]), "{}", pull.body);
 
+    // Collection names the engine would refuse to write, in ops that would write nothing to
+    // the collection (a delete of nothing; a put that loses a conflict): refused before the
+    // transaction, so no sync state or conflict record names them. And a client id longer
+    // than a transaction's origin may be.
+    let op = |collection: &str, kind: &str, base: Option<u64>| {
+        let mut op = json!({"op_id": 1, "collection": collection,
+            "id": "0190a5c2-0000-7000-8000-000000000001", "kind": kind,
+            "base_version": base, "hlc": {"millis": 1, "counter": 0, "node": "c1"}});
+        if kind == "put" {
+            op["doc"] = json!({"x": 1});
+        }
+        serde_json::to_vec(&json!({"client_id": "c1", "ops": [op]})).unwrap()
+    };
+    let long_name = "n".repeat(300);
+    let long_client = "c".repeat(300);
+    let long_client_push =
+        serde_json::to_vec(&json!({"client_id": long_client, "ops": []})).unwrap();
+    for (what, body, tok) in [
+        ("an empty name", op("", "delete", None), good.clone()),
+        (
+            "a name over 255 bytes",
+            op(&long_name, "delete", None),
+            good.clone(),
+        ),
+        (
+            "a control character",
+            op("a\u{1}b", "put", Some(5)),
+            good.clone(),
+        ),
+        (
+            "a client id over 255 bytes",
+            long_client_push,
+            token("app", &long_client, &["write"], 3600),
+        ),
+    ] {
+        let r = send(url, "POST", push, Some(&tok), json_ct, body).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (400, Some("bad_request")),
+            "{what}: {}",
+            r.body
+        );
+    }
+    let conflicts = send(
+        url,
+        "GET",
+        "/v2/db/app/conflicts",
+        Some(&good),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(conflicts.body["conflicts"], json!([]), "{}", conflicts.body);
+
     // Scopes: `admin` alone reads nothing and pushes nothing, not even an empty push
     // (which would answer the cursor) or a push that asks for a page; a scope that only
     // starts like `read` is no read scope; a read scope cannot push an empty batch.
@@ -551,6 +605,8 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
     )
     .await;
     assert_eq!(ok.status, 200, "{}", ok.body);
+    // Op 1 too: no refused push above recorded an op id.
+    assert_eq!(ok.body["results"][0]["status"], "applied", "{}", ok.body);
     assert_eq!(ok.body["results"][1]["status"], "applied");
     let cbor = reqwest::Client::new()
         .get(format!("{url}/v2/db/app/pull?since=0"))
@@ -983,4 +1039,41 @@ async fn an_admin_token_for_one_database_administers_only_that_one() {
     )
     .await;
     assert_eq!(own.status, 200, "{}", own.body);
+}
+
+/// Any client, without a token, can send requests with made-up methods: each is answered,
+/// and `/metrics` counts them all under one `method="other"` series instead of one series
+/// per name (which would grow the metrics without end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("RAND{i}").as_bytes()).unwrap();
+        let r = http
+            .request(method, format!("{}/healthz", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "RAND{i}");
+    }
+    let m = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!m.contains("RAND"), "{m}");
+    let other = m
+        .lines()
+        .find(|l| {
+            l.starts_with("entidb_http_requests_total")
+                && l.contains("method=\"other\"")
+                && l.contains("route=\"/healthz\"")
+        })
+        .unwrap_or_else(|| panic!("no series for the made-up methods: {m}"));
+    assert!(other.ends_with(" 20"), "{other}");
 }

@@ -2661,3 +2661,46 @@ async fn a_conflict_page_reads_past_entries_the_token_cannot_see() {
     assert_eq!(all["conflicts"].as_array().unwrap().len(), 2, "{all}");
     assert!(!all["next"].is_null(), "{all}");
 }
+
+/// A burst of event streams takes at most `max_live` places: each request takes its place
+/// before it compares the count with the limit, so requests arriving together cannot all
+/// pass the check before any of them counts. Refused ones give their place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_event_streams_stays_within_max_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &["--max-live", "2"]);
+    server.create_db("app").await;
+    let reader = token("app", "r", &["read"], 60);
+    let http = reqwest::Client::new();
+    let url = format!("{}/v2/db/app/events?since=0", server.url);
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, url, reader) = (http.clone(), url.clone(), reader.clone());
+            tokio::spawn(async move { http.get(url).bearer_auth(reader).send().await.unwrap() })
+        })
+        .collect();
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for r in burst {
+        let resp = r.await.unwrap();
+        match resp.status().as_u16() {
+            200 => open.push(resp),
+            503 => refused += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!((open.len(), refused), (2, 14));
+    let m = metrics_text(&server.url).await;
+    assert!(m.contains("entidb_sync_live_waiters 2"), "{m}");
+    drop(open);
+    // Closed streams give their places back (the server notices at its next write to them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics_text(&server.url).await;
+        if m.contains("entidb_sync_live_waiters 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
