@@ -46,6 +46,14 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Most long polls and event streams waiting at once; more get 503.
     pub max_live: usize,
+    /// Most open HTTP connections; the next one is accepted when one closes.
+    pub max_connections: usize,
+    /// A connection with no bytes read or written for this long is closed, milliseconds
+    /// (above `max_wait_ms`: a long poll's wait is silent).
+    pub idle_timeout_ms: u64,
+    /// After SIGTERM, how long open connections may take to finish before the server closes
+    /// its databases anyway, milliseconds.
+    pub shutdown_grace_ms: u64,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
     /// Memtable budget per hosted database, MiB.
@@ -73,6 +81,9 @@ impl Default for Config {
             request_timeout_ms: 30_000,
             max_in_flight: 1024,
             max_live: 10_000,
+            max_connections: 16_384,
+            idle_timeout_ms: 75_000,
+            shutdown_grace_ms: 20_000,
             cors_origins: Vec::new(),
             memtable_mib: 16,
             cache_mib: 16,
@@ -148,10 +159,15 @@ impl Config {
             || self.max_page == 0
             || self.max_in_flight == 0
             || self.max_live == 0
+            || self.max_connections == 0
         {
             return bad(
-                "max_ops_per_push, max_page, max_in_flight and max_live must be positive".into(),
+                "max_ops_per_push, max_page, max_in_flight, max_live and max_connections must be positive"
+                    .into(),
             );
+        }
+        if self.idle_timeout_ms < self.max_wait_ms + 1000 {
+            return bad("idle_timeout_ms must be at least 1 s above max_wait_ms".into());
         }
         if self.max_wait_ms + 1000 > self.request_timeout_ms {
             return bad("max_wait_ms must be at least 1 s below request_timeout_ms".into());
@@ -225,6 +241,19 @@ mod tests {
             .expect("parse"),
             ..Config::default()
         };
+        let idle = Config {
+            idle_timeout_ms: 25_500,
+            ..Config::default()
+        };
+        let err = idle
+            .validate()
+            .expect_err("a long poll would count as idle");
+        assert!(err.to_string().contains("idle_timeout_ms"), "{err}");
+        let none = Config {
+            max_connections: 0,
+            ..Config::default()
+        };
+        assert!(none.validate().is_err());
         let err = twice.validate().expect_err("a key id twice");
         assert!(
             err.to_string().contains("\"k1\" is configured twice"),

@@ -703,6 +703,8 @@ async fn events(
     };
     let page = state.config.max_page;
     let wait = Duration::from_millis(state.config.max_wait_ms);
+    // Comments keep an idle stream's connection from counting as idle (`idle_timeout_ms`).
+    let keep_alive = Duration::from_millis((state.config.idle_timeout_ms / 3).clamp(1, 15_000));
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
     let guard = Arc::new(place);
@@ -757,6 +759,6 @@ async fn events(
         }
     });
     Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(keep_alive))
         .into_response()
 }

@@ -10,11 +10,13 @@ pub mod error;
 mod field_merge;
 pub mod hosted;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod service;
 pub mod tools;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use entidb::Options;
 use entidb_sync::wire::Claims;
@@ -220,22 +222,46 @@ pub async fn serve(
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let (tx, rx) = watch::channel(false);
+    let mut stopping = rx.clone();
+    let metrics = Arc::new(metrics::Metrics::new());
+    let listener = listener::Limited::new(
+        listener,
+        config.max_connections,
+        Duration::from_millis(config.idle_timeout_ms),
+        metrics.connections.clone(),
+    );
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
     let state = http::AppState {
         keys: Arc::new(Keys::new(&config.keys)),
         config: Arc::new(config),
         hosts: hosts.clone(),
         shutdown: rx,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
     };
     let app = http::router(state);
-    let result = axum::serve(listener, app)
+    let serve = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             stop.await;
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = tx.send(true);
         })
-        .await
-        .map_err(io("serving"));
+        .into_future();
+    // The drain is bounded: connections that outlast `shutdown_grace_ms` after the signal
+    // (a client that never finishes its request, a stalled upload) do not keep the databases
+    // from being closed before the orchestrator's own deadline kills the process. Requests
+    // still in a handler then are cut (a push is all or nothing: its transaction commits or
+    // it does not).
+    let overdue = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        r = serve => r.map_err(io("serving")),
+        () = overdue => {
+            tracing::warn!(?grace, "connections still open after the shutdown grace; closing the databases");
+            Ok(())
+        }
+    };
     hosts.close_all().await;
     tracing::info!("databases closed");
     result

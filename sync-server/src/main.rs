@@ -179,6 +179,9 @@ struct ServeArgs {
     /// Most long polls and event streams waiting at once.
     #[arg(long, env = "ENTIDB_MAX_LIVE")]
     max_live: Option<usize>,
+    /// Most open HTTP connections.
+    #[arg(long, env = "ENTIDB_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// CORS origins, comma-separated (`*`: any).
     #[arg(long, env = "ENTIDB_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Option<Vec<String>>,
@@ -273,6 +276,9 @@ fn serve_config(a: &ServeArgs) -> Result<Config, entidb_server::config::ConfigEr
     }
     if let Some(v) = a.max_live {
         c.max_live = v;
+    }
+    if let Some(v) = a.max_connections {
+        c.max_connections = v;
     }
     if let Some(v) = &a.cors_origins {
         c.cors_origins = v.clone();

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub changes_sent: Counter,
     /// Requests waiting in a long poll or an event stream.
     pub live_waiters: Gauge,
+    /// Open HTTP connections (at most `max_connections`).
+    pub connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,12 @@ impl Metrics {
             "Long polls and event streams currently waiting",
             live_waiters.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections",
+            connections.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -99,6 +107,7 @@ impl Metrics {
             ops,
             changes_sent,
             live_waiters,
+            connections,
         }
     }
 

@@ -2704,3 +2704,89 @@ async fn a_burst_of_event_streams_stays_within_max_live() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Connections that never finish a request: one that stalls halfway through its head is
+/// closed after `idle_timeout_ms`; one that trickles its head forever (never idle) is cut
+/// when `shutdown_grace_ms` has passed after SIGTERM, and the server still closes its
+/// databases and exits 0 (before, a graceful shutdown waited for it without end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_are_closed_and_do_not_hold_a_shutdown() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let config = "max_wait_ms = 1000\nrequest_timeout_ms = 3000\nidle_timeout_ms = 2500\n\
+                  shutdown_grace_ms = 1500\n";
+    let mut server = Server::start(&dir.path().join("data"), Some(config), &[]);
+    server.create_db("app").await;
+
+    let mut stalled = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nx-a:")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(15), stalled.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "a stalled head is closed: {closed:?}"
+    );
+
+    // A head that keeps arriving, a byte at a time: never idle, never complete.
+    let mut trickle = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    trickle
+        .write_all(b"GET /healthz HTTP/1.1\r\nx-a: ")
+        .await
+        .unwrap();
+    let writer = tokio::spawn(async move {
+        for _ in 0..200 {
+            if trickle.write_all(b"a").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    assert!(server.stop(), "the server exits 0");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
+    assert!(writer.await.unwrap(), "the trickling connection was cut");
+    // The databases were closed cleanly: the directory opens again at once.
+    let server = Server::start(&dir.path().join("data"), Some(config), &[]);
+    let pull = get_json(
+        &format!("{}/v2/db/app/pull?since=0", server.url),
+        &token("app", "r", &["read"], 60),
+    )
+    .await;
+    assert_eq!(pull["changes"], json!([]), "{pull}");
+}
+
+/// At most `max_connections` are open: the next client waits (in the kernel's backlog)
+/// until one closes, then is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_wait_for_a_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &["--max-connections", "2"]);
+    let first = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let second = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    // Let the server accept both.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let healthz = format!("{}/healthz", server.url);
+    let waiting = tokio::spawn(async move { reqwest::get(healthz).await.unwrap().status() });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!waiting.is_finished(), "a third connection was served");
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a place was free")
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(second);
+    let m = metrics_text(&server.url).await;
+    let open = m
+        .lines()
+        .find_map(|l| l.strip_prefix("entidb_http_connections "))
+        .unwrap_or_else(|| panic!("no connections gauge: {m}"));
+    let open: i64 = open.trim().parse().unwrap();
+    assert!((1..=2).contains(&open), "{open} open: {m}");
+}
