@@ -367,6 +367,9 @@ pub enum ErrorCode {
     MalformedBody,
     /// 415: a Content-Type other than CBOR or JSON.
     UnsupportedMediaType,
+    /// 406: the answer holds a document with no JSON form (a map key that is not text, an
+    /// `undefined` or other simple value); ask for CBOR.
+    NotAcceptable,
     /// 413: the body is larger than the server's limit.
     PayloadTooLarge,
     /// 400: more ops in one push than the server's limit.

@@ -41,6 +41,7 @@ impl ApiError {
             ErrorCode::AlreadyExists => 409,
             ErrorCode::BadRequest | ErrorCode::MalformedBody | ErrorCode::TooManyOps => 400,
             ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::NotAcceptable => 406,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Rebootstrap => 410,
             ErrorCode::Unavailable => 503,

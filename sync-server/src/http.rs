@@ -213,11 +213,25 @@ fn reply<T: serde::Serialize>(headers: &HeaderMap, status: StatusCode, value: &T
     let fmt = format_of(headers);
     match fmt.encode(value) {
         Ok(bytes) => (status, [(header::CONTENT_TYPE, fmt.media_type())], bytes).into_response(),
+        // Every message has a JSON form; a document (stored from CBOR) may not.
+        Err(e) if fmt == Format::Json => reply_err(headers, no_json_form(&e)),
         Err(e) => reply_err(
             headers,
             ApiError::internal(format!("encoding a reply: {e}")),
         ),
     }
+}
+
+/// The error for an answer that cannot be written as JSON: a document in it has no JSON
+/// form (only CBOR can hold it).
+fn no_json_form(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotAcceptable,
+        format!(
+            "the answer holds a document with no JSON form ({e}); ask for CBOR with \
+             Accept: application/cbor"
+        ),
+    )
 }
 
 fn reply_err(headers: &HeaderMap, e: ApiError) -> Response {
@@ -384,6 +398,16 @@ async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Response {
     (StatusCode::OK, "ready").into_response()
 }
 
+/// An event stream's last event: `error`, with the `ErrorBody` as its data.
+fn error_event(e: &ApiError) -> axum::response::sse::Event {
+    let data = serde_json::to_string(&e.body).unwrap_or_else(|_| {
+        r#"{"code":"internal","message":"the error could not be encoded"}"#.to_owned()
+    });
+    axum::response::sse::Event::default()
+        .event("error")
+        .data(data)
+}
+
 /// How long `claims` stay valid (with the verifier's leeway), or `None` once they expired.
 fn token_lifetime_left(claims: &Claims) -> Option<Duration> {
     let until = claims.exp.saturating_add(crate::auth::LEEWAY_SECS);
@@ -498,7 +522,7 @@ struct PushParams {
 #[utoipa::path(post, path = "/v2/db/{db}/push", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), PushParams),
     request_body(content = PushRequest, content_type = "application/json", description = "Also accepted as application/cbor"),
-    responses((status = 200, description = "Per-op results; applied atomically", body = PushResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
+    responses((status = 200, description = "Per-op results; applied atomically", body = PushResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody),
               (status = 413, description = "Body or document too large", body = ErrorBody),
               (status = 415, description = "Neither CBOR nor JSON", body = ErrorBody)))]
 async fn push(
@@ -554,7 +578,7 @@ struct PullParams {
 
 #[utoipa::path(get, path = "/v2/db/{db}/pull", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), PullParams),
-    responses((status = 200, description = "A page of the oplog", body = PullResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
+    responses((status = 200, description = "A page of the oplog", body = PullResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody),
               (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody),
               (status = 503, description = "Too many clients waiting (max_live)", body = ErrorBody)))]
 async fn pull(
@@ -605,7 +629,7 @@ struct BootstrapParams {
 
 #[utoipa::path(get, path = "/v2/db/{db}/bootstrap", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), BootstrapParams),
-    responses((status = 200, description = "A page of the current state", body = BootstrapResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody)))]
+    responses((status = 200, description = "A page of the current state", body = BootstrapResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody)))]
 async fn bootstrap(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -643,7 +667,7 @@ struct ConflictParams {
 
 #[utoipa::path(get, path = "/v2/db/{db}/conflicts", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), ConflictParams),
-    responses((status = 200, description = "A page of the conflict log", body = ConflictsResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody)))]
+    responses((status = 200, description = "A page of the conflict log", body = ConflictsResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody)))]
 async fn conflicts(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -728,32 +752,29 @@ async fn events(
                 // `unauthorized` error, and a wait never runs past that moment.
                 let Some(left) = token_lifetime_left(&claims) else {
                     let e = ApiError::new(ErrorCode::Unauthorized, AuthError::Expired.to_string());
-                    let ev = Event::default()
-                        .event("error")
-                        .json_data(&e.body)
-                        .unwrap_or_else(|_| Event::default().event("error"));
-                    return Some((Ok(ev), None));
+                    return Some((Ok(error_event(&e)), None));
                 };
                 let wait = wait.min(left);
                 match service::pull(&hosted, &claims, since, page, Some(wait), &shutdown).await {
                     Ok(p) if p.changes.is_empty() => since = p.cursor,
                     Ok(p) => {
-                        metrics.changes_sent.inc_by(p.changes.len() as u64);
                         let next = p.cursor;
                         let ev = Event::default()
                             .event("changes")
                             .id(next.to_string())
-                            .json_data(&p)
-                            .unwrap_or_else(|_| Event::default().event("error"));
-                        return Some((Ok::<_, std::convert::Infallible>(ev), Some(next)));
+                            .json_data(&p);
+                        return Some(match ev {
+                            Ok(ev) => {
+                                metrics.changes_sent.inc_by(p.changes.len() as u64);
+                                (Ok::<_, std::convert::Infallible>(ev), Some(next))
+                            }
+                            // Skipping the page would lose its changes for the client: the
+                            // stream ends with the reason instead (its `Last-Event-ID` is
+                            // still the page before).
+                            Err(e) => (Ok(error_event(&no_json_form(&e))), None),
+                        });
                     }
-                    Err(e) => {
-                        let ev = Event::default()
-                            .event("error")
-                            .json_data(&e.body)
-                            .unwrap_or_else(|_| Event::default().event("error"));
-                        return Some((Ok(ev), None));
-                    }
+                    Err(e) => return Some((Ok(error_event(&e)), None)),
                 }
             }
         }

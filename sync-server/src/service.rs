@@ -24,7 +24,7 @@ use entidb::cbor::Canonical;
 use entidb::{ChangeOp, Document, EntityId, ScanOptions};
 use entidb_sync::wire::{
     BootstrapEntity, BootstrapPosition, BootstrapResponse, Claims, ConflictPolicy, ConflictRecord,
-    ConflictsResponse, EntityState, ErrorCode, Hlc, OpKind, OpResult, OpStatus, PullResponse,
+    ConflictsResponse, EntityState, ErrorCode, Hlc, Op, OpKind, OpResult, OpStatus, PullResponse,
     PushRequest, PushResponse, WireChange, is_reserved,
 };
 use serde::{Deserialize, Serialize};
@@ -249,6 +249,7 @@ pub async fn push(
             meta_names.insert(op.collection.clone(), name);
         }
     }
+    let superseded = superseded_ops(&req.ops);
     for op in req.ops {
         let meta_coll: std::borrow::Cow<'_, str> = match meta_names.get(&op.collection) {
             Some(name) => name.into(),
@@ -493,6 +494,11 @@ pub async fn push(
             },
         });
     }
+    for (result, superseded) in results.iter_mut().zip(superseded) {
+        if superseded {
+            result.state.doc = None;
+        }
+    }
     if results.iter().all(|r| r.status == OpStatus::Duplicate) {
         // A pure retry (or an empty push) changes nothing and takes no cursor.
         let cursor = tx.read_sequence();
@@ -518,6 +524,22 @@ pub async fn push(
         results,
         cursor: committed,
     })
+}
+
+/// Which ops a later op of the same push names the same entity as. Their results leave the
+/// document out (`docs/sync-protocol.md` §5.1): a client adopts a result's state only when
+/// no later op for its entity is pending, so only the last result per entity is read, and
+/// the answer to a push of many ops on one large entity (a retry of a thousand edits of one
+/// document) holds its document once, not once per op.
+fn superseded_ops(ops: &[Op]) -> Vec<bool> {
+    let mut later = std::collections::HashSet::new();
+    let mut superseded: Vec<bool> = ops
+        .iter()
+        .rev()
+        .map(|op| !later.insert((op.collection.as_str(), op.id)))
+        .collect();
+    superseded.reverse();
+    superseded
 }
 
 /// Applies a push and, with `page = Some((since, limit))`, answers with the page after
@@ -574,6 +596,16 @@ fn check_cursor(hosted: &Hosted, since: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The most document bytes a pull or bootstrap page holds beyond its first transaction (or
+/// entity): with `max_page` changes alone, a page of large documents could take gigabytes
+/// of the server's memory (and the client's).
+pub const PAGE_BYTES: usize = 16 << 20;
+
+/// What a change counts against [`PAGE_BYTES`]: its document and a little for the rest.
+fn change_bytes(c: &WireChange) -> usize {
+    c.doc.as_ref().map_or(0, |d| d.as_bytes().len()) + 64
+}
+
 /// Reads a pull page; with `wait` it waits for a change after `since` when there is none.
 pub async fn pull(
     hosted: &Hosted,
@@ -607,9 +639,11 @@ pub async fn pull(
         .await;
     }
     // A page holds whole transactions: it ends before the transaction that would take it
-    // past `limit` changes (the first one always fits: pushes are bounded by
-    // `max_ops_per_push`), or after `4 * limit` transactions the token cannot see.
+    // past `limit` changes or `PAGE_BYTES` of documents (the first one always fits: pushes
+    // are bounded by `max_ops_per_push` and `max_body_bytes`), or after `4 * limit`
+    // transactions the token cannot see.
     let mut changes = Vec::new();
+    let mut bytes = 0;
     let mut cursor = since;
     let mut scanned = 0;
     let mut has_more = false;
@@ -650,13 +684,16 @@ pub async fn pull(
                     })
                 })
                 .collect();
-            if !changes.is_empty() && changes.len() + visible.len() > limit || scanned >= 4 * limit
-            {
+            let visible_bytes: usize = visible.iter().map(change_bytes).sum();
+            let too_big =
+                changes.len() + visible.len() > limit || bytes + visible_bytes > PAGE_BYTES;
+            if !changes.is_empty() && too_big || scanned >= 4 * limit {
                 has_more = true;
                 break 'read;
             }
             scanned += 1;
             cursor = b.seq;
+            bytes += visible_bytes;
             changes.extend(visible);
         }
         if !full {
@@ -749,18 +786,39 @@ pub async fn bootstrap(
     };
     let mut entities = Vec::new();
     let mut next = None;
+    let mut bytes = 0;
     for (i, c) in colls.iter().enumerate().skip(start) {
         let room = limit - entities.len();
         let mut opts = ScanOptions::limit(room);
         opts.after = if i == start { after.take() } else { None };
         let page = snap.collection(c).scan(opts).await.map_err(eng)?;
         for d in &page.items {
+            let doc = d.canonical();
+            let size = doc.as_bytes().len() + 64;
+            // Past `PAGE_BYTES` the page ends (with one entity at least), after the last
+            // entity that fits.
+            if !entities.is_empty() && bytes + size > PAGE_BYTES {
+                // After the last entity taken, or at the collection's start.
+                let after = entities
+                    .last()
+                    .filter(|e: &&BootstrapEntity| e.collection == *c)
+                    .map(|e| e.id);
+                next = Some(BootstrapPosition {
+                    collection: c.clone(),
+                    after,
+                });
+                break;
+            }
+            bytes += size;
             entities.push(BootstrapEntity {
                 collection: c.clone(),
                 id: d.id(),
                 version: d.version(),
-                doc: d.canonical(),
+                doc,
             });
+        }
+        if next.is_some() {
+            break;
         }
         if entities.len() == limit {
             next = match page.next {

@@ -1077,3 +1077,137 @@ async fn made_up_methods_do_not_grow_the_metrics() {
         .unwrap_or_else(|| panic!("no series for the made-up methods: {m}"));
     assert!(other.ends_with(" 20"), "{other}");
 }
+
+/// A push of many ops on one entity is answered with its document once: every result but
+/// the last one for the entity leaves `doc` out (a client adopts only the last). Before, a
+/// retry of a thousand ops on one large document was answered with a thousand copies (a
+/// request of a few kilobytes could make the server build gigabytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_ops_on_one_entity_are_answered_with_its_document_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let url = &server.url;
+    let t = token("app", "c1", &["write"], 3600);
+    let push = "/v2/db/app/push";
+    let json_ct = Some("application/json");
+    let big = "x".repeat(200_000);
+    let id = "0190a5c2-0000-7000-8000-000000000001";
+    let op = |op_id: u64, kind: &str| {
+        let mut op = json!({"op_id": op_id, "collection": "notes", "id": id, "kind": kind,
+            "base_version": null, "hlc": {"millis": 1, "counter": op_id, "node": "c1"}});
+        if kind == "put" {
+            op["doc"] = json!({ "text": big });
+        }
+        op
+    };
+    let body =
+        |ops: Vec<Value>| serde_json::to_vec(&json!({"client_id": "c1", "ops": ops})).unwrap();
+    let first = send(
+        url,
+        "POST",
+        push,
+        Some(&t),
+        json_ct,
+        body(vec![op(100, "put")]),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    // Op ids 1..=100, all at or below the highest applied: a retry, all `duplicate`.
+    let retry = reqwest::Client::new()
+        .post(format!("{url}{push}"))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body(body((1..=100).map(|i| op(i, "delete")).collect()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 200);
+    let text = retry.text().await.unwrap();
+    assert!(text.len() < 2 * big.len(), "{} bytes", text.len());
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 100);
+    let version = &results[99]["state"]["version"];
+    assert_eq!(results[99]["state"]["doc"]["text"], json!(big));
+    for r in &results[..99] {
+        assert_eq!(r["status"], "duplicate", "{r}");
+        assert!(r["state"]["doc"].is_null(), "{r}");
+        assert_eq!(&r["state"]["version"], version, "{r}");
+    }
+}
+
+/// A document stored from CBOR may have no JSON form (here a map with an integer key and an
+/// `undefined` value). A JSON reader gets 406 `not_acceptable` (it was a 500), a CBOR reader
+/// the document, and a (JSON) event stream ends with that error instead of skipping the
+/// page (it sent a bare `error` event and went on past the change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_without_a_json_form_are_refused_to_json_readers_not_lost() {
+    use entidb::cbor::Value as V;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let url = &server.url;
+    let t = token("app", "c1", &["read", "write"], 3600);
+    let doc = V::Map(vec![(V::from(1), V::Undefined)]);
+    let pushed = send(
+        url,
+        "POST",
+        "/v2/db/app/push",
+        Some(&t),
+        Some("application/cbor"),
+        cbor_push("c1", 1, tag24(&entidb::cbor::encode(&doc))),
+    )
+    .await;
+    assert_eq!(pushed.status, 200, "{}", pushed.body);
+    let json = send(
+        url,
+        "GET",
+        "/v2/db/app/pull?since=0",
+        Some(&t),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (json.status, json.body["code"].as_str()),
+        (406, Some("not_acceptable")),
+        "{}",
+        json.body
+    );
+    let cbor = reqwest::Client::new()
+        .get(format!("{url}/v2/db/app/pull?since=0"))
+        .bearer_auth(&t)
+        .header("accept", "application/cbor")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cbor.status(), 200);
+    let page: entidb_sync::wire::PullResponse = entidb_sync::wire::Format::Cbor
+        .decode(&cbor.bytes().await.unwrap())
+        .unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(
+        page.changes[0].doc.as_ref().unwrap().to_value().unwrap(),
+        doc
+    );
+    // The event stream ends with the error, and no `changes` event went out.
+    let mut stream = reqwest::Client::new()
+        .get(format!("{url}/v2/db/app/events?since=0"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut seen = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the stream went on: {seen:?}"));
+    assert!(seen.contains("event: error"), "{seen}");
+    assert!(seen.contains("not_acceptable"), "{seen}");
+    assert!(!seen.contains("event: changes"), "{seen}");
+}

@@ -2790,3 +2790,70 @@ async fn connections_beyond_max_connections_wait_for_a_place() {
     let open: i64 = open.trim().parse().unwrap();
     assert!((1..=2).contains(&open), "{open} open: {m}");
 }
+
+/// Pages are bounded in bytes too (16 MiB of documents beyond the first transaction or
+/// entity), not only in changes: three 6 MiB documents come in two pull pages and two
+/// bootstrap pages, and a client syncing from scratch gets all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_large_documents_are_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None, &[]);
+    server.create_db("app").await;
+    let t = token("app", "c1", &["read", "write"], 3600);
+    let big = "x".repeat(6 << 20);
+    let http = reqwest::Client::new();
+    for n in 1..=3u32 {
+        let body = json!({"client_id": "c1", "ops": [{"op_id": n, "collection": "files",
+            "id": format!("0190a5c2-0000-7000-8000-{n:012x}"), "kind": "put",
+            "doc": {"n": n, "data": big}, "base_version": null,
+            "hlc": {"millis": 1, "counter": n, "node": "c1"}}]});
+        let r = http
+            .post(format!("{}/v2/db/app/push", server.url))
+            .bearer_auth(&t)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let cbor = |path: String| {
+        let (http, t) = (http.clone(), t.clone());
+        async move {
+            http.get(path)
+                .bearer_auth(&t)
+                .header("accept", "application/cbor")
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
+    };
+    let first: entidb_sync::wire::PullResponse = entidb_sync::wire::Format::Cbor
+        .decode(&cbor(format!("{}/v2/db/app/pull?since=0", server.url)).await)
+        .unwrap();
+    assert_eq!((first.changes.len(), first.has_more), (2, true));
+    let second: entidb_sync::wire::PullResponse = entidb_sync::wire::Format::Cbor
+        .decode(
+            &cbor(format!(
+                "{}/v2/db/app/pull?since={}",
+                server.url, first.cursor
+            ))
+            .await,
+        )
+        .unwrap();
+    assert_eq!((second.changes.len(), second.has_more), (1, false));
+    let boot: entidb_sync::wire::BootstrapResponse = entidb_sync::wire::Format::Cbor
+        .decode(&cbor(format!("{}/v2/db/app/bootstrap", server.url)).await)
+        .unwrap();
+    assert_eq!(boot.entities.len(), 2);
+    assert_eq!(boot.total, Some(3));
+    let next = boot.next.expect("a second page");
+    assert_eq!(next.collection, "files");
+    assert_eq!(next.after, Some(boot.entities[1].id));
+    // A client from scratch: bootstrap pages of this size, then nothing left to pull.
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["files"]).await;
+    rb.sync_now().await.unwrap();
+    assert_eq!(b.collection("files").count().await.unwrap(), 3);
+}
