@@ -359,6 +359,8 @@ pub enum ErrorCode {
     Forbidden,
     /// 404: no such database (or route).
     NotFound,
+    /// 405: the route exists, not with this method (the `Allow` header lists its methods).
+    MethodNotAllowed,
     /// 409: the database exists already.
     AlreadyExists,
     /// 400: a request that is well-formed but invalid (bad name, reserved collection, ...).

@@ -38,6 +38,7 @@ impl ApiError {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::BadRequest | ErrorCode::MalformedBody | ErrorCode::TooManyOps => 400,
             ErrorCode::UnsupportedMediaType => 415,

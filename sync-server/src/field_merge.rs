@@ -3,7 +3,8 @@
 //!
 //! Per entity of a field-merge collection the server keeps (in its sync metadata):
 //!
-//! - the documents of the last [`HISTORY`] versions, so that a concurrent op's base is found;
+//! - the documents of the last [`HISTORY`] versions (fewer when they pass [`HISTORY_BYTES`]),
+//!   so that a concurrent op's base is found;
 //! - for each of those versions that a client's op wrote, which client, and the document
 //!   the op pushed when the server merged it ([`Writer`]): a later op of that client was
 //!   made on that document, not on the merge, and on nothing older;
@@ -17,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 /// Versions kept per entity of a field-merge collection.
 pub(crate) const HISTORY: usize = 8;
+
+/// The most bytes of documents the kept versions (and their writers' pushed documents) may
+/// hold together: fewer versions are kept of a large document, none of one above this.
+pub(crate) const HISTORY_BYTES: usize = 4 << 20;
 
 /// A kept version written by a client's op.
 ///

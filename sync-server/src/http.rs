@@ -129,6 +129,16 @@ pub fn router(state: AppState) -> Router {
     let mut app = prompt
         .merge(live)
         .merge(operations)
+        // Set before the metrics layer, so that these answers are counted too.
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri, headers: HeaderMap| async move {
+                let message = format!("{} does not serve {method}", uri.path());
+                reply_err(
+                    &headers,
+                    ApiError::new(ErrorCode::MethodNotAllowed, message),
+                )
+            },
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::metrics::track,
@@ -311,9 +321,21 @@ async fn read_body<T: entidb_sync::wire::Message>(
         })?;
     let fmt = Format::from_content_type(ct)
         .map_err(|e| ApiError::new(ErrorCode::UnsupportedMediaType, e.to_string()))?;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // Over the limit (a chunked body gives no length up front), or a body that did not
+        // arrive whole (a broken chunked encoding, a client gone).
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            source = s.source();
+        }
+        ApiError::new(
+            ErrorCode::MalformedBody,
+            format!("the request body could not be read: {e}"),
+        )
+    })?;
     fmt.decode(&bytes)
         .map_err(|e| ApiError::new(ErrorCode::MalformedBody, e.to_string()))
 }

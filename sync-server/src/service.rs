@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::field_merge::{self, FieldStamps, HISTORY, Writer, merge, merge_base};
+use crate::field_merge::{self, FieldStamps, HISTORY, HISTORY_BYTES, Writer, merge, merge_base};
 use crate::hosted::{HASHED_META, Hosted, MetaLayout};
 
 const CLIENTS: &str = "_sync.clients";
@@ -467,7 +467,22 @@ pub async fn push(
             });
             let excess = history.len().saturating_sub(HISTORY);
             history.drain(..excess);
-            let oldest = history.first().map_or(seq, |(v, _)| *v);
+            // Bounded in bytes too: the metadata is one document, under the engine's size
+            // limit, and eight versions of a large document would pass it (every later
+            // write of the entity would then fail). The oldest versions go first, the
+            // newest too if it alone is over the bound: an op based on a version no longer
+            // kept is decided without a merge base (§6).
+            let kept_bytes = |history: &[(u64, Option<Canonical>)], writers: &[Writer]| {
+                let size = |d: &Option<Canonical>| d.as_ref().map_or(0, |d| d.as_bytes().len());
+                history.iter().map(|(_, d)| size(d)).sum::<usize>()
+                    + writers.iter().map(|w| size(&w.pushed)).sum::<usize>()
+            };
+            while !history.is_empty() && kept_bytes(&history, &writers) > HISTORY_BYTES {
+                history.remove(0);
+                let oldest = history.first().map_or(u64::MAX, |(v, _)| *v);
+                writers.retain(|w| w.version >= oldest);
+            }
+            let oldest = history.first().map_or(u64::MAX, |(v, _)| *v);
             writers.retain(|w| w.version >= oldest);
         }
         let new_meta = EntityMeta {

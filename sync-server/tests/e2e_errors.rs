@@ -1041,8 +1041,8 @@ async fn an_admin_token_for_one_database_administers_only_that_one() {
     assert_eq!(own.status, 200, "{}", own.body);
 }
 
-/// Any client, without a token, can send requests with made-up methods: each is answered,
-/// and `/metrics` counts them all under one `method="other"` series instead of one series
+/// Any client, without a token, can send requests with made-up methods: each is answered
+/// 405 `method_not_allowed` with an error body and the `Allow` header, and `/metrics` counts them all under one `method="other"` series instead of one series
 /// per name (which would grow the metrics without end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_methods_do_not_grow_the_metrics() {
@@ -1057,6 +1057,9 @@ async fn made_up_methods_do_not_grow_the_metrics() {
             .await
             .unwrap();
         assert_eq!(r.status(), 405, "RAND{i}");
+        assert_eq!(r.headers()["allow"], "GET,HEAD", "RAND{i}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "method_not_allowed", "{body}");
     }
     let m = http
         .get(format!("{}/metrics", server.url))
@@ -1210,4 +1213,82 @@ async fn documents_without_a_json_form_are_refused_to_json_readers_not_lost() {
     assert!(seen.contains("event: error"), "{seen}");
     assert!(seen.contains("not_acceptable"), "{seen}");
     assert!(!seen.contains("event: changes"), "{seen}");
+}
+
+/// Field-merge metadata keeps fewer versions of a large document: eight 2.5 MiB versions
+/// would pass the engine's document limit in the metadata, and every write of the entity
+/// after the seventh was refused (413), leaving its client's outbox stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_merge_keeps_writing_a_large_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        Some("[policies]\nnotes = \"field_merge\"\n"),
+        &[],
+    );
+    server.create_db("app").await;
+    let t = token("app", "c1", &["write"], 3600);
+    let http = reqwest::Client::new();
+    let mut base = Value::Null;
+    for n in 1..=10u64 {
+        let big = format!("{n}").repeat(2_500_000);
+        let body = json!({"client_id": "c1", "ops": [{"op_id": n, "collection": "notes",
+            "id": "0190a5c2-0000-7000-8000-000000000001", "kind": "put",
+            "doc": {"n": n, "data": big}, "base_version": base,
+            "hlc": {"millis": n, "counter": 0, "node": "c1"}}]});
+        let r = http
+            .post(format!("{}/v2/db/app/push", server.url))
+            .bearer_auth(&t)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "write {n}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(
+            answer["results"][0]["status"], "applied",
+            "write {n}: {answer}"
+        );
+        base = answer["results"][0]["state"]["version"].clone();
+    }
+}
+
+/// A chunked body (no length up front) over `max_body_bytes` is 413; one whose chunked
+/// encoding breaks is 400 `malformed_body` (it was reported as too large too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_too_large_or_broken() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        None,
+        &["--max-body-bytes", "4096"],
+    );
+    server.create_db("app").await;
+    let t = token("app", "c1", &["write"], 3600);
+    let send_raw = |chunks: String| {
+        let (addr, t) = (server.addr(), t.clone());
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST /v2/db/app/push HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {t}\r\n\
+                 content-type: application/json\r\ntransfer-encoding: chunked\r\n\
+                 connection: close\r\n\r\n"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(chunks.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+                    .await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let big = "x".repeat(5000);
+    let over = send_raw(format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len())).await;
+    assert!(over.starts_with("HTTP/1.1 413"), "{over}");
+    assert!(over.contains("payload_too_large"), "{over}");
+    let broken = send_raw("5\r\n{\"cli\r\nzz\r\n".to_owned()).await;
+    assert!(broken.starts_with("HTTP/1.1 400"), "{broken}");
+    assert!(broken.contains("malformed_body"), "{broken}");
 }
