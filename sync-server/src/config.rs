@@ -49,7 +49,7 @@ pub struct Config {
     /// Most open HTTP connections; the next one is accepted when one closes.
     pub max_connections: usize,
     /// A connection with no bytes read or written for this long is closed, milliseconds
-    /// (above `max_wait_ms`: a long poll's wait is silent).
+    /// (above `request_timeout_ms`: a request being handled is silent).
     pub idle_timeout_ms: u64,
     /// After SIGTERM, how long open connections may take to finish before the server closes
     /// its databases anyway, milliseconds.
@@ -166,8 +166,10 @@ impl Config {
                     .into(),
             );
         }
-        if self.idle_timeout_ms < self.max_wait_ms + 1000 {
-            return bad("idle_timeout_ms must be at least 1 s above max_wait_ms".into());
+        // While a handler runs, the connection is silent: a request that may take up to
+        // `request_timeout_ms` (and a long poll, below it) must not count as idle.
+        if self.idle_timeout_ms <= self.request_timeout_ms {
+            return bad("idle_timeout_ms must be above request_timeout_ms".into());
         }
         if self.max_wait_ms + 1000 > self.request_timeout_ms {
             return bad("max_wait_ms must be at least 1 s below request_timeout_ms".into());
@@ -242,7 +244,7 @@ mod tests {
             ..Config::default()
         };
         let idle = Config {
-            idle_timeout_ms: 25_500,
+            idle_timeout_ms: 30_000,
             ..Config::default()
         };
         let err = idle

@@ -94,6 +94,9 @@ pub struct Hosts {
     dir: PathBuf,
     options: Options,
     open: Mutex<BTreeMap<String, Arc<Hosted>>>,
+    /// Set by `close_all`, under the `open` lock: no database is opened, created or deleted
+    /// after it (a request still running at shutdown would open one again, never closed).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `name` is a valid database name: 1-64 of `a-z 0-9 - _`, not starting with `-`/`_`.
@@ -127,6 +130,7 @@ impl Hosts {
             dir,
             options,
             open: Mutex::new(BTreeMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -141,6 +145,7 @@ impl Hosts {
             return Err(not_found(name));
         }
         let mut open = self.open.lock().await;
+        self.check_open()?;
         if let Some(h) = open.get(name) {
             return Ok(h.clone());
         }
@@ -158,6 +163,7 @@ impl Hosts {
     pub async fn create(&self, name: &str) -> Result<Arc<Hosted>, ApiError> {
         check_name(name)?;
         let mut open = self.open.lock().await;
+        self.check_open()?;
         let path = self.dir.join(name);
         if open.contains_key(name) || path.exists() {
             return Err(ApiError::new(
@@ -175,6 +181,7 @@ impl Hosts {
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         check_name(name)?;
         let mut open = self.open.lock().await;
+        self.check_open()?;
         let path = self.dir.join(name);
         if let Some(h) = open.remove(name) {
             // Waiters see the sender go away when the last handle drops.
@@ -191,6 +198,8 @@ impl Hosts {
             .join(format!(".deleted-{name}-{}", crate::auth::now_secs()));
         std::fs::rename(&path, &trash)
             .map_err(|e| ApiError::internal(format!("renaming {}: {e}", path.display())))?;
+        // The name is free now: requests for other databases need not wait for the removal.
+        drop(open);
         // Removing a large directory takes a while: not on a runtime thread.
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&trash))
             .await
@@ -212,9 +221,22 @@ impl Hosts {
         Ok(names)
     }
 
-    /// Closes every open database (at shutdown).
+    fn check_open(&self) -> Result<(), ApiError> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the server is shutting down",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Closes every open database (at shutdown); none is opened, created or deleted after.
     pub async fn close_all(&self) {
         let mut open = self.open.lock().await;
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         for (name, h) in std::mem::take(&mut *open) {
             let db = h.db.clone();
             drop(h);

@@ -40,6 +40,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The `max_live` places of long polls and event streams.
+    pub live: Arc<tokio::sync::Semaphore>,
 }
 
 /// The answer to `DELETE /v2/admin/databases/{name}`.
@@ -377,23 +379,30 @@ async fn open_for<P: DeserializeOwned + Default>(
 }
 
 /// Refuses a new long poll or event stream when `max_live` are already waiting.
-/// Takes one of the `max_live` places of waiting clients for as long as the guard lives.
-/// The place is taken (the gauge raised, its new value read in the same atomic step) before
-/// the limit is compared, so that a burst of requests cannot all pass the check before any
-/// of them counts, nor refuse each other.
-fn reserve_live(state: &AppState) -> Result<GaugeGuard, ApiError> {
-    let (guard, waiting) = GaugeGuard::counted(&state.metrics.live_waiters);
-    let waiting = usize::try_from(waiting).unwrap_or(usize::MAX);
-    if waiting > state.config.max_live {
-        return Err(ApiError::new(
+/// Takes one of the `max_live` places of waiting clients for as long as it is held (and
+/// counts it in the gauge). A semaphore's places: requests arriving together cannot all
+/// pass a check before any of them counts, and none is refused while a place is free.
+fn reserve_live(state: &AppState) -> Result<LivePlace, ApiError> {
+    match state.live.clone().try_acquire_owned() {
+        Ok(permit) => Ok(LivePlace {
+            _permit: permit,
+            _gauge: GaugeGuard::new(&state.metrics.live_waiters),
+        }),
+        Err(_) => Err(ApiError::new(
             ErrorCode::Unavailable,
             format!(
                 "{} clients are already waiting for changes (max_live); retry later",
-                waiting - 1
+                state.config.max_live
             ),
-        ));
+        )),
     }
-    Ok(guard)
+}
+
+/// A place among the `max_live` waiting clients, given back when dropped.
+#[derive(Debug)]
+struct LivePlace {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _gauge: GaugeGuard,
 }
 
 /// A requested page size, defaulted and capped by `max_page`.
@@ -738,12 +747,25 @@ async fn events(
             .or(p.since)
             .unwrap_or(0);
         // Errors that the first read would hit (a cursor behind the oplog, or ahead of the
-        // server) are answered as plain HTTP errors, before the stream starts.
-        service::pull(&hosted, &claims, since, 1, None, &state.shutdown).await?;
-        Ok((claims, hosted, since, place))
+        // server, a page with a document that has no JSON form) are answered as plain HTTP
+        // errors, before the stream starts: a browser's `EventSource` reconnects after an
+        // error event, but not after an error status.
+        let first = service::pull(
+            &hosted,
+            &claims,
+            since,
+            state.config.max_page,
+            None,
+            &state.shutdown,
+        )
+        .await?;
+        if let Err(e) = serde_json::to_vec(&first) {
+            return Err(no_json_form(&e));
+        }
+        Ok((claims, hosted, since, place, first))
     }
     .await;
-    let (claims, hosted, since, place) = match setup {
+    let (claims, hosted, since, place, first) = match setup {
         Ok(x) => x,
         Err(e) => return reply_err(&headers, e),
     };
@@ -754,7 +776,10 @@ async fn events(
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
     let guard = Arc::new(place);
-    let stream = futures_util::stream::unfold(Some(since), move |cursor| {
+    // The stream's state: the cursor to read after (`None`: the stream is over), and the
+    // first page, read (and checked) by the setup, still to send.
+    let start = (Some(since), (!first.changes.is_empty()).then_some(first));
+    let stream = futures_util::stream::unfold(start, move |(cursor, first)| {
         let (hosted, claims, shutdown, metrics, guard) = (
             hosted.clone(),
             claims.clone(),
@@ -765,6 +790,7 @@ async fn events(
         async move {
             let _alive = guard;
             let mut since = cursor?;
+            let mut first = first;
             loop {
                 if *shutdown.borrow() {
                     return None;
@@ -774,10 +800,16 @@ async fn events(
                 // `unauthorized` error, and a wait never runs past that moment.
                 let Some(left) = token_lifetime_left(&claims) else {
                     let e = ApiError::new(ErrorCode::Unauthorized, AuthError::Expired.to_string());
-                    return Some((Ok(error_event(&e)), None));
+                    return Some((Ok(error_event(&e)), (None, None)));
                 };
                 let wait = wait.min(left);
-                match service::pull(&hosted, &claims, since, page, Some(wait), &shutdown).await {
+                let read = match first.take() {
+                    Some(p) => Ok(p),
+                    None => {
+                        service::pull(&hosted, &claims, since, page, Some(wait), &shutdown).await
+                    }
+                };
+                match read {
                     Ok(p) if p.changes.is_empty() => since = p.cursor,
                     Ok(p) => {
                         let next = p.cursor;
@@ -788,15 +820,16 @@ async fn events(
                         return Some(match ev {
                             Ok(ev) => {
                                 metrics.changes_sent.inc_by(p.changes.len() as u64);
-                                (Ok::<_, std::convert::Infallible>(ev), Some(next))
+                                (Ok::<_, std::convert::Infallible>(ev), (Some(next), None))
                             }
                             // Skipping the page would lose its changes for the client: the
                             // stream ends with the reason instead (its `Last-Event-ID` is
-                            // still the page before).
-                            Err(e) => (Ok(error_event(&no_json_form(&e))), None),
+                            // still the page before, and a reconnection from there gets
+                            // the same error as a plain 406).
+                            Err(e) => (Ok(error_event(&no_json_form(&e))), (None, None)),
                         });
                     }
-                    Err(e) => return Some((Ok(error_event(&e)), None)),
+                    Err(e) => return Some((Ok(error_event(&e)), (None, None))),
                 }
             }
         }

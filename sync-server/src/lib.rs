@@ -224,19 +224,25 @@ pub async fn serve(
     let (tx, rx) = watch::channel(false);
     let mut stopping = rx.clone();
     let metrics = Arc::new(metrics::Metrics::new());
+    let (cut, cut_rx) = watch::channel(false);
     let listener = listener::Limited::new(
         listener,
         config.max_connections,
         Duration::from_millis(config.idle_timeout_ms),
         metrics.connections.clone(),
+        cut_rx,
     );
     let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let config_live = config.max_live;
     let state = http::AppState {
         keys: Arc::new(Keys::new(&config.keys)),
         config: Arc::new(config),
         hosts: hosts.clone(),
         shutdown: rx,
         metrics,
+        live: Arc::new(tokio::sync::Semaphore::new(
+            config_live.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        )),
     };
     let app = http::router(state);
     let serve = axum::serve(listener, app)
@@ -248,9 +254,10 @@ pub async fn serve(
         .into_future();
     // The drain is bounded: connections that outlast `shutdown_grace_ms` after the signal
     // (a client that never finishes its request, a stalled upload) do not keep the databases
-    // from being closed before the orchestrator's own deadline kills the process. Requests
-    // still in a handler then are cut (a push is all or nothing: its transaction commits or
-    // it does not).
+    // from being closed before the orchestrator's own deadline kills the process. They are
+    // cut then: each fails its next read or write, and hyper drops the request it runs (a
+    // push is all or nothing: its transaction commits or it does not). A request that gets
+    // to a database after `close_all` began is answered 503.
     let overdue = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
         tokio::time::sleep(grace).await;
@@ -258,7 +265,10 @@ pub async fn serve(
     let result = tokio::select! {
         r = serve => r.map_err(io("serving")),
         () = overdue => {
-            tracing::warn!(?grace, "connections still open after the shutdown grace; closing the databases");
+            tracing::warn!(?grace, "connections still open after the shutdown grace; cutting them and closing the databases");
+            let _ = cut.send(true);
+            // Let the connections' tasks see the cut and drop their handlers.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             Ok(())
         }
     };

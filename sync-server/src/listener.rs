@@ -10,8 +10,12 @@
 //!   with `TimedOut`. A long poll's wait (`max_wait_ms`, below `idle` by configuration) and
 //!   an event stream's keep-alive comments (sent more often than `idle`) keep theirs open.
 //!
+//! * when the shutdown grace has passed (`cut`), every connection fails its next read or
+//!   write (pending ones are woken), so hyper drops it and the request handler it runs.
+//!
 //! Every accepted socket has `TCP_NODELAY` set: responses go out as soon as they are written.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -33,16 +37,18 @@ pub struct Limited {
     permits: Arc<Semaphore>,
     idle: Duration,
     open: prometheus_client::metrics::gauge::Gauge,
+    cut: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Limited {
     /// Wraps `inner`: at most `max_connections` open at once, each closed after `idle`
-    /// without traffic; `open` counts them.
+    /// without traffic, and all of them once `cut` turns true; `open` counts them.
     pub fn new(
         inner: TcpListener,
         max_connections: usize,
         idle: Duration,
         open: prometheus_client::metrics::gauge::Gauge,
+        cut: tokio::sync::watch::Receiver<bool>,
     ) -> Limited {
         Limited {
             inner,
@@ -51,6 +57,7 @@ impl Limited {
             )),
             idle,
             open,
+            cut,
         }
     }
 }
@@ -67,12 +74,17 @@ impl axum::serve::Listener for Limited {
         if let Err(e) = io.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let mut cut = self.cut.clone();
         let conn = Connection {
             io,
             _permit: permit,
             _open: GaugeGuard::new(&self.open),
             idle: self.idle,
             deadline: Box::pin(tokio::time::sleep(self.idle)),
+            cut: Some(CutSignal(Box::pin(async move {
+                // A dropped sender (the server is gone) cuts as well.
+                let _ = cut.wait_for(|cut| *cut).await;
+            }))),
         };
         (conn, addr)
     }
@@ -92,9 +104,36 @@ pub struct Connection {
     idle: Duration,
     /// When the connection counts as idle, unless a byte moves before.
     deadline: Pin<Box<Sleep>>,
+    /// Completes when connections are cut; `None` once it has.
+    cut: Option<CutSignal>,
+}
+
+/// A future that completes when connections are cut.
+struct CutSignal(Pin<Box<dyn Future<Output = ()> + Send>>);
+
+impl std::fmt::Debug for CutSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CutSignal")
+    }
 }
 
 impl Connection {
+    /// The error every read and write returns once connections are cut (the cut signal
+    /// wakes pending ones).
+    fn cut_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if let Some(cut) = &mut self.cut
+            && cut.0.as_mut().poll(cx).is_ready()
+        {
+            self.cut = None;
+        }
+        self.cut.is_none().then(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server is shutting down",
+            )
+        })
+    }
+
     fn touch(&mut self) {
         self.deadline.as_mut().reset(Instant::now() + self.idle);
     }
@@ -139,6 +178,9 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(e) = this.cut_error(cx) {
+            return Poll::Ready(Err(e));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -162,6 +204,9 @@ impl AsyncWrite for Connection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(e) = this.cut_error(cx) {
+            return Poll::Ready(Err(e));
+        }
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
         this.wrote(cx, r)
     }
@@ -172,6 +217,9 @@ impl AsyncWrite for Connection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(e) = this.cut_error(cx) {
+            return Poll::Ready(Err(e));
+        }
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.wrote(cx, r)
     }

@@ -187,14 +187,8 @@ pub struct GaugeGuard(Gauge);
 impl GaugeGuard {
     /// Increments `gauge` now and decrements it on drop.
     pub fn new(gauge: &Gauge) -> GaugeGuard {
-        GaugeGuard::counted(gauge).0
-    }
-
-    /// Like [`GaugeGuard::new`], also returning the gauge's value right after this
-    /// increment (one atomic step: concurrent guards each see a different value).
-    pub fn counted(gauge: &Gauge) -> (GaugeGuard, i64) {
-        let before = gauge.inc();
-        (GaugeGuard(gauge.clone()), before.saturating_add(1))
+        gauge.inc();
+        GaugeGuard(gauge.clone())
     }
 }
 

@@ -250,6 +250,8 @@ pub async fn push(
         }
     }
     let superseded = superseded_ops(&req.ops);
+    // Stored documents read by this push's ops, by entity (see `stored`).
+    let mut read = HashMap::new();
     for op in req.ops {
         let meta_coll: std::borrow::Cow<'_, str> = match meta_names.get(&op.collection) {
             Some(name) => name.into(),
@@ -262,13 +264,13 @@ pub async fn push(
         // metadata exists (an entity written outside sync), its value for a retry's or a
         // conflict's answer. The common case, a write that conflicts with nothing, reads
         // only the metadata.
-        let mut current: Option<Option<Document>> = None;
+        let mut current: Option<Option<(u64, Canonical)>> = None;
         let current_version = match (touched.get(&key), &meta) {
             (Some(Touched::Applied | Touched::Merged), _) => Some(seq),
             (_, Some(m)) => Some(m.version),
             (_, None) => {
-                let doc = read_doc(&mut tx, &op.collection, op.id).await?;
-                let v = doc.as_ref().map(Document::version);
+                let doc = stored(&mut tx, &mut read, &key).await?;
+                let v = doc.as_ref().map(|(v, _)| *v);
                 current = Some(doc);
                 v
             }
@@ -293,9 +295,9 @@ pub async fn push(
         let current_doc = if duplicate || concurrent {
             let doc = match current {
                 Some(doc) => doc,
-                None => read_doc(&mut tx, &op.collection, op.id).await?,
+                None => stored(&mut tx, &mut read, &key).await?,
             };
-            doc.map(|d| d.canonical())
+            doc.map(|(_, d)| d)
         } else {
             None
         };
@@ -401,6 +403,8 @@ pub async fn push(
             Some(m) if Some(&m) != op.doc.as_ref() => (Some(m), op.doc, true),
             _ => (op.doc, None, false),
         };
+        // The op writes the entity: what was read of it is no longer its state.
+        read.remove(&key);
         touched.insert(
             key,
             if merged_into {
@@ -723,7 +727,11 @@ pub async fn pull(
         chunk = if changes.is_empty() {
             (chunk * 2).min(64)
         } else {
-            (room * scanned / changes.len()).clamp(1, 64)
+            // By the room left in changes and in bytes, each at the average so far, so that
+            // large transactions are not read (and thrown away) far past the page's end.
+            let by_changes = room * scanned / changes.len();
+            let by_bytes = PAGE_BYTES.saturating_sub(bytes) / (bytes / scanned).max(1);
+            by_changes.min(by_bytes).clamp(1, 64)
         };
     }
     Ok(PullResponse {
@@ -802,51 +810,64 @@ pub async fn bootstrap(
     let mut entities = Vec::new();
     let mut next = None;
     let mut bytes = 0;
-    for (i, c) in colls.iter().enumerate().skip(start) {
-        let room = limit - entities.len();
-        let mut opts = ScanOptions::limit(room);
-        opts.after = if i == start { after.take() } else { None };
-        let page = snap.collection(c).scan(opts).await.map_err(eng)?;
-        for d in &page.items {
-            let doc = d.canonical();
-            let size = doc.as_bytes().len() + 64;
-            // Past `PAGE_BYTES` the page ends (with one entity at least), after the last
-            // entity that fits.
-            if !entities.is_empty() && bytes + size > PAGE_BYTES {
-                // After the last entity taken, or at the collection's start.
-                let after = entities
-                    .last()
-                    .filter(|e: &&BootstrapEntity| e.collection == *c)
-                    .map(|e| e.id);
-                next = Some(BootstrapPosition {
+    // Entities are read in chunks, the first small and each next one sized by the average
+    // document so far, so that large documents are not read (and thrown away) far past the
+    // page's byte budget.
+    let mut chunk = 16;
+    'collections: for (i, c) in colls.iter().enumerate().skip(start) {
+        let mut after_in = if i == start { after.take() } else { None };
+        loop {
+            let room = limit - entities.len();
+            let mut opts = ScanOptions::limit(room.min(chunk));
+            opts.after = after_in;
+            let page = snap.collection(c).scan(opts).await.map_err(eng)?;
+            for d in &page.items {
+                let doc = d.canonical();
+                let size = doc.as_bytes().len() + 64;
+                // Past `PAGE_BYTES` the page ends (with one entity at least), after the last
+                // entity that fits: after it in this collection, or at this one's start.
+                if !entities.is_empty() && bytes + size > PAGE_BYTES {
+                    let after = entities
+                        .last()
+                        .filter(|e: &&BootstrapEntity| e.collection == *c)
+                        .map(|e| e.id);
+                    next = Some(BootstrapPosition {
+                        collection: c.clone(),
+                        after,
+                    });
+                    break 'collections;
+                }
+                bytes += size;
+                entities.push(BootstrapEntity {
                     collection: c.clone(),
-                    after,
+                    id: d.id(),
+                    version: d.version(),
+                    doc,
                 });
-                break;
             }
-            bytes += size;
-            entities.push(BootstrapEntity {
-                collection: c.clone(),
-                id: d.id(),
-                version: d.version(),
-                doc,
-            });
-        }
-        if next.is_some() {
-            break;
-        }
-        if entities.len() == limit {
-            next = match page.next {
-                Some(last) => Some(BootstrapPosition {
-                    collection: c.clone(),
-                    after: Some(last),
-                }),
-                None => colls.get(i + 1).map(|n| BootstrapPosition {
-                    collection: n.clone(),
-                    after: None,
-                }),
+            if entities.len() == limit {
+                next = match page.next {
+                    Some(last) => Some(BootstrapPosition {
+                        collection: c.clone(),
+                        after: Some(last),
+                    }),
+                    None => colls.get(i + 1).map(|n| BootstrapPosition {
+                        collection: n.clone(),
+                        after: None,
+                    }),
+                };
+                break 'collections;
+            }
+            let Some(last) = page.next else {
+                // This collection is done.
+                continue 'collections;
             };
-            break;
+            after_in = Some(last);
+            chunk = match bytes / entities.len().max(1) {
+                0 => chunk.saturating_mul(2),
+                average => PAGE_BYTES.saturating_sub(bytes) / average + 1,
+            }
+            .clamp(1, limit);
         }
     }
     Ok(BootstrapResponse {
@@ -894,6 +915,26 @@ pub async fn conflicts(
         conflicts: out,
         next,
     })
+}
+
+/// An entity's stored version and document as a push's transaction sees it, read once per
+/// push: the ops of a push that name one entity many times (a retry of a thousand edits of
+/// one document, ops that keep losing to its state) share one copy instead of reading (and
+/// copying out of its block) the document once each. An op that writes the entity removes
+/// it from `read`.
+async fn stored(
+    tx: &mut entidb::WriteTxn,
+    read: &mut HashMap<(String, EntityId), Option<(u64, Canonical)>>,
+    key: &(String, EntityId),
+) -> Result<Option<(u64, Canonical)>, ApiError> {
+    if let Some(hit) = read.get(key) {
+        return Ok(hit.clone());
+    }
+    let doc = read_doc(tx, &key.0, key.1)
+        .await?
+        .map(|d| (d.version(), d.canonical()));
+    read.insert(key.clone(), doc.clone());
+    Ok(doc)
 }
 
 async fn read_doc(

@@ -1152,6 +1152,15 @@ async fn documents_without_a_json_form_are_refused_to_json_readers_not_lost() {
     server.create_db("app").await;
     let url = &server.url;
     let t = token("app", "c1", &["read", "write"], 3600);
+    let events = || {
+        reqwest::Client::new()
+            .get(format!("{url}/v2/db/app/events?since=0"))
+            .bearer_auth(&t)
+            .send()
+    };
+    // A stream open before the document arrives.
+    let mut stream = events().await.unwrap();
+    assert_eq!(stream.status(), 200);
     let doc = V::Map(vec![(V::from(1), V::Undefined)]);
     let pushed = send(
         url,
@@ -1194,14 +1203,7 @@ async fn documents_without_a_json_form_are_refused_to_json_readers_not_lost() {
         page.changes[0].doc.as_ref().unwrap().to_value().unwrap(),
         doc
     );
-    // The event stream ends with the error, and no `changes` event went out.
-    let mut stream = reqwest::Client::new()
-        .get(format!("{url}/v2/db/app/events?since=0"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
+    // The open stream ends with the error, and no `changes` event went out.
     let mut seen = String::new();
     tokio::time::timeout(std::time::Duration::from_secs(20), async {
         while let Some(chunk) = stream.chunk().await.unwrap() {
@@ -1213,6 +1215,12 @@ async fn documents_without_a_json_form_are_refused_to_json_readers_not_lost() {
     assert!(seen.contains("event: error"), "{seen}");
     assert!(seen.contains("not_acceptable"), "{seen}");
     assert!(!seen.contains("event: changes"), "{seen}");
+    // Reconnecting from there is a plain 406 (an `EventSource` stops instead of trying
+    // again forever).
+    let again = events().await.unwrap();
+    assert_eq!(again.status(), 406);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["code"], "not_acceptable", "{body}");
 }
 
 /// Field-merge metadata keeps fewer versions of a large document: eight 2.5 MiB versions

@@ -111,10 +111,23 @@ impl Server {
     }
 
     /// SIGTERM, then wait; returns whether it exited successfully.
+    /// SIGTERM, then waits up to 60 s for the exit: whether it exited with success (a
+    /// server still running then is killed, and this is false).
     pub fn stop(&mut self) -> bool {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().unwrap().success()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.child.try_wait().unwrap() {
+                Some(status) => return status.success(),
+                None if std::time::Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return false;
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
     }
 
     pub fn admin_token() -> String {
