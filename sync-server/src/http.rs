@@ -446,6 +446,30 @@ fn token_lifetime_left(claims: &Claims) -> Option<Duration> {
     (now < until).then(|| Duration::from_secs(until - now))
 }
 
+/// The one path parameter of a route (a database name), or an error answer with a body
+/// (axum's own rejection of a path that does not decode, such as `%FF`, is plain text).
+struct PathName(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathName {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(PathName(name)),
+            Err(e) => Err(reply_err(
+                &parts.headers,
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("bad path: {}", e.body_text()),
+                ),
+            )),
+        }
+    }
+}
+
 fn require_admin(claims: &Claims) -> Result<(), ApiError> {
     if claims.is_admin() {
         Ok(())
@@ -526,7 +550,7 @@ async fn create_db(State(state): State<AppState>, headers: HeaderMap, body: Body
 async fn delete_db(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    PathName(name): PathName,
 ) -> Response {
     let r = async {
         require_admin_of(&authenticate(&state, &headers)?, &name)?;
@@ -559,7 +583,7 @@ struct PushParams {
 async fn push(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(db): Path<String>,
+    PathName(db): PathName,
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Response {
@@ -615,7 +639,7 @@ struct PullParams {
 async fn pull(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(db): Path<String>,
+    PathName(db): PathName,
     RawQuery(q): RawQuery,
 ) -> Response {
     let r = async {
@@ -664,7 +688,7 @@ struct BootstrapParams {
 async fn bootstrap(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(db): Path<String>,
+    PathName(db): PathName,
     RawQuery(q): RawQuery,
 ) -> Response {
     let r = async {
@@ -702,7 +726,7 @@ struct ConflictParams {
 async fn conflicts(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(db): Path<String>,
+    PathName(db): PathName,
     RawQuery(q): RawQuery,
 ) -> Response {
     let r = async {
@@ -733,7 +757,7 @@ struct EventParams {
 async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(db): Path<String>,
+    PathName(db): PathName,
     RawQuery(q): RawQuery,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};

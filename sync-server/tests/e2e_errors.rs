@@ -493,6 +493,31 @@ async fn bad_requests_get_documented_errors_and_store_nothing() {
     .await;
     assert_eq!(conflicts.body["conflicts"], json!([]), "{}", conflicts.body);
 
+    // A path that does not decode gets an error body like every other error (it was plain
+    // text).
+    for path in ["/v2/db/%FF/pull?since=0", "/v2/admin/databases/%FF%FE"] {
+        let method = if path.starts_with("/v2/admin") {
+            "DELETE"
+        } else {
+            "GET"
+        };
+        let r = send(
+            url,
+            method,
+            path,
+            Some(&Server::admin_token()),
+            None,
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (400, Some("bad_request")),
+            "{path}: {}",
+            r.body
+        );
+    }
+
     // Scopes: `admin` alone reads nothing and pushes nothing, not even an empty push
     // (which would answer the cursor) or a push that asks for a page; a scope that only
     // starts like `read` is no read scope; a read scope cannot push an empty batch.
