@@ -48,9 +48,10 @@ pub struct Config {
     pub max_live: usize,
     /// Most open HTTP connections; the next one is accepted when one closes.
     pub max_connections: usize,
-    /// A connection with no bytes read or written for this long is closed, milliseconds
-    /// (above `request_timeout_ms`: a request being handled is silent).
-    pub idle_timeout_ms: u64,
+    /// A connection with no bytes read or written for this long is closed, milliseconds (at
+    /// least 1 s above `request_timeout_ms`: a request being handled is silent). Not given:
+    /// 75 s, or `request_timeout_ms` + 5 s if that is more (see [`Config::idle_timeout`]).
+    pub idle_timeout_ms: Option<u64>,
     /// After SIGTERM, how long open connections may take to finish before the server closes
     /// its databases anyway, milliseconds.
     pub shutdown_grace_ms: u64,
@@ -82,7 +83,7 @@ impl Default for Config {
             max_in_flight: 1024,
             max_live: 10_000,
             max_connections: 16_384,
-            idle_timeout_ms: 75_000,
+            idle_timeout_ms: None,
             shutdown_grace_ms: 20_000,
             cors_origins: Vec::new(),
             memtable_mib: 16,
@@ -168,8 +169,11 @@ impl Config {
         }
         // While a handler runs, the connection is silent: a request that may take up to
         // `request_timeout_ms` (and a long poll, below it) must not count as idle.
-        if self.idle_timeout_ms <= self.request_timeout_ms {
-            return bad("idle_timeout_ms must be above request_timeout_ms".into());
+        if self
+            .idle_timeout_ms
+            .is_some_and(|idle| idle < self.request_timeout_ms + 1000)
+        {
+            return bad("idle_timeout_ms must be at least 1 s above request_timeout_ms".into());
         }
         if self.max_wait_ms + 1000 > self.request_timeout_ms {
             return bad("max_wait_ms must be at least 1 s below request_timeout_ms".into());
@@ -178,6 +182,16 @@ impl Config {
             return bad("retention must be positive".into());
         }
         Ok(())
+    }
+
+    /// How long a connection may stay silent: `idle_timeout_ms`, or by default 75 s, or
+    /// `request_timeout_ms` + 5 s if that is more (so that a configuration written before
+    /// the setting existed, with long requests, keeps working).
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.idle_timeout_ms
+                .unwrap_or_else(|| self.request_timeout_ms.saturating_add(5000).max(75_000)),
+        )
     }
 
     /// The conflict policy of `collection` in `database`.
@@ -244,13 +258,25 @@ mod tests {
             ..Config::default()
         };
         let idle = Config {
-            idle_timeout_ms: 30_000,
+            idle_timeout_ms: Some(30_999),
             ..Config::default()
         };
         let err = idle
             .validate()
             .expect_err("a long poll would count as idle");
         assert!(err.to_string().contains("idle_timeout_ms"), "{err}");
+        // Not given, it follows long requests (a configuration from before it existed).
+        let long = Config {
+            max_wait_ms: 60_000,
+            request_timeout_ms: 90_000,
+            ..Config::default()
+        };
+        assert!(long.validate().is_ok());
+        assert_eq!(long.idle_timeout(), std::time::Duration::from_secs(95));
+        assert_eq!(
+            Config::default().idle_timeout(),
+            std::time::Duration::from_secs(75)
+        );
         let none = Config {
             max_connections: 0,
             ..Config::default()

@@ -99,6 +99,10 @@ pub struct Hosts {
     closed: std::sync::atomic::AtomicBool,
 }
 
+/// Where a deleted database's directory is renamed before its files are removed (a valid
+/// database name never starts with `.`).
+const TRASH_PREFIX: &str = ".deleted-";
+
 /// Whether `name` is a valid database name: 1-64 of `a-z 0-9 - _`, not starting with `-`/`_`.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -126,6 +130,22 @@ impl Hosts {
     /// Hosts in `dir` (created if missing).
     pub fn new(dir: PathBuf, options: Options) -> std::io::Result<Hosts> {
         std::fs::create_dir_all(&dir)?;
+        // Deleted databases whose removal a stop interrupted: renamed aside, never served
+        // again, removed now (on a thread of their own: a large one takes a while).
+        let trash: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(TRASH_PREFIX))
+            .map(|e| e.path())
+            .collect();
+        if !trash.is_empty() {
+            std::thread::spawn(move || {
+                for t in trash {
+                    if let Err(e) = std::fs::remove_dir_all(&t) {
+                        tracing::warn!(path = %t.display(), error = %e, "removing a deleted database's files");
+                    }
+                }
+            });
+        }
         Ok(Hosts {
             dir,
             options,
@@ -193,9 +213,14 @@ impl Hosts {
         }
         // Rename first so that a crash half-way leaves no half-deleted database behind a
         // valid name.
-        let trash = self
-            .dir
-            .join(format!(".deleted-{name}-{}", crate::auth::now_secs()));
+        // Unique in the process: a database of the same name may be created and deleted
+        // again while this one's files are still being removed.
+        static DELETIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = DELETIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let trash = self.dir.join(format!(
+            "{TRASH_PREFIX}{name}-{}-{n}",
+            crate::auth::now_secs()
+        ));
         std::fs::rename(&path, &trash)
             .map_err(|e| ApiError::internal(format!("renaming {}: {e}", path.display())))?;
         // The name is free now: requests for other databases need not wait for the removal.
@@ -263,4 +288,55 @@ fn not_found(name: &str) -> ApiError {
         ErrorCode::NotFound,
         format!("database {name:?} does not exist"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After `close_all` (shutdown) no database is opened, created or deleted: a request
+    /// that gets there late is answered 503 instead of opening one that nobody closes.
+    #[tokio::test]
+    async fn nothing_opens_after_close_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hosts = Hosts::new(dir.path().to_owned(), Options::default()).expect("hosts");
+        hosts.create("app").await.expect("create");
+        hosts.close_all().await;
+        for (what, r) in [
+            ("get", hosts.get("app").await.map(drop)),
+            ("create", hosts.create("other").await.map(drop)),
+            ("delete", hosts.delete("app").await),
+        ] {
+            let e = r.expect_err(what);
+            assert_eq!(e.body.code, ErrorCode::Unavailable, "{what}");
+        }
+        assert!(dir.path().join("app").join("MANIFEST").exists());
+        assert!(!dir.path().join("other").exists());
+    }
+
+    /// A deleted database's directory left behind by a stop during its removal is removed at
+    /// the next start; a name deleted, created and deleted again gets a trash name of its own.
+    #[tokio::test]
+    async fn trash_is_unique_and_swept_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join(".deleted-old-1-0").join("x")).expect("mkdir");
+        let hosts = Hosts::new(dir.path().to_owned(), Options::default()).expect("hosts");
+        for _ in 0..2 {
+            hosts.create("app").await.expect("create");
+            hosts.delete("app").await.expect("delete");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let left: Vec<String> = std::fs::read_dir(dir.path())
+                .expect("read_dir")
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "left: {left:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }

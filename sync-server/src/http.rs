@@ -783,7 +783,7 @@ async fn events(
             &state.shutdown,
         )
         .await?;
-        if let Err(e) = serde_json::to_vec(&first) {
+        if let Err(e) = serde_json::to_writer(std::io::sink(), &first) {
             return Err(no_json_form(&e));
         }
         Ok((claims, hosted, since, place, first))
@@ -796,13 +796,20 @@ async fn events(
     let page = state.config.max_page;
     let wait = Duration::from_millis(state.config.max_wait_ms);
     // Comments keep an idle stream's connection from counting as idle (`idle_timeout_ms`).
-    let keep_alive = Duration::from_millis((state.config.idle_timeout_ms / 3).clamp(1, 15_000));
+    let keep_alive =
+        (state.config.idle_timeout() / 3).clamp(Duration::from_millis(1), Duration::from_secs(15));
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
     let guard = Arc::new(place);
     // The stream's state: the cursor to read after (`None`: the stream is over), and the
     // first page, read (and checked) by the setup, still to send.
-    let start = (Some(since), (!first.changes.is_empty()).then_some(first));
+    let start = if first.changes.is_empty() {
+        // Nothing to send: read on after what the setup read (maybe transactions the token
+        // cannot see).
+        (Some(first.cursor), None)
+    } else {
+        (Some(since), Some(first))
+    };
     let stream = futures_util::stream::unfold(start, move |(cursor, first)| {
         let (hosted, claims, shutdown, metrics, guard) = (
             hosted.clone(),

@@ -228,7 +228,7 @@ pub async fn serve(
     let listener = listener::Limited::new(
         listener,
         config.max_connections,
-        Duration::from_millis(config.idle_timeout_ms),
+        config.idle_timeout(),
         metrics.connections.clone(),
         cut_rx,
     );

@@ -252,7 +252,7 @@ pub async fn push(
     let superseded = superseded_ops(&req.ops);
     // Stored documents read by this push's ops, by entity (see `stored`).
     let mut read = HashMap::new();
-    for op in req.ops {
+    for (op, superseded) in req.ops.into_iter().zip(superseded) {
         let meta_coll: std::borrow::Cow<'_, str> = match meta_names.get(&op.collection) {
             Some(name) => name.into(),
             None => meta_collection_of(hosted.meta, &op.collection).into(),
@@ -307,7 +307,7 @@ pub async fn push(
                 status: OpStatus::Duplicate,
                 state: EntityState {
                     version: current_version,
-                    doc: current_doc,
+                    doc: current_doc.filter(|_| !superseded),
                 },
             });
             continue;
@@ -384,7 +384,7 @@ pub async fn push(
                 status: OpStatus::Rejected,
                 state: EntityState {
                     version: current_version,
-                    doc: current_doc,
+                    doc: current_doc.filter(|_| !superseded),
                 },
             });
             continue;
@@ -509,14 +509,14 @@ pub async fn push(
             },
             state: EntityState {
                 version: Some(seq),
-                doc: if merged_into { doc } else { None },
+                // (Left out where a later op names the entity: see `superseded_ops`.)
+                doc: if merged_into && !superseded {
+                    doc
+                } else {
+                    None
+                },
             },
         });
-    }
-    for (result, superseded) in results.iter_mut().zip(superseded) {
-        if superseded {
-            result.state.doc = None;
-        }
     }
     if results.iter().all(|r| r.status == OpStatus::Duplicate) {
         // A pure retry (or an empty push) changes nothing and takes no cursor.
@@ -546,7 +546,7 @@ pub async fn push(
 }
 
 /// Which ops a later op of the same push names the same entity as. Their results leave the
-/// document out (`docs/sync-protocol.md` §5.1): a client adopts a result's state only when
+/// document out (each result is built so) (`docs/sync-protocol.md` §5.1): a client adopts a result's state only when
 /// no later op for its entity is pending, so only the last result per entity is read, and
 /// the answer to a push of many ops on one large entity (a retry of a thousand edits of one
 /// document) holds its document once, not once per op.
@@ -813,7 +813,7 @@ pub async fn bootstrap(
     // Entities are read in chunks, the first small and each next one sized by the average
     // document so far, so that large documents are not read (and thrown away) far past the
     // page's byte budget.
-    let mut chunk = 16;
+    let mut chunk = 4;
     'collections: for (i, c) in colls.iter().enumerate().skip(start) {
         let mut after_in = if i == start { after.take() } else { None };
         loop {

@@ -770,10 +770,7 @@ async fn long_poll_wakes_on_a_push() {
 async fn a_local_write_ends_the_long_poll_and_is_pushed_at_once() {
     // Long polls of up to 60 s, so that a round that waited them out would miss the 30 s
     // bound below.
-    let (dir, server) = app_server(Some(
-        "max_wait_ms = 60000\nrequest_timeout_ms = 90000\nidle_timeout_ms = 120000\n",
-    ))
-    .await;
+    let (dir, server) = app_server(Some("max_wait_ms = 60000\nrequest_timeout_ms = 90000\n")).await;
     let ((a, ra), (b, rb)) = two_synced_clients(&server, dir.path()).await;
     let ra_later = ra.clone();
     let waiter = tokio::spawn(async move {
@@ -2716,7 +2713,7 @@ async fn a_burst_of_event_streams_stays_within_max_live() {
 async fn stalled_connections_are_closed_and_do_not_hold_a_shutdown() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().unwrap();
-    let config = "max_wait_ms = 1000\nrequest_timeout_ms = 2000\nidle_timeout_ms = 2500\n\
+    let config = "max_wait_ms = 1000\nrequest_timeout_ms = 2000\nidle_timeout_ms = 3000\n\
                   shutdown_grace_ms = 1500\n";
     let mut server = Server::start(&dir.path().join("data"), Some(config), &[]);
     server.create_db("app").await;

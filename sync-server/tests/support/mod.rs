@@ -110,7 +110,6 @@ impl Server {
         self.url.trim_start_matches("http://").to_owned()
     }
 
-    /// SIGTERM, then wait; returns whether it exited successfully.
     /// SIGTERM, then waits up to 60 s for the exit: whether it exited with success (a
     /// server still running then is killed, and this is false).
     pub fn stop(&mut self) -> bool {
