@@ -52,6 +52,9 @@ pub struct Config {
     /// least 1 s above `request_timeout_ms`: a request being handled is silent). Not given:
     /// 75 s, or `request_timeout_ms` + 5 s if that is more (see [`Config::idle_timeout`]).
     pub idle_timeout_ms: Option<u64>,
+    /// How far ahead of the server's clock an op's HLC stamp may be, milliseconds; a later
+    /// stamp counts as this far ahead (last-writer-wins and field merge compare stamps).
+    pub max_clock_skew_ms: u64,
     /// After SIGTERM, how long open connections may take to finish before the server closes
     /// its databases anyway, milliseconds.
     pub shutdown_grace_ms: u64,
@@ -85,6 +88,7 @@ impl Default for Config {
             max_connections: 16_384,
             idle_timeout_ms: None,
             shutdown_grace_ms: 20_000,
+            max_clock_skew_ms: 300_000,
             cors_origins: Vec::new(),
             memtable_mib: 16,
             cache_mib: 16,

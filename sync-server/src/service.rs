@@ -252,7 +252,12 @@ pub async fn push(
     let superseded = superseded_ops(&req.ops);
     // Stored documents read by this push's ops, by entity (see `stored`).
     let mut read = HashMap::new();
-    for (op, superseded) in req.ops.into_iter().zip(superseded) {
+    // A stamp far ahead of this server's clock (a client whose clock is wrong) would win
+    // every last-writer-wins decision until real time caught up: it counts as at most
+    // `max_clock_skew_ms` ahead.
+    let latest_stamp = now.saturating_add(config.max_clock_skew_ms);
+    for (mut op, superseded) in req.ops.into_iter().zip(superseded) {
+        op.hlc.millis = op.hlc.millis.min(latest_stamp);
         let meta_coll: std::borrow::Cow<'_, str> = match meta_names.get(&op.collection) {
             Some(name) => name.into(),
             None => meta_collection_of(hosted.meta, &op.collection).into(),

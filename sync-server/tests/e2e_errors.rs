@@ -1325,3 +1325,54 @@ async fn chunked_bodies_too_large_or_broken() {
     assert!(broken.starts_with("HTTP/1.1 400"), "{broken}");
     assert!(broken.contains("malformed_body"), "{broken}");
 }
+
+/// A client whose clock is far ahead does not win every last-writer-wins decision: its
+/// stamp counts as at most `max_clock_skew_ms` ahead of the server's clock, so a later write
+/// of another client wins once that much time has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stamp_far_in_the_future_counts_as_the_clock_skew() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        Some("max_clock_skew_ms = 1000\n[policies]\nnotes = \"last_writer_wins\"\n"),
+        &[],
+    );
+    server.create_db("app").await;
+    let push = |client: &'static str, millis: u64| {
+        let body = json!({"client_id": client, "ops": [{"op_id": 1, "collection": "notes",
+            "id": "0190a5c2-0000-7000-8000-000000000001", "kind": "put",
+            "doc": {"by": client}, "base_version": null,
+            "hlc": {"millis": millis, "counter": 0, "node": client}}]});
+        let t = token("app", client, &["write"], 3600);
+        let url = server.url.clone();
+        async move {
+            send(
+                &url,
+                "POST",
+                "/v2/db/app/push",
+                Some(&t),
+                Some("application/json"),
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    let ahead = push("a", u64::MAX - 1).await;
+    assert_eq!(
+        ahead.body["results"][0]["status"], "applied",
+        "{}",
+        ahead.body
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // b never saw a's write (base null): concurrent, decided by the stamps.
+    let later = push("b", now).await;
+    assert_eq!(
+        later.body["results"][0]["status"], "applied",
+        "{}",
+        later.body
+    );
+}
