@@ -1077,13 +1077,26 @@ pub fn run(args: Vec<String>, child: &[&str]) -> Res<()> {
         Some("doc") => vec![ValueKind::Doc],
         _ => vec![ValueKind::Random, ValueKind::Doc],
     };
-    let dir = arg("--dir").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("entidb-bench-{}", std::process::id()))
-    });
+    // A directory of its own, inside `--dir` when given: it is removed at the end, and `--dir`
+    // may name a directory that holds other things.
+    let dir = arg("--dir")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("entidb-bench-{}", std::process::id()));
+    let number = |flag: &str| -> Result<Option<f64>, String> {
+        arg(flag)
+            .map(|s| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v > 0.0)
+                    .ok_or_else(|| format!("{flag} {s:?} is not a positive number"))
+            })
+            .transpose()
+    };
     let c = if bench {
         Config {
-            scale: arg("--scale").and_then(|s| s.parse().ok()).unwrap_or(1.0),
-            runs: arg("--runs").and_then(|s| s.parse().ok()).unwrap_or(3),
+            scale: number("--scale")?.unwrap_or(1.0),
+            runs: number("--runs")?.map_or(3, |r| r.max(1.0) as usize),
             dir,
             kinds,
             engines,

@@ -121,11 +121,16 @@ pub fn mint_token(
         ))));
     }
     let now = auth::now_secs();
+    let exp = now.checked_add(ttl_secs).ok_or_else(|| {
+        ServeError::Config(ConfigError::Invalid(format!(
+            "a token lifetime of {ttl_secs} s ends past the year 292 billion; give a shorter --ttl-secs"
+        )))
+    })?;
     let claims = Claims {
         sub: client.to_owned(),
         db: db.to_owned(),
         scope: scope.to_vec(),
-        exp: now + ttl_secs,
+        exp,
         iat: now,
     };
     Ok(auth::mint(&key.id, key.secret.as_bytes(), &claims)?)

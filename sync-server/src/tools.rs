@@ -455,7 +455,9 @@ pub async fn backup(path: &Path, file: &Path) -> Outcome {
     let mut sink = WriteSink::new(BufWriter::with_capacity(1 << 20, pb.wrap_write(out)));
     let r = db.backup(&mut sink).await;
     pb.finish_and_clear();
-    let finish = (|| -> std::io::Result<()> {
+    // Only a backup that completed replaces FILE (a previous good backup there must survive
+    // a failed one, which is when it is needed).
+    let finish = || -> std::io::Result<()> {
         sink.into_inner().into_inner().map_err(|e| e.into_error())?;
         sync.sync_all()?;
         std::fs::rename(&tmp, file)?;
@@ -463,8 +465,12 @@ pub async fn backup(path: &Path, file: &Path) -> Outcome {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
-    })();
-    match (r, finish) {
+    };
+    let finished = match &r {
+        Ok(_) => finish(),
+        Err(_) => Ok(()),
+    };
+    match (r, finished) {
         (Ok(s), Ok(())) => {
             println!(
                 "backup of {} at sequence {}: {} collections, {} entities, {} indexes, {} bytes -> {}",
@@ -495,27 +501,59 @@ fn tmp_name(p: &Path, what: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// PATH as an absolute path without `.` components or a trailing `/`, so that a file
+/// beside it (`PATH.restoring-PID`) is beside it, not inside it; `None` when it names no
+/// directory entry of its own (`/`, a path ending in `..`).
+fn plain_path(path: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(path).ok()?;
+    let plain: PathBuf = abs.components().collect();
+    match plain.components().next_back() {
+        Some(std::path::Component::Normal(_)) => Some(plain),
+        _ => None,
+    }
+}
+
 /// `entidb restore FILE PATH [--force]`: restores into a new directory beside PATH and moves
 /// it into place only when the whole backup checked out.
 pub async fn restore(file: &Path, path: &Path, force: bool) -> Outcome {
+    let Some(path) = plain_path(path) else {
+        return Outcome::Usage(format!(
+            "restore: {} names no directory of its own; give the database's directory by name",
+            path.display()
+        ));
+    };
+    let path = path.as_path();
+    if file.is_dir() {
+        return Outcome::Usage(format!(
+            "restore: {} is a directory, not a backup file (the arguments are FILE PATH)",
+            file.display()
+        ));
+    }
     let occupied = path.exists()
         && std::fs::read_dir(path)
             .map(|mut d| d.next().is_some())
             .unwrap_or(true);
-    if occupied && !force {
+    if occupied && !path.join("MANIFEST").is_file() {
+        // Not a database: a data directory of many, a folder of backups, something else.
+        // --force replaces a database, never a directory that is not one.
         return Outcome::Usage(format!(
-            "{} exists and is not empty; pass --force to replace it",
+            "{} is not empty and holds no database; restore into a new or empty directory \
+             (or into an existing database with --force)",
             path.display()
         ));
     }
-    if occupied && path.join("MANIFEST").is_file() {
-        // Refuse to replace a database another process has open.
+    if occupied && !force {
+        return Outcome::Usage(format!(
+            "{} exists and is a database; pass --force to replace it",
+            path.display()
+        ));
+    }
+    // The database being replaced stays open (locked) until the swap, so that a server
+    // cannot open it meanwhile; one open elsewhere is refused.
+    let mut replaced = None;
+    if occupied {
         match Database::open_path(path, Options::default().create_if_missing(false)).await {
-            Ok(db) => {
-                if let Err(e) = db.close().await {
-                    return failed("restore")(e);
-                }
-            }
+            Ok(db) => replaced = Some(db),
             Err(e @ entidb::Error::Locked { .. }) => return failed("restore")(e),
             Err(_) => {} // a damaged database may be replaced with --force
         }
@@ -551,18 +589,44 @@ pub async fn restore(file: &Path, path: &Path, force: bool) -> Outcome {
         let _ = std::fs::remove_dir_all(&staging);
         return Outcome::Failed(m);
     }
+    if let Some(old) = replaced.take()
+        && let Err(e) = old.close().await
+    {
+        let _ = std::fs::remove_dir_all(&staging);
+        return failed("restore")(e);
+    }
+    // Swapped by renames: the old database is moved aside whole before the new one takes
+    // its name, and removed only after (a crash in between leaves both, by name).
+    let aside = tmp_name(path, "replaced");
     let moved = (|| -> std::io::Result<()> {
         if path.exists() {
-            std::fs::remove_dir_all(path)?;
+            std::fs::rename(path, &aside)?;
         }
-        std::fs::rename(&staging, path)
+        std::fs::rename(&staging, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if let Err(e) = moved {
         return Outcome::Failed(format!(
-            "restore: the restored database is complete in {} but could not be moved to {}: {e}",
+            "restore: the restored database is complete in {} but could not be moved to {}: {e}{}",
             staging.display(),
-            path.display()
+            path.display(),
+            if aside.exists() {
+                format!(" (the database it replaces is in {})", aside.display())
+            } else {
+                String::new()
+            }
         ));
+    }
+    if aside.exists()
+        && let Err(e) = std::fs::remove_dir_all(&aside)
+    {
+        eprintln!(
+            "restore: the replaced database could not be removed from {}: {e}",
+            aside.display()
+        );
     }
     println!(
         "restored {} (sequence {}): {} collections, {} entities, {} indexes rebuilt -> {}",

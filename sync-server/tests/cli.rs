@@ -338,6 +338,10 @@ fn bench_runs_the_workloads_against_the_references() {
     // speed (figures come from release builds; docs/benchmarks.md).
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().join("b");
+    // `--dir` may hold other things: the run works in a directory of its own inside it and
+    // removes only that (it removed D itself).
+    std::fs::create_dir_all(&d).expect("mkdir");
+    std::fs::write(d.join("keep.txt"), b"keep me").expect("write");
     let o = entidb(&[
         "bench",
         "--scale",
@@ -357,6 +361,13 @@ fn bench_runs_the_workloads_against_the_references() {
     for row in ["W1 random", "W4 random", "W10 random", "SQLite"] {
         assert!(out.contains(row), "{row} missing:\n{out}");
     }
+    assert_eq!(std::fs::read(d.join("keep.txt")).expect("kept"), b"keep me");
+    let left: Vec<_> = std::fs::read_dir(&d).expect("read_dir").collect();
+    assert_eq!(left.len(), 1, "only keep.txt is left: {left:?}");
+    // A value that is not a number is refused, not replaced by the default.
+    let o = entidb(&["bench", "--scale", "abc"]);
+    assert_ne!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("--scale"), "{}", text(&o));
     let o = entidb(&["bench", "--indexes", "--scale", "0.001"]);
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(text(&o).contains("I2 equality lookups"), "{}", text(&o));
@@ -413,4 +424,81 @@ async fn encrypted_databases_need_the_passphrase_and_can_be_rekeyed() {
     assert_ne!(code(&o), 0, "the old passphrase no longer opens it");
     let o = entidb_env(&["verify", p], &[("ENTIDB_PASSPHRASE", "second secret")]);
     assert_eq!(code(&o), 0, "{}", text(&o));
+}
+
+/// What `restore` and `backup` replace survives their failures and odd arguments: a PATH
+/// with a trailing `/` (the staging directory went inside it, and `--force` then removed
+/// both), a non-empty directory that is no database (`--force` removed it all: a server's
+/// data directory of many databases), FILE given as a directory, and a backup that fails
+/// half-way (it replaced the previous good backup with a truncated one).
+#[tokio::test]
+async fn restore_and_backup_keep_what_they_would_replace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    populate(&db).await;
+    let dbs = db.to_str().expect("utf-8");
+    let bak = dir.path().join("db.bak");
+    let baks = bak.to_str().expect("utf-8");
+    assert_eq!(code(&entidb(&["backup", dbs, baks])), 0);
+
+    // Over an existing database named with a trailing slash.
+    let restored = dir.path().join("restored");
+    let rs = restored.to_str().expect("utf-8");
+    assert_eq!(code(&entidb(&["restore", baks, rs])), 0);
+    let o = entidb(&["restore", baks, &format!("{rs}/"), "--force"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(state(&restored).await, state(&db).await);
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".restoring-") || n.contains(".replaced-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A directory that holds things but no database is never replaced.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("app")).expect("mkdir");
+    std::fs::write(data.join("app").join("MANIFEST"), b"x").expect("write");
+    std::fs::write(data.join("notes.txt"), b"keep me").expect("write");
+    let o = entidb(&["restore", baks, data.to_str().expect("utf-8"), "--force"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("holds no database"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(data.join("notes.txt")).expect("kept"),
+        b"keep me"
+    );
+    assert!(data.join("app").join("MANIFEST").exists());
+
+    // FILE given as a directory (the arguments swapped).
+    let o = entidb(&["restore", rs, baks]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+
+    // A backup that fails keeps the previous one: damage a segment of the database.
+    let segment = std::fs::read_dir(&db)
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sst"))
+        .expect("a segment (the database was closed, so flushed)");
+    let mut bytes = std::fs::read(&segment).expect("read");
+    let middle = bytes.len() / 3;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&segment, &bytes).expect("write");
+    let before = std::fs::read(&bak).expect("read");
+    let o = entidb(&["backup", dbs, baks]);
+    assert_ne!(
+        code(&o),
+        0,
+        "a backup of a damaged database failed: {}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(&bak).expect("read"),
+        before,
+        "the old backup is intact"
+    );
+    assert_eq!(code(&entidb(&["verify", baks])), 0);
 }

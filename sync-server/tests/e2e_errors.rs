@@ -931,6 +931,24 @@ fn token_command_mints_a_token_the_server_accepts() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
+    // So is a lifetime whose end overflows (it wrapped to an expired token, exit 0).
+    let forever = std::process::Command::new(env!("CARGO_BIN_EXE_entidb"))
+        .args([
+            "token",
+            "--client",
+            "c9",
+            "--keys",
+            &format!("{KEY_ID}={SECRET}"),
+        ])
+        .args(["--ttl-secs", "18446744073709551615"])
+        .output()
+        .unwrap();
+    assert_eq!(forever.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&forever.stderr).contains("--ttl-secs"),
+        "{}",
+        String::from_utf8_lossy(&forever.stderr)
+    );
 }
 
 /// The bearer scheme's name in any case is accepted; a second `Authorization` header is
