@@ -474,6 +474,50 @@ async fn restore_and_backup_keep_what_they_would_replace() {
     let o = entidb(&["restore", rs, baks]);
     assert_eq!(code(&o), 2, "{}", text(&o));
 
+    // The commands that only read write nothing: not a lock file, not a checkpoint, not a
+    // cut log tail.
+    let listing = |p: &Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(p)
+            .expect("read_dir")
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // A torn tail on the newest log file (bytes a crash left after the last record): a
+    // read-write open would cut it.
+    let newest_log = std::fs::read_dir(&db)
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max()
+        .expect("a log file");
+    let mut log = std::fs::read(&newest_log).expect("read");
+    let end = log.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    log.truncate(end);
+    log.extend_from_slice(&[0xab; 100]);
+    std::fs::write(&newest_log, &log).expect("write");
+    let before = listing(&db);
+    for cmd in ["inspect", "verify", "dump"] {
+        let o = entidb(&[cmd, dbs]);
+        assert_eq!(code(&o), 0, "{cmd}: {}", text(&o));
+    }
+    let copy = dir.path().join("copy.bak");
+    assert_eq!(
+        code(&entidb(&["backup", dbs, copy.to_str().expect("utf-8")])),
+        0
+    );
+    assert_eq!(
+        listing(&db),
+        before,
+        "a reading command changed the database's files"
+    );
+
     // A backup that fails keeps the previous one: damage a segment of the database.
     let segment = std::fs::read_dir(&db)
         .expect("read_dir")
