@@ -838,8 +838,61 @@ pub async fn dump(path: &Path, collection: Option<&str>) -> Outcome {
 }
 
 /// `entidb load PATH FILE` (`-`: standard input): the inverse of dump. Entities are written
-/// in transactions of 1,000 (an existing entity with the same id is replaced).
+/// in transactions of 1,000 (an existing entity with the same id is replaced). A new
+/// database is loaded in a staging directory beside PATH and moved into place only when the
+/// whole input loaded, so a failed load leaves no partial database that looks whole.
 pub async fn load(path: &Path, file: &Path) -> Outcome {
+    let Some(target) = plain_path(path) else {
+        return Outcome::Usage(format!(
+            "load: {} names no directory of its own",
+            path.display()
+        ));
+    };
+    let is_db = target.join("MANIFEST").is_file();
+    let occupied = target.exists()
+        && std::fs::read_dir(&target)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+    if occupied && !is_db {
+        return Outcome::Usage(format!(
+            "load: {} is not empty and holds no database; load into a new directory or a database",
+            target.display()
+        ));
+    }
+    if is_db {
+        return load_into(&target, file, path).await;
+    }
+    let staging = tmp_name(&target, "loading");
+    let _ = std::fs::remove_dir_all(&staging);
+    let outcome = load_into(&staging, file, path).await;
+    if !matches!(outcome, Outcome::Ok) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return outcome;
+    }
+    // An empty directory at PATH is replaced by the loaded database.
+    let moved = (|| -> std::io::Result<()> {
+        if target.exists() {
+            std::fs::remove_dir(&target)?;
+        }
+        std::fs::rename(&staging, &target)?;
+        if let Some(dir) = target.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    match moved {
+        Ok(()) => Outcome::Ok,
+        Err(e) => Outcome::Failed(format!(
+            "load: the loaded database is complete in {} but could not be moved to {}: {e}",
+            staging.display(),
+            target.display()
+        )),
+    }
+}
+
+/// Loads FILE into the database at `path` (created if missing); `shown` is PATH as the
+/// operator gave it.
+async fn load_into(path: &Path, file: &Path, shown: &Path) -> Outcome {
     let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -862,6 +915,13 @@ pub async fn load(path: &Path, file: &Path) -> Outcome {
     for (n, line) in input.lines().enumerate() {
         let line = match line {
             Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Outcome::Usage(format!(
+                    "load: line {} is not UTF-8 text: is {} a dump (`entidb dump`), not a backup?",
+                    n + 1,
+                    file.display()
+                ));
+            }
             Err(e) => return Outcome::Failed(format!("load: reading line {}: {e}", n + 1)),
         };
         if line.trim().is_empty() {
@@ -892,7 +952,18 @@ pub async fn load(path: &Path, file: &Path) -> Outcome {
             }
         };
         if let Err(e) = tx.collection(&coll).put_value(id, &doc) {
-            return failed("load")(e);
+            // The line's own fault (a collection name, a document too large): exit 2, with
+            // where it is.
+            return match e {
+                entidb::Error::InvalidCollectionName { .. }
+                | entidb::Error::TooLarge { .. }
+                | entidb::Error::Document(_)
+                | entidb::Error::InvalidArgument(_) => Outcome::Usage(format!(
+                    "load: line {}: {e}; nothing after the last committed batch was written",
+                    n + 1
+                )),
+                e => failed("load")(e),
+            };
         }
         in_tx += 1;
         total += 1;
@@ -912,6 +983,6 @@ pub async fn load(path: &Path, file: &Path) -> Outcome {
         return failed("load")(e);
     }
     pb.finish_and_clear();
-    eprintln!("loaded {total} entities into {}", path.display());
+    eprintln!("loaded {total} entities into {}", shown.display());
     close(db).await
 }

@@ -518,6 +518,54 @@ async fn restore_and_backup_keep_what_they_would_replace() {
         "a reading command changed the database's files"
     );
 
+    // A load into a new directory that fails half-way leaves no database behind (it left the
+    // batches before the bad line, a database that looked whole); a line the engine refuses
+    // is exit 2 with its number; a backup given as the dump is exit 2 with a hint, and a
+    // non-empty directory that holds no database is not loaded into.
+    let dump = entidb(&["dump", dbs]);
+    assert_eq!(code(&dump), 0);
+    let mut lines = String::from_utf8(dump.stdout).expect("utf-8");
+    lines.push_str(
+        "{\"collection\":\"\",\"id\":\"0190a5c2-0000-7000-8000-000000000001\",\"doc\":1}\n",
+    );
+    let bad_dump = dir.path().join("bad.jsonl");
+    std::fs::write(&bad_dump, &lines).expect("write");
+    let fresh = dir.path().join("fresh");
+    let o = entidb(&[
+        "load",
+        fresh.to_str().expect("utf-8"),
+        bad_dump.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    let last_line = lines.lines().count();
+    assert!(
+        text(&o).contains(&format!("line {last_line}")),
+        "{}",
+        text(&o)
+    );
+    assert!(!fresh.exists(), "a failed load left {}", fresh.display());
+    let o = entidb(&["load", fresh.to_str().expect("utf-8"), baks]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("dump"), "{}", text(&o));
+    assert!(!fresh.exists());
+    let o = entidb(&[
+        "load",
+        data.to_str().expect("utf-8"),
+        bad_dump.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert_eq!(
+        std::fs::read(data.join("notes.txt")).expect("kept"),
+        b"keep me"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".loading-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
     // A backup that fails keeps the previous one: damage a segment of the database.
     let segment = std::fs::read_dir(&db)
         .expect("read_dir")
