@@ -34,6 +34,16 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// `println!` that does not panic when standard output has closed (`entidb inspect | head
+/// -1`): what cannot be written is dropped, and the command ends with its own exit code
+/// instead of a panic (exit 101).
+macro_rules! println {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 use base64::Engine as _;
 use entidb::cbor::{Int, Simple, Value};
 use entidb::{Database, EntityId, Options, ReadSource, ScanOptions, WriteSink};

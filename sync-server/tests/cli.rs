@@ -594,3 +594,25 @@ async fn restore_and_backup_keep_what_they_would_replace() {
     );
     assert_eq!(code(&entidb(&["verify", baks])), 0);
 }
+
+/// A reader that stops early (`entidb inspect db | head -1`) does not make a command panic
+/// (exit 101, "failed printing to stdout"): it ends with its own exit code.
+#[tokio::test]
+async fn a_closed_standard_output_is_no_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    populate(&db).await;
+    for cmd in ["inspect", "verify"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_entidb"))
+            .args([cmd, db.to_str().expect("utf-8")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+        assert_ne!(out.status.code(), Some(101), "{cmd}: {err}");
+    }
+}
