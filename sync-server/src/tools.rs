@@ -87,6 +87,10 @@ fn failed(what: &str) -> impl Fn(entidb::Error) -> Outcome + '_ {
         entidb::Error::WrongKey => Outcome::Usage(format!(
             "{what}: wrong passphrase (set {PASSPHRASE_ENV} to the database's passphrase)"
         )),
+        // With a passphrase given, the database is the plaintext one; without, encrypted.
+        entidb::Error::Encryption(d) if passphrase(PASSPHRASE_ENV).is_some() => Outcome::Usage(
+            format!("{what}: {d} (this database is not encrypted: unset {PASSPHRASE_ENV})"),
+        ),
         entidb::Error::Encryption(d) => Outcome::Usage(format!(
             "{what}: {d} (an encrypted database needs {PASSPHRASE_ENV})"
         )),

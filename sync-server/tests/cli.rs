@@ -595,6 +595,21 @@ async fn restore_and_backup_keep_what_they_would_replace() {
     assert_eq!(code(&entidb(&["verify", baks])), 0);
 }
 
+/// A passphrase given for a plaintext database is answered with what to do: unset it (the
+/// hint said an encrypted database needs one).
+#[tokio::test]
+async fn a_passphrase_for_a_plaintext_database_says_to_unset_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    populate(&db).await;
+    let o = entidb_env(
+        &["inspect", db.to_str().expect("utf-8")],
+        &[("ENTIDB_PASSPHRASE", "a secret")],
+    );
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("unset ENTIDB_PASSPHRASE"), "{}", text(&o));
+}
+
 /// A reader that stops early (`entidb inspect db | head -1`) does not make a command panic
 /// (exit 101, "failed printing to stdout"): it ends with its own exit code.
 #[tokio::test]
