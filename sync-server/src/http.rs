@@ -429,6 +429,24 @@ async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Response {
     (StatusCode::OK, "ready").into_response()
 }
 
+/// An event stream's first page, read by its setup: nothing to send (and the cursor it read
+/// to), or its event (with the cursor after it and its number of changes).
+enum FirstPage {
+    Empty(u64),
+    Event(axum::response::sse::Event, u64, usize),
+}
+
+/// A page as an event stream's `changes` event (406 when a document has no JSON form).
+fn changes_event(
+    p: &entidb_sync::wire::PullResponse,
+) -> Result<axum::response::sse::Event, ApiError> {
+    axum::response::sse::Event::default()
+        .event("changes")
+        .id(p.cursor.to_string())
+        .json_data(p)
+        .map_err(|e| no_json_form(&e))
+}
+
 /// An event stream's last event: `error`, with the `ErrorBody` as its data.
 fn error_event(e: &ApiError) -> axum::response::sse::Event {
     let data = serde_json::to_string(&e.body).unwrap_or_else(|_| {
@@ -760,7 +778,7 @@ async fn events(
     PathName(db): PathName,
     RawQuery(q): RawQuery,
 ) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::sse::{KeepAlive, Sse};
     let setup = async {
         let (claims, p, hosted): (_, EventParams, _) = open_for(&state, &headers, &db, q).await?;
         let place = reserve_live(&state)?;
@@ -783,9 +801,11 @@ async fn events(
             &state.shutdown,
         )
         .await?;
-        if let Err(e) = serde_json::to_writer(std::io::sink(), &first) {
-            return Err(no_json_form(&e));
-        }
+        // Encoded here, once: the stream sends this event first.
+        let first = match first.changes.is_empty() {
+            true => FirstPage::Empty(first.cursor),
+            false => FirstPage::Event(changes_event(&first)?, first.cursor, first.changes.len()),
+        };
         Ok((claims, hosted, since, place, first))
     }
     .await;
@@ -802,13 +822,12 @@ async fn events(
     let metrics = state.metrics.clone();
     let guard = Arc::new(place);
     // The stream's state: the cursor to read after (`None`: the stream is over), and the
-    // first page, read (and checked) by the setup, still to send.
-    let start = if first.changes.is_empty() {
+    // first page's event, encoded by the setup, still to send.
+    let start = match first {
         // Nothing to send: read on after what the setup read (maybe transactions the token
         // cannot see).
-        (Some(first.cursor), None)
-    } else {
-        (Some(since), Some(first))
+        FirstPage::Empty(cursor) => (Some(cursor), None),
+        FirstPage::Event(ev, next, n) => (Some(since), Some((ev, next, n))),
     };
     let stream = futures_util::stream::unfold(start, move |(cursor, first)| {
         let (hosted, claims, shutdown, metrics, guard) = (
@@ -833,31 +852,27 @@ async fn events(
                     let e = ApiError::new(ErrorCode::Unauthorized, AuthError::Expired.to_string());
                     return Some((Ok(error_event(&e)), (None, None)));
                 };
+                if let Some((ev, next, n)) = first.take() {
+                    metrics.changes_sent.inc_by(n as u64);
+                    return Some((Ok(ev), (Some(next), None)));
+                }
                 let wait = wait.min(left);
-                let read = match first.take() {
-                    Some(p) => Ok(p),
-                    None => {
-                        service::pull(&hosted, &claims, since, page, Some(wait), &shutdown).await
-                    }
-                };
-                match read {
+                match service::pull(&hosted, &claims, since, page, Some(wait), &shutdown).await {
                     Ok(p) if p.changes.is_empty() => since = p.cursor,
+                    // A page with no JSON form is not skipped (its changes would be lost to
+                    // the client): the stream ends with the reason (its `Last-Event-ID` is
+                    // still the page before, and a reconnection from there gets the same
+                    // error as a plain 406).
                     Ok(p) => {
-                        let next = p.cursor;
-                        let ev = Event::default()
-                            .event("changes")
-                            .id(next.to_string())
-                            .json_data(&p);
-                        return Some(match ev {
+                        return Some(match changes_event(&p) {
                             Ok(ev) => {
                                 metrics.changes_sent.inc_by(p.changes.len() as u64);
-                                (Ok::<_, std::convert::Infallible>(ev), (Some(next), None))
+                                (
+                                    Ok::<_, std::convert::Infallible>(ev),
+                                    (Some(p.cursor), None),
+                                )
                             }
-                            // Skipping the page would lose its changes for the client: the
-                            // stream ends with the reason instead (its `Last-Event-ID` is
-                            // still the page before, and a reconnection from there gets
-                            // the same error as a plain 406).
-                            Err(e) => (Ok(error_event(&no_json_form(&e))), (None, None)),
+                            Err(e) => (Ok(error_event(&e)), (None, None)),
                         });
                     }
                     Err(e) => return Some((Ok(error_event(&e)), (None, None))),

@@ -118,14 +118,10 @@ impl std::fmt::Debug for CutSignal {
 }
 
 impl Connection {
-    /// The error every read and write returns once connections are cut (the cut signal
-    /// wakes pending ones).
-    fn cut_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        if let Some(cut) = &mut self.cut
-            && cut.0.as_mut().poll(cx).is_ready()
-        {
-            self.cut = None;
-        }
+    /// The error every read and write returns once connections are cut: checked (a field)
+    /// before each one; the cut signal itself is polled only where the connection waits
+    /// ([`Connection::stalled_error`]), which is where it must wake it.
+    fn cut_error(&self) -> Option<io::Error> {
         self.cut.is_none().then(|| {
             io::Error::new(
                 io::ErrorKind::ConnectionAborted,
@@ -152,7 +148,7 @@ impl Connection {
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => match self.idle_error(cx) {
+            Poll::Pending => match self.stalled_error(cx) {
                 Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending,
             },
@@ -160,8 +156,17 @@ impl Connection {
     }
 
     /// After a read or write that is pending: the error to end the connection with, once
-    /// it has been idle for too long (the timer wakes the task then).
-    fn idle_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+    /// connections are cut or it has been idle for too long (the cut signal and the timer
+    /// wake the task then).
+    fn stalled_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if let Some(cut) = &mut self.cut
+            && cut.0.as_mut().poll(cx).is_ready()
+        {
+            self.cut = None;
+        }
+        if let Some(e) = self.cut_error() {
+            return Some(e);
+        }
         self.deadline.as_mut().poll(cx).is_ready().then(|| {
             io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -178,7 +183,7 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(e) = this.cut_error(cx) {
+        if let Some(e) = this.cut_error() {
             return Poll::Ready(Err(e));
         }
         let before = buf.filled().len();
@@ -189,7 +194,7 @@ impl AsyncRead for Connection {
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => match this.idle_error(cx) {
+            Poll::Pending => match this.stalled_error(cx) {
                 Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending,
             },
@@ -204,7 +209,7 @@ impl AsyncWrite for Connection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(e) = this.cut_error(cx) {
+        if let Some(e) = this.cut_error() {
             return Poll::Ready(Err(e));
         }
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
@@ -217,7 +222,7 @@ impl AsyncWrite for Connection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(e) = this.cut_error(cx) {
+        if let Some(e) = this.cut_error() {
             return Poll::Ready(Err(e));
         }
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);

@@ -623,36 +623,8 @@ pub async fn restore(file: &Path, path: &Path, force: bool) -> Outcome {
     }
     // Swapped by renames: the old database is moved aside whole before the new one takes
     // its name, and removed only after (a crash in between leaves both, by name).
-    let aside = tmp_name(path, "replaced");
-    let moved = (|| -> std::io::Result<()> {
-        if path.exists() {
-            std::fs::rename(path, &aside)?;
-        }
-        std::fs::rename(&staging, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = moved {
-        return Outcome::Failed(format!(
-            "restore: the restored database is complete in {} but could not be moved to {}: {e}{}",
-            staging.display(),
-            path.display(),
-            if aside.exists() {
-                format!(" (the database it replaces is in {})", aside.display())
-            } else {
-                String::new()
-            }
-        ));
-    }
-    if aside.exists()
-        && let Err(e) = std::fs::remove_dir_all(&aside)
-    {
-        eprintln!(
-            "restore: the replaced database could not be removed from {}: {e}",
-            aside.display()
-        );
+    if let Outcome::Failed(m) = move_into_place(&staging, path, "restore") {
+        return Outcome::Failed(m);
     }
     println!(
         "restored {} (sequence {}): {} collections, {} entities, {} indexes rebuilt -> {}",
@@ -883,25 +855,45 @@ pub async fn load(path: &Path, file: &Path) -> Outcome {
         let _ = std::fs::remove_dir_all(&staging);
         return outcome;
     }
-    // An empty directory at PATH is replaced by the loaded database.
+    move_into_place(&staging, &target, "load")
+}
+
+/// Moves the database built in `staging` to `target` (`restore`, a new `load`), by renames:
+/// what is at `target` (a database, an empty directory) is moved aside first and removed
+/// only after, so a crash in between leaves both, by name.
+fn move_into_place(staging: &Path, target: &Path, what: &str) -> Outcome {
+    let aside = tmp_name(target, "replaced");
     let moved = (|| -> std::io::Result<()> {
         if target.exists() {
-            std::fs::remove_dir(&target)?;
+            std::fs::rename(target, &aside)?;
         }
-        std::fs::rename(&staging, &target)?;
+        std::fs::rename(staging, target)?;
         if let Some(dir) = target.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
     })();
-    match moved {
-        Ok(()) => Outcome::Ok,
-        Err(e) => Outcome::Failed(format!(
-            "load: the loaded database is complete in {} but could not be moved to {}: {e}",
+    if let Err(e) = moved {
+        return Outcome::Failed(format!(
+            "{what}: the new database is complete in {} but could not be moved to {}: {e}{}",
             staging.display(),
-            target.display()
-        )),
+            target.display(),
+            if aside.exists() {
+                format!(" (what it replaces is in {})", aside.display())
+            } else {
+                String::new()
+            }
+        ));
     }
+    if aside.exists()
+        && let Err(e) = std::fs::remove_dir_all(&aside)
+    {
+        eprintln!(
+            "{what}: what the new database replaces could not be removed from {}: {e}",
+            aside.display()
+        );
+    }
+    Outcome::Ok
 }
 
 /// Loads FILE into the database at `path` (created if missing); `shown` is PATH as the

@@ -40,6 +40,17 @@ async fn send(
     Call { status, body }
 }
 
+/// Asserts that `call` was answered `status` with the error code `code`.
+#[track_caller]
+fn expect_error(call: &Call, status: u16, code: &str) {
+    assert_eq!(
+        (call.status, call.body["code"].as_str()),
+        (status, Some(code)),
+        "{}",
+        call.body
+    );
+}
+
 fn expired_token() -> String {
     token_expiring_at(
         "app",
@@ -1032,12 +1043,7 @@ async fn an_admin_token_for_one_database_administers_only_that_one() {
         vec![],
     )
     .await;
-    assert_eq!(
-        (delete.status, delete.body["code"].as_str()),
-        (403, Some("forbidden")),
-        "{}",
-        delete.body
-    );
+    expect_error(&delete, 403, "forbidden");
     let create = send(
         url,
         "POST",
@@ -1047,12 +1053,7 @@ async fn an_admin_token_for_one_database_administers_only_that_one() {
         serde_json::to_vec(&json!({"name": "third"})).unwrap(),
     )
     .await;
-    assert_eq!(
-        (create.status, create.body["code"].as_str()),
-        (403, Some("forbidden")),
-        "{}",
-        create.body
-    );
+    expect_error(&create, 403, "forbidden");
     // Nothing changed: the operator's `*` token still sees both, and no third.
     let all = send(
         url,
@@ -1135,43 +1136,31 @@ async fn many_ops_on_one_entity_are_answered_with_its_document_once() {
     server.create_db("app").await;
     let url = &server.url;
     let t = token("app", "c1", &["write"], 3600);
-    let push = "/v2/db/app/push";
-    let json_ct = Some("application/json");
     let big = "x".repeat(200_000);
     let id = "0190a5c2-0000-7000-8000-000000000001";
-    let op = |op_id: u64, kind: &str| {
-        let mut op = json!({"op_id": op_id, "collection": "notes", "id": id, "kind": kind,
-            "base_version": null, "hlc": {"millis": 1, "counter": op_id, "node": "c1"}});
-        if kind == "put" {
-            op["doc"] = json!({ "text": big });
-        }
-        op
-    };
-    let body =
-        |ops: Vec<Value>| serde_json::to_vec(&json!({"client_id": "c1", "ops": ops})).unwrap();
-    let first = send(
+    let op =
+        |op_id: u64, doc: Option<Value>| op_json(op_id, "notes", id, doc, None, (1, op_id), "c1");
+    let (status, first) = push_json(
         url,
-        "POST",
-        push,
-        Some(&t),
-        json_ct,
-        body(vec![op(100, "put")]),
+        "app",
+        &t,
+        "c1",
+        vec![op(100, Some(json!({ "text": big })))],
     )
     .await;
-    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(status, 200, "{first}");
     // Op ids 1..=100, all at or below the highest applied: a retry, all `duplicate`.
-    let retry = reqwest::Client::new()
-        .post(format!("{url}{push}"))
-        .bearer_auth(&t)
-        .header("content-type", "application/json")
-        .body(body((1..=100).map(|i| op(i, "delete")).collect()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(retry.status(), 200);
-    let text = retry.text().await.unwrap();
+    let (status, answer) = push_json(
+        url,
+        "app",
+        &t,
+        "c1",
+        (1..=100).map(|i| op(i, None)).collect(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let text = answer.to_string();
     assert!(text.len() < 2 * big.len(), "{} bytes", text.len());
-    let answer: Value = serde_json::from_str(&text).unwrap();
     let results = answer["results"].as_array().unwrap();
     assert_eq!(results.len(), 100);
     let version = &results[99]["state"]["version"];
@@ -1224,37 +1213,17 @@ async fn documents_without_a_json_form_are_refused_to_json_readers_not_lost() {
         vec![],
     )
     .await;
-    assert_eq!(
-        (json.status, json.body["code"].as_str()),
-        (406, Some("not_acceptable")),
-        "{}",
-        json.body
-    );
-    let cbor = reqwest::Client::new()
-        .get(format!("{url}/v2/db/app/pull?since=0"))
-        .bearer_auth(&t)
-        .header("accept", "application/cbor")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cbor.status(), 200);
-    let page: entidb_sync::wire::PullResponse = entidb_sync::wire::Format::Cbor
-        .decode(&cbor.bytes().await.unwrap())
-        .unwrap();
+    expect_error(&json, 406, "not_acceptable");
+    let page: entidb_sync::wire::PullResponse =
+        get_cbor(&format!("{url}/v2/db/app/pull?since=0"), &t).await;
     assert_eq!(page.changes.len(), 1);
     assert_eq!(
         page.changes[0].doc.as_ref().unwrap().to_value().unwrap(),
         doc
     );
     // The open stream ends with the error, and no `changes` event went out.
-    let mut seen = String::new();
-    tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        while let Some(chunk) = stream.chunk().await.unwrap() {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the stream went on: {seen:?}"));
+    let (seen, ended) = read_until_end(&mut stream, 20).await;
+    assert!(ended, "the stream went on: {seen:?}");
     assert!(seen.contains("event: error"), "{seen}");
     assert!(seen.contains("not_acceptable"), "{seen}");
     assert!(!seen.contains("event: changes"), "{seen}");
@@ -1279,28 +1248,26 @@ async fn field_merge_keeps_writing_a_large_document() {
     );
     server.create_db("app").await;
     let t = token("app", "c1", &["write"], 3600);
-    let http = reqwest::Client::new();
-    let mut base = Value::Null;
+    let mut base = None;
     for n in 1..=10u64 {
         let big = format!("{n}").repeat(2_500_000);
-        let body = json!({"client_id": "c1", "ops": [{"op_id": n, "collection": "notes",
-            "id": "0190a5c2-0000-7000-8000-000000000001", "kind": "put",
-            "doc": {"n": n, "data": big}, "base_version": base,
-            "hlc": {"millis": n, "counter": 0, "node": "c1"}}]});
-        let r = http
-            .post(format!("{}/v2/db/app/push", server.url))
-            .bearer_auth(&t)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "write {n}");
-        let answer: Value = r.json().await.unwrap();
+        let doc = json!({"n": n, "data": big});
+        let op = op_json(
+            n,
+            "notes",
+            "0190a5c2-0000-7000-8000-000000000001",
+            Some(doc),
+            base,
+            (n, 0),
+            "c1",
+        );
+        let (status, answer) = push_json(&server.url, "app", &t, "c1", vec![op]).await;
+        assert_eq!(status, 200, "write {n}");
         assert_eq!(
             answer["results"][0]["status"], "applied",
             "write {n}: {answer}"
         );
-        base = answer["results"][0]["state"]["version"].clone();
+        base = answer["results"][0]["state"]["version"].as_u64();
     }
 }
 
@@ -1357,30 +1324,22 @@ async fn a_stamp_far_in_the_future_counts_as_the_clock_skew() {
     );
     server.create_db("app").await;
     let push = |client: &'static str, millis: u64| {
-        let body = json!({"client_id": client, "ops": [{"op_id": 1, "collection": "notes",
-            "id": "0190a5c2-0000-7000-8000-000000000001", "kind": "put",
-            "doc": {"by": client}, "base_version": null,
-            "hlc": {"millis": millis, "counter": 0, "node": client}}]});
+        let doc = Some(json!({ "by": client }));
+        let op = op_json(
+            1,
+            "notes",
+            "0190a5c2-0000-7000-8000-000000000001",
+            doc,
+            None,
+            (millis, 0),
+            client,
+        );
         let t = token("app", client, &["write"], 3600);
         let url = server.url.clone();
-        async move {
-            send(
-                &url,
-                "POST",
-                "/v2/db/app/push",
-                Some(&t),
-                Some("application/json"),
-                serde_json::to_vec(&body).unwrap(),
-            )
-            .await
-        }
+        async move { push_json(&url, "app", &t, client, vec![op]).await.1 }
     };
     let ahead = push("a", u64::MAX - 1).await;
-    assert_eq!(
-        ahead.body["results"][0]["status"], "applied",
-        "{}",
-        ahead.body
-    );
+    assert_eq!(ahead["results"][0]["status"], "applied", "{ahead}");
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1388,9 +1347,5 @@ async fn a_stamp_far_in_the_future_counts_as_the_clock_skew() {
         .as_millis() as u64;
     // b never saw a's write (base null): concurrent, decided by the stamps.
     let later = push("b", now).await;
-    assert_eq!(
-        later.body["results"][0]["status"], "applied",
-        "{}",
-        later.body
-    );
+    assert_eq!(later["results"][0]["status"], "applied", "{later}");
 }

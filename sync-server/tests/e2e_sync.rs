@@ -1079,15 +1079,9 @@ async fn an_event_stream_ends_when_its_token_expires() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let mut seen = String::new();
     // Within 20 s: before the 25 s wait the stream is in would have ended on its own.
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(chunk) = stream.chunk().await.unwrap() {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the stream outlived its token: {seen:?}");
+    let (seen, ended) = read_until_end(&mut stream, 20).await;
+    assert!(ended, "the stream outlived its token: {seen:?}");
     assert!(seen.contains("event: error"), "{seen}");
     assert!(seen.contains("unauthorized"), "{seen}");
 }
@@ -2545,19 +2539,20 @@ async fn a_bootstrap_resumed_in_a_dropped_collection_starts_the_next_one_from_it
         .iter()
         .enumerate()
         .map(|(i, (c, n))| {
-            json!({"op_id": i + 1, "collection": c, "id": id(*n), "kind": "put",
-                   "doc": {"n": n}, "base_version": null,
-                   "hlc": {"millis": 1, "counter": i, "node": "c1"}})
+            let i = i as u64;
+            op_json(
+                i + 1,
+                c,
+                &id(*n),
+                Some(json!({ "n": n })),
+                None,
+                (1, i),
+                "c1",
+            )
         })
         .collect();
-    let pushed = reqwest::Client::new()
-        .post(format!("{}/v2/db/app/push", server.url))
-        .bearer_auth(&t)
-        .json(&json!({"client_id": "c1", "ops": ops}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(pushed.status(), 200);
+    let (status, _) = push_json(&server.url, "app", &t, "c1", ops).await;
+    assert_eq!(status, 200);
     // A position in "aa" (no such collection, between "a" and "b") after id 2.
     let page = get_json(
         &format!(
@@ -2608,25 +2603,20 @@ async fn a_conflict_page_reads_past_entries_the_token_cannot_see() {
             .iter()
             .enumerate()
             .map(|(i, (c, n))| {
-                json!({"op_id": i + 1, "collection": c, "id": id(*n), "kind": "put",
-                       "doc": {"by": client}, "base_version": null,
-                       "hlc": {"millis": 1, "counter": i, "node": client}})
+                let i = i as u64;
+                op_json(
+                    i + 1,
+                    c,
+                    &id(*n),
+                    Some(json!({ "by": client })),
+                    None,
+                    (1, i),
+                    client,
+                )
             })
             .collect();
-        let url = format!("{}/v2/db/app/push", server.url);
-        async move {
-            let r: serde_json::Value = reqwest::Client::new()
-                .post(url)
-                .bearer_auth(token("app", client, &["write"], 3600))
-                .json(&json!({"client_id": client, "ops": ops}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r
-        }
+        let (url, t) = (server.url.clone(), token("app", client, &["write"], 3600));
+        async move { push_json(&url, "app", &t, client, ops).await.1 }
     };
     push("c1").await;
     // c2 never saw them: every op is concurrent and loses (server wins), six entries, the
@@ -2793,52 +2783,22 @@ async fn pages_of_large_documents_are_bounded_in_bytes() {
     server.create_db("app").await;
     let t = token("app", "c1", &["read", "write"], 3600);
     let big = "x".repeat(6 << 20);
-    let http = reqwest::Client::new();
-    for n in 1..=3u32 {
-        let body = json!({"client_id": "c1", "ops": [{"op_id": n, "collection": "files",
-            "id": format!("0190a5c2-0000-7000-8000-{n:012x}"), "kind": "put",
-            "doc": {"n": n, "data": big}, "base_version": null,
-            "hlc": {"millis": 1, "counter": n, "node": "c1"}}]});
-        let r = http
-            .post(format!("{}/v2/db/app/push", server.url))
-            .bearer_auth(&t)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+    for n in 1..=3u64 {
+        let id = format!("0190a5c2-0000-7000-8000-{n:012x}");
+        let doc = json!({"n": n, "data": big});
+        let op = op_json(n, "files", &id, Some(doc), None, (1, n), "c1");
+        let (status, _) = push_json(&server.url, "app", &t, "c1", vec![op]).await;
+        assert_eq!(status, 200);
     }
-    let cbor = |path: String| {
-        let (http, t) = (http.clone(), t.clone());
-        async move {
-            http.get(path)
-                .bearer_auth(&t)
-                .header("accept", "application/cbor")
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-        }
-    };
-    let first: entidb_sync::wire::PullResponse = entidb_sync::wire::Format::Cbor
-        .decode(&cbor(format!("{}/v2/db/app/pull?since=0", server.url)).await)
-        .unwrap();
+    let url = &server.url;
+    let first: entidb_sync::wire::PullResponse =
+        get_cbor(&format!("{url}/v2/db/app/pull?since=0"), &t).await;
     assert_eq!((first.changes.len(), first.has_more), (2, true));
-    let second: entidb_sync::wire::PullResponse = entidb_sync::wire::Format::Cbor
-        .decode(
-            &cbor(format!(
-                "{}/v2/db/app/pull?since={}",
-                server.url, first.cursor
-            ))
-            .await,
-        )
-        .unwrap();
+    let second: entidb_sync::wire::PullResponse =
+        get_cbor(&format!("{url}/v2/db/app/pull?since={}", first.cursor), &t).await;
     assert_eq!((second.changes.len(), second.has_more), (1, false));
-    let boot: entidb_sync::wire::BootstrapResponse = entidb_sync::wire::Format::Cbor
-        .decode(&cbor(format!("{}/v2/db/app/bootstrap", server.url)).await)
-        .unwrap();
+    let boot: entidb_sync::wire::BootstrapResponse =
+        get_cbor(&format!("{url}/v2/db/app/bootstrap"), &t).await;
     assert_eq!(boot.entities.len(), 2);
     assert_eq!(boot.total, Some(3));
     let next = boot.next.expect("a second page");

@@ -311,3 +311,74 @@ pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
         .await
         .unwrap()
 }
+
+/// An op of a JSON push body: a put of `doc`, or a delete when `doc` is `None`; stamped
+/// `(millis, counter)` by `node`.
+pub fn op_json(
+    op_id: u64,
+    collection: &str,
+    id: &str,
+    doc: Option<serde_json::Value>,
+    base: Option<u64>,
+    (millis, counter): (u64, u64),
+    node: &str,
+) -> serde_json::Value {
+    let mut op = serde_json::json!({"op_id": op_id, "collection": collection, "id": id,
+        "kind": if doc.is_some() { "put" } else { "delete" }, "base_version": base,
+        "hlc": {"millis": millis, "counter": counter, "node": node}});
+    if let Some(doc) = doc {
+        op["doc"] = doc;
+    }
+    op
+}
+
+/// POSTs a JSON push of `ops` for `client` to database `db`: the status and the answer (the
+/// body as JSON, or as a string when it is not JSON).
+pub async fn push_json(
+    url: &str,
+    db: &str,
+    token: &str,
+    client: &str,
+    ops: Vec<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v2/db/{db}/push"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"client_id": client, "ops": ops}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}
+
+/// GETs `url` asking for CBOR and decodes the answer as `T`.
+pub async fn get_cbor<T: entidb_sync::wire::Message>(url: &str, token: &str) -> T {
+    let bytes = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .header("accept", "application/cbor")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    entidb_sync::wire::Format::Cbor.decode(&bytes).unwrap()
+}
+
+/// Reads a streamed body (an event stream) until it ends or `secs` pass: what arrived, and
+/// whether it ended.
+pub async fn read_until_end(resp: &mut reqwest::Response, secs: u64) -> (String, bool) {
+    let mut seen = String::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(secs), async {
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .is_ok();
+    (seen, ended)
+}
