@@ -67,6 +67,8 @@ use crate::{Backend, BoxFuture, Clock, Entropy, File, IoError, IoResult, LockGua
 pub const KEY_FILE: &str = "ENCRYPTION";
 /// The next key file, while a rekey runs.
 const NEXT_KEY_FILE: &str = "ENCRYPTION.next";
+/// The database's lock file (the engine's; this layer takes it to write key files).
+const LOCK_FILE: &str = "LOCK";
 const KEY_MAGIC: &[u8; 8] = b"EDBKEY01";
 const FILE_MAGIC: &[u8; 8] = b"EDBENC01";
 const HEADER: u64 = 64;
@@ -221,6 +223,13 @@ pub struct EncryptedBackend {
     entropy: Arc<dyn Entropy>,
 }
 
+/// Whether `names` (a directory listing) show a rekey that has not finished.
+fn rekey_unfinished(names: &[String]) -> bool {
+    names
+        .iter()
+        .any(|n| n == NEXT_KEY_FILE || n.ends_with(".rekey"))
+}
+
 /// Whether the files of `path` get two slots per chunk (see "Durability").
 fn two_slots(path: &str) -> bool {
     path.rsplit('/').next().unwrap_or(path).starts_with("wal-")
@@ -255,17 +264,55 @@ impl EncryptedBackend {
     }
 
     /// [`EncryptedBackend::open`] with the Argon2id parameters a new database gets.
+    ///
+    /// Opening writes only in two cases, and then under the database's lock (`LOCK`): it
+    /// creates the key file of a new database, and it finishes (or undoes) a rekey that was
+    /// interrupted. If another handle holds the lock then, the open fails with
+    /// [`IoError::Locked`]: the holder can only be a running rekey or another open creating the
+    /// same database, and writing beside it would leave files under two keys. An existing
+    /// database with nothing to finish is opened without the lock (a read-only handle may look
+    /// at a database a server is writing).
     pub async fn open_with(
         inner: Arc<dyn Backend>,
         key: KeySource,
         params: KdfParams,
     ) -> IoResult<EncryptedBackend> {
-        Self::finish_rekey(&*inner).await?;
+        let names = inner.list("").await?;
+        let needs_writes = !names.iter().any(|n| n == KEY_FILE) || rekey_unfinished(&names);
+        let _guard = if needs_writes {
+            Some(inner.lock(LOCK_FILE).await?)
+        } else {
+            None
+        };
+        Self::open_locked(inner, key, params, needs_writes).await
+    }
+
+    /// The open itself. `may_write`: the caller holds the lock, so an interrupted rekey may be
+    /// finished and a missing key file created.
+    async fn open_locked(
+        inner: Arc<dyn Backend>,
+        key: KeySource,
+        params: KdfParams,
+        may_write: bool,
+    ) -> IoResult<EncryptedBackend> {
+        if may_write {
+            Self::finish_rekey(&*inner).await?;
+        }
         let raw = match read_all(&*inner, KEY_FILE).await? {
             Some(b) => b,
             None => {
                 let others = inner.list("").await?;
-                if others.iter().any(|n| n != "LOCK" && !n.ends_with(".tmp")) {
+                if others
+                    .iter()
+                    .any(|n| n != LOCK_FILE && !n.ends_with(".tmp"))
+                {
+                    return Err(IoError::NotEncrypted {
+                        path: KEY_FILE.to_owned(),
+                    });
+                }
+                // The caller saw a key file before it decided to open without the lock, and
+                // it is gone (no rekey removes it: the commit renames over it).
+                if !may_write {
                     return Err(IoError::NotEncrypted {
                         path: KEY_FILE.to_owned(),
                     });
@@ -326,13 +373,19 @@ impl EncryptedBackend {
     /// point; then the copies replace the originals. The next open finishes or undoes an
     /// interrupted rekey: with `ENCRYPTION.next` still there it removes the copies (the old
     /// key stays valid), without it it renames them into place (only the new key opens it).
+    ///
+    /// It holds the database's lock (`LOCK`) from start to end, so it fails with
+    /// [`IoError::Locked`] while the database is open read-write, and opens wait for it to
+    /// end: an open finishing "an interrupted rekey" beside a running one would mix files
+    /// under two keys.
     pub async fn rekey(
         inner: Arc<dyn Backend>,
         old: KeySource,
         new: KeySource,
         params: KdfParams,
     ) -> IoResult<()> {
-        let from = Self::open_with(inner.clone(), old, params).await?;
+        let _guard = inner.lock(LOCK_FILE).await?;
+        let from = Self::open_locked(inner.clone(), old, params, true).await?;
         let kf = Self::new_key_file(&new, params, &*inner.entropy())?;
         let k = derive(&new, kf.kdf, kf.params, &kf.salt)?;
         let to = EncryptedBackend {
@@ -349,7 +402,7 @@ impl EncryptedBackend {
             .await?
             .into_iter()
             .filter(|n| {
-                n != "LOCK"
+                n != LOCK_FILE
                     && n != KEY_FILE
                     && n != NEXT_KEY_FILE
                     && !n.ends_with(".tmp")
@@ -377,7 +430,8 @@ impl EncryptedBackend {
         Self::finish_rekey(&*inner).await
     }
 
-    /// Finish or undo an interrupted rekey (see [`EncryptedBackend::rekey`]).
+    /// Finish or undo an interrupted rekey (see [`EncryptedBackend::rekey`]). The caller holds
+    /// the lock.
     async fn finish_rekey(inner: &dyn Backend) -> IoResult<()> {
         let names = inner.list("").await?;
         let committed = !names.iter().any(|n| n == NEXT_KEY_FILE);

@@ -318,6 +318,93 @@ fn rekey_is_crash_safe() {
     }
 }
 
+/// An open that finds a rekey unfinished finishes it only under the database's lock. It
+/// used to finish it without the lock, so an `entidb inspect` run during `entidb rekey`
+/// removed the copies the rekey was writing (or renamed them in before its commit point),
+/// leaving files under two keys.
+#[test]
+fn an_open_never_finishes_a_rekey_that_holds_the_lock() {
+    block_on(async {
+        let inner: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let enc = EncryptedBackend::open(inner.clone(), KEY)
+            .await
+            .expect("create");
+        let f = enc
+            .open("seg-0.sst", OpenMode::CreateNew)
+            .await
+            .expect("create a file");
+        f.write_at(0, b"original".to_vec()).await.expect("write");
+        f.sync_data().await.expect("sync");
+        drop((f, enc));
+        // A rekey in progress: its next key file and a copy exist, and it holds the lock.
+        for name in ["ENCRYPTION.next", "seg-0.sst.rekey"] {
+            let f = inner.open(name, OpenMode::CreateNew).await.expect("write");
+            f.write_at(0, b"in progress".to_vec()).await.expect("write");
+        }
+        let rekeying = inner.lock("LOCK").await.expect("lock");
+        let err = EncryptedBackend::open(inner.clone(), KEY)
+            .await
+            .expect_err("an open beside a running rekey");
+        assert!(matches!(err, IoError::Locked { .. }), "{err}");
+        let names = inner.list("").await.expect("list");
+        for name in ["ENCRYPTION.next", "seg-0.sst.rekey"] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} was touched: {names:?}"
+            );
+        }
+        // A rekey of its own fails the same way.
+        let err = EncryptedBackend::rekey(inner.clone(), KEY, KeySource::Raw([8; 32]), FAST)
+            .await
+            .expect_err("a second rekey");
+        assert!(matches!(err, IoError::Locked { .. }), "{err}");
+        // Once the rekey is gone (it crashed before its commit point), the next open undoes it.
+        drop(rekeying);
+        let enc = EncryptedBackend::open(inner.clone(), KEY)
+            .await
+            .expect("open after the rekey");
+        let names = inner.list("").await.expect("list");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.ends_with(".next") || n.ends_with(".rekey")),
+            "{names:?}"
+        );
+        let f = enc
+            .open("seg-0.sst", OpenMode::Existing)
+            .await
+            .expect("open");
+        assert_eq!(f.read_at(0, 8).await.expect("read"), b"original");
+    });
+}
+
+/// Two opens creating the same new encrypted database: the key file is written under the
+/// lock, so the one that finds the lock held fails instead of writing a second key file over
+/// the first (whose key the winner is already using).
+#[test]
+fn a_new_key_file_is_written_under_the_lock() {
+    block_on(async {
+        let inner: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let other = inner.lock("LOCK").await.expect("lock");
+        let err = EncryptedBackend::open(inner.clone(), KEY)
+            .await
+            .expect_err("create beside a holder");
+        assert!(matches!(err, IoError::Locked { .. }), "{err}");
+        assert!(!inner.exists("ENCRYPTION").await.expect("exists"));
+        drop(other);
+        EncryptedBackend::open(inner.clone(), KEY)
+            .await
+            .expect("create");
+        assert!(inner.exists("ENCRYPTION").await.expect("exists"));
+        // An existing database opens without the lock (read-only handles beside a writer).
+        let writer = inner.lock("LOCK").await.expect("lock");
+        EncryptedBackend::open(inner.clone(), KEY)
+            .await
+            .expect("open beside a writer");
+        drop(writer);
+    });
+}
+
 /// The slot format is standard AES-256-GCM as documented in the module docs: a chunk written
 /// by the backend (AWS-LC on native targets) opens with the RustCrypto `aes-gcm` crate (what
 /// wasm32 builds use), and a chunk re-sealed by that crate opens through the backend. So

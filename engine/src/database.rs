@@ -92,7 +92,10 @@ impl Database {
     }
 
     /// Re-encrypt the closed database in `path` with a new key (crash-safe: after a crash it
-    /// opens with the old key or the new one). It must not be open anywhere.
+    /// opens with the old key or the new one). It must not be open read-write anywhere: it
+    /// holds the database's lock to the end, so it fails with [`Error::Locked`] while a
+    /// writer has it, and an open that finds the rekey's files fails the same way (a
+    /// read-only one too).
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn rekey(
         path: impl AsRef<std::path::Path>,
@@ -101,11 +104,7 @@ impl Database {
     ) -> Result<()> {
         let fs: Arc<dyn Backend> =
             Arc::new(entidb_io::FsBackend::new(path).map_err(Error::io("opening the directory"))?);
-        // Hold the lock while the files are rewritten.
-        let _lock = fs
-            .lock("LOCK")
-            .await
-            .map_err(Error::io("locking the database"))?;
+        // It holds the lock while the files are rewritten.
         entidb_io::EncryptedBackend::rekey(fs, old, new, entidb_io::KdfParams::default())
             .await
             .map_err(Error::io("rekeying"))
