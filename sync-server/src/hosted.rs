@@ -97,7 +97,12 @@ pub struct Hosts {
     /// Set by `close_all`, under the `open` lock: no database is opened, created or deleted
     /// after it (a request still running at shutdown would open one again, never closed).
     closed: std::sync::atomic::AtomicBool,
+    /// `LOCK_FILE`, locked for as long as these hosts live: one server per data directory.
+    _dir_lock: std::fs::File,
 }
+
+/// The data directory's lock file (a valid database name never starts with `.`).
+pub const LOCK_FILE: &str = ".server-lock";
 
 /// Where a deleted database's directory is renamed before its files are removed (a valid
 /// database name never starts with `.`).
@@ -127,9 +132,27 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 impl Hosts {
-    /// Hosts in `dir` (created if missing).
+    /// Hosts in `dir` (created if missing). Fails with an error of kind
+    /// [`std::io::ErrorKind::WouldBlock`] while other hosts (another server) have `dir`: two
+    /// servers on one data directory would each find its databases locked by the other, and
+    /// sweep each other's deleted databases.
     pub fn new(dir: PathBuf, options: Options) -> std::io::Result<Hosts> {
         std::fs::create_dir_all(&dir)?;
+        let dir_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        match dir_lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "another server is using this data directory",
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
         // Deleted databases whose removal a stop interrupted: renamed aside, never served
         // again, removed now (on a thread of their own: a large one takes a while).
         let trash: Vec<PathBuf> = std::fs::read_dir(&dir)?
@@ -151,6 +174,7 @@ impl Hosts {
             options,
             open: Mutex::new(BTreeMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            _dir_lock: dir_lock,
         })
     }
 
@@ -331,6 +355,7 @@ mod tests {
                 .expect("read_dir")
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != LOCK_FILE)
                 .collect();
             if left.is_empty() {
                 break;

@@ -42,12 +42,30 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// Another server has the data directory (its lock file `.server-lock` is held).
+    #[error("{}: another entidb server is using this data directory (stop it first)", dir.display())]
+    DataDirInUse {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
     /// A token could not be signed.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
     /// Creating the example database failed.
     #[error("creating the example database: {0}")]
     Setup(#[from] error::ApiError),
+}
+
+impl ServeError {
+    /// The exit code `entidb serve` ends with on this error (`docs/operations.md`): 2 a bad
+    /// configuration, 3 the data directory in use by another server, 4 any other failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Config(_) => 2,
+            ServeError::DataDirInUse { .. } => 3,
+            _ => 4,
+        }
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -166,10 +184,6 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
-    let dev = config.keys.is_empty();
-    if dev {
-        config.keys.push(dev_key(&config.data_dir)?);
-    }
     // Commits run on the request workers, one database per host among many: a lone push's
     // disk sync is handed to an I/O thread rather than run on the worker, so a sync never
     // holds up the other requests that worker serves (`Options::inline_sync`).
@@ -178,10 +192,20 @@ pub async fn serve(
         .cache_bytes(config.cache_mib << 20)
         .feed_retention(config.retention)
         .inline_sync(false);
-    let hosts = Arc::new(
-        Hosts::new(config.data_dir.clone(), options)
-            .map_err(io(format!("creating {}", config.data_dir.display())))?,
-    );
+    let hosts = Arc::new(Hosts::new(config.data_dir.clone(), options).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            ServeError::DataDirInUse {
+                dir: config.data_dir.clone(),
+            }
+        } else {
+            io(format!("creating {}", config.data_dir.display()))(e)
+        }
+    })?);
+    // The development key is read or created under the data directory's lock.
+    let dev = config.keys.is_empty();
+    if dev {
+        config.keys.push(dev_key(&config.data_dir)?);
+    }
     if dev && hosts.names()?.is_empty() {
         hosts.create("app").await?;
     }

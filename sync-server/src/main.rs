@@ -398,7 +398,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("entidb serve: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
+                    return ExitCode::from(4);
                 }
             };
             let result = rt.block_on(entidb_server::serve(
@@ -414,7 +414,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("entidb serve: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

@@ -118,12 +118,32 @@ async fn open_db(path: &Path, options: Options) -> entidb::Result<Database> {
     }
 }
 
-async fn open_existing(path: &Path) -> Result<Database, Outcome> {
-    if !path.join("MANIFEST").is_file() {
-        return Err(Outcome::Usage(format!(
+/// `Some(Usage)` when `path` holds no database: no MANIFEST, and no log or segment file. A
+/// directory with log or segment files and no MANIFEST is a damaged database, which the open
+/// reports as such (`verify` exits 1 on it, not 2).
+fn no_database(path: &Path) -> Option<Outcome> {
+    if path.join("MANIFEST").is_file() {
+        return None;
+    }
+    let data_files = std::fs::read_dir(path).is_ok_and(|rd| {
+        rd.filter_map(|e| e.ok()).any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            (name.starts_with("wal-") && name.ends_with(".log"))
+                || (name.starts_with("seg-") && name.ends_with(".sst"))
+        })
+    });
+    (!data_files).then(|| {
+        Outcome::Usage(format!(
             "no database at {} (no MANIFEST file)",
             path.display()
-        )));
+        ))
+    })
+}
+
+async fn open_existing(path: &Path) -> Result<Database, Outcome> {
+    if let Some(o) = no_database(path) {
+        return Err(o);
     }
     open_db(path, Options::default().create_if_missing(false))
         .await
@@ -137,11 +157,8 @@ async fn open_existing(path: &Path) -> Result<Database, Outcome> {
 /// failing on read-only media). A compaction running elsewhere can remove a file between
 /// the manifest and the open, so it retries.
 async fn open_for_reading(path: &Path) -> Result<Database, Outcome> {
-    if !path.join("MANIFEST").is_file() {
-        return Err(Outcome::Usage(format!(
-            "no database at {} (no MANIFEST file)",
-            path.display()
-        )));
+    if let Some(o) = no_database(path) {
+        return Err(o);
     }
     // Whether another process has it open (its lock held): said, since the snapshot then
     // misses what that process commits meanwhile. Tested without creating the lock file.

@@ -332,6 +332,25 @@ fn missing_database_is_a_usage_error() {
     assert!(text(&o).contains("no database"));
 }
 
+/// A database directory that lost its MANIFEST is damaged, not missing: `verify` reports it
+/// (exit 1; it said "no database", exit 2), and the other commands say why they cannot open
+/// it.
+#[tokio::test]
+async fn a_lost_manifest_is_damage_not_a_missing_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    populate(&path).await;
+    std::fs::remove_file(path.join("MANIFEST")).expect("remove MANIFEST");
+    let p = path.to_str().expect("utf-8");
+    let o = entidb(&["verify", p]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("DAMAGED"), "{}", text(&o));
+    assert!(text(&o).contains("manifest is missing"), "{}", text(&o));
+    let o = entidb(&["inspect", p]);
+    assert_eq!(code(&o), 4, "{}", text(&o));
+    assert!(text(&o).contains("manifest is missing"), "{}", text(&o));
+}
+
 #[test]
 fn bench_runs_the_workloads_against_the_references() {
     // A tiny scale: this checks that the command works (and its W10 child processes), not

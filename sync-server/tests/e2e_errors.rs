@@ -1349,3 +1349,50 @@ async fn a_stamp_far_in_the_future_counts_as_the_clock_skew() {
     let later = push("b", now).await;
     assert_eq!(later["results"][0]["status"], "applied", "{later}");
 }
+
+/// `entidb serve` ends with the documented exit codes when it cannot start: 3 when another
+/// server has the data directory (two servers on one directory found each other's databases
+/// locked and swept each other's deletes; the second one started, exit 0 later), 4 when the
+/// address is taken (it was 1, which the operations guide reserves for `verify`), and 2 for a
+/// bad configuration. Nothing in the running server's directory changes.
+#[tokio::test]
+async fn serve_refuses_a_data_directory_in_use_and_a_taken_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, None, &[]);
+    server.create_db("app").await;
+    let serve = |data: &std::path::Path, listen: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_entidb"))
+            .args(["serve", "--listen", listen, "--keys"])
+            .arg(format!("{KEY_ID}={SECRET}"))
+            .arg("--data-dir")
+            .arg(data)
+            .args(extra)
+            .env("ENTIDB_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let second = serve(&data, "127.0.0.1:0", &[]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(3), "{err}");
+    assert!(err.contains("another entidb server"), "{err}");
+    let taken = serve(&dir.path().join("other"), &server.addr(), &[]);
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert_eq!(taken.status.code(), Some(4), "{err}");
+    assert!(err.contains("listening on"), "{err}");
+    let bad = serve(
+        &dir.path().join("other"),
+        "127.0.0.1:0",
+        &["--max-body-bytes", "0"],
+    );
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    // The first server still serves its database.
+    let t = token("app", "c1", &["read"], 60);
+    let pulled = get_json(&format!("{}/v2/db/app/pull?since=0", server.url), &t).await;
+    assert!(pulled.get("changes").is_some(), "{pulled}");
+}
