@@ -54,7 +54,7 @@ impl PyReplicator {
     /// Attach to `db` and sync `collections` with the server at `url`. The database name and
     /// client id default to the token's `db` and `sub` claims.
     #[staticmethod]
-    #[pyo3(signature = (db, url, token, collections, database=None, client_id=None, push_batch=None, pull_limit=None, initial_bootstrap=true, bootstrap_limit=None, max_attempts=None, retry_base_ms=None, durable_pulls=false))]
+    #[pyo3(signature = (db, url, token, collections, database=None, client_id=None, push_batch=None, push_bytes=None, pull_limit=None, initial_bootstrap=true, bootstrap_limit=None, max_attempts=None, retry_base_ms=None, durable_pulls=false))]
     #[expect(
         clippy::too_many_arguments,
         reason = "mirrors the Python keyword arguments"
@@ -68,6 +68,7 @@ impl PyReplicator {
         database: Option<String>,
         client_id: Option<String>,
         push_batch: Option<usize>,
+        push_bytes: Option<usize>,
         pull_limit: Option<usize>,
         initial_bootstrap: bool,
         bootstrap_limit: Option<usize>,
@@ -91,6 +92,9 @@ impl PyReplicator {
         config.initial_bootstrap = initial_bootstrap;
         if let Some(b) = push_batch {
             config.push_batch = b;
+        }
+        if let Some(b) = push_bytes {
+            config.push_bytes = b;
         }
         if let Some(l) = pull_limit {
             config.pull_limit = l;

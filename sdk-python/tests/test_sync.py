@@ -220,3 +220,43 @@ async def test_status_stream_steps_and_oplog_start(tmp_path: Path, server: Serve
     with pytest.raises(TypeError):
         await entidb.sync.connect(log_db, server.url, token="x", collections="items")
     await log_db.close()
+
+
+async def test_large_offline_writes_push_in_batches_under_the_body_limit(
+    tmp_path: Path, server: Server
+) -> None:
+    """Six 1.5 MB documents written offline (9 MB, over the server's 8 MiB body limit)
+    reach the other client: pushes end at `push_bytes` of documents."""
+    a_db = await entidb.open(tmp_path / "a")
+    b_db = await entidb.open(tmp_path / "b")
+    a = await entidb.sync.connect(
+        a_db,
+        server.url,
+        token=server.mint("alice"),
+        collections=["files"],
+        push_bytes=2_000_000,
+    )
+    ids = [
+        await a_db.collection("files").put({"n": i, "body": "x" * 1_500_000})
+        for i in range(6)
+    ]
+    report = await a.sync_now()
+    assert report.pushed == 6 and a.status.pending_ops == 0
+    b = await entidb.sync.connect(
+        b_db, server.url, token=server.mint("bob"), collections=["files"]
+    )
+    await b.sync_now()
+    for i, nid in enumerate(ids):
+        doc = await b_db.collection("files").get(nid)
+        assert doc is not None and doc["n"] == i and len(doc["body"]) == 1_500_000
+    # The limit is checked like the other batch sizes.
+    with pytest.raises(entidb.InvalidArgument):
+        await entidb.sync.connect(
+            b_db,
+            server.url,
+            token=server.mint("bob"),
+            collections=["files"],
+            push_bytes=0,
+        )
+    await a_db.close()
+    await b_db.close()

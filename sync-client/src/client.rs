@@ -104,8 +104,16 @@ pub struct SyncConfig {
     pub client_id: String,
     /// The collections to sync (both ways).
     pub collections: Vec<String>,
-    /// Ops per push request.
+    /// Ops per push request (at most).
     pub push_batch: usize,
+    /// Bytes of documents per push request (about): a batch ends before the op that would
+    /// pass this, so that a batch of large documents stays under the server's
+    /// `max_body_bytes` (8 MiB by default). A batch holds one op at least. A push the server
+    /// still refuses as too large (413: a server with a smaller limit, or an answer that
+    /// would hold too many of its large documents) is sent again as two halves, down to one
+    /// op; an op the server refuses alone stops the push with that error, and the ops after
+    /// it wait (the server's `max_body_bytes` must be above the largest document).
+    pub push_bytes: usize,
     /// Oplog records per pull request.
     pub pull_limit: usize,
     /// Entities per bootstrap page.
@@ -148,6 +156,7 @@ impl SyncConfig {
             client_id: client_id.to_owned(),
             collections: collections.iter().map(|c| (*c).to_owned()).collect(),
             push_batch: 500,
+            push_bytes: 4 << 20,
             pull_limit: 500,
             bootstrap_limit: 1000,
             max_attempts: 6,
@@ -522,7 +531,11 @@ impl Replicator {
                 "collection {c:?} is reserved for the sync layer"
             )));
         }
-        if config.push_batch == 0 || config.pull_limit == 0 || config.bootstrap_limit == 0 {
+        if config.push_batch == 0
+            || config.push_bytes == 0
+            || config.pull_limit == 0
+            || config.bootstrap_limit == 0
+        {
             return Err(SyncError::Config("batch sizes must be positive".into()));
         }
         let mut tx = db.begin().await?;
@@ -925,7 +938,10 @@ impl Replicator {
         // a bootstrap comes before pulls.
         let mut page_since =
             (pull && state.bootstrapped && state.bootstrap.is_none()).then_some(state.cursor);
-        let mut next = self.prepare_push(state.acked_op_id).await?;
+        // Ops per batch: `push_batch`, halved for the rest of this push each time the server
+        // refuses a batch as too large.
+        let mut max_ops = self.shared.config.push_batch;
+        let mut next = self.prepare_push(state.acked_op_id, max_ops).await?;
         // The last batch sent and its answer, not yet acknowledged locally, with the cursor
         // its page was asked after.
         let mut answered: Option<(Vec<Op>, PushResponse, Option<u64>)> = None;
@@ -943,7 +959,7 @@ impl Replicator {
                 // empty.
                 let last = ops.last().map_or(0, |o| o.op_id);
                 recent.clear();
-                next = self.prepare_push(last).await?;
+                next = self.prepare_push(last, max_ops).await?;
                 continue;
             };
             for op in &mut ops {
@@ -988,10 +1004,23 @@ impl Replicator {
                 }
             };
             let (resp, ack, following) =
-                futures_util::future::join3(send, ack, self.prepare_push(last_op)).await;
+                futures_util::future::join3(send, ack, self.prepare_push(last_op, max_ops)).await;
             ack?;
             outcome.add(acked_now);
-            let resp = resp?;
+            let resp = match resp {
+                // Too large for the server (its body limit is below `push_bytes`, or the
+                // answer would hold too many large documents): nothing was stored; the first
+                // half goes again, and the rest of the push in batches of that size.
+                Err(SyncError::Server { status: 413, .. }) if ops.len() > 1 => {
+                    max_ops = ops.len() / 2;
+                    let mut ops = ops;
+                    ops.truncate(max_ops);
+                    next = Some(ops);
+                    page_since = page_since.or(since);
+                    continue;
+                }
+                other => other?,
+            };
             if resp.results.len() != ops.len()
                 || resp
                     .results
@@ -1035,19 +1064,26 @@ impl Replicator {
         Ok(outcome)
     }
 
-    /// The next batch of outbox ops after op id `after` (`None` when there are none), with
+    /// The next batch of outbox ops after op id `after` (`None` when there are none): at most
+    /// `max_ops`, and no more than [`SyncConfig::push_bytes`] of entries (one at least), with
     /// base versions from the outbox entry's `base` when capture stored one, from entity
     /// metadata otherwise.
-    async fn prepare_push(&self, after: u64) -> SyncResult<Option<Vec<Op>>> {
+    async fn prepare_push(&self, after: u64, max_ops: usize) -> SyncResult<Option<Vec<Op>>> {
         let snap = self.shared.db.snapshot();
-        let mut opts = ScanOptions::limit(self.shared.config.push_batch);
+        let mut opts = ScanOptions::limit(max_ops);
         opts.after = Some(op_key(after));
         let page = snap.collection(OUTBOX).scan(opts).await?;
         if page.items.is_empty() {
             return Ok(None);
         }
         let mut ops = Vec::with_capacity(page.items.len());
+        let mut bytes = 0;
         for doc in &page.items {
+            // The entry's size stands for the op's (its document, id and names).
+            bytes += doc.bytes().len();
+            if bytes > self.shared.config.push_bytes && !ops.is_empty() {
+                break;
+            }
             let e: OutboxEntry = doc.decode()?;
             let base_version = match e.base {
                 Some((v,)) => v,

@@ -250,8 +250,13 @@ pub async fn push(
         }
     }
     let superseded = superseded_ops(&req.ops);
-    // Stored documents read by this push's ops, by entity (see `stored`).
-    let mut read = HashMap::new();
+    // Stored documents read by this push's ops, by entity (see `stored`), and their bytes:
+    // the answer carries them, so a push of many ops is refused past `ANSWER_BYTES`.
+    let mut read = Read {
+        docs: HashMap::new(),
+        bytes: 0,
+        limited: req.ops.len() > 1,
+    };
     // A stamp far ahead of this server's clock (a client whose clock is wrong) would win
     // every last-writer-wins decision until real time caught up: it counts as at most
     // `max_clock_skew_ms` ahead.
@@ -409,7 +414,7 @@ pub async fn push(
             _ => (op.doc, None, false),
         };
         // The op writes the entity: what was read of it is no longer its state.
-        read.remove(&key);
+        read.docs.remove(&key);
         touched.insert(
             key,
             if merged_into {
@@ -922,23 +927,50 @@ pub async fn conflicts(
     })
 }
 
+/// The most bytes of stored documents one push of more than one op may read for its answer
+/// (the documents of its `duplicate`, `rejected` and `merged` results). Without it, a push
+/// of a thousand small deletes that each lose to a different large document would build an
+/// answer of a thousand documents (gigabytes, in the server's memory and then the client's).
+/// Past it the push is refused with 413 `payload_too_large` before anything is stored, and
+/// the client pushes fewer ops at a time (one op's answer holds one document at most).
+pub const ANSWER_BYTES: usize = 16 << 20;
+
+/// The stored documents a push's ops read, by entity (see [`stored`]).
+struct Read {
+    docs: HashMap<(String, EntityId), Option<(u64, Canonical)>>,
+    /// The bytes of the documents read (each entity once).
+    bytes: usize,
+    /// Whether [`ANSWER_BYTES`] applies (the push has more than one op).
+    limited: bool,
+}
+
 /// An entity's stored version and document as a push's transaction sees it, read once per
 /// push: the ops of a push that name one entity many times (a retry of a thousand edits of
 /// one document, ops that keep losing to its state) share one copy instead of reading (and
 /// copying out of its block) the document once each. An op that writes the entity removes
-/// it from `read`.
+/// it from `read`. Fails with 413 once a push of many ops has read [`ANSWER_BYTES`].
 async fn stored(
     tx: &mut entidb::WriteTxn,
-    read: &mut HashMap<(String, EntityId), Option<(u64, Canonical)>>,
+    read: &mut Read,
     key: &(String, EntityId),
 ) -> Result<Option<(u64, Canonical)>, ApiError> {
-    if let Some(hit) = read.get(key) {
+    if let Some(hit) = read.docs.get(key) {
         return Ok(hit.clone());
     }
     let doc = read_doc(tx, &key.0, key.1)
         .await?
         .map(|d| (d.version(), d.canonical()));
-    read.insert(key.clone(), doc.clone());
+    read.bytes += doc.as_ref().map_or(0, |(_, d)| d.as_bytes().len());
+    if read.limited && read.bytes > ANSWER_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the answer to this push would hold more than {} MiB of stored documents (its ops lose to, or retry over, large documents); push fewer ops at a time",
+                ANSWER_BYTES >> 20
+            ),
+        ));
+    }
+    read.docs.insert(key.clone(), doc.clone());
     Ok(doc)
 }
 

@@ -2809,3 +2809,61 @@ async fn pages_of_large_documents_are_bounded_in_bytes() {
     rb.sync_now().await.unwrap();
     assert_eq!(b.collection("files").count().await.unwrap(), 3);
 }
+
+/// Pushes of large documents fit the server. (1) A client's batches end at `push_bytes` (4
+/// MiB) of documents: twelve 1.5 MiB writes made offline (18 MiB) went as one push of 500
+/// ops by count, over the server's 8 MiB body limit, and every round failed with 413
+/// forever. (2) A push whose answer would carry more than `ANSWER_BYTES` (16 MiB) of the
+/// server's documents (its ops lose to twelve 1.5 MiB winners) is refused with 413 before
+/// anything is stored (it built the whole answer in memory), and the client sends it again
+/// in halves: every op is decided once, and the client adopts every winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pushes_are_split_to_fit_the_server() {
+    let (dir, server) = app_server(None).await;
+    let logged = |name: &str| {
+        Arc::new(PushLog {
+            inner: HttpTransport::new(&server.url, &token("app", name, &["read", "write"], 3600)),
+            pushes: std::sync::Mutex::new(Vec::new()),
+        })
+    };
+    let config = |name: &str| {
+        let mut cfg = entidb_sync::SyncConfig::new("app", name, &["files"]);
+        cfg.max_attempts = 1;
+        cfg
+    };
+    let (la, lb) = (logged("a"), logged("b"));
+    let (a, ra) = client_with_config(&dir.path().join("a"), config("a"), la.clone()).await;
+    let (b, rb) = client_with_config(&dir.path().join("b"), config("b"), lb.clone()).await;
+    let big = |i: usize| json!({ "n": i, "body": "x".repeat(1536 << 10) });
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(a.collection("files").insert(&big(i)).await.unwrap());
+    }
+    ra.sync_now().await.unwrap();
+    let pushes = la.pushes.lock().unwrap().clone();
+    assert!(pushes.len() >= 6, "batches of about 4 MiB: {pushes:?}");
+    for (len, status) in &pushes {
+        assert_eq!(*status, 200, "{pushes:?}");
+        assert!(*len <= (4 << 20) + (1 << 20), "{pushes:?}");
+    }
+    // B never saw them: its puts of the same ids are concurrent and lose (server-wins), and
+    // the answer would hold all twelve winners (18 MiB).
+    for id in &ids {
+        b.collection("files")
+            .put(*id, &json!({ "from": "b" }))
+            .await
+            .unwrap();
+    }
+    rb.sync_now().await.unwrap();
+    let pushes = lb.pushes.lock().unwrap().clone();
+    assert_eq!(pushes.first().map(|p| p.1), Some(413), "{pushes:?}");
+    assert!(pushes[1..].iter().all(|p| p.1 == 200), "{pushes:?}");
+    assert_eq!(rb.pending_ops().await.unwrap(), 0);
+    for (i, id) in ids.iter().enumerate() {
+        let doc: serde_json::Value = b.collection("files").get(*id).await.unwrap().unwrap();
+        assert_eq!(doc, big(i), "B adopted the winner of {i}");
+    }
+    // Each loser is logged once: the refused push stored nothing.
+    let log = rb.conflicts(None, 100).await.unwrap().conflicts;
+    assert_eq!(log.len(), 12, "{}", log.len());
+}

@@ -241,6 +241,7 @@ class Replicator:
         database: Optional[str] = None,
         client_id: Optional[str] = None,
         push_batch: Optional[int] = None,
+        push_bytes: Optional[int] = None,
         pull_limit: Optional[int] = None,
         initial_bootstrap: bool = True,
         bootstrap_limit: Optional[int] = None,

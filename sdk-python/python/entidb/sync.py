@@ -219,6 +219,7 @@ async def connect(
     initial_bootstrap: bool = True,
     live: bool = False,
     push_batch: Optional[int] = None,
+    push_bytes: Optional[int] = None,
     pull_limit: Optional[int] = None,
     bootstrap_limit: Optional[int] = None,
     max_attempts: Optional[int] = None,
@@ -229,7 +230,9 @@ async def connect(
     database and the client id default to the token's `db` and `sub` claims.
 
     `initial_bootstrap=False` makes a new client pull the whole retained oplog instead of a
-    snapshot. Tuning (None: the default): `push_batch` ops per push (500), `pull_limit`
+    snapshot. Tuning (None: the default): `push_batch` ops per push (500), `push_bytes`
+    bytes of documents per push (4 MiB; keep it under the server's `max_body_bytes`; a push
+    the server refuses as too large is sent again in halves), `pull_limit`
     changes per pull page (500), `bootstrap_limit` entities per bootstrap page (1000),
     `max_attempts` per request in `sync_now` before it raises (6; network errors, 408 and
     5xx only), `retry_base_ms` first retry delay, doubled per attempt with full jitter (100).
@@ -248,6 +251,7 @@ async def connect(
         database=database,
         client_id=client_id,
         push_batch=push_batch,
+        push_bytes=push_bytes,
         pull_limit=pull_limit,
         initial_bootstrap=initial_bootstrap,
         bootstrap_limit=bootstrap_limit,

@@ -382,3 +382,24 @@ pub async fn read_until_end(resp: &mut reqwest::Response, secs: u64) -> (String,
     .is_ok();
     (seen, ended)
 }
+
+/// A transport that records each push it sends: (body bytes, the answer's status).
+#[derive(Debug)]
+pub struct PushLog {
+    pub inner: HttpTransport,
+    pub pushes: std::sync::Mutex<Vec<(usize, u16)>>,
+}
+
+impl Transport for PushLog {
+    fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
+        Box::pin(async move {
+            let push = request.path.contains("/push");
+            let len = request.body.as_ref().map_or(0, Vec::len);
+            let r = self.inner.send(request).await;
+            if push && let Ok(resp) = &r {
+                self.pushes.lock().unwrap().push((len, resp.status));
+            }
+            r
+        })
+    }
+}
