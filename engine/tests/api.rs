@@ -1061,9 +1061,12 @@ async fn remove_deletes_without_reading() {
 async fn a_commit_cancelled_during_its_sync_does_not_block_later_ones() {
     // A lone leader syncs through `sync_data_inline` unless `inline_sync` is off: both paths.
     for inline in [true, false] {
-        let (db, counts) = counted_db(Options::default().inline_sync(inline), SLOW_SYNC).await;
+        // Each sync takes 500 ms: a 1 ms timeout drops the commit while it leads the sync.
+        // (With 5 ms syncs, a runtime stalled past both deadlines on a busy machine polled
+        // the commit first, found its sync done, and the timeout never fired: CI failed.)
+        let slow = Duration::from_millis(500);
+        let (db, counts) = counted_db(Options::default().inline_sync(inline), slow).await;
         let c = db.collection("c");
-        // Each sync takes 5 ms: a 1 ms timeout drops the commit while it leads the sync.
         for _ in 0..5 {
             let r = tokio::time::timeout(Duration::from_millis(1), c.insert(&1u32)).await;
             assert!(r.is_err(), "the commit was still syncing (inline {inline})");

@@ -506,6 +506,25 @@ fn hashed_meta_id(collection: &str, id: &EntityId) -> EntityId {
     EntityId::from_bytes(b)
 }
 
+/// `s` percent-encoded for a path segment or a query value: everything but the unreserved
+/// characters (RFC 3986), so that a collection named `R&D`, `c++` or `a#b` reaches the server
+/// as it is (`+` would be read as a space, `&` and `#` would end the value).
+fn encode(s: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, RESERVED).to_string()
+}
+
+/// The longest wait a long poll asks for: the server refuses `wait_ms` above it (400), and
+/// waits at most its own `max_wait_ms` anyway.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Bootstraps one pull may run (see `Replicator::pull_locked`).
+const MAX_BOOTSTRAPS_PER_PULL: u32 = 3;
+
 fn op_key(op_id: u64) -> EntityId {
     EntityId::from_bytes(u128::from(op_id).to_be_bytes())
 }
@@ -529,6 +548,12 @@ impl Replicator {
         {
             return Err(SyncError::Config(format!(
                 "collection {c:?} is reserved for the sync layer"
+            )));
+        }
+        if let Some(c) = config.collections.iter().find(|c| c.contains(',')) {
+            // A bootstrap names the synced collections as one comma-separated list.
+            return Err(SyncError::Config(format!(
+                "collection {c:?}: a synced collection's name cannot contain ','"
             )));
         }
         if config.push_batch == 0
@@ -758,7 +783,13 @@ impl Replicator {
     ) -> SyncResult<()> {
         let durability = self.commit_durability(&tx, captured);
         tx.set_durability(durability);
-        commit_state(tx, state).await
+        commit_state(tx, state).await?;
+        // The status counts a capture at once, also one that no push follows (offline, or
+        // a failed round): a push recounts the outbox when it ends.
+        if captured > 0 {
+            self.set_status(|s| s.pending_ops += captured);
+        }
+        Ok(())
     }
 
     async fn begin(&self) -> SyncResult<WriteTxn> {
@@ -1008,10 +1039,13 @@ impl Replicator {
             ack?;
             outcome.add(acked_now);
             let resp = match resp {
-                // Too large for the server (its body limit is below `push_bytes`, or the
-                // answer would hold too many large documents): nothing was stored; the first
-                // half goes again, and the rest of the push in batches of that size.
-                Err(SyncError::Server { status: 413, .. }) if ops.len() > 1 => {
+                // Too large for the server (its body limit is below `push_bytes`, the answer
+                // would hold too many large documents, or its `max_ops_per_push` is below
+                // `push_batch`): nothing was stored; the first half goes again, and the rest
+                // of the push in batches of that size.
+                Err(SyncError::Server { status, body })
+                    if ops.len() > 1 && (status == 413 || body.code == ErrorCode::TooManyOps) =>
+                {
                     max_ops = ops.len() / 2;
                     let mut ops = ops;
                     ops.truncate(max_ops);
@@ -1203,6 +1237,8 @@ impl Replicator {
             );
         }
         self.commit_with(tx, &mut state, captured).await?;
+        let answered = ops.len() as u64;
+        self.set_status(|s| s.pending_ops = s.pending_ops.saturating_sub(answered));
         if !rejected.is_empty() {
             self.set_status(|s| s.rejected_ops += rejected.len() as u64);
         }
@@ -1236,9 +1272,18 @@ impl Replicator {
         let mut wait = wait;
         // A page requested while the previous one was applied: (its `since`, the answer).
         let mut prefetched: Option<(u64, SyncResult<Option<PullResponse>>)> = None;
+        // Bootstraps run by this call: a server whose retention is shorter than a bootstrap
+        // takes answers the cursor it ends at with 410 again, without end.
+        let mut bootstraps = 0;
         loop {
             let state = self.load_state().await?;
             if state.bootstrap.is_some() || !state.bootstrapped {
+                bootstraps += 1;
+                if bootstraps > MAX_BOOTSTRAPS_PER_PULL {
+                    return Err(SyncError::Protocol(format!(
+                        "the server's retention passed the cursor of each of {MAX_BOOTSTRAPS_PER_PULL} bootstraps before they ended (its retention is shorter than a bootstrap takes); the next round tries again"
+                    )));
+                }
                 applied += self.bootstrap_locked().await?;
                 bootstrapped = true;
                 prefetched = None;
@@ -1276,6 +1321,13 @@ impl Replicator {
                 return Err(SyncError::Protocol(format!(
                     "server cursor went back from {} to {}",
                     state.cursor, resp.cursor
+                )));
+            }
+            // More to come from the same cursor would ask for the same page forever.
+            if resp.has_more && resp.cursor == state.cursor {
+                return Err(SyncError::Protocol(format!(
+                    "the server said more changes follow cursor {} but sent none",
+                    resp.cursor
                 )));
             }
             if !resp.has_more {
@@ -1338,7 +1390,7 @@ impl Replicator {
             self.shared.config.pull_limit
         ));
         if let Some(w) = wait {
-            path.push_str(&format!("&wait_ms={}", w.as_millis()));
+            path.push_str(&format!("&wait_ms={}", w.min(MAX_WAIT).as_millis()));
         }
         match self.get_retried::<PullResponse>(&path).await {
             Err(SyncError::Server { body, .. }) if body.code == ErrorCode::Rebootstrap => Ok(None),
@@ -1438,6 +1490,12 @@ impl Replicator {
                 (Some((at, resp)), Some(p)) if at == *p => resp?,
                 _ => self.fetch_bootstrap_page(position.as_ref()).await?,
             };
+            // A position that does not move would be asked for again forever.
+            if resp.next.is_some() && resp.next == position {
+                return Err(SyncError::Protocol(
+                    "the server answered a bootstrap page with the position it was asked at".into(),
+                ));
+            }
             let Some(next) = resp.next.clone() else {
                 applied += self.apply_bootstrap_page(&resp).await?;
                 return Ok(applied);
@@ -1458,13 +1516,20 @@ impl Replicator {
         &self,
         position: Option<&BootstrapPosition>,
     ) -> SyncResult<BootstrapResponse> {
+        let names: Vec<String> = self
+            .shared
+            .config
+            .collections
+            .iter()
+            .map(|c| encode(c))
+            .collect();
         let mut path = self.endpoint(&format!(
             "bootstrap?limit={}&collections={}",
             self.shared.config.bootstrap_limit,
-            self.shared.config.collections.join(",")
+            names.join(",")
         ));
         if let Some(next) = position {
-            path.push_str(&format!("&collection={}", next.collection));
+            path.push_str(&format!("&collection={}", encode(&next.collection)));
             if let Some(after) = next.after {
                 path.push_str(&format!("&after={after}"));
             }
@@ -1477,7 +1542,7 @@ impl Replicator {
     fn endpoint(&self, endpoint: &str) -> String {
         format!(
             "/v{PROTOCOL_VERSION}/db/{}/{endpoint}",
-            self.shared.config.database
+            encode(&self.shared.config.database)
         )
     }
 
@@ -1578,7 +1643,7 @@ impl Replicator {
     }
 
     /// Deletes local entities of synced collections that the finished bootstrap did not
-    /// return, unless they have pending ops (those are the client's own unsent writes) or a
+    /// return and that came from the server, unless they have pending ops (those are the client's own unsent writes) or a
     /// server version above the bootstrap's start cursor: a push answered while the
     /// bootstrap ran, after it had read past the entity's collection. The pull that follows
     /// the bootstrap starts at that cursor and brings such an entity's later changes (its
@@ -1596,7 +1661,13 @@ impl Replicator {
                     let at = self.shared.meta.locate(&coll, &doc.id());
                     let meta = Meta::load(tx, &at).await?;
                     let newer = meta.version.is_some_and(|v| v > start_cursor);
-                    if meta.epoch != epoch && meta.pending == 0 && !newer {
+                    // Only an entity the server gave a version (pulled, bootstrapped or
+                    // acknowledged) can have been deleted there. One without is local
+                    // data sync never took: written before the first attach, or before
+                    // its collection was synced. It stays (the sweep deleted it, and its
+                    // deletion was never captured either).
+                    let from_server = meta.version.is_some();
+                    if from_server && meta.epoch != epoch && meta.pending == 0 && !newer {
                         tx.collection(&coll).delete(doc.id()).await?;
                         tx.collection(&at.0).delete(at.1).await?;
                     }
@@ -1618,7 +1689,8 @@ impl Replicator {
 
     /// Like [`Replicator::sync_now`], but the pull waits up to `wait` on the server for new
     /// changes when there are none (long poll), so a loop of `sync_wait` is live replication
-    /// without polling on a timer.
+    /// without polling on a timer. A wait over [`MAX_WAIT`] (60 s) asks for 60 s; the
+    /// server may wait less (its `max_wait_ms`).
     pub async fn sync_wait(&self, wait: Duration) -> SyncResult<SyncReport> {
         self.round(Some(wait)).await
     }

@@ -240,7 +240,6 @@ pub async fn push(
     // Entities this push wrote or refused, so that a later op of the same push on the same
     // entity builds on the earlier one instead of conflicting with it.
     let mut touched: HashMap<(String, EntityId), Touched> = HashMap::with_capacity(req.ops.len());
-    let mut results = Vec::with_capacity(req.ops.len());
     // Metadata collection names, once per collection of the push (not one string per op).
     let mut meta_names: HashMap<String, String> = HashMap::new();
     for op in &req.ops {
@@ -250,10 +249,10 @@ pub async fn push(
         }
     }
     let superseded = superseded_ops(&req.ops);
-    // Stored documents read by this push's ops, by entity (see `stored`), and their bytes:
-    // the answer carries them, so a push of many ops is refused past `ANSWER_BYTES`.
-    let mut read = Read {
-        docs: HashMap::new(),
+    // Stored documents read by this push's ops, by entity (see `stored`).
+    let mut read = HashMap::new();
+    let mut answer = Answer {
+        results: Vec::with_capacity(req.ops.len()),
         bytes: 0,
         limited: req.ops.len() > 1,
     };
@@ -312,14 +311,14 @@ pub async fn push(
             None
         };
         if duplicate {
-            results.push(OpResult {
+            answer.push(OpResult {
                 op_id: op.op_id,
                 status: OpStatus::Duplicate,
                 state: EntityState {
                     version: current_version,
                     doc: current_doc.filter(|_| !superseded),
                 },
-            });
+            })?;
             continue;
         }
         client.max_op_id = op.op_id;
@@ -389,14 +388,14 @@ pub async fn push(
         }
         if !wins {
             touched.insert(key, Touched::Rejected);
-            results.push(OpResult {
+            answer.push(OpResult {
                 op_id: op.op_id,
                 status: OpStatus::Rejected,
                 state: EntityState {
                     version: current_version,
                     doc: current_doc.filter(|_| !superseded),
                 },
-            });
+            })?;
             continue;
         }
         // `merged_into`: the merge changed the client's document, which it must adopt.
@@ -414,7 +413,7 @@ pub async fn push(
             _ => (op.doc, None, false),
         };
         // The op writes the entity: what was read of it is no longer its state.
-        read.docs.remove(&key);
+        read.remove(&key);
         touched.insert(
             key,
             if merged_into {
@@ -510,7 +509,7 @@ pub async fn push(
         };
         tx.collection(&meta_coll).put(mid, &new_meta).map_err(eng)?;
         // An op applied as pushed is answered without its document (the client has it).
-        results.push(OpResult {
+        answer.push(OpResult {
             op_id: op.op_id,
             status: if merged_into {
                 OpStatus::Merged
@@ -526,8 +525,9 @@ pub async fn push(
                     None
                 },
             },
-        });
+        })?;
     }
+    let results = answer.results;
     if results.iter().all(|r| r.status == OpStatus::Duplicate) {
         // A pure retry (or an empty push) changes nothing and takes no cursor.
         let cursor = tx.read_sequence();
@@ -927,50 +927,57 @@ pub async fn conflicts(
     })
 }
 
-/// The most bytes of stored documents one push of more than one op may read for its answer
-/// (the documents of its `duplicate`, `rejected` and `merged` results). Without it, a push
+/// The most bytes of documents the answer to one push of more than one op may carry (the
+/// documents of its `duplicate`, `rejected` and `merged` results). Without it, a push
 /// of a thousand small deletes that each lose to a different large document would build an
 /// answer of a thousand documents (gigabytes, in the server's memory and then the client's).
 /// Past it the push is refused with 413 `payload_too_large` before anything is stored, and
 /// the client pushes fewer ops at a time (one op's answer holds one document at most).
 pub const ANSWER_BYTES: usize = 16 << 20;
 
-/// The stored documents a push's ops read, by entity (see [`stored`]).
-struct Read {
-    docs: HashMap<(String, EntityId), Option<(u64, Canonical)>>,
-    /// The bytes of the documents read (each entity once).
+/// A push's results, and the bytes of the documents they carry.
+struct Answer {
+    results: Vec<OpResult>,
     bytes: usize,
     /// Whether [`ANSWER_BYTES`] applies (the push has more than one op).
     limited: bool,
+}
+
+impl Answer {
+    /// Adds a result; fails with 413 once a push of many ops has answered [`ANSWER_BYTES`].
+    fn push(&mut self, result: OpResult) -> Result<(), ApiError> {
+        self.bytes += result.state.doc.as_ref().map_or(0, |d| d.as_bytes().len());
+        if self.limited && self.bytes > ANSWER_BYTES {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the answer to this push would hold more than {} MiB of documents (its ops lose to, or retry over, large documents); push fewer ops at a time",
+                    ANSWER_BYTES >> 20
+                ),
+            ));
+        }
+        self.results.push(result);
+        Ok(())
+    }
 }
 
 /// An entity's stored version and document as a push's transaction sees it, read once per
 /// push: the ops of a push that name one entity many times (a retry of a thousand edits of
 /// one document, ops that keep losing to its state) share one copy instead of reading (and
 /// copying out of its block) the document once each. An op that writes the entity removes
-/// it from `read`. Fails with 413 once a push of many ops has read [`ANSWER_BYTES`].
+/// it from `read`.
 async fn stored(
     tx: &mut entidb::WriteTxn,
-    read: &mut Read,
+    read: &mut HashMap<(String, EntityId), Option<(u64, Canonical)>>,
     key: &(String, EntityId),
 ) -> Result<Option<(u64, Canonical)>, ApiError> {
-    if let Some(hit) = read.docs.get(key) {
+    if let Some(hit) = read.get(key) {
         return Ok(hit.clone());
     }
     let doc = read_doc(tx, &key.0, key.1)
         .await?
         .map(|d| (d.version(), d.canonical()));
-    read.bytes += doc.as_ref().map_or(0, |(_, d)| d.as_bytes().len());
-    if read.limited && read.bytes > ANSWER_BYTES {
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "the answer to this push would hold more than {} MiB of stored documents (its ops lose to, or retry over, large documents); push fewer ops at a time",
-                ANSWER_BYTES >> 20
-            ),
-        ));
-    }
-    read.docs.insert(key.clone(), doc.clone());
+    read.insert(key.clone(), doc.clone());
     Ok(doc)
 }
 

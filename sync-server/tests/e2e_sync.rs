@@ -2867,3 +2867,123 @@ async fn large_pushes_are_split_to_fit_the_server() {
     let log = rb.conflicts(None, 100).await.unwrap().conflicts;
     assert_eq!(log.len(), 12, "{}", log.len());
 }
+
+/// An app that had data before it attached sync (an offline-only first version): the first
+/// bootstrap's sweep deleted every local entity the server did not return, so the notes
+/// written before the attach were gone (and the deletions, the replicator's own, were never
+/// captured: no error, no trace). It keeps them now; the server's entities arrive beside
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_keeps_local_data_sync_never_took() {
+    let (dir, server) = app_server(None).await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let from_a = a
+        .collection("notes")
+        .insert(&json!({"t": "on the server"}))
+        .await
+        .unwrap();
+    ra.sync_now().await.unwrap();
+    let path = dir.path().join("b");
+    let early = {
+        let b = Database::open(&path).await.unwrap();
+        let id = b
+            .collection("notes")
+            .insert(&json!({"t": "before sync"}))
+            .await
+            .unwrap();
+        b.close().await.unwrap();
+        id
+    };
+    let (b, rb) = client(&server.url, &path, "app", "b", &["notes"]).await;
+    let report = rb.sync_now().await.unwrap();
+    assert!(report.bootstrapped);
+    let got: Option<serde_json::Value> = b.collection("notes").get(early).await.unwrap();
+    assert_eq!(got, Some(json!({"t": "before sync"})));
+    let got: Option<serde_json::Value> = b.collection("notes").get(from_a).await.unwrap();
+    assert_eq!(got, Some(json!({"t": "on the server"})));
+}
+
+/// Collection names reach the server as they are in a bootstrap's query: `R&D` got 400 on
+/// every request (the bootstrap never ended), `c++` was read as `c  ` (a collection that
+/// does not exist: an empty bootstrap). A name with `,` (the list separator) cannot be
+/// synced, and attach says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_names_with_query_characters_bootstrap() {
+    let (dir, server) = app_server(None).await;
+    let names = ["R&D", "c++", "a#b", "50%"];
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &names).await;
+    let mut ids = Vec::new();
+    for n in names {
+        ids.push(a.collection(n).insert(&json!({ "in": n })).await.unwrap());
+    }
+    ra.sync_now().await.unwrap();
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &names).await;
+    let report = rb.sync_now().await.unwrap();
+    assert!(report.bootstrapped);
+    for (n, id) in names.iter().zip(&ids) {
+        let got: Option<serde_json::Value> = b.collection(n).get(*id).await.unwrap();
+        assert_eq!(got, Some(json!({ "in": n })), "{n}");
+    }
+    let local = Database::open(dir.path().join("c")).await.unwrap();
+    let t = Arc::new(HttpTransport::new(
+        &server.url,
+        &token("app", "c", &["read", "write"], 60),
+    ));
+    let err = Replicator::attach(local, entidb_sync::SyncConfig::new("app", "c", &["x,y"]), t)
+        .await
+        .expect_err("a name with a comma is refused");
+    assert!(matches!(err, SyncError::Config(_)), "{err}");
+}
+
+/// `sync_wait` with a wait over the server's 60 s bound asks for 60 s: it sent the wait as
+/// it was, the server answered 400, and every live round failed after its push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_sync_wait_is_capped_not_refused() {
+    let (dir, server) = app_server(None).await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    ra.sync_now().await.unwrap();
+    rb.sync_now().await.unwrap();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let id = a
+            .collection("notes")
+            .insert(&json!({"t": "late"}))
+            .await
+            .unwrap();
+        ra.sync_now().await.unwrap();
+        id
+    });
+    let report = rb.sync_wait(Duration::from_secs(120)).await.unwrap();
+    let id = writer.await.unwrap();
+    assert_eq!(report.pulled, 1, "{report:?}");
+    assert!(b.collection("notes").exists(id).await.unwrap());
+}
+
+/// The status counts a write captured while the network is away: it showed 0 pending ops
+/// after a failed round (only a push that ended recounted them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_ops_count_writes_captured_offline() {
+    let (dir, server) = app_server(None).await;
+    let net = Arc::new(Budgeted {
+        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
+        budget: AtomicU32::new(u32::MAX),
+    });
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
+    cfg.max_attempts = 1;
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, net.clone()).await;
+    ra.sync_now().await.unwrap();
+    net.budget.store(0, Ordering::SeqCst);
+    for i in 0..3 {
+        a.collection("notes")
+            .insert(&json!({ "i": i }))
+            .await
+            .unwrap();
+    }
+    assert!(ra.sync_now().await.is_err(), "offline");
+    assert_eq!(ra.status().pending_ops, 3);
+    assert!(!ra.status().online);
+    net.budget.store(u32::MAX, Ordering::SeqCst);
+    ra.sync_now().await.unwrap();
+    assert_eq!(ra.status().pending_ops, 0);
+}
