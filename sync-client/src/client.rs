@@ -220,6 +220,12 @@ struct State {
     epoch: u64,
     cursor: u64,
     feed_seq: u64,
+    /// This installation (`PushRequest::instance`): random, made by the first attach of a
+    /// database. Absent in state written before it existed: such a client keeps pushing
+    /// without one, since its earlier ops were deduped under the client id alone (ops it
+    /// pushed whose answers were lost would be applied again under a new instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
     /// First page's cursor and where the next page starts, while a bootstrap is running.
     bootstrap: Option<BootstrapProgress>,
     client_id: String,
@@ -587,8 +593,14 @@ impl Replicator {
                 }
             }
             None => {
+                let entropy = db.backend().entropy();
                 let state = State {
                     client_id: config.client_id.clone(),
+                    instance: Some(format!(
+                        "{:016x}{:016x}",
+                        entropy.next_u64(),
+                        entropy.next_u64()
+                    )),
                     feed_seq: tx.read_sequence(),
                     next_op_id: 1,
                     bootstrapped: !config.initial_bootstrap,
@@ -965,6 +977,7 @@ impl Replicator {
         // Capture first so that the batches include every write made so far.
         let (_, state) = self.capture_locked().await?;
         let path = self.endpoint("push");
+        let instance = state.instance.clone();
         // The page is asked for once, and only from a client that is not (re)bootstrapping:
         // a bootstrap comes before pulls.
         let mut page_since =
@@ -1010,6 +1023,7 @@ impl Replicator {
                 None => path.clone(),
             };
             let request = PushRequest {
+                instance: instance.clone(),
                 client_id: self.shared.config.client_id.clone(),
                 ops,
             };
@@ -1972,6 +1986,7 @@ mod tests {
             epoch: 1,
             cursor: 2,
             feed_seq: 3,
+            instance: Some("0123456789abcdef0123456789abcdef".into()),
             bootstrap: Some(BootstrapProgress {
                 next: Some(BootstrapPosition {
                     after: Some(EntityId::from_bytes([2; 16])),

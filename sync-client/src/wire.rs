@@ -116,6 +116,14 @@ pub struct Op {
 pub struct PushRequest {
     /// In op id order. Applied atomically: all results are durable together.
     pub ops: Vec<Op>,
+    /// This installation of the client (1-64 of `A-Z a-z 0-9 - _`; `docs/sync-protocol.md`
+    /// §5.1): the server dedupes op ids, and tells its writes apart, per (client id,
+    /// instance). A reinstall, or two devices given the same client id, each number their
+    /// ops from 1, and without it the later one's ops were taken for retries of the
+    /// earlier one's (answered `duplicate`, dropped). Absent: the client id alone (clients
+    /// from before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Must equal the token's `sub` claim.
     pub client_id: String,
 }
@@ -699,6 +707,7 @@ mod tests {
         check(
             "PushRequest",
             &PushRequest {
+                instance: None,
                 ops: vec![op.clone()],
                 client_id: "c".into(),
             },

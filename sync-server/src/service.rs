@@ -44,6 +44,32 @@ struct ClientRecord {
     max_op_id: u64,
 }
 
+/// Separates a client id from its instance in a writer's identity (`writer_of`); client ids
+/// with control characters are refused.
+const WRITER_SEP: char = '\u{1f}';
+
+/// The identity of the installation that writes: the client id, and its instance when the
+/// push names one. Stored as an entity's last writer (`EntityMeta::client`, `Writer`), so that
+/// two installations of one client id do not pass for each other's latest write.
+fn writer_of(client_id: &str, instance: Option<&str>) -> String {
+    match instance {
+        Some(i) => format!("{client_id}{WRITER_SEP}{i}"),
+        None => client_id.to_owned(),
+    }
+}
+
+/// The client id of a writer's identity (what the conflict log shows).
+fn client_of(writer: &str) -> &str {
+    writer.split(WRITER_SEP).next().unwrap_or(writer)
+}
+
+/// Whether `i` is a valid instance: 1-64 of `A-Z a-z 0-9 - _`.
+fn valid_instance(i: &str) -> bool {
+    (1..=64).contains(&i.len())
+        && i.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// An entity's sync metadata on the server. Stored as a CBOR map with the keys in canonical
 /// order (declaration order; `stored_records_are_declared_in_canonical_order`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -175,6 +201,17 @@ pub async fn push(
             entidb::MAX_ORIGIN_BYTES
         )));
     }
+    // The separator of a writer's identity (`writer_of`) cannot be part of a client id.
+    if req.client_id.chars().any(char::is_control) {
+        return Err(bad("the client id contains control characters".into()));
+    }
+    if let Some(i) = &req.instance
+        && !valid_instance(i)
+    {
+        return Err(bad(format!(
+            "invalid instance {i:?}: use 1-64 characters of A-Z, a-z, 0-9, '-' and '_'"
+        )));
+    }
     if req.ops.len() > config.max_ops_per_push {
         return Err(ApiError::new(
             ErrorCode::TooManyOps,
@@ -227,7 +264,12 @@ pub async fn push(
     tx.set_origin(req.client_id.clone()).map_err(eng)?;
     let seq = tx.read_sequence() + 1;
     let now = now_millis();
-    let client_key = hash_id(&[b"client", req.client_id.as_bytes()]);
+    // Op ids are deduped, and entities' writers told apart, per installation of a client.
+    let writer = writer_of(&req.client_id, req.instance.as_deref());
+    let client_key = match &req.instance {
+        None => hash_id(&[b"client", req.client_id.as_bytes()]),
+        Some(i) => hash_id(&[b"client", req.client_id.as_bytes(), i.as_bytes()]),
+    };
     let mut client: ClientRecord = tx
         .collection(CLIENTS)
         .get(client_key)
@@ -294,7 +336,7 @@ pub async fn push(
         // saw for the ops after it.
         let own_latest = meta
             .as_ref()
-            .is_some_and(|m| !m.merged && m.client.as_deref() == Some(req.client_id.as_str()));
+            .is_some_and(|m| !m.merged && m.client.as_deref() == Some(writer.as_str()));
         let concurrent = !duplicate
             && match touched.get(&key) {
                 Some(Touched::Applied) => false,
@@ -329,7 +371,7 @@ pub async fn push(
         // each field both sides changed going to the side that changed it later.
         let merged = match (policy, concurrent, &current_doc, &op.doc, &meta) {
             (ConflictPolicy::FieldMerge, true, Some(server), Some(client), Some(m)) => {
-                match merge_base(&m.history, &m.writers, &req.client_id, op.base_version) {
+                match merge_base(&m.history, &m.writers, &writer, op.base_version) {
                     Some(base) => merge(
                         &base.to_value().map_err(cbor_eng)?,
                         &server.to_value().map_err(cbor_eng)?,
@@ -367,7 +409,9 @@ pub async fn push(
             } else {
                 (
                     current_doc.clone(),
-                    meta.as_ref().and_then(|m| m.client.clone()),
+                    meta.as_ref()
+                        .and_then(|m| m.client.as_deref())
+                        .map(|w| client_of(w).to_owned()),
                 )
             };
             let record = ConflictRecord {
@@ -474,7 +518,7 @@ pub async fn push(
             writers.retain(|w| w.version != seq);
             history.push((seq, doc.clone()));
             writers.push(Writer {
-                client: req.client_id.clone(),
+                client: writer.clone(),
                 pushed,
                 version: seq,
             });
@@ -501,7 +545,7 @@ pub async fn push(
         let new_meta = EntityMeta {
             version: seq,
             hlc: Some(hlc),
-            client: Some(req.client_id.clone()),
+            client: Some(writer.clone()),
             fields,
             merged: merged_into,
             history,

@@ -1396,3 +1396,71 @@ async fn serve_refuses_a_data_directory_in_use_and_a_taken_address() {
     let pulled = get_json(&format!("{}/v2/db/app/pull?since=0", server.url), &t).await;
     assert!(pulled.get("changes").is_some(), "{pulled}");
 }
+
+/// A push's `instance` is 1-64 of `A-Z a-z 0-9 - _`, and a client id has no control
+/// characters (a writer's identity joins them with one): 400, nothing stored.
+#[tokio::test]
+async fn a_bad_instance_or_client_id_is_refused() {
+    let (_dir, server) = app_server(None).await;
+    let op = op_json(
+        1,
+        "notes",
+        "00000000-0000-0000-0000-000000000001",
+        Some(json!({"t": 1})),
+        None,
+        (1, 0),
+        "c1",
+    );
+    let t = token("app", "c1", &["read", "write"], 60);
+    for instance in [json!(""), json!("a/b"), json!("x".repeat(65)), json!(7)] {
+        let body = json!({"client_id": "c1", "instance": instance, "ops": [op.clone()]});
+        let call = send(
+            &server.url,
+            "POST",
+            "/v2/db/app/push",
+            Some(&t),
+            Some("application/json"),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+        let code = if instance.is_string() {
+            "bad_request"
+        } else {
+            "malformed_body"
+        };
+        expect_error(&call, 400, code);
+    }
+    let odd = "c\u{1f}1";
+    let t = token("app", odd, &["read", "write"], 60);
+    let body = json!({"client_id": odd, "ops": [op.clone()]});
+    let call = send(
+        &server.url,
+        "POST",
+        "/v2/db/app/push",
+        Some(&t),
+        Some("application/json"),
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await;
+    expect_error(&call, 400, "bad_request");
+    // Nothing was stored; a valid instance is taken.
+    let t = token("app", "c1", &["read", "write"], 60);
+    let pulled = get_json(&format!("{}/v2/db/app/pull?since=0", server.url), &t).await;
+    assert_eq!(pulled["changes"], json!([]), "{pulled}");
+    let body = json!({"client_id": "c1", "instance": "Ab-9_", "ops": [op]});
+    let call = send(
+        &server.url,
+        "POST",
+        "/v2/db/app/push",
+        Some(&t),
+        Some("application/json"),
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await;
+    assert_eq!(call.status, 200, "{}", call.body);
+    assert_eq!(
+        call.body["results"][0]["status"], "applied",
+        "{}",
+        call.body
+    );
+}

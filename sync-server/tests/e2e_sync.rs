@@ -2987,3 +2987,55 @@ async fn pending_ops_count_writes_captured_offline() {
     ra.sync_now().await.unwrap();
     assert_eq!(ra.status().pending_ops, 0);
 }
+
+/// Two installations with one client id (a reinstall, or two devices given tokens with the
+/// same `sub`) each number their ops from 1. The server dedupes per (client id, instance):
+/// before, the second one's ops were answered `duplicate` as retries of the first one's,
+/// dropped from its outbox, and its local edits replaced by the server's state. And the two
+/// are different writers: an edit one of them made on an old version is still concurrent
+/// with the other's newer write (server-wins rejects it) instead of passing for that
+/// client's own latest write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_of_one_client_id_keep_their_writes_apart() {
+    let (dir, server) = app_server(Some(POLICIES)).await;
+    let (p1, r1) = client(&server.url, &dir.path().join("p1"), "app", "u", &["sw"]).await;
+    let (p2, r2) = client(&server.url, &dir.path().join("p2"), "app", "u", &["sw"]).await;
+    r1.sync_now().await.unwrap();
+    r2.sync_now().await.unwrap();
+    let shared = p1.collection("sw").insert(&json!({"v": 0})).await.unwrap();
+    let first = p1
+        .collection("sw")
+        .insert(&json!({"from": "p1"}))
+        .await
+        .unwrap();
+    r1.sync_now().await.unwrap();
+    r2.sync_now().await.unwrap();
+    assert!(p2.collection("sw").exists(shared).await.unwrap());
+    // Each writes its own ops 3 and 4 (the same op ids), and they race on `shared`.
+    let second = p2
+        .collection("sw")
+        .insert(&json!({"from": "p2"}))
+        .await
+        .unwrap();
+    p1.collection("sw")
+        .put(shared, &json!({"v": 1}))
+        .await
+        .unwrap();
+    p2.collection("sw")
+        .put(shared, &json!({"v": 2}))
+        .await
+        .unwrap();
+    r1.sync_now().await.unwrap();
+    let report = r2.sync_now().await.unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    // P2's new entity reached the server (a third client sees it), and P1's edit held.
+    let (c, rc) = client(&server.url, &dir.path().join("c"), "app", "c", &["sw"]).await;
+    rc.sync_now().await.unwrap();
+    for id in [first, second] {
+        assert!(c.collection("sw").exists(id).await.unwrap());
+    }
+    let v: serde_json::Value = c.collection("sw").get(shared).await.unwrap().unwrap();
+    assert_eq!(v, json!({"v": 1}));
+    let v: serde_json::Value = p2.collection("sw").get(shared).await.unwrap().unwrap();
+    assert_eq!(v, json!({"v": 1}), "the loser adopted the winner");
+}

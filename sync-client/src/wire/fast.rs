@@ -287,6 +287,7 @@ pub fn push_request(bytes: &[u8]) -> Option<PushRequest> {
     let mut r = Reader::new(bytes);
     let request = read_struct!(r, PushRequest {
         ops: required |r: &mut Reader<'_>| r.array(op),
+        instance: optional Reader::string,
         client_id: required Reader::string,
     });
     r.finish(request)
@@ -458,8 +459,16 @@ mod tests {
                 collection,
                 base_version,
             });
-        (prop::collection::vec(op, 0..5), name())
-            .prop_map(|(ops, client_id)| PushRequest { ops, client_id })
+        (
+            prop::collection::vec(op, 0..5),
+            prop::option::of(name()),
+            name(),
+        )
+            .prop_map(|(ops, instance, client_id)| PushRequest {
+                ops,
+                instance,
+                client_id,
+            })
     }
 
     fn push_resp() -> impl Strategy<Value = PushResponse> {
