@@ -25,7 +25,7 @@ pub mod transport;
 pub mod wire;
 
 pub use client::{
-    ORIGIN, Progress, Replicator, Status, SyncConfig, SyncError, SyncReport, SyncResult,
+    MAX_WAIT, ORIGIN, Progress, Replicator, Status, SyncConfig, SyncError, SyncReport, SyncResult,
     meta_collection,
 };
 /// The HTTP client [`HttpTransport`] is built on, for [`HttpTransport::with_client`].
