@@ -316,7 +316,13 @@ fn to_py_at<'py>(
                 Value::Float(f) => *f,
                 _ => return tag_object(py, 1, inner, as_key, path),
             };
-            datetime_type(py)?.call_method1("fromtimestamp", (secs, utc(py)?))?
+            // A stamp Python's datetime cannot hold (past year 9999, NaN: another client's,
+            // or `datetime.max` rounded up on the way in) reads as the tag it is instead of
+            // failing every read of the document.
+            match datetime_type(py)?.call_method1("fromtimestamp", (secs, utc(py)?)) {
+                Ok(dt) => dt,
+                Err(_) => return tag_object(py, 1, inner, as_key, path),
+            }
         }
         Value::Tag(37, inner) if matches!(&**inner, Value::Bytes(b) if b.len() == 16) => {
             let Value::Bytes(b) = &**inner else {

@@ -1032,11 +1032,14 @@ impl PyDatabase {
         let db = self.db.clone();
         run(py, async move {
             let id = id.unwrap_or_else(|| db.new_id());
-            let version = db
-                .collection(&collection)
-                .put_with(id, &value, durability(relaxed))
-                .await
+            // As a value, like a transaction's put: `Undefined` and `Simple(n)` have no
+            // serde form, and the serde path refused them.
+            let mut tx = db.begin().await.map_err(engine)?;
+            tx.set_durability(durability(relaxed));
+            tx.collection(&collection)
+                .put_value(id, &value)
                 .map_err(engine)?;
+            let version = tx.commit().await.map_err(engine)?;
             Ok((PyId(id), version))
         })
     }

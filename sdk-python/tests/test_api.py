@@ -457,3 +457,88 @@ async def test_read_only_snapshot_beside_a_writer(tmp_path: Path) -> None:
         await ro.collection("c").put({"n": 3})
     await ro.close()
     await writer.close()
+
+
+async def test_a_second_writer_in_the_same_task_is_an_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """The database has one writer and it is not re-entrant: a write outside the open
+    transaction, from the task that holds it, waited for itself forever."""
+    db = await entidb.open(tmp_path / "db")
+    notes = db.collection("notes")
+    async with db.transaction() as tx:
+        await tx.collection("notes").put({"n": 1})
+        for write in (
+            lambda: notes.put({"n": 2}),
+            lambda: notes.delete(uuid.uuid4()),
+            lambda: db.begin(),
+            lambda: notes.create_index("n"),
+            lambda: db.create_collection("other"),
+        ):
+            # `asyncio.timeout` keeps the call in this task (`wait_for` would run it in
+            # a task of its own, which waits for the transaction instead).
+            with pytest.raises(entidb.InvalidArgument, match="open transaction"):
+                async with asyncio.timeout(10):
+                    await write()
+        # Another task waits for the transaction, as it should, and writes after it.
+        later = asyncio.create_task(notes.put({"n": 3}))
+        await asyncio.sleep(0.05)
+        assert not later.done()
+    await asyncio.wait_for(later, 10)
+    assert await notes.count() == 2
+    # A transaction from `begin` used with `async with` is not begun a second time.
+    tx2 = await db.begin()
+    async with tx2:
+        await tx2.collection("notes").put({"n": 4})
+    assert tx2.sequence is not None and await notes.count() == 3
+    # Closing with a transaction open in this task aborts it instead of waiting for it.
+    tx3 = await db.begin()
+    await tx3.collection("notes").put({"n": 5})
+    async with asyncio.timeout(10):
+        await db.close()
+    db = await entidb.open(tmp_path / "db")
+    assert await db.collection("notes").count() == 3
+    await db.close()
+
+
+async def test_failed_and_cancelled_transactions_give_the_writer_back(
+    tmp_path: Path,
+) -> None:
+    db = await entidb.open(tmp_path / "db")
+    # An origin over 255 bytes fails after the transaction began: it is aborted.
+    with pytest.raises(entidb.TooLarge):
+        async with db.transaction(origin="x" * 256):
+            pass
+    await asyncio.wait_for(db.collection("c").put({"ok": True}), 10)
+    await db.close()
+
+    # A migration step cancelled by a timeout: open gives up, and the writer is free.
+    async def slow(tx: entidb.Transaction) -> None:
+        await tx.collection("c").put({"step": 1})
+        await asyncio.sleep(30)
+
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(entidb.open(tmp_path / "db", migrations={1: slow}), 0.5)
+    db = await asyncio.wait_for(entidb.open(tmp_path / "db"), 10)
+    assert await db.schema_version() == 0
+    await db.close()
+
+
+async def test_values_the_serde_path_refused_and_stamps_python_cannot_hold(
+    db: entidb.Database,
+) -> None:
+    c = db.collection("odd")
+    # Undefined and simple values are stored by a plain put too, as by a transaction's.
+    nid = await c.put({"u": entidb.Undefined, "s": entidb.Simple(99)})
+    assert await c.get(nid) == {"u": entidb.Undefined, "s": entidb.Simple(99)}
+    # An aware datetime.max rounds past year 9999 on the way in: it reads back as its tag
+    # (every read of the document raised ValueError).
+    far = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
+    fid = await c.put({"until": far})
+    got = await c.get(fid)
+    assert isinstance(got["until"], entidb.Tag) and got["until"].tag == 1
+    assert len([d async for d in c.scan()]) == 2
+    # A page size of 0 would never move: refused.
+    with pytest.raises(entidb.InvalidArgument, match="page_size"):
+        async for _ in c.scan(page_size=0):
+            pass

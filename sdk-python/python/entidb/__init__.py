@@ -19,6 +19,7 @@ Errors derive from `entidb.Error`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from dataclasses import dataclass
@@ -109,6 +110,20 @@ IdLike = Union[uuid.UUID, str, bytes]
 #: it runs in.
 Migrations = Mapping[int, Callable[["Transaction"], Awaitable[None]]]
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _current_task() -> Optional[asyncio.Task[Any]]:
+    """The running task, or None outside one (a transaction begun there is not tracked)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def _check_page_size(page_size: int) -> None:
+    if page_size < 1:
+        # A page of 0 would end where it started: the iteration would never move.
+        raise InvalidArgument(f"page_size must be at least 1, not {page_size}")
 
 
 class Writable(Protocol):
@@ -260,6 +275,7 @@ class _Reads:
         page_size: int,
         after: Optional[IdLike],
     ) -> AsyncIterator[Document]:
+        _check_page_size(page_size)
         left = limit
         while left is None or left > 0:
             n = page_size if left is None else min(page_size, left)
@@ -306,6 +322,7 @@ class _Reads:
     async def _lookup(
         self, index: str, kind: str, limit: Optional[int], page_size: int, **q: Any
     ) -> AsyncIterator[Document]:
+        _check_page_size(page_size)
         left = limit
         cursor: Optional[bytes] = None
         while left is None or left > 0:
@@ -489,6 +506,7 @@ class Collection(_Reads):
         """Write a document (a new time-ordered id unless `id` is given); returns the id.
         Durable when this returns, unless `relaxed=True` (visible at once; a crash may lose
         it, never part of it)."""
+        self._db._check_writer()
         new_id, _ = await self._db._native.put(self._name, doc, id, relaxed)
         return new_id
 
@@ -496,6 +514,7 @@ class Collection(_Reads):
         self, doc: Any, id: Optional[IdLike] = None, *, relaxed: bool = False
     ) -> tuple[uuid.UUID, int]:
         """Like `put`, returning `(id, version)`: the version to pass to `put_if` later."""
+        self._db._check_writer()
         return await self._db._native.put(self._name, doc, id, relaxed)
 
     async def put_raw(
@@ -503,11 +522,13 @@ class Collection(_Reads):
     ) -> uuid.UUID:
         """Write a document given as CBOR bytes: one CBOR item, stored in canonical form
         (anything else raises `DocumentError`); returns the id."""
+        self._db._check_writer()
         new_id, _ = await self._db._native.put_raw(self._name, bytes(data), id, relaxed)
         return new_id
 
     async def delete(self, id: IdLike, *, relaxed: bool = False) -> bool:
         """Delete an entity; returns whether it existed."""
+        self._db._check_writer()
         return await self._db._native.delete(self._name, id, relaxed)
 
     async def create_index(
@@ -632,16 +653,33 @@ class Transaction:
         self._relaxed = relaxed
         self._origin = origin
         self._tx: Optional[_entidb.Transaction] = None
+        self._task: Optional[asyncio.Task[Any]] = None
         self.sequence: Optional[int] = None
 
     async def begin(self) -> Transaction:
-        """Start the transaction (`async with` does this)."""
-        self._tx = await self._db._native.begin()
-        if self._relaxed:
-            await self._tx.set_relaxed(True)
-        if self._origin is not None:
-            await self._tx.set_origin(self._origin)
+        """Start the transaction (`async with` does this; for a transaction from
+        `Database.begin`, which has begun, `async with` only commits or aborts it)."""
+        if self._tx is not None:
+            raise InvalidArgument("the transaction has begun already")
+        self._db._check_writer()
+        tx = await self._db._native.begin()
+        try:
+            if self._relaxed:
+                await tx.set_relaxed(True)
+            if self._origin is not None:
+                await tx.set_origin(self._origin)
+        except BaseException:
+            # It holds the single writer: give it back before the error goes up.
+            await tx.abort()
+            raise
+        self._tx = tx
+        self._task = _current_task()
+        self._db._writer = self
         return self
+
+    def _done(self) -> None:
+        if self._db._writer is self:
+            self._db._writer = None
 
     async def set_origin(self, origin: str) -> None:
         """Tag this transaction's change-feed record with `origin` (at most 255 bytes), so
@@ -688,14 +726,24 @@ class Transaction:
 
     async def commit(self) -> int:
         """Commit; returns the commit's sequence."""
-        self.sequence = await self._native().commit()
+        native = self._native()
+        try:
+            self.sequence = await native.commit()
+        finally:
+            self._done()
         return self.sequence
 
     async def abort(self) -> None:
         """Discard every write of the transaction."""
-        await self._native().abort()
+        native = self._native()
+        try:
+            await native.abort()
+        finally:
+            self._done()
 
     async def __aenter__(self) -> Transaction:
+        if self._tx is not None:
+            return self  # `async with await db.begin() as tx:` has begun it
         return await self.begin()
 
     async def __aexit__(
@@ -743,6 +791,8 @@ class Database:
 
     def __init__(self, native: _entidb.Database) -> None:
         self._native = native
+        # The transaction that holds the single writer, when one began through this handle.
+        self._writer: Optional[Transaction] = None
         #: For a database returned by `entidb.restore`: the backup's summary (sequence,
         #: collections, entities, indexes, bytes); None otherwise.
         self.restore_summary: Optional[dict[str, Any]] = None
@@ -750,6 +800,18 @@ class Database:
     def collection(self, name: str) -> Collection:
         """A handle on a collection (created by its first write)."""
         return Collection(self, name)
+
+    def _check_writer(self) -> None:
+        """Raises `InvalidArgument` when the calling task holds an open transaction: a
+        second writer in the same task would wait for it forever (the writer is single and
+        not re-entrant). Another task waits for it, as it should."""
+        tx = self._writer
+        if tx is not None and tx._task is not None and tx._task is _current_task():
+            raise InvalidArgument(
+                "this task has an open transaction, and the database has one writer: "
+                "write through tx.collection(...), or commit or abort it first "
+                "(waiting for it here would never end)"
+            )
 
     def transaction(self, *, relaxed: bool = False, origin: Optional[str] = None) -> Transaction:
         """A write transaction for `async with`. `relaxed=True` commits without waiting for
@@ -774,10 +836,12 @@ class Database:
     async def create_collection(self, name: str) -> None:
         """Create an empty collection now (a first write creates one too); raises
         `InvalidArgument` if it exists or the name is not valid."""
+        self._check_writer()
         await self._native.create_collection(name)
 
     async def drop_collection(self, name: str) -> bool:
         """Drop a collection with its entities and indexes."""
+        self._check_writer()
         return await self._native.drop_collection(name)
 
     async def changes_page(self, since: int = 0, limit: int = 100) -> list[list[Change]]:
@@ -877,10 +941,12 @@ class Database:
 
     async def checkpoint(self) -> None:
         """Flush the write buffer to a segment."""
+        self._check_writer()
         await self._native.checkpoint()
 
     async def compact(self) -> None:
         """Merge all segments, reclaiming space."""
+        self._check_writer()
         await self._native.compact()
 
     async def verify(self) -> int:
@@ -892,7 +958,11 @@ class Database:
         return await self._native.verify_indexes()
 
     async def close(self) -> None:
-        """Checkpoint and close; later calls raise `Closed`."""
+        """Checkpoint and close; later calls raise `Closed`. A transaction still open in
+        this task is aborted first (closing waits for the writer, which it holds)."""
+        tx = self._writer
+        if tx is not None and tx._task is not None and tx._task is _current_task():
+            await tx.abort()
         await self._native.close()
 
     async def schema_version(self) -> int:
@@ -921,14 +991,18 @@ class Database:
             native = tx._native()
             try:
                 if await native.schema_version() >= v:
-                    await native.abort()  # migrated meanwhile by another task
+                    await tx.abort()  # migrated meanwhile by another task
                     continue
                 await step(tx)
                 await native.set_schema_version(v)
                 await tx.commit()
             except Exception as e:
-                await native.abort()
+                await tx.abort()
                 raise MigrationError(f"migration to schema version {v} failed: {e}") from e
+            except BaseException:
+                # Cancelled (a timeout, Ctrl-C): the step's transaction holds the writer.
+                await tx.abort()
+                raise
         return current, target
 
     async def backup(self, target: Union[PathLike, Writable]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence
 
 from . import _entidb
-from ._entidb import Error
+from ._entidb import Closed, Error
 
 if TYPE_CHECKING:
     from . import Database
@@ -164,8 +164,11 @@ class Sync:
             try:
                 await self._native.sync_wait(wait_ms)
                 delay = 0.1
-            except Error as e:
+            except Exception as e:  # noqa: BLE001 - kept and retried, never lost
+                # Not only `entidb.Error`: any other exception ended live mode silently.
                 self.last_live_error = e
+                if isinstance(e, Closed):
+                    return  # the database was closed: nothing to sync any more
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
