@@ -260,3 +260,22 @@ async def test_large_offline_writes_push_in_batches_under_the_body_limit(
         )
     await a_db.close()
     await b_db.close()
+
+
+async def test_live_mode_ends_when_the_database_closes(tmp_path: Path, server: Server) -> None:
+    """Live mode kept retrying `Closed` every 30 s after the database closed."""
+    db = await entidb.open(tmp_path / "a")
+    s = await entidb.sync.connect(
+        db, server.url, token=server.mint("alice"), collections=["notes"], live=True
+    )
+    await asyncio.sleep(0.2)
+    assert s.status.live
+    await db.close()
+    for _ in range(100):
+        if isinstance(s.last_live_error, entidb.Closed):
+            break
+        await asyncio.sleep(0.1)
+    assert isinstance(s.last_live_error, entidb.Closed), s.last_live_error
+    await asyncio.sleep(0.1)
+    assert not s.status.live, "the live task ended"
+    await s.stop()
