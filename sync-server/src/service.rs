@@ -304,6 +304,11 @@ pub async fn push(
     let latest_stamp = now.saturating_add(config.max_clock_skew_ms);
     for (mut op, superseded) in req.ops.into_iter().zip(superseded) {
         op.hlc.millis = op.hlc.millis.min(latest_stamp);
+        // The stamp's node breaks ties between equal times: it is the writer's identity,
+        // whatever the client put there (a client choosing its node would win every tie).
+        if op.hlc.node != writer {
+            op.hlc.node.clone_from(&writer);
+        }
         let meta_coll: std::borrow::Cow<'_, str> = match meta_names.get(&op.collection) {
             Some(name) => name.into(),
             None => meta_collection_of(hosted.meta, &op.collection).into(),

@@ -1464,3 +1464,38 @@ async fn a_bad_instance_or_client_id_is_refused() {
         call.body
     );
 }
+
+/// A document whose JSON rendering would change it silently is refused to JSON readers
+/// too: serde_json wrote an integer key as a string and a NaN as null, with 200 (the
+/// protocol promises 406 for a key that is not text). CBOR readers get it as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_readers_never_get_a_document_changed() {
+    use entidb::cbor::Value as V;
+    let (_dir, server) = app_server(None).await;
+    let url = &server.url;
+    let t = token("app", "c1", &["read", "write"], 3600);
+    let docs = [
+        V::Map(vec![(V::from(1), V::from("x"))]),
+        V::map([("f", V::Float(f64::NAN))]),
+        V::map([("deep", V::array([V::Map(vec![(V::Bool(true), V::Null)])]))]),
+    ];
+    for (i, doc) in docs.iter().enumerate() {
+        let op = i as u64 + 1;
+        let pushed = send(
+            url,
+            "POST",
+            "/v2/db/app/push",
+            Some(&t),
+            Some("application/cbor"),
+            cbor_push("c1", op, tag24(&entidb::cbor::encode(doc))),
+        )
+        .await;
+        assert_eq!(pushed.status, 200, "{}", pushed.body);
+        let since = format!("/v2/db/app/pull?since={}", op - 1);
+        let json = send(url, "GET", &since, Some(&t), None, vec![]).await;
+        expect_error(&json, 406, "not_acceptable");
+        let page: entidb_sync::wire::PullResponse = get_cbor(&format!("{url}{since}"), &t).await;
+        let got = page.changes[0].doc.as_ref().unwrap().to_value().unwrap();
+        assert_eq!(format!("{got:?}"), format!("{doc:?}"));
+    }
+}

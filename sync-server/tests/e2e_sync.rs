@@ -3039,3 +3039,41 @@ async fn two_installations_of_one_client_id_keep_their_writes_apart() {
     let v: serde_json::Value = p2.collection("sw").get(shared).await.unwrap().unwrap();
     assert_eq!(v, json!({"v": 1}), "the loser adopted the winner");
 }
+
+/// Last-writer-wins ties are broken by the writer, not by the node a client puts in its
+/// stamp: a client that named itself `zzz` won every tie against `m`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hlc_tie_is_broken_by_the_writer_not_the_stamps_node() {
+    let (_dir, server) = app_server(Some(POLICIES)).await;
+    let id = "00000000-0000-0000-0000-00000000000a";
+    let push = |client: &'static str, node: &'static str, v: i64| {
+        let url = server.url.clone();
+        async move {
+            let t = token("app", client, &["read", "write"], 60);
+            let op = op_json(
+                1,
+                "lww",
+                id,
+                Some(json!({ "v": v })),
+                None,
+                (1_000, 0),
+                node,
+            );
+            push_json(&url, "app", &t, client, vec![op]).await
+        }
+    };
+    let (status, body) = push("m", "m", 1).await;
+    assert_eq!(
+        (status, body["results"][0]["status"].as_str()),
+        (200, Some("applied"))
+    );
+    // Concurrent (it never saw version 1), the same millis and counter, a forged node.
+    let (status, body) = push("a", "zzz", 2).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "rejected", "{body}");
+    assert_eq!(
+        body["results"][0]["state"]["doc"],
+        json!({"v": 1}),
+        "{body}"
+    );
+}

@@ -129,13 +129,33 @@ impl<'de> Deserialize<'de> for Value {
 impl Serialize for Canonical {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
-            decode(self.as_bytes())
-                .map_err(S::Error::custom)?
-                .serialize(serializer)
+            let value = decode(self.as_bytes()).map_err(S::Error::custom)?;
+            // A human-readable format (JSON) would change these silently: serde_json writes
+            // a number or bool key as a string and a NaN or infinity as null.
+            if let Some(why) = no_text_form(&value) {
+                return Err(S::Error::custom(why));
+            }
+            value.serialize(serializer)
         } else {
             ciborium::tag::Captured(Some(ENCODED_CBOR), ByteStr(self.as_bytes()))
                 .serialize(serializer)
         }
+    }
+}
+
+/// Why `value` has no faithful rendering in a human-readable format such as JSON (a map key
+/// that is not text, a float that is not finite), or `None`. (`undefined` and other simple
+/// values have no serde form at all; byte strings and tags are rendered in serde's way.)
+fn no_text_form(value: &Value) -> Option<String> {
+    match value {
+        Value::Map(entries) => entries.iter().find_map(|(k, v)| match k {
+            Value::Text(_) => no_text_form(v),
+            other => Some(format!("a map key that is not text ({other:?})")),
+        }),
+        Value::Array(items) => items.iter().find_map(no_text_form),
+        Value::Tag(_, inner) => no_text_form(inner),
+        Value::Float(f) if !f.is_finite() => Some(format!("a float that is not finite ({f})")),
+        _ => None,
     }
 }
 
