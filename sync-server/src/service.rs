@@ -697,25 +697,48 @@ pub async fn pull(
     require_read(claims)?;
     check_cursor(hosted, since)?;
     let db = &hosted.db;
-    if let Some(wait) = wait
-        && db.last_sequence() <= since
-        && !wait.is_zero()
-    {
-        let mut rx = hosted.changed.subscribe();
-        let mut shutdown = shutdown.clone();
-        let _ = tokio::time::timeout(wait, async {
-            loop {
-                if *rx.borrow_and_update() > since || *shutdown.borrow() {
-                    return;
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    let mut since = since;
+    loop {
+        if let Some(deadline) = deadline
+            && db.last_sequence() <= since
+        {
+            let mut rx = hosted.changed.subscribe();
+            let mut shutdown = shutdown.clone();
+            let _ = tokio::time::timeout_at(deadline, async {
+                loop {
+                    if *rx.borrow_and_update() > since || *shutdown.borrow() {
+                        return;
+                    }
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { return },
+                        r = shutdown.changed() => if r.is_err() { return },
+                    }
                 }
-                tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
-                    r = shutdown.changed() => if r.is_err() { return },
-                }
-            }
-        })
-        .await;
+            })
+            .await;
+        }
+        let page = read_changes(db, claims, since, limit).await?;
+        // A long poll woken by transactions this token cannot see (the server's own
+        // bookkeeping, a push of rejected ops, collections it may not read) waits on past
+        // them: answering the empty page at once made a scoped client on a busy database
+        // poll without pause. The cursor still moves past them when the wait ends.
+        let waiting =
+            deadline.is_some_and(|d| tokio::time::Instant::now() < d) && !*shutdown.borrow();
+        if !page.changes.is_empty() || page.has_more || !waiting || page.cursor == since {
+            return Ok(page);
+        }
+        since = page.cursor;
     }
+}
+
+/// The page of changes after `since` that `claims` may read (see [`pull`]).
+async fn read_changes(
+    db: &entidb::Database,
+    claims: &Claims,
+    since: u64,
+    limit: usize,
+) -> Result<PullResponse, ApiError> {
     // A page holds whole transactions: it ends before the transaction that would take it
     // past `limit` changes or `PAGE_BYTES` of documents (the first one always fits: pushes
     // are bounded by `max_ops_per_push` and `max_body_bytes`), or after `4 * limit`

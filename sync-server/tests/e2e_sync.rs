@@ -3077,3 +3077,41 @@ async fn an_hlc_tie_is_broken_by_the_writer_not_the_stamps_node() {
         "{body}"
     );
 }
+
+/// A long poll by a token that reads one collection waits through transactions it cannot
+/// see: it was answered at the first commit anywhere in the database (an empty page), so a
+/// scoped client on a busy database polled without pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_waits_through_changes_it_cannot_see() {
+    let (_dir, server) = app_server(None).await;
+    let url = server.url.clone();
+    let scoped = token("app", "r", &["read:a"], 60);
+    let poll = tokio::spawn(async move {
+        get_json(
+            &format!("{url}/v2/db/app/pull?since=0&wait_ms=20000"),
+            &scoped,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let w = token("app", "w", &["write"], 60);
+    let put = |n: u64, coll: &str| {
+        let id = format!("00000000-0000-0000-0000-0000000000{n:02}");
+        op_json(n, coll, &id, Some(json!({ "n": n })), None, (n, 0), "w")
+    };
+    let (status, _) = push_json(&server.url, "app", &w, "w", vec![put(1, "b")]).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !poll.is_finished(),
+        "the poll was answered by a change it cannot see"
+    );
+    let (status, _) = push_json(&server.url, "app", &w, "w", vec![put(2, "a")]).await;
+    assert_eq!(status, 200);
+    let page = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll ends with the visible change")
+        .unwrap();
+    assert_eq!(page["changes"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page["changes"][0]["collection"], "a", "{page}");
+}
