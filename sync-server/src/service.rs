@@ -636,9 +636,10 @@ pub async fn push_with_page(
     page: Option<(u64, usize)>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<PushResponse, ApiError> {
-    if let Some((since, _)) = page {
-        check_cursor(hosted, since)?;
-    }
+    // A cursor ahead of the server (its database was restored or recreated): the push is
+    // applied as any other, its page left out, and the client's pull gets 410 (checked
+    // before the push, which may take the sequence past that cursor).
+    let page = page.filter(|&(since, _)| check_cursor(hosted, since).is_ok());
     let mut answer = push(config, hosted, claims, req).await?;
     if let Some((since, limit)) = page {
         match pull(hosted, claims, since, limit, None, shutdown).await {
@@ -663,13 +664,22 @@ pub fn page_limit(config: &Config, requested: Option<usize>) -> usize {
         .clamp(1, config.max_page)
 }
 
-/// Checks that a client's cursor is not ahead of the server's oplog.
+/// Checks that a client's cursor is not ahead of the server's oplog. One that is got it from
+/// an earlier state of the database (restored from a backup, or deleted and created again):
+/// 410 `rebootstrap`, so that the client starts over from the database as it is (keeping its
+/// pending writes) instead of failing every round.
 fn check_cursor(hosted: &Hosted, since: u64) -> Result<(), ApiError> {
     let last = hosted.db.last_sequence();
     if since > last {
-        return Err(bad(format!(
-            "cursor {since} is ahead of the server ({last}); this client belongs to another database or the server lost data"
-        )));
+        return Err(ApiError {
+            body: entidb_sync::wire::ErrorBody {
+                code: ErrorCode::Rebootstrap,
+                message: format!(
+                    "cursor {since} is ahead of the server ({last}): the database was restored or created again since this client synced; bootstrap again"
+                ),
+                oldest_cursor: None,
+            },
+        });
     }
     Ok(())
 }

@@ -1149,7 +1149,7 @@ async fn server_sent_events_and_metrics() {
         .send()
         .await
         .unwrap();
-    assert_eq!(ahead.status(), 400);
+    assert_eq!(ahead.status(), 410);
     let unauth = http
         .get(format!("{}/v2/db/app/events", server.url))
         .send()
@@ -3114,4 +3114,49 @@ async fn a_long_poll_waits_through_changes_it_cannot_see() {
         .unwrap();
     assert_eq!(page["changes"].as_array().map(Vec::len), Some(1), "{page}");
     assert_eq!(page["changes"][0]["collection"], "a", "{page}");
+}
+
+/// A database deleted and created again (or restored from an older backup) is behind the
+/// cursor its clients hold. That was a 400 on every pull and every push of theirs, for
+/// good (the operations guide said such clients "must bootstrap again", and no API did
+/// it). Now the push is applied without its page and the pull answers 410 `rebootstrap`:
+/// the client bootstraps the database as it is, and its pending write reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ahead_of_a_recreated_database_bootstraps_again() {
+    let (dir, server) = app_server(None).await;
+    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    for i in 0..5 {
+        a.collection("notes")
+            .insert(&json!({ "i": i }))
+            .await
+            .unwrap();
+        ra.sync_now().await.unwrap();
+    }
+    let status = reqwest::Client::new()
+        .delete(format!("{}/v2/admin/databases/app", server.url))
+        .bearer_auth(Server::admin_token())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    server.create_db("app").await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    let from_b = b
+        .collection("notes")
+        .insert(&json!({"from": "b"}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    let pending = a
+        .collection("notes")
+        .insert(&json!({"from": "a"}))
+        .await
+        .unwrap();
+    let report = ra.sync_now().await.unwrap();
+    assert!(report.bootstrapped, "{report:?}");
+    assert_eq!(ra.status().pending_ops, 0);
+    assert!(a.collection("notes").exists(from_b).await.unwrap());
+    rb.sync_now().await.unwrap();
+    assert!(b.collection("notes").exists(pending).await.unwrap());
 }
