@@ -91,7 +91,7 @@ pub struct Op {
     pub id: EntityId,
     /// The new document (puts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub doc: Option<Canonical>,
     /// When the client made the write.
     pub hlc: Hlc,
@@ -152,7 +152,7 @@ pub enum OpStatus {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntityState {
     /// Its document (`None`: absent or deleted; always `None` for an `applied` op).
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub doc: Option<Canonical>,
     /// Its server version (`None`: it never existed).
     pub version: Option<u64>,
@@ -196,7 +196,7 @@ pub struct WireChange {
     pub id: EntityId,
     /// The document (puts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub doc: Option<Canonical>,
     /// Put or delete.
     pub kind: OpKind,
@@ -231,7 +231,7 @@ pub struct BootstrapEntity {
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
     /// The document.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub doc: Canonical,
     /// Server version.
     pub version: u64,
@@ -296,7 +296,7 @@ pub struct ConflictRecord {
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub id: EntityId,
     /// The version that lost (`None` for a delete or an absent entity).
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub loser: Option<Canonical>,
     /// The op id of that push's op.
     pub op_id: u64,

@@ -509,7 +509,8 @@ fn require_admin_of(claims: &Claims, name: &str) -> Result<(), ApiError> {
 #[utoipa::path(get, path = "/v2/admin/databases", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "The hosted databases", body = DatabaseList),
               (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-              (status = 403, description = "Needs the admin scope", body = ErrorBody)))]
+              (status = 403, description = "Needs the admin scope", body = ErrorBody),
+              (status = 503, description = "Shutting down", body = ErrorBody)))]
 async fn list_dbs(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let r = async {
         let claims = authenticate(&state, &headers)?;
@@ -540,7 +541,8 @@ async fn list_dbs(State(state): State<AppState>, headers: HeaderMap) -> Response
               (status = 403, description = "Needs the admin scope", body = ErrorBody),
               (status = 409, description = "The database exists", body = ErrorBody),
               (status = 413, description = "Body too large", body = ErrorBody),
-              (status = 415, description = "Neither CBOR nor JSON", body = ErrorBody)))]
+              (status = 415, description = "Neither CBOR nor JSON", body = ErrorBody),
+              (status = 503, description = "Shutting down", body = ErrorBody)))]
 async fn create_db(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let r = async {
         let claims = authenticate(&state, &headers)?;
@@ -564,7 +566,8 @@ async fn create_db(State(state): State<AppState>, headers: HeaderMap, body: Body
               (status = 400, description = "Invalid name", body = ErrorBody),
               (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
               (status = 403, description = "Needs the admin scope", body = ErrorBody),
-              (status = 404, description = "No such database", body = ErrorBody)))]
+              (status = 404, description = "No such database", body = ErrorBody),
+              (status = 503, description = "Shutting down, or the database is closing", body = ErrorBody)))]
 async fn delete_db(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -596,8 +599,9 @@ struct PushParams {
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), PushParams),
     request_body(content = PushRequest, content_type = "application/json", description = "Also accepted as application/cbor"),
     responses((status = 200, description = "Per-op results; applied atomically", body = PushResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody),
-              (status = 413, description = "Body or document too large", body = ErrorBody),
-              (status = 415, description = "Neither CBOR nor JSON", body = ErrorBody)))]
+              (status = 413, description = "Body or document too large, or an answer over 16 MiB of documents", body = ErrorBody),
+              (status = 415, description = "Neither CBOR nor JSON", body = ErrorBody),
+              (status = 503, description = "Shutting down, or the database is closing", body = ErrorBody)))]
 async fn push(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -652,7 +656,7 @@ struct PullParams {
 #[utoipa::path(get, path = "/v2/db/{db}/pull", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), PullParams),
     responses((status = 200, description = "A page of the oplog", body = PullResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody),
-              (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody),
+              (status = 410, description = "The cursor is behind the retained oplog, or ahead of the server (its database was restored or created again): bootstrap again", body = ErrorBody),
               (status = 503, description = "Too many clients waiting (max_live)", body = ErrorBody)))]
 async fn pull(
     State(state): State<AppState>,
@@ -702,7 +706,7 @@ struct BootstrapParams {
 
 #[utoipa::path(get, path = "/v2/db/{db}/bootstrap", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), BootstrapParams),
-    responses((status = 200, description = "A page of the current state", body = BootstrapResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody)))]
+    responses((status = 200, description = "A page of the current state", body = BootstrapResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody), (status = 503, description = "Shutting down, or the database is closing", body = ErrorBody)))]
 async fn bootstrap(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -740,7 +744,7 @@ struct ConflictParams {
 
 #[utoipa::path(get, path = "/v2/db/{db}/conflicts", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), ConflictParams),
-    responses((status = 200, description = "A page of the conflict log", body = ConflictsResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody)))]
+    responses((status = 200, description = "A page of the conflict log", body = ConflictsResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody), (status = 503, description = "Shutting down, or the database is closing", body = ErrorBody)))]
 async fn conflicts(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -770,8 +774,9 @@ struct EventParams {
 #[utoipa::path(get, path = "/v2/db/{db}/events", tag = "sync", security(("bearer" = [])),
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), EventParams),
     responses((status = 200, description = "Server-sent events: `changes` events carrying a PullResponse as JSON", content_type = "text/event-stream", body = String), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody),
-              (status = 410, description = "The cursor is behind the retained oplog: bootstrap again", body = ErrorBody),
-              (status = 503, description = "Too many clients waiting (max_live)", body = ErrorBody)))]
+              (status = 406, description = "The first page holds a document with no JSON form; ask for CBOR pages with pull", body = ErrorBody),
+              (status = 410, description = "The cursor is behind the retained oplog, or ahead of the server (its database was restored or created again): bootstrap again", body = ErrorBody),
+              (status = 503, description = "Too many clients waiting (max_live), or shutting down", body = ErrorBody)))]
 async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
