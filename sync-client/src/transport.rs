@@ -48,6 +48,13 @@ pub trait Transport: MaybeSend + MaybeSync + std::fmt::Debug + 'static {
     fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>>;
 }
 
+/// How long [`HttpTransport::new`] waits for a connection to open.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long [`HttpTransport::new`] waits for any byte of an answer: above the longest wait
+/// a long poll asks for ([`crate::MAX_WAIT`], 60 s).
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// The HTTP transport: reqwest, which is hyper with rustls on native targets and the
 /// browser's `fetch` on `wasm32`. In a browser the server must allow the page's origin
 /// (`cors_origins`, see docs/operations.md).
@@ -64,11 +71,31 @@ impl HttpTransport {
     /// authenticates with `token`. Never panics: if the HTTP client cannot be built (no TLS
     /// roots could be loaded, say), every request fails with a [`TransportError`] that says
     /// why.
+    ///
+    /// On native targets it gives up connecting after [`CONNECT_TIMEOUT`] and a connection
+    /// that sends nothing for [`READ_TIMEOUT`] (longer than any long poll a replicator asks
+    /// for): a connection left half-open by a network change (a phone moving between
+    /// networks) otherwise held a round, and the replicator's other calls behind it, for
+    /// as long as the operating system kept the socket. (In a browser the page's `fetch`
+    /// has its own limits.)
     pub fn new(base_url: &str, token: &str) -> HttpTransport {
+        Self::with_timeouts(base_url, token, CONNECT_TIMEOUT, READ_TIMEOUT)
+    }
+
+    /// [`HttpTransport::new`] with other timeouts (ignored on `wasm32`).
+    pub fn with_timeouts(
+        base_url: &str,
+        token: &str,
+        connect: std::time::Duration,
+        read: std::time::Duration,
+    ) -> HttpTransport {
+        let builder = reqwest::Client::builder();
+        #[cfg(not(target_arch = "wasm32"))]
+        let builder = builder.connect_timeout(connect).read_timeout(read);
+        #[cfg(target_arch = "wasm32")]
+        let _ = (connect, read);
         // Not `Client::new()`, which panics on such a failure.
-        let client = reqwest::Client::builder()
-            .build()
-            .map_err(|e| describe(e).0);
+        let client = builder.build().map_err(|e| describe(e).0);
         Self::over(client, base_url, token)
     }
 
