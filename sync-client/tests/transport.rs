@@ -2,8 +2,6 @@
 //! (a connection a network change left half-open looks the same from the client): before,
 //! it waited as long as the operating system kept the socket, holding the replicator.
 
-#![expect(clippy::unwrap_used, reason = "test: a failure is a test failure")]
-
 use std::time::{Duration, Instant};
 
 use entidb_sync::{HttpTransport, Method, Request, Transport};
