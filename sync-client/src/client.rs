@@ -236,6 +236,10 @@ struct State {
     /// never over the tombstones of acknowledged ops.
     #[serde(default)]
     acked_op_id: u64,
+    /// The synced collections of the last attach (absent in state written before it was
+    /// kept): an attach that syncs one more bootstraps again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    collections: Option<Vec<String>>,
     hlc_counter: u32,
     /// Where entity metadata lives (`MetaLayout`): 0 (absent in state written before the
     /// field existed) for one `_sync.meta` collection keyed by hashes, 1 for a collection per
@@ -538,7 +542,10 @@ fn op_key(op_id: u64) -> EntityId {
 impl Replicator {
     /// Attaches a replicator to `db`. The first attach records the client id and starts
     /// capturing local writes from now on (writes committed before the first attach are not
-    /// synced unless the app rewrites them).
+    /// synced unless the app rewrites them; they are kept). An attach whose
+    /// [`SyncConfig::collections`] adds a collection to the last attach's bootstraps again at
+    /// the next round, so that the collection's existing server entities arrive (local
+    /// writes to it made while it was not synced are kept and not pushed).
     pub async fn attach(
         db: Database,
         config: SyncConfig,
@@ -583,10 +590,29 @@ impl Replicator {
                     s.client_id, config.client_id
                 )));
             }
-            Some(s) => {
+            Some(mut s) => {
                 // A database attached by a build without feed holds gets one at its stored
                 // position, if the feed still retains it (if not, capture reports it).
-                if tx.feed_hold(ORIGIN).is_none() && hold_capture_position(&mut tx, &s)? {
+                let mut changed =
+                    tx.feed_hold(ORIGIN).is_none() && hold_capture_position(&mut tx, &s)?;
+                // The synced collections changed since the last attach. One that is new
+                // holds server entities from before the cursor, which pulls never bring:
+                // bootstrap again (pending writes stay; entities the server no longer has
+                // are swept). State from before the list was kept records it as it is.
+                if s.collections.as_ref() != Some(&config.collections) {
+                    let added = s
+                        .collections
+                        .as_ref()
+                        .is_some_and(|known| config.collections.iter().any(|c| !known.contains(c)));
+                    if added && s.bootstrapped {
+                        s.bootstrapped = false;
+                        s.bootstrap = None;
+                    }
+                    s.collections = Some(config.collections.clone());
+                    tx.collection(STATE).put(EntityId::MIN, &s)?;
+                    changed = true;
+                }
+                if changed {
                     tx.commit().await?;
                 } else {
                     tx.abort();
@@ -596,6 +622,7 @@ impl Replicator {
                 let entropy = db.backend().entropy();
                 let state = State {
                     client_id: config.client_id.clone(),
+                    collections: Some(config.collections.clone()),
                     instance: Some(format!(
                         "{:016x}{:016x}",
                         entropy.next_u64(),
@@ -1997,6 +2024,7 @@ mod tests {
                 start_cursor: 4,
             }),
             client_id: "c".into(),
+            collections: Some(vec!["c".into()]),
             hlc_millis: 5,
             next_op_id: 6,
             acked_op_id: 8,

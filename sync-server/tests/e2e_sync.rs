@@ -3160,3 +3160,58 @@ async fn a_client_ahead_of_a_recreated_database_bootstraps_again() {
     rb.sync_now().await.unwrap();
     assert!(b.collection("notes").exists(pending).await.unwrap());
 }
+
+/// An app update that syncs one more collection gets that collection's existing server
+/// entities: pulls only bring changes after the client's cursor, so before, they never
+/// arrived (only later changes to them did). The attach that adds it bootstraps again; a
+/// write pending from before the update still goes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_synced_later_is_bootstrapped() {
+    let (dir, server) = app_server(None).await;
+    let (b, rb) = client(
+        &server.url,
+        &dir.path().join("b"),
+        "app",
+        "b",
+        &["notes", "tasks"],
+    )
+    .await;
+    let task = b
+        .collection("tasks")
+        .insert(&json!({"t": "old"}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    let path = dir.path().join("a");
+    let pending = {
+        let (a, ra) = client(&server.url, &path, "app", "a", &["notes"]).await;
+        ra.sync_now().await.unwrap();
+        let id = a
+            .collection("notes")
+            .insert(&json!({"n": 1}))
+            .await
+            .unwrap();
+        ra.capture().await.unwrap();
+        drop(ra);
+        a.close().await.unwrap();
+        id
+    };
+    let (a, ra) = client(&server.url, &path, "app", "a", &["notes", "tasks"]).await;
+    let report = ra.sync_now().await.unwrap();
+    assert!(report.bootstrapped, "{report:?}");
+    let got: Option<serde_json::Value> = a.collection("tasks").get(task).await.unwrap();
+    assert_eq!(got, Some(json!({"t": "old"})));
+    rb.sync_now().await.unwrap();
+    assert!(b.collection("notes").exists(pending).await.unwrap());
+    // The same list again does not bootstrap again.
+    drop(ra);
+    a.close().await.unwrap();
+    let (_a2, ra2) = client_with(&dir.path().join("a"), "app", "a", &["notes", "tasks"], {
+        Arc::new(HttpTransport::new(
+            &server.url,
+            &token("app", "a", &["read", "write"], 60),
+        ))
+    })
+    .await;
+    assert!(!ra2.sync_now().await.unwrap().bootstrapped);
+}
