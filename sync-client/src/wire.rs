@@ -508,11 +508,33 @@ impl Format {
         }
     }
 
-    /// The format an `Accept` header asks for: CBOR if it names `application/cbor`, else JSON.
+    /// The format an `Accept` header asks for (RFC 9110 §12.5.1): CBOR when it names
+    /// `application/cbor` with a weight above 0 and at least that of JSON
+    /// (`application/json`, `application/*` or `*/*`); JSON otherwise, and without the
+    /// header. (`application/cbor-seq` is not `application/cbor`, and `;q=0` refuses.)
     pub fn from_accept(value: Option<&str>) -> Format {
-        match value {
-            Some(v) if v.to_ascii_lowercase().contains(CBOR) => Format::Cbor,
-            _ => Format::Json,
+        let Some(value) = value else {
+            return Format::Json;
+        };
+        let (mut cbor, mut json) = (0.0f32, 0.0f32);
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            match media.as_str() {
+                CBOR => cbor = cbor.max(q),
+                JSON | "application/*" | "*/*" => json = json.max(q),
+                _ => {}
+            }
+        }
+        if cbor > 0.0 && cbor >= json {
+            Format::Cbor
+        } else {
+            Format::Json
         }
     }
 
@@ -607,6 +629,25 @@ impl Message for BootstrapPosition {}
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn accept_headers_are_read_with_their_weights() {
+        use super::Format::{Cbor, Json};
+        for (accept, want) in [
+            (None, Json),
+            (Some("application/cbor"), Cbor),
+            (Some("Application/CBOR"), Cbor),
+            (Some("application/json, application/cbor"), Cbor),
+            (Some("application/json, application/cbor;q=0"), Json),
+            (Some("application/cbor;q=0.5, application/json"), Json),
+            (Some("application/cbor;q=0.9, */*;q=0.1"), Cbor),
+            (Some("application/cbor-seq"), Json),
+            (Some("text/html, application/cbor ; q=1"), Cbor),
+            (Some("*/*"), Json),
+        ] {
+            assert_eq!(super::Format::from_accept(accept), want, "{accept:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
