@@ -1741,7 +1741,23 @@ impl Replicator {
         let result = async {
             let before = self.load_state().await?.next_op_id;
             // The push asks for the page after the client's cursor (one exchange).
-            let mut push = self.push_locked(true).await?;
+            let mut push = match self.push_locked(true).await {
+                Ok(p) => p,
+                // The server refused an op for good (403: a synced collection the token may
+                // only read; 400; 413: one op over its limits): the ops from it on wait,
+                // and the round still pulls, so that the others' changes keep arriving
+                // (entities with pending ops are not overwritten). The error is the round's.
+                Err(
+                    e @ SyncError::Server {
+                        status: 400 | 403 | 413,
+                        ..
+                    },
+                ) => {
+                    let _ = self.pull_locked(None).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             let mut bootstrapped = false;
             // The push's page reached the end of the oplog: nothing is left to pull, unless
             // this is a live round whose push brought nothing new from the others, which

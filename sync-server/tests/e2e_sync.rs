@@ -3215,3 +3215,41 @@ async fn a_collection_synced_later_is_bootstrapped() {
     .await;
     assert!(!ra2.sync_now().await.unwrap().bootstrapped);
 }
+
+/// A write the server refuses for good (here to a synced collection the token may only
+/// read) stops the client's pushes from that op on, but no longer its pulls: the round
+/// failed before it pulled, so the others' changes stopped arriving too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_push_does_not_stop_pulls() {
+    let (dir, server) = app_server(None).await;
+    let scoped = Arc::new(HttpTransport::new(
+        &server.url,
+        &token("app", "a", &["read", "write:notes"], 3600),
+    ));
+    let (a, ra) = client_with(
+        &dir.path().join("a"),
+        "app",
+        "a",
+        &["notes", "catalog"],
+        scoped,
+    )
+    .await;
+    let (b, rb) = client(&server.url, &dir.path().join("b"), "app", "b", &["notes"]).await;
+    ra.sync_now().await.unwrap();
+    a.collection("catalog")
+        .insert(&json!({"oops": 1}))
+        .await
+        .unwrap();
+    let from_b = b
+        .collection("notes")
+        .insert(&json!({"b": 1}))
+        .await
+        .unwrap();
+    rb.sync_now().await.unwrap();
+    match ra.sync_now().await {
+        Err(SyncError::Server { status: 403, .. }) => {}
+        other => panic!("expected the push's 403, got {other:?}"),
+    }
+    assert!(a.collection("notes").exists(from_b).await.unwrap());
+    assert_eq!(ra.status().pending_ops, 1);
+}
