@@ -143,6 +143,7 @@ async def test_indexes_find_range_prefix_and_unique(db: entidb.Database) -> None
             pass
     infos = {i.name: i for i in await users.indexes()}
     assert infos["email"].unique and infos["city_age"].fields == ["address.city", "age"]
+    assert infos["email"].text is None, "text options belong to search indexes"
     assert await users.drop_index("name") is True
     report = await db.verify_indexes()
     assert report["ok"] is True, report

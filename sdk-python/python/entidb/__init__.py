@@ -487,7 +487,9 @@ class _Reads:
                 fields=i["fields"],
                 kind=i["kind"],
                 unique=i["unique"],
-                text=i.get("text"),
+                # The engine gives every index its text options; they mean something
+                # only for a search index (None for the others, as documented).
+                text=i.get("text") if i["kind"] == "search" else None,
             )
             for i in await self._reader.indexes(self._name)
         ]
@@ -958,7 +960,8 @@ class Database:
         return await self._native.verify_indexes()
 
     async def close(self) -> None:
-        """Checkpoint and close; later calls raise `Closed`. A transaction still open in
+        """Checkpoint and close; later reads and writes raise `Closed` (`collections()`,
+        `last_sequence`, `stats()` and `new_id()` still answer from memory). A transaction still open in
         this task is aborted first (closing waits for the writer, which it holds)."""
         tx = self._writer
         if tx is not None and tx._task is not None and tx._task is _current_task():
@@ -1141,7 +1144,9 @@ async def open_memory(
     max_document_bytes: Optional[int] = None,
     ingest_bytes: Optional[int] = None,
 ) -> Database:
-    """A database in memory (gone when closed); the options are those of `open`."""
+    """A database in memory (gone when closed). It takes the tuning options of `open`
+    listed here; the others (durability, compaction, encryption, migrations, read-only)
+    concern files and are not offered."""
     native = await _entidb.Database.open(
         None,
         forbid_full_scans=forbid_full_scans,
