@@ -543,3 +543,15 @@ async def test_values_the_serde_path_refused_and_stamps_python_cannot_hold(
     with pytest.raises(entidb.InvalidArgument, match="page_size"):
         async for _ in c.scan(page_size=0):
             pass
+
+
+async def test_exists_and_version_do_not_convert_the_document(db: entidb.Database) -> None:
+    """A document with no Python form (a map used as a map key) exists and has a version:
+    both read it as a value and raised."""
+    c = db.collection("raw")
+    rid = await c.put_raw(bytes([0xA1, 0xA1, 0x01, 0x02, 0x03]))
+    with pytest.raises(TypeError):  # a dict cannot be a dict key
+        await c.get(rid)
+    assert await c.exists(rid)
+    version = await c.version(rid)
+    assert isinstance(version, int) and version > 0

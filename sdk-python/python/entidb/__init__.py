@@ -242,11 +242,13 @@ class _Reads:
 
     async def exists(self, id: IdLike) -> bool:
         """Whether the entity exists."""
-        return await self._reader.get(self._name, id) is not None
+        # The stored bytes, not the value: a document with no Python form (a map used as a
+        # key) exists all the same.
+        return await self._reader.get_raw(self._name, id) is not None
 
     async def version(self, id: IdLike) -> Optional[int]:
         """The entity's version, or None."""
-        row = await self._reader.get(self._name, id)
+        row = await self._reader.get_raw(self._name, id)
         return None if row is None else row[1]
 
     async def count(self) -> int:
