@@ -555,3 +555,29 @@ async def test_exists_and_version_do_not_convert_the_document(db: entidb.Databas
     assert await c.exists(rid)
     version = await c.version(rid)
     assert isinstance(version, int) and version > 0
+
+
+async def test_an_abandoned_transaction_is_freed_and_a_finished_one_can_run_again(
+    tmp_path: Path,
+) -> None:
+    """The database handle tracks the open transaction weakly: one the application drops
+    without committing or aborting is freed, and the writer with it (a strong reference
+    kept it, and every later write waited forever). A finished transaction object starts a
+    new transaction when used again."""
+    import gc
+
+    db = await entidb.open(tmp_path / "db")
+    tx = await db.begin()
+    await tx.collection("c").put({"lost": True})
+    del tx
+    gc.collect()
+    async with asyncio.timeout(10):
+        await db.collection("c").put({"after": True})
+    assert await db.collection("c").count() == 1
+    t = db.transaction()
+    for n in range(2):
+        async with t:
+            await t.collection("c").put({"n": n})
+        assert t.sequence is not None
+    assert await db.collection("c").count() == 3
+    await db.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+import weakref
 from dataclasses import dataclass
 from types import TracebackType
 from typing import (
@@ -658,12 +659,14 @@ class Transaction:
         self._origin = origin
         self._tx: Optional[_entidb.Transaction] = None
         self._task: Optional[asyncio.Task[Any]] = None
+        # Committed or aborted: `async with` (or `begin`) may start it again.
+        self._finished = False
         self.sequence: Optional[int] = None
 
     async def begin(self) -> Transaction:
         """Start the transaction (`async with` does this; for a transaction from
         `Database.begin`, which has begun, `async with` only commits or aborts it)."""
-        if self._tx is not None:
+        if self._tx is not None and not self._finished:
             raise InvalidArgument("the transaction has begun already")
         self._db._check_writer()
         tx = await self._db._native.begin()
@@ -677,12 +680,17 @@ class Transaction:
             await tx.abort()
             raise
         self._tx = tx
+        self._finished = False
+        self.sequence = None
         self._task = _current_task()
-        self._db._writer = self
+        # Weakly: a transaction the application drops without committing or aborting is
+        # freed as before, and freeing it gives the writer back.
+        self._db._writer = weakref.ref(self)
         return self
 
     def _done(self) -> None:
-        if self._db._writer is self:
+        self._finished = True
+        if self._db._writer is not None and self._db._writer() is self:
             self._db._writer = None
 
     async def set_origin(self, origin: str) -> None:
@@ -746,7 +754,7 @@ class Transaction:
             self._done()
 
     async def __aenter__(self) -> Transaction:
-        if self._tx is not None:
+        if self._tx is not None and not self._finished:
             return self  # `async with await db.begin() as tx:` has begun it
         return await self.begin()
 
@@ -796,7 +804,7 @@ class Database:
     def __init__(self, native: _entidb.Database) -> None:
         self._native = native
         # The transaction that holds the single writer, when one began through this handle.
-        self._writer: Optional[Transaction] = None
+        self._writer: Optional[weakref.ref[Transaction]] = None
         #: For a database returned by `entidb.restore`: the backup's summary (sequence,
         #: collections, entities, indexes, bytes); None otherwise.
         self.restore_summary: Optional[dict[str, Any]] = None
@@ -809,7 +817,7 @@ class Database:
         """Raises `InvalidArgument` when the calling task holds an open transaction: a
         second writer in the same task would wait for it forever (the writer is single and
         not re-entrant). Another task waits for it, as it should."""
-        tx = self._writer
+        tx = self._writer() if self._writer is not None else None
         if tx is not None and tx._task is not None and tx._task is _current_task():
             raise InvalidArgument(
                 "this task has an open transaction, and the database has one writer: "
@@ -890,11 +898,13 @@ class Database:
         """Set change-feed hold `name` to `position` in a transaction of its own (see
         `Transaction.hold_feed`). A hold that is never released keeps every later record:
         release the holds of consumers that are gone."""
+        self._check_writer()
         await self._native.hold_feed(name, position)
 
     async def release_feed_hold(self, name: str) -> bool:
         """Release change-feed hold `name` in a transaction of its own; returns whether it
         existed (releasing a missing hold commits nothing)."""
+        self._check_writer()
         return await self._native.release_feed_hold(name)
 
     def feed_holds(self) -> dict[str, int]:
@@ -965,7 +975,7 @@ class Database:
         """Checkpoint and close; later reads and writes raise `Closed` (`collections()`,
         `last_sequence`, `stats()` and `new_id()` still answer from memory). A transaction still open in
         this task is aborted first (closing waits for the writer, which it holds)."""
-        tx = self._writer
+        tx = self._writer() if self._writer is not None else None
         if tx is not None and tx._task is not None and tx._task is _current_task():
             await tx.abort()
         await self._native.close()
