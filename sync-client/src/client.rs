@@ -1351,11 +1351,7 @@ impl Replicator {
             };
             let Some(resp) = resp else {
                 // The server no longer retains the cursor: bootstrap again.
-                let mut tx = self.begin().await?;
-                let mut state = read_state(&mut tx).await?;
-                state.bootstrap = None;
-                state.bootstrapped = false;
-                commit_state(tx, &mut state).await?;
+                self.bootstrap_again().await?;
                 continue;
             };
             if resp.cursor < state.cursor {
@@ -1388,6 +1384,16 @@ impl Replicator {
             prefetched = Some((resp.cursor, next));
         }
         Ok((applied, bootstrapped, false))
+    }
+
+    /// Marks the client as needing a bootstrap (the server no longer holds its cursor, or
+    /// never did): the next pull runs it.
+    async fn bootstrap_again(&self) -> SyncResult<()> {
+        let mut tx = self.begin().await?;
+        let mut state = read_state(&mut tx).await?;
+        state.bootstrap = None;
+        state.bootstrapped = false;
+        commit_state(tx, &mut state).await
     }
 
     /// Returns once the app commits a change to a synced collection after feed position
@@ -1755,6 +1761,12 @@ impl Replicator {
                 ) => {
                     let _ = self.pull_locked(None).await;
                     return Err(e);
+                }
+                // The cursor is ahead of the server (its database was restored or created
+                // again; nothing was stored): bootstrap again, then push without a page.
+                Err(SyncError::Server { body, .. }) if body.code == ErrorCode::Rebootstrap => {
+                    self.bootstrap_again().await?;
+                    self.push_locked(true).await?
                 }
                 Err(e) => return Err(e),
             };

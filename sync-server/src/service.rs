@@ -636,10 +636,13 @@ pub async fn push_with_page(
     page: Option<(u64, usize)>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<PushResponse, ApiError> {
-    // A cursor ahead of the server (its database was restored or recreated): the push is
-    // applied as any other, its page left out, and the client's pull gets 410 (checked
-    // before the push, which may take the sequence past that cursor).
-    let page = page.filter(|&(since, _)| check_cursor(hosted, since).is_ok());
+    // A cursor ahead of the server (its database was restored or recreated): 410 before
+    // anything is stored. (Applying the push and leaving the page out is not enough: the
+    // push can take the sequence past that cursor, and the client's pull would then find
+    // nothing wrong.)
+    if let Some((since, _)) = page {
+        check_cursor(hosted, since)?;
+    }
     let mut answer = push(config, hosted, claims, req).await?;
     if let Some((since, limit)) = page {
         match pull(hosted, claims, since, limit, None, shutdown).await {
