@@ -278,7 +278,19 @@ impl EncryptedBackend {
         params: KdfParams,
     ) -> IoResult<EncryptedBackend> {
         let names = inner.list("").await?;
-        let needs_writes = !names.iter().any(|n| n == KEY_FILE) || rekey_unfinished(&names);
+        let has_key = names.iter().any(|n| n == KEY_FILE);
+        // Files and no key file: a plaintext database (said at once, lock or no lock).
+        if !has_key
+            && names
+                .iter()
+                .any(|n| n != LOCK_FILE && !n.ends_with(".tmp") && !n.ends_with(".rekey"))
+            && !names.iter().any(|n| n == NEXT_KEY_FILE)
+        {
+            return Err(IoError::NotEncrypted {
+                path: KEY_FILE.to_owned(),
+            });
+        }
+        let needs_writes = !has_key || rekey_unfinished(&names);
         let _guard = if needs_writes {
             Some(inner.lock(LOCK_FILE).await?)
         } else {
@@ -375,9 +387,11 @@ impl EncryptedBackend {
     /// key stays valid), without it it renames them into place (only the new key opens it).
     ///
     /// It holds the database's lock (`LOCK`) from start to end, so it fails with
-    /// [`IoError::Locked`] while the database is open read-write, and opens wait for it to
-    /// end: an open finishing "an interrupted rekey" beside a running one would mix files
-    /// under two keys.
+    /// [`IoError::Locked`] while the database is open read-write, and an open that finds its
+    /// files fails with `Locked` too (an open finishing "an interrupted rekey" beside a
+    /// running one would mix files under two keys). A read-only open that started before the
+    /// rekey's files appeared goes on with the old key, and its reads of files the rekey
+    /// replaced fail authentication (an error, not damage).
     pub async fn rekey(
         inner: Arc<dyn Backend>,
         old: KeySource,

@@ -396,6 +396,19 @@ fn a_new_key_file_is_written_under_the_lock() {
             .await
             .expect("create");
         assert!(inner.exists("ENCRYPTION").await.expect("exists"));
+        // A plaintext database held by a writer is said to be plaintext, not locked.
+        let plain: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let f = plain
+            .open("MANIFEST", OpenMode::CreateNew)
+            .await
+            .expect("file");
+        f.write_at(0, b"plain".to_vec()).await.expect("write");
+        let held = plain.lock("LOCK").await.expect("lock");
+        let err = EncryptedBackend::open(plain.clone(), KEY)
+            .await
+            .expect_err("plaintext");
+        assert!(matches!(err, IoError::NotEncrypted { .. }), "{err}");
+        drop(held);
         // An existing database opens without the lock (read-only handles beside a writer).
         let writer = inner.lock("LOCK").await.expect("lock");
         EncryptedBackend::open(inner.clone(), KEY)

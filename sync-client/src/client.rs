@@ -604,7 +604,9 @@ impl Replicator {
                         .collections
                         .as_ref()
                         .is_some_and(|known| config.collections.iter().any(|c| !known.contains(c)));
-                    if added && s.bootstrapped {
+                    // Also a bootstrap in progress: resumed with the longer list it would
+                    // start past an added collection that sorts before its position.
+                    if added {
                         s.bootstrapped = false;
                         s.bootstrap = None;
                     }

@@ -3253,3 +3253,60 @@ async fn a_refused_push_does_not_stop_pulls() {
     assert!(a.collection("notes").exists(from_b).await.unwrap());
     assert_eq!(ra.status().pending_ops, 1);
 }
+
+/// A collection added while a bootstrap is unfinished: the bootstrap starts over, since
+/// resumed at its saved position (in `notes`) with the longer list it would pass over
+/// `aaa`, which sorts before it, and `aaa` would never arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_added_during_a_bootstrap_is_not_skipped() {
+    let (dir, server) = app_server(None).await;
+    let (b, rb) = client(
+        &server.url,
+        &dir.path().join("b"),
+        "app",
+        "b",
+        &["aaa", "notes"],
+    )
+    .await;
+    for i in 0..30 {
+        b.collection("notes")
+            .insert(&json!({ "i": i }))
+            .await
+            .unwrap();
+    }
+    let mut early = Vec::new();
+    for i in 0..3 {
+        early.push(
+            b.collection("aaa")
+                .insert(&json!({ "a": i }))
+                .await
+                .unwrap(),
+        );
+    }
+    rb.sync_now().await.unwrap();
+    let path = dir.path().join("c");
+    {
+        let cut = Arc::new(Budgeted {
+            inner: HttpTransport::new(&server.url, &token("app", "c", &["read", "write"], 3600)),
+            budget: AtomicU32::new(3),
+        });
+        let mut cfg = entidb_sync::SyncConfig::new("app", "c", &["notes"]);
+        cfg.bootstrap_limit = 5;
+        cfg.max_attempts = 1;
+        let (c, rc) = client_with_config(&path, cfg, cut).await;
+        assert!(
+            rc.sync_now().await.is_err(),
+            "the network went away mid-bootstrap"
+        );
+        let got = contents(&c, "notes").await.len();
+        assert!(got > 0 && got < 30, "part of it arrived: {got}");
+        drop(rc);
+        c.close().await.unwrap();
+    }
+    let (c, rc) = client(&server.url, &path, "app", "c", &["aaa", "notes"]).await;
+    rc.sync_now().await.unwrap();
+    assert_eq!(contents(&c, "notes").await.len(), 30);
+    for id in early {
+        assert!(c.collection("aaa").exists(id).await.unwrap());
+    }
+}
