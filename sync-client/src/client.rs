@@ -1022,7 +1022,7 @@ impl Replicator {
         let mut recent: std::collections::VecDeque<HashMap<(String, EntityId), Option<u64>>> =
             std::collections::VecDeque::with_capacity(2);
         loop {
-            let Some(mut ops) = next.take() else {
+            let Some((mut ops, is_last)) = next.take() else {
                 let Some((ops, resp, since)) = answered.take() else {
                     break;
                 };
@@ -1042,11 +1042,9 @@ impl Replicator {
                 }
             }
             let last_op = ops.last().map_or(0, |o| o.op_id);
-            let since = if ops.len() < self.shared.config.push_batch {
-                page_since.take()
-            } else {
-                None
-            };
+            // The page is asked for with the batch that empties the outbox as it was read
+            // (a short batch is not enough: batches end at `push_bytes`, or after a split).
+            let since = if is_last { page_since.take() } else { None };
             let path = match since {
                 Some(c) => format!("{path}?since={c}&limit={}", self.shared.config.pull_limit),
                 None => path.clone(),
@@ -1092,7 +1090,7 @@ impl Replicator {
                     max_ops = ops.len() / 2;
                     let mut ops = ops;
                     ops.truncate(max_ops);
-                    next = Some(ops);
+                    next = Some((ops, false));
                     page_since = page_since.or(since);
                     continue;
                 }
@@ -1141,11 +1139,16 @@ impl Replicator {
         Ok(outcome)
     }
 
-    /// The next batch of outbox ops after op id `after` (`None` when there are none): at most
+    /// The next batch of outbox ops after op id `after` (`None` when there are none), and
+    /// whether it is the last one the outbox holds now: at most
     /// `max_ops`, and no more than [`SyncConfig::push_bytes`] of entries (one at least), with
     /// base versions from the outbox entry's `base` when capture stored one, from entity
     /// metadata otherwise.
-    async fn prepare_push(&self, after: u64, max_ops: usize) -> SyncResult<Option<Vec<Op>>> {
+    async fn prepare_push(
+        &self,
+        after: u64,
+        max_ops: usize,
+    ) -> SyncResult<Option<(Vec<Op>, bool)>> {
         let snap = self.shared.db.snapshot();
         let mut opts = ScanOptions::limit(max_ops);
         opts.after = Some(op_key(after));
@@ -1179,7 +1182,9 @@ impl Replicator {
                 hlc: e.hlc,
             });
         }
-        Ok(Some(ops))
+        // The last batch: the scan reached the end of the outbox and the batch took it all.
+        let last = page.next.is_none() && ops.len() == page.items.len();
+        Ok(Some((ops, last)))
     }
 
     /// Records a batch's answer in one transaction (relaxed unless it also captured, see

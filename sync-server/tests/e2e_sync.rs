@@ -2824,6 +2824,7 @@ async fn large_pushes_are_split_to_fit_the_server() {
         Arc::new(PushLog {
             inner: HttpTransport::new(&server.url, &token("app", name, &["read", "write"], 3600)),
             pushes: std::sync::Mutex::new(Vec::new()),
+            paths: std::sync::Mutex::new(Vec::new()),
         })
     };
     let config = |name: &str| {
@@ -3309,4 +3310,34 @@ async fn a_collection_added_during_a_bootstrap_is_not_skipped() {
     for id in early {
         assert!(c.collection("aaa").exists(id).await.unwrap());
     }
+}
+
+/// A push split into batches by `push_bytes` asks for the page of others' changes with its
+/// last batch only: a short batch was taken for the last, so the first one asked for the
+/// page, and the round, finding that page complete, did not pull what the others committed
+/// while the rest went up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_last_batch_of_a_push_asks_for_the_page() {
+    let (dir, server) = app_server(None).await;
+    let log = Arc::new(PushLog {
+        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
+        pushes: std::sync::Mutex::new(Vec::new()),
+        paths: std::sync::Mutex::new(Vec::new()),
+    });
+    let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
+    cfg.push_bytes = 3000;
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, log.clone()).await;
+    ra.sync_now().await.unwrap();
+    for i in 0..3 {
+        a.collection("notes")
+            .insert(&json!({ "i": i, "body": "x".repeat(2000) }))
+            .await
+            .unwrap();
+    }
+    log.paths.lock().unwrap().clear();
+    ra.sync_now().await.unwrap();
+    let paths = log.paths.lock().unwrap().clone();
+    assert_eq!(paths.len(), 3, "{paths:?}");
+    let asking: Vec<bool> = paths.iter().map(|p| p.contains("since=")).collect();
+    assert_eq!(asking, [false, false, true], "{paths:?}");
 }

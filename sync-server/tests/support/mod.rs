@@ -383,17 +383,22 @@ pub async fn read_until_end(resp: &mut reqwest::Response, secs: u64) -> (String,
     (seen, ended)
 }
 
-/// A transport that records each push it sends: (body bytes, the answer's status).
+/// A transport that records each push it sends: (body bytes, the answer's status), and its
+/// path with the query.
 #[derive(Debug)]
 pub struct PushLog {
     pub inner: HttpTransport,
     pub pushes: std::sync::Mutex<Vec<(usize, u16)>>,
+    pub paths: std::sync::Mutex<Vec<String>>,
 }
 
 impl Transport for PushLog {
     fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
         Box::pin(async move {
             let push = request.path.contains("/push");
+            if push {
+                self.paths.lock().unwrap().push(request.path.clone());
+            }
             let len = request.body.as_ref().map_or(0, Vec::len);
             let r = self.inner.send(request).await;
             if push && let Ok(resp) = &r {
