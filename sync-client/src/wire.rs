@@ -497,8 +497,9 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format of a `Content-Type` header value (`None`: CBOR is assumed only when the
-    /// header is absent and the body is empty, so this returns `None`).
+    /// The format of a `Content-Type` header value: its media type, without parameters,
+    /// in any case. Anything else is an error (the server answers a body without the header
+    /// 415 too).
     pub fn from_content_type(value: &str) -> Result<Format, CodecError> {
         let essence = value.split(';').next().unwrap_or("").trim();
         match essence.to_ascii_lowercase().as_str() {
