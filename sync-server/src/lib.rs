@@ -95,8 +95,20 @@ pub fn dev_key(data_dir: &std::path::Path) -> Result<KeyConfig, ServeError> {
                 source: std::io::Error::other(e.to_string()),
             })?;
             let secret = hex::encode(b);
-            write_private(&path, &secret).map_err(io(format!("writing {}", path.display())))?;
-            secret
+            // Written beside it, then linked into place: a reader (`entidb token` run while
+            // the server starts) never sees a partly written key, and of two writers the
+            // second reads the first one's key.
+            let tmp = data_dir.join(format!("{DEV_KEY_FILE}.{}.tmp", hex::encode(&b[..8])));
+            write_private(&tmp, &secret).map_err(io(format!("writing {}", tmp.display())))?;
+            let linked = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => secret,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return dev_key(data_dir);
+                }
+                Err(e) => return Err(io(format!("writing {}", path.display()))(e)),
+            }
         }
         Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
     };

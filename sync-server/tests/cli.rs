@@ -650,3 +650,37 @@ async fn a_closed_standard_output_is_no_panic() {
         assert_ne!(out.status.code(), Some(101), "{cmd}: {err}");
     }
 }
+
+/// The development key is created once, whole, whoever asks first: `entidb token` run
+/// while the server starts could read a partly written key file (refused as too short,
+/// with advice to delete it) or fail on the other's file.
+#[test]
+fn the_dev_key_is_created_once_under_races() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| entidb_server::dev_key(&data).expect("dev key").secret))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert!(
+            keys.iter().all(|k| k == &keys[0] && k.len() == 64),
+            "{keys:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&data)
+            .expect("read_dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            [entidb_server::DEV_KEY_FILE],
+            "no temporary file is left"
+        );
+    }
+}
