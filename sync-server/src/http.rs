@@ -599,6 +599,7 @@ struct PushParams {
     params(("db" = String, Path, description = "Database name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), PushParams),
     request_body(content = PushRequest, content_type = "application/json", description = "Also accepted as application/cbor"),
     responses((status = 200, description = "Per-op results; applied atomically", body = PushResponse), (status = 400, description = "Bad request or malformed body", body = ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = ErrorBody), (status = 403, description = "The token does not allow this", body = ErrorBody), (status = 404, description = "No such database", body = ErrorBody), (status = 406, description = "A document in the answer has no JSON form; ask for CBOR", body = ErrorBody),
+              (status = 410, description = "`since` is ahead of the server (its database was restored or created again): bootstrap again; nothing was stored", body = ErrorBody),
               (status = 413, description = "Body or document too large, or an answer over 16 MiB of documents", body = ErrorBody),
               (status = 415, description = "Neither CBOR nor JSON", body = ErrorBody),
               (status = 503, description = "Shutting down, or the database is closing", body = ErrorBody)))]
