@@ -104,7 +104,9 @@ pub struct SyncConfig {
     pub client_id: String,
     /// The collections to sync (both ways).
     pub collections: Vec<String>,
-    /// Ops per push request (at most).
+    /// Ops per push request (at most). A server whose `max_ops_per_push` is lower answers
+    /// `too_many_ops`: the push is split until it fits, and the replicator keeps that size
+    /// for its later pushes.
     pub push_batch: usize,
     /// Bytes of documents per push request (about): a batch ends before the op that would
     /// pass this, so that a batch of large documents stays under the server's
@@ -431,6 +433,9 @@ struct Shared {
     /// The status and a version that increases with every change.
     status: std::sync::Mutex<(Status, u64)>,
     status_changed: event_listener::Event,
+    /// Ops per push: `push_batch`, or less once the server refused more as
+    /// `too_many_ops` (its `max_ops_per_push`), for the replicator's life.
+    max_ops: std::sync::atomic::AtomicUsize,
 }
 
 /// Where an entity's sync metadata is stored.
@@ -643,6 +648,7 @@ impl Replicator {
                 tx.commit().await?;
             }
         }
+        let push_batch = config.push_batch;
         let r = Replicator {
             shared: Arc::new(Shared {
                 db,
@@ -652,6 +658,7 @@ impl Replicator {
                 run: async_lock::Mutex::new(()),
                 status: std::sync::Mutex::new((Status::default(), 1)),
                 status_changed: event_listener::Event::new(),
+                max_ops: std::sync::atomic::AtomicUsize::new(push_batch),
             }),
         };
         let state = r.load_state().await?;
@@ -1013,7 +1020,10 @@ impl Replicator {
             (pull && state.bootstrapped && state.bootstrap.is_none()).then_some(state.cursor);
         // Ops per batch: `push_batch`, halved for the rest of this push each time the server
         // refuses a batch as too large.
-        let mut max_ops = self.shared.config.push_batch;
+        let mut max_ops = self
+            .shared
+            .max_ops
+            .load(std::sync::atomic::Ordering::Relaxed);
         let mut next = self.prepare_push(state.acked_op_id, max_ops).await?;
         // The last batch sent and its answer, not yet acknowledged locally, with the cursor
         // its page was asked after.
@@ -1088,6 +1098,13 @@ impl Replicator {
                     if ops.len() > 1 && (status == 413 || body.code == ErrorCode::TooManyOps) =>
                 {
                     max_ops = ops.len() / 2;
+                    // A count limit holds for the next pushes too (a size limit depends on
+                    // what the ops carry, and is found again per push).
+                    if body.code == ErrorCode::TooManyOps {
+                        self.shared
+                            .max_ops
+                            .store(max_ops, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let mut ops = ops;
                     ops.truncate(max_ops);
                     next = Some((ops, false));

@@ -3341,3 +3341,46 @@ async fn only_the_last_batch_of_a_push_asks_for_the_page() {
     let asking: Vec<bool> = paths.iter().map(|p| p.contains("since=")).collect();
     assert_eq!(asking, [false, false, true], "{paths:?}");
 }
+
+/// A server's `max_ops_per_push` below the client's `push_batch`: the first push is split
+/// until it fits, and the next pushes start at that size instead of being refused again
+/// every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_op_limit_is_learned_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        None,
+        &["--max-ops-per-push", "10"],
+    );
+    server.create_db("app").await;
+    let log = Arc::new(PushLog {
+        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
+        pushes: std::sync::Mutex::new(Vec::new()),
+        paths: std::sync::Mutex::new(Vec::new()),
+    });
+    let cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, log.clone()).await;
+    let statuses = |log: &PushLog| -> Vec<u16> {
+        let s = log.pushes.lock().unwrap().iter().map(|p| p.1).collect();
+        log.pushes.lock().unwrap().clear();
+        s
+    };
+    for round in 0..2 {
+        for i in 0..30 {
+            a.collection("notes")
+                .insert(&json!({ "round": round, "i": i }))
+                .await
+                .unwrap();
+        }
+        ra.sync_now().await.unwrap();
+        let s = statuses(&log);
+        if round == 0 {
+            assert!(s.contains(&400), "the first push was refused: {s:?}");
+        } else {
+            assert!(s.iter().all(|&c| c == 200), "refused again: {s:?}");
+        }
+    }
+    assert_eq!(ra.status().pending_ops, 0);
+    assert_eq!(a.collection("notes").count().await.unwrap(), 60);
+}
