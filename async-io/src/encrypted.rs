@@ -223,6 +223,15 @@ pub struct EncryptedBackend {
     entropy: Arc<dyn Entropy>,
 }
 
+/// Whether `names` (a directory listing) show a plaintext database: files, and neither a
+/// key file nor the next one of a rekey.
+fn holds_plaintext(names: &[String]) -> bool {
+    !names.iter().any(|n| n == KEY_FILE || n == NEXT_KEY_FILE)
+        && names
+            .iter()
+            .any(|n| n != LOCK_FILE && !n.ends_with(".tmp") && !n.ends_with(".rekey"))
+}
+
 /// Whether `names` (a directory listing) show a rekey that has not finished.
 fn rekey_unfinished(names: &[String]) -> bool {
     names
@@ -278,19 +287,13 @@ impl EncryptedBackend {
         params: KdfParams,
     ) -> IoResult<EncryptedBackend> {
         let names = inner.list("").await?;
-        let has_key = names.iter().any(|n| n == KEY_FILE);
-        // Files and no key file: a plaintext database (said at once, lock or no lock).
-        if !has_key
-            && names
-                .iter()
-                .any(|n| n != LOCK_FILE && !n.ends_with(".tmp") && !n.ends_with(".rekey"))
-            && !names.iter().any(|n| n == NEXT_KEY_FILE)
-        {
+        // Said at once, whether or not a writer holds the lock.
+        if holds_plaintext(&names) {
             return Err(IoError::NotEncrypted {
                 path: KEY_FILE.to_owned(),
             });
         }
-        let needs_writes = !has_key || rekey_unfinished(&names);
+        let needs_writes = !names.iter().any(|n| n == KEY_FILE) || rekey_unfinished(&names);
         let _guard = if needs_writes {
             Some(inner.lock(LOCK_FILE).await?)
         } else {
@@ -313,18 +316,10 @@ impl EncryptedBackend {
         let raw = match read_all(&*inner, KEY_FILE).await? {
             Some(b) => b,
             None => {
-                let others = inner.list("").await?;
-                if others
-                    .iter()
-                    .any(|n| n != LOCK_FILE && !n.ends_with(".tmp"))
-                {
-                    return Err(IoError::NotEncrypted {
-                        path: KEY_FILE.to_owned(),
-                    });
-                }
-                // The caller saw a key file before it decided to open without the lock, and
-                // it is gone (no rekey removes it: the commit renames over it).
-                if !may_write {
+                // Without the lock, the caller saw a key file that is gone now (no rekey
+                // removes it: the commit renames over it); with it, files that appeared
+                // since the caller looked are a plaintext database.
+                if !may_write || holds_plaintext(&inner.list("").await?) {
                     return Err(IoError::NotEncrypted {
                         path: KEY_FILE.to_owned(),
                     });

@@ -249,9 +249,7 @@ impl Inner {
         let mut manifest = match existing {
             Some(m) => m,
             None => {
-                if names.iter().any(|n| {
-                    wal::parse_file_name(n).is_some() || segment::parse_file_name(n).is_some()
-                }) {
+                if names.iter().any(|n| crate::is_data_file_name(n)) {
                     // Never start over on top of data: that would delete it as orphans.
                     return Err(Error::corruption(
                         manifest::NAME,

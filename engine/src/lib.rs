@@ -61,3 +61,10 @@ pub use txn::{Snapshot, SnapshotCollection, TxCollection, WriteTxn};
 
 /// The I/O backends, re-exported.
 pub use entidb_io as io;
+
+/// Whether `name` is one of a database's log or segment files (`wal-<16 hex>.log`,
+/// `seg-<16 hex>.sst`): a directory that holds one and no MANIFEST is a damaged database,
+/// not an empty directory.
+pub fn is_data_file_name(name: &str) -> bool {
+    wal::parse_file_name(name).is_some() || segment::parse_file_name(name).is_some()
+}

@@ -188,11 +188,10 @@ fn to_value_at(obj: &Bound<'_, PyAny>, path: &mut Vec<Step>) -> PyResult<Value> 
     }
     if let Ok(d) = obj.cast::<PyDict>() {
         let mut entries = Vec::with_capacity(d.len());
-        // Over a copy of the items: converting a key or value runs Python code (a UUID's
+        // Over a copy of the dict: converting a key or value runs Python code (a UUID's
         // `bytes`, a `tzinfo`), which may let another thread change the dict, and PyO3's
         // dict iterator panics when the size changes under it.
-        for item in d.items().iter() {
-            let (k, v) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
+        for (k, v) in d.copy()?.iter() {
             let label = match k.cast::<PyString>() {
                 Ok(s) => s.to_cow()?.into_owned(),
                 Err(_) => k.repr()?.to_cow()?.into_owned(),

@@ -67,6 +67,26 @@ enum Source {
     Txn(TxHandle),
 }
 
+impl Source {
+    /// The entity `id` of `collection` as this source sees it.
+    async fn get_document(
+        &self,
+        collection: &str,
+        id: entidb::EntityId,
+    ) -> PyResult<Option<entidb::Document>> {
+        match self {
+            Source::Latest(db) => db.snapshot().collection(collection).get_document(id).await,
+            Source::Snapshot(s) => s.collection(collection).get_document(id).await,
+            Source::Txn(t) => {
+                let mut g = t.lock().await;
+                let tx = g.as_mut().ok_or_else(finished)?;
+                tx.collection(collection).get_document(id).await
+            }
+        }
+        .map_err(engine)
+    }
+}
+
 /// Query arguments, converted from Python before the future starts.
 struct QueryArgs {
     query: Query,
@@ -302,17 +322,24 @@ impl PyReader {
         let id = to_id(id)?;
         let source = self.source.clone();
         run(py, async move {
-            let doc = match source {
-                Source::Latest(db) => db.snapshot().collection(&collection).get_document(id).await,
-                Source::Snapshot(s) => s.collection(&collection).get_document(id).await,
-                Source::Txn(t) => {
-                    let mut g = t.lock().await;
-                    let tx = g.as_mut().ok_or_else(finished)?;
-                    tx.collection(&collection).get_document(id).await
-                }
-            }
-            .map_err(engine)?;
+            let doc = source.get_document(&collection, id).await?;
             doc.map(row).transpose()
+        })
+    }
+
+    /// The entity's version, or `None` when it does not exist (the document is not converted
+    /// or copied).
+    fn version<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = to_id(id)?;
+        let source = self.source.clone();
+        run(py, async move {
+            let doc = source.get_document(&collection, id).await?;
+            Ok(doc.map(|d| d.version()))
         })
     }
 
@@ -326,16 +353,7 @@ impl PyReader {
         let id = to_id(id)?;
         let source = self.source.clone();
         run(py, async move {
-            let doc = match source {
-                Source::Latest(db) => db.snapshot().collection(&collection).get_document(id).await,
-                Source::Snapshot(s) => s.collection(&collection).get_document(id).await,
-                Source::Txn(t) => {
-                    let mut g = t.lock().await;
-                    let tx = g.as_mut().ok_or_else(finished)?;
-                    tx.collection(&collection).get_document(id).await
-                }
-            }
-            .map_err(engine)?;
+            let doc = source.get_document(&collection, id).await?;
             Ok(doc.map(|d| (PyId(d.id()), d.version(), d.bytes().to_vec())))
         })
     }

@@ -832,11 +832,10 @@ impl Replicator {
         let durability = self.commit_durability(&tx, captured);
         tx.set_durability(durability);
         commit_state(tx, state).await?;
-        // The status counts a capture at once, also one that no push follows (offline, or
-        // a failed round): a push recounts the outbox when it ends.
-        if captured > 0 {
-            self.set_status(|s| s.pending_ops += captured);
-        }
+        // The outbox's size is the state's (ops captured and not yet acknowledged), so every
+        // replicator commit (a capture, also one no push follows; an acknowledgement) shows it.
+        let pending = state.pending();
+        self.set_status(|s| s.pending_ops = pending);
         Ok(())
     }
 
@@ -1151,8 +1150,6 @@ impl Replicator {
                 }
             };
         }
-        let pending = self.pending_ops().await?;
-        self.set_status(|s| s.pending_ops = pending);
         Ok(outcome)
     }
 
@@ -1302,8 +1299,6 @@ impl Replicator {
             );
         }
         self.commit_with(tx, &mut state, captured).await?;
-        let answered = ops.len() as u64;
-        self.set_status(|s| s.pending_ops = s.pending_ops.saturating_sub(answered));
         if !rejected.is_empty() {
             self.set_status(|s| s.rejected_ops += rejected.len() as u64);
         }

@@ -266,10 +266,8 @@ pub async fn push(
     let now = now_millis();
     // Op ids are deduped, and entities' writers told apart, per installation of a client.
     let writer = writer_of(&req.client_id, req.instance.as_deref());
-    let client_key = match &req.instance {
-        None => hash_id(&[b"client", req.client_id.as_bytes()]),
-        Some(i) => hash_id(&[b"client", req.client_id.as_bytes(), i.as_bytes()]),
-    };
+    // (Without an instance the writer is the client id: the key clients always had.)
+    let client_key = hash_id(&[b"client", writer.as_bytes()]);
     let mut client: ClientRecord = tx
         .collection(CLIENTS)
         .get(client_key)
@@ -674,15 +672,12 @@ pub fn page_limit(config: &Config, requested: Option<usize>) -> usize {
 fn check_cursor(hosted: &Hosted, since: u64) -> Result<(), ApiError> {
     let last = hosted.db.last_sequence();
     if since > last {
-        return Err(ApiError {
-            body: entidb_sync::wire::ErrorBody {
-                code: ErrorCode::Rebootstrap,
-                message: format!(
-                    "cursor {since} is ahead of the server ({last}): the database was restored or created again since this client synced; bootstrap again"
-                ),
-                oldest_cursor: None,
-            },
-        });
+        return Err(ApiError::new(
+            ErrorCode::Rebootstrap,
+            format!(
+                "cursor {since} is ahead of the server ({last}): the database was restored or created again since this client synced; bootstrap again"
+            ),
+        ));
     }
     Ok(())
 }

@@ -126,12 +126,8 @@ fn no_database(path: &Path) -> Option<Outcome> {
         return None;
     }
     let data_files = std::fs::read_dir(path).is_ok_and(|rd| {
-        rd.filter_map(|e| e.ok()).any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            (name.starts_with("wal-") && name.ends_with(".log"))
-                || (name.starts_with("seg-") && name.ends_with(".sst"))
-        })
+        rd.filter_map(|e| e.ok())
+            .any(|e| entidb::is_data_file_name(&e.file_name().to_string_lossy()))
     });
     (!data_files).then(|| {
         Outcome::Usage(format!(

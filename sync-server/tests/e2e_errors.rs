@@ -1420,18 +1420,25 @@ async fn a_bad_instance_or_client_id_is_refused() {
         (1, 0),
         "c1",
     );
-    let t = token("app", "c1", &["read", "write"], 60);
+    let push = |client: &str, body: Value| {
+        let t = token("app", client, &["read", "write"], 60);
+        let url = server.url.clone();
+        async move {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            send(
+                &url,
+                "POST",
+                "/v2/db/app/push",
+                Some(&t),
+                Some("application/json"),
+                bytes,
+            )
+            .await
+        }
+    };
     for instance in [json!(""), json!("a/b"), json!("x".repeat(65)), json!(7)] {
         let body = json!({"client_id": "c1", "instance": instance, "ops": [op.clone()]});
-        let call = send(
-            &server.url,
-            "POST",
-            "/v2/db/app/push",
-            Some(&t),
-            Some("application/json"),
-            serde_json::to_vec(&body).unwrap(),
-        )
-        .await;
+        let call = push("c1", body).await;
         let code = if instance.is_string() {
             "bad_request"
         } else {
@@ -1440,30 +1447,15 @@ async fn a_bad_instance_or_client_id_is_refused() {
         expect_error(&call, 400, code);
     }
     let odd = "c\u{1f}1";
-    let t = token("app", odd, &["read", "write"], 60);
-    let body = json!({"client_id": odd, "ops": [op.clone()]});
-    let call = send(
-        &server.url,
-        "POST",
-        "/v2/db/app/push",
-        Some(&t),
-        Some("application/json"),
-        serde_json::to_vec(&body).unwrap(),
-    )
-    .await;
+    let call = push(odd, json!({"client_id": odd, "ops": [op.clone()]})).await;
     expect_error(&call, 400, "bad_request");
     // Nothing was stored; a valid instance is taken.
     let t = token("app", "c1", &["read", "write"], 60);
     let pulled = get_json(&format!("{}/v2/db/app/pull?since=0", server.url), &t).await;
     assert_eq!(pulled["changes"], json!([]), "{pulled}");
-    let body = json!({"client_id": "c1", "instance": "Ab-9_", "ops": [op]});
-    let call = send(
-        &server.url,
-        "POST",
-        "/v2/db/app/push",
-        Some(&t),
-        Some("application/json"),
-        serde_json::to_vec(&body).unwrap(),
+    let call = push(
+        "c1",
+        json!({"client_id": "c1", "instance": "Ab-9_", "ops": [op]}),
     )
     .await;
     assert_eq!(call.status, 200, "{}", call.body);

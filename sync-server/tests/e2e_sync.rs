@@ -2820,13 +2820,7 @@ async fn pages_of_large_documents_are_bounded_in_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_pushes_are_split_to_fit_the_server() {
     let (dir, server) = app_server(None).await;
-    let logged = |name: &str| {
-        Arc::new(PushLog {
-            inner: HttpTransport::new(&server.url, &token("app", name, &["read", "write"], 3600)),
-            pushes: std::sync::Mutex::new(Vec::new()),
-            paths: std::sync::Mutex::new(Vec::new()),
-        })
-    };
+    let logged = |name: &str| PushLog::new(&server.url, name);
     let config = |name: &str| {
         let mut cfg = entidb_sync::SyncConfig::new("app", name, &["files"]);
         cfg.max_attempts = 1;
@@ -3120,12 +3114,15 @@ async fn a_long_poll_waits_through_changes_it_cannot_see() {
 /// A database deleted and created again (or restored from an older backup) is behind the
 /// cursor its clients hold. That was a 400 on every pull and every push of theirs, for
 /// good (the operations guide said such clients "must bootstrap again", and no API did
-/// it). Now the push is applied without its page and the pull answers 410 `rebootstrap`:
-/// the client bootstraps the database as it is, and its pending write reaches it.
+/// it). Now the push that asks for the page after that cursor is refused with 410
+/// `rebootstrap` before anything is stored: the client bootstraps the database as it is,
+/// then pushes, and its pending write reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_ahead_of_a_recreated_database_bootstraps_again() {
     let (dir, server) = app_server(None).await;
-    let (a, ra) = client(&server.url, &dir.path().join("a"), "app", "a", &["notes"]).await;
+    let log = PushLog::new(&server.url, "a");
+    let cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
+    let (a, ra) = client_with_config(&dir.path().join("a"), cfg, log.clone()).await;
     for i in 0..5 {
         a.collection("notes")
             .insert(&json!({ "i": i }))
@@ -3154,8 +3151,15 @@ async fn a_client_ahead_of_a_recreated_database_bootstraps_again() {
         .insert(&json!({"from": "a"}))
         .await
         .unwrap();
+    log.pushes.lock().unwrap().clear();
     let report = ra.sync_now().await.unwrap();
     assert!(report.bootstrapped, "{report:?}");
+    let statuses: Vec<u16> = log.pushes.lock().unwrap().iter().map(|p| p.1).collect();
+    assert_eq!(
+        statuses,
+        [410, 200],
+        "refused before storing, then pushed without a page"
+    );
     assert_eq!(ra.status().pending_ops, 0);
     assert!(a.collection("notes").exists(from_b).await.unwrap());
     rb.sync_now().await.unwrap();
@@ -3319,11 +3323,7 @@ async fn a_collection_added_during_a_bootstrap_is_not_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_last_batch_of_a_push_asks_for_the_page() {
     let (dir, server) = app_server(None).await;
-    let log = Arc::new(PushLog {
-        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
-        pushes: std::sync::Mutex::new(Vec::new()),
-        paths: std::sync::Mutex::new(Vec::new()),
-    });
+    let log = PushLog::new(&server.url, "a");
     let mut cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
     cfg.push_bytes = 3000;
     let (a, ra) = client_with_config(&dir.path().join("a"), cfg, log.clone()).await;
@@ -3354,11 +3354,7 @@ async fn a_servers_op_limit_is_learned_once() {
         &["--max-ops-per-push", "10"],
     );
     server.create_db("app").await;
-    let log = Arc::new(PushLog {
-        inner: HttpTransport::new(&server.url, &token("app", "a", &["read", "write"], 3600)),
-        pushes: std::sync::Mutex::new(Vec::new()),
-        paths: std::sync::Mutex::new(Vec::new()),
-    });
+    let log = PushLog::new(&server.url, "a");
     let cfg = entidb_sync::SyncConfig::new("app", "a", &["notes"]);
     let (a, ra) = client_with_config(&dir.path().join("a"), cfg, log.clone()).await;
     let statuses = |log: &PushLog| -> Vec<u16> {

@@ -243,14 +243,13 @@ class _Reads:
 
     async def exists(self, id: IdLike) -> bool:
         """Whether the entity exists."""
-        # The stored bytes, not the value: a document with no Python form (a map used as a
-        # key) exists all the same.
-        return await self._reader.get_raw(self._name, id) is not None
+        # The version alone, not the value: a document with no Python form (a map used as
+        # a key) exists all the same, and nothing is converted or copied.
+        return await self._reader.version(self._name, id) is not None
 
     async def version(self, id: IdLike) -> Optional[int]:
         """The entity's version, or None."""
-        row = await self._reader.get_raw(self._name, id)
-        return None if row is None else row[1]
+        return await self._reader.version(self._name, id)
 
     async def count(self) -> int:
         """Number of entities (a full scan of the collection)."""
@@ -813,12 +812,18 @@ class Database:
         """A handle on a collection (created by its first write)."""
         return Collection(self, name)
 
+    def _own_transaction(self) -> Optional[Transaction]:
+        """The open transaction the calling task began, if any."""
+        tx = self._writer() if self._writer is not None else None
+        if tx is not None and tx._task is not None and tx._task is _current_task():
+            return tx
+        return None
+
     def _check_writer(self) -> None:
         """Raises `InvalidArgument` when the calling task holds an open transaction: a
         second writer in the same task would wait for it forever (the writer is single and
         not re-entrant). Another task waits for it, as it should."""
-        tx = self._writer() if self._writer is not None else None
-        if tx is not None and tx._task is not None and tx._task is _current_task():
+        if self._own_transaction() is not None:
             raise InvalidArgument(
                 "this task has an open transaction, and the database has one writer: "
                 "write through tx.collection(...), or commit or abort it first "
@@ -975,8 +980,8 @@ class Database:
         """Checkpoint and close; later reads and writes raise `Closed` (`collections()`,
         `last_sequence`, `stats()` and `new_id()` still answer from memory). A transaction still open in
         this task is aborted first (closing waits for the writer, which it holds)."""
-        tx = self._writer() if self._writer is not None else None
-        if tx is not None and tx._task is not None and tx._task is _current_task():
+        tx = self._own_transaction()
+        if tx is not None:
             await tx.abort()
         await self._native.close()
 

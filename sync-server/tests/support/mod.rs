@@ -392,6 +392,17 @@ pub struct PushLog {
     pub paths: std::sync::Mutex<Vec<String>>,
 }
 
+impl PushLog {
+    /// A recording transport for `client` of database `app` (read and write scopes).
+    pub fn new(url: &str, client: &str) -> Arc<PushLog> {
+        Arc::new(PushLog {
+            inner: HttpTransport::new(url, &token("app", client, &["read", "write"], 3600)),
+            pushes: std::sync::Mutex::new(Vec::new()),
+            paths: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+}
+
 impl Transport for PushLog {
     fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, TransportError>> {
         Box::pin(async move {
